@@ -1,0 +1,1 @@
+"""mlwarden's inference middleware (library layer)."""

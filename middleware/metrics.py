@@ -1,0 +1,212 @@
+"""Every Prometheus metric the middleware exports, in one place.
+
+Metric objects are created once per registry and shared by every monitor that uses that
+registry (several apps in one process, or tests), so that a registry never sees a duplicate.
+Labels are bounded: model and version come from the options, routes from the app's routing
+table, feature names from the baseline, reasons from fixed sets in the code.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "CONFIDENCE_BUCKETS",
+    "LATENCY_BUCKETS",
+    "PREDICTION_BUCKETS",
+    "MonitorMetrics",
+]
+
+# Inference latencies: 1 ms to 10 s.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Default for numeric predictions (scores, probabilities); regressions configure their own.
+PREDICTION_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+_MV = ("model", "version")
+
+
+class MonitorMetrics:
+    """The middleware's metric family objects for one registry."""
+
+    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, MonitorMetrics] = (
+        weakref.WeakKeyDictionary()
+    )
+    _lock = threading.Lock()
+
+    @classmethod
+    def for_registry(
+        cls,
+        registry: CollectorRegistry | None = None,
+        *,
+        prediction_buckets: tuple[float, ...] = PREDICTION_BUCKETS,
+    ) -> MonitorMetrics:
+        """The shared instance for ``registry`` (the default registry when ``None``).
+
+        ``prediction_buckets`` only applies when the registry gets its metrics for the first
+        time; a histogram's buckets cannot change once it is registered.
+        """
+        registry = REGISTRY if registry is None else registry
+        with cls._lock:
+            metrics = cls._by_registry.get(registry)
+            if metrics is None:
+                metrics = cls(registry, prediction_buckets=prediction_buckets)
+                cls._by_registry[registry] = metrics
+            return metrics
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        prediction_buckets: tuple[float, ...] = PREDICTION_BUCKETS,
+    ) -> None:
+        self.registry = registry
+        self.prediction_buckets = prediction_buckets
+        r = registry
+        route = (*_MV, "route", "method")
+
+        # Requests: every request the app serves, model endpoint or not.
+        self.request_duration = Histogram(
+            "mlwarden_request_duration_seconds",
+            "Time from the request's arrival to the last byte of the response.",
+            (*route, "status_class"), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.time_to_first_byte = Histogram(
+            "mlwarden_time_to_first_byte_seconds",
+            "Time from the request's arrival to the start of the response.",
+            (*route, "status_class"), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "mlwarden_requests_in_flight",
+            "Requests being served right now.",
+            _MV, registry=r, multiprocess_mode="livesum",
+        )
+        self.request_exceptions = Counter(
+            "mlwarden_request_exceptions_total",
+            "Requests in which the app raised an exception.",
+            route, registry=r,
+        )
+
+        # Payloads and predictions of model endpoints.
+        self.payload_errors = Counter(
+            "mlwarden_payload_errors_total",
+            "Model requests whose payload could not be read into feature rows, by reason.",
+            (*_MV, "reason"), registry=r,
+        )
+        self.rows_scored = Counter(
+            "mlwarden_rows_scored_total",
+            "Feature rows (instances) received by model endpoints.",
+            _MV, registry=r,
+        )
+        self.unknown_features = Counter(
+            "mlwarden_unknown_features_total",
+            "Feature values in payloads whose names the baseline does not know (ignored).",
+            _MV, registry=r,
+        )
+        self.predictions = Histogram(
+            "mlwarden_prediction_value",
+            "Numeric predictions read from model responses.",
+            _MV, buckets=prediction_buckets, registry=r,
+        )
+        self.predicted_classes = Counter(
+            "mlwarden_predicted_class_total",
+            "Class predictions read from model responses (classes outside the configured set "
+            "count as 'other').",
+            (*_MV, "class"), registry=r,
+        )
+        self.confidence = Histogram(
+            "mlwarden_prediction_confidence",
+            "Confidence of each prediction (top-class probability or reported score).",
+            _MV, buckets=CONFIDENCE_BUCKETS, registry=r,
+        )
+        self.predictions_skipped = Counter(
+            "mlwarden_predictions_skipped_total",
+            "Model responses whose predictions were not read, by reason.",
+            (*_MV, "reason"), registry=r,
+        )
+
+        # Features and drift, refreshed by the statistics worker.
+        self.feature_mean = Gauge(
+            "mlwarden_feature_mean",
+            "Mean of a numeric feature over the drift window.",
+            (*_MV, "feature"), registry=r, multiprocess_mode="mostrecent",
+        )
+        self.feature_null_ratio = Gauge(
+            "mlwarden_feature_null_ratio",
+            "Share of missing values of a feature over the drift window.",
+            (*_MV, "feature"), registry=r, multiprocess_mode="mostrecent",
+        )
+        self.feature_drift_score = Gauge(
+            "mlwarden_feature_drift_score",
+            "Drift score of a feature against the baseline (psi: index; ks: statistic D; "
+            "chi2: statistic).",
+            (*_MV, "feature", "method"), registry=r, multiprocess_mode="mostrecent",
+        )
+        self.feature_drift_pvalue = Gauge(
+            "mlwarden_feature_drift_pvalue",
+            "p-value of a feature's drift test (ks, chi2) before multiple-testing correction.",
+            (*_MV, "feature", "method"), registry=r, multiprocess_mode="mostrecent",
+        )
+        self.feature_drifted = Gauge(
+            "mlwarden_feature_drifted",
+            "1 when the feature drifted in the last evaluation, else 0.",
+            (*_MV, "feature"), registry=r, multiprocess_mode="mostrecent",
+        )
+        self.drift_detected = Gauge(
+            "mlwarden_drift_detected",
+            "1 when any feature drifted in the last evaluation, else 0.",
+            _MV, registry=r, multiprocess_mode="mostrecent",
+        )
+        self.window_rows = Gauge(
+            "mlwarden_drift_window_rows",
+            "Rows in the drift window at the last evaluation.",
+            _MV, registry=r, multiprocess_mode="mostrecent",
+        )
+        self.drift_evaluations = Counter(
+            "mlwarden_drift_evaluations_total",
+            "Drift evaluations run.",
+            _MV, registry=r,
+        )
+        self.drift_evaluation_duration = Histogram(
+            "mlwarden_drift_evaluation_duration_seconds",
+            "Time one drift evaluation of all features took.",
+            _MV, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.rows_dropped = Counter(
+            "mlwarden_feature_rows_dropped_total",
+            "Feature rows not added to the windows, by reason (pending buffer full).",
+            (*_MV, "reason"), registry=r,
+        )
+
+        # Shipping statistics to InfluxDB.
+        self.influx_points_written = Counter(
+            "mlwarden_influx_points_written_total",
+            "Points written to InfluxDB.",
+            _MV, registry=r,
+        )
+        self.influx_points_dropped = Counter(
+            "mlwarden_influx_points_dropped_total",
+            "Points never written to InfluxDB, by reason (buffer_full, rejected).",
+            (*_MV, "reason"), registry=r,
+        )
+        self.influx_write_errors = Counter(
+            "mlwarden_influx_write_errors_total",
+            "Failed write attempts to InfluxDB (the points stay buffered and are retried).",
+            _MV, registry=r,
+        )
+        self.influx_buffer_points = Gauge(
+            "mlwarden_influx_buffer_points",
+            "Points waiting to be written to InfluxDB.",
+            _MV, registry=r, multiprocess_mode="livesum",
+        )
+        self.influx_write_duration = Histogram(
+            "mlwarden_influx_write_duration_seconds",
+            "Duration of one write to InfluxDB, failed or not.",
+            _MV, buckets=LATENCY_BUCKETS, registry=r,
+        )

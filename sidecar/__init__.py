@@ -1,0 +1,1 @@
+"""mlwarden's sidecar proxy and command line (app layer)."""
