@@ -192,7 +192,7 @@ class MonitorMetrics:
         )
         self.influx_points_dropped = Counter(
             "mlwarden_influx_points_dropped_total",
-            "Points never written to InfluxDB, by reason (buffer_full, rejected).",
+            "Points never written to InfluxDB, by reason (buffer_full, rejected, shutdown).",
             (*_MV, "reason"), registry=r,
         )
         self.influx_write_errors = Counter(

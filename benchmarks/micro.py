@@ -1,0 +1,137 @@
+"""Micro-benchmarks of the per-request data path: feature windows, drift, payload parsing.
+
+- ``FeatureWindows.add`` of realistic 1-row and 10-row batches of the 20 features (the
+  ``FeatureBatch`` es the payload parser produces, built beforehand), followed by the final
+  ``flush``: total time / rows = µs per row, flushes (every 512 rows) amortised in;
+- ``evaluate_drift`` over a full 10,000-row window (same distributions as the baseline);
+- for context: ``PayloadParser.parse`` of a 1-row JSON body and ``PredictionReader.read`` of
+  the app's response, the two other pieces of per-request work in the middleware.
+
+Each figure is the median of repeats, in CPU time of the process (``time.process_time``: time
+spent waiting for a core that other work holds is left out); garbage collection is left on (it
+is part of the cost).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from benchmarks import workload
+
+__all__ = ["MicroResult", "run_micro"]
+
+
+@dataclass
+class MicroResult:
+    # name → list of repeat figures (µs/row, ms/evaluation, µs/call)
+    figures: dict[str, list[float]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.figures[name])
+
+
+def _batches(rows: int, per_batch: int, seed: int) -> list[Any]:
+    from mlwarden.middleware.payloads import FeatureBatch
+
+    records = workload.row_dicts(rows, seed)
+    out = []
+    for start in range(0, rows, per_batch):
+        chunk = records[start : start + per_batch]
+        columns = {name: [r[name] for r in chunk] for name in workload.FEATURES}
+        out.append(FeatureBatch(len(chunk), columns, "object", 0))
+    return out
+
+
+def _windows(**kwargs: Any) -> Any:
+    from mlwarden.middleware.features import FeatureWindows
+
+    options: dict[str, Any] = {"max_rows": 10_000, "max_age_s": None, "batch_rows": 512}
+    options.update(kwargs)
+    return FeatureWindows(workload.baseline(), **options)
+
+
+def _time_adds(batches: list[Any], rows: int) -> float:
+    """µs per row for adding every batch to fresh windows, the last flush included."""
+    windows = _windows()
+    add = windows.add
+    for batch in batches[: min(len(batches), 64)]:  # warm the code paths and the rings
+        add(batch)
+    windows.flush()
+    begin = time.process_time()
+    for batch in batches:
+        add(batch)
+    windows.flush()
+    return (time.process_time() - begin) / rows * 1e6
+
+
+def _per_call(fn: Callable[[Any], Any], items: list[Any]) -> float:
+    begin = time.process_time()
+    for item in items:
+        fn(item)
+    return (time.process_time() - begin) / len(items) * 1e6
+
+
+def run_micro(*, rows: int, repeats: int, drift_repeats: int,
+              progress: Callable[[str], None] = print) -> MicroResult:
+    from mlwarden.middleware.drift import DriftThresholds, evaluate_drift
+    from mlwarden.middleware.payloads import PayloadParser, PredictionReader
+
+    result = MicroResult()
+    for per_batch in (1, 10):
+        name = f"FeatureWindows.add, {per_batch}-row batches (flush amortised)"
+        batches = _batches(rows, per_batch, seed=3)
+        gc.collect()
+        result.figures[name] = [_time_adds(batches, rows) for _ in range(repeats)]
+        result.units[name] = "µs/row"
+    progress("micro: feature windows done")
+
+    windows = _windows()
+    for batch in _batches(10_000, 10, seed=4):
+        windows.add(batch)
+    windows.flush()
+    thresholds = DriftThresholds()
+    report = evaluate_drift(windows, thresholds)  # warm-up; also the sanity figures below
+    name = "evaluate_drift, 20 numeric features, 10,000-row window"
+    times = []
+    for _ in range(drift_repeats):
+        begin = time.process_time()
+        evaluate_drift(windows, thresholds)
+        times.append((time.process_time() - begin) * 1e3)
+    result.figures[name] = times
+    result.units[name] = "ms"
+    result.notes[name] = (
+        f"window rows {report.rows}; features flagged on undrifted traffic: "
+        f"{len(report.drifted_features)}"
+    )
+    progress("micro: drift done")
+
+    parser = PayloadParser(features=workload.FEATURES)
+    bodies = workload.json_bodies(2_000, seed=5)
+    name = "PayloadParser.parse, 1-row JSON object (context)"
+    result.figures[name] = [
+        _per_call(lambda b: parser.parse(b, "application/json"), bodies) for _ in range(repeats)
+    ]
+    result.units[name] = "µs/request"
+    reader = PredictionReader(confidence_path="confidence")
+    rng = np.random.default_rng(6)
+    answers = [
+        f'{{"predictions":[{p:.6f}],"confidence":[{max(p, 1 - p):.6f}],'
+        f'"model_version":"1"}}'.encode()
+        for p in rng.uniform(size=2_000)
+    ]
+    name = "PredictionReader.read, the app's response (context)"
+    result.figures[name] = [
+        _per_call(lambda b: reader.read(b, "application/json"), answers) for _ in range(repeats)
+    ]
+    result.units[name] = "µs/request"
+    progress("micro: payloads done")
+    return result

@@ -1,0 +1,355 @@
+"""The results as markdown: tables with ratios to the bare app, targets with PASS/MISS.
+
+A benchmark reports, it does not assert: a missed target is printed, never raised.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.inprocess import InProcessResult
+from benchmarks.micro import MicroResult
+from benchmarks.over_http import HttpResult
+from benchmarks.profiling import Profile
+
+__all__ = ["Report", "render"]
+
+_ROW_TARGET = "FeatureWindows.add, 1-row batches (flush amortised)"
+_ROW_TARGET_10 = "FeatureWindows.add, 10-row batches (flush amortised)"
+_DRIFT = "evaluate_drift, 20 numeric features, 10,000-row window"
+_MiB = 1024 * 1024
+
+
+@dataclass
+class Report:
+    mode: str
+    started: str
+    seconds: float = 0.0
+    settings: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
+    load: dict[str, str] = field(default_factory=dict)
+    inprocess: InProcessResult | None = None
+    http: HttpResult | None = None
+    micro: MicroResult | None = None
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)
+    ablation: InProcessResult | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def _spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def _paired(a: list[float], b: list[float]) -> str:
+    """Median [min-max] of per-round ratios a/b (rounds are adjacent in time)."""
+    ratios = [x / y for x, y in zip(a, b, strict=False) if y]
+    if not ratios:
+        return "n/a"
+    return f"{statistics.median(ratios):.2f} [{_spread(ratios, '{:.2f}')}]"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _inprocess(r: InProcessResult) -> list[str]:
+    bare = r.median("bare")
+    bare_wall = r.wall_median("bare")
+    rows = []
+    for name, values in r.us_per_request.items():
+        med = r.median(name)
+        wall = r.wall_median(name)
+        rows.append([
+            name, f"{med:.1f}", _spread(values), f"{med - bare:+.1f}", f"{med / bare:.2f}",
+            _paired(values, r.us_per_request["bare"]),
+            f"{wall:.1f}", f"{wall - bare_wall:+.1f}", f"{wall / bare_wall:.2f}",
+            str(r.failures.get(name, 0)),
+        ])
+    lines = [
+        "## In-process cost per request (ASGI call loop, no server)",
+        "",
+        f"{r.rounds} alternating rounds of {r.requests_per_round} requests per variant "
+        "(order rotating each round), after a warm-up; the figure is the median round. "
+        "CPU time of the process (all threads) is the primary figure: unlike wall time it "
+        "does not count time spent waiting for a core that other work holds. Both include "
+        "the loop's own small cost (scope, receive/send, a yield every 8 requests), equal for "
+        "all variants.",
+        "",
+    ]
+    return lines + _table(
+        ["variant", "CPU µs/request (median)", "rounds min-max", "overhead µs vs bare",
+         "ratio to bare", "per-round ratio median [min-max]", "wall µs/request",
+         "wall overhead µs", "wall ratio", "non-200"], rows)
+
+
+def _http(r: HttpResult) -> list[str]:
+    names = list(r.runs)
+    attrs = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us")
+    bare = {a: r.median("bare", a) for a in attrs}
+    bare_rps = [run.requests_per_s for run in r.runs["bare"]]
+    rows = []
+    for name in names:
+        rps, p50, p99, cpu = (r.median(name, a) for a in attrs)
+        runs = r.runs[name]
+        errors = sum(run.non_2xx + run.socket_errors for run in runs)
+        rows.append([
+            name, f"{rps:.0f}", f"{rps / bare['requests_per_s']:.2f}",
+            _paired([run.requests_per_s for run in runs], bare_rps),
+            f"{p50:.2f}", f"{p50 / bare['p50_ms']:.2f}",
+            f"{p99:.2f}", f"{p99 / bare['p99_ms']:.2f}",
+            f"{cpu:.0f}", f"{bare['server_cpu_us'] / cpu:.2f}",
+            f"{sum(run.requests for run in runs)}/{errors}",
+        ])
+    pin = "server on core 0, wrk on core 1 (taskset)" if r.pinned else "not pinned"
+    lines = [
+        "## Over HTTP (uvicorn, one worker, wrk)",
+        "",
+        f"{r.rounds} alternating rounds of {r.duration_s:g} s per variant, "
+        f"{r.connections} connections, wrk -t1 --latency, {pin}; medians over rounds. "
+        "*Server CPU µs/request* is the server process's CPU time (all threads) per completed "
+        "request; its *capacity ratio* (bare's CPU per request / the variant's) estimates the "
+        "throughput ratio without the noise of other work on the machine.",
+        "",
+    ]
+    return lines + _table(
+        ["variant", "req/s", "ratio", "per-round req/s ratio [min-max]", "p50 ms", "ratio",
+         "p99 ms", "ratio", "server CPU µs/request", "capacity ratio", "requests/errors"],
+        rows)
+
+
+def _micro(r: MicroResult) -> list[str]:
+    targets: dict[str, tuple[float, str]] = {
+        _ROW_TARGET: (2.0, "≤ 2 µs/row"),
+        _ROW_TARGET_10: (2.0, "≤ 2 µs/row"),
+        _DRIFT: (5.0, "≤ 5 ms"),
+    }
+    rows = []
+    for name, values in r.figures.items():
+        med = statistics.median(values)
+        target = targets.get(name)
+        rows.append([
+            name, f"{med:.3f} {r.units[name]}", _spread(values, "{:.3f}"),
+            target[1] if target else "—",
+            _verdict(med <= target[0]) if target else "—",
+            r.notes.get(name, ""),
+        ])
+    return ["## Micro-benchmarks (20 numeric features)", "", *_table(
+        ["measurement", "median", "repeats min-max", "target", "verdict", "note"], rows)]
+
+
+def _memory_growth(entry: dict[str, Any]) -> tuple[float, int]:
+    first, last = entry["samples"][0], entry["samples"][-1]
+    return (last["rss_bytes"] - first["rss_bytes"]) / _MiB, (
+        last["allocated_blocks"] - first["allocated_blocks"])
+
+
+def _memory(entries: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for entry in entries:
+        for sample in entry["samples"]:
+            rows.append([
+                entry["variant"], f"{sample['requests']:,}", f"{sample['rss_bytes'] / _MiB:.1f}",
+                f"{sample['allocated_blocks']:,}", f"{sample['gc_objects']:,}",
+            ])
+        rss, blocks = _memory_growth(entry)
+        rows.append([f"**{entry['variant']} growth**", "first → last", f"{rss:+.2f}",
+                     f"{blocks:+,}", ""])
+    lines = [
+        "## Memory independent of traffic (in-process, fresh process per variant)",
+        "",
+        "After a full garbage collection at each checkpoint. The feature windows (10,000 rows) "
+        "and the health window (2,000 requests) are full before the first checkpoint.",
+        "",
+    ]
+    return lines + _table(
+        ["variant", "requests", "RSS MiB", "allocated blocks", "gc objects"], rows)
+
+
+def _profiles(profiles: list[Profile]) -> list[str]:
+    lines = [
+        "## Where the time goes (cProfile of the in-process loop)",
+        "",
+        "cProfile charges every Python call, so these µs are inflated against the table "
+        "above: read them as shares. *middleware own* = cumulative time in "
+        "`InferenceMonitor.__call__` minus the time in the app it wraps.",
+        "",
+    ]
+    rows = []
+    for p in profiles:
+        own = f"{p.middleware_us:.1f}" if p.middleware_us is not None else "—"
+        inner = f"{p.inner_app_us:.1f}" if p.inner_app_us is not None else "—"
+        rows.append([p.variant, f"{p.requests}", f"{p.total_us:.1f}", own, inner])
+    lines += _table(["variant", "requests", "profiled µs/request", "middleware own µs",
+                     "wrapped app µs"], rows)
+    for p in profiles:
+        if not p.mlwarden:
+            continue
+        own = p.middleware_us or 0.0
+
+        def share(cumulative: float, own: float = own) -> str:
+            if not own:
+                return "—"
+            return "incl. the app" if cumulative > own * 1.01 else f"{cumulative / own:.0%}"
+
+        lines += [f"### {p.variant}: mlwarden functions by cumulative time, per request", ""]
+        lines += _table(
+            ["function", "calls/request", "own µs", "cumulative µs", "share of middleware own"],
+            [[f"`{row.function}`", f"{row.calls_per_request:.2f}", f"{row.own_us:.1f}",
+              f"{row.cumulative_us:.1f}", share(row.cumulative_us)] for row in p.mlwarden[:18]])
+        lines += [f"### {p.variant}: hottest functions overall by own time, per request", ""]
+        lines += _table(
+            ["function", "calls/request", "own µs", "cumulative µs"],
+            [[f"`{row.function}`", f"{row.calls_per_request:.2f}", f"{row.own_us:.1f}",
+              f"{row.cumulative_us:.1f}"] for row in p.hottest[:12]])
+    return lines
+
+
+def _ablation(r: InProcessResult) -> list[str]:
+    bare, full = r.median("bare"), r.median("mlwarden")
+    rows = []
+    for name, values in r.us_per_request.items():
+        med = r.median(name)
+        step = "—" if name in ("bare", "mlwarden") else f"{full - med:+.1f}"
+        rows.append([name, f"{med:.1f}", _spread(values), f"{med - bare:+.1f}",
+                     _paired(values, r.us_per_request["bare"]), step])
+    lines = [
+        "## What each recording step costs (in-process ablation, tracing off)",
+        "",
+        "`mlwarden` with one step replaced by a no-op in a subclass (benchmarks only; the "
+        "middleware is unchanged): `-payload` skips parsing the request body and updating the "
+        "feature windows, `-predictions` skips reading the response. The step's cost is "
+        f"`mlwarden` minus the variant, without a profiler's distortion. CPU µs, {r.rounds} "
+        f"alternating rounds of {r.requests_per_round} requests, medians.",
+        "",
+    ]
+    return lines + _table(["variant", "CPU µs/request", "rounds min-max", "overhead vs bare",
+                           "per-round ratio to bare [min-max]", "cost of the step(s) µs"],
+                          rows)
+
+
+def _checks(report: Report) -> list[str]:
+    rows = []
+    if report.inprocess:
+        for name, counts in report.inprocess.checks.items():
+            if counts:
+                rows.append(["in-process", name, *_check_cells(counts)])
+    if report.http:
+        for name, counts in report.http.checks.items():
+            rows.append(["HTTP", name, *_check_cells(counts)])
+    for entry in report.memory:
+        if entry.get("checks"):
+            rows.append(["memory", entry["variant"], *_check_cells(entry["checks"])])
+    if not rows:
+        return []
+    lines = ["## Sanity: the mlwarden variants really read features and predictions", ""]
+    lines += _table(["where", "variant", "rows scored", "payload errors",
+                     "predictions skipped", "drift evaluations", "other"], rows)
+    if report.inprocess:
+        spans = {k: v for k, v in report.inprocess.spans.items() if v is not None}
+        if spans:
+            lines += ["Spans exported (in-process, all rounds): "
+                      + ", ".join(f"{k} {v:,}" for k, v in spans.items()), ""]
+    return lines
+
+
+def _check_cells(counts: dict[str, float]) -> list[str]:
+    known = ("rows_scored", "payload_errors", "predictions_skipped", "drift_evaluations")
+    other = ", ".join(f"{k} {v:g}" for k, v in counts.items() if k not in known)
+    return [f"{counts.get(k, 0):g}" for k in known] + [other]
+
+
+def _targets(report: Report) -> list[str]:
+    rows: list[list[str]] = []
+
+    def add(target: str, measured: str, ok: bool | None) -> None:
+        rows.append([target, measured, _verdict(ok)])
+
+    ip, http, micro = report.inprocess, report.http, report.micro
+    if ip and {"bare", "mlwarden", "instrumentator"} <= set(ip.us_per_request):
+        ours = ip.median("mlwarden") - ip.median("bare")
+        theirs = ip.median("instrumentator") - ip.median("bare")
+        ours_wall = ip.wall_median("mlwarden") - ip.wall_median("bare")
+        theirs_wall = ip.wall_median("instrumentator") - ip.wall_median("bare")
+        add("tracing off: in-process overhead below prometheus-fastapi-instrumentator's",
+            f"CPU {ours:+.1f} µs vs {theirs:+.1f} µs (wall {ours_wall:+.1f} vs "
+            f"{theirs_wall:+.1f})", ours < theirs)
+    if http and {"bare", "mlwarden"} <= set(http.runs):
+        ratio = http.median("mlwarden", "requests_per_s") / http.median("bare", "requests_per_s")
+        capacity = http.median("bare", "server_cpu_us") / http.median("mlwarden", "server_cpu_us")
+        add("tracing off: ≥ 80% of bare throughput over HTTP",
+            f"{ratio:.0%} (capacity from server CPU: {capacity:.0%})", ratio >= 0.8)
+    if http and {"mlwarden+tracing", "otel-asgi"} <= set(http.runs):
+        ratio = (http.median("mlwarden+tracing", "requests_per_s")
+                 / http.median("otel-asgi", "requests_per_s"))
+        capacity = (http.median("otel-asgi", "server_cpu_us")
+                    / http.median("mlwarden+tracing", "server_cpu_us"))
+        add("tracing on: ≥ 1.5x the throughput of opentelemetry-instrumentation-asgi",
+            f"{ratio:.2f}x (capacity from server CPU: {capacity:.2f}x)", ratio >= 1.5)
+    if micro:
+        for name in (_ROW_TARGET, _ROW_TARGET_10):
+            if name in micro.figures:
+                value = micro.median(name)
+                label = "1-row" if name == _ROW_TARGET else "10-row"
+                add(f"per-row feature update ≤ 2 µs for 20 features ({label} batches)",
+                    f"{value:.2f} µs/row", value <= 2.0)
+        if _DRIFT in micro.figures:
+            value = micro.median(_DRIFT)
+            add("drift evaluation of 20 features over 10,000 rows ≤ 5 ms", f"{value:.2f} ms",
+                value <= 5.0)
+    for entry in report.memory:
+        rss, blocks = _memory_growth(entry)
+        first, last = entry["samples"][0]["requests"], entry["samples"][-1]["requests"]
+        add(f"{entry['variant']}: memory flat from {first:,} to {last:,} requests "
+            "(|ΔRSS| ≤ 1 MiB, Δblocks ≤ 1,000)",
+            f"{rss:+.2f} MiB, {blocks:+,} blocks", abs(rss) <= 1.0 and blocks <= 1_000)
+    return ["## Targets", "", *_table(["target", "measured", "verdict"], rows)]
+
+
+def render(report: Report) -> str:
+    lines = [
+        f"# mlwarden benchmarks — {report.mode} run, {report.started}",
+        "",
+        f"Command: `python3 -m benchmarks.run{' --quick' if report.mode == 'quick' else ''}` "
+        f"(took {report.seconds:.0f} s). Figures are medians of alternating rounds on a "
+        "shared machine: compare ratios within this run, not absolute figures across runs.",
+        "",
+    ]
+    sections: list[tuple[Any, Callable[[Any], list[str]]]] = [
+        (report, _targets), (report.inprocess, _inprocess), (report.http, _http),
+        (report.micro, _micro), (report.memory, _memory), (report, _checks),
+        (report.ablation, _ablation), (report.profiles, _profiles),
+    ]
+    for data, section in sections:
+        if data:
+            lines += section(data)
+    if report.errors:
+        lines += ["## Parts that failed", ""]
+        lines += _table(["part", "error"], [[k, v.replace("\n", " ")[:500]]
+                                            for k, v in report.errors.items()])
+    lines += ["## Environment", ""]
+    env_rows = [[k, v] for k, v in report.environment.items()]
+    env_rows += [[f"load average ({when})", value] for when, value in report.load.items()]
+    for when, ref in report.reference.items():
+        env_rows.append([
+            f"reference timings ({when})",
+            f"empty loop 1M: {ref['empty_loop_1M_ms']:.1f} ms; json.loads of a request body: "
+            f"{ref['json_loads_body_us']:.2f} µs",
+        ])
+    env_rows += [[k, v] for k, v in report.settings.items()]
+    lines += _table(["item", "value"], env_rows)
+    return "\n".join(lines)

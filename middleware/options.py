@@ -1,0 +1,239 @@
+"""The middleware's options: keyword arguments → one frozen, validated object.
+
+Every problem is collected and reported at once, naming the option, the bad value and what is
+allowed, so that one start-up shows everything that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlwarden.middleware.baseline import BaselineProfile, load_baseline
+from mlwarden.middleware.drift import DriftThresholds
+from mlwarden.middleware.errors import ConfigError
+from mlwarden.middleware.health import HealthThresholds
+from mlwarden.middleware.influx import InfluxSettings
+from mlwarden.middleware.metrics import PREDICTION_BUCKETS
+
+__all__ = ["DEFAULT_ENDPOINT_SUFFIXES", "MonitorOptions"]
+
+DEFAULT_ENDPOINT_SUFFIXES = ("/predict", "/invocations", "/infer", ":predict")
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorOptions:
+    """What ``InferenceMonitor`` takes; see the README's configuration reference."""
+
+    model_name: str
+    model_version: str = "unknown"
+    baseline: BaselineProfile | None = None
+
+    # Which requests are model endpoints (the rest are only timed and counted).
+    endpoint_suffixes: tuple[str, ...] = DEFAULT_ENDPOINT_SUFFIXES
+    endpoint_paths: tuple[str, ...] = ()
+    endpoint_methods: tuple[str, ...] = ("POST",)
+
+    # Reading payloads and predictions.
+    feature_extractor: Callable[[Any], Any] | None = None
+    prediction_path: str | Callable[[Any], Any] | None = None
+    confidence_path: str | None = None
+    prediction_classes: tuple[str, ...] = ()
+    prediction_buckets: tuple[float, ...] = PREDICTION_BUCKETS
+    max_body_bytes: int = 4 * _MiB
+    max_response_bytes: int = 4 * _MiB
+    max_rows: int = 10_000
+
+    # Exposition.
+    registry: Any = None  # a prometheus_client CollectorRegistry; None = the default registry
+    metrics_path: str | None = "/metrics"
+    health_path: str | None = "/-/health"
+
+    # Tracing: the given provider, else the global one (a no-op until the app sets an SDK).
+    tracing: bool = True
+    tracer_provider: Any = None
+
+    # Windows and drift.
+    window_rows: int = 10_000
+    window_seconds: float | None = 600.0
+    drift_interval_s: float = 10.0
+    drift_every_rows: int = 2_000
+    drift: DriftThresholds = field(default_factory=DriftThresholds)
+    health: HealthThresholds = field(default_factory=HealthThresholds)
+    influx: InfluxSettings | None = None
+
+    @classmethod
+    def from_kwargs(cls, options: Mapping[str, Any]) -> MonitorOptions:
+        """Build from ``add_middleware`` keyword arguments; raise one ``ConfigError`` for all."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        problems: list[str] = []
+        for key in options:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{key}: unknown option{hint}")
+        if "model_name" not in options:
+            problems.append("model_name: required (the model's name, a short string)")
+        values = {k: v for k, v in options.items() if k in names}
+        for key, convert in (
+            ("baseline", _baseline), ("drift", _thresholds(DriftThresholds, "drift")),
+            ("health", _thresholds(HealthThresholds, "health")), ("influx", _influx),
+        ):
+            if key in values:
+                try:
+                    values[key] = convert(values[key])
+                except ConfigError as exc:
+                    problems.extend(exc.problems)
+                    values.pop(key)
+        for key in ("endpoint_suffixes", "endpoint_paths", "endpoint_methods",
+                    "prediction_classes", "prediction_buckets"):
+            value = values.get(key)
+            if isinstance(value, list):
+                values[key] = tuple(value)
+        try:
+            options = cls(**{"model_name": "?", **values})
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
+        return options
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _check_str("model_name", self.model_name, problems)
+        _check_str("model_version", self.model_version, problems)
+        for key in ("endpoint_suffixes", "endpoint_paths"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or not all(isinstance(s, str) and s for s in value):
+                problems.append(f"{key}: expected a list of non-empty strings, got {value!r}")
+        if not isinstance(self.endpoint_methods, tuple) or not all(
+            isinstance(m, str) and m.upper() in _HTTP_METHODS for m in self.endpoint_methods
+        ):
+            problems.append(
+                f"endpoint_methods: expected HTTP methods from {sorted(_HTTP_METHODS)}, "
+                f"got {self.endpoint_methods!r}"
+            )
+        for key in ("feature_extractor",):
+            value = getattr(self, key)
+            if value is not None and not callable(value):
+                problems.append(f"{key}: expected a callable or None, got {value!r}")
+        if self.prediction_path is not None and not (
+            callable(self.prediction_path)
+            or (isinstance(self.prediction_path, str) and self.prediction_path)
+        ):
+            problems.append(
+                f"prediction_path: expected a dotted path or a callable, got "
+                f"{self.prediction_path!r}"
+            )
+        if self.confidence_path is not None and not (
+            isinstance(self.confidence_path, str) and self.confidence_path
+        ):
+            problems.append(
+                f"confidence_path: expected a dotted path, got {self.confidence_path!r}"
+            )
+        classes = self.prediction_classes
+        if not isinstance(classes, tuple) or not all(isinstance(c, str) for c in classes):
+            problems.append(f"prediction_classes: expected a list of strings, got {classes!r}")
+        elif len(classes) > 100:
+            problems.append(
+                f"prediction_classes: at most 100 classes (each is a metric label), "
+                f"got {len(classes)}"
+            )
+        buckets = self.prediction_buckets
+        if (
+            not isinstance(buckets, tuple)
+            or not buckets
+            or not all(isinstance(b, int | float) and math.isfinite(b) for b in buckets)
+            or any(a >= b for a, b in zip(buckets, buckets[1:], strict=False))
+        ):
+            problems.append(
+                f"prediction_buckets: expected finite numbers in increasing order, got {buckets!r}"
+            )
+        for key, low in (("max_body_bytes", 1024), ("max_response_bytes", 1024),
+                         ("max_rows", 1), ("window_rows", 10), ("drift_every_rows", 1)):
+            _check_int(key, getattr(self, key), low, problems)
+        _check_positive("drift_interval_s", self.drift_interval_s, problems)
+        if self.window_seconds is not None:
+            _check_positive("window_seconds", self.window_seconds, problems)
+        for key in ("metrics_path", "health_path"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, str) and value.startswith("/")):
+                problems.append(f"{key}: expected a path starting with '/' or None, got {value!r}")
+        if self.metrics_path is not None and self.metrics_path == self.health_path:
+            problems.append("health_path: must differ from metrics_path")
+        if not isinstance(self.tracing, bool):
+            problems.append(f"tracing: expected true or false, got {self.tracing!r}")
+        if self.registry is not None and not hasattr(self.registry, "register"):
+            problems.append(
+                f"registry: expected a prometheus_client CollectorRegistry, got {self.registry!r}"
+            )
+        if self.tracer_provider is not None and not hasattr(self.tracer_provider, "get_tracer"):
+            problems.append(
+                f"tracer_provider: expected an OpenTelemetry TracerProvider, got "
+                f"{self.tracer_provider!r}"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.baseline.names if self.baseline is not None else ()
+
+
+def _check_str(key: str, value: object, problems: list[str]) -> None:
+    if not isinstance(value, str) or not value or len(value) > 200:
+        problems.append(f"{key}: expected a non-empty string of at most 200 characters, got {value!r}")
+
+
+def _check_int(key: str, value: object, low: int, problems: list[str]) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        problems.append(f"{key}: expected a whole number >= {low}, got {value!r}")
+
+
+def _check_positive(key: str, value: object, problems: list[str]) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        problems.append(f"{key}: expected a number > 0, got {value!r}")
+
+
+def _baseline(value: Any) -> BaselineProfile | None:
+    if value is None or isinstance(value, BaselineProfile):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return load_baseline(value)
+    if isinstance(value, Mapping):
+        return BaselineProfile.from_dict(value)
+    raise ConfigError(
+        f"baseline: expected a path to a baseline JSON file, a BaselineProfile or None, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _thresholds(cls: type, key: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_mapping(value)
+        raise ConfigError(f"{key}: expected a mapping of thresholds, got {value!r}")
+
+    return convert
+
+
+def _influx(value: Any) -> InfluxSettings | None:
+    if value is None or isinstance(value, InfluxSettings):
+        return value
+    if isinstance(value, Mapping):
+        return InfluxSettings.from_mapping(value)
+    raise ConfigError(f"influx: expected a mapping (url, bucket, token, org, ...), got {value!r}")

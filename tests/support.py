@@ -1,0 +1,38 @@
+"""Shared helpers for the tests: baselines, traffic, registry inspection."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from mlwarden.middleware.baseline import BaselineProfile, build_baseline
+from tests.apps import FEATURES
+
+MEANS = {name: 10.0 * i for i, name in enumerate(FEATURES)}
+STDS = {name: 1.0 + i for i, name in enumerate(FEATURES)}
+
+
+def reference_rows(n: int, seed: int = 0, shift: dict[str, float] | None = None) -> list[dict]:
+    """Rows drawn from the baseline distribution; ``shift`` moves a feature by k std."""
+    rng = np.random.default_rng(seed)
+    shift = shift or {}
+    cols = {
+        name: rng.normal(MEANS[name] + shift.get(name, 0.0) * STDS[name], STDS[name], n)
+        for name in FEATURES
+    }
+    return [{name: float(cols[name][i]) for name in FEATURES} for i in range(n)]
+
+
+def make_baseline(n: int = 20_000, seed: int = 12345) -> BaselineProfile:
+    rng = np.random.default_rng(seed)
+    columns = {name: rng.normal(MEANS[name], STDS[name], n) for name in FEATURES}
+    return build_baseline(columns, source="tests")
+
+
+def series(registry: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every sample's name and labels: the series a scrape would see."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for metric in registry.collect()
+        for sample in metric.samples
+    }
