@@ -5,13 +5,14 @@ builds them (same keys, realistic client headers, a fresh body per request drawn
 baseline's distributions). All variants live in one event loop; after each variant's lifespan
 start-up they run in alternating rounds (the start of the order rotates each round), and the
 median of the rounds is reported. The loop yields to the event loop every few requests so that
-background tasks (mlwarden's drift worker) run as they would in a server.
+background tasks (mlwarden's drift worker) run as they would in a server. Rounds are short
+and many: noise from other work on a shared machine comes in bursts, and short alternating
+rounds spread every burst over all variants.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -179,6 +180,18 @@ class InProcessResult:
     def wall_median(self, name: str) -> float:
         return statistics.median(self.wall_us_per_request[name])
 
+    def paired(self, name: str, *, wall: bool = False, against: str = "bare"
+               ) -> tuple[float, float, list[float]]:
+        """(median difference µs, median ratio, per-round ratios) against ``against``.
+
+        Each round runs every variant back to back, so a round's variants share the machine's
+        state: per-round differences cancel most of the noise that independent medians keep.
+        """
+        figures = self.wall_us_per_request if wall else self.us_per_request
+        pairs = list(zip(figures[name], figures[against], strict=True))
+        ratios = [a / b for a, b in pairs]
+        return statistics.median(a - b for a, b in pairs), statistics.median(ratios), ratios
+
 
 async def _run_all(
     names: tuple[str, ...], bodies: list[bytes], per_round: int, rounds: int, warmup: int,
@@ -197,15 +210,17 @@ async def _run_all(
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
                 driver = drivers[name]
-                gc.collect()
+                # No forced collection between rounds: the garbage a variant makes, and the
+                # collections it triggers, are part of its cost.
                 wall, cpu = await driver.run(per_round)
                 result.us_per_request.setdefault(name, []).append(cpu / per_round * 1e6)
                 result.wall_us_per_request.setdefault(name, []).append(wall / per_round * 1e6)
                 if driver.variant.provider is not None:
                     # Export what this round queued now, not during the next variant's round.
                     await asyncio.to_thread(driver.variant.provider.force_flush)
-            progress(f"in-process round {r + 1}/{rounds}: " + ", ".join(
-                f"{n} {result.us_per_request[n][-1]:.1f}" for n in names))
+            if (r + 1) % max(1, rounds // 5) == 0 or r + 1 == rounds:
+                progress(f"in-process round {r + 1}/{rounds}: " + ", ".join(
+                    f"{n} {statistics.median(result.us_per_request[n]):.1f}" for n in names))
         for name, driver in drivers.items():
             result.failures[name] = driver.failures
             result.checks[name] = workload.mlwarden_counts(driver.variant)

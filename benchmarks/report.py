@@ -68,33 +68,32 @@ def _paired(a: list[float], b: list[float]) -> str:
 
 
 def _inprocess(r: InProcessResult) -> list[str]:
-    bare = r.median("bare")
-    bare_wall = r.wall_median("bare")
     rows = []
     for name, values in r.us_per_request.items():
-        med = r.median(name)
-        wall = r.wall_median(name)
+        diff, ratio, ratios = r.paired(name)
+        wall_diff, wall_ratio, _ = r.paired(name, wall=True)
         rows.append([
-            name, f"{med:.1f}", _spread(values), f"{med - bare:+.1f}", f"{med / bare:.2f}",
-            _paired(values, r.us_per_request["bare"]),
-            f"{wall:.1f}", f"{wall - bare_wall:+.1f}", f"{wall / bare_wall:.2f}",
+            name, f"{r.median(name):.1f}", _spread(values), f"{diff:+.1f}",
+            f"{ratio:.2f} [{_spread(ratios, '{:.2f}')}]",
+            f"{r.wall_median(name):.1f}", f"{wall_diff:+.1f}", f"{wall_ratio:.2f}",
             str(r.failures.get(name, 0)),
         ])
     lines = [
         "## In-process cost per request (ASGI call loop, no server)",
         "",
         f"{r.rounds} alternating rounds of {r.requests_per_round} requests per variant "
-        "(order rotating each round), after a warm-up; the figure is the median round. "
-        "CPU time of the process (all threads) is the primary figure: unlike wall time it "
-        "does not count time spent waiting for a core that other work holds. Both include "
-        "the loop's own small cost (scope, receive/send, a yield every 8 requests), equal for "
-        "all variants.",
+        "(order rotating each round), after a warm-up. *µs/request* is the median round; "
+        "*overhead* and *ratio* are the medians of the per-round differences and ratios to "
+        "`bare` run in the same round (paired, so most machine noise cancels). CPU time of "
+        "the process (all threads) is the primary figure: unlike wall time it leaves out time "
+        "spent waiting for a core that other work holds. Both include the loop's own small "
+        "cost (scope, receive/send, a yield every 8 requests), equal for all variants.",
         "",
     ]
     return lines + _table(
-        ["variant", "CPU µs/request (median)", "rounds min-max", "overhead µs vs bare",
-         "ratio to bare", "per-round ratio median [min-max]", "wall µs/request",
-         "wall overhead µs", "wall ratio", "non-200"], rows)
+        ["variant", "CPU µs/request", "rounds min-max", "overhead µs vs bare",
+         "ratio to bare [rounds min-max]", "wall µs/request", "wall overhead µs",
+         "wall ratio", "non-200"], rows)
 
 
 def _http(r: HttpResult) -> list[str]:
@@ -220,26 +219,26 @@ def _profiles(profiles: list[Profile]) -> list[str]:
 
 
 def _ablation(r: InProcessResult) -> list[str]:
-    bare, full = r.median("bare"), r.median("mlwarden")
     rows = []
     for name, values in r.us_per_request.items():
-        med = r.median(name)
-        step = "—" if name in ("bare", "mlwarden") else f"{full - med:+.1f}"
-        rows.append([name, f"{med:.1f}", _spread(values), f"{med - bare:+.1f}",
-                     _paired(values, r.us_per_request["bare"]), step])
+        diff, ratio, _ = r.paired(name)
+        step = "—"
+        if name not in ("bare", "mlwarden"):
+            step = f"{-r.paired(name, against='mlwarden')[0]:+.1f}"
+        rows.append([name, f"{r.median(name):.1f}", _spread(values), f"{diff:+.1f}",
+                     f"{ratio:.2f}", step])
     lines = [
         "## What each recording step costs (in-process ablation, tracing off)",
         "",
         "`mlwarden` with one step replaced by a no-op in a subclass (benchmarks only; the "
         "middleware is unchanged): `-payload` skips parsing the request body and updating the "
-        "feature windows, `-predictions` skips reading the response. The step's cost is "
-        f"`mlwarden` minus the variant, without a profiler's distortion. CPU µs, {r.rounds} "
-        f"alternating rounds of {r.requests_per_round} requests, medians.",
+        "feature windows, `-predictions` skips reading the response. The step's cost is the "
+        "paired difference `mlwarden` minus the variant, without a profiler's distortion. "
+        f"CPU µs, {r.rounds} alternating rounds of {r.requests_per_round} requests, medians.",
         "",
     ]
     return lines + _table(["variant", "CPU µs/request", "rounds min-max", "overhead vs bare",
-                           "per-round ratio to bare [min-max]", "cost of the step(s) µs"],
-                          rows)
+                           "ratio to bare", "cost of the step(s) µs"], rows)
 
 
 def _checks(report: Report) -> list[str]:
@@ -281,13 +280,14 @@ def _targets(report: Report) -> list[str]:
 
     ip, http, micro = report.inprocess, report.http, report.micro
     if ip and {"bare", "mlwarden", "instrumentator"} <= set(ip.us_per_request):
-        ours = ip.median("mlwarden") - ip.median("bare")
-        theirs = ip.median("instrumentator") - ip.median("bare")
-        ours_wall = ip.wall_median("mlwarden") - ip.wall_median("bare")
-        theirs_wall = ip.wall_median("instrumentator") - ip.wall_median("bare")
+        ours, theirs = ip.paired("mlwarden")[0], ip.paired("instrumentator")[0]
+        ours_wall = ip.paired("mlwarden", wall=True)[0]
+        theirs_wall = ip.paired("instrumentator", wall=True)[0]
+        head_to_head = ip.paired("mlwarden", against="instrumentator")[0]
         add("tracing off: in-process overhead below prometheus-fastapi-instrumentator's",
-            f"CPU {ours:+.1f} µs vs {theirs:+.1f} µs (wall {ours_wall:+.1f} vs "
-            f"{theirs_wall:+.1f})", ours < theirs)
+            f"CPU {ours:+.1f} µs vs {theirs:+.1f} µs (paired mlwarden - instrumentator "
+            f"{head_to_head:+.1f} µs; wall {ours_wall:+.1f} vs {theirs_wall:+.1f})",
+            ours < theirs)
     if http and {"bare", "mlwarden"} <= set(http.runs):
         ratio = http.median("mlwarden", "requests_per_s") / http.median("bare", "requests_per_s")
         capacity = http.median("bare", "server_cpu_us") / http.median("mlwarden", "server_cpu_us")

@@ -26,21 +26,21 @@ _RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("micro", "inprocess", "http", "memory", "profile", "ablation")
 
 FULL: dict[str, Any] = {
-    "inprocess_per_round": 400, "inprocess_rounds": 30, "inprocess_warmup": 1_000,
+    "inprocess_per_round": 100, "inprocess_rounds": 120, "inprocess_warmup": 1_000,
     "http_connections": 32, "http_duration_s": 5, "http_rounds": 5, "http_warmup_s": 2,
     "micro_rows": 50_000, "micro_repeats": 7, "drift_repeats": 30,
     "memory_variants": ("mlwarden", "mlwarden+tracing"), "memory_checkpoints": (20_000, 100_000),
     "profile_requests": 5_000, "profile_warmup": 1_000,
-    "ablation_per_round": 400, "ablation_rounds": 15,
+    "ablation_per_round": 100, "ablation_rounds": 60,
 }
 QUICK: dict[str, Any] = {
-    "inprocess_per_round": 250, "inprocess_rounds": 9, "inprocess_warmup": 300,
+    "inprocess_per_round": 100, "inprocess_rounds": 25, "inprocess_warmup": 300,
     "http_connections": 32, "http_duration_s": 2, "http_rounds": 2, "http_warmup_s": 1,
     "micro_rows": 10_000, "micro_repeats": 3, "drift_repeats": 10,
     # The windows hold 10,000 rows: the first checkpoint must come after they are full.
     "memory_variants": ("mlwarden",), "memory_checkpoints": (12_000, 36_000),
     "profile_requests": 1_500, "profile_warmup": 300,
-    "ablation_per_round": 250, "ablation_rounds": 5,
+    "ablation_per_round": 100, "ablation_rounds": 15,
 }
 
 

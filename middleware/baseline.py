@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from mlwarden.middleware.errors import BaselineError
 
 __all__ = [

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
+
 from mlwarden.middleware.baseline import BaselineProfile, CategoricalProfile
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.features import CategoricalCounts, FeatureWindows, NumericTable

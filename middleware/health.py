@@ -17,7 +17,7 @@ from typing import Any
 from mlwarden.middleware.drift import DriftReport
 from mlwarden.middleware.errors import ConfigError
 
-__all__ = ["OK", "DEGRADED", "FAILING", "HealthThresholds", "HealthWindow", "health_report"]
+__all__ = ["DEGRADED", "FAILING", "OK", "HealthThresholds", "HealthWindow", "health_report"]
 
 OK, DEGRADED, FAILING = "ok", "degraded", "failing"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -151,7 +152,7 @@ class MonitorOptions:
             not isinstance(buckets, tuple)
             or not buckets
             or not all(isinstance(b, int | float) and math.isfinite(b) for b in buckets)
-            or any(a >= b for a, b in zip(buckets, buckets[1:], strict=False))
+            or any(a >= b for a, b in itertools.pairwise(buckets))
         ):
             problems.append(
                 f"prediction_buckets: expected finite numbers in increasing order, got {buckets!r}"
@@ -189,7 +190,9 @@ class MonitorOptions:
 
 def _check_str(key: str, value: object, problems: list[str]) -> None:
     if not isinstance(value, str) or not value or len(value) > 200:
-        problems.append(f"{key}: expected a non-empty string of at most 200 characters, got {value!r}")
+        problems.append(
+            f"{key}: expected a non-empty string of at most 200 characters, got {value!r}"
+        )
 
 
 def _check_int(key: str, value: object, low: int, problems: list[str]) -> None:

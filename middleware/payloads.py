@@ -35,6 +35,7 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
+
 from mlwarden.middleware.errors import PayloadError
 
 __all__ = [

@@ -111,15 +111,15 @@ async def _send_phase(client: httpx.AsyncClient, rows: list[dict], rng: random.R
 def _print_report(title: str, health: dict[str, Any], elapsed: float, sent: int) -> None:
     window, drift = health["window"], health["drift"]
     lat = window["latency_seconds"]
-    print(f"\n== {title}: {sent} requests in {elapsed:.2f}s ({sent / elapsed:.0f}/s) ==")
+    print(f"\n== {title}: {sent} requests in {elapsed:.2f}s ==")
     print(f"health: {health['status']}" + (f" ({'; '.join(health['reasons'])})"
                                             if health["reasons"] else ""))
     print(f"window: {window['requests']} requests, error rate {window['error_rate']:.3f}, "
           f"latency p50 {lat['p50'] * 1000:.2f} ms, p99 {lat['p99'] * 1000:.2f} ms, "
           f"mean confidence {window['mean_confidence']:.3f}")
-    print(f"drift: {'DETECTED in ' + ', '.join(drift['drifted_features'])
-                    if drift['detected'] else 'none'} "
-          f"({drift.get('rows', 0)} rows in the window)")
+    verdict = ("DETECTED in " + ", ".join(drift["drifted_features"])
+               if drift["detected"] else "none")
+    print(f"drift: {verdict} ({drift.get('rows', 0)} rows in the window)")
     print(f"  {'feature':<16}{'mean':>10}{'psi':>9}{'ks':>8}{'chi2':>10}  drifted")
     for f in drift.get("features", []):
         scores = f.get("scores", {})
@@ -139,8 +139,10 @@ async def _demo(requests: int, port: int, seed: int) -> int:
 
     registry = CollectorRegistry()
     baseline = demo_baseline(seed)
+    rows_per_phase = requests * 5 // 2
+    # The window holds one phase, so that phase 2's verdict is about phase 2's traffic.
     app = make_model_app(baseline, registry=registry, drift_interval_s=3600.0,
-                         window_rows=2_000)
+                         window_rows=rows_per_phase)
     port = port or _free_port()
     server = uvicorn.Server(uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
@@ -164,7 +166,7 @@ async def _demo(requests: int, port: int, seed: int) -> int:
             for title, shift in (("phase 1: traffic like the training data", None),
                                  ("phase 2: monthly_charges shifted by +1 std",
                                   {"monthly_charges": 1.0})):
-                rows = training_data(requests * 5 // 2, seed + 1 + len(title), shift=shift)
+                rows = training_data(rows_per_phase, seed + 1 + len(title), shift=shift)
                 started = time.perf_counter()
                 sent = await _send_phase(client, rows, rng)
                 elapsed = time.perf_counter() - started

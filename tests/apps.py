@@ -8,8 +8,10 @@ import http
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request as FastAPIRequest
-from fastapi.responses import JSONResponse as FastJSON, PlainTextResponse as FastText
+from fastapi import FastAPI
+from fastapi import Request as FastAPIRequest
+from fastapi.responses import JSONResponse as FastJSON
+from fastapi.responses import PlainTextResponse as FastText
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -72,8 +74,8 @@ async def s_predict(request: Request) -> Response:
 
 async def s_echo(request: Request) -> Response:
     body = await request.body()
-    return Response(body, media_type=request.headers.get("content-type", "application/octet-stream"),
-                    headers={"x-length": str(len(body))})
+    media_type = request.headers.get("content-type", "application/octet-stream")
+    return Response(body, media_type=media_type, headers={"x-length": str(len(body))})
 
 
 async def s_ignore_body(request: Request) -> Response:

@@ -42,6 +42,7 @@ def wait_http(url: str, *, timeout: float = 15.0, expect: int = 200) -> None:
                     return
                 last = resp.status
         except urllib.error.HTTPError as exc:
+            exc.close()
             if exc.code == expect:
                 return
             last = exc
@@ -174,7 +175,9 @@ class Prometheus:
         return f"http://{LOOPBACK}:{self.port}"
 
 
-def start_prometheus(workdir: Path, scrape_targets: list[str], *, interval: str = "1s") -> Prometheus:
+def start_prometheus(
+    workdir: Path, scrape_targets: list[str], *, interval: str = "1s"
+) -> Prometheus:
     """Start Debian's prometheus scraping ``scrape_targets`` (host:port) every ``interval``."""
     binary = require_binary("prometheus")
     port = free_port()
@@ -194,7 +197,7 @@ def start_prometheus(workdir: Path, scrape_targets: list[str], *, interval: str 
     proc = Process(
         [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
          f"--web.listen-address={LOOPBACK}:{port}", "--web.enable-lifecycle",
-         "--log.level=warn"],
+         "--enable-feature=exemplar-storage", "--log.level=warn"],
         name=f"prometheus-{port}", workdir=workdir,
     )
     try:

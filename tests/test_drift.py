@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from mlwarden.middleware.baseline import BaselineProfile, NumericProfile, build_baseline
 from mlwarden.middleware.drift import (
     DriftThresholds,

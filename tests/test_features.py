@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from mlwarden.middleware.baseline import BaselineProfile, build_baseline
 from mlwarden.middleware.features import (
     CategoricalCounts,
@@ -244,6 +245,16 @@ def test_a_feature_missing_from_a_request_counts_as_missing(baseline: BaselinePr
     assert (x.rows, x.nulls) == (5, 2)
     assert _numeric(windows, "n").nulls == 4
     assert _categorical(windows, "c").nulls == 5
+
+
+def test_columns_of_the_wrong_length_are_cut_or_padded(baseline: BaselineProfile) -> None:
+    windows = FeatureWindows(baseline, max_age_s=None)
+    # 8 values in all, as 4 + 4 would be: the lengths are checked, not just the total.
+    windows.add(FeatureBatch(rows=4, columns={"x": [1.0, 2.0, 3.0, 4.0, 5.0], "n": [1, 2, 3]},
+                             format="json"))
+    x, n = _numeric(windows, "x"), _numeric(windows, "n")
+    assert (x.finite, x.mean) == (4, pytest.approx(2.5))
+    assert (n.finite, n.nulls) == (3, 1)
 
 
 def test_to_float64_converts_in_one_go_or_value_by_value() -> None:

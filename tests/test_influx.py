@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
+
 from mlwarden.middleware.drift import DriftReport, FeatureDrift
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.influx import TOKEN_ENV, InfluxSettings, InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
-from prometheus_client import CollectorRegistry
-
 from tests.servers import LOOPBACK, VictoriaMetrics, free_port, start_victoria_metrics, temp_workdir
 
 LOGGER = "mlwarden.influx"

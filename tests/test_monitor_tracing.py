@@ -102,3 +102,46 @@ def test_an_outer_server_span_is_enriched_not_duplicated():
     servers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     assert len(servers) == 1
     assert servers[0].attributes["mlwarden.model.name"] == "m"
+
+
+FASTAPI_NATIVE = """
+import json, httpx
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+from mlwarden.middleware import InferenceMonitor
+from tests.apps import fastapi_app
+from tests.servers import serve_app
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # FastAPI instruments itself when it sees a global SDK
+app = fastapi_app()
+app.add_middleware(InferenceMonitor, model_name="m", registry=CollectorRegistry())
+with serve_app(app) as served:
+    httpx.post(served.url + "/predict", json={"f0": 1})
+spans = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+print(json.dumps([dict(s.attributes) for s in spans]))
+"""
+
+
+def test_fastapi_native_telemetry_span_is_enriched_not_duplicated():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fastapi = pytest.importorskip("fastapi")
+    if not hasattr(fastapi, "telemetry"):
+        pytest.skip("this FastAPI has no native telemetry")
+    result = subprocess.run(
+        [sys.executable, "-c", FASTAPI_NATIVE], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    spans = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(spans) == 1
+    assert spans[0]["mlwarden.model.name"] == "m"

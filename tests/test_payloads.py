@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from mlwarden.middleware.errors import PayloadError
 from mlwarden.middleware.payloads import (
     PAYLOAD_ERROR_REASONS,
