@@ -128,7 +128,7 @@ class Driver:
             "state": {},
         }
 
-    async def run(self, n: int) -> tuple[float, float]:
+    async def run(self, n: int, *, limit_s: float = 300.0) -> tuple[float, float]:
         """Send ``n`` requests; (wall, CPU) seconds spent, this loop's own small cost included.
 
         CPU time is the process's (every thread: a span processor's export thread counts), so
@@ -139,6 +139,7 @@ class Driver:
         failures = 0
         cpu_begin = time.process_time()
         begin = time.perf_counter()
+        deadline = begin + limit_s
         for i in range(first, first + n):
             body = bodies[i % size]
             exchange = _Exchange(body)
@@ -147,6 +148,8 @@ class Driver:
                 failures += 1
             if i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"{self.variant.name}: {n} requests took over {limit_s} s")
         elapsed = time.perf_counter() - begin
         cpu = time.process_time() - cpu_begin
         self.sent += n

@@ -5,8 +5,9 @@
   cycled), followed by the final ``flush``: total time / rows = µs per row, flushes (every 512
   rows) amortised in;
 - ``evaluate_drift`` over a full 10,000-row window (same distributions as the baseline);
-- for context: ``PayloadParser.parse`` of a 1-row JSON body and ``PredictionReader.read`` of
-  the app's response, the two other pieces of per-request work in the middleware.
+- for context: ``PayloadParser.parse`` of a 1-row JSON body, ``PredictionReader.read`` of
+  the app's response, and the server span alone (``RequestTracer.start`` +
+  ``RequestSpan.finish`` on an SDK provider), the other pieces of per-request work.
 
 Each figure is the median of repeats, in CPU time of the process (``time.process_time``: time
 spent waiting for a core that other work holds is left out); garbage collection is left on (it
@@ -143,4 +144,47 @@ def run_micro(*, rows: int, repeats: int, drift_repeats: int,
     ]
     result.units[name] = "µs/request"
     progress("micro: payloads done")
+    try:
+        _tracing(result, repeats)
+    except (ImportError, AttributeError, TypeError) as exc:  # the tracing module changed
+        result.notes["tracing"] = f"skipped: {type(exc).__name__}: {exc}"
     return result
+
+
+def _tracing(result: MicroResult, repeats: int) -> None:
+    """The server span's cost alone: ``RequestTracer.start`` + ``RequestSpan.finish``."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from benchmarks.inprocess import Driver
+    from mlwarden.middleware.tracing import RequestTracer
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(workload.DropSpanExporter()))
+    tracer = RequestTracer(tracer_provider=provider)
+    scopes = [Driver._scope(Driver.__new__(Driver), b"x" * 350, i) for i in range(2_000)]
+    attributes = {"mlwarden.payload.rows": 1, "mlwarden.payload.format": "object",
+                  "mlwarden.prediction.mean_confidence": 0.7, "mlwarden.prediction.count": 1,
+                  "mlwarden.prediction.mean": 0.4}
+
+    def span(scope: dict[str, Any]) -> None:
+        request_span = tracer.start(scope, "bench", "1")
+        if request_span is None:
+            return
+        request_span.detach()
+        _ = request_span.trace_id
+        request_span.finish(method="POST", route="/predict", status=200, error=None,
+                            attributes=attributes, end_time_ns=time.time_ns())
+
+    name = "RequestTracer.start + RequestSpan.finish, SDK provider (context)"
+    result.figures[name] = [_per_call(span, scopes) for _ in range(repeats)]
+    result.units[name] = "µs/request"
+    result.notes[name] = "SimpleSpanProcessor, exporter drops spans; no app"
+    name = "TracerProvider.get_tracer, SDK (context)"
+    result.figures[name] = [
+        _per_call(lambda _: provider.get_tracer("mlwarden.middleware"), scopes)
+        for _ in range(repeats)
+    ]
+    result.units[name] = "µs/call"
+    result.notes[name] = "what tracing.py's _tracer() does on every request"
+    provider.shutdown()

@@ -147,8 +147,10 @@ def _micro(r: MicroResult) -> list[str]:
             _verdict(med <= target[0]) if target else "—",
             r.notes.get(name, ""),
         ])
+    orphans = [f"- {name}: {note}" for name, note in r.notes.items() if name not in r.figures]
     return ["## Micro-benchmarks (20 numeric features)", "", *_table(
-        ["measurement", "median", "repeats min-max", "target", "verdict", "note"], rows)]
+        ["measurement", "median", "repeats min-max", "target", "verdict", "note"], rows),
+        *orphans, *([""] if orphans else [])]
 
 
 def _memory_growth(entry: dict[str, Any]) -> tuple[float, int]:

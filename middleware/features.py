@@ -232,13 +232,16 @@ class _NumericBlock:
 
     def cells(self, values: np.ndarray) -> np.ndarray:
         """Per value, the number of grid points below it (``searchsorted(side="left")``)."""
-        code = np.zeros(values.shape, dtype=np.int32)
+        # Positions in the flat table, row by row; ``table[step - 1:]`` is a view, so each
+        # step probes position + step - 1 without an extra addition.
+        position = np.repeat(self.row_offsets, values.shape[1], axis=1)
         step = self.width // 2
         while step:
-            probe = self.table.take(code + (self.row_offsets + (step - 1)))
-            code += np.less(probe, values).view(np.int8) * np.int32(step)
+            probe = self.table[step - 1 :].take(position)
+            position += np.less(probe, values).view(np.int8) * np.int32(step)
             step //= 2
-        return code
+        position -= self.row_offsets
+        return position
 
     def write(self, values: np.ndarray, start: int) -> None:
         codes = self.cells(values)
@@ -395,7 +398,7 @@ class FeatureWindows:
         self._filled = 0    # rows in the ring (before the age bound)
         self._stage = np.empty((len(names), batch_rows), dtype=np.float64)
         self._stage_times: list[float] = []
-        self._singles: list[list[object]] = []   # one-row requests not yet in the stage
+        self._singles: list[object] = []   # values of one-row requests not yet staged, flat
         self._placed = 0                          # stage columns filled
         self._staged = 0                          # rows staged: placed + singles
         self._lock = threading.Lock()
@@ -450,10 +453,13 @@ class FeatureWindows:
                 if rows == 1:
                     # Most requests: keep the row's values (not the request's lists), to be
                     # converted with the other single rows in one call.
+                    singles = self._singles
+                    start = len(singles)
                     try:
-                        self._singles.append(list(map(_FIRST, self._getter(columns))))
+                        singles.extend(map(_FIRST, self._getter(columns)))
                     except (KeyError, IndexError, TypeError):
-                        self._singles.append(self._convert(columns, 1)[:, 0].tolist())
+                        del singles[start:]   # what a failing request left half-way
+                        singles.extend(self._convert(columns, 1)[:, 0].tolist())
                 else:
                     pos = self._place_singles()
                     self._stage[:, pos : pos + rows] = self._numeric_block(columns, rows)
@@ -532,14 +538,13 @@ class FeatureWindows:
         pos = self._placed
         if singles:
             self._singles = []
-            count = len(singles)
-            size = count * len(self._numeric_names)
+            count = len(singles) // len(self._numeric_names)
             try:
                 # None becomes NaN; "abc" or a list raises, and then values go one by one.
-                block = np.fromiter(chain.from_iterable(singles), dtype=np.float64, count=size)
+                block = np.fromiter(singles, dtype=np.float64, count=len(singles))
             except _BAD_VALUES:
-                block = np.fromiter(map(_one_float, chain.from_iterable(singles)),
-                                    dtype=np.float64, count=size)
+                block = np.fromiter(map(_one_float, singles), dtype=np.float64,
+                                    count=len(singles))
             self._stage[:, pos : pos + count] = block.reshape(count, -1).T
             pos += count
             self._placed = pos

@@ -7,6 +7,7 @@ values when no route did.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -42,7 +43,7 @@ class RouteLabels:
 
     def __init__(self, app: Any) -> None:
         self._app = app
-        self._by_endpoint: dict[int, str] | None = None
+        self._by_endpoint: dict[int, list[tuple[str, Any]]] | None = None
 
     def label(self, scope: MutableMapping[str, Any], root_path: str, status: int | None) -> str:
         route = scope.get("route")
@@ -53,22 +54,26 @@ class RouteLabels:
             prefix = mounted[len(root_path):] if mounted.startswith(root_path) else ""
             return prefix + path
         endpoint = scope.get("endpoint")
-        if endpoint is not None:
-            template = self._endpoint_templates().get(id(endpoint))
-            if template is not None:
-                return template
+        if endpoint is not None:  # Starlette before scope["route"]: find it by its endpoint
+            candidates = self._endpoint_templates().get(id(endpoint), ())
+            if len(candidates) == 1:
+                return candidates[0][0]
+            for template, candidate in candidates:  # one endpoint behind several routes
+                with contextlib.suppress(Exception):
+                    if getattr(candidate.matches(scope)[0], "name", "") == "FULL":
+                        return template
         return UNMATCHED if status == 404 else UNROUTED
 
     def serves(self, path: str) -> bool:
         """Whether the app has a route at exactly ``path`` (for not shadowing its /metrics)."""
         return any(template == path for template, _ in walk_routes(self._app))
 
-    def _endpoint_templates(self) -> dict[int, str]:
+    def _endpoint_templates(self) -> dict[int, list[tuple[str, Any]]]:
         if self._by_endpoint is None:
-            found: dict[int, str] = {}
+            found: dict[int, list[tuple[str, Any]]] = {}
             for template, route in walk_routes(self._app):
                 endpoint = getattr(route, "endpoint", None)
                 if endpoint is not None:
-                    found.setdefault(id(endpoint), template)
+                    found.setdefault(id(endpoint), []).append((template, route))
             self._by_endpoint = found
         return self._by_endpoint

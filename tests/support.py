@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +29,22 @@ def make_baseline(n: int = 20_000, seed: int = 12345) -> BaselineProfile:
     rng = np.random.default_rng(seed)
     columns = {name: rng.normal(MEANS[name], STDS[name], n) for name in FEATURES}
     return build_baseline(columns, source="tests")
+
+
+def settled_series(
+    registry: CollectorRegistry, *, timeout: float = 5.0
+) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The series once the server has finished recording: the middleware records after the
+    response's last byte, so a client may read a response before its request is counted."""
+    deadline = time.monotonic() + timeout
+    current = series(registry)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        latest = series(registry)
+        if latest == current:
+            return latest
+        current = latest
+    return current
 
 
 def series(registry: CollectorRegistry) -> set[tuple[str, tuple[tuple[str, str], ...]]]:

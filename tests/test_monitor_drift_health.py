@@ -29,6 +29,9 @@ def send(client: httpx.Client, rows: list[dict], batch: int = 10) -> None:
     for i in range(0, len(rows), batch):
         r = client.post("/v1/models/m:predict", json={"instances": rows[i:i + batch]})
         assert r.status_code == 200
+    # The middleware records after the last byte is sent; one more request on the same
+    # connection is served only once that recording is done.
+    client.get("/-/health")
 
 
 def monitor_of(app) -> InferenceMonitor:

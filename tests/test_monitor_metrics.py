@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from mlwarden.middleware import InferenceMonitor
 from tests.apps import FEATURES, fastapi_app, starlette_app
 from tests.servers import serve_app
-from tests.support import make_baseline, series
+from tests.support import make_baseline, settled_series
 
 pytestmark = pytest.mark.floor
 
@@ -147,13 +147,13 @@ def test_hostile_payloads_leave_the_series_fixed():
         for body, ctype in inputs:  # every label set hostile input can reach now exists
             assert answer(served.url, body, ctype) == answer(bare.url, body, ctype)
         httpx.get(f"{served.url}/random/path")
-        before = series(registry)
+        before = settled_series(registry)
         for round_ in range(3):
             for body, ctype in inputs:
                 answer(served.url, body, ctype)
             for i in range(20):
                 httpx.get(f"{served.url}/random/{round_}/path/{i}")
-        after = series(registry)
+        after = settled_series(registry)
     assert after - before == set()
     assert registry.get_sample_value(
         "mlwarden_payload_errors_total", {**MV, "reason": "too_large"}) == 4

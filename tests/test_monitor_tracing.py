@@ -95,8 +95,7 @@ def test_an_outer_server_span_is_enriched_not_duplicated():
     inner = starlette_app()
     inner.add_middleware(InferenceMonitor, model_name="m", registry=CollectorRegistry(),
                          tracer_provider=provider)
-    app = OpenTelemetryMiddleware(inner, tracer_provider=provider,
-                                  exclude_spans=["receive", "send"])
+    app = OpenTelemetryMiddleware(inner, tracer_provider=provider)
     with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
         client.post("/predict", json={"f0": 1})
     servers = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
