@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from mlwarden.middleware.baseline import (
     NumericProfile,
     category_key,
 )
-from mlwarden.middleware.payloads import FeatureBatch
+from mlwarden.middleware.payloads import FeatureBatch, FeatureRow
 
 __all__ = [
     "CategoricalCounts",
@@ -402,6 +403,8 @@ class FeatureWindows:
         self._placed = 0                          # stage columns filled
         self._staged = 0                          # rows staged: placed + singles
         self._lock = threading.Lock()
+        self._row_names: tuple[str, ...] | None = None
+        self._row_take: Any = False
 
     def __repr__(self) -> str:
         return (
@@ -436,8 +439,15 @@ class FeatureWindows:
             self._flush_locked()
             return self._window(self._clock())[1]
 
-    def add(self, batch: FeatureBatch) -> None:
+    def add(self, batch: FeatureBatch | FeatureRow) -> None:
         """Stage a request's rows; they are binned once ``batch_rows`` rows are staged."""
+        if batch.__class__ is FeatureRow:
+            names = batch.names  # type: ignore[union-attr]
+            # the parser's layout is checked once, then recognised by identity
+            take = self._row_take if names is self._row_names else self._row_taker(names)
+            if take is not False:
+                self._add_row(batch.values, take)  # type: ignore[union-attr]
+                return
         rows = batch.rows
         if rows <= 0:
             return
@@ -474,6 +484,44 @@ class FeatureWindows:
             else:
                 self._stage_times.extend([now] * rows)
             self._staged += rows
+            if self._staged >= self._batch_rows:
+                self._flush_locked()
+
+    def _row_taker(
+        self, names: tuple[str, ...]
+    ) -> Callable[[tuple[object, ...]], Any] | bool | None:
+        """How to pick this window's features out of rows laid out as ``names``: ``None``
+        when the layout is the numeric features themselves, ``False`` when a feature is
+        missing (then the row goes the general way). Remembered for the last layout seen."""
+        position = {name: i for i, name in enumerate(names)}
+        wanted = (*self._numeric_names, *(ring.name for ring in self._categorical))
+        take: Callable[[tuple[object, ...]], Any] | bool | None = False
+        if wanted and all(name in position for name in wanted):
+            if names == wanted and not self._categorical:
+                take = None
+            else:
+                picker = itemgetter(*(position[name] for name in wanted))
+                take = picker if len(wanted) > 1 else (lambda values: (picker(values),))
+        self._row_names, self._row_take = names, take
+        return take
+
+    def _add_row(
+        self, values: tuple[object, ...], take: Callable[[tuple[object, ...]], Any] | None
+    ) -> None:
+        """One row (the usual request): its values go straight to the staging lists."""
+        now = self._clock()
+        with self._lock:
+            if take is None:
+                self._singles.extend(values)
+            else:
+                picked = take(values)
+                numeric = len(self._numeric_names)
+                if numeric:
+                    self._singles.extend(picked[:numeric])
+                for ring, value in zip(self._categorical, picked[numeric:], strict=True):
+                    ring.pending.append(value)
+            self._stage_times.append(now)
+            self._staged += 1
             if self._staged >= self._batch_rows:
                 self._flush_locked()
 

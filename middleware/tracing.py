@@ -88,12 +88,19 @@ class RequestTracer:
 
     def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._provider = tracer_provider
+        self._cached: tuple[trace.TracerProvider, trace.Tracer] | None = None
+        self._textmap: object = None
+        self._fields: frozenset[bytes] = frozenset()
 
     def _tracer(self) -> trace.Tracer:
-        # Looked up per request so that an SDK installed after start-up is picked up; the API
-        # caches the global provider's tracer, so this stays cheap.
+        # The global provider is looked up per request, so that an SDK installed after
+        # start-up is picked up; the tracer is cached per provider, as the SDK builds a new
+        # one on every get_tracer call (about 10 µs).
         provider = self._provider or trace.get_tracer_provider()
-        return provider.get_tracer(_INSTRUMENTATION)
+        cached = self._cached
+        if cached is None or cached[0] is not provider:
+            cached = self._cached = (provider, provider.get_tracer(_INSTRUMENTATION))
+        return cached[1]
 
     def start(self, scope: Mapping[str, Any], model: str, version: str) -> RequestSpan | None:
         current = trace.get_current_span()
@@ -104,11 +111,19 @@ class RequestTracer:
                 {"mlwarden.model.name": model, "mlwarden.model.version": version}
             )
             return RequestSpan(current, None, owned=False)
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._textmap = textmap
+            self._fields = frozenset(f.lower().encode("latin-1") for f in textmap.fields) | {
+                b"user-agent"
+            }
+        fields = self._fields
         carrier: dict[str, list[str]] = {}
         for name, value in scope.get("headers", ()):
-            key = name.decode("latin-1").lower()
-            carrier.setdefault(key, []).append(value.decode("latin-1"))
-        parent = propagate.extract(carrier, getter=_GETTER)
+            name = name.lower()
+            if name in fields:  # only what the propagators read: decoding every header costs
+                carrier.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+        parent = textmap.extract(carrier, getter=_GETTER)
         method = scope.get("method", "GET")
         attributes: dict[str, Any] = {
             "http.request.method": method,

@@ -14,7 +14,7 @@ from mlwarden.middleware.features import (
     NumericCounts,
     to_float64,
 )
-from mlwarden.middleware.payloads import FeatureBatch
+from mlwarden.middleware.payloads import FeatureBatch, FeatureRow
 
 pytestmark = pytest.mark.floor
 
@@ -335,3 +335,29 @@ def test_grid_counts_give_the_window_ecdf_at_the_grid_points(
     ecdf = np.cumsum(counts.grid[:-1]) / counts.finite
     expected = [(values <= p).mean() for p in counts.points]
     np.testing.assert_allclose(ecdf, expected, atol=1e-12)
+
+
+def test_feature_rows_count_exactly_like_one_row_batches(baseline: BaselineProfile) -> None:
+    rng = np.random.default_rng(5)
+    as_rows = FeatureWindows(baseline, batch_rows=7, clock=FakeClock())
+    as_batches = FeatureWindows(baseline, batch_rows=7, clock=FakeClock())
+    # the parser's layout differs from the baseline's order, and carries an extra feature
+    names = ("c", "extra", "flag", "x", "n")
+    for i in range(50):
+        values = ("red" if i % 3 else None, 1, bool(i % 2), float(rng.normal()),
+                  int(rng.poisson(2)) if i % 5 else None)
+        as_rows.add(FeatureRow(names, values, "object"))
+        as_batches.add(_batch(**{n: [v] for n, v in zip(names, values, strict=True)
+                                 if n != "extra"}))
+    for a, b in zip(as_rows.snapshot().features, as_batches.snapshot().features, strict=True):
+        assert a.name == b.name and a.rows == b.rows == 50 and a.nulls == b.nulls
+        for field in ("counts", "bins", "grid"):
+            if hasattr(a, field):
+                assert np.array_equal(getattr(a, field), getattr(b, field)), (a.name, field)
+
+
+def test_a_feature_row_lacking_a_feature_falls_back_to_columns(
+        baseline: BaselineProfile) -> None:
+    windows = FeatureWindows(baseline, clock=FakeClock())
+    windows.add(FeatureRow(("x", "c"), (1.5, "blue"), "object"))
+    assert _numeric(windows, "n").nulls == 1 and _numeric(windows, "x").finite == 1

@@ -16,6 +16,7 @@ from mlwarden.middleware.payloads import (
     PAYLOAD_FORMATS,
     PREDICTION_SKIP_REASONS,
     FeatureBatch,
+    FeatureRow,
     PayloadParser,
     PredictionReader,
     Predictions,
@@ -143,7 +144,9 @@ def test_parser_and_reader_have_readable_reprs():
 
 def test_single_object_is_one_row_in_baseline_order():
     batch = parse({"city": "Oslo", "age": 41, "income": 5200.5})
-    assert batch == FeatureBatch(
+    assert isinstance(batch, FeatureRow)  # the fast path: no per-feature lists built
+    assert batch.values == (41, 5200.5, "Oslo")
+    assert (batch.rows, batch.columns, batch.format, batch.unknown_features) == (
         1, {"age": [41], "income": [5200.5], "city": ["Oslo"]}, "object", 0
     )
 
