@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mlwarden.middleware.drift import DriftReport, DriftThresholds, evaluate_drift
@@ -38,12 +39,14 @@ class DriftWorker:
         interval_s: float,
         every_rows: int,
         shipper: InfluxShipper | None = None,
+        before: Callable[[], None] | None = None,
     ) -> None:
         self.windows = windows
         self.thresholds = thresholds
         self.interval_s = interval_s
         self.every_rows = every_rows
         self.shipper = shipper
+        self._before = before  # brings queued rows in (the monitor's drain)
         self.latest: DriftReport | None = None
         self._rows_since = 0
         self._wake: asyncio.Event | None = None
@@ -102,6 +105,8 @@ class DriftWorker:
         self._rows_since = 0
         start = time.perf_counter()
         try:
+            if self._before is not None:
+                self._before()
             report = evaluate_drift(self.windows, self.thresholds)
         except Exception:
             log.exception("mlwarden: drift evaluation failed")

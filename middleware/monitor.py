@@ -46,6 +46,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _JSON_TYPES = (b"application/json", b"text/json")
+# Model exchanges are read in batches of this many, or sooner once their bodies add up to this
+# many bytes (the memory bound of the queue), and always before statistics are used.
+_READ_BATCH = 64
+_READ_BATCH_BYTES = 1024 * 1024
 
 
 class InferenceMonitor:
@@ -111,7 +115,7 @@ class InferenceMonitor:
             self.worker = DriftWorker(
                 self.windows, o.drift, metrics=m, model=o.model_name, version=o.model_version,
                 interval_s=o.drift_interval_s, every_rows=o.drift_every_rows,
-                shipper=self.shipper,
+                shipper=self.shipper, before=self.drain,
             )
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         if o.health_path:
@@ -124,6 +128,8 @@ class InferenceMonitor:
                 )
             else:
                 self._own[o.metrics_path] = self._serve_metrics
+        self._pending: list[_Exchange] = []
+        self._pending_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
         self._last_internal_log = 0.0
@@ -209,9 +215,12 @@ class InferenceMonitor:
         if model:
             failed = error is not None or status is None or status >= 500
             self.health_window.record(end - ex.start, failed)
-            self._read_payload(scope, ex, attributes)
-            if status is not None and 200 <= status < 300:
-                self._read_predictions(ex, attributes)
+            ex.request_type = _header(scope, b"content-type")
+            ex.status = status
+            if span is None:
+                self._defer(ex)
+            else:  # the span wants the payload's figures before it ends
+                self._read_exchange(ex, attributes)
         if span is not None:
             span.finish(
                 method=method, route=route, status=status, error=error,
@@ -233,11 +242,38 @@ class InferenceMonitor:
             self._children[key] = children
         return children
 
+    def _defer(self, ex: _Exchange) -> None:
+        """Queue a model exchange; read queued ones together once enough have gathered.
+
+        Reading a few dozen payloads in one go keeps the parser's code and data warm in the
+        CPU caches instead of interleaving it with the app's (measured: the same reading costs
+        about twice as much per request when interleaved). Bounded by count and by bytes.
+        """
+        ex.release()
+        self._pending.append(ex)
+        self._pending_bytes += ex.request_size + ex.response_size
+        if len(self._pending) >= _READ_BATCH or self._pending_bytes >= _READ_BATCH_BYTES:
+            self.drain()
+
+    def drain(self) -> None:
+        """Read every queued exchange now (before statistics are evaluated or served)."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        for ex in pending:
+            try:
+                self._read_exchange(ex, None)
+            except Exception:
+                self._internal_error("reading a payload")
+
+    def _read_exchange(self, ex: _Exchange, attributes: dict[str, Any] | None) -> None:
+        self._read_payload(ex, attributes)
+        if ex.status is not None and 200 <= ex.status < 300:
+            self._read_predictions(ex, attributes)
+
     def _payload_error(self, reason: str) -> None:
         o = self.options
         self.metrics.payload_errors.labels(o.model_name, o.model_version, reason).inc()
 
-    def _read_payload(self, scope: Scope, ex: _Exchange, attributes: dict[str, Any]) -> None:
+    def _read_payload(self, ex: _Exchange, attributes: dict[str, Any] | None) -> None:
         if ex.request_overflow:
             reason = "too_large"
         elif not ex.request_complete:
@@ -245,24 +281,26 @@ class InferenceMonitor:
         else:
             body = b"".join(ex.request_chunks)
             try:
-                batch = self._parser.parse(body, _header(scope, b"content-type"))
+                batch = self._parser.parse(body, ex.request_type)
             except PayloadError as exc:
                 reason = exc.reason
             else:
                 self._rows_scored.inc(batch.rows)
                 if batch.unknown_features:
                     self._unknown_features.inc(batch.unknown_features)
-                attributes["mlwarden.payload.rows"] = batch.rows
-                attributes["mlwarden.payload.format"] = batch.format
+                if attributes is not None:
+                    attributes["mlwarden.payload.rows"] = batch.rows
+                    attributes["mlwarden.payload.format"] = batch.format
                 if self.windows is not None and batch.rows:
                     self.windows.add(batch)
                     assert self.worker is not None
                     self.worker.rows_added(batch.rows)
                 return
         self._payload_error(reason)
-        attributes["mlwarden.payload.error"] = reason
+        if attributes is not None:
+            attributes["mlwarden.payload.error"] = reason
 
-    def _read_predictions(self, ex: _Exchange, attributes: dict[str, Any]) -> None:
+    def _read_predictions(self, ex: _Exchange, attributes: dict[str, Any] | None) -> None:
         o = self.options
         reason = None
         body = b""
@@ -281,7 +319,8 @@ class InferenceMonitor:
                 reason = exc.reason
         if reason is not None:
             self.metrics.predictions_skipped.labels(o.model_name, o.model_version, reason).inc()
-            attributes["mlwarden.prediction.skipped"] = reason
+            if attributes is not None:
+                attributes["mlwarden.prediction.skipped"] = reason
             return
         values, classes, confidences = (
             predictions.values, predictions.classes, predictions.confidences
@@ -305,10 +344,12 @@ class InferenceMonitor:
                 observe(confidence)
             mean_confidence = sum(confidences) / len(confidences)
             self.health_window.record_confidence(mean_confidence)
-            attributes["mlwarden.prediction.mean_confidence"] = mean_confidence
-        attributes["mlwarden.prediction.count"] = predictions.count
-        if values:
-            attributes["mlwarden.prediction.mean"] = sum(values) / len(values)
+            if attributes is not None:
+                attributes["mlwarden.prediction.mean_confidence"] = mean_confidence
+        if attributes is not None:
+            attributes["mlwarden.prediction.count"] = predictions.count
+            if values:
+                attributes["mlwarden.prediction.mean"] = sum(values) / len(values)
 
     def _internal_error(self, what: str) -> None:
         now = time.monotonic()
@@ -319,6 +360,7 @@ class InferenceMonitor:
     # -- our own endpoints --------------------------------------------------------------------
 
     async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.drain()
         encoder, content_type = choose_encoder(_header(scope, b"accept") or "")
         body = encoder(self.registry)
         await _respond(send, 200, body, content_type.encode("latin-1"), scope["method"])
@@ -331,6 +373,7 @@ class InferenceMonitor:
 
     def health_report(self) -> dict[str, Any]:
         """The health report as served at ``/-/health``."""
+        self.drain()
         o = self.options
         extra: dict[str, Any] = {}
         if self.shipper is not None:
@@ -371,6 +414,7 @@ class InferenceMonitor:
 
     async def aclose(self) -> None:
         """Stop the background tasks; a last bounded attempt to ship buffered statistics."""
+        self.drain()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -389,8 +433,8 @@ class _Exchange:
     __slots__ = (
         "_max_request", "_max_response", "_model", "_receive", "_send", "first_byte",
         "last_byte", "request_chunks", "request_complete", "request_overflow", "request_size",
-        "response_chunks", "response_encoding", "response_json", "response_overflow",
-        "response_size", "start", "status",
+        "request_type", "response_chunks", "response_encoding", "response_json",
+        "response_overflow", "response_size", "start", "status",
     )
 
     def __init__(self, receive: Receive, send: Send, *, model: bool, max_request: int,
@@ -410,6 +454,11 @@ class _Exchange:
         self.response_json = False
         self.response_encoding: bytes | None = None
         self.response_overflow = False
+        self.request_type: str | None = None
+
+    def release(self) -> None:
+        """Drop the server's callables: a queued exchange keeps only what is to be read."""
+        self._receive = self._send = None  # type: ignore[assignment]
 
     async def receive(self) -> Message:
         message = await self._receive()

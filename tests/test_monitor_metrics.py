@@ -159,3 +159,25 @@ def test_hostile_payloads_leave_the_series_fixed():
         "mlwarden_payload_errors_total", {**MV, "reason": "too_large"}) == 4
     assert registry.get_sample_value(
         "mlwarden_payload_errors_total", {**MV, "reason": "no_known_features"}) == 4
+
+
+def test_queued_reads_are_counted_before_a_scrape():
+    registry = CollectorRegistry()
+    with serve_app(monitored(starlette_app, registry, baseline=make_baseline())) as served, \
+            httpx.Client(base_url=served.url) as client:
+        for _ in range(3):  # fewer than a read batch: they wait in the queue
+            client.post("/predict", json={"instances": [{"f0": 1.0}, {"f0": 2.0}]})
+        text = client.get("/metrics").text
+    assert 'mlwarden_rows_scored_total{model="m",version="1"} 6.0' in text
+
+
+def test_queued_reads_are_bounded_by_bytes():
+    registry = CollectorRegistry()
+    app = monitored(starlette_app, registry, baseline=make_baseline())
+    big = {"instances": [{"f0": float(i), "pad": "x" * 300} for i in range(2_000)]}
+    with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
+        client.post("/predict", json=big)  # ~0.7 MB with its response
+        client.post("/predict", json=big)  # the queue passes 1 MiB: read at once
+        client.get("/items/1")  # served after the previous request's recording
+        rows = registry.get_sample_value("mlwarden_rows_scored_total", MV)
+    assert rows == 4_000
