@@ -124,6 +124,12 @@ class MonitorMetrics:
             route, registry=r,
         )
 
+        self.internal_errors = Counter(
+            "mlwarden_internal_errors_total",
+            "Errors inside the middleware itself (logged; the request was not affected).",
+            _MV, registry=r,
+        )
+
         # Payloads and predictions of model endpoints.
         self.payload_errors = Counter(
             "mlwarden_payload_errors_total",
@@ -209,11 +215,6 @@ class MonitorMetrics:
             "Time one drift evaluation of all features took.",
             _MV, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
-        )
-        self.rows_dropped = Counter(
-            "mlwarden_feature_rows_dropped_total",
-            "Feature rows not added to the windows, by reason (pending buffer full).",
-            (*_MV, "reason"), registry=r,
         )
 
         # Shipping statistics to InfluxDB.

@@ -117,17 +117,17 @@ class InferenceMonitor:
                 interval_s=o.drift_interval_s, every_rows=o.drift_every_rows,
                 shipper=self.shipper, before=self.drain,
             )
+        # Our endpoints never shadow a route the app has at the same path.
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
-        if o.health_path:
-            self._own[o.health_path] = self._serve_health
-        if o.metrics_path:
-            if self._routes.serves(o.metrics_path):
-                log.info(
-                    "mlwarden: the app serves %s itself; not mounting a second one",
-                    o.metrics_path,
-                )
+        for path, endpoint in ((o.health_path, self._serve_health),
+                               (o.metrics_path, self._serve_metrics)):
+            if not path:
+                continue
+            if self._routes.serves(path):
+                log.warning("mlwarden: the app serves %s itself; not mounting a second one", path)
             else:
-                self._own[o.metrics_path] = self._serve_metrics
+                self._own[path] = endpoint
+        self._internal_errors = m.internal_errors
         self._pending: list[_Exchange] = []
         self._pending_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -352,6 +352,8 @@ class InferenceMonitor:
                 attributes["mlwarden.prediction.mean"] = sum(values) / len(values)
 
     def _internal_error(self, what: str) -> None:
+        o = self.options
+        self._internal_errors.labels(o.model_name, o.model_version).inc()
         now = time.monotonic()
         if now - self._last_internal_log > 60:
             self._last_internal_log = now

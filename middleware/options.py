@@ -167,6 +167,10 @@ class MonitorOptions:
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and value.startswith("/")):
                 problems.append(f"{key}: expected a path starting with '/' or None, got {value!r}")
+        if self.influx is not None and self.baseline is None:
+            problems.append(
+                "influx: needs a baseline (the statistics shipped are the baseline features')"
+            )
         if self.metrics_path is not None and self.metrics_path == self.health_path:
             problems.append("health_path: must differ from metrics_path")
         if not isinstance(self.tracing, bool):

@@ -181,3 +181,32 @@ def test_queued_reads_are_bounded_by_bytes():
         client.get("/items/1")  # served after the previous request's recording
         rows = registry.get_sample_value("mlwarden_rows_scored_total", MV)
     assert rows == 4_000
+
+
+def test_app_health_route_is_not_shadowed():
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    app = starlette_app()
+    app.router.routes.append(Route("/-/health", lambda r: PlainTextResponse("app says ok")))
+    app.add_middleware(InferenceMonitor, model_name="m", registry=CollectorRegistry())
+    with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
+        assert client.get("/-/health").text == "app says ok"
+        assert "mlwarden_request_duration_seconds" in client.get("/metrics").text
+
+
+def test_a_fault_inside_the_middleware_is_counted_and_the_request_unaffected():
+    registry = CollectorRegistry()
+    app = monitored(starlette_app, registry)
+    with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
+        monitor = app.middleware_stack
+        while not isinstance(monitor, InferenceMonitor):
+            monitor = monitor.app
+
+        def broken(*args):
+            raise RuntimeError("a bug of ours")
+
+        monitor.health_window.record = broken
+        r = client.post("/predict", json={"f0": 1.0})
+    assert r.status_code == 200 and r.json()["predictions"]
+    assert registry.get_sample_value("mlwarden_internal_errors_total", MV) == 1

@@ -58,3 +58,10 @@ def test_malformed_baseline_names_the_key(tmp_path):
     result = run_uvicorn(tmp_path, "model_name='m', baseline='b.json'", "--lifespan", "on")
     assert result.returncode != 0
     assert "features[0]" in result.stderr
+
+
+def test_influx_without_a_baseline_is_refused(tmp_path):
+    result = run_uvicorn(tmp_path, "model_name='m', influx={'url': 'http://127.0.0.1:1', "
+                                   "'bucket': 'b'}")
+    assert result.returncode != 0
+    assert "influx: needs a baseline" in result.stderr
