@@ -1,0 +1,825 @@
+"""The sidecar's configuration: one YAML file plus environment overrides → frozen, validated config.
+
+This module owns reading, overriding and validating the configuration; nothing else in the
+sidecar parses YAML or reads ``MLWARDEN__*`` variables. Every problem is collected first and
+then raised once as :class:`~mlwarden.middleware.errors.ConfigError`, each entry naming the key
+path, the bad value and what is allowed, so that one start-up shows all of them.
+
+The smallest configuration is two URLs (the first upstream is the primary, the others are its
+fallbacks, in order)::
+
+    upstreams:
+      primary: http://127.0.0.1:8001
+      stable: http://127.0.0.1:8002
+
+Names follow Envoy's (``num_retries``, ``retry_on``, ``per_try_timeout``, ``consecutive_5xx``,
+``base_interval``) with the unit in the name (``_s`` seconds, ``_bytes``, ``_percent``).
+
+Environment overrides, applied to the file's content before validation:
+
+- ``MLWARDEN__<SEGMENT>__<SEGMENT>...=<value>`` sets one key; ``__`` separates the path
+  segments, which match existing keys case-insensitively (new keys are lower-cased), e.g.
+  ``MLWARDEN__RETRY__NUM_RETRIES=3`` or ``MLWARDEN__UPSTREAMS__STABLE__URL=http://10.0.0.7:80``.
+  Values are parsed as YAML (``3``, ``2.5``, ``true``, ``null``, ``[5xx, reset]``), except text
+  settings (URLs, hosts, names, tokens, paths, bodies), which are taken verbatim so that a
+  token such as ``0123`` stays a string. ``retry_on`` and ``retriable_methods`` also take
+  Envoy's comma-separated spelling (``5xx,reset``). A problem a variable caused names it.
+- ``MLWARDEN_ADMIN_TOKEN`` supplies ``admin.token`` when the file and overrides leave it unset:
+  a secret belongs in the environment (a Kubernetes Secret), not in a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from mlwarden.middleware.errors import ConfigError
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "ENV_PREFIX",
+    "RETRY_ON",
+    "AdminConfig",
+    "BreakerConfig",
+    "DegradedResponseConfig",
+    "HealthChecksConfig",
+    "LimitsConfig",
+    "ListenConfig",
+    "RetryConfig",
+    "RoutingConfig",
+    "SidecarConfig",
+    "TimeoutsConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+#: Prefix of the variables that override single keys (``MLWARDEN__RETRY__NUM_RETRIES=3``).
+ENV_PREFIX = "MLWARDEN__"
+#: Variable that supplies ``admin.token`` when the configuration leaves it unset.
+ADMIN_TOKEN_ENV = "MLWARDEN_ADMIN_TOKEN"
+#: The retry conditions, Envoy's words: ``5xx`` is any 5xx status and connect failures,
+#: ``gateway-error`` is 502/503/504, ``retriable-status-codes`` is ``retry.retriable_status_codes``.
+RETRY_ON = frozenset(
+    {"connect-failure", "reset", "timeout", "retriable-status-codes", "5xx", "gateway-error"}
+)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"})
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:\[\]-]+")
+_MIN_TOKEN_CHARS = 16
+# Words other tools use for our keys: a typo hint cannot find these by spelling.
+_SYNONYMS = {
+    "fail_max": "consecutive_5xx",
+    "max_retries": "num_retries",
+    "retries": "num_retries",
+    "attempts": "num_retries",
+    "per_try_timeout": "per_try_timeout_s",
+    "timeout": "total_timeout_s",
+    "base_interval": "base_interval_s",
+    "max_interval": "max_interval_s",
+    "reset_timeout": "reset_timeout_s",
+    "interval": "interval_s",
+}
+# Leaf keys whose environment values are text, taken verbatim rather than parsed as YAML.
+_TEXT_KEYS = frozenset(
+    {"url", "host", "token", "redis_url", "primary", "health_path", "body", "content_type"}
+)
+
+
+class _Bad(Exception):
+    """One value is invalid; the message says what was expected and what was found."""
+
+
+# --------------------------------------------------------------------------- value checks
+# A check takes a raw value and returns it normalised (lists become tuples, ints floats where a
+# float is expected) or raises _Bad. Checks accept their own output, since __post_init__ runs
+# them again on direct construction.
+
+Check = Callable[[Any], Any]
+
+
+def _show(value: Any) -> str:
+    """The value as a message quotes it, cut short: a message is read, not a data dump."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bound(x: float) -> str:
+    return f"{x:_}" if isinstance(x, int) and x >= 100_000 else f"{x:g}"
+
+
+def _number(
+    kind: type[int] | type[float], *, gt: float | None = None, ge: float | None = None,
+    le: float | None = None, lt: float | None = None, unit: str = "",
+) -> Check:
+    bounds = [f"> {_bound(gt)}" if gt is not None else "",
+              f">= {_bound(ge)}" if ge is not None else "",
+              f"< {_bound(lt)}" if lt is not None else "",
+              f"<= {_bound(le)}" if le is not None else ""]
+    noun = "a whole number" if kind is int else "a number"
+    want = " ".join(p for p in (noun + unit, " and ".join(b for b in bounds if b)) if p)
+
+    def check(value: Any) -> Any:
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+        if (not ok_type or isinstance(value, bool)
+                or (isinstance(value, float) and not math.isfinite(value))):
+            raise _Bad(f"expected {want}, got {_show(value)}")
+        if ((gt is not None and value <= gt) or (ge is not None and value < ge)
+                or (lt is not None and value >= lt) or (le is not None and value > le)):
+            raise _Bad(f"expected {want}, got {_show(value)}")
+        try:
+            return kind(value)
+        except OverflowError:  # an int beyond float's range, where there is no upper bound
+            raise _Bad(f"expected {want}, got an integer too large") from None
+
+    return check
+
+
+def _seconds(**bounds: float) -> Check:
+    return _number(float, unit=" of seconds", **bounds)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _port(value: Any) -> int:
+    return _number(int, ge=0, le=65535)(value)  # 0: an OS-assigned port (tests)
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not _HOST_RE.fullmatch(value):
+        raise _Bad(f"expected a host name or IP address such as 0.0.0.0, got {_show(value)}")
+    return value
+
+
+def _url_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in " ?#"):
+        raise _Bad(f"expected a URL path starting with '/', without query, got {_show(value)}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _http_url(value: Any) -> str:
+    want = "expected an http(s) URL with a host"
+    if not isinstance(value, str):
+        raise _Bad(f"{want}, got {_show(value)}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise _Bad(f"{want}, got {_show(value)} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Bad(f"{want}, got {_show(value)}")
+    if parts.username is not None or parts.password is not None:
+        # The URL lands in logs and /-/status; credentials there would leak.
+        raise _Bad("must not contain credentials (user:password@)")
+    if parts.query or parts.fragment:
+        raise _Bad(f"{want} and no query or fragment, got {_show(value)}")
+    return value
+
+
+def _redis_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    want = "expected a redis://, rediss:// or unix:// URL"
+    if not isinstance(value, str):
+        raise _Bad(f"{want}, got {type(value).__name__}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018
+    except ValueError:
+        raise _Bad(f"{want} (value hidden: it may hold a password)") from None
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise _Bad(f"{want} (value hidden: it may hold a password)")
+    return value
+
+
+def _token(value: Any) -> str:
+    # Never echo the value: it is a secret.
+    if value == "":
+        return ""
+    if (not isinstance(value, str) or len(value) < _MIN_TOKEN_CHARS
+            or any(c.isspace() for c in value)):
+        raise _Bad(f"expected a string of at least {_MIN_TOKEN_CHARS} characters without "
+                   f"whitespace (value hidden)")
+    return value
+
+
+def _sequence(value: Any, what: str) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise _Bad(f"expected a list of {what}, got {_show(value)}")
+    return tuple(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = _sequence(value, "upstream names")
+    bad = [i for i in items if not isinstance(i, str)]
+    if bad:
+        raise _Bad(f"expected a list of upstream names, got {', '.join(map(repr, bad))}")
+    return items
+
+
+def _status_codes(low: int, high: int) -> Check:
+    def check(value: Any) -> tuple[int, ...]:
+        items = _sequence(value, f"status codes {low}-{high}")
+        bad = [c for c in items
+               if not isinstance(c, int) or isinstance(c, bool) or not low <= c <= high]
+        if bad:
+            raise _Bad(f"expected status codes {low}-{high}, got {', '.join(map(repr, bad))}")
+        return tuple(sorted(set(items)))
+
+    return check
+
+
+def _words(allowed: frozenset[str], *, upper: bool = False) -> Check:
+    def check(value: Any) -> tuple[str, ...]:
+        # Envoy writes these as one comma-separated string; accept that spelling too.
+        if isinstance(value, str):
+            value = [w.strip() for w in value.split(",")]
+        items = _sequence(value, "strings")
+        norm = [i.upper() if upper and isinstance(i, str) else i for i in items]
+        bad = [i for i in norm if i not in allowed]
+        if bad:
+            hints = []
+            for b in bad:
+                close = (difflib.get_close_matches(b, sorted(allowed), n=1)
+                         if isinstance(b, str) else [])
+                hints.append(f"{b!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise _Bad(f"unknown {', '.join(hints)}; allowed: {', '.join(sorted(allowed))}")
+        return tuple(dict.fromkeys(norm))
+
+    return check
+
+
+def _setting(default: Any = dataclasses.MISSING, check: Check = _text, **kw: Any) -> Any:
+    """A dataclass field that carries its value check."""
+    return field(default=default, metadata={"check": check}, **kw)
+
+
+# --------------------------------------------------------------------------- problem collection
+
+
+class _Problems:
+    """Collects problems; one caused by an environment variable names that variable."""
+
+    def __init__(self, origins: Mapping[str, str] | None = None) -> None:
+        self.items: list[str] = []
+        self.origins: dict[str, str] = dict(origins or {})
+
+    def add(self, path: str, message: str) -> None:
+        var = next((self.origins[p] for p in _prefixes(path) if p in self.origins), None)
+        self.items.append(f"{path}: {message}" + (f" (from {var})" if var else ""))
+
+    def unknown(self, path: str, key: Any, allowed: list[str]) -> None:
+        if not isinstance(key, str):
+            self.add(path, f"keys must be strings, got {key!r}")
+            return
+        close = ([_SYNONYMS[key]] if _SYNONYMS.get(key) in allowed
+                 else difflib.get_close_matches(key, allowed, n=1))
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        self.add(f"{path}.{key}" if path else key,
+                 f"unknown key ({hint}allowed: {', '.join(allowed)})")
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class _Block:
+    """Shared by the blocks: validation from field metadata, on mapping load and on construction."""
+
+    __slots__ = ()
+    _key: ClassVar[str]
+
+    def _path(self) -> str:
+        return self._key
+
+    def __post_init__(self) -> None:
+        problems = _Problems()
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        type(self)._check(values, self._path(), problems)
+        if problems.items:
+            raise ConfigError(problems.items)
+
+    @classmethod
+    def _check(cls, raw: Mapping[str, Any], path: str, problems: _Problems) -> dict[str, Any]:
+        """Checked, normalised values of the keys present in ``raw``, then the cross-field rules."""
+        valid: dict[str, Any] = {}
+        defaults: dict[str, Any] = {}
+        before = len(problems.items)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            check = f.metadata.get("check")
+            if f.name not in raw:
+                if f.default is not dataclasses.MISSING:
+                    defaults[f.name] = f.default
+                elif check is not None:
+                    problems.add(f"{path}.{f.name}", "required")
+                continue
+            if check is None:
+                valid[f.name] = raw[f.name]
+                continue
+            try:
+                valid[f.name] = check(raw[f.name])
+            except _Bad as exc:
+                problems.add(f"{path}.{f.name}", str(exc))
+        if len(problems.items) == before:
+            for name, message in cls._cross({**defaults, **valid}):
+                problems.add(f"{path}.{name}", message)
+        return valid
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Rules between keys of one block, as (key, message); only run when each key is valid."""
+        return []
+
+    @classmethod
+    def _load(cls, raw: Any, path: str, problems: _Problems, **extra: Any) -> Any:
+        """An instance from a YAML block, or None after adding its problems."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            problems.add(path, f"expected a mapping, got {type(raw).__name__} {_show(raw)}")
+            return None
+        allowed = [f.name for f in dataclasses.fields(cls) if f.name not in extra]  # type: ignore[arg-type]
+        before = len(problems.items)
+        for key in raw:
+            if key not in allowed:
+                problems.unknown(path, key, allowed)
+        values = cls._check({**{k: v for k, v in raw.items() if k in allowed}, **extra},
+                            path, problems)
+        if len(problems.items) != before:
+            return None
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListenConfig(_Block):
+    """Where clients reach the proxy. 0.0.0.0 by default: a pod sidecar is called from outside
+    the pod; on a shared host, set 127.0.0.1."""
+
+    _key: ClassVar[str] = "listen"
+    host: str = _setting("0.0.0.0", _host)
+    port: int = _setting(8080, _port)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdminConfig(_Block):
+    """The admin port: /metrics and status for Prometheus and people (hence 0.0.0.0 by default),
+    mutations only with a bearer ``token``; without one, mutations are off."""
+
+    _key: ClassVar[str] = "admin"
+    host: str = _setting("0.0.0.0", _host)
+    port: int = _setting(9901, _port)
+    token: str = _setting("", _token, repr=False)
+
+    @property
+    def mutations_enabled(self) -> bool:
+        return bool(self.token)
+
+    def __repr__(self) -> str:
+        return (f"AdminConfig(host={self.host!r}, port={self.port!r}, "
+                f"token={'<set>' if self.token else '<unset>'})")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpstreamConfig(_Block):
+    """One named model version behind the proxy. ``url`` is the base URL: its path, if any,
+    is prefixed to every forwarded path."""
+
+    _key: ClassVar[str] = "upstreams"
+    name: str = _setting(check=_text)
+    url: str = _setting(check=_http_url)
+    health_path: str = _setting("/-/health", _url_path)
+    max_connections: int = _setting(100, _number(int, ge=1, le=100_000))
+    connect_timeout_s: float = _setting(1.0, _seconds(gt=0, le=300))
+
+    def _path(self) -> str:
+        return f"upstreams.{self.name}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoutingConfig(_Block):
+    """Which upstream takes traffic first, and where it goes, in order, when that one cannot."""
+
+    _key: ClassVar[str] = "routing"
+    primary: str = _setting(check=_text)
+    fallbacks: tuple[str, ...] = _setting((), _names)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return (self.primary, *self.fallbacks)
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        out = []
+        if v["primary"] in v["fallbacks"]:
+            out.append(("fallbacks", f"must not contain the primary {v['primary']!r}: an "
+                                     f"upstream cannot be its own fallback"))
+        dupes = sorted({n for n in v["fallbacks"] if v["fallbacks"].count(n) > 1}, key=str)
+        if dupes:
+            out.append(("fallbacks", f"lists {', '.join(map(repr, dupes))} more than once"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TimeoutsConfig(_Block):
+    """Deadlines: one attempt, and the whole request with its retries and fallbacks."""
+
+    _key: ClassVar[str] = "timeouts"
+    per_try_timeout_s: float = _setting(10.0, _seconds(gt=0, le=3600))
+    total_timeout_s: float = _setting(30.0, _seconds(gt=0, le=3600))
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        if v["per_try_timeout_s"] > v["total_timeout_s"]:
+            return [("per_try_timeout_s", f"must be <= timeouts.total_timeout_s "
+                                          f"({v['total_timeout_s']:g}), got "
+                                          f"{v['per_try_timeout_s']:g}")]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryConfig(_Block):
+    """When and how often to try again. POST is retried by default: a prediction is a pure
+    function of its payload, so repeating it costs compute but changes nothing; the budget
+    bounds that cost. ``timeout`` is not retried by default: a slow model would get more load
+    exactly when it is slow. For endpoints with side effects, set ``retriable_methods``."""
+
+    _key: ClassVar[str] = "retry"
+    num_retries: int = _setting(2, _number(int, ge=0, le=10))
+    retry_on: tuple[str, ...] = _setting(
+        ("connect-failure", "reset", "gateway-error"), _words(RETRY_ON))
+    retriable_status_codes: tuple[int, ...] = _setting((), _status_codes(100, 599))
+    retriable_methods: tuple[str, ...] = _setting(
+        ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"), _words(_METHODS, upper=True))
+    base_interval_s: float = _setting(0.025, _seconds(gt=0, le=60))
+    max_interval_s: float = _setting(0.25, _seconds(gt=0, le=600))
+    backoff_multiplier: float = _setting(2.0, _number(float, ge=1, le=10))
+    budget_percent: float = _setting(20.0, _number(float, ge=0, le=100))
+    min_retries_per_s: float = _setting(10.0, _number(float, ge=0, le=1_000_000))
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        out = []
+        if v["max_interval_s"] < v["base_interval_s"]:
+            out.append(("max_interval_s", f"must be >= retry.base_interval_s "
+                                          f"({v['base_interval_s']:g}), got "
+                                          f"{v['max_interval_s']:g}"))
+        listed = "retriable-status-codes" in v["retry_on"]
+        if listed and not v["retriable_status_codes"]:
+            out.append(("retriable_status_codes", "must list at least one status code when "
+                                                  "retry_on has 'retriable-status-codes'"))
+        if v["retriable_status_codes"] and not listed:
+            out.append(("retriable_status_codes", "is ignored unless retry_on has "
+                                                  "'retriable-status-codes'; add it there"))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BreakerConfig(_Block):
+    """The circuit breaker of each upstream. Connect failures and timeouts always count as
+    failures; ``failure_status_codes`` says which answers do too. ``redis_url`` shares state
+    across replicas; it may hold a password, so it is left out of ``repr``."""
+
+    _key: ClassVar[str] = "breaker"
+    consecutive_5xx: int = _setting(5, _number(int, ge=1, le=10_000))
+    reset_timeout_s: float = _setting(30.0, _seconds(gt=0, le=86_400))
+    half_open_max_calls: int = _setting(1, _number(int, ge=1, le=1000))
+    failure_status_codes: tuple[int, ...] = _setting((500, 502, 503, 504),
+                                                     _status_codes(100, 599))
+    redis_url: str | None = _setting(None, _redis_url, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HealthChecksConfig(_Block):
+    """Active health checks of every upstream; with ``read_health_report`` the middleware's
+    JSON verdict (drift, error rate) counts, not only the status code."""
+
+    _key: ClassVar[str] = "health_checks"
+    interval_s: float = _setting(5.0, _seconds(gt=0, le=3600))
+    timeout_s: float = _setting(1.0, _seconds(gt=0, le=3600))
+    healthy_threshold: int = _setting(2, _number(int, ge=1, le=100))
+    unhealthy_threshold: int = _setting(3, _number(int, ge=1, le=100))
+    read_health_report: bool = _setting(True, _boolean)
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        if v["timeout_s"] >= v["interval_s"]:
+            # Otherwise checks of one upstream overlap and pile up against a hanging server.
+            return [("timeout_s", f"must be < health_checks.interval_s ({v['interval_s']:g}), "
+                                  f"got {v['timeout_s']:g}")]
+        return []
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LimitsConfig(_Block):
+    """Bounds that keep one client or one upstream from exhausting the sidecar's memory."""
+
+    _key: ClassVar[str] = "limits"
+    max_request_bytes: int = _setting(16 * 2**20, _number(int, ge=1, le=2**40))
+    max_response_bytes: int = _setting(64 * 2**20, _number(int, ge=1, le=2**40))
+    max_concurrent_requests: int = _setting(1024, _number(int, ge=1, le=1_000_000))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DegradedResponseConfig(_Block):
+    """A static answer for when no upstream can answer (a default prediction, a maintenance
+    note). Absent, the proxy answers a 503 JSON error that names what failed."""
+
+    _key: ClassVar[str] = "degraded_response"
+    status: int = _setting(503, _number(int, ge=200, le=599))
+    body: str = _setting(check=lambda v: v if isinstance(v, str) else _bad_body(v))
+    content_type: str = _setting("application/json", _text)
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        ctype = v["content_type"].split(";")[0].strip().lower()
+        if ctype == "application/json" or ctype.endswith("+json"):
+            try:
+                json.loads(v["body"])
+            except ValueError as exc:
+                return [("body", f"must be valid JSON for content_type {ctype!r} ({exc})")]
+        return []
+
+
+def _bad_body(value: Any) -> str:
+    raise _Bad(f"expected a string (use a YAML block scalar for JSON), got {_show(value)}")
+
+
+# --------------------------------------------------------------------------- the whole file
+
+_BLOCKS: dict[str, type[_Block]] = {
+    "listen": ListenConfig, "admin": AdminConfig, "timeouts": TimeoutsConfig,
+    "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
+    "limits": LimitsConfig,
+}
+_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SidecarConfig:
+    """The sidecar's whole configuration, validated; build it with :func:`load_config` or
+    :meth:`from_mapping`. ``upstreams`` keeps the file's order."""
+
+    upstreams: tuple[UpstreamConfig, ...]
+    routing: RoutingConfig
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    health_checks: HealthChecksConfig = field(default_factory=HealthChecksConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    degraded_response: DegradedResponseConfig | None = None
+
+    def __post_init__(self) -> None:
+        problems = _Problems()
+        _check_whole([u.name for u in self.upstreams], self.upstreams, self.routing,
+                     self.listen, self.admin, self.timeouts, problems)
+        if problems.items:
+            raise ConfigError(problems.items)
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """The upstream called ``name`` (KeyError when there is none)."""
+        for u in self.upstreams:
+            if u.name == name:
+                return u
+        raise KeyError(name)
+
+    @classmethod
+    def from_mapping(
+        cls, data: Any, *, source: str | None = None, environ: Mapping[str, str] | None = None,
+    ) -> SidecarConfig:
+        """Validate a parsed YAML document after applying the environment overrides.
+
+        Raises ConfigError with every problem found. ``environ`` defaults to ``os.environ``.
+        """
+        env = os.environ if environ is None else environ
+        if not isinstance(data, Mapping):
+            got = "an empty document" if data is None else f"{type(data).__name__} {_show(data)}"
+            raise ConfigError([f"top level: expected a mapping with 'upstreams', got {got}"],
+                              source=source)
+        problems = _Problems()
+        data = _apply_env(data, env, problems)
+        for key in data:
+            if key not in _TOP_KEYS:
+                problems.unknown("", key, _TOP_KEYS)
+        upstreams, names = _load_upstreams(data.get("upstreams"), problems)
+        blocks: dict[str, Any] = {}
+        for key, block in _BLOCKS.items():
+            raw = data.get(key)
+            if key == "admin" and isinstance(raw, Mapping | None):
+                raw = dict(raw or {})
+                if raw.get("token") in (None, "") and env.get(ADMIN_TOKEN_ENV):
+                    raw["token"] = env[ADMIN_TOKEN_ENV]
+                    problems.origins.setdefault("admin.token", ADMIN_TOKEN_ENV)
+                elif raw.get("token") is None:
+                    raw.pop("token", None)
+            blocks[key] = block._load(raw, key, problems)
+        degraded = data.get("degraded_response")
+        if degraded is not None:
+            degraded = DegradedResponseConfig._load(degraded, "degraded_response", problems)
+        # Routing is checked against every declared name, also those whose block has problems,
+        # so that one bad URL does not show up again as an unknown upstream in routing.
+        routing = _load_routing(data.get("routing"), names, problems) if names else None
+        if routing:
+            _check_whole(names, upstreams, routing, blocks["listen"], blocks["admin"],
+                         blocks["timeouts"], problems)
+        if problems.items:
+            raise ConfigError(problems.items, source=source)
+        return cls(upstreams=upstreams, routing=routing, degraded_response=degraded,  # type: ignore[arg-type]
+                   **blocks)
+
+
+def _load_upstreams(
+    raw: Any, problems: _Problems,
+) -> tuple[tuple[UpstreamConfig, ...], list[str]]:
+    """The valid upstreams, and every well-formed name declared (valid or not)."""
+    if not isinstance(raw, Mapping) or not raw:
+        got = "nothing" if raw is None else _show(raw)
+        problems.add("upstreams", f"expected a mapping of at least one name to a URL (or to "
+                                  f"a mapping with 'url'), got {got}")
+        return (), []
+    out = []
+    seen: dict[str, str] = {}
+    declared: list[str] = []
+    for name, spec in raw.items():
+        path = f"upstreams.{name}"
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            # Names become metric labels, header values and env-variable segments.
+            problems.add(path, "the name must be 1-63 letters, digits, '_', '.' or '-', "
+                               "starting with a letter or digit")
+            continue
+        if name.lower() in seen:
+            problems.add(path, f"clashes with {seen[name.lower()]!r}: names differ only in case")
+            continue
+        seen[name.lower()] = name
+        declared.append(name)
+        if isinstance(spec, str):
+            spec = {"url": spec}
+        elif not isinstance(spec, Mapping):
+            problems.add(path, f"expected a URL or a mapping with 'url', got {_show(spec)}")
+            continue
+        u = UpstreamConfig._load(spec, path, problems, name=name)
+        if u is not None:
+            out.append(u)
+    return tuple(out), declared
+
+
+def _load_routing(raw: Any, names: list[str], problems: _Problems) -> RoutingConfig | None:
+    if raw is not None and not isinstance(raw, Mapping):
+        problems.add("routing", f"expected a mapping (primary, fallbacks), got {_show(raw)}")
+        return None
+    raw = dict(raw or {})
+    if "primary" not in raw:
+        raw["primary"] = names[0]
+    if "fallbacks" not in raw and isinstance(raw.get("primary"), str):
+        raw["fallbacks"] = [n for n in names if n != raw["primary"]]
+    return RoutingConfig._load(raw, "routing", problems)
+
+
+def _check_whole(names: list[str], upstreams: tuple[UpstreamConfig, ...],
+                 routing: RoutingConfig,
+                 listen: ListenConfig | None, admin: AdminConfig | None,
+                 timeouts: TimeoutsConfig | None, problems: _Problems) -> None:
+    """Rules between blocks."""
+    if not names:
+        problems.add("upstreams", "expected at least one upstream")
+    known = f"known: {', '.join(names)}" if names else "no upstreams are defined"
+    if routing.primary not in names:
+        problems.add("routing.primary", f"unknown upstream {routing.primary!r} ({known})")
+    for i, name in enumerate(routing.fallbacks):
+        if name not in names:
+            problems.add(f"routing.fallbacks[{i}]", f"unknown upstream {name!r} ({known})")
+    if listen and admin and listen.port == admin.port != 0:
+        problems.add("admin.port", f"must differ from listen.port, both are {admin.port}")
+    if timeouts:
+        for u in upstreams:
+            if u.connect_timeout_s > timeouts.per_try_timeout_s:
+                problems.add(f"upstreams.{u.name}.connect_timeout_s",
+                             f"must be <= timeouts.per_try_timeout_s "
+                             f"({timeouts.per_try_timeout_s:g}), got {u.connect_timeout_s:g}")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _apply_env(data: Mapping[str, Any], environ: Mapping[str, str],
+               problems: _Problems) -> dict[str, Any]:
+    """A copy of ``data`` with every ``MLWARDEN__…`` variable applied; records their origins."""
+    out = dict(data)
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        segments = var[len(ENV_PREFIX):].split("__")
+        if not all(segments):
+            problems.items.append(f"{var}: empty path segment; use '__' only between keys, "
+                                  f"e.g. {ENV_PREFIX}RETRY__NUM_RETRIES")
+            continue
+        node: dict[str, Any] = out
+        path: list[str] = []
+        for seg in segments[:-1]:
+            key = _match_key(node, seg)
+            child = node.get(key)
+            if child is None:
+                child = {}
+            elif isinstance(child, str) and path == ["upstreams"]:
+                child = {"url": child}  # the URL shorthand, opened up for one of its keys
+            elif not isinstance(child, Mapping):
+                where = ".".join([*path, key])
+                problems.items.append(f"{var}: cannot set a key inside {where}, which is "
+                                      f"{type(child).__name__} {_show(child)}, not a mapping")
+                break
+            node[key] = child = dict(child)
+            node = child
+            path.append(key)
+        else:
+            leaf = _match_key(node, segments[-1])
+            raw = environ[var]
+            if leaf in _TEXT_KEYS or path == ["upstreams"]:
+                node[leaf] = raw
+            else:
+                try:
+                    node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+                except yaml.YAMLError as exc:
+                    problems.items.append(f"{var}: not a YAML value ({_yaml_reason(exc)})")
+                    continue
+            problems.origins[".".join([*path, leaf])] = var
+    return out
+
+
+def _match_key(node: Mapping[str, Any], segment: str) -> str:
+    for key in node:
+        if isinstance(key, str) and key.lower() == segment.lower():
+            return key
+    return segment.lower()
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys: YAML keeps the last one silently, which would
+    hide a second upstream of the same name."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                f"while reading a mapping (line {node.start_mark.line + 1})", node.start_mark,
+                f"duplicate key {key!r} (first at line {seen[key].line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return str(exc)
+
+
+def load_config(path: str | os.PathLike[str], *,
+                environ: Mapping[str, str] | None = None) -> SidecarConfig:
+    """Read, override and validate the sidecar's YAML file; ConfigError names every problem."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], source=source) from exc
+    try:
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"YAML syntax: {_yaml_reason(exc)}"], source=source) from exc
+    return SidecarConfig.from_mapping(data, source=source, environ=environ)
