@@ -14,6 +14,8 @@ from mlwarden.middleware.fastmetrics import (
 )
 from mlwarden.middleware.metrics import MonitorMetrics
 
+pytestmark = pytest.mark.floor
+
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 VALUES = (0.0005, 0.001, 0.0011, 0.05, 0.1, 0.7, 1.0, 9.9, 10.0, 12.0, 1e9)
 
