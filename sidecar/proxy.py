@@ -1,0 +1,499 @@
+"""The proxy hot path: one raw ASGI app that forwards each request to the best upstream.
+
+This module owns forwarding one request: reading it, choosing candidates (``Router``), the
+attempt loop (breaker admission, per-try and total deadlines, retries decided by
+``RetryPolicy``, fallback to the next candidate), and streaming the answer back. It decides no
+retry rule, breaker rule or health verdict itself: those live in ``resilience/`` and
+``routing/``.
+
+Per request:
+
+1. The request body is read **whole into memory**, up to ``limits.max_request_bytes`` (larger:
+   413 JSON, judged from ``content-length`` before reading when present). Model payloads are
+   small, and a body held in memory can be replayed on a retry or a fallback; a streamed body
+   could be sent once only. The response body, which may be large, is streamed chunk by chunk.
+2. Candidates come from :class:`~mlwarden.sidecar.routing.router.Router`: an upstream is
+   available when its health check passes and its breaker is not open and cooling down.
+3. Each attempt takes a breaker slot (an open breaker → the next candidate at once), then
+   ``UpstreamPool.request`` with ``timeout_s = min(per_try_timeout_s, time left)``; the per-try
+   deadline covers the whole exchange, body included. The outcome (connect_error, timeout,
+   reset, or the status) goes to the breaker and to the request's ``RetryAttempts``:
+   retry the same upstream after the decided delay; when the policy gives up on a retriable
+   failure (attempts or budget spent), move to the next candidate with a fresh attempt count,
+   inside the same total deadline. A retriable status that is the last word (no candidate
+   left) is passed to the client as the upstream sent it.
+4. Once the response head has gone to the client nothing is retried; an upstream failure
+   mid-body ends the client's response early (uvicorn closes the connection).
+5. When nothing answered: ``degraded_response`` if configured, else 503 JSON
+   ``{"error": "no upstream available", "tried": [...], "reason": ...}``.
+
+A client that disconnects (mid-body or mid-response) stops the exchange; the upstream
+response is closed and the breaker counts nothing.
+
+Lifespan: start-up starts the health checker's loop (unless one was injected, which its owner
+runs); shut-down stops it and closes the pools this app created. WebSocket scopes are not
+proxied: they are refused with close code 1013 (try again later), which uvicorn turns into a
+403 before the handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, Trial
+from mlwarden.sidecar.resilience.retry import (
+    ExponentialJitterBackoff,
+    Outcome,
+    RetryAttempts,
+    RetryBudget,
+    RetryDecision,
+    RetryOn,
+    RetryPolicy,
+    StopAfterAttempts,
+    StopAfterDelay,
+)
+from mlwarden.sidecar.routing.health_checks import HealthChecker
+from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+__all__ = ["HOP_BY_HOP", "ProxyApp", "build_retry_policy"]
+
+log = logging.getLogger("mlwarden.sidecar.proxy")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+#: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus ``proxy-*``
+#: and whatever a ``connection`` header names.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+UPSTREAM_HEADER = b"x-mlwarden-upstream"
+# Dropped from requests besides the hop-by-hop ones: the pool writes its own host and framing.
+_REQUEST_OWNED = frozenset({b"host", b"content-length"})
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+# Give-ups after which another upstream may still answer; "deadline" ends the request and
+# "method"/"not_retriable" mean the request must not be sent again anywhere.
+_FALL_BACK_ON = frozenset({"attempts", "budget"})
+
+
+def build_retry_policy(
+    config: SidecarConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> RetryPolicy:
+    """The proxy's one retry policy (budget shared by all requests) from ``config``."""
+    r = config.retry
+    return RetryPolicy(
+        retry_on=RetryOn(r.retry_on, retriable_status_codes=r.retriable_status_codes),
+        retriable_methods=r.retriable_methods,
+        backoff=ExponentialJitterBackoff(base_interval_s=r.base_interval_s,
+                                         multiplier=r.backoff_multiplier,
+                                         max_interval_s=r.max_interval_s),
+        stop=StopAfterAttempts(r.num_retries + 1)
+        | StopAfterDelay(config.timeouts.total_timeout_s),
+        budget=RetryBudget(budget_percent=r.budget_percent,
+                           min_retries_per_s=r.min_retries_per_s, clock=clock),
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    return {t.strip().lower() for n, v in headers if n.lower() == b"connection"
+            for t in v.split(b",") if t.strip()}
+
+
+def _is_hop(name: bytes, named: set[bytes]) -> bool:
+    return name in HOP_BY_HOP or name in named or name.startswith(b"proxy-")
+
+
+def _json_response(status: int, payload: dict[str, Any]) -> tuple[int, Headers, bytes]:
+    body = json.dumps(payload).encode()
+    return status, [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())], body
+
+
+async def _send_whole(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True, slots=True)
+class _GiveUp:
+    """An upstream is done with: ``fall_back`` says whether the next candidate may be tried."""
+
+    fall_back: bool
+    reason: str
+
+
+class _ClientGone(Exception):
+    """The client disconnected; nothing is sent and nothing is counted against an upstream."""
+
+
+class ProxyApp:
+    """The reverse proxy as a raw ASGI app; see the module docstring for what it does.
+
+    ``pools``, ``breakers`` and ``health`` are built from ``config`` when not given (given ones
+    are used as they are and not closed here). ``clock`` (monotonic seconds) drives deadlines
+    and the retry policy, ``sleep`` the waits between retries; breakers built here use
+    ``wall_clock`` (epoch seconds, as pybreaker's storage expects). ``health_checks=False``
+    runs no checker at all (every upstream counts as healthy).
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        pools: Mapping[str, UpstreamPool] | None = None,
+        breakers: Mapping[str, AsyncBreaker] | None = None,
+        health: HealthChecker | None = None,
+        health_checks: bool = True,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        names = [u.name for u in config.upstreams]
+        self._owns_pools = pools is None
+        self.pools: dict[str, UpstreamPool] = dict(pools) if pools is not None else {
+            u.name: UpstreamPool(u.url, max_connections=u.max_connections,
+                                 connect_timeout_s=u.connect_timeout_s)
+            for u in config.upstreams
+        }
+        b = config.breaker
+        self.breakers: dict[str, AsyncBreaker] = dict(breakers) if breakers is not None else {
+            name: AsyncBreaker(name, fail_max=b.consecutive_5xx, reset_timeout_s=b.reset_timeout_s,
+                               half_open_max_calls=b.half_open_max_calls,
+                               failure_statuses=b.failure_status_codes, clock=wall_clock)
+            for name in names
+        }
+        missing = [n for n in names if n not in self.pools or n not in self.breakers]
+        if missing:
+            raise ValueError(f"no pool or breaker for upstream(s) {', '.join(missing)}")
+        self.health = health
+        self._run_health = health is None and health_checks
+        self._health_task: asyncio.Task[None] | None = None
+        self.policy = policy if policy is not None else build_retry_policy(
+            config, clock=clock, sleep=sleep)
+        self.router = Router(config.routing.primary, config.routing.fallbacks,
+                             is_available=self.is_available)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._max_request = config.limits.max_request_bytes
+        self._per_try_s = config.timeouts.per_try_timeout_s
+        self._total_s = config.timeouts.total_timeout_s
+        self._upstream_values = {n: n.encode("ascii") for n in names}
+
+    def __repr__(self) -> str:
+        return f"ProxyApp(upstreams={list(self.pools)!r}, router={self.router!r})"
+
+    # -- availability --------------------------------------------------------------------------
+
+    def is_available(self, name: str) -> bool:
+        """Healthy (or unchecked) and its breaker not open within its reset timeout."""
+        if self.health is not None and not self.health.is_healthy(name):
+            return False
+        breaker = self.breakers[name]
+        if breaker.state != "open":
+            return True
+        opened = next((c.at for c in reversed(breaker.history) if c.new == "open"), None)
+        # Unknown opening time (shared storage): let the breaker's own admission decide.
+        return opened is None or self._wall_clock() >= opened + breaker.reset_timeout_s
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1013})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def start(self) -> None:
+        """Build and start the health checker (when this app runs one)."""
+        if self._run_health and self._health_task is None:
+            self.health = HealthChecker.from_config(self.config)
+            self._health_task = asyncio.get_running_loop().create_task(
+                self.health.run(), name="mlwarden-health-checks")
+
+    async def aclose(self) -> None:
+        """Stop the health checker this app started and close the pools it created."""
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
+            if self.health is not None:
+                await self.health.aclose()
+        if self._owns_pools:
+            await asyncio.gather(*(pool.aclose() for pool in self.pools.values()))
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_body(scope, receive)
+        except _ClientGone:
+            return
+        if body is None:
+            await _send_whole(send, *_json_response(413, {
+                "error": "request body too large",
+                "max_request_bytes": self._max_request}))
+            return
+        # After the body, the only message left is http.disconnect: watch for it.
+        watcher = asyncio.ensure_future(receive())
+        try:
+            await self._forward(scope, body, watcher, send)
+        except _ClientGone:
+            pass
+        finally:
+            watcher.cancel()
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole request body, or None when it is above the limit."""
+        limit = self._max_request
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return None
+                except ValueError:
+                    pass  # uvicorn rejects a malformed length before we see it
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    return None
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    def _request_headers(self, scope: Scope) -> Headers:
+        raw: Headers = scope["headers"]
+        named = _connection_tokens(raw)
+        out: Headers = []
+        forwarded: dict[bytes, list[bytes]] = {n: [] for n in _FORWARDED}
+        host = b""
+        for name, value in raw:
+            name = name.lower()
+            if name == b"host":
+                host = value
+            if name in forwarded:
+                forwarded[name].append(value)
+            elif name not in _REQUEST_OWNED and not _is_hop(name, named):
+                out.append((name, value))
+        client = scope.get("client")
+        ours = {
+            b"x-forwarded-for": client[0].encode() if client else b"unknown",
+            b"x-forwarded-proto": scope.get("scheme", "http").encode(),
+            b"x-forwarded-host": host,
+        }
+        for name in _FORWARDED:
+            values = [*forwarded[name], ours[name]] if ours[name] else forwarded[name]
+            if values:
+                out.append((name, b", ".join(values)))
+        return out
+
+    def _target(self, scope: Scope) -> bytes:
+        path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope.get("query_string", b"")
+        return path + b"?" + query if query else path
+
+    async def _forward(self, scope: Scope, body: bytes, watcher: asyncio.Future[Any],
+                       send: Send) -> None:
+        method: str = scope["method"]
+        target = self._target(scope)
+        headers = self._request_headers(scope)
+        deadline = self._clock() + self._total_s
+        tried: list[str] = []
+        reason = "no candidates"
+        candidates = self.router.candidates()
+        for index, name in enumerate(candidates):
+            last_candidate = index == len(candidates) - 1
+            attempts = (self.policy.begin(method=method, deadline=deadline) if index == 0
+                        else RetryAttempts(self.policy, method, deadline))
+            result = await self._try_upstream(
+                name, method, target, headers, body, deadline, attempts, last_candidate,
+                watcher, tried, send)
+            if result is None:  # answered
+                return
+            reason = result.reason
+            if not result.fall_back:
+                break
+        if watcher.done():
+            raise _ClientGone
+        await self._no_upstream(send, tried, reason)
+
+    async def _try_upstream(
+        self, name: str, method: str, target: bytes, headers: Headers, body: bytes,
+        deadline: float, attempts: RetryAttempts, last_candidate: bool,
+        watcher: asyncio.Future[Any], tried: list[str], send: Send,
+    ) -> _GiveUp | None:
+        """Attempts on one upstream: None once the client has its answer, else why not."""
+        pool = self.pools[name]
+        breaker = self.breakers[name]
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return _GiveUp(False, "total deadline passed")
+            if watcher.done():
+                raise _ClientGone
+            try:
+                trial = breaker.acquire()
+            except BreakerOpen:
+                if name not in tried:
+                    tried.append(name)
+                return _GiveUp(True, f"breaker of {name} open")
+            if name not in tried:
+                tried.append(name)
+            try:
+                result = await self._attempt(
+                    name, pool, trial, method, target, headers, body,
+                    min(self._per_try_s, remaining), attempts, last_candidate, watcher, send)
+            except BaseException as exc:
+                if isinstance(exc, _ClientGone):
+                    trial.discard()
+                breaker.release(trial, exc)
+                raise
+            breaker.release(trial)
+            if isinstance(result, float):
+                await self._sleep(result)
+                continue
+            return result
+
+    async def _attempt(
+        self, name: str, pool: UpstreamPool, trial: Trial, method: str, target: bytes,
+        headers: Headers, body: bytes, timeout_s: float, attempts: RetryAttempts,
+        last_candidate: bool, watcher: asyncio.Future[Any], send: Send,
+    ) -> float | _GiveUp | None:
+        """One exchange: None when answered, a delay to retry after, or why to stop here."""
+        try:
+            response = await pool.request(method, target, headers, body, timeout_s=timeout_s)
+        except UpstreamError as exc:
+            kind = ("connect_error" if isinstance(exc, UpstreamConnectError)
+                    else "timeout" if isinstance(exc, UpstreamTimeout) else "reset")
+            if kind == "reset" and exc.connection_reused and not exc.response_started:
+                trial.discard()  # a keep-alive connection the upstream had just closed
+            else:
+                trial.failure(kind)
+            log.debug("upstream %s: %s (%s)", name, kind, exc)
+            return _decide(attempts.next(Outcome(error=kind)), f"{kind} from {name}", error=True)
+        except ValueError as exc:
+            # The pool refuses CR/LF in the request line or a header: the request, not the
+            # upstream, is at fault, and no upstream will take it.
+            trial.discard()
+            await _send_whole(send, *_json_response(400, {
+                "error": "request cannot be forwarded", "detail": str(exc)}))
+            return None
+        try:
+            trial.record_status(response.status)
+            outcome = Outcome(status=response.status,
+                              retry_after=_header(response.headers, b"retry-after"))
+            if self.policy.retry_on.classify(outcome) is not None:
+                decision = attempts.next(outcome)
+                give_up = decision.give_up
+                if decision.retry or (give_up in _FALL_BACK_ON and not last_candidate):
+                    return _decide(decision, f"status {response.status} from {name}",
+                                   error=False)
+            await self._relay(name, response, watcher, send)
+            return None
+        finally:
+            await response.aclose()
+
+    async def _relay(self, name: str, response: UpstreamResponse,
+                     watcher: asyncio.Future[Any], send: Send) -> None:
+        named = _connection_tokens(response.headers)
+        headers = [(n, v) for n, v in response.headers
+                   if not _is_hop(n, named) and n != UPSTREAM_HEADER]
+        headers.append((UPSTREAM_HEADER, self._upstream_values[name]))
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        try:
+            async for chunk in response.iter_body():
+                if watcher.done():
+                    raise _ClientGone
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # The head is out: nothing to retry. Returning unfinished makes the server close
+            # the client connection, so the truncation is visible.
+            log.warning("upstream %s failed mid-response: %s", name, exc)
+            return
+        except OSError as exc:  # the server could not write to a client that went away
+            raise _ClientGone from exc
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _no_upstream(self, send: Send, tried: list[str], reason: str) -> None:
+        degraded = self.config.degraded_response
+        if degraded is not None:
+            body = degraded.body.encode()
+            await _send_whole(send, degraded.status, [
+                (b"content-type", degraded.content_type.encode()),
+                (b"content-length", str(len(body)).encode())], body)
+            return
+        await _send_whole(send, *_json_response(503, {
+            "error": "no upstream available", "tried": tried, "reason": reason}))
+
+
+def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _GiveUp:
+    """A retry delay, or why this upstream is done and whether another one may be tried.
+
+    After an error there is no answer to give the client, so a failure that is not retried on
+    the same upstream (``timeout`` is not, by default) still moves on to the next candidate:
+    that is what a fallback is for. Only a method that must not be re-sent, or the deadline,
+    ends the request.
+    """
+    if decision.retry:
+        return decision.delay_s
+    give_up = decision.give_up or "not_retriable"
+    fall_back = give_up in _FALL_BACK_ON or (error and give_up == "not_retriable")
+    return _GiveUp(fall_back, f"{what} ({give_up})")
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    for n, v in headers:
+        if n == name:
+            return v.decode("latin-1")
+    return None
