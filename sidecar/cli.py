@@ -1,4 +1,4 @@
-"""The ``mlwarden`` command line: ``demo``, ``baseline build`` and ``baseline check``."""
+"""The ``mlwarden`` command line: ``sidecar``, ``demo``, ``baseline build``, ``baseline check``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="loopback port for the model server (default: a free one)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
 
+    sidecar = sub.add_parser(
+        "sidecar", help="run the sidecar proxy in front of the model versions",
+        description="Serves the proxy on the configured listen address: retries, circuit "
+        "breakers, health checks and fallback routing between the configured upstreams. "
+        "(The admin port comes next.)",
+    )
+    sidecar.add_argument("--config", type=Path, required=True,
+                         help="the sidecar YAML file (MLWARDEN__A__B=value overrides a key)")
+    sidecar.add_argument("--check", action="store_true",
+                         help="validate the configuration and exit")
+
     baseline = sub.add_parser("baseline", help="build or check a baseline profile")
     bsub = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
     build = bsub.add_parser(
@@ -53,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "sidecar":
+            return _sidecar(args.config, check=args.check)
         if args.command == "demo":
             from mlwarden.sidecar.demo import run_demo
 
@@ -63,6 +76,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mlwarden: {exc}", file=sys.stderr)
         return 2
+
+
+def _sidecar(path: Path, *, check: bool) -> int:
+    from mlwarden.sidecar.config import load_config
+
+    config = load_config(path)
+    if check:
+        order = " → ".join(config.routing.order)
+        print(f"{path}: valid; routing {order}; listening on "
+              f"{config.listen.host}:{config.listen.port}")
+        return 0
+    import uvicorn
+
+    from mlwarden.sidecar.proxy import ProxyApp
+
+    # proxy_headers off: the proxy appends x-forwarded-for itself, and uvicorn would otherwise
+    # replace the client's address with the value a client sent.
+    uvicorn.run(
+        ProxyApp(config), host=config.listen.host, port=config.listen.port, lifespan="on",
+        proxy_headers=False, access_log=False, log_level="info",
+    )
+    return 0
 
 
 def _baseline_build(args: argparse.Namespace) -> int:
