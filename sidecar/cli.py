@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     sidecar = sub.add_parser(
         "sidecar", help="run the sidecar proxy in front of the model versions",
         description="Serves the proxy on the configured listen address: retries, circuit "
-        "breakers, health checks and fallback routing between the configured upstreams. "
-        "(The admin port comes next.)",
+        "breakers, health checks and fallback routing between the configured upstreams; "
+        "and the admin port: /metrics, /-/healthy, /-/ready, /-/status, token-guarded mutations.",
     )
     sidecar.add_argument("--config", type=Path, required=True,
                          help="the sidecar YAML file (MLWARDEN__A__B=value overrides a key)")
@@ -87,16 +87,43 @@ def _sidecar(path: Path, *, check: bool) -> int:
         print(f"{path}: valid; routing {order}; listening on "
               f"{config.listen.host}:{config.listen.port}")
         return 0
+    import asyncio
+
     import uvicorn
 
+    from mlwarden.sidecar.admin import create_admin_app
     from mlwarden.sidecar.proxy import ProxyApp
 
-    # proxy_headers off: the proxy appends x-forwarded-for itself, and uvicorn would otherwise
-    # replace the client's address with the value a client sent.
-    uvicorn.run(
-        ProxyApp(config), host=config.listen.host, port=config.listen.port, lifespan="on",
-        proxy_headers=False, access_log=False, log_level="info",
-    )
+    async def serve() -> None:
+        proxy = ProxyApp(config)
+        # Started before serving, so the admin's metrics see the health checker from the first
+        # transition on; the proxy's own lifespan start-up is then a no-op.
+        await proxy.start()
+        try:
+            admin = create_admin_app(proxy)
+            common: dict[str, object] = {
+                "lifespan": "on", "access_log": False, "log_level": "info"}
+            # proxy_headers off: the proxy appends x-forwarded-for itself, and uvicorn would
+            # otherwise replace the client's address with the value a client sent.
+            servers = [
+                uvicorn.Server(uvicorn.Config(proxy, host=config.listen.host,
+                                              port=config.listen.port, proxy_headers=False,
+                                              **common)),
+                uvicorn.Server(uvicorn.Config(admin, host=config.admin.host,
+                                              port=config.admin.port, **common)),
+            ]
+            tasks = [asyncio.ensure_future(s.serve()) for s in servers]
+            # One server stopping (a signal, or a port already taken) stops the other.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for s in servers:
+                s.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                task.result()
+        finally:
+            await proxy.aclose()
+
+    asyncio.run(serve())
     return 0
 
 

@@ -40,11 +40,11 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
     workdir = temp_workdir("sidecar")
     down_port = free_port()  # nothing listens there
     with serve_app(version_app("stable")) as stable:
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         cfg = workdir / "sidecar.yaml"
         cfg.write_text(
             f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"admin: {{host: 127.0.0.1, port: {free_port()}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
             f"upstreams:\n  primary: http://127.0.0.1:{down_port}\n  stable: {stable.url}\n"
             "timeouts: {per_try_timeout_s: 1, total_timeout_s: 3}\n"
         )
@@ -58,6 +58,13 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
                     assert r.status_code == 200, r.text
                     assert r.headers["x-mlwarden-upstream"] == "stable"
                     assert json.loads(r.content)["body"] == {"i": i}
+            wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
+            with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
+                assert admin.get("/-/ready").status_code == 200
+                status = admin.get("/-/status").json()
+                assert status["routing"]["order"] == ["primary", "stable"]
+                assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in admin.get(
+                    "/metrics").text
         finally:
             proc.stop()
         assert proc.proc.returncode is not None

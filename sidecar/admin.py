@@ -1,0 +1,197 @@
+"""The admin port (default :9901): metrics, liveness, readiness, status and two mutations.
+
+This module owns the admin HTTP surface of one :class:`~mlwarden.sidecar.proxy.ProxyApp`. It
+reads the proxy's router, breakers, health checker and retry budget and changes nothing of
+their rules.
+
+Routes:
+
+- ``GET /metrics``: the sidecar's registry in the Prometheus text format, or OpenMetrics when
+  the ``Accept`` header asks for it.
+- ``GET /-/healthy``: 200 while the process serves HTTP (liveness).
+- ``GET /-/ready``: 200 when at least one upstream is available (healthy and its breaker not
+  open), else 503 JSON naming each upstream's availability (readiness).
+- ``GET /-/status``: JSON for people: each upstream's URL, availability, breaker state and
+  recent transitions; the health checker's snapshot; the routing order and forced route; the
+  retry budget.
+- ``POST /-/route`` with ``{"force": "<upstream>"}`` or ``{"force": null}``: move one upstream
+  to the front of the routing order, or restore the configured order.
+- ``POST /-/breakers/<name>/reset``: close that upstream's breaker now.
+
+Mutations need ``Authorization: Bearer <token>``, compared in constant time
+(:func:`hmac.compare_digest`). Without a configured token mutations are off: 403. A missing or
+wrong token: 401 (with ``WWW-Authenticate: Bearer``); an unknown upstream: 404; a body that is
+not the expected JSON: 400. Every mutation attempt is logged with the client's address and
+the outcome; the token never is.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from mlwarden.sidecar.metrics import SidecarMetrics
+from mlwarden.sidecar.proxy import ProxyApp
+
+__all__ = ["create_admin_app"]
+
+log = logging.getLogger("mlwarden.sidecar.admin")
+
+#: Transitions per breaker shown by /-/status (the breaker keeps more).
+STATUS_TRANSITIONS = 10
+_MAX_BODY = 4096
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+class _Admin:
+    """The handlers, bound to one proxy, one token and one registry."""
+
+    def __init__(self, proxy: ProxyApp, token: str, registry: CollectorRegistry) -> None:
+        self.proxy = proxy
+        self._token = token.encode()
+        self.registry = registry
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(self.registry), headers={"content-type": content_type})
+
+    async def healthy(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def ready(self, request: Request) -> Response:
+        available = {name: self.proxy.is_available(name) for name in self.proxy.pools}
+        if any(available.values()):
+            return JSONResponse({"status": "ready", "available": available})
+        return JSONResponse({"status": "not ready", "error": "no upstream available",
+                             "available": available}, status_code=503)
+
+    async def status(self, request: Request) -> Response:
+        proxy = self.proxy
+        upstreams = {}
+        for u in proxy.config.upstreams:
+            breaker = proxy.breakers[u.name]
+            upstreams[u.name] = {
+                "url": u.url,
+                "available": proxy.is_available(u.name),
+                "breaker": {
+                    "state": breaker.state,
+                    "fail_counter": breaker.fail_counter,
+                    "reset_timeout_s": breaker.reset_timeout_s,
+                    "trials_in_flight": breaker.trials_in_flight,
+                    "transitions": [
+                        {"at": c.at, "from": c.old, "to": c.new, "reason": c.reason}
+                        for c in list(breaker.history)[-STATUS_TRANSITIONS:]
+                    ],
+                },
+            }
+        routing = proxy.config.routing
+        return JSONResponse({
+            "upstreams": upstreams,
+            "health": proxy.health.snapshot() if proxy.health is not None else None,
+            "routing": {
+                "primary": routing.primary,
+                "fallbacks": list(routing.fallbacks),
+                "forced": proxy.router.forced,
+                "order": list(proxy.router.order),
+                "candidates": proxy.router.candidates(),
+            },
+            "retry_budget": proxy.policy.budget.snapshot(),
+        })
+
+    # -- mutations ----------------------------------------------------------------------------
+
+    def _refuse(self, request: Request, action: str) -> Response | None:
+        """The answer refusing a mutation, or None when it may go ahead."""
+        client = request.client.host if request.client else "unknown"
+        if not self._token:
+            log.warning("admin %s refused from %s: mutations disabled", action, client)
+            return _error(403, "mutations disabled: no admin token configured")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 self._token):
+            log.warning("admin %s refused from %s: missing or wrong token", action, client)
+            return _error(401, "missing or wrong bearer token")
+        return None
+
+    async def route(self, request: Request) -> Response:
+        if (refused := self._refuse(request, "force route")) is not None:
+            return refused
+        body = await request.body()
+        try:
+            data = json.loads(body) if len(body) <= _MAX_BODY else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or set(data) != {"force"} or not (
+                data["force"] is None or isinstance(data["force"], str)):
+            return _error(400, 'expected a JSON body {"force": "<upstream>"} or {"force": null}')
+        name = data["force"]
+        if name is not None and name not in self.proxy.pools:
+            return _error(404, "unknown upstream", known=list(self.proxy.pools))
+        before = self.proxy.router.forced
+        self.proxy.router.force(name)
+        log.warning("admin: route forced to %s (was %s) by %s", name, before,
+                    request.client.host if request.client else "unknown",
+                    extra={"action": "force_route", "target": name, "previous": before})
+        return JSONResponse({"forced": name, "order": list(self.proxy.router.order)})
+
+    async def reset_breaker(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if (refused := self._refuse(request, f"breaker reset of {name!r}")) is not None:
+            return refused
+        breaker = self.proxy.breakers.get(name)
+        if breaker is None:
+            return _error(404, "unknown upstream", known=list(self.proxy.breakers))
+        before = breaker.state
+        breaker.reset()
+        log.warning("admin: breaker %s reset (was %s) by %s", name, before,
+                    request.client.host if request.client else "unknown",
+                    extra={"action": "breaker_reset", "target": name, "previous": before})
+        return JSONResponse({"upstream": name, "previous": before, "state": breaker.state})
+
+
+def create_admin_app(
+    proxy: ProxyApp,
+    *,
+    token: str | None = None,
+    registry: CollectorRegistry | None = None,
+    metrics: SidecarMetrics | None = None,
+) -> Starlette:
+    """The admin app of ``proxy``.
+
+    ``token`` defaults to ``proxy.config.admin.token`` ("" turns mutations off). The metrics
+    come from ``metrics`` when given (attached to ``proxy`` here), else from a new
+    :class:`SidecarMetrics` in ``registry`` (default: prometheus_client's global registry, so
+    its process metrics are served too). The app exposes them as ``app.state.metrics``.
+    """
+    if metrics is not None and registry is not None and metrics.registry is not registry:
+        raise ValueError("pass either metrics or registry, not both")
+    if metrics is None:
+        metrics = SidecarMetrics(REGISTRY if registry is None else registry)
+    metrics.attach(proxy)
+    admin = _Admin(proxy, proxy.config.admin.token if token is None else token,
+                   metrics.registry)
+    app = Starlette(routes=[
+        Route("/metrics", admin.metrics, methods=["GET"]),
+        Route("/-/healthy", admin.healthy, methods=["GET"]),
+        Route("/-/ready", admin.ready, methods=["GET"]),
+        Route("/-/status", admin.status, methods=["GET"]),
+        Route("/-/route", admin.route, methods=["POST"]),
+        Route("/-/breakers/{name}/reset", admin.reset_breaker, methods=["POST"]),
+    ])
+    app.state.metrics = metrics
+    return app
