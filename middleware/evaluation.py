@@ -50,7 +50,6 @@ class DriftWorker:
         self.latest: DriftReport | None = None
         self._rows_since = 0
         self._wake: asyncio.Event | None = None
-        self._model, self._version = model, version
         mv = (model, version)
         self._window_rows = metrics.window_rows.labels(*mv)
         self._evaluations = metrics.drift_evaluations.labels(*mv)

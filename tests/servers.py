@@ -210,3 +210,15 @@ def start_prometheus(
 
 def temp_workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"mlwarden-{prefix}-"))
+
+
+async def relay_body(receive, send) -> None:
+    """Send back every request body chunk as it arrives (the echo apps' body loop)."""
+    while True:
+        message = await receive()
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if body or not more:
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+        if not more:
+            return

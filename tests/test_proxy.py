@@ -22,7 +22,7 @@ import pytest
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.routing.router import Router
-from tests.servers import LOOPBACK, free_port, serve_app
+from tests.servers import LOOPBACK, free_port, relay_body, serve_app
 
 # --------------------------------------------------------------------------- router
 
@@ -109,14 +109,7 @@ class Upstream:
             (b"x-kept", b"1"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        while True:
-            message = await receive()
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            if body or not more:
-                await send({"type": "http.response.body", "body": body, "more_body": more})
-            if not more:
-                return
+        await relay_body(receive, send)
 
 
 def make_config(primary: str, stable: str, **blocks: Any) -> SidecarConfig:

@@ -22,7 +22,7 @@ from mlwarden.sidecar.upstream import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from tests.servers import free_port, serve_app
+from tests.servers import free_port, relay_body, serve_app
 
 
 class Upstream:
@@ -68,14 +68,7 @@ class Upstream:
             *[(b"x-echo-" + name, value) for name, value in scope["headers"]],
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        while True:
-            message = await receive()
-            body = message.get("body", b"")
-            more = message.get("more_body", False)
-            if body or not more:
-                await send({"type": "http.response.body", "body": body, "more_body": more})
-            if not more:
-                return
+        await relay_body(receive, send)
 
 
 def run(coro_fn: Callable[..., Awaitable[None]], *args) -> None:
