@@ -1,11 +1,32 @@
-"""The sidecar's own Prometheus metrics: breakers, health checks, the retry budget.
+"""The sidecar's own Prometheus metrics: traffic, upstream attempts, retries, fallbacks,
+breakers, health checks, the retry budget.
 
-This module owns the metric names and how their values are obtained. Nothing here sits on the
-proxy's hot path: values that already live in the sidecar's objects are read at scrape time
-by a collector (so they are right even when breaker state is shared through Redis), and
-events that leave no trace in those objects (transitions) are counted by listeners.
+This module owns the metric names and how their values are obtained. Values that already live
+in the sidecar's objects are read at scrape time by a collector (so they are right even when
+breaker state is shared through Redis); events that leave no trace in those objects are
+counted by listeners: :class:`ProxyMetrics` hears the proxy's
+:class:`~mlwarden.sidecar.proxy_events.ProxyEvents` on the request path and records them in
+the middleware's lean collectors (:mod:`mlwarden.middleware.fastmetrics`, one lock per call).
+The sidecar is one process: prometheus_client's multiprocess mode does not apply to it.
 
-Exported (label values are upstream names from the configuration and fixed words only):
+Exported (label values are upstream names from the configuration and fixed words only;
+``upstream="none"`` where the sidecar answered itself):
+
+- ``mlwarden_proxy_requests_total{upstream,code}``: client requests by who answered and the
+  status class sent (``2xx`` … ``5xx``; a client that left early counts as ``4xx``, nginx's 499).
+- ``mlwarden_proxy_request_duration_seconds{upstream}``: histogram, arrival to last byte sent,
+  retries and fallbacks included.
+- ``mlwarden_proxy_requests_in_flight``: gauge of client requests being served.
+- ``mlwarden_upstream_requests_total{upstream,outcome}``: every attempt sent to an upstream;
+  ``outcome`` a status class or ``connect_error``, ``timeout``, ``reset``.
+- ``mlwarden_upstream_request_duration_seconds{upstream}``: histogram of those attempts.
+- ``mlwarden_retries_total{upstream,reason}``: retries granted, by the retriable reason
+  (``connect_error``, ``timeout``, ``reset``, ``status_503``, ``status_5xx`` …).
+- ``mlwarden_fallbacks_total{from,to,reason}``: a request moving on from one upstream to the
+  next; ``reason`` in breaker_open, unhealthy, retries_exhausted, budget_exhausted, error.
+- ``mlwarden_health_checks_total{upstream,result}``: every probe, by result (ok, degraded,
+  failing, bad_status, timeout, connect_error, error).
+- ``mlwarden_health_check_duration_seconds{upstream}``: histogram of the probes.
 
 - ``mlwarden_breaker_state{upstream}``: gauge, 0 closed, 1 half_open, 2 open (ordered by how
   little traffic the upstream gets, so ``max()`` over upstreams means "the worst").
@@ -13,15 +34,11 @@ Exported (label values are upstream names from the configuration and fixed words
   open.
 - ``mlwarden_upstream_healthy{upstream}``: gauge, 1 in rotation, 0 out (1 for every upstream
   while no health checker runs, as the router then sees them).
-- ``mlwarden_health_checks_total{upstream}``: counter of probes made.
 - ``mlwarden_health_transitions_total{upstream,to}``: counter; ``to`` in healthy, unhealthy.
 - ``mlwarden_retry_budget_requests_total``, ``mlwarden_retry_budget_retries_total``,
   ``mlwarden_retry_budget_exhausted_total``: counters read from the proxy's
   :class:`~mlwarden.sidecar.resilience.retry.RetryBudget` (requests seen, retries granted,
   retries refused because the budget was spent).
-
-Per-probe results by outcome (``mlwarden_health_check_total{upstream,result}``) need a
-per-probe hook in the health checker, which only reports transitions today; they come with it.
 """
 
 from __future__ import annotations
@@ -34,11 +51,22 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHistogram
+from mlwarden.sidecar.proxy_events import ProxyEvents, status_class
+
 if TYPE_CHECKING:
     from mlwarden.sidecar.proxy import ProxyApp
-    from mlwarden.sidecar.routing.health_checks import HealthChecker
+    from mlwarden.sidecar.routing.health_checks import HealthChecker, ProbeResult
 
-__all__ = ["BREAKER_STATE_VALUES", "SidecarMetrics"]
+__all__ = ["BREAKER_STATE_VALUES", "PROXY_LATENCY_BUCKETS", "ProxyMetrics", "SidecarMetrics"]
+
+#: Proxy and upstream latencies: 0.5 ms (the proxy's own cost) to 30 s (the default deadline).
+PROXY_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+#: Health probes: bounded by their timeout, default 1 s.
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SELF = "none"
 
 #: The value of ``mlwarden_breaker_state`` for each state.
 BREAKER_STATE_VALUES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
@@ -57,7 +85,7 @@ class _ScrapeCollector(Collector):
         return [
             GaugeMetricFamily("mlwarden_breaker_state", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_upstream_healthy", "", labels=["upstream"]),
-            CounterMetricFamily("mlwarden_health_checks", "", labels=["upstream"]),
+            GaugeMetricFamily("mlwarden_proxy_requests_in_flight", ""),
             CounterMetricFamily("mlwarden_retry_budget_requests", ""),
             CounterMetricFamily("mlwarden_retry_budget_retries", ""),
             CounterMetricFamily("mlwarden_retry_budget_exhausted", ""),
@@ -68,7 +96,6 @@ class _ScrapeCollector(Collector):
         if proxy is None:
             return
         health = proxy.health
-        self._owner.watch_health(health)  # the proxy builds its checker at start-up
         state = GaugeMetricFamily(
             "mlwarden_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half_open, 2 open.",
@@ -80,19 +107,13 @@ class _ScrapeCollector(Collector):
             "mlwarden_upstream_healthy",
             "1 when the upstream's health checks keep it in rotation, else 0.",
             labels=["upstream"])
-        checks = CounterMetricFamily(
-            "mlwarden_health_checks", "Health-check probes made per upstream.",
-            labels=["upstream"])
         for name in proxy.pools:
-            if health is None or name not in health.names:
-                healthy.add_metric([name], 1.0)
-                checks.add_metric([name], 0.0)
-            else:
-                upstream = health.state(name)
-                healthy.add_metric([name], 1.0 if upstream.healthy else 0.0)
-                checks.add_metric([name], float(upstream.checks))
+            in_rotation = health is None or name not in health.names or health.is_healthy(name)
+            healthy.add_metric([name], 1.0 if in_rotation else 0.0)
         yield healthy
-        yield checks
+        yield GaugeMetricFamily("mlwarden_proxy_requests_in_flight",
+                                "Client requests the proxy is serving now.",
+                                value=float(proxy.in_flight))
         budget = proxy.policy.budget
         for metric, doc, value in (
             ("mlwarden_retry_budget_requests", "Client requests counted by the retry budget.",
@@ -103,6 +124,90 @@ class _ScrapeCollector(Collector):
              "Retries refused because the retry budget was spent.", budget.exhausted_total),
         ):
             yield CounterMetricFamily(metric, doc, value=float(value))
+
+
+class ProxyMetrics(ProxyEvents):
+    """The proxy's per-request metrics: what :class:`ProxyEvents` hooks report, counted.
+
+    Children are cached per label set so that a hook costs a dict lookup and one locked add.
+    """
+
+    def __init__(self, families: FastFamilies) -> None:
+        self.requests = FastCounter(
+            "mlwarden_proxy_requests_total",
+            "Client requests by the upstream that answered ('none': the sidecar itself) and "
+            "the status class sent.", ("upstream", "code"))
+        self.duration = FastHistogram(
+            "mlwarden_proxy_request_duration_seconds",
+            "Client request time in the sidecar, arrival to last byte, retries and fallbacks "
+            "included.", ("upstream",), PROXY_LATENCY_BUCKETS)
+        self.attempts = FastCounter(
+            "mlwarden_upstream_requests_total",
+            "Requests sent to each upstream (every attempt), by outcome: the status class, "
+            "or connect_error, timeout, reset.", ("upstream", "outcome"))
+        self.attempt_duration = FastHistogram(
+            "mlwarden_upstream_request_duration_seconds",
+            "Time of each attempt on an upstream, from sending to the last byte relayed or "
+            "the decision to retry.", ("upstream",), PROXY_LATENCY_BUCKETS)
+        self.retries = FastCounter(
+            "mlwarden_retries_total",
+            "Retries on the same upstream, by the retriable outcome that caused them.",
+            ("upstream", "reason"))
+        self.fallbacks = FastCounter(
+            "mlwarden_fallbacks_total",
+            "Requests moved on from one upstream to the next, and why.",
+            ("from", "to", "reason"))
+        for family in (self.requests, self.duration, self.attempts, self.attempt_duration,
+                       self.retries, self.fallbacks):
+            families.add(family)
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def prepare(self, upstreams: list[str]) -> None:
+        """Create the common series at 0, so that ``rate()`` sees their first increase."""
+        for name in upstreams:
+            for code in ("2xx", "4xx", "5xx"):
+                self.requests.labels(name, code)
+            self.duration.labels(name)
+            for outcome in ("2xx", "5xx", "connect_error", "timeout"):
+                self.attempts.labels(name, outcome)
+            self.attempt_duration.labels(name)
+        self.requests.labels(_SELF, "5xx")
+
+    def request_finished(self, upstream: str | None, status: int, duration_s: float) -> None:
+        who = upstream or _SELF
+        cache = self._children
+        key = ("r", who, status_class(status))
+        counter = cache.get(key)
+        if counter is None:
+            counter = cache[key] = self.requests.labels(who, key[2])
+        counter.inc()  # type: ignore[attr-defined]
+        key = ("d", who)
+        histogram = cache.get(key)
+        if histogram is None:
+            histogram = cache[key] = self.duration.labels(who)
+        histogram.observe(duration_s)  # type: ignore[attr-defined]
+
+    def attempt_finished(self, upstream: str, outcome: str, duration_s: float) -> None:
+        cache = self._children
+        key = ("a", upstream, outcome)
+        counter = cache.get(key)
+        if counter is None:
+            counter = cache[key] = self.attempts.labels(upstream, outcome)
+        counter.inc()  # type: ignore[attr-defined]
+        key = ("ad", upstream)
+        histogram = cache.get(key)
+        if histogram is None:
+            histogram = cache[key] = self.attempt_duration.labels(upstream)
+        histogram.observe(duration_s)  # type: ignore[attr-defined]
+
+    def retried(self, upstream: str, reason: str) -> None:
+        self.retries.labels(upstream, reason).inc()  # type: ignore[attr-defined]
+
+    def fell_back(self, source: str, target: str, reason: str) -> None:
+        self.fallbacks.labels(source, target, reason).inc()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return "ProxyMetrics()"
 
 
 class SidecarMetrics:
@@ -127,6 +232,18 @@ class SidecarMetrics:
             "Upstreams entering or leaving rotation by their health checks.",
             ("upstream", "to"), registry=registry,
         )
+        families = FastFamilies()
+        self.proxy_events = ProxyMetrics(families)
+        self.health_checks = FastCounter(
+            "mlwarden_health_checks_total",
+            "Health-check probes per upstream, by result: ok, degraded (both pass); failing, "
+            "bad_status, timeout, connect_error, error.", ("upstream", "result"))
+        self.health_check_duration = FastHistogram(
+            "mlwarden_health_check_duration_seconds", "Time of each health-check probe.",
+            ("upstream",), PROBE_BUCKETS)
+        families.add(self.health_checks)
+        families.add(self.health_check_duration)
+        registry.register(families)
         registry.register(_ScrapeCollector(self))
 
     def attach(self, proxy: ProxyApp) -> None:
@@ -137,6 +254,8 @@ class SidecarMetrics:
                     return
                 raise ValueError("SidecarMetrics is already attached to another proxy")
             self.proxy = proxy
+        proxy.add_events(self.proxy_events)
+        self.proxy_events.prepare(list(proxy.pools))
         for name, breaker in proxy.breakers.items():
             # Series exist from the start (at 0), so rate() sees the first transition.
             for to in _BREAKER_STATES:
@@ -144,7 +263,7 @@ class SidecarMetrics:
             for to in _HEALTH_STATES:
                 self.health_transitions.labels(name, to)
             breaker.add_listener(self._breaker_changed)
-        self.watch_health(proxy.health)
+        proxy.watch_health(self.watch_health)
 
     def watch_health(self, health: HealthChecker | None) -> None:
         """Listen to ``health`` (the attached proxy's checker) once it exists."""
@@ -155,6 +274,16 @@ class SidecarMetrics:
                 return
             self._watched = health
         health.add_listener(self._health_changed)
+        health.add_probe_listener(self._probed)
+        for name in health.names:
+            self.health_checks.labels(name, "ok")
+            self.health_checks.labels(name, "connect_error")
+            self.health_check_duration.labels(name)
+
+    def _probed(self, name: str, result: ProbeResult) -> None:
+        self.health_checks.labels(name, result.outcome).inc()  # type: ignore[attr-defined]
+        self.health_check_duration.labels(name).observe(  # type: ignore[attr-defined]
+            result.duration_s)
 
     def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         if new in BREAKER_STATE_VALUES:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.proxy_events import FanOutEvents, ProxyEvents, status_class
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, Trial
 from mlwarden.sidecar.resilience.retry import (
     ExponentialJitterBackoff,
@@ -85,12 +86,19 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 UPSTREAM_HEADER = b"x-mlwarden-upstream"
+#: Set on the 503 of a request shed because ``limits.max_concurrent_requests`` were in flight.
+OVERLOADED_HEADER = b"x-mlwarden-overloaded"
 # Dropped from requests besides the hop-by-hop ones: the pool writes its own host and framing.
 _REQUEST_OWNED = frozenset({b"host", b"content-length"})
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 # Give-ups after which another upstream may still answer; "deadline" ends the request and
 # "method"/"not_retriable" mean the request must not be sent again anywhere.
 _FALL_BACK_ON = frozenset({"attempts", "budget"})
+# The fallback reason label of each give-up that moves on to the next candidate.
+_FALLBACK_REASON = {"attempts": "retries_exhausted", "budget": "budget_exhausted",
+                    "not_retriable": "error"}
+# The status recorded for a client that left before its answer was complete (nginx's word).
+CLIENT_CLOSED = 499
 
 
 def build_retry_policy(
@@ -125,10 +133,14 @@ def _is_hop(name: bytes, named: set[bytes]) -> bool:
     return name in HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
-def _json_response(status: int, payload: dict[str, Any]) -> tuple[int, Headers, bytes]:
+def _json_response(status: int, payload: dict[str, Any], *,
+                   overloaded: bool = False) -> tuple[int, Headers, bytes]:
     body = json.dumps(payload).encode()
-    return status, [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())], body
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if overloaded:
+        headers.append((OVERLOADED_HEADER, b"true"))
+    return status, headers, body
 
 
 async def _send_whole(send: Send, status: int, headers: Headers, body: bytes) -> None:
@@ -138,10 +150,22 @@ async def _send_whole(send: Send, status: int, headers: Headers, body: bytes) ->
 
 @dataclass(frozen=True, slots=True)
 class _GiveUp:
-    """An upstream is done with: ``fall_back`` says whether the next candidate may be tried."""
+    """An upstream is done with: ``fall_back`` says whether the next candidate may be tried,
+    ``label`` is the fallback reason (:data:`~mlwarden.sidecar.proxy_events.FALLBACK_REASONS`)."""
 
     fall_back: bool
     reason: str
+    label: str = "error"
+
+
+class _Answer:
+    """What the client was sent: by which upstream (None: the proxy itself) and the status."""
+
+    __slots__ = ("status", "upstream")
+
+    def __init__(self) -> None:
+        self.upstream: str | None = None
+        self.status = CLIENT_CLOSED
 
 
 class _ClientGone(Exception):
@@ -155,7 +179,8 @@ class ProxyApp:
     are used as they are and not closed here). ``clock`` (monotonic seconds) drives deadlines
     and the retry policy, ``sleep`` the waits between retries; breakers built here use
     ``wall_clock`` (epoch seconds, as pybreaker's storage expects). ``health_checks=False``
-    runs no checker at all (every upstream counts as healthy).
+    runs no checker at all (every upstream counts as healthy). ``events`` listen to what each
+    request does (metrics, analyses); more can be added with :meth:`add_events`.
     """
 
     def __init__(
@@ -170,6 +195,7 @@ class ProxyApp:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        events: ProxyEvents | None = None,
     ) -> None:
         self.config = config
         names = [u.name for u in config.upstreams]
@@ -200,12 +226,37 @@ class ProxyApp:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._max_request = config.limits.max_request_bytes
+        self._max_response = config.limits.max_response_bytes
+        self._max_concurrent = config.limits.max_concurrent_requests
+        self._in_flight = 0
+        self._health_watchers: list[Callable[[HealthChecker], None]] = []
         self._per_try_s = config.timeouts.per_try_timeout_s
         self._total_s = config.timeouts.total_timeout_s
         self._upstream_values = {n: n.encode("ascii") for n in names}
+        self.events: ProxyEvents = FanOutEvents([events] if events is not None else [])
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstreams={list(self.pools)!r}, router={self.router!r})"
+
+    def add_events(self, listener: ProxyEvents) -> None:
+        """Let ``listener`` hear every request from now on (a raising listener is logged)."""
+        current = self.events
+        known = current.listeners if isinstance(current, FanOutEvents) else (current,)
+        if listener not in known:
+            self.events = FanOutEvents([*known, listener])
+
+    @property
+    def in_flight(self) -> int:
+        """Client requests being served now."""
+        return self._in_flight
+
+    def watch_health(self, watcher: Callable[[HealthChecker], None]) -> None:
+        """Call ``watcher(checker)`` with the health checker: now if it exists, else once
+        :meth:`start` has built it."""
+        if self.health is not None:
+            watcher(self.health)
+        else:
+            self._health_watchers.append(watcher)
 
     # -- availability --------------------------------------------------------------------------
 
@@ -250,6 +301,8 @@ class ProxyApp:
         """Build and start the health checker (when this app runs one)."""
         if self._run_health and self._health_task is None:
             self.health = HealthChecker.from_config(self.config)
+            for watcher in self._health_watchers:
+                watcher(self.health)
             self._health_task = asyncio.get_running_loop().create_task(
                 self.health.run(), name="mlwarden-health-checks")
 
@@ -268,11 +321,38 @@ class ProxyApp:
     # -- one request ---------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = self._clock()
+        events = self.events
+        events.request_started()
+        answer = _Answer()
+        if self._in_flight >= self._max_concurrent:
+            # Shed at once rather than queue: a queue here would only turn overload into
+            # timeouts. Envoy answers its overflow the same way.
+            answer.status = 503
+            await _send_whole(send, *_json_response(503, {
+                "error": "sidecar overloaded",
+                "max_concurrent_requests": self._max_concurrent}, overloaded=True))
+            events.request_finished(None, 503, self._clock() - started)
+            return
+        self._in_flight += 1
+        try:
+            await self._serve(scope, receive, send, answer)
+        except Exception:
+            answer.status = 500  # a fault of ours; the server answers 500 if it still can
+            raise
+        finally:
+            try:
+                events.request_finished(answer.upstream, answer.status, self._clock() - started)
+            finally:
+                self._in_flight -= 1  # last: in_flight == 0 means every request was reported
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, answer: _Answer) -> None:
         try:
             body = await self._read_body(scope, receive)
         except _ClientGone:
             return
         if body is None:
+            answer.status = 413
             await _send_whole(send, *_json_response(413, {
                 "error": "request body too large",
                 "max_request_bytes": self._max_request}))
@@ -280,9 +360,9 @@ class ProxyApp:
         # After the body, the only message left is http.disconnect: watch for it.
         watcher = asyncio.ensure_future(receive())
         try:
-            await self._forward(scope, body, watcher, send)
+            await self._forward(scope, body, watcher, send, answer)
         except _ClientGone:
-            pass
+            answer.status = CLIENT_CLOSED
         finally:
             watcher.cancel()
 
@@ -343,7 +423,7 @@ class ProxyApp:
         return path + b"?" + query if query else path
 
     async def _forward(self, scope: Scope, body: bytes, watcher: asyncio.Future[Any],
-                       send: Send) -> None:
+                       send: Send, answer: _Answer) -> None:
         method: str = scope["method"]
         target = self._target(scope)
         headers = self._request_headers(scope)
@@ -351,26 +431,34 @@ class ProxyApp:
         tried: list[str] = []
         reason = "no candidates"
         candidates = self.router.candidates()
+        first = self.router.order[0]
+        if candidates[0] != first:
+            # The preferred upstream was skipped without a try: say why.
+            why = ("unhealthy" if self.health is not None and not self.health.is_healthy(first)
+                   else "breaker_open")
+            self.events.fell_back(first, candidates[0], why)
         for index, name in enumerate(candidates):
             last_candidate = index == len(candidates) - 1
             attempts = (self.policy.begin(method=method, deadline=deadline) if index == 0
                         else RetryAttempts(self.policy, method, deadline))
             result = await self._try_upstream(
                 name, method, target, headers, body, deadline, attempts, last_candidate,
-                watcher, tried, send)
+                watcher, tried, send, answer)
             if result is None:  # answered
                 return
             reason = result.reason
             if not result.fall_back:
                 break
+            if not last_candidate:
+                self.events.fell_back(name, candidates[index + 1], result.label)
         if watcher.done():
             raise _ClientGone
-        await self._no_upstream(send, tried, reason)
+        await self._no_upstream(send, tried, reason, answer)
 
     async def _try_upstream(
         self, name: str, method: str, target: bytes, headers: Headers, body: bytes,
         deadline: float, attempts: RetryAttempts, last_candidate: bool,
-        watcher: asyncio.Future[Any], tried: list[str], send: Send,
+        watcher: asyncio.Future[Any], tried: list[str], send: Send, answer: _Answer,
     ) -> _GiveUp | None:
         """Attempts on one upstream: None once the client has its answer, else why not."""
         pool = self.pools[name]
@@ -386,13 +474,14 @@ class ProxyApp:
             except BreakerOpen:
                 if name not in tried:
                     tried.append(name)
-                return _GiveUp(True, f"breaker of {name} open")
+                return _GiveUp(True, f"breaker of {name} open", "breaker_open")
             if name not in tried:
                 tried.append(name)
             try:
                 result = await self._attempt(
                     name, pool, trial, method, target, headers, body,
-                    min(self._per_try_s, remaining), attempts, last_candidate, watcher, send)
+                    min(self._per_try_s, remaining), attempts, last_candidate, watcher, send,
+                    answer)
             except BaseException as exc:
                 if isinstance(exc, _ClientGone):
                     trial.discard()
@@ -407,9 +496,11 @@ class ProxyApp:
     async def _attempt(
         self, name: str, pool: UpstreamPool, trial: Trial, method: str, target: bytes,
         headers: Headers, body: bytes, timeout_s: float, attempts: RetryAttempts,
-        last_candidate: bool, watcher: asyncio.Future[Any], send: Send,
+        last_candidate: bool, watcher: asyncio.Future[Any], send: Send, answer: _Answer,
     ) -> float | _GiveUp | None:
         """One exchange: None when answered, a delay to retry after, or why to stop here."""
+        events = self.events
+        started = self._clock()
         try:
             response = await pool.request(method, target, headers, body, timeout_s=timeout_s)
         except UpstreamError as exc:
@@ -420,14 +511,20 @@ class ProxyApp:
             else:
                 trial.failure(kind)
             log.debug("upstream %s: %s (%s)", name, kind, exc)
-            return _decide(attempts.next(Outcome(error=kind)), f"{kind} from {name}", error=True)
+            events.attempt_finished(name, kind, self._clock() - started)
+            decision = attempts.next(Outcome(error=kind))
+            if decision.retry:
+                events.retried(name, decision.reason or kind)
+            return _decide(decision, f"{kind} from {name}", error=True)
         except ValueError as exc:
             # The pool refuses CR/LF in the request line or a header: the request, not the
             # upstream, is at fault, and no upstream will take it.
             trial.discard()
+            answer.status = 400
             await _send_whole(send, *_json_response(400, {
                 "error": "request cannot be forwarded", "detail": str(exc)}))
             return None
+        outcome_label = status_class(response.status)
         try:
             trial.record_status(response.status)
             outcome = Outcome(status=response.status,
@@ -436,43 +533,76 @@ class ProxyApp:
                 decision = attempts.next(outcome)
                 give_up = decision.give_up
                 if decision.retry or (give_up in _FALL_BACK_ON and not last_candidate):
+                    events.attempt_finished(name, outcome_label, self._clock() - started)
+                    if decision.retry:
+                        events.retried(name, decision.reason or outcome_label)
                     return _decide(decision, f"status {response.status} from {name}",
                                    error=False)
-            await self._relay(name, response, watcher, send)
+            answer.upstream = name
+            try:
+                if not await self._relay(name, response, watcher, send, answer):
+                    outcome_label = "reset"
+            finally:
+                events.attempt_finished(name, outcome_label, self._clock() - started)
             return None
         finally:
             await response.aclose()
 
     async def _relay(self, name: str, response: UpstreamResponse,
-                     watcher: asyncio.Future[Any], send: Send) -> None:
+                     watcher: asyncio.Future[Any], send: Send, answer: _Answer) -> bool:
+        """Stream ``response`` to the client; False when the upstream failed mid-body or
+        sent more than ``limits.max_response_bytes``."""
+        limit = self._max_response
+        declared = _header(response.headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            log.warning("upstream %s: response of %s bytes above max_response_bytes %d",
+                        name, declared, limit)
+            answer.status = 502
+            await _send_whole(send, *_json_response(502, {
+                "error": "upstream response too large", "upstream": name,
+                "max_response_bytes": limit}))
+            return False
         named = _connection_tokens(response.headers)
         headers = [(n, v) for n, v in response.headers
                    if not _is_hop(n, named) and n != UPSTREAM_HEADER]
         headers.append((UPSTREAM_HEADER, self._upstream_values[name]))
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
+        answer.status = response.status
+        size = 0
         try:
             async for chunk in response.iter_body():
                 if watcher.done():
                     raise _ClientGone
+                size += len(chunk)
+                if size > limit:
+                    log.warning("upstream %s: response body above max_response_bytes %d, cut",
+                                name, limit)
+                    answer.status = 502
+                    return False
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             # The head is out: nothing to retry. Returning unfinished makes the server close
             # the client connection, so the truncation is visible.
             log.warning("upstream %s failed mid-response: %s", name, exc)
-            return
+            answer.status = 502  # what the client got is a broken answer, whatever its head said
+            return False
         except OSError as exc:  # the server could not write to a client that went away
             raise _ClientGone from exc
         await send({"type": "http.response.body", "body": b""})
+        return True
 
-    async def _no_upstream(self, send: Send, tried: list[str], reason: str) -> None:
+    async def _no_upstream(self, send: Send, tried: list[str], reason: str,
+                           answer: _Answer) -> None:
         degraded = self.config.degraded_response
         if degraded is not None:
             body = degraded.body.encode()
+            answer.status = degraded.status
             await _send_whole(send, degraded.status, [
                 (b"content-type", degraded.content_type.encode()),
                 (b"content-length", str(len(body)).encode())], body)
             return
+        answer.status = 503
         await _send_whole(send, *_json_response(503, {
             "error": "no upstream available", "tried": tried, "reason": reason}))
 
@@ -489,7 +619,7 @@ def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _Give
         return decision.delay_s
     give_up = decision.give_up or "not_retriable"
     fall_back = give_up in _FALL_BACK_ON or (error and give_up == "not_retriable")
-    return _GiveUp(fall_back, f"{what} ({give_up})")
+    return _GiveUp(fall_back, f"{what} ({give_up})", _FALLBACK_REASON.get(give_up, "error"))
 
 
 def _header(headers: Headers, name: bytes) -> str | None:

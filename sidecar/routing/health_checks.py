@@ -47,9 +47,11 @@ from mlwarden.sidecar.config import SidecarConfig, UpstreamConfig
 
 __all__ = [
     "MAX_REPORT_BYTES",
+    "PROBE_OUTCOMES",
     "HealthChecker",
     "HealthReportSummary",
     "HealthTransition",
+    "ProbeListener",
     "ProbeResult",
     "TransitionListener",
     "UpstreamHealth",
@@ -59,6 +61,8 @@ log = logging.getLogger("mlwarden.sidecar.health_checks")
 
 #: Listener of transitions: ``(upstream name, healthy, reason)``.
 TransitionListener = Callable[[str, bool, str], None]
+#: Listener of every probe: ``(upstream name, result)``.
+ProbeListener = Callable[[str, "ProbeResult"], None]
 #: A larger body is not read as a report (the status code decides): a health endpoint that
 #: streams megabytes is not the middleware's, and the checker's memory stays bounded.
 MAX_REPORT_BYTES = 256 * 1024
@@ -124,6 +128,26 @@ class ProbeResult:
     report: HealthReportSummary | None = None
     error: str | None = None
     duration_s: float = 0.0
+
+    @property
+    def outcome(self) -> str:
+        """One bounded word for metrics: ``ok``, ``degraded`` (both pass); ``failing`` (the
+        report said so), ``bad_status``, ``timeout``, ``connect_error``, ``error``."""
+        if self.passed:
+            degraded = self.report is not None and self.report.status == DEGRADED
+            return "degraded" if degraded else "ok"
+        if self.status_code is not None:
+            failing = self.report is not None and self.report.status == FAILING
+            return "failing" if failing else "bad_status"
+        if self.error == "timeout":
+            return "timeout"
+        if self.error is not None and self.error.startswith("connect error"):
+            return "connect_error"
+        return "error"
+
+
+#: Every value of :attr:`ProbeResult.outcome`.
+PROBE_OUTCOMES = ("ok", "degraded", "failing", "bad_status", "timeout", "connect_error", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +269,7 @@ class HealthChecker:
         self._clock = clock
         self._sleep = sleep
         self._listeners: list[TransitionListener] = list(listeners)
+        self._probe_listeners: list[ProbeListener] = []
         self._states: dict[str, UpstreamHealth] = {
             name: UpstreamHealth(name, url, initial_healthy, history_size)
             for name, url in targets
@@ -300,6 +325,10 @@ class HealthChecker:
         """Call ``listener(name, healthy, reason)`` on each transition; its errors are logged."""
         self._listeners.append(listener)
 
+    def add_probe_listener(self, listener: ProbeListener) -> None:
+        """Call ``listener(name, result)`` after every probe; its errors are logged."""
+        self._probe_listeners.append(listener)
+
     # -- probing ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -352,6 +381,11 @@ class HealthChecker:
         state.last_error = result.error
         state.last_reason = result.reason
         state.last_duration_s = result.duration_s
+        for listener in self._probe_listeners:
+            try:
+                listener(state.name, result)
+            except Exception:
+                log.exception("health probe listener failed for upstream %s", state.name)
         if result.passed:
             state.consecutive_successes += 1
             state.consecutive_failures = 0
