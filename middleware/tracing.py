@@ -102,14 +102,19 @@ class RequestTracer:
             cached = self._cached = (provider, provider.get_tracer(_INSTRUMENTATION))
         return cached[1]
 
-    def start(self, scope: Mapping[str, Any], model: str, version: str) -> RequestSpan | None:
+    def start(
+        self, scope: Mapping[str, Any], model: str | None, version: str | None
+    ) -> RequestSpan | None:
+        """The request's span, or None when nothing records it. ``model``/``version`` become
+        the ``mlwarden.model.*`` attributes (left out when None: the sidecar serves several)."""
+        model_attributes = {} if model is None else {
+            "mlwarden.model.name": model, "mlwarden.model.version": version or ""}
         current = trace.get_current_span()
         if current.is_recording() and (
             getattr(current, "kind", None) is SpanKind.SERVER or "fastapi.telemetry" in scope
         ):
-            current.set_attributes(
-                {"mlwarden.model.name": model, "mlwarden.model.version": version}
-            )
+            if model_attributes:
+                current.set_attributes(model_attributes)
             return RequestSpan(current, None, owned=False)
         textmap = propagate.get_global_textmap()
         if textmap is not self._textmap:
@@ -129,8 +134,7 @@ class RequestTracer:
             "http.request.method": method,
             "url.path": scope.get("path", ""),
             "url.scheme": scope.get("scheme", "http"),
-            "mlwarden.model.name": model,
-            "mlwarden.model.version": version,
+            **model_attributes,
         }
         client = scope.get("client")
         if client:

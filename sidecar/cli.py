@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,6 +84,10 @@ def _sidecar(path: Path, *, check: bool) -> int:
 
     config = load_config(path)
     if check:
+        from mlwarden.sidecar.tracing import otlp_traces_url
+
+        if otlp_traces_url(config.tracing, os.environ) is not None:
+            _require_otlp_exporter()
         order = " → ".join(config.routing.order)
         print(f"{path}: valid; routing {order}; listening on "
               f"{config.listen.host}:{config.listen.port}")
@@ -93,9 +98,12 @@ def _sidecar(path: Path, *, check: bool) -> int:
 
     from mlwarden.sidecar.admin import create_admin_app
     from mlwarden.sidecar.proxy import ProxyApp
+    from mlwarden.sidecar.tracing import configure_tracing
+
+    tracer_provider = configure_tracing(config.tracing, os.environ)
 
     async def serve() -> None:
-        proxy = ProxyApp(config)
+        proxy = ProxyApp(config, tracer_provider=tracer_provider)
         # Started before serving, so the admin's metrics see the health checker from the first
         # transition on; the proxy's own lifespan start-up is then a no-op.
         await proxy.start()
@@ -123,8 +131,20 @@ def _sidecar(path: Path, *, check: bool) -> int:
         finally:
             await proxy.aclose()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # flushes the spans still queued
     return 0
+
+
+def _require_otlp_exporter() -> None:
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+    except ImportError:
+        raise ConfigError(["tracing.otlp_endpoint: exporting traces needs the OTLP exporter: "
+                           "pip install 'mlwarden[otlp]'"]) from None
 
 
 def _baseline_build(args: argparse.Namespace) -> int:

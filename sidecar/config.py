@@ -60,6 +60,7 @@ __all__ = [
     "RoutingConfig",
     "SidecarConfig",
     "TimeoutsConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "load_config",
 ]
@@ -92,7 +93,8 @@ _SYNONYMS = {
 }
 # Leaf keys whose environment values are text, taken verbatim rather than parsed as YAML.
 _TEXT_KEYS = frozenset(
-    {"url", "host", "token", "redis_url", "primary", "health_path", "body", "content_type"}
+    {"url", "host", "token", "redis_url", "primary", "health_path", "body", "content_type",
+     "otlp_endpoint", "service_name"}
 )
 
 
@@ -194,6 +196,10 @@ def _http_url(value: Any) -> str:
     if parts.query or parts.fragment:
         raise _Bad(f"{want} and no query or fragment, got {_show(value)}")
     return value
+
+
+def _optional_http_url(value: Any) -> str | None:
+    return None if value is None else _http_url(value)
 
 
 def _redis_url(value: Any) -> str | None:
@@ -564,6 +570,20 @@ class DegradedResponseConfig(_Block):
         return []
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TracingConfig(_Block):
+    """Traces of the sidecar itself (a server span per request, a client span per attempt),
+    sent over OTLP/HTTP in batches. Off unless ``otlp_endpoint`` is set here or the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``/``OTEL_EXPORTER_OTLP_ENDPOINT`` variable is; the
+    exporter needs the ``otlp`` extra. ``otlp_endpoint`` is the collector's base URL
+    (``http://collector:4318``; ``/v1/traces`` is appended) or its full traces URL."""
+
+    _key: ClassVar[str] = "tracing"
+    otlp_endpoint: str | None = _setting(None, _optional_http_url)
+    service_name: str = _setting("mlwarden-sidecar", _text)
+    sample_ratio: float = _setting(1.0, _number(float, ge=0, le=1))
+
+
 def _bad_body(value: Any) -> str:
     raise _Bad(f"expected a string (use a YAML block scalar for JSON), got {_show(value)}")
 
@@ -573,7 +593,7 @@ def _bad_body(value: Any) -> str:
 _BLOCKS: dict[str, type[_Block]] = {
     "listen": ListenConfig, "admin": AdminConfig, "timeouts": TimeoutsConfig,
     "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
-    "limits": LimitsConfig,
+    "limits": LimitsConfig, "tracing": TracingConfig,
 }
 _TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response"]
 
@@ -592,6 +612,7 @@ class SidecarConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     health_checks: HealthChecksConfig = field(default_factory=HealthChecksConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     degraded_response: DegradedResponseConfig | None = None
 
     def __post_init__(self) -> None:

@@ -47,6 +47,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+
+from mlwarden.middleware.tracing import RequestSpan
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.proxy_events import FanOutEvents, ProxyEvents, status_class
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, Trial
@@ -63,6 +66,7 @@ from mlwarden.sidecar.resilience.retry import (
 )
 from mlwarden.sidecar.routing.health_checks import HealthChecker
 from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.tracing import ProxyTracer
 from mlwarden.sidecar.upstream import (
     UpstreamConnectError,
     UpstreamError,
@@ -159,13 +163,15 @@ class _GiveUp:
 
 
 class _Answer:
-    """What the client was sent: by which upstream (None: the proxy itself) and the status."""
+    """What the client was sent: by which upstream (None: the proxy itself) and the status;
+    and the request's server span, when traced."""
 
-    __slots__ = ("status", "upstream")
+    __slots__ = ("span", "status", "upstream")
 
-    def __init__(self) -> None:
+    def __init__(self, span: RequestSpan | None) -> None:
         self.upstream: str | None = None
         self.status = CLIENT_CLOSED
+        self.span = span
 
 
 class _ClientGone(Exception):
@@ -181,6 +187,8 @@ class ProxyApp:
     ``wall_clock`` (epoch seconds, as pybreaker's storage expects). ``health_checks=False``
     runs no checker at all (every upstream counts as healthy). ``events`` listen to what each
     request does (metrics, analyses); more can be added with :meth:`add_events`.
+    ``tracer_provider`` (default: the global one) receives a server span per request and a
+    client span per attempt (:mod:`mlwarden.sidecar.tracing`).
     """
 
     def __init__(
@@ -196,6 +204,7 @@ class ProxyApp:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         events: ProxyEvents | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.config = config
         names = [u.name for u in config.upstreams]
@@ -234,6 +243,7 @@ class ProxyApp:
         self._total_s = config.timeouts.total_timeout_s
         self._upstream_values = {n: n.encode("ascii") for n in names}
         self.events: ProxyEvents = FanOutEvents([events] if events is not None else [])
+        self.tracer = ProxyTracer(tracer_provider=tracer_provider)
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstreams={list(self.pools)!r}, router={self.router!r})"
@@ -324,7 +334,7 @@ class ProxyApp:
         started = self._clock()
         events = self.events
         events.request_started()
-        answer = _Answer()
+        answer = _Answer(self.tracer.start(scope))
         if self._in_flight >= self._max_concurrent:
             # Shed at once rather than queue: a queue here would only turn overload into
             # timeouts. Envoy answers its overflow the same way.
@@ -342,6 +352,8 @@ class ProxyApp:
             raise
         finally:
             try:
+                if answer.span is not None:
+                    _end_server_span(answer.span, scope, answer)
                 events.request_finished(answer.upstream, answer.status, self._clock() - started)
             finally:
                 self._in_flight -= 1  # last: in_flight == 0 means every request was reported
@@ -501,6 +513,11 @@ class ProxyApp:
         """One exchange: None when answered, a delay to retry after, or why to stop here."""
         events = self.events
         started = self._clock()
+        client_span = None
+        if answer.span is not None:
+            client_span, headers = self.tracer.attempt(
+                answer.span, name, method, pool.base_url.rstrip("/") + target.decode("latin-1"),
+                attempts.attempt, headers)
         try:
             response = await pool.request(method, target, headers, body, timeout_s=timeout_s)
         except UpstreamError as exc:
@@ -511,6 +528,8 @@ class ProxyApp:
             else:
                 trial.failure(kind)
             log.debug("upstream %s: %s (%s)", name, kind, exc)
+            if client_span is not None:
+                self.tracer.end_attempt(client_span, kind, None)
             events.attempt_finished(name, kind, self._clock() - started)
             decision = attempts.next(Outcome(error=kind))
             if decision.retry:
@@ -520,6 +539,8 @@ class ProxyApp:
             # The pool refuses CR/LF in the request line or a header: the request, not the
             # upstream, is at fault, and no upstream will take it.
             trial.discard()
+            if client_span is not None:
+                self.tracer.end_attempt(client_span, "refused", None)
             answer.status = 400
             await _send_whole(send, *_json_response(400, {
                 "error": "request cannot be forwarded", "detail": str(exc)}))
@@ -533,6 +554,8 @@ class ProxyApp:
                 decision = attempts.next(outcome)
                 give_up = decision.give_up
                 if decision.retry or (give_up in _FALL_BACK_ON and not last_candidate):
+                    if client_span is not None:
+                        self.tracer.end_attempt(client_span, outcome_label, response.status)
                     events.attempt_finished(name, outcome_label, self._clock() - started)
                     if decision.retry:
                         events.retried(name, decision.reason or outcome_label)
@@ -543,6 +566,8 @@ class ProxyApp:
                 if not await self._relay(name, response, watcher, send, answer):
                     outcome_label = "reset"
             finally:
+                if client_span is not None:
+                    self.tracer.end_attempt(client_span, outcome_label, response.status)
                 events.attempt_finished(name, outcome_label, self._clock() - started)
             return None
         finally:
@@ -620,6 +645,12 @@ def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _Give
     give_up = decision.give_up or "not_retriable"
     fall_back = give_up in _FALL_BACK_ON or (error and give_up == "not_retriable")
     return _GiveUp(fall_back, f"{what} ({give_up})", _FALLBACK_REASON.get(give_up, "error"))
+
+
+def _end_server_span(span: RequestSpan, scope: Scope, answer: _Answer) -> None:
+    span.detach()
+    span.finish(method=scope["method"], route=None, status=answer.status, error=None,
+                attributes={"mlwarden.upstream": answer.upstream or "none"}, end_time_ns=None)
 
 
 def _header(headers: Headers, name: bytes) -> str | None:

@@ -68,3 +68,85 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
         finally:
             proc.stop()
         assert proc.proc.returncode is not None
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP traces endpoint: decodes each protobuf export and keeps the spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, dict[str, str], object]] = []  # (service, attrs, span)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/v1/traces":
+            export = ExportTraceServiceRequest.FromString(body)
+            for resource_spans in export.resource_spans:
+                resource = {a.key: a.value.string_value
+                            for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        attrs = {a.key: a.value.string_value or str(a.value.int_value)
+                                 for a in span.attributes}
+                        self.spans.append((resource.get("service.name", ""), attrs, span))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-protobuf")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def test_sidecar_exports_its_spans_to_an_otlp_endpoint(monkeypatch):
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # ms: export soon after each span
+    workdir = temp_workdir("sidecar-otlp")
+    receiver = OtlpReceiver()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with serve_app(version_app("primary")) as primary, serve_app(receiver) as otlp:
+        port, admin_port = free_port(), free_port()
+        cfg = workdir / "sidecar.yaml"
+        cfg.write_text(
+            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
+            f"upstreams:\n  primary: {primary.url}\n"
+            f"tracing: {{otlp_endpoint: '{otlp.url}', service_name: sidecar-under-test}}\n"
+        )
+        proc = Process([sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config",
+                        str(cfg)], name="sidecar", workdir=workdir)
+        try:
+            wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                r = client.post("/predict", json={"i": 1},
+                                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+                assert r.status_code == 200
+        finally:
+            proc.stop()  # SIGTERM: the provider's shutdown flushes what is queued
+        kinds = {span.kind: (service, attrs, span) for service, attrs, span in receiver.spans}
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    assert set(kinds) == {Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT}, receiver.spans
+    service, server_attrs, server = kinds[Span.SPAN_KIND_SERVER]
+    _, client_attrs, attempt = kinds[Span.SPAN_KIND_CLIENT]
+    assert service == "sidecar-under-test"
+    assert server.trace_id.hex() == trace_id == attempt.trace_id.hex()
+    assert attempt.parent_span_id == server.span_id
+    assert server_attrs["mlwarden.upstream"] == "primary"
+    assert client_attrs["mlwarden.upstream"] == "primary"
+
+
+def test_sidecar_check_reports_tracing_problems(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("upstreams:\n  primary: http://127.0.0.1:9\n"
+                   "tracing: {otlp_endpoint: 'collector:4318', sample_ratio: 1.5}\n")
+    result = subprocess.run([sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar",
+                             "--config", str(cfg), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "tracing.otlp_endpoint" in result.stderr and "tracing.sample_ratio" in result.stderr
