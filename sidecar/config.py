@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ _SYNONYMS = {
 # Leaf keys whose environment values are text, taken verbatim rather than parsed as YAML.
 _TEXT_KEYS = frozenset(
     {"url", "host", "token", "redis_url", "primary", "health_path", "body", "content_type",
-     "otlp_endpoint", "service_name"}
+     "otlp_endpoint", "service_name", "ca_file"}
 )
 
 
@@ -200,6 +201,20 @@ def _http_url(value: Any) -> str:
 
 def _optional_http_url(value: Any) -> str | None:
     return None if value is None else _http_url(value)
+
+
+def _optional_pem_file(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"expected the path of a PEM file of CA certificates, got {_show(value)}")
+    try:
+        ssl.create_default_context(cafile=value)
+    except FileNotFoundError:
+        raise _Bad(f"no such file: {value!r}") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise _Bad(f"{value!r} is not a readable PEM file of CA certificates ({exc})") from None
+    return value
 
 
 def _redis_url(value: Any) -> str | None:
@@ -412,7 +427,8 @@ class AdminConfig(_Block):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UpstreamConfig(_Block):
     """One named model version behind the proxy. ``url`` is the base URL: its path, if any,
-    is prefixed to every forwarded path."""
+    is prefixed to every forwarded path. An ``https://`` URL is verified against the system's
+    trust store, or against ``ca_file`` (PEM) for a private CA."""
 
     _key: ClassVar[str] = "upstreams"
     name: str = _setting(check=_text)
@@ -420,9 +436,22 @@ class UpstreamConfig(_Block):
     health_path: str = _setting("/-/health", _url_path)
     max_connections: int = _setting(100, _number(int, ge=1, le=100_000))
     connect_timeout_s: float = _setting(1.0, _seconds(gt=0, le=300))
+    ca_file: str | None = _setting(None, _optional_pem_file)
 
     def _path(self) -> str:
         return f"upstreams.{self.name}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an https upstream with a private CA (else None: the default)."""
+        if self.ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        if v["ca_file"] is not None and not v["url"].startswith("https://"):
+            return [("ca_file", "applies to https:// URLs only; the url is plain http")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -211,7 +211,8 @@ class ProxyApp:
         self._owns_pools = pools is None
         self.pools: dict[str, UpstreamPool] = dict(pools) if pools is not None else {
             u.name: UpstreamPool(u.url, max_connections=u.max_connections,
-                                 connect_timeout_s=u.connect_timeout_s)
+                                 connect_timeout_s=u.connect_timeout_s,
+                                 ssl_context=u.ssl_context())
             for u in config.upstreams
         }
         b = config.breaker

@@ -7,6 +7,9 @@ streamed both ways and never buffered whole. It does one thing per call — one 
 connection — and decides nothing about retries: every failure is raised as one of the errors
 below, saying how far the exchange got, and the retry layer decides.
 
+``https://`` upstreams go over TLS: the system's trust store, or a given ``ssl_context`` for a
+private CA; a failed handshake or certificate check is an :class:`UpstreamConnectError`.
+
 Why not httpx or aiohttp: measured on these machines, httpx's pool costs a naive proxy 5 to 10
 times its throughput, and aiohttp's client does far more per request (cookies, redirects, URL
 objects, multidicts) than a proxy needs. See ``benchmarks/upstream_client.py``.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -469,13 +473,15 @@ class UpstreamPool:
         connect_timeout_s: float = 1.0,
         idle_timeout_s: float = 30.0,
         max_response_head_bytes: int = 64 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         problems = []
-        if parts.scheme != "http":
-            problems.append(f"base_url {base_url!r}: only http:// upstreams are supported")
+        if parts.scheme not in ("http", "https"):
+            problems.append(f"base_url {base_url!r}: only http:// and https:// upstreams are "
+                            f"supported")
         if not parts.hostname:
             problems.append(f"base_url {base_url!r}: no host")
         if parts.query or parts.fragment:
@@ -492,18 +498,25 @@ class UpstreamPool:
             raise ValueError("; ".join(problems))
         self.base_url = base_url
         self.host = parts.hostname
+        default_port = 443 if parts.scheme == "https" else 80
         try:
-            self.port = parts.port or 80
+            self.port = parts.port or default_port
         except ValueError as exc:
             raise ValueError(f"base_url {base_url!r}: {exc}") from None
+        # https: the system's trust store unless a context is given (a private CA); the
+        # host name is checked against the certificate.
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
         self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_response_head_bytes = max_response_head_bytes
         self._prefix = parts.path.rstrip("/").encode("ascii")
-        netloc = self.host if self.port == 80 else f"{self.host}:{self.port}"
+        netloc = self.host if self.port == default_port else f"{self.host}:{self.port}"
         if ":" in self.host:  # IPv6 literal
-            netloc = f"[{self.host}]" if self.port == 80 else f"[{self.host}]:{self.port}"
+            netloc = (f"[{self.host}]" if self.port == default_port
+                      else f"[{self.host}]:{self.port}")
         self._host_header = b"host: " + netloc.encode("idna") + b"\r\n"
         self._loop = loop
         self._clock = clock
@@ -715,7 +728,9 @@ class UpstreamPool:
         self._all.add(conn)
         try:
             async with asyncio.timeout_at(deadline):
-                await loop.create_connection(lambda: conn, self.host, self.port)
+                await loop.create_connection(
+                    lambda: conn, self.host, self.port, ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None)
         except TimeoutError:
             self._forget(conn)
             raise UpstreamConnectError(

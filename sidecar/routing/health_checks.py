@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -220,7 +221,8 @@ class HealthChecker:
     its own ``health_path``). ``client`` is used as given and left open; without one, the
     checker creates (and closes in :meth:`aclose`) an ``httpx.AsyncClient`` that ignores
     proxy variables (the upstreams are local). ``clock`` and ``sleep`` are injectable so that
-    tests step the loop without waiting.
+    tests step the loop without waiting. ``verify`` is the TLS verification of https
+    upstreams (``from_config`` adds the upstreams' ``ca_file`` to the system's trust store).
     """
 
     def __init__(
@@ -239,6 +241,7 @@ class HealthChecker:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         listeners: Iterable[TransitionListener] = (),
         history_size: int = 50,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         problems: list[str] = []
         for key, value, low in (
@@ -281,6 +284,7 @@ class HealthChecker:
                                 max_keepalive_connections=len(targets)),
             trust_env=False,
             follow_redirects=False,
+            verify=verify,
         )
 
     @classmethod
@@ -294,6 +298,13 @@ class HealthChecker:
             "unhealthy_threshold": hc.unhealthy_threshold,
             "read_health_report": hc.read_health_report,
         }
+        ca_files = [u.ca_file for u in config.upstreams if u.ca_file is not None]
+        if ca_files:
+            # One client probes every upstream: it trusts the system's CAs and each private one.
+            context = ssl.create_default_context()
+            for ca_file in dict.fromkeys(ca_files):
+                context.load_verify_locations(cafile=ca_file)
+            options["verify"] = context
         return cls(config.upstreams, **{**options, **kwargs})
 
     # -- reading ------------------------------------------------------------------------------
