@@ -23,9 +23,20 @@ Per request:
    inside the same total deadline. A retriable status that is the last word (no candidate
    left) is passed to the client as the upstream sent it.
 4. Once the response head has gone to the client nothing is retried; an upstream failure
-   mid-body ends the client's response early (uvicorn closes the connection).
+   mid-body ends the client's response early (uvicorn closes the connection). A response
+   above ``limits.max_response_bytes`` is refused with 502 when its ``content-length`` says so,
+   else cut where it crosses the limit. Trailers are relayed when the server offers ASGI's
+   ``http.response.trailers`` extension and the upstream announced them (``trailer``
+   header); uvicorn has no such extension, so behind it they are dropped.
 5. When nothing answered: ``degraded_response`` if configured, else 503 JSON
    ``{"error": "no upstream available", "tried": [...], "reason": ...}``.
+
+Beyond ``limits.max_concurrent_requests`` in flight a request is shed at once with a 503 JSON
+and ``x-mlwarden-overloaded: true`` (queueing would turn overload into timeouts).
+
+Every step is reported to :class:`~mlwarden.sidecar.proxy_events.ProxyEvents` listeners
+(metrics, and the analyses that need windows of outcomes), and traced when an OpenTelemetry
+SDK is present (:mod:`mlwarden.sidecar.tracing`).
 
 A client that disconnects (mid-body or mid-response) stops the exchange; the upstream
 response is closed and the breaker counts nothing.
@@ -90,6 +101,7 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
 UPSTREAM_HEADER = b"x-mlwarden-upstream"
+_TRAILERS_EXTENSION = "http.response.trailers"
 #: Set on the 503 of a request shed because ``limits.max_concurrent_requests`` were in flight.
 OVERLOADED_HEADER = b"x-mlwarden-overloaded"
 # Dropped from requests besides the hop-by-hop ones: the pool writes its own host and framing.
@@ -164,14 +176,15 @@ class _GiveUp:
 
 class _Answer:
     """What the client was sent: by which upstream (None: the proxy itself) and the status;
-    and the request's server span, when traced."""
+    the request's server span, when traced; whether the server can send trailers."""
 
-    __slots__ = ("span", "status", "upstream")
+    __slots__ = ("span", "status", "trailers_ok", "upstream")
 
-    def __init__(self, span: RequestSpan | None) -> None:
+    def __init__(self, span: RequestSpan | None, trailers_ok: bool) -> None:
         self.upstream: str | None = None
         self.status = CLIENT_CLOSED
         self.span = span
+        self.trailers_ok = trailers_ok
 
 
 class _ClientGone(Exception):
@@ -335,7 +348,9 @@ class ProxyApp:
         started = self._clock()
         events = self.events
         events.request_started()
-        answer = _Answer(self.tracer.start(scope))
+        extensions = scope.get("extensions")
+        answer = _Answer(self.tracer.start(scope),
+                         bool(extensions) and _TRAILERS_EXTENSION in extensions)
         if self._in_flight >= self._max_concurrent:
             # Shed at once rather than queue: a queue here would only turn overload into
             # timeouts. Envoy answers its overflow the same way.
@@ -592,8 +607,16 @@ class ProxyApp:
         headers = [(n, v) for n, v in response.headers
                    if not _is_hop(n, named) and n != UPSTREAM_HEADER]
         headers.append((UPSTREAM_HEADER, self._upstream_values[name]))
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": headers})
+        # Trailers need the server's ASGI extension and an upstream that announced them in a
+        # ``trailer`` header (the head goes out before the trailers arrive). Else they are
+        # dropped, as any HTTP/1.1 intermediary may.
+        trailer = _header(response.headers, b"trailer") if answer.trailers_ok else None
+        start: dict[str, Any] = {"type": "http.response.start", "status": response.status,
+                                 "headers": headers}
+        if trailer is not None:
+            headers.append((b"trailer", trailer.encode("latin-1")))
+            start["trailers"] = True
+        await send(start)
         answer.status = response.status
         size = 0
         try:
@@ -616,6 +639,11 @@ class ProxyApp:
         except OSError as exc:  # the server could not write to a client that went away
             raise _ClientGone from exc
         await send({"type": "http.response.body", "body": b""})
+        if trailer is not None:
+            named_trailers = _connection_tokens(response.trailers)
+            await send({"type": "http.response.trailers", "more_trailers": False,
+                        "headers": [(n, v) for n, v in response.trailers
+                                    if not _is_hop(n, named_trailers)]})
         return True
 
     async def _no_upstream(self, send: Send, tried: list[str], reason: str,

@@ -410,3 +410,64 @@ def test_open_breaker_sends_the_request_to_the_fallback_without_trying_the_prima
     assert response.headers["x-mlwarden-upstream"] == "stable"
     assert primary.hits == 0
     assert stable.hits == 1
+
+
+# --------------------------------------------------------------------------- trailers
+
+
+def _trailers_exchange(extensions: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request through ProxyApp, driven as an ASGI server would, in front of a real socket
+    upstream answering chunked with an announced trailer (uvicorn has no trailers extension,
+    so the server side is played here)."""
+    from tests.test_upstream import raw_server
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+                     b"trailer: grpc-status, x-checksum\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-checksum: 5d41\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> list[dict[str, Any]]:
+        async with raw_server(upstream) as (url, _):
+            proxy = ProxyApp(make_config(url, dead_url()), health_checks=False)
+            sent: list[dict[str, Any]] = []
+            inbox = [{"type": "http.request", "body": b"", "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if inbox:
+                    return inbox.pop()
+                await asyncio.sleep(3600)  # no disconnect: the watcher waits
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+                     "query_string": b"", "headers": [(b"host", b"sidecar")],
+                     "client": ("127.0.0.1", 5000), "scheme": "http",
+                     "extensions": extensions}
+            await proxy(scope, receive, send)
+            await proxy.aclose()
+            return sent
+
+    return asyncio.run(main())
+
+
+def test_announced_trailers_are_relayed_when_the_server_supports_them() -> None:
+    sent = _trailers_exchange({"http.response.trailers": {}})
+    start, *bodies, trailers = sent
+    assert start["trailers"] is True
+    assert (b"trailer", b"grpc-status, x-checksum") in start["headers"]
+    assert b"".join(m["body"] for m in bodies) == b"hello"
+    assert trailers == {"type": "http.response.trailers", "more_trailers": False,
+                        "headers": [(b"grpc-status", b"0"), (b"x-checksum", b"5d41")]}
+
+
+def test_trailers_are_dropped_without_the_servers_extension() -> None:
+    sent = _trailers_exchange({})
+    assert "trailers" not in sent[0]
+    assert all(n != b"trailer" for n, _ in sent[0]["headers"])
+    assert [m["type"] for m in sent[1:]][-1] == "http.response.body"
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"hello"
