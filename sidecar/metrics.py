@@ -32,6 +32,9 @@ Exported (label values are upstream names from the configuration and fixed words
   little traffic the upstream gets, so ``max()`` over upstreams means "the worst").
 - ``mlwarden_breaker_transitions_total{upstream,to}``: counter; ``to`` in closed, half_open,
   open.
+- ``mlwarden_breaker_storage_available{upstream}``, ``mlwarden_breaker_storage_errors_total``,
+  ``mlwarden_breaker_fail_open_total``: the shared state in Redis (``breaker.redis_url``):
+  whether it answers, its failed accesses, the attempts admitted while it did not (fail open).
 - ``mlwarden_upstream_healthy{upstream}``: gauge, 1 in rotation, 0 out (1 for every upstream
   while no health checker runs, as the router then sees them).
 - ``mlwarden_health_transitions_total{upstream,to}``: counter; ``to`` in healthy, unhealthy.
@@ -84,6 +87,9 @@ class _ScrapeCollector(Collector):
         # Names only, so the registry can reject duplicates without a proxy attached yet.
         return [
             GaugeMetricFamily("mlwarden_breaker_state", "", labels=["upstream"]),
+            GaugeMetricFamily("mlwarden_breaker_storage_available", "", labels=["upstream"]),
+            CounterMetricFamily("mlwarden_breaker_storage_errors", "", labels=["upstream"]),
+            CounterMetricFamily("mlwarden_breaker_fail_open", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_upstream_healthy", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_proxy_requests_in_flight", ""),
             CounterMetricFamily("mlwarden_retry_budget_requests", ""),
@@ -100,9 +106,27 @@ class _ScrapeCollector(Collector):
             "mlwarden_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half_open, 2 open.",
             labels=["upstream"])
+        available = GaugeMetricFamily(
+            "mlwarden_breaker_storage_available",
+            "0 while a breaker's shared state (Redis) fails and the breaker fails open, else 1.",
+            labels=["upstream"])
+        errors = CounterMetricFamily(
+            "mlwarden_breaker_storage_errors",
+            "Failed accesses to a breaker's shared state (at most one per retry interval).",
+            labels=["upstream"])
+        fail_open = CounterMetricFamily(
+            "mlwarden_breaker_fail_open",
+            "Attempts admitted without the breaker's shared state, which was unavailable.",
+            labels=["upstream"])
         for name, breaker in proxy.breakers.items():
             state.add_metric([name], BREAKER_STATE_VALUES[breaker.state])
+            available.add_metric([name], 1.0 if breaker.storage_available else 0.0)
+            errors.add_metric([name], float(breaker.storage_errors_total))
+            fail_open.add_metric([name], float(breaker.fail_open_total))
         yield state
+        yield available
+        yield errors
+        yield fail_open
         healthy = GaugeMetricFamily(
             "mlwarden_upstream_healthy",
             "1 when the upstream's health checks keep it in rotation, else 0.",

@@ -63,7 +63,12 @@ from opentelemetry import trace
 from mlwarden.middleware.tracing import RequestSpan
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.proxy_events import FanOutEvents, ProxyEvents, status_class
-from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, Trial
+from mlwarden.sidecar.resilience.breaker import (
+    AsyncBreaker,
+    BreakerOpen,
+    Trial,
+    build_breakers,
+)
 from mlwarden.sidecar.resilience.retry import (
     ExponentialJitterBackoff,
     Outcome,
@@ -194,10 +199,12 @@ class _ClientGone(Exception):
 class ProxyApp:
     """The reverse proxy as a raw ASGI app; see the module docstring for what it does.
 
-    ``pools``, ``breakers`` and ``health`` are built from ``config`` when not given (given ones
-    are used as they are and not closed here). ``clock`` (monotonic seconds) drives deadlines
-    and the retry policy, ``sleep`` the waits between retries; breakers built here use
-    ``wall_clock`` (epoch seconds, as pybreaker's storage expects). ``health_checks=False``
+    ``pools``, ``breakers`` (:func:`~mlwarden.sidecar.resilience.breaker.build_breakers`, with
+    shared state in Redis when ``breaker.redis_url`` is set) and ``health`` are built from
+    ``config`` when not given (given ones are used as they are and not closed here).
+    ``clock`` (monotonic seconds) drives deadlines and the retry policy, ``sleep`` the waits
+    between retries; breakers built here use ``wall_clock`` (epoch seconds, as pybreaker's
+    storage expects). ``health_checks=False``
     runs no checker at all (every upstream counts as healthy). ``events`` listen to what each
     request does (metrics, analyses); more can be added with :meth:`add_events`.
     ``tracer_provider`` (default: the global one) receives a server span per request and a
@@ -228,13 +235,9 @@ class ProxyApp:
                                  ssl_context=u.ssl_context())
             for u in config.upstreams
         }
-        b = config.breaker
-        self.breakers: dict[str, AsyncBreaker] = dict(breakers) if breakers is not None else {
-            name: AsyncBreaker(name, fail_max=b.consecutive_5xx, reset_timeout_s=b.reset_timeout_s,
-                               half_open_max_calls=b.half_open_max_calls,
-                               failure_statuses=b.failure_status_codes, clock=wall_clock)
-            for name in names
-        }
+        self._owns_breakers = breakers is None
+        self.breakers: dict[str, AsyncBreaker] = (
+            dict(breakers) if breakers is not None else build_breakers(config, clock=wall_clock))
         missing = [n for n in names if n not in self.pools or n not in self.breakers]
         if missing:
             raise ValueError(f"no pool or breaker for upstream(s) {', '.join(missing)}")
@@ -291,8 +294,8 @@ class ProxyApp:
         breaker = self.breakers[name]
         if breaker.state != "open":
             return True
-        opened = next((c.at for c in reversed(breaker.history) if c.new == "open"), None)
-        # Unknown opening time (shared storage): let the breaker's own admission decide.
+        opened = breaker.opened_at  # as stored: another replica's opening time when shared
+        # Unknown opening time: let the breaker's own admission decide.
         return opened is None or self._wall_clock() >= opened + breaker.reset_timeout_s
 
     # -- ASGI ----------------------------------------------------------------------------------
@@ -341,6 +344,9 @@ class ProxyApp:
                 await self.health.aclose()
         if self._owns_pools:
             await asyncio.gather(*(pool.aclose() for pool in self.pools.values()))
+        if self._owns_breakers:
+            for breaker in self.breakers.values():
+                breaker.close()  # the shared-state client, when there is one
 
     # -- one request ---------------------------------------------------------------------------
 

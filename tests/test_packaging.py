@@ -47,3 +47,18 @@ def test_floor_constraints_pin_the_lower_bounds_of_the_middleware_dependencies()
         pin, low = Version(floors[name]), Version(bound)
         # the pin is the oldest release of the bound's series: 0.36 → 0.36.x, 3.9 → 3.9.x
         assert pin >= low and pin.release[:len(low.release)] == low.release, (name, pin, low)
+
+
+def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
+    """A regular (not editable) install must carry every subpackage: the quick start uses one."""
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("mlwarden-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"mlwarden/{path.relative_to(ROOT).as_posix()}"
+                for folder in ("middleware", "sidecar") for path in (ROOT / folder).rglob("*.py")}
+    assert expected and expected <= names, sorted(expected - names)
