@@ -5,8 +5,16 @@ Everything mlwarden raises on purpose derives from :class:`MlwardenError`::
     MlwardenError
     ├── ConfigError          an option, a config file or a threshold is invalid (start-up)
     │   └── BaselineError    the baseline profile is missing, unreadable or malformed
-    └── PayloadError         an inference payload could not be turned into feature rows;
-                             never reaches the client: the middleware counts it by ``reason``
+    ├── PayloadError         an inference payload could not be turned into feature rows;
+    │                        never reaches the client: the middleware counts it by ``reason``
+    ├── BreakerOpen          (mlwarden.sidecar.resilience.breaker) an upstream's breaker
+    │                        admits no request now; the proxy moves to the next fallback
+    └── UpstreamError        (mlwarden.sidecar.upstream) one exchange with an upstream failed:
+                             UpstreamConnectError (UpstreamPoolTimeout), UpstreamTimeout,
+                             UpstreamReset, UpstreamProtocolError; the retry layer decides
+
+The sidecar's classes live in the sidecar (this layer does not import it) and are listed here
+so that the whole tree is in one place.
 
 ``ConfigError`` collects every problem it can before it is raised, so that one start-up
 shows all of them; ``problems`` holds them one per entry, each naming the key.
