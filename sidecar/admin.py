@@ -13,7 +13,7 @@ Routes:
   open), else 503 JSON naming each upstream's availability (readiness).
 - ``GET /-/status``: JSON for people: each upstream's URL, availability, breaker state and
   recent transitions; the health checker's snapshot; the routing order and forced route; the
-  retry budget.
+  retry budget; requests in flight and the limits.
 - ``POST /-/route`` with ``{"force": "<upstream>"}`` or ``{"force": null}``: move one upstream
   to the front of the routing order, or restore the configured order.
 - ``POST /-/breakers/<name>/reset``: close that upstream's breaker now.
@@ -93,6 +93,7 @@ class _Admin:
                     "fail_counter": breaker.fail_counter,
                     "reset_timeout_s": breaker.reset_timeout_s,
                     "trials_in_flight": breaker.trials_in_flight,
+                    "shared_storage_available": breaker.storage_available,
                     "transitions": [
                         {"at": c.at, "from": c.old, "to": c.new, "reason": c.reason}
                         for c in list(breaker.history)[-STATUS_TRANSITIONS:]
@@ -111,6 +112,10 @@ class _Admin:
                 "candidates": proxy.router.candidates(),
             },
             "retry_budget": proxy.policy.budget.snapshot(),
+            "in_flight": proxy.in_flight,
+            "limits": {"max_concurrent_requests": proxy.config.limits.max_concurrent_requests,
+                       "max_request_bytes": proxy.config.limits.max_request_bytes,
+                       "max_response_bytes": proxy.config.limits.max_response_bytes},
         })
 
     # -- mutations ----------------------------------------------------------------------------

@@ -116,6 +116,9 @@ def test_status_shows_upstreams_breakers_health_routing_and_retry_budget() -> No
     assert status["routing"] == {"primary": "primary", "fallbacks": ["stable"], "forced": None,
                                  "order": ["primary", "stable"], "candidates": ["stable"]}
     assert status["retry_budget"]["requests_total"] == 1
+    assert primary["breaker"]["shared_storage_available"] is True
+    assert status["in_flight"] == 0
+    assert status["limits"]["max_concurrent_requests"] == 1024
 
 
 def test_metrics_show_breaker_state_2_and_the_transition_after_force_open() -> None:
