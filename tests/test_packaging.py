@@ -62,3 +62,8 @@ def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
     expected = {f"mlwarden/{path.relative_to(ROOT).as_posix()}"
                 for folder in ("middleware", "sidecar") for path in (ROOT / folder).rglob("*.py")}
     assert expected and expected <= names, sorted(expected - names)
+
+
+def test_the_image_installs_this_version_with_the_sidecar_extra():
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"'mlwarden[sidecar]=={version}'" in (ROOT / "Dockerfile").read_text()
