@@ -23,7 +23,8 @@ Exported (label values are upstream names from the configuration and fixed words
 - ``mlwarden_retries_total{upstream,reason}``: retries granted, by the retriable reason
   (``connect_error``, ``timeout``, ``reset``, ``status_503``, ``status_5xx`` …).
 - ``mlwarden_fallbacks_total{from,to,reason}``: a request moving on from one upstream to the
-  next; ``reason`` in breaker_open, unhealthy, retries_exhausted, budget_exhausted, error.
+  next; ``reason`` in breaker_open, unhealthy, retries_exhausted, budget_exhausted,
+  retry_too_late, error.
 - ``mlwarden_health_checks_total{upstream,result}``: every probe, by result (ok, degraded,
   failing, bad_status, timeout, connect_error, error).
 - ``mlwarden_health_check_duration_seconds{upstream}``: histogram of the probes.

@@ -112,12 +112,15 @@ OVERLOADED_HEADER = b"x-mlwarden-overloaded"
 # Dropped from requests besides the hop-by-hop ones: the pool writes its own host and framing.
 _REQUEST_OWNED = frozenset({b"host", b"content-length"})
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-# Give-ups after which another upstream may still answer; "deadline" ends the request and
-# "method"/"not_retriable" mean the request must not be sent again anywhere.
-_FALL_BACK_ON = frozenset({"attempts", "budget"})
+# Give-ups after which another upstream may still answer. "deadline" is the policy's word
+# for "a retry here would not fit in the time left" (a long Retry-After, a long backoff):
+# another upstream may still answer now, and a request whose time is really up is stopped
+# before its next attempt anyway. "method"/"not_retriable" mean the request must not be sent
+# again anywhere.
+_FALL_BACK_ON = frozenset({"attempts", "budget", "deadline"})
 # The fallback reason label of each give-up that moves on to the next candidate.
 _FALLBACK_REASON = {"attempts": "retries_exhausted", "budget": "budget_exhausted",
-                    "not_retriable": "error"}
+                    "deadline": "retry_too_late", "not_retriable": "error"}
 # The status recorded for a client that left before its answer was complete (nginx's word).
 CLIENT_CLOSED = 499
 
@@ -672,8 +675,8 @@ def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _Give
 
     After an error there is no answer to give the client, so a failure that is not retried on
     the same upstream (``timeout`` is not, by default) still moves on to the next candidate:
-    that is what a fallback is for. Only a method that must not be re-sent, or the deadline,
-    ends the request.
+    that is what a fallback is for. Only a method that must not be re-sent, or the total
+    deadline, ends the request.
     """
     if decision.retry:
         return decision.delay_s

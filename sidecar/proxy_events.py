@@ -31,8 +31,11 @@ ATTEMPT_ERRORS = ("connect_error", "timeout", "reset")
 #: Why a request moved from one upstream to the next.
 #: ``breaker_open``/``unhealthy``: the upstream was skipped without being tried;
 #: ``retries_exhausted``/``budget_exhausted``: its retries were spent on retriable failures;
-#: ``error``: it failed in a way not retried on the same upstream (a timeout, by default).
-FALLBACK_REASONS = ("breaker_open", "unhealthy", "retries_exhausted", "budget_exhausted", "error")
+#: ``retry_too_late``: the wait before a retry (its ``Retry-After``, the backoff) would not
+#: fit in the time left; ``error``: it failed in a way not retried on the same upstream (a
+#: timeout, by default).
+FALLBACK_REASONS = ("breaker_open", "unhealthy", "retries_exhausted", "budget_exhausted",
+                    "retry_too_late", "error")
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 

@@ -243,3 +243,41 @@ def test_a_raising_listener_is_logged_and_requests_go_on(caplog) -> None:
         assert m.client.post("/predict", content=b"{}").status_code == 200
         assert m.value("mlwarden_proxy_requests_total", upstream="primary", code="2xx") == 1
     assert "listener" in caplog.text
+
+
+class BusyFor:
+    """503 with ``Retry-After: 30``: come back later than any deadline here."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.hits += 1
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"retry-after", b"30")]})
+        await send({"type": "http.response.body", "body": b"busy"})
+
+
+def test_a_retry_after_beyond_the_deadline_moves_on_to_the_fallback_at_once() -> None:
+    busy = BusyFor()
+    with serve_app(busy) as p, serve_app(Upstream()) as s:
+        with measured(make_config(p.url, s.url), health_checks=False) as m:
+            response = m.client.post("/predict", content=b"{}")
+            assert response.status_code == 200
+            assert response.headers["x-mlwarden-upstream"] == "stable"
+            assert response.elapsed.total_seconds() < 1.0  # no wait for the Retry-After
+            assert busy.hits == 1
+            assert m.value("mlwarden_fallbacks_total", **{
+                "from": "primary", "to": "stable", "reason": "retry_too_late"}) == 1
+
+
+def test_with_no_fallback_the_busy_answer_goes_to_the_client_as_sent() -> None:
+    busy = BusyFor()
+    with serve_app(busy) as p:
+        cfg = SidecarConfig.from_mapping({"upstreams": {"primary": p.url}}, environ={})
+        with measured(cfg, health_checks=False) as m:
+            response = m.client.post("/predict", content=b"{}")
+            assert (response.status_code, response.headers["retry-after"]) == (503, "30")
+            assert busy.hits == 1

@@ -149,6 +149,16 @@ def test_gateway_error_covers_502_to_504_only() -> None:
     ]
 
 
+def test_gateway_error_retries_connect_failures_and_resets_but_not_timeouts() -> None:
+    # Timeouts are retried on the same upstream only by name (or under 5xx): see RetryOn.
+    retry_on = RetryOn(["gateway-error"], retriable_status_codes=())
+    assert retry_on.classify(Outcome(error="connect_error")) == "connect_error"
+    assert retry_on.classify(Outcome(error="reset")) == "reset"
+    assert retry_on.classify(Outcome(error="timeout")) is None
+    assert RetryOn(["5xx"]).classify(Outcome(error="timeout")) == "timeout"
+    assert RetryOn(["timeout"]).classify(Outcome(error="timeout")) == "timeout"
+
+
 def test_only_enabled_error_kinds_are_retried() -> None:
     retry_on = RetryOn(["connect-failure"])
     assert retry_on.classify(Outcome(error="connect_error")) == "connect_error"

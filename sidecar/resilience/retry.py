@@ -267,7 +267,10 @@ class RetryOn:
     ``connect-failure``, ``reset``, ``timeout``: the attempt got no response of that kind.
     ``retriable-status-codes``: the status is in ``retriable_status_codes``.
     ``5xx``: any 5xx status, and no response at all (connect failure, reset, timeout), as Envoy.
-    ``gateway-error``: 502, 503, 504, and no response at all.
+    ``gateway-error``: 502, 503, 504, a connect failure or a reset. Unlike Envoy, not a
+    timeout: a model that is slow would get more load exactly when it is slow, so retrying a
+    timeout on the same upstream takes ``timeout`` (or ``5xx``) by name; the proxy moves a
+    timed-out request to the fallback instead.
     """
 
     def __init__(
@@ -301,7 +304,7 @@ class RetryOn:
         self._errors: dict[str, bool] = {
             "connect_error": no_response or "connect-failure" in self.conditions,
             "reset": no_response or "reset" in self.conditions,
-            "timeout": no_response or "timeout" in self.conditions,
+            "timeout": bool(self.conditions & {"5xx", "timeout"}),
         }
         self._named_statuses = self.retriable_status_codes | _GATEWAY_STATUSES
 
