@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mlwarden.middleware.errors import ConfigError
@@ -92,8 +93,6 @@ def _sidecar(path: Path, *, check: bool) -> int:
         print(f"{path}: valid; routing {order}; listening on "
               f"{config.listen.host}:{config.listen.port}")
         return 0
-    import asyncio
-
     import uvicorn
 
     from mlwarden.sidecar.admin import create_admin_app
@@ -132,11 +131,22 @@ def _sidecar(path: Path, *, check: bool) -> int:
             await proxy.aclose()
 
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve())
     finally:
         if tracer_provider is not None:
             tracer_provider.shutdown()  # flushes the spans still queued
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (the ``sidecar`` extra), else asyncio's. uvicorn picks
+    it itself only in ``Server.run``; the sidecar runs two servers in one loop of its own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _require_otlp_exporter() -> None:

@@ -328,7 +328,9 @@ class ProxyApp:
                 return
 
     async def start(self) -> None:
-        """Build and start the health checker (when this app runs one)."""
+        """Resolve the tracer provider; build and start the health checker (when this app runs
+        one)."""
+        self.tracer.pin()
         if self._run_health and self._health_task is None:
             self.health = HealthChecker.from_config(self.config)
             for watcher in self._health_watchers:

@@ -37,15 +37,26 @@ Headers = list[tuple[bytes, bytes]]
 class ProxyTracer:
     """Starts the spans of the proxy; see the module docstring."""
 
-    __slots__ = ("_cached", "_provider", "_server")
+    __slots__ = ("_cached", "_off", "_provider", "_server")
 
     def __init__(self, *, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._provider = tracer_provider
         self._server = RequestTracer(tracer_provider=tracer_provider)
         self._cached: tuple[trace.TracerProvider, trace.Tracer] | None = None
+        self._off = isinstance(tracer_provider, _NO_SDK)
+
+    def pin(self) -> None:
+        """Resolve the global provider now (the proxy's start-up), not on every request: a
+        lookup costs an environment read. An SDK installed later is then not seen."""
+        if self._provider is None:
+            self._provider = trace.get_tracer_provider()
+            self._server = RequestTracer(tracer_provider=self._provider)
+            self._off = isinstance(self._provider, _NO_SDK)
 
     def start(self, scope: Mapping[str, Any]) -> RequestSpan | None:
         """The request's server span, or None when no SDK records anything."""
+        if self._off:
+            return None
         provider = self._provider or trace.get_tracer_provider()
         if isinstance(provider, _NO_SDK):
             return None

@@ -550,6 +550,8 @@ class AsyncBreaker:
         state = self.state
         if state == "open" or (state == "half_open" and not probe):
             return  # admitted before it tripped: the breaker has decided, only probes may undo it
+        if failure is None and state == "closed" and self._cb.fail_counter == 0:
+            return  # the common case: pybreaker would only reset a counter that is already 0
         if failure is None:
             reason = "trial_success"
         elif state == "half_open":
