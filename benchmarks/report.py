@@ -14,6 +14,7 @@ from benchmarks.inprocess import InProcessResult
 from benchmarks.micro import FLOOR, FLOOR_WHEN_TARGET_SET_US, MicroResult
 from benchmarks.over_http import HttpResult
 from benchmarks.profiling import Profile
+from benchmarks.proxy import ProxyResult
 
 __all__ = ["Report", "render"]
 
@@ -27,6 +28,7 @@ _MiB = 1024 * 1024
 class Report:
     mode: str
     started: str
+    command: str = ""
     seconds: float = 0.0
     settings: dict[str, str] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
@@ -38,6 +40,7 @@ class Report:
     memory: list[dict[str, Any]] = field(default_factory=list)
     profiles: list[Profile] = field(default_factory=list)
     ablation: InProcessResult | None = None
+    proxy: ProxyResult | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -243,6 +246,131 @@ def _ablation(r: InProcessResult) -> list[str]:
                            "ratio to bare", "cost of the step(s) µs"], rows)
 
 
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def _proxy(r: ProxyResult) -> list[str]:
+    lines = [
+        "## Sidecar proxy: mlwarden sidecar, nginx and naive proxies in front of one upstream",
+        "",
+        "The upstream is a raw ASGI app under uvicorn answering a 200-byte JSON prediction; "
+        "`direct` has no proxy. The sidecar runs as `mlwarden sidecar --config FILE` with a "
+        "second (stable) upstream and every resilience feature at its defaults (retries and "
+        f"retry budget, breakers, health checks every 5 s). {r.pinning[:1].upper()}"
+        f"{r.pinning[1:]}: the proxy and the upstream share core 0 in every variant. "
+        + (f"{'; '.join(r.notes)}." if r.notes else ""),
+        "",
+    ]
+    if r.throughput:
+        names = list(r.throughput)
+        direct = r.median("direct", "requests_per_s") if "direct" in names else None
+        sidecar_rps = [run.requests_per_s for run in r.throughput.get("sidecar", [])]
+        rows = []
+        for name in names:
+            runs = r.throughput[name]
+            rps = r.median(name, "requests_per_s")
+            errors = sum(run.non_2xx + run.socket_errors for run in runs)
+            versus = "—" if name == "sidecar" or not sidecar_rps else _paired(
+                sidecar_rps, [run.requests_per_s for run in runs])
+            rows.append([
+                name, f"{rps:.0f}", f"{rps / direct:.2f}" if direct else "—", versus,
+                f"{r.median(name, 'p50_ms'):.2f}", f"{r.median(name, 'p99_ms'):.2f}",
+                f"{r.median(name, 'server_cpu_us'):.0f}",
+                f"{statistics.median(r.upstream_cpu_us.get(name) or [0.0]):.0f}",
+                f"{sum(run.requests for run in runs)}/{errors}",
+            ])
+        lines += [
+            "### Throughput (wrk, closed loop)",
+            "",
+            f"{r.rounds} alternating rounds of {r.duration_s:g} s per variant, "
+            f"{r.connections} connections, `wrk -t1 --latency`; medians over rounds. "
+            "*sidecar / variant* is the median of the per-round ratios (adjacent in time). "
+            "*Proxy CPU* is the proxy's processes' CPU time per request (for `direct`, the "
+            "upstream's), the cost that decides capacity on a busy node.",
+            "",
+            *_table(["variant", "req/s", "ratio to direct", "sidecar / variant [rounds min-max]",
+                     "p50 ms", "p99 ms", "proxy CPU µs/request", "upstream CPU µs/request",
+                     "requests/errors"], rows),
+        ]
+    if r.latency_pooled:
+        base = r.latency_pooled.get("direct")
+        rows = []
+        for name, s in r.latency_pooled.items():
+            p99s = [x["p99_ms"] for x in r.latency.get(name, [])]
+            added = ["—", "—"] if base is None or name == "direct" else [
+                f"{s['p50_ms'] - base['p50_ms']:+.2f}", f"{s['p99_ms'] - base['p99_ms']:+.2f}"]
+            rows.append([
+                name, f"{s['count']:.0f}", f"{s['failed']:.0f}", f"{s['p50_ms']:.2f}",
+                f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['p999_ms']:.1f}",
+                f"{s['max_ms']:.1f}", *added, _spread(p99s, "{:.2f}") if p99s else "—",
+                f"{s['lag_p99_ms']:.2f}",
+            ])
+        lines += [
+            f"### Added latency at a fixed {r.rate_per_s:g} requests/s (open loop)",
+            "",
+            f"{r.latency_rounds} alternating rounds of {r.latency_s:g} s per variant (after a "
+            "1 s warm-up that is not counted), all rounds pooled. The generator (this repo's "
+            "`python3 -m benchmarks.proxy openloop`, uvloop + httptools, keep-alive connections) "
+            "sends on a fixed schedule whatever the answers do, and every latency runs from the "
+            "request's *scheduled* time, so a stall counts against every request it delayed "
+            "(no coordinated omission). *Generator lag p99* is how late the generator itself "
+            "sent: the floor of what it can resolve. A variant that cannot keep up builds a "
+            "queue and its latencies grow to the 5 s client timeout (counted as failed).",
+            "",
+            *_table(["variant", "requests", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+                     "max ms", "added p50 ms vs direct", "added p99 ms vs direct",
+                     "p99 rounds min-max", "generator lag p99 ms"], rows),
+        ]
+    if r.failover:
+        rows = []
+        for i, f in enumerate(r.failover, 1):
+            after = f["answers_after_kill"]
+            kinds = ", ".join(f"{k} {v}" for k, v in f["failures_by_kind"].items())
+            rows.append([
+                str(i), str(f["requests"]),
+                f"{f['failed']} ({f['failed_share']:.2%})" + (f": {kinds}" if kinds else ""),
+                _ms(f["first_stable_ms"]), _ms(f["all_stable_ms"]), _ms(f["last_primary_ms"]),
+                f"{after['primary']}/{after['stable']}",
+                f"{f['p50_ms_first_s_after_kill']:.1f} / {f['max_ms_first_s_after_kill']:.0f}",
+                ", ".join(f"{k} {v}" for k, v in f.get("breakers_after", {}).items()),
+            ])
+        lines += [
+            "### Failover: the primary killed (SIGKILL) under load",
+            "",
+            f"A fresh sidecar in front of a fresh primary and the stable upstream, "
+            f"{r.rate_per_s:g} requests/s open loop; the primary's process is killed "
+            f"{r.failover[0]['kill_at_s']:.1f} s in. Times are from the kill to the answers' "
+            "arrival at the client; the version is read from `x-mlwarden-upstream`. *All "
+            "stable* is the first stable answer after the last answer from the primary (those "
+            "were in flight at the kill). A failed request is a non-2xx answer or no answer.",
+            "",
+            *_table(["repeat", "requests", "failed", "kill → first stable ms",
+                     "kill → all stable ms", "last primary answer ms",
+                     "answers after the kill primary/stable",
+                     "p50 / max ms, requests due in the 1st s", "breakers after"], rows),
+        ]
+    if r.memory.get("samples"):
+        m = r.memory
+        lines += [
+            "### Sidecar memory under sustained load",
+            "",
+            f"RSS (`VmRSS`) sampled every second during {m['duration_s']:g} s of wrk at full "
+            f"speed ({r.connections} connections), after the rounds above. *At start-up* was "
+            "read before any traffic.",
+            "",
+            *_table(["at start-up MiB", "start MiB", "end MiB", "max MiB", "growth MiB",
+                     "requests", "req/s", "errors"],
+                    [[f"{m['idle_kib'] / 1024:.1f}", f"{m['start_kib'] / 1024:.1f}",
+                      f"{m['end_kib'] / 1024:.1f}", f"{m['max_kib'] / 1024:.1f}",
+                      f"{m['growth_kib'] / 1024:+.1f}", f"{m['requests']:,}",
+                      f"{m['requests_per_s']:.0f}", str(m["errors"])]]),
+        ]
+    for name, checks in r.checks.items():
+        lines += [f"{name}: `{checks}`", ""]
+    return lines
+
+
 def _checks(report: Report) -> list[str]:
     rows = []
     if report.inprocess:
@@ -327,14 +455,53 @@ def _targets(report: Report) -> list[str]:
         add(f"{entry['variant']}: memory flat from {first:,} to {last:,} requests "
             "(|ΔRSS| ≤ 1 MiB, Δblocks ≤ 1,000)",
             f"{rss:+.2f} MiB, {blocks:+,} blocks", abs(rss) <= 1.0 and blocks <= 1_000)
+    if report.proxy:
+        _proxy_targets(report.proxy, add)
     return ["## Targets", "", *_table(["target", "measured", "verdict"], rows)]
+
+
+def _proxy_targets(r: ProxyResult, add: Callable[[str, str, bool | None], None]) -> None:
+    if {"sidecar", "naive-aiohttp"} <= set(r.throughput):
+        ratio = r.median("sidecar", "requests_per_s") / r.median("naive-aiohttp", "requests_per_s")
+        cpu = r.median("naive-aiohttp", "server_cpu_us") / r.median("sidecar", "server_cpu_us")
+        paired = _paired([x.requests_per_s for x in r.throughput["sidecar"]],
+                         [x.requests_per_s for x in r.throughput["naive-aiohttp"]])
+        add("sidecar: ≥ 1.5x the throughput of a naive Starlette + aiohttp proxy",
+            f"{ratio:.2f}x (per round {paired}; capacity from proxy CPU: {cpu:.2f}x)",
+            ratio >= 1.5)
+    if {"sidecar", "nginx"} <= set(r.throughput):
+        ratio = r.median("sidecar", "requests_per_s") / r.median("nginx", "requests_per_s")
+        cpu = r.median("nginx", "server_cpu_us") / r.median("sidecar", "server_cpu_us")
+        add("sidecar / nginx throughput (for reference, no target)",
+            f"{ratio:.2f}x (capacity from proxy CPU: {cpu:.2f}x)", None)
+    pooled = r.latency_pooled
+    if {"sidecar", "direct"} <= set(pooled):
+        s, d = pooled["sidecar"], pooled["direct"]
+        add(f"sidecar: added p50 latency < 1 ms at {r.rate_per_s:g} requests/s",
+            f"{s['p50_ms'] - d['p50_ms']:+.2f} ms ({d['p50_ms']:.2f} → {s['p50_ms']:.2f})",
+            s["p50_ms"] - d["p50_ms"] < 1.0)
+        add(f"sidecar: added p99 latency < 3 ms at {r.rate_per_s:g} requests/s",
+            f"{s['p99_ms'] - d['p99_ms']:+.2f} ms ({d['p99_ms']:.2f} → {s['p99_ms']:.2f})",
+            s["p99_ms"] - d["p99_ms"] < 3.0)
+    if r.failover:
+        failed = sum(f["failed"] for f in r.failover)
+        total = sum(f["requests"] for f in r.failover)
+        first = [f["first_stable_ms"] for f in r.failover if f["first_stable_ms"] is not None]
+        add("sidecar: no client request fails when the primary is killed under load",
+            f"{failed} of {total} failed over {len(r.failover)} kill(s); first stable answer "
+            f"{', '.join(f'{x:.0f}' for x in first) or '—'} ms after the kill", failed == 0)
+    if r.memory.get("samples"):
+        m = r.memory
+        add("sidecar: memory under sustained load (for reference, no target)",
+            f"{m['growth_kib'] / 1024:+.1f} MiB over {m['requests']:,} requests "
+            f"(max {m['max_kib'] / 1024:.1f} MiB)", None)
 
 
 def render(report: Report) -> str:
     lines = [
         f"# mlwarden benchmarks — {report.mode} run, {report.started}",
         "",
-        f"Command: `python3 -m benchmarks.run{' --quick' if report.mode == 'quick' else ''}` "
+        f"Command: `{report.command or 'python3 -m benchmarks.run'}` "
         f"(took {report.seconds:.0f} s). Figures are medians of alternating rounds on a "
         "shared machine: compare ratios within this run, not absolute figures across runs.",
         "",
@@ -342,7 +509,7 @@ def render(report: Report) -> str:
     sections: list[tuple[Any, Callable[[Any], list[str]]]] = [
         (report, _targets), (report.inprocess, _inprocess), (report.http, _http),
         (report.micro, _micro), (report.memory, _memory), (report, _checks),
-        (report.ablation, _ablation), (report.profiles, _profiles),
+        (report.ablation, _ablation), (report.proxy, _proxy), (report.profiles, _profiles),
     ]
     for data, section in sections:
         if data:

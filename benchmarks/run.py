@@ -23,7 +23,7 @@ from benchmarks.report import Report, render
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("micro", "inprocess", "http", "memory", "profile", "ablation")
+PARTS = ("micro", "inprocess", "http", "memory", "profile", "ablation", "proxy")
 
 FULL: dict[str, Any] = {
     "inprocess_per_round": 100, "inprocess_rounds": 120, "inprocess_warmup": 1_000,
@@ -32,6 +32,10 @@ FULL: dict[str, Any] = {
     "memory_variants": ("mlwarden", "mlwarden+tracing"), "memory_checkpoints": (20_000, 100_000),
     "profile_requests": 5_000, "profile_warmup": 1_000,
     "ablation_per_round": 100, "ablation_rounds": 60,
+    "proxy_connections": 32, "proxy_duration_s": 5, "proxy_rounds": 5, "proxy_warmup_s": 2,
+    "proxy_rate": 500, "proxy_latency_s": 8, "proxy_latency_rounds": 3,
+    "proxy_failover_repeats": 3, "proxy_failover_before_s": 3, "proxy_failover_after_s": 5,
+    "proxy_memory_s": 60,
 }
 QUICK: dict[str, Any] = {
     "inprocess_per_round": 100, "inprocess_rounds": 25, "inprocess_warmup": 300,
@@ -41,6 +45,10 @@ QUICK: dict[str, Any] = {
     "memory_variants": ("mlwarden",), "memory_checkpoints": (12_000, 36_000),
     "profile_requests": 1_500, "profile_warmup": 300,
     "ablation_per_round": 100, "ablation_rounds": 15,
+    "proxy_connections": 32, "proxy_duration_s": 3, "proxy_rounds": 2, "proxy_warmup_s": 1,
+    "proxy_rate": 500, "proxy_latency_s": 4, "proxy_latency_rounds": 2,
+    "proxy_failover_repeats": 1, "proxy_failover_before_s": 2, "proxy_failover_after_s": 4,
+    "proxy_memory_s": 15,
 }
 
 
@@ -71,7 +79,7 @@ def _jsonable(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller run, under 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, about 4-5 minutes")
     parser.add_argument("--only", default=",".join(PARTS),
                         help=f"comma-separated parts to run (default: all of {','.join(PARTS)})")
     parser.add_argument("--output", type=Path, default=_RESULTS / "latest.md",
@@ -84,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     begin = time.monotonic()
     report = Report(mode="quick" if args.quick else "full",
-                    started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+                    started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                    command=" ".join(["python3 -m benchmarks.run", *(argv or sys.argv[1:])]))
     report.settings = {f"setting {k}": str(v) for k, v in cfg.items()}
     report.environment = environment.collect()
     report.load["start"] = environment.load_average()
     report.reference["start"] = environment.reference_timings()
-    _progress("building the baseline")
-    workload.baseline()
+    if set(parts) - {"proxy"}:  # the proxy part sends no features to a monitor
+        _progress("building the baseline")
+        workload.baseline()
 
     def attempt(part: str, fn: Any) -> None:
         if part not in parts:
@@ -140,8 +150,21 @@ def main(argv: list[str] | None = None) -> int:
             warmup=cfg["inprocess_warmup"], names=("bare", "mlwarden", *workload.ABLATIONS),
             progress=_progress)
 
+    def proxy() -> None:
+        from benchmarks.proxy import run_proxy
+
+        report.proxy = run_proxy(
+            connections=cfg["proxy_connections"], duration_s=cfg["proxy_duration_s"],
+            rounds=cfg["proxy_rounds"], warmup_s=cfg["proxy_warmup_s"], rate=cfg["proxy_rate"],
+            latency_s=cfg["proxy_latency_s"], latency_rounds=cfg["proxy_latency_rounds"],
+            latency_warmup_s=1.0, failover_repeats=cfg["proxy_failover_repeats"],
+            failover_before_s=cfg["proxy_failover_before_s"],
+            failover_after_s=cfg["proxy_failover_after_s"], memory_s=cfg["proxy_memory_s"],
+            progress=_progress)
+
     for part, fn in (("micro", micro), ("inprocess", inprocess), ("http", http),
-                     ("memory", memory), ("profile", profile), ("ablation", ablation)):
+                     ("memory", memory), ("profile", profile), ("ablation", ablation),
+                     ("proxy", proxy)):
         attempt(part, fn)
 
     report.load["end"] = environment.load_average()
