@@ -311,7 +311,7 @@ def _proxy(r: ProxyResult) -> list[str]:
             "",
             f"{r.latency_rounds} alternating rounds of {r.latency_s:g} s per variant (after a "
             "1 s warm-up that is not counted), all rounds pooled. The generator (this repo's "
-            "`python3 -m benchmarks.proxy openloop`, uvloop + httptools, keep-alive connections) "
+            "`python3 -m benchmarks.open_loop`, uvloop + httptools, keep-alive connections) "
             "sends on a fixed schedule whatever the answers do, and every latency runs from the "
             "request's *scheduled* time, so a stall counts against every request it delayed "
             "(no coordinated omission). *Generator lag p99* is how late the generator itself "
