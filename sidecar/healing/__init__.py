@@ -1,0 +1,1 @@
+"""The self-healing loop: signals, conditions, policies, actions, the ledger and escalation."""
