@@ -53,6 +53,7 @@ __all__ = [
     "RETRY_ON",
     "AdminConfig",
     "BreakerConfig",
+    "CanaryConfig",
     "DegradedResponseConfig",
     "HealthChecksConfig",
     "LimitsConfig",
@@ -613,6 +614,71 @@ class TracingConfig(_Block):
     sample_ratio: float = _setting(1.0, _number(float, ge=0, le=1))
 
 
+def _one_of(allowed: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise _Bad(f"expected one of {', '.join(allowed)}, got {_show(value)}")
+        return str(value)
+
+    return check
+
+
+def _percent_steps(value: Any) -> tuple[float, ...]:
+    items = _sequence(value, "percentages")
+    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, int | float)
+           or not 0 < i < 100]
+    if bad or not items:
+        # At 100% the stable version gets nothing to compare with: passing the last step
+        # promotes, so 100 is never a step.
+        raise _Bad(f"expected a non-empty list of percentages above 0 and below 100 (passing "
+                   f"the last one promotes), got {_show(value)}")
+    steps = tuple(float(i) for i in items)
+    if list(steps) != sorted(set(steps)):
+        raise _Bad(f"expected increasing percentages, got {_show(value)}")
+    return steps
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _optional_fraction(value: Any) -> float | None:
+    return None if value is None else _number(float, ge=0)(value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CanaryConfig(_Block):
+    """A candidate version on a growing share of traffic, analysed against the stable one
+    every ``interval_s``: passed, the weight steps up to the next of ``steps_percent`` (each
+    below 100) and passing the last one promotes the candidate; failed (or its breaker
+    open), it is rolled back to weight 0 at once. Too few requests (``min_requests`` per
+    version per interval) decide nothing: "inconclusive", and ``on_deadline`` decides after
+    ``inconclusive_deadline_s``. After promotion the new primary is watched for ``guard_s``
+    and rolled back to the pinned stable version if it fails."""
+
+    _key: ClassVar[str] = "canary"
+    candidate: str = _setting(check=_text)
+    stable: str | None = _setting(None, _optional_text)
+    steps_percent: tuple[float, ...] = _setting((5.0, 25.0, 50.0), _percent_steps)
+    sticky_header: str | None = _setting(None, _optional_text)
+    sticky_cookie: str | None = _setting(None, _optional_text)
+    interval_s: float = _setting(30.0, _seconds(gt=0, le=86_400))
+    min_requests: int = _setting(50, _number(int, ge=1, le=10_000_000))
+    max_error_rate: float = _setting(0.05, _number(float, ge=0, le=1))
+    max_error_rate_increase: float = _setting(0.01, _number(float, ge=0, le=1))
+    max_latency_p99_ratio: float = _setting(1.5, _number(float, ge=1, le=1000))
+    max_drift_score: float | None = _setting(None, _optional_fraction)
+    inconclusive_deadline_s: float = _setting(600.0, _seconds(gt=0, le=30 * 86_400))
+    on_deadline: str = _setting("rollback", _one_of(("rollback", "promote", "hold")))
+    guard_s: float = _setting(300.0, _seconds(ge=0, le=30 * 86_400))
+
+    @classmethod
+    def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        if v["sticky_header"] is not None and v["sticky_cookie"] is not None:
+            return [("sticky_cookie", "set sticky_header or sticky_cookie, not both")]
+        return []
+
+
 def _bad_body(value: Any) -> str:
     raise _Bad(f"expected a string (use a YAML block scalar for JSON), got {_show(value)}")
 
@@ -624,7 +690,7 @@ _BLOCKS: dict[str, type[_Block]] = {
     "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
     "limits": LimitsConfig, "tracing": TracingConfig,
 }
-_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response"]
+_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -643,6 +709,7 @@ class SidecarConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     degraded_response: DegradedResponseConfig | None = None
+    canary: CanaryConfig | None = None
 
     def __post_init__(self) -> None:
         problems = _Problems()
@@ -691,16 +758,24 @@ class SidecarConfig:
         degraded = data.get("degraded_response")
         if degraded is not None:
             degraded = DegradedResponseConfig._load(degraded, "degraded_response", problems)
+        canary = data.get("canary")
+        if canary is not None:
+            canary = CanaryConfig._load(canary, "canary", problems)
+        # Versions on trial are not fallbacks by default: a fallback must be a stable version.
+        on_trial = {canary.candidate} if canary else set()
         # Routing is checked against every declared name, also those whose block has problems,
         # so that one bad URL does not show up again as an unknown upstream in routing.
-        routing = _load_routing(data.get("routing"), names, problems) if names else None
+        routing = (_load_routing(data.get("routing"), names, problems, on_trial=on_trial)
+                   if names else None)
         if routing:
             _check_whole(names, upstreams, routing, blocks["listen"], blocks["admin"],
                          blocks["timeouts"], problems)
+            if canary:
+                canary = _check_canary(canary, names, routing, problems)
         if problems.items:
             raise ConfigError(problems.items, source=source)
         return cls(upstreams=upstreams, routing=routing, degraded_response=degraded,  # type: ignore[arg-type]
-                   **blocks)
+                   canary=canary, **blocks)
 
 
 def _load_upstreams(
@@ -738,7 +813,25 @@ def _load_upstreams(
     return tuple(out), declared
 
 
-def _load_routing(raw: Any, names: list[str], problems: _Problems) -> RoutingConfig | None:
+def _check_canary(canary: CanaryConfig, names: list[str], routing: RoutingConfig,
+                  problems: _Problems) -> CanaryConfig:
+    """The canary against the upstreams and routing; its stable defaults to the primary."""
+    known = ", ".join(names)
+    if canary.candidate not in names:
+        problems.add("canary.candidate", f"unknown upstream {canary.candidate!r} (known: {known})")
+    elif canary.candidate == routing.primary:
+        problems.add("canary.candidate", f"is the routing primary {routing.primary!r}: the "
+                                         f"candidate is tried against it, not instead of it")
+    stable = canary.stable or routing.primary
+    if stable not in names:
+        problems.add("canary.stable", f"unknown upstream {stable!r} (known: {known})")
+    elif stable == canary.candidate:
+        problems.add("canary.stable", "must differ from canary.candidate")
+    return dataclasses.replace(canary, stable=stable)
+
+
+def _load_routing(raw: Any, names: list[str], problems: _Problems, *,
+                  on_trial: frozenset[str] | set[str] = frozenset()) -> RoutingConfig | None:
     if raw is not None and not isinstance(raw, Mapping):
         problems.add("routing", f"expected a mapping (primary, fallbacks), got {_show(raw)}")
         return None
@@ -746,7 +839,7 @@ def _load_routing(raw: Any, names: list[str], problems: _Problems) -> RoutingCon
     if "primary" not in raw:
         raw["primary"] = names[0]
     if "fallbacks" not in raw and isinstance(raw.get("primary"), str):
-        raw["fallbacks"] = [n for n in names if n != raw["primary"]]
+        raw["fallbacks"] = [n for n in names if n != raw["primary"] and n not in on_trial]
     return RoutingConfig._load(raw, "routing", problems)
 
 

@@ -28,6 +28,10 @@ Exported (label values are upstream names from the configuration and fixed words
 - ``mlwarden_health_checks_total{upstream,result}``: every probe, by result (ok, degraded,
   failing, bad_status, timeout, connect_error, error).
 - ``mlwarden_health_check_duration_seconds{upstream}``: histogram of the probes.
+- ``mlwarden_canary_weight_percent{candidate}``, ``mlwarden_canary_state{candidate,state}``
+  (1 for the current one of analysing, promoted, done, rolled_back) and
+  ``mlwarden_canary_analyses_total{candidate,verdict}`` (pass, fail, inconclusive), when a
+  canary is configured.
 
 - ``mlwarden_breaker_state{upstream}``: gauge, 0 closed, 1 half_open, 2 open (ordered by how
   little traffic the upstream gets, so ``max()`` over upstreams means "the worst").
@@ -71,6 +75,7 @@ PROXY_LATENCY_BUCKETS = (
 #: Health probes: bounded by their timeout, default 1 s.
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SELF = "none"
+CANARY_STATES = ("analysing", "promoted", "done", "rolled_back")
 
 #: The value of ``mlwarden_breaker_state`` for each state.
 BREAKER_STATE_VALUES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
@@ -93,6 +98,10 @@ class _ScrapeCollector(Collector):
             CounterMetricFamily("mlwarden_breaker_fail_open", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_upstream_healthy", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_proxy_requests_in_flight", ""),
+            GaugeMetricFamily("mlwarden_canary_weight_percent", "", labels=["candidate"]),
+            GaugeMetricFamily("mlwarden_canary_state", "", labels=["candidate", "state"]),
+            CounterMetricFamily("mlwarden_canary_analyses", "",
+                                labels=["candidate", "verdict"]),
             CounterMetricFamily("mlwarden_retry_budget_requests", ""),
             CounterMetricFamily("mlwarden_retry_budget_retries", ""),
             CounterMetricFamily("mlwarden_retry_budget_exhausted", ""),
@@ -139,6 +148,27 @@ class _ScrapeCollector(Collector):
         yield GaugeMetricFamily("mlwarden_proxy_requests_in_flight",
                                 "Client requests the proxy is serving now.",
                                 value=float(proxy.in_flight))
+        canary = proxy.canary
+        if canary is not None:
+            weight = GaugeMetricFamily(
+                "mlwarden_canary_weight_percent",
+                "Share of requests that try the canary candidate first, in percent.",
+                labels=["candidate"])
+            weight.add_metric([canary.candidate], canary.weight)
+            yield weight
+            state = GaugeMetricFamily(
+                "mlwarden_canary_state",
+                "1 for the canary's current state: analysing, promoted, done, rolled_back.",
+                labels=["candidate", "state"])
+            for name in CANARY_STATES:
+                state.add_metric([canary.candidate, name], 1.0 if canary.state == name else 0.0)
+            yield state
+            analyses = CounterMetricFamily(
+                "mlwarden_canary_analyses", "Canary analyses by verdict.",
+                labels=["candidate", "verdict"])
+            for verdict, count in canary.verdicts.items():
+                analyses.add_metric([canary.candidate, verdict], float(count))
+            yield analyses
         budget = proxy.policy.budget
         for metric, doc, value in (
             ("mlwarden_retry_budget_requests", "Client requests counted by the retry budget.",

@@ -62,6 +62,7 @@ from opentelemetry import trace
 
 from mlwarden.middleware.tracing import RequestSpan
 from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.healing.signals import UpstreamWindows
 from mlwarden.sidecar.proxy_events import FanOutEvents, ProxyEvents, status_class
 from mlwarden.sidecar.resilience.breaker import (
     AsyncBreaker,
@@ -80,7 +81,8 @@ from mlwarden.sidecar.resilience.retry import (
     StopAfterAttempts,
     StopAfterDelay,
 )
-from mlwarden.sidecar.routing.health_checks import HealthChecker
+from mlwarden.sidecar.routing.canary import CanaryController
+from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.tracing import ProxyTracer
 from mlwarden.sidecar.upstream import (
@@ -262,7 +264,22 @@ class ProxyApp:
         self._per_try_s = config.timeouts.per_try_timeout_s
         self._total_s = config.timeouts.total_timeout_s
         self._upstream_values = {n: n.encode("ascii") for n in names}
-        self.events: ProxyEvents = FanOutEvents([events] if events is not None else [])
+        #: Per-upstream windows of attempts: the canary's and the policies' signals.
+        self.windows = UpstreamWindows(names, clock=clock)
+        self.events: ProxyEvents = FanOutEvents(
+            [self.windows, *([events] if events is not None else [])])
+        #: The healing ledger (``append(action=, target=, reason=, signals=, outcome=, ...)``),
+        #: when one is attached; decisions are logged either way.
+        self.ledger: Any = None
+        self.canary: CanaryController | None = None
+        self._canary_task: asyncio.Task[None] | None = None
+        if config.canary is not None:
+            self.canary = CanaryController(
+                config.canary, windows=self.windows, router=self.router,
+                breaker_state=lambda name: self.breakers[name].state,
+                health_report=self.health_report, record=self.record, clock=clock,
+                sleep=sleep)
+            self.breakers[config.canary.candidate].add_listener(self.canary.breaker_changed)
         self.tracer = ProxyTracer(tracer_provider=tracer_provider)
 
     def __repr__(self) -> str:
@@ -274,6 +291,25 @@ class ProxyApp:
         known = current.listeners if isinstance(current, FanOutEvents) else (current,)
         if listener not in known:
             self.events = FanOutEvents([*known, listener])
+
+    def record(self, **fields: Any) -> None:
+        """One healing decision: to the ledger when attached (its errors logged, never
+        raised into the caller), and to the log."""
+        log.info("healing: %s %s: %s", fields.get("action"), fields.get("target"),
+                 fields.get("reason"), extra={"healing": fields})
+        ledger = self.ledger
+        if ledger is not None:
+            try:
+                ledger.append(**fields)
+            except Exception:
+                log.exception("the healing ledger could not record %s", fields.get("action"))
+
+    def health_report(self, name: str) -> HealthReportSummary | None:
+        """The last health report of ``name`` (None: no checker, unknown, or not a report)."""
+        health = self.health
+        if health is None or name not in health.names:
+            return None
+        return health.state(name).last_report
 
     @property
     def in_flight(self) -> int:
@@ -331,6 +367,9 @@ class ProxyApp:
         """Resolve the tracer provider; build and start the health checker (when this app runs
         one)."""
         self.tracer.pin()
+        if self.canary is not None and self._canary_task is None:
+            self._canary_task = asyncio.get_running_loop().create_task(
+                self.canary.run(), name="mlwarden-canary")
         if self._run_health and self._health_task is None:
             self.health = HealthChecker.from_config(self.config)
             for watcher in self._health_watchers:
@@ -340,6 +379,11 @@ class ProxyApp:
 
     async def aclose(self) -> None:
         """Stop the health checker this app started and close the pools it created."""
+        canary, self._canary_task = self._canary_task, None
+        if canary is not None:
+            canary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(canary, timeout=5)
         task, self._health_task = self._health_task, None
         if task is not None:
             task.cancel()
@@ -476,6 +520,11 @@ class ProxyApp:
             why = ("unhealthy" if self.health is not None and not self.health.is_healthy(first)
                    else "breaker_open")
             self.events.fell_back(first, candidates[0], why)
+        canary = self.canary
+        if canary is not None and canary.routes(scope["headers"]):
+            name = canary.candidate
+            if self.is_available(name):
+                candidates = [name, *(c for c in candidates if c != name)]
         for index, name in enumerate(candidates):
             last_candidate = index == len(candidates) - 1
             attempts = (self.policy.begin(method=method, deadline=deadline) if index == 0

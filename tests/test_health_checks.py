@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.sidecar.config import SidecarConfig, UpstreamConfig
-from mlwarden.sidecar.routing.health_checks import HealthChecker
+from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
 from tests.servers import free_port, serve_app
 
 HANG_S = 3.0  # the hanging endpoint's bounded sleep: longer than any probe, shorter than a test
@@ -345,10 +345,10 @@ def test_snapshot_is_json_ready_and_describes_each_upstream(
     assert m["url"] == server_url + "/-/health"
     assert m["healthy"] is True and m["degraded"] is True and m["checked"] is True
     assert m["last_status_code"] == 200
-    assert m["last_report"] == {
-        "status": "degraded", "reasons": ["p99 latency (s) 0.6 above 0.5"],
-        "drift": {"detected": False, "drifted_features": []},
-    }
+    report = m["last_report"]
+    assert (report["status"], report["reasons"]) == (
+        "degraded", ["p99 latency (s) 0.6 above 0.5"])
+    assert report["drift"] == {"detected": False, "drifted_features": [], "score": None}
     assert m["seconds_since_check"] == 7.5
     assert m["transitions"] == []
     d = snap["upstreams"]["down"]
@@ -412,3 +412,23 @@ def test_is_healthy_of_an_unknown_upstream_is_a_key_error(server_url: str) -> No
     with pytest.raises(KeyError):
         checker.is_healthy("nope")
     asyncio.run(checker.aclose())
+
+
+def test_the_summary_keeps_the_largest_psi_and_the_window_figures() -> None:
+    body = json.dumps({
+        "status": "degraded",
+        "window": {"error_rate": 0.02, "latency_seconds": {"p50": 0.01, "p99": 0.3}},
+        "drift": {"detected": True, "drifted_features": ["b"], "features": [
+            {"name": "a", "scores": {"psi": 0.04, "ks": 0.1}},
+            {"name": "b", "scores": {"psi": 0.61}},
+            {"name": "c", "scores": {"chi2": 9.0}},
+            "not a feature",
+        ]},
+    }).encode()
+    summary = HealthReportSummary.parse(body)
+    assert summary is not None
+    assert (summary.drift_score, summary.error_rate, summary.p99_latency_seconds) == (
+        0.61, 0.02, 0.3)
+    bare = HealthReportSummary.parse(b'{"status": "ok", "window": {"error_rate": "x"}}')
+    assert bare is not None
+    assert (bare.drift_score, bare.error_rate, bare.p99_latency_seconds) == (None, None, None)

@@ -262,15 +262,15 @@ class BusyFor:
 
 def test_a_retry_after_beyond_the_deadline_moves_on_to_the_fallback_at_once() -> None:
     busy = BusyFor()
-    with serve_app(busy) as p, serve_app(Upstream()) as s:
-        with measured(make_config(p.url, s.url), health_checks=False) as m:
-            response = m.client.post("/predict", content=b"{}")
-            assert response.status_code == 200
-            assert response.headers["x-mlwarden-upstream"] == "stable"
-            assert response.elapsed.total_seconds() < 1.0  # no wait for the Retry-After
-            assert busy.hits == 1
-            assert m.value("mlwarden_fallbacks_total", **{
-                "from": "primary", "to": "stable", "reason": "retry_too_late"}) == 1
+    with serve_app(busy) as p, serve_app(Upstream()) as s, \
+            measured(make_config(p.url, s.url), health_checks=False) as m:
+        response = m.client.post("/predict", content=b"{}")
+        assert response.status_code == 200
+        assert response.headers["x-mlwarden-upstream"] == "stable"
+        assert response.elapsed.total_seconds() < 1.0  # no wait for the Retry-After
+        assert busy.hits == 1
+        assert m.value("mlwarden_fallbacks_total", **{
+            "from": "primary", "to": "stable", "reason": "retry_too_late"}) == 1
 
 
 def test_with_no_fallback_the_busy_answer_goes_to_the_client_as_sent() -> None:

@@ -83,6 +83,11 @@ class HealthReportSummary:
     reasons: tuple[str, ...] = ()
     drift_detected: bool = False
     drifted_features: tuple[str, ...] = ()
+    #: The largest PSI over the report's features (None: no drift evaluated or no PSI).
+    drift_score: float | None = None
+    #: The middleware's window: error rate and p99 latency (None when not reported).
+    error_rate: float | None = None
+    p99_latency_seconds: float | None = None
 
     @classmethod
     def parse(cls, body: bytes) -> HealthReportSummary | None:
@@ -97,11 +102,18 @@ class HealthReportSummary:
         drift = data.get("drift")
         drift = drift if isinstance(drift, dict) else {}
         features = drift.get("drifted_features")
+        window = data.get("window")
+        window = window if isinstance(window, dict) else {}
+        latency = window.get("latency_seconds")
+        latency = latency if isinstance(latency, dict) else {}
         return cls(
             status=data["status"],
             reasons=_texts(reasons, _MAX_REASONS),
             drift_detected=drift.get("detected") is True,
             drifted_features=_texts(features, _MAX_FEATURES),
+            drift_score=_max_psi(drift.get("features")),
+            error_rate=_number_or_none(window.get("error_rate")),
+            p99_latency_seconds=_number_or_none(latency.get("p99")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,8 +121,31 @@ class HealthReportSummary:
             "status": self.status,
             "reasons": list(self.reasons),
             "drift": {"detected": self.drift_detected,
-                      "drifted_features": list(self.drifted_features)},
+                      "drifted_features": list(self.drifted_features),
+                      "score": self.drift_score},
+            "error_rate": self.error_rate,
+            "p99_latency_seconds": self.p99_latency_seconds,
         }
+
+
+def _number_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _max_psi(features: Any) -> float | None:
+    """The largest ``scores.psi`` of a report's feature list (bounded: the first 100)."""
+    if not isinstance(features, list):
+        return None
+    scores = []
+    for feature in features[:_MAX_FEATURES]:
+        if isinstance(feature, dict) and isinstance(feature.get("scores"), dict):
+            psi = _number_or_none(feature["scores"].get("psi"))
+            if psi is not None:
+                scores.append(psi)
+    return max(scores) if scores else None
 
 
 def _texts(value: Any, limit: int) -> tuple[str, ...]:

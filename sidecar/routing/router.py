@@ -67,6 +67,15 @@ class Router:
             raise ValueError(f"unknown upstream {name!r}; known: {', '.join(self._order)}")
         self._forced = name
 
+    def set_order(self, primary: str, fallbacks: Sequence[str]) -> None:
+        """Replace the order (a promotion, a rollback); the caller knows the names exist."""
+        order = (primary, *fallbacks)
+        if len(set(order)) != len(order):
+            raise ValueError(f"an upstream is listed more than once: {list(order)}")
+        if self._forced is not None and self._forced not in order:
+            self._forced = None
+        self._order = order
+
     def candidates(self) -> list[str]:
         """The upstreams to try for one request, best first; never empty."""
         order = self.order

@@ -1,0 +1,340 @@
+"""The canary: a candidate version on a growing share of traffic, promoted or rolled back.
+
+Two parts:
+
+- **the split** (:meth:`CanaryController.routes`, on the request path): a request goes to the
+  candidate first with probability ``weight`` percent. With ``sticky_header`` or
+  ``sticky_cookie`` the choice is a hash of the client's key, so one client keeps seeing one
+  version while the weight holds (and keeps it as the weight grows: a key below 5% is below
+  25% too). The stable version and the fallbacks stay behind the candidate, so a failing
+  candidate costs a client a retry, not an error.
+- **the analysis** (:meth:`CanaryController.tick`, every ``interval_s``): the candidate's
+  attempts over the last interval against the stable version's, from the proxy's own windows
+  (:class:`~mlwarden.sidecar.healing.signals.UpstreamWindows`): error rate (absolute and
+  above the stable's), p99 latency ratio, and the drift score of the candidate's health
+  report where the middleware reports it. Fewer than ``min_requests`` attempts for either
+  version decide nothing ("inconclusive"); inconclusive for ``inconclusive_deadline_s``,
+  ``on_deadline`` decides (rollback, promote, or hold and say so again after another
+  deadline).
+
+States: ``analysing`` (stepping through ``steps_percent``) → ``promoted`` (the candidate is
+the primary, the stable version its first fallback, watched for ``guard_s``) → ``done``; or
+``rolled_back`` (weight 0, the configured order restored) from either. A rollback is
+immediate: on a failed analysis, on the candidate's breaker opening (a breaker listener, not
+the next tick), or on the guard seeing the promoted version fail. Every decision is reported
+through ``record`` (the healing ledger) with the figures that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlwarden.sidecar.config import CanaryConfig
+from mlwarden.sidecar.healing.signals import UpstreamWindows
+from mlwarden.sidecar.routing.router import Router
+
+__all__ = ["CanaryController", "CanaryVerdict", "sticky_bucket"]
+
+log = logging.getLogger("mlwarden.sidecar.canary")
+
+#: A p99 above the stable's by less than this is noise, whatever the ratio.
+MIN_LATENCY_DIFFERENCE_S = 0.005
+_HISTORY = 50
+
+Record = Callable[..., Any]
+
+
+def sticky_bucket(key: bytes) -> float:
+    """A stable position in [0, 100) for a client key."""
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryVerdict:
+    """One analysis: ``pass``, ``fail`` or ``inconclusive``, why, and the figures used."""
+
+    at: float
+    verdict: str
+    reason: str
+    weight_percent: float
+    signals: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "verdict": self.verdict, "reason": self.reason,
+                "weight_percent": self.weight_percent, "signals": self.signals}
+
+
+class CanaryController:
+    """Runs one canary; see the module docstring.
+
+    ``breakers`` gives the candidate's breaker state (``.state``); ``health_report`` returns the
+    last health-report summary of an upstream (or None); ``record(action=, target=, reason=,
+    signals=, outcome=, severity=)`` writes the ledger.
+    """
+
+    def __init__(
+        self,
+        config: CanaryConfig,
+        *,
+        windows: UpstreamWindows,
+        router: Router,
+        breaker_state: Callable[[str], str],
+        health_report: Callable[[str], Any] = lambda name: None,
+        record: Record = lambda **kw: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        assert config.stable is not None  # filled in by the configuration loader
+        self.config = config
+        self.candidate = config.candidate
+        self.stable = config.stable
+        self._windows = windows
+        self._router = router
+        self._breaker_state = breaker_state
+        self._health_report = health_report
+        self._record = record
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._configured_order = router.order
+        self._sticky: bytes | None = None
+        self._cookie: str | None = None
+        if config.sticky_header:
+            self._sticky = config.sticky_header.lower().encode("latin-1")
+        elif config.sticky_cookie:
+            self._cookie = config.sticky_cookie
+        self.state = "analysing"
+        self.step = 0
+        self.weight = config.steps_percent[0]
+        self.history: deque[CanaryVerdict] = deque(maxlen=_HISTORY)
+        #: Analyses by verdict (pass, fail, inconclusive) since start.
+        self.verdicts: dict[str, int] = {"pass": 0, "fail": 0, "inconclusive": 0}
+        self._conclusive_at = clock()
+        self._guard_until: float | None = None
+        self.listeners: list[Callable[[CanaryController], None]] = []
+
+    # -- the split (request path) --------------------------------------------------------------
+
+    def routes(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether this request tries the candidate first."""
+        weight = self.weight
+        if weight <= 0 or self.state != "analysing":
+            return False
+        if weight >= 100:
+            return True
+        key = self._key(headers)
+        position = sticky_bucket(key) if key is not None else self._rng() * 100.0
+        return position < weight
+
+    def _key(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        if self._sticky is not None:
+            for name, value in headers:
+                if name == self._sticky:
+                    return value
+            return None
+        if self._cookie is not None:
+            for name, value in headers:
+                if name == b"cookie":
+                    for part in value.decode("latin-1").split(";"):
+                        k, _, v = part.strip().partition("=")
+                        if k == self._cookie:
+                            return v.encode("latin-1")
+        return None
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Analyse every interval until the canary is over (done or rolled back) or cancelled."""
+        while self.state in ("analysing", "promoted"):
+            await self._sleep(self.config.interval_s)
+            self.tick()
+
+    def tick(self) -> CanaryVerdict | None:
+        """One analysis (or one guard check after promotion)."""
+        if self.state == "analysing":
+            return self._analyse()
+        if self.state == "promoted":
+            return self._guard()
+        return None
+
+    def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
+        """A breaker listener: the candidate's breaker opening rolls back at once."""
+        if name == self.candidate and new == "open" and self.state in ("analysing", "promoted"):
+            self.rollback(f"breaker of {name} opened ({reason})", {"breaker_open": 1.0})
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _figures(self) -> tuple[dict[str, float | None], int, int]:
+        window = self.config.interval_s
+        cand = self._windows.stats(self.candidate, window)
+        stable = self._windows.stats(self.stable, window)
+        signals: dict[str, float | None] = {
+            "candidate_requests": float(cand.requests),
+            "stable_requests": float(stable.requests),
+            "candidate_error_rate": cand.error_rate,
+            "stable_error_rate": stable.error_rate,
+            "candidate_p99_latency_seconds": cand.quantile(0.99),
+            "stable_p99_latency_seconds": stable.quantile(0.99),
+        }
+        report = self._health_report(self.candidate)
+        drift = getattr(report, "drift_score", None) if report is not None else None
+        signals["candidate_drift_score"] = drift
+        return signals, cand.requests, stable.requests
+
+    def _analyse(self) -> CanaryVerdict:
+        c = self.config
+        signals, n_cand, n_stable = self._figures()
+        now = self._clock()
+        if n_cand < c.min_requests or n_stable < c.min_requests:
+            reason = (f"too few requests to decide: candidate {n_cand}, stable {n_stable} "
+                      f"(min_requests {c.min_requests})")
+            verdict = self._verdict("inconclusive", reason, signals)
+            if now - self._conclusive_at >= c.inconclusive_deadline_s:
+                self._deadline(signals)
+            return verdict
+        self._conclusive_at = now
+        failure = self._failure(signals)
+        if failure is not None:
+            verdict = self._verdict("fail", failure, signals)
+            self.rollback(failure, signals)
+            return verdict
+        verdict = self._verdict("pass", "within every bound", signals)
+        self._step_up(signals)
+        return verdict
+
+    def _failure(self, s: Mapping[str, float | None]) -> str | None:
+        c = self.config
+        err, base = s["candidate_error_rate"], s["stable_error_rate"] or 0.0
+        if err is not None and err > c.max_error_rate:
+            return f"candidate error rate {err:.3f} above max_error_rate {c.max_error_rate:g}"
+        if err is not None and err > base + c.max_error_rate_increase:
+            return (f"candidate error rate {err:.3f} above the stable's {base:.3f} by more than "
+                    f"{c.max_error_rate_increase:g}")
+        p99, base_p99 = s["candidate_p99_latency_seconds"], s["stable_p99_latency_seconds"]
+        if (p99 is not None and base_p99 is not None and math.isfinite(p99)
+                and p99 > base_p99 * c.max_latency_p99_ratio
+                and p99 - base_p99 > MIN_LATENCY_DIFFERENCE_S):
+            return (f"candidate p99 {p99 * 1e3:.1f} ms above {c.max_latency_p99_ratio:g}x the "
+                    f"stable's {base_p99 * 1e3:.1f} ms")
+        drift = s["candidate_drift_score"]
+        if c.max_drift_score is not None and drift is not None and drift > c.max_drift_score:
+            return f"candidate drift score {drift:.3f} above max_drift_score {c.max_drift_score:g}"
+        return None
+
+    def _verdict(self, verdict: str, reason: str,
+                 signals: dict[str, float | None]) -> CanaryVerdict:
+        v = CanaryVerdict(time.time(), verdict, reason, self.weight, dict(signals))
+        self.history.append(v)
+        self.verdicts[verdict] += 1
+        log.info("canary %s at %g%%: %s (%s)", self.candidate, self.weight, verdict, reason)
+        if verdict == "inconclusive":
+            self._record(action="canary_inconclusive", target=self.candidate, reason=reason,
+                         signals=signals, outcome="pending", severity="info")
+        self._notify()
+        return v
+
+    def _deadline(self, signals: dict[str, float | None]) -> None:
+        c = self.config
+        why = f"inconclusive for {c.inconclusive_deadline_s:g}s: on_deadline is {c.on_deadline}"
+        self._conclusive_at = self._clock()  # hold: say so again after another deadline
+        if c.on_deadline == "rollback":
+            self.rollback(why, signals)
+        elif c.on_deadline == "promote":
+            self.promote(why, signals)
+        else:
+            self._record(action="canary_hold", target=self.candidate, reason=why,
+                         signals=signals, outcome="ok", severity="warning")
+
+    def _step_up(self, signals: dict[str, float | None]) -> None:
+        steps = self.config.steps_percent
+        if self.step + 1 >= len(steps):
+            self.promote(f"passed the analysis at every step up to {steps[-1]:g}%", signals)
+            return
+        self.step += 1
+        before, self.weight = self.weight, steps[self.step]
+        self._conclusive_at = self._clock()
+        self._record(action="set_weight", target=self.candidate,
+                     reason=f"analysis passed: weight {before:g}% -> {self.weight:g}%",
+                     signals=signals, outcome="ok", severity="info")
+        self._notify()
+
+    def promote(self, reason: str, signals: Mapping[str, float | None] | None = None) -> None:
+        """Make the candidate the primary, the stable version its first fallback; guard it."""
+        others = [n for n in self._configured_order if n not in (self.candidate, self.stable)]
+        self._router.set_order(self.candidate, [self.stable, *others])
+        self.state, self.weight = "promoted", 100.0
+        self._guard_until = self._clock() + self.config.guard_s
+        log.warning("canary %s promoted: %s", self.candidate, reason)
+        self._record(action="promotion", target=self.candidate, reason=reason,
+                     signals=dict(signals or {}), outcome="ok", severity="info")
+        self._notify()
+
+    def _guard(self) -> CanaryVerdict | None:
+        c = self.config
+        now = self._clock()
+        if self._guard_until is not None and now >= self._guard_until:
+            self.state = "done"
+            self._notify()
+            return None
+        stats = self._windows.stats(self.candidate, c.interval_s)
+        err = stats.error_rate
+        signals = {"candidate_requests": float(stats.requests), "candidate_error_rate": err}
+        if (self._breaker_state(self.candidate) == "open"
+                or (stats.requests >= c.min_requests and err is not None
+                    and err > c.max_error_rate)):
+            reason = (f"promoted version failing within guard_s: error rate "
+                      f"{(err or 0):.3f}, breaker {self._breaker_state(self.candidate)}")
+            verdict = self._verdict("fail", reason, signals)
+            self.rollback(reason, signals)
+            return verdict
+        return None
+
+    def rollback(self, reason: str, signals: Mapping[str, float | None] | None = None) -> None:
+        """Weight 0 and the configured order back, at once (idempotent)."""
+        if self.state not in ("analysing", "promoted"):
+            return
+        was = self.state
+        self.weight = 0.0
+        self.state = "rolled_back"
+        if was == "promoted":
+            primary, *fallbacks = self._configured_order
+            self._router.set_order(primary, fallbacks)
+        log.warning("canary %s rolled back: %s", self.candidate, reason)
+        self._record(action="rollback", target=self.candidate, reason=reason,
+                     signals=dict(signals or {}), outcome="ok",
+                     severity="critical" if was == "promoted" else "warning")
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener(self)
+            except Exception:
+                log.exception("canary listener failed")
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready, for the admin ``/-/status``."""
+        return {
+            "candidate": self.candidate,
+            "stable": self.stable,
+            "state": self.state,
+            "weight_percent": self.weight,
+            "step": self.step,
+            "steps_percent": list(self.config.steps_percent),
+            "analyses": [v.to_dict() for v in list(self.history)[-10:]],
+        }
+
+    def __repr__(self) -> str:
+        return (f"CanaryController(candidate={self.candidate!r}, stable={self.stable!r}, "
+                f"state={self.state!r}, weight={self.weight:g})")
