@@ -60,6 +60,7 @@ __all__ = [
     "ListenConfig",
     "RetryConfig",
     "RoutingConfig",
+    "ShadowTrafficConfig",
     "SidecarConfig",
     "TimeoutsConfig",
     "TracingConfig",
@@ -679,6 +680,25 @@ class CanaryConfig(_Block):
         return []
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ShadowTrafficConfig(_Block):
+    """A copy of ``sample_percent`` of the requests sent to ``target`` beside the real one,
+    its answer compared with the primary's and dropped: the client waits for nothing. At most
+    ``max_concurrent`` copies in flight and ``max_queue`` waiting, beyond that shed; each
+    copy bounded by ``timeout_s``. Numeric predictions agree within ``abs_tol`` or
+    ``rel_tol``; classes when equal."""
+
+    _key: ClassVar[str] = "shadow"
+    target: str = _setting(check=_text)
+    sample_percent: float = _setting(10.0, _number(float, ge=0, le=100))
+    max_concurrent: int = _setting(4, _number(int, ge=1, le=1000))
+    max_queue: int = _setting(64, _number(int, ge=1, le=100_000))
+    timeout_s: float = _setting(5.0, _seconds(gt=0, le=3600))
+    max_body_bytes: int = _setting(256 * 1024, _number(int, ge=1, le=64 * 2**20))
+    abs_tol: float = _setting(1e-6, _number(float, ge=0))
+    rel_tol: float = _setting(1e-3, _number(float, ge=0))
+
+
 def _bad_body(value: Any) -> str:
     raise _Bad(f"expected a string (use a YAML block scalar for JSON), got {_show(value)}")
 
@@ -690,7 +710,7 @@ _BLOCKS: dict[str, type[_Block]] = {
     "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
     "limits": LimitsConfig, "tracing": TracingConfig,
 }
-_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary"]
+_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary", "shadow"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -710,6 +730,7 @@ class SidecarConfig:
     tracing: TracingConfig = field(default_factory=TracingConfig)
     degraded_response: DegradedResponseConfig | None = None
     canary: CanaryConfig | None = None
+    shadow: ShadowTrafficConfig | None = None
 
     def __post_init__(self) -> None:
         problems = _Problems()
@@ -761,8 +782,12 @@ class SidecarConfig:
         canary = data.get("canary")
         if canary is not None:
             canary = CanaryConfig._load(canary, "canary", problems)
+        shadow = data.get("shadow")
+        if shadow is not None:
+            shadow = ShadowTrafficConfig._load(shadow, "shadow", problems)
         # Versions on trial are not fallbacks by default: a fallback must be a stable version.
-        on_trial = {canary.candidate} if canary else set()
+        on_trial = ({canary.candidate} if canary else set()) | ({shadow.target} if shadow
+                                                                 else set())
         # Routing is checked against every declared name, also those whose block has problems,
         # so that one bad URL does not show up again as an unknown upstream in routing.
         routing = (_load_routing(data.get("routing"), names, problems, on_trial=on_trial)
@@ -772,10 +797,16 @@ class SidecarConfig:
                          blocks["timeouts"], problems)
             if canary:
                 canary = _check_canary(canary, names, routing, problems)
+            if shadow and shadow.target not in names:
+                problems.add("shadow.target", f"unknown upstream {shadow.target!r} "
+                                              f"(known: {', '.join(names)})")
+            elif shadow and shadow.target == routing.primary:
+                problems.add("shadow.target", "is the routing primary: a shadow is a copy "
+                                              "sent to another version")
         if problems.items:
             raise ConfigError(problems.items, source=source)
         return cls(upstreams=upstreams, routing=routing, degraded_response=degraded,  # type: ignore[arg-type]
-                   canary=canary, **blocks)
+                   canary=canary, shadow=shadow, **blocks)
 
 
 def _load_upstreams(

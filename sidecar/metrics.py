@@ -28,6 +28,11 @@ Exported (label values are upstream names from the configuration and fixed words
 - ``mlwarden_health_checks_total{upstream,result}``: every probe, by result (ok, degraded,
   failing, bad_status, timeout, connect_error, error).
 - ``mlwarden_health_check_duration_seconds{upstream}``: histogram of the probes.
+- the shadow's (:class:`~mlwarden.sidecar.routing.shadow.ShadowMetrics`), when one is
+  configured: ``mlwarden_shadow_requests_total{target,outcome}``,
+  ``mlwarden_shadow_comparisons_total{target,result}``, ``mlwarden_shadow_uncompared_total``,
+  ``mlwarden_shadow_duration_seconds``, ``mlwarden_shadow_agreement_ratio``,
+  ``mlwarden_shadow_queue_depth``.
 - ``mlwarden_canary_weight_percent{candidate}``, ``mlwarden_canary_state{candidate,state}``
   (1 for the current one of analysing, promoted, done, rolled_back) and
   ``mlwarden_canary_analyses_total{candidate,verdict}`` (pass, fail, inconclusive), when a
@@ -309,6 +314,10 @@ class SidecarMetrics:
                     return
                 raise ValueError("SidecarMetrics is already attached to another proxy")
             self.proxy = proxy
+        if proxy.config.shadow is not None and proxy.shadow_metrics is None:
+            from mlwarden.sidecar.routing.shadow import ShadowMetrics
+
+            proxy.shadow_metrics = ShadowMetrics(self.registry)  # the mirror is built at start
         proxy.add_events(self.proxy_events)
         self.proxy_events.prepare(list(proxy.pools))
         for name, breaker in proxy.breakers.items():

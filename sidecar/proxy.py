@@ -84,6 +84,7 @@ from mlwarden.sidecar.resilience.retry import (
 from mlwarden.sidecar.routing.canary import CanaryController
 from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
 from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.routing.shadow import ShadowConfig, ShadowCopy, ShadowMetrics, ShadowMirror
 from mlwarden.sidecar.tracing import ProxyTracer
 from mlwarden.sidecar.upstream import (
     UpstreamConnectError,
@@ -186,15 +187,18 @@ class _GiveUp:
 
 class _Answer:
     """What the client was sent: by which upstream (None: the proxy itself) and the status;
-    the request's server span, when traced; whether the server can send trailers."""
+    the request's server span, when traced; whether the server can send trailers; the shadow
+    copy of the request and the primary's body captured for it (bounded)."""
 
-    __slots__ = ("span", "status", "trailers_ok", "upstream")
+    __slots__ = ("captured", "shadow", "span", "status", "trailers_ok", "upstream")
 
     def __init__(self, span: RequestSpan | None, trailers_ok: bool) -> None:
         self.upstream: str | None = None
         self.status = CLIENT_CLOSED
         self.span = span
         self.trailers_ok = trailers_ok
+        self.shadow: ShadowCopy | None = None
+        self.captured: list[bytes] | None = None
 
 
 class _ClientGone(Exception):
@@ -258,6 +262,7 @@ class ProxyApp:
         self._sleep = sleep
         self._max_request = config.limits.max_request_bytes
         self._max_response = config.limits.max_response_bytes
+        self._shadow_capture = config.shadow.max_body_bytes if config.shadow else 0
         self._max_concurrent = config.limits.max_concurrent_requests
         self._in_flight = 0
         self._health_watchers: list[Callable[[HealthChecker], None]] = []
@@ -273,6 +278,9 @@ class ProxyApp:
         self.ledger: Any = None
         self.canary: CanaryController | None = None
         self._canary_task: asyncio.Task[None] | None = None
+        #: The shadow mirror, built at start-up (with ``shadow_metrics`` when they were set).
+        self.shadow: ShadowMirror | None = None
+        self.shadow_metrics: ShadowMetrics | None = None
         if config.canary is not None:
             self.canary = CanaryController(
                 config.canary, windows=self.windows, router=self.router,
@@ -367,6 +375,9 @@ class ProxyApp:
         """Resolve the tracer provider; build and start the health checker (when this app runs
         one)."""
         self.tracer.pin()
+        if self.config.shadow is not None and self.shadow is None:
+            self.shadow = self._build_shadow()
+            self.shadow.start()
         if self.canary is not None and self._canary_task is None:
             self._canary_task = asyncio.get_running_loop().create_task(
                 self.canary.run(), name="mlwarden-canary")
@@ -377,8 +388,26 @@ class ProxyApp:
             self._health_task = asyncio.get_running_loop().create_task(
                 self.health.run(), name="mlwarden-health-checks")
 
+    def _build_shadow(self) -> ShadowMirror:
+        c = self.config.shadow
+        assert c is not None
+        u = self.config.upstream(c.target)
+        # Its own pool: shadow copies never take a connection a real request could use.
+        pool = UpstreamPool(u.url, max_connections=c.max_concurrent,
+                            connect_timeout_s=u.connect_timeout_s, ssl_context=u.ssl_context())
+        return ShadowMirror(
+            pool, ShadowConfig(target=c.target, sample_percent=c.sample_percent,
+                               max_concurrent=c.max_concurrent, max_queue=c.max_queue,
+                               timeout_s=c.timeout_s, max_body_bytes=c.max_body_bytes,
+                               abs_tol=c.abs_tol, rel_tol=c.rel_tol),
+            is_available=self.is_available, metrics=self.shadow_metrics)
+
     async def aclose(self) -> None:
         """Stop the health checker this app started and close the pools it created."""
+        shadow, self.shadow = self.shadow, None
+        if shadow is not None:
+            await shadow.aclose()
+            await shadow.pool.aclose()
         canary, self._canary_task = self._canary_task, None
         if canary is not None:
             canary.cancel()
@@ -512,7 +541,6 @@ class ProxyApp:
         headers = self._request_headers(scope)
         deadline = self._clock() + self._total_s
         tried: list[str] = []
-        reason = "no candidates"
         candidates = self.router.candidates()
         first = self.router.order[0]
         if candidates[0] != first:
@@ -525,6 +553,24 @@ class ProxyApp:
             name = canary.candidate
             if self.is_available(name):
                 candidates = [name, *(c for c in candidates if c != name)]
+        shadow = self.shadow
+        if shadow is not None:
+            answer.shadow = shadow.offer(method, target, headers, body)
+            if answer.shadow is not None:
+                answer.captured = []
+        try:
+            await self._try_candidates(candidates, method, target, headers, body, deadline,
+                                       tried, watcher, send, answer)
+        finally:
+            if answer.shadow is not None:
+                _report_to_shadow(answer)
+
+    async def _try_candidates(
+        self, candidates: list[str], method: str, target: bytes, headers: Headers,
+        body: bytes, deadline: float, tried: list[str], watcher: asyncio.Future[Any],
+        send: Send, answer: _Answer,
+    ) -> None:
+        reason = "no candidates"
         for index, name in enumerate(candidates):
             last_candidate = index == len(candidates) - 1
             attempts = (self.policy.begin(method=method, deadline=deadline) if index == 0
@@ -679,11 +725,16 @@ class ProxyApp:
         await send(start)
         answer.status = response.status
         size = 0
+        captured = answer.captured
         try:
             async for chunk in response.iter_body():
                 if watcher.done():
                     raise _ClientGone
                 size += len(chunk)
+                if captured is not None:
+                    captured.append(chunk)
+                    if size > self._shadow_capture:
+                        answer.captured = captured = None  # too large to compare: not kept
                 if size > limit:
                     log.warning("upstream %s: response body above max_response_bytes %d, cut",
                                 name, limit)
@@ -734,6 +785,17 @@ def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _Give
     give_up = decision.give_up or "not_retriable"
     fall_back = give_up in _FALL_BACK_ON or (error and give_up == "not_retriable")
     return _GiveUp(fall_back, f"{what} ({give_up})", _FALLBACK_REASON.get(give_up, "error"))
+
+
+def _report_to_shadow(answer: _Answer) -> None:
+    """Tell the shadow copy what the primary answered (never raises, never waits)."""
+    copy = answer.shadow
+    assert copy is not None
+    if answer.upstream is None or answer.status == CLIENT_CLOSED or answer.status >= 500:
+        copy.primary_failed()
+        return
+    captured = answer.captured
+    copy.primary_answered(answer.status, b"".join(captured) if captured is not None else None)
 
 
 def _end_server_span(span: RequestSpan, scope: Scope, answer: _Answer) -> None:
