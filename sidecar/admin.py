@@ -17,6 +17,9 @@ Routes:
 - ``POST /-/route`` with ``{"force": "<upstream>"}`` or ``{"force": null}``: move one upstream
   to the front of the routing order, or restore the configured order.
 - ``POST /-/breakers/<name>/reset``: close that upstream's breaker now.
+- ``GET /-/events``: the healing ledger, newest first; filters ``action``, ``target``,
+  ``policy``, ``severity``, ``since``/``until`` (epoch seconds) and ``limit`` (default 100,
+  at most 1000). Mutations are recorded there too, with ``actor`` ``admin``.
 
 Mutations need ``Authorization: Bearer <token>``, compared in constant time
 (:func:`hmac.compare_digest`). Without a configured token mutations are off: 403. A missing or
@@ -39,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT
 from mlwarden.sidecar.metrics import SidecarMetrics
 from mlwarden.sidecar.proxy import ProxyApp
 
@@ -49,6 +53,11 @@ log = logging.getLogger("mlwarden.sidecar.admin")
 #: Transitions per breaker shown by /-/status (the breaker keeps more).
 STATUS_TRANSITIONS = 10
 _MAX_BODY = 4096
+_EVENT_FILTERS = frozenset({"action", "target", "policy", "severity", "since", "until", "limit"})
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -72,6 +81,26 @@ class _Admin:
 
     async def healthy(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
+
+    async def events(self, request: Request) -> Response:
+        q = request.query_params
+        unknown = sorted(set(q) - _EVENT_FILTERS)
+        if unknown:
+            return _error(400, f"unknown filter {', '.join(unknown)}",
+                          allowed=sorted(_EVENT_FILTERS))
+        try:
+            since = float(q["since"]) if "since" in q else None
+            until = float(q["until"]) if "until" in q else None
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            return _error(400, "since and until are epoch seconds, limit a whole number")
+        if not 1 <= limit <= MAX_QUERY_LIMIT:
+            return _error(400, f"limit must be 1-{MAX_QUERY_LIMIT}")
+        records = self.proxy.ledger.query(
+            action=q.get("action"), target=q.get("target"), policy=q.get("policy"),
+            severity=q.get("severity"), since=since, until=until, limit=limit)
+        return JSONResponse({"events": [r.to_dict() for r in records],
+                             "count": len(records)})
 
     async def ready(self, request: Request) -> Response:
         available = {name: self.proxy.is_available(name) for name in self.proxy.pools}
@@ -151,6 +180,9 @@ class _Admin:
             return _error(404, "unknown upstream", known=list(self.proxy.pools))
         before = self.proxy.router.forced
         self.proxy.router.force(name)
+        self.proxy.record(action="manual_route", target=name or "configured order",
+                          reason=f"forced by {_client(request)} (was {before})", actor="admin",
+                          severity="warning")
         log.warning("admin: route forced to %s (was %s) by %s", name, before,
                     request.client.host if request.client else "unknown",
                     extra={"action": "force_route", "target": name, "previous": before})
@@ -165,6 +197,9 @@ class _Admin:
             return _error(404, "unknown upstream", known=list(self.proxy.breakers))
         before = breaker.state
         breaker.reset()
+        self.proxy.record(action="manual_breaker_reset", target=name,
+                          reason=f"reset by {_client(request)} (was {before})", actor="admin",
+                          severity="warning")
         log.warning("admin: breaker %s reset (was %s) by %s", name, before,
                     request.client.host if request.client else "unknown",
                     extra={"action": "breaker_reset", "target": name, "previous": before})
@@ -197,6 +232,7 @@ def create_admin_app(
         Route("/-/healthy", admin.healthy, methods=["GET"]),
         Route("/-/ready", admin.ready, methods=["GET"]),
         Route("/-/status", admin.status, methods=["GET"]),
+        Route("/-/events", admin.events, methods=["GET"]),
         Route("/-/route", admin.route, methods=["POST"]),
         Route("/-/breakers/{name}/reset", admin.reset_breaker, methods=["POST"]),
     ])

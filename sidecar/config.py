@@ -56,6 +56,7 @@ __all__ = [
     "CanaryConfig",
     "DegradedResponseConfig",
     "HealthChecksConfig",
+    "LedgerConfig",
     "LimitsConfig",
     "ListenConfig",
     "RetryConfig",
@@ -97,7 +98,8 @@ _SYNONYMS = {
 # Leaf keys whose environment values are text, taken verbatim rather than parsed as YAML.
 _TEXT_KEYS = frozenset(
     {"url", "host", "token", "redis_url", "primary", "health_path", "body", "content_type",
-     "otlp_endpoint", "service_name", "ca_file"}
+     "otlp_endpoint", "service_name", "ca_file", "path", "influx_url", "influx_bucket",
+     "influx_org", "influx_token"}
 )
 
 
@@ -699,6 +701,30 @@ class ShadowTrafficConfig(_Block):
     rel_tol: float = _setting(1e-3, _number(float, ge=0))
 
 
+def _optional_path(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LedgerConfig(_Block):
+    """The healing ledger: every automatic or manual action, one JSON line, fsynced, rotated
+    at ``max_bytes`` keeping ``backups`` files. Without ``path`` it is kept in memory only
+    (``/-/events`` still serves it). With ``influx_url`` each record is also written to
+    InfluxDB (measurement ``mlwarden_healing``)."""
+
+    _key: ClassVar[str] = "ledger"
+    path: str | None = _setting(None, _optional_path)
+    max_bytes: int = _setting(10 * 2**20, _number(int, ge=4096, le=2**40))
+    backups: int = _setting(5, _number(int, ge=0, le=1000))
+    fsync: bool = _setting(True, _boolean)
+    recent: int = _setting(1000, _number(int, ge=1, le=100_000))
+    influx_url: str | None = _setting(None, _optional_http_url)
+    influx_bucket: str = _setting("mlwarden", _text)
+    influx_org: str = _setting("", lambda v: v if isinstance(v, str) else _text(v))
+    influx_token: str = _setting("", lambda v: v if isinstance(v, str) else _text(v),
+                                 repr=False)
+
+
 def _bad_body(value: Any) -> str:
     raise _Bad(f"expected a string (use a YAML block scalar for JSON), got {_show(value)}")
 
@@ -708,7 +734,7 @@ def _bad_body(value: Any) -> str:
 _BLOCKS: dict[str, type[_Block]] = {
     "listen": ListenConfig, "admin": AdminConfig, "timeouts": TimeoutsConfig,
     "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
-    "limits": LimitsConfig, "tracing": TracingConfig,
+    "limits": LimitsConfig, "tracing": TracingConfig, "ledger": LedgerConfig,
 }
 _TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary", "shadow"]
 
@@ -728,6 +754,7 @@ class SidecarConfig:
     health_checks: HealthChecksConfig = field(default_factory=HealthChecksConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     degraded_response: DegradedResponseConfig | None = None
     canary: CanaryConfig | None = None
     shadow: ShadowTrafficConfig | None = None

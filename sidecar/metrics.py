@@ -33,6 +33,7 @@ Exported (label values are upstream names from the configuration and fixed words
   ``mlwarden_shadow_comparisons_total{target,result}``, ``mlwarden_shadow_uncompared_total``,
   ``mlwarden_shadow_duration_seconds``, ``mlwarden_shadow_agreement_ratio``,
   ``mlwarden_shadow_queue_depth``.
+- ``mlwarden_healing_actions_total{action,outcome}``: the healing ledger's records.
 - ``mlwarden_canary_weight_percent{candidate}``, ``mlwarden_canary_state{candidate,state}``
   (1 for the current one of analysing, promoted, done, rolled_back) and
   ``mlwarden_canary_analyses_total{candidate,verdict}`` (pass, fail, inconclusive), when a
@@ -68,6 +69,7 @@ from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHisto
 from mlwarden.sidecar.proxy_events import ProxyEvents, status_class
 
 if TYPE_CHECKING:
+    from mlwarden.sidecar.healing.ledger import LedgerRecord
     from mlwarden.sidecar.proxy import ProxyApp
     from mlwarden.sidecar.routing.health_checks import HealthChecker, ProbeResult
 
@@ -301,8 +303,13 @@ class SidecarMetrics:
         self.health_check_duration = FastHistogram(
             "mlwarden_health_check_duration_seconds", "Time of each health-check probe.",
             ("upstream",), PROBE_BUCKETS)
+        self.healing_actions = FastCounter(
+            "mlwarden_healing_actions_total",
+            "Records of the healing ledger: every action, automatic or manual, by outcome.",
+            ("action", "outcome"))
         families.add(self.health_checks)
         families.add(self.health_check_duration)
+        families.add(self.healing_actions)
         registry.register(families)
         registry.register(_ScrapeCollector(self))
 
@@ -320,6 +327,9 @@ class SidecarMetrics:
             proxy.shadow_metrics = ShadowMetrics(self.registry)  # the mirror is built at start
         proxy.add_events(self.proxy_events)
         self.proxy_events.prepare(list(proxy.pools))
+        for action in ("breaker_opened", "rollback", "escalation", "fallback"):
+            self.healing_actions.labels(action, "ok")
+        proxy.ledger.add_listener(self._recorded)
         for name, breaker in proxy.breakers.items():
             # Series exist from the start (at 0), so rate() sees the first transition.
             for to in _BREAKER_STATES:
@@ -343,6 +353,9 @@ class SidecarMetrics:
             self.health_checks.labels(name, "ok")
             self.health_checks.labels(name, "connect_error")
             self.health_check_duration.labels(name)
+
+    def _recorded(self, record: LedgerRecord) -> None:
+        self.healing_actions.labels(record.action, record.outcome).inc()  # type: ignore[attr-defined]
 
     def _probed(self, name: str, result: ProbeResult) -> None:
         self.health_checks.labels(name, result.outcome).inc()  # type: ignore[attr-defined]

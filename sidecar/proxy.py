@@ -62,6 +62,7 @@ from opentelemetry import trace
 
 from mlwarden.middleware.tracing import RequestSpan
 from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.signals import UpstreamWindows
 from mlwarden.sidecar.proxy_events import FanOutEvents, ProxyEvents, status_class
 from mlwarden.sidecar.resilience.breaker import (
@@ -273,9 +274,14 @@ class ProxyApp:
         self.windows = UpstreamWindows(names, clock=clock)
         self.events: ProxyEvents = FanOutEvents(
             [self.windows, *([events] if events is not None else [])])
-        #: The healing ledger (``append(action=, target=, reason=, signals=, outcome=, ...)``),
-        #: when one is attached; decisions are logged either way.
-        self.ledger: Any = None
+        #: The healing ledger: every decision, automatic or manual (file per ``ledger.path``).
+        lc = config.ledger
+        self.ledger = Ledger(lc.path, max_bytes=lc.max_bytes, backups=lc.backups,
+                             fsync=lc.fsync, recent=lc.recent)
+        self._ledger_sink: Any = None
+        for breaker in self.breakers.values():
+            breaker.add_listener(self._breaker_changed)
+        self.watch_health(lambda checker: checker.add_listener(self._health_changed))
         self.canary: CanaryController | None = None
         self._canary_task: asyncio.Task[None] | None = None
         #: The shadow mirror, built at start-up (with ``shadow_metrics`` when they were set).
@@ -301,16 +307,25 @@ class ProxyApp:
             self.events = FanOutEvents([*known, listener])
 
     def record(self, **fields: Any) -> None:
-        """One healing decision: to the ledger when attached (its errors logged, never
-        raised into the caller), and to the log."""
+        """One healing decision to the ledger (its errors logged, never raised into the
+        caller: healing goes on when its record cannot be written) and to the log."""
         log.info("healing: %s %s: %s", fields.get("action"), fields.get("target"),
                  fields.get("reason"), extra={"healing": fields})
-        ledger = self.ledger
-        if ledger is not None:
-            try:
-                ledger.append(**fields)
-            except Exception:
-                log.exception("the healing ledger could not record %s", fields.get("action"))
+        try:
+            self.ledger.append(**fields)
+        except Exception:
+            log.exception("the healing ledger could not record %s", fields.get("action"))
+
+    def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
+        if new in ("open", "closed") and old != new:
+            self.record(action="breaker_opened" if new == "open" else "breaker_closed",
+                        target=name, reason=reason,
+                        severity="warning" if new == "open" else "info",
+                        signals={"fail_counter": self.breakers[name].fail_counter})
+
+    def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
+        self.record(action="upstream_healthy" if healthy else "upstream_unhealthy",
+                    target=name, reason=reason, severity="info" if healthy else "warning")
 
     def health_report(self, name: str) -> HealthReportSummary | None:
         """The last health report of ``name`` (None: no checker, unknown, or not a report)."""
@@ -375,6 +390,15 @@ class ProxyApp:
         """Resolve the tracer provider; build and start the health checker (when this app runs
         one)."""
         self.tracer.pin()
+        lc = self.config.ledger
+        if lc.influx_url is not None and self._ledger_sink is None:
+            from mlwarden.middleware.influx import InfluxSettings
+            from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink
+
+            self._ledger_sink = InfluxLedgerSink(InfluxSettings(
+                url=lc.influx_url, bucket=lc.influx_bucket, org=lc.influx_org,
+                token=lc.influx_token))
+            self.ledger.add_listener(self._ledger_sink)
         if self.config.shadow is not None and self.shadow is None:
             self.shadow = self._build_shadow()
             self.shadow.start()
@@ -425,6 +449,10 @@ class ProxyApp:
         if self._owns_breakers:
             for breaker in self.breakers.values():
                 breaker.close()  # the shared-state client, when there is one
+        sink, self._ledger_sink = self._ledger_sink, None
+        if sink is not None:
+            await asyncio.to_thread(sink.close)
+        self.ledger.close()
 
     # -- one request ---------------------------------------------------------------------------
 

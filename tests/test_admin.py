@@ -249,3 +249,47 @@ def test_breaker_reset_closes_an_open_breaker_and_traffic_returns() -> None:
     assert after.headers["x-mlwarden-upstream"] == "primary"
     assert 'mlwarden_breaker_state{upstream="primary"} 0.0' in metrics
     assert 'mlwarden_breaker_transitions_total{to="closed",upstream="primary"} 1.0' in metrics
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def test_events_serve_breaker_and_manual_actions_newest_first_with_filters() -> None:
+    with sidecar(token=TOKEN) as sc:
+        sc.proxy.breakers["primary"].force_open()
+        assert sc.admin.post("/-/route", json={"force": "stable"},
+                             headers=bearer(TOKEN)).status_code == 200
+        assert sc.admin.post("/-/breakers/primary/reset",
+                             headers=bearer(TOKEN)).status_code == 200
+        events = sc.admin.get("/-/events").json()["events"]
+        only_manual = sc.admin.get("/-/events", params={"target": "stable"}).json()
+        limited = sc.admin.get("/-/events", params={"limit": 1}).json()
+        bad = [sc.admin.get("/-/events", params=p) for p in
+               ({"colour": "red"}, {"since": "yesterday"}, {"limit": 0})]
+        metrics = sc.admin.get("/metrics").text
+    assert [(e["action"], e["target"], e["actor"]) for e in events] == [
+        ("manual_breaker_reset", "primary", "admin"),
+        ("breaker_closed", "primary", "auto"),
+        ("manual_route", "stable", "admin"),
+        ("breaker_opened", "primary", "auto"),
+    ]
+    assert events[0]["reason"].startswith("reset by 127.0.0.1 (was open)")
+    assert [e["action"] for e in only_manual["events"]] == ["manual_route"]
+    assert limited["count"] == 1 and limited["events"][0]["action"] == "manual_breaker_reset"
+    assert [r.status_code for r in bad] == [400, 400, 400]
+    assert 'mlwarden_healing_actions_total{action="manual_route",outcome="ok"} 1.0' in metrics
+
+
+def test_the_ledger_file_keeps_every_record_across_a_restart(tmp_path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    cfg = SidecarConfig.from_mapping({
+        "upstreams": {"primary": "http://127.0.0.1:9", "stable": "http://127.0.0.1:10"},
+        "ledger": {"path": str(path)}}, environ={})
+    first = ProxyApp(cfg, health_checks=False)
+    first.breakers["primary"].force_open()
+    first.ledger.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and '"action":"breaker_opened"' in lines[0].replace(" ", "")
+    second = ProxyApp(cfg, health_checks=False)
+    assert [r.action for r in second.ledger.query()] == ["breaker_opened"]
+    second.ledger.close()
