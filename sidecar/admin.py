@@ -144,6 +144,7 @@ class _Admin:
             "in_flight": proxy.in_flight,
             "canary": proxy.canary.snapshot() if proxy.canary is not None else None,
             "shadow": proxy.shadow.snapshot() if proxy.shadow is not None else None,
+            "policies": proxy.policies.snapshot(),
             "limits": {"max_concurrent_requests": proxy.config.limits.max_concurrent_requests,
                        "max_request_bytes": proxy.config.limits.max_request_bytes,
                        "max_response_bytes": proxy.config.limits.max_response_bytes},

@@ -55,10 +55,14 @@ __all__ = [
     "BreakerConfig",
     "CanaryConfig",
     "DegradedResponseConfig",
+    "EscalationConfig",
+    "HealingConfig",
     "HealthChecksConfig",
     "LedgerConfig",
     "LimitsConfig",
     "ListenConfig",
+    "PolicyAction",
+    "PolicyConfig",
     "RetryConfig",
     "RoutingConfig",
     "ShadowTrafficConfig",
@@ -725,6 +729,202 @@ class LedgerConfig(_Block):
                                  repr=False)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EscalationConfig(_Block):
+    """When healing repeats, tell a person: a policy firing more than ``threshold`` times
+    within ``window_s`` (default 3 in 7 days), or a critical one, escalates once per window:
+    a Slack-compatible JSON body POSTed to ``webhook_url`` (without one: recorded only)."""
+
+    _key: ClassVar[str] = "healing.escalation"
+    webhook_url: str | None = _setting(None, _optional_http_url, repr=False)
+    threshold: int = _setting(3, _number(int, ge=1, le=10_000))
+    window_s: float = _setting(7 * 86_400.0, _seconds(gt=0, le=366 * 86_400))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HealingConfig(_Block):
+    """The policy loop: evaluated every ``interval_s``. ``default_policies`` (on when no
+    ``policies`` are written) gives the tiered defaults; ``retrain_webhook_url`` is what their
+    large tier calls (a retraining pipeline's REST endpoint)."""
+
+    _key: ClassVar[str] = "healing"
+    interval_s: float = _setting(5.0, _seconds(gt=0, le=3600))
+    default_policies: bool | None = _setting(None, lambda v: None if v is None else _boolean(v))
+    retrain_webhook_url: str | None = _setting(None, _optional_http_url, repr=False)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig,
+                                         metadata={"check": None})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyAction:
+    """One action of a policy: ``kind`` (route_to_fallback, restore_primary, rollback_canary,
+    set_weight, webhook, escalate) and its argument (a weight, a webhook spec)."""
+
+    kind: str
+    weight_percent: float | None = None
+    url: str | None = None
+    body: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """One healing policy: when ``condition`` (over the ``target``'s signals, default the
+    current primary, in a ``window_s`` window) has held for ``for_s``, take ``actions`` in
+    order; then not again for ``cooldown_s``. After routing away, ``restore_after_s`` of the
+    condition being false again restores the primary (None: a person or another policy
+    does)."""
+
+    name: str
+    when: str
+    condition: Any  # mlwarden.sidecar.healing.conditions.Condition
+    actions: tuple[PolicyAction, ...] = ()
+    severity: str = "warning"
+    for_s: float = 0.0
+    cooldown_s: float = 300.0
+    window_s: float = 60.0
+    target: str | None = None
+    restore_after_s: float | None = None
+
+
+_POLICY_KEYS = ("name", "when", "actions", "severity", "for_s", "cooldown_s", "window_s",
+                "target", "restore_after_s")
+_POLICY_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def _load_policies(raw: Any, names: list[str], problems: _Problems) -> tuple[PolicyConfig, ...]:
+    """The ``policies`` list, each condition parsed against the signal vocabulary."""
+    from mlwarden.sidecar.healing.conditions import ConditionError, parse_condition
+    from mlwarden.sidecar.healing.vocabulary import ACTION_KINDS, SIGNALS, function_specs
+
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.add("policies", f"expected a list of policies, got {_show(raw)}")
+        return ()
+    functions = function_specs(names)
+    out: list[PolicyConfig] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(raw[:100]):
+        where = f"policies[{i}]"
+        if not isinstance(spec, Mapping):
+            problems.add(where, f"expected a mapping with name, when and actions, got "
+                                f"{_show(spec)}")
+            continue
+        name = spec.get("name")
+        if isinstance(name, str) and _POLICY_NAME_RE.fullmatch(name):
+            where = f"policies.{name}"
+            if name in seen:
+                problems.add(where, "a second policy with this name")
+            seen.add(name)
+        else:
+            problems.add(f"{where}.name", "required: 1-63 lowercase letters, digits, '_' or "
+                                          "'-', starting with a letter or digit")
+        for key in spec:
+            if key not in _POLICY_KEYS:
+                problems.unknown(where, key, list(_POLICY_KEYS))
+        when = spec.get("when")
+        condition = None
+        if not isinstance(when, str) or not when.strip():
+            problems.add(f"{where}.when", "required: a condition such as 'error_rate > 0.05'")
+        else:
+            try:
+                condition = parse_condition(when, signals=SIGNALS, functions=functions)
+            except ConditionError as exc:
+                problems.add(f"{where}.when", exc.problem)
+        values: dict[str, Any] = {}
+        for key, check, default in (
+            ("severity", _one_of(("info", "warning", "critical")), "warning"),
+            ("for_s", _seconds(ge=0, le=30 * 86_400), 0.0),
+            ("cooldown_s", _seconds(ge=0, le=30 * 86_400), 300.0),
+            ("window_s", _seconds(gt=0, le=3600), 60.0),
+            ("restore_after_s", lambda v: None if v is None else _seconds(gt=0)(v), None),
+        ):
+            try:
+                values[key] = check(spec.get(key, default))
+            except _Bad as exc:
+                problems.add(f"{where}.{key}", str(exc))
+        target = spec.get("target")
+        if target is not None and target not in names:
+            problems.add(f"{where}.target", f"unknown upstream {target!r} (known: "
+                                            f"{', '.join(names)})")
+        actions = _load_actions(spec.get("actions", []), f"{where}.actions", ACTION_KINDS,
+                                problems)
+        if condition is not None and actions is not None and isinstance(name, str):
+            out.append(PolicyConfig(name=name, when=when, condition=condition,  # type: ignore[arg-type]
+                                    actions=actions, target=target, **values))
+    if len(raw) > 100:
+        problems.add("policies", f"at most 100 policies, got {len(raw)}")
+    return tuple(out)
+
+
+def _load_actions(raw: Any, where: str, kinds: tuple[str, ...],
+                  problems: _Problems) -> tuple[PolicyAction, ...] | None:
+    if not isinstance(raw, list):
+        problems.add(where, f"expected a list of actions, got {_show(raw)}")
+        return None
+    out = []
+    before = len(problems.items)
+    for j, item in enumerate(raw[:20]):
+        at = f"{where}[{j}]"
+        if isinstance(item, str):
+            kind, arg = item, None
+        elif isinstance(item, Mapping) and len(item) == 1:
+            kind, arg = next(iter(item.items()))
+        else:
+            problems.add(at, f"expected an action name or a one-key mapping, got {_show(item)}")
+            continue
+        if kind not in kinds:
+            close = difflib.get_close_matches(str(kind), kinds, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.add(at, f"unknown action {kind!r} ({hint}allowed: {', '.join(kinds)})")
+            continue
+        try:
+            out.append(_action(kind, arg))
+        except _Bad as exc:
+            problems.add(f"{at}.{kind}", str(exc))
+    return tuple(out) if len(problems.items) == before else None
+
+
+def _action(kind: str, arg: Any) -> PolicyAction:
+    if kind == "set_weight":
+        return PolicyAction(kind, weight_percent=_number(float, ge=0, lt=100)(arg))
+    if kind == "webhook":
+        if not isinstance(arg, Mapping) or "url" not in arg:
+            raise _Bad(f"expected {{url: ..., body: {{...}}}}, got {_show(arg)}")
+        extra = set(arg) - {"url", "body", "headers"}
+        if extra:
+            raise _Bad(f"unknown key(s) {', '.join(sorted(map(str, extra)))} (allowed: url, "
+                       f"body, headers)")
+        body = arg.get("body", {})
+        headers = arg.get("headers", {})
+        if not isinstance(body, Mapping):
+            raise _Bad(f"body: expected a mapping (sent as JSON), got {_show(body)}")
+        if not isinstance(headers, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise _Bad("headers: expected a mapping of strings")
+        return PolicyAction(kind, url=_http_url(arg["url"]), body=dict(body),
+                            headers=dict(headers))
+    if arg is not None:
+        raise _Bad(f"takes no argument, got {_show(arg)}")
+    return PolicyAction(kind)
+
+
+def _load_healing(raw: Any, problems: _Problems) -> HealingConfig:
+    if raw is None:
+        return HealingConfig()
+    if not isinstance(raw, Mapping):
+        problems.add("healing", f"expected a mapping, got {_show(raw)}")
+        return HealingConfig()
+    raw = dict(raw)
+    escalation = EscalationConfig._load(raw.pop("escalation", None) or {},
+                                        "healing.escalation", problems)
+    base = HealingConfig._load(raw, "healing", problems)
+    if base is None or escalation is None:
+        return HealingConfig()
+    return dataclasses.replace(base, escalation=escalation)
+
+
 def _bad_body(value: Any) -> str:
     raise _Bad(f"expected a string (use a YAML block scalar for JSON), got {_show(value)}")
 
@@ -736,7 +936,8 @@ _BLOCKS: dict[str, type[_Block]] = {
     "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
     "limits": LimitsConfig, "tracing": TracingConfig, "ledger": LedgerConfig,
 }
-_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary", "shadow"]
+_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary", "shadow",
+             "healing", "policies"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -758,6 +959,8 @@ class SidecarConfig:
     degraded_response: DegradedResponseConfig | None = None
     canary: CanaryConfig | None = None
     shadow: ShadowTrafficConfig | None = None
+    healing: HealingConfig = field(default_factory=HealingConfig)
+    policies: tuple[PolicyConfig, ...] = ()
 
     def __post_init__(self) -> None:
         problems = _Problems()
@@ -832,8 +1035,12 @@ class SidecarConfig:
                                               "sent to another version")
         if problems.items:
             raise ConfigError(problems.items, source=source)
+        healing = _load_healing(data.get("healing"), problems)
+        policies = _load_policies(data.get("policies"), names, problems)
+        if problems.items:
+            raise ConfigError(problems.items, source=source)
         return cls(upstreams=upstreams, routing=routing, degraded_response=degraded,  # type: ignore[arg-type]
-                   canary=canary, shadow=shadow, **blocks)
+                   canary=canary, shadow=shadow, healing=healing, policies=policies, **blocks)
 
 
 def _load_upstreams(

@@ -63,6 +63,7 @@ from opentelemetry import trace
 from mlwarden.middleware.tracing import RequestSpan
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.ledger import Ledger
+from mlwarden.sidecar.healing.policies import PolicyEngine
 from mlwarden.sidecar.healing.signals import UpstreamWindows
 from mlwarden.sidecar.proxy_events import FanOutEvents, ProxyEvents, status_class
 from mlwarden.sidecar.resilience.breaker import (
@@ -284,6 +285,14 @@ class ProxyApp:
         self.watch_health(lambda checker: checker.add_listener(self._health_changed))
         self.canary: CanaryController | None = None
         self._canary_task: asyncio.Task[None] | None = None
+        #: Outgoing webhooks (policies, escalations): the sender is built at start-up.
+        self.webhooks: Any = None
+        self._webhook_callbacks: dict[str, Callable[[Any], None]] = {}
+        self._webhook_seq = 0
+        #: The healing policies (configured, or the tiered defaults), run from start-up.
+        self.policies = PolicyEngine(self, send_webhook=self.send_webhook, clock=clock,
+                                     wall_clock=wall_clock, sleep=sleep)
+        self._policies_task: asyncio.Task[None] | None = None
         #: The shadow mirror, built at start-up (with ``shadow_metrics`` when they were set).
         self.shadow: ShadowMirror | None = None
         self.shadow_metrics: ShadowMetrics | None = None
@@ -315,6 +324,27 @@ class ProxyApp:
             self.ledger.append(**fields)
         except Exception:
             log.exception("the healing ledger could not record %s", fields.get("action"))
+
+    def send_webhook(self, name: str, url: str, body: Mapping[str, Any], *,
+                     headers: Mapping[str, str] | None = None,
+                     on_result: Callable[[Any], None] | None = None) -> bool:
+        """Queue one webhook delivery (False: not started, queue full or body too large);
+        ``on_result(WebhookResult)`` once it is delivered or given up."""
+        if self.webhooks is None:
+            return False
+        self._webhook_seq += 1
+        key = f"{name}#{self._webhook_seq}"
+        if on_result is not None:
+            self._webhook_callbacks[key] = on_result
+        if not self.webhooks.send(key, url, body, headers=headers):
+            self._webhook_callbacks.pop(key, None)
+            return False
+        return True
+
+    def _webhook_done(self, result: Any) -> None:
+        callback = self._webhook_callbacks.pop(result.name, None)
+        if callback is not None:
+            callback(result)
 
     def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         if new in ("open", "closed") and old != new:
@@ -402,6 +432,14 @@ class ProxyApp:
         if self.config.shadow is not None and self.shadow is None:
             self.shadow = self._build_shadow()
             self.shadow.start()
+        if self.webhooks is None:
+            from mlwarden.sidecar.healing.webhooks import WebhookSender
+
+            self.webhooks = WebhookSender(on_result=self._webhook_done)
+            self.webhooks.start()
+        if self.policies.policies and self._policies_task is None:
+            self._policies_task = asyncio.get_running_loop().create_task(
+                self.policies.run(), name="mlwarden-policies")
         if self.canary is not None and self._canary_task is None:
             self._canary_task = asyncio.get_running_loop().create_task(
                 self.canary.run(), name="mlwarden-canary")
@@ -432,11 +470,16 @@ class ProxyApp:
         if shadow is not None:
             await shadow.aclose()
             await shadow.pool.aclose()
-        canary, self._canary_task = self._canary_task, None
-        if canary is not None:
-            canary.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(canary, timeout=5)
+        for name in ("_canary_task", "_policies_task"):
+            loop_task: asyncio.Task[None] | None = getattr(self, name)
+            setattr(self, name, None)
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(loop_task, timeout=5)
+        webhooks, self.webhooks = self.webhooks, None
+        if webhooks is not None:
+            await webhooks.aclose()
         task, self._health_task = self._health_task, None
         if task is not None:
             task.cancel()

@@ -32,16 +32,18 @@ Secrets in URLs
     Webhook URLs often are credentials: ``https://user:pass@host/``, ``?token=...``, or the
     path itself (Slack's ``/services/T…/B…/<secret>``). Only :func:`redact_url` forms ever
     reach a log line or a :class:`WebhookResult`: scheme, host, port and path, without userinfo,
-    query or fragment, and with token-like path segments (16 or more characters mixing letters
-    and digits, or 32 or more of anything) replaced by ``***``. httpx logs every request's full
-    URL at INFO; a filter on the ``httpx`` logger redacts that line for this module's requests
-    only (it is marked by a context variable), so other httpx users' logs are untouched.
+    query or fragment, and with token-like path segments (16 or more characters with a digit
+    or both letter cases, or 32 or more of anything) replaced by ``***``. httpx logs every
+    request's full URL at INFO; a filter on the ``httpx`` logger redacts that line for this
+    module's requests only (a context variable marks them), so other httpx users' logs are
+    untouched.
     Error texts carry exception class names, never exception messages, which may quote the URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime as _dt
 import json
@@ -84,10 +86,23 @@ _MAX_RESPONSE_READ = 64 * 1024
 _OWNED_HEADERS = frozenset({"content-type", "user-agent", "x-mlwarden-delivery-id",
                             "content-length", "transfer-encoding", "host"})
 _ELLIPSIS = "…"
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII: no CR, LF or NUL
 
 # --- redaction ------------------------------------------------------------------------------
 
-_TOKEN_SEGMENT = re.compile(r"(?=[^/]*[A-Za-z])(?=[^/]*[0-9])[^/]{16,}|[^/]{32,}")
+
+
+def _looks_like_token(segment: str) -> bool:
+    # Words such as "retraining-pipeline" stay readable; random tokens almost surely hold a
+    # digit or both cases (a 24-character one has neither with odds below 1e-8).
+    n = len(segment)
+    if n >= 32:
+        return True
+    if n < 16:
+        return False
+    return (any(c.isdigit() for c in segment)
+            or (any(c.isupper() for c in segment) and any(c.islower() for c in segment)))
 
 
 def redact_url(url: str) -> str:
@@ -106,7 +121,7 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
     path = "/".join(
-        "***" if _TOKEN_SEGMENT.fullmatch(seg) else seg for seg in parts.path.split("/")
+        "***" if _looks_like_token(seg) else seg for seg in parts.path.split("/")
     )
     return f"{parts.scheme}://{netloc}{path}"
 
@@ -321,17 +336,15 @@ class WebhookSender:
                              f"({self.max_body_bytes})")
         extra: list[tuple[str, str]] = []
         for key, value in (headers or {}).items():
-            if not (isinstance(key, str) and isinstance(value, str)):
-                raise ValueError("headers: names and values must be strings")
+            # checked here, so that a bad header fails send() rather than every attempt later
+            if not (isinstance(key, str) and _HEADER_NAME.fullmatch(key)
+                    and isinstance(value, str) and _HEADER_VALUE.fullmatch(value)):
+                raise ValueError("headers: invalid header name or value")
             if key.lower() not in _OWNED_HEADERS:
                 extra.append((key, value))
         delivery_id = uuid.uuid4().hex
         all_headers = [("content-type", "application/json"), ("user-agent", USER_AGENT),
                        ("x-mlwarden-delivery-id", delivery_id), *extra]
-        try:  # an invalid header fails here, not on every attempt later
-            httpx.Headers(all_headers)
-        except Exception:
-            raise ValueError("headers: invalid header name or value") from None
         return _Delivery(str(name), url, data, all_headers, delivery_id)
 
     def _wake(self) -> None:
@@ -341,10 +354,9 @@ class WebhookSender:
         if threading.get_ident() == self._loop_thread:
             event.set()
         else:
-            try:
+            # a closed loop means nothing will deliver anyway
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # the loop is closed: nothing will deliver anyway
-                pass
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -576,7 +588,7 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if value is None:
-        return "–"
+        return "-"
     return str(value)
 
 
@@ -625,7 +637,7 @@ def slack_body(
         fields.append(f"*…*\n{len(items) - len(shown)} more signals")
     summary: dict[str, Any] = {
         "type": "section",
-        "text": {"type": "mrkdwn", "text": "*Reason*\n" + _fit(reason or "–", _SECTION_MAX - 9)},
+        "text": {"type": "mrkdwn", "text": "*Reason*\n" + _fit(reason or "-", _SECTION_MAX - 9)},
         "fields": [{"type": "mrkdwn", "text": f} for f in fields],
     }
     action_lines = [f"• {_fit(a, 500)}" for a in actions] or ["none"]

@@ -58,6 +58,11 @@ class Router:
         return (forced, *(n for n in self._order if n != forced))
 
     @property
+    def primary(self) -> str:
+        """The configured primary (a forced route does not change it; a promotion does)."""
+        return self._order[0]
+
+    @property
     def forced(self) -> str | None:
         return self._forced
 

@@ -1,0 +1,366 @@
+"""The healing policies: signals → condition → actions → ledger → escalation.
+
+Every ``healing.interval_s`` the engine evaluates each policy's condition (parsed at start-up
+by :mod:`~mlwarden.sidecar.healing.conditions`) over its target's signals: the sidecar's own
+windows of attempts, the target's last health report (drift, the middleware's error rate), the
+shadow's agreement and the canary's weight. A condition that has been *true* (unknown is not
+true) for ``for_s`` fires the policy: one ``policy_fired`` ledger record with the signal values
+it read, then each action in order, each recorded with its outcome. The policy then rests for
+``cooldown_s``.
+
+Actions:
+
+- ``route_to_fallback``: force the route to the first available upstream after the target
+  in the configured order (the stable version); the remediation stays in place until the
+  condition has been false for ``restore_after_s`` (then ``restore_primary`` is recorded), or a
+  person or another policy restores it;
+- ``restore_primary``: the configured order again;
+- ``rollback_canary`` / ``set_weight``: the canary's;
+- ``webhook``: POST the policy's JSON body (with the policy, the reason and the signals added
+  under ``"mlwarden"``) with retries; the delivery's outcome is recorded;
+- ``escalate``: escalate now (once per window, as any escalation).
+
+Escalation: a policy that fired more than ``escalation.threshold`` times within
+``escalation.window_s``, or a critical one, escalates **once per window**: an ``escalation``
+record and a Slack-compatible body to ``escalation.webhook_url``, naming the policy, the
+signals, the actions taken and the recent ledger entries.
+
+Never looping: while a policy's remediation is in place it is not fired again; its fallback
+is watched instead, and a fallback that also fails is recorded (``remediation_failed``) and
+escalated, not routed around again.
+
+Tiered defaults (without ``policies``, unless ``healing.default_policies`` is false): small
+error increase or drift → recorded only; large → route to the stable version and, with
+``healing.retrain_webhook_url``, ask for retraining; critical → route away and escalate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mlwarden.sidecar.config import PolicyAction, PolicyConfig, SidecarConfig
+from mlwarden.sidecar.healing.conditions import parse_condition
+from mlwarden.sidecar.healing.vocabulary import SIGNALS, function_specs
+
+if TYPE_CHECKING:
+    from mlwarden.sidecar.proxy import ProxyApp
+
+__all__ = ["PolicyEngine", "default_policies"]
+
+log = logging.getLogger("mlwarden.sidecar.healing")
+
+#: Ledger entries an escalation carries.
+ESCALATION_RECENT = 10
+
+
+def default_policies(config: SidecarConfig) -> tuple[PolicyConfig, ...]:
+    """The tiers a new user gets without writing a policy (see the module docstring)."""
+    names = [u.name for u in config.upstreams]
+    functions = function_specs(names)
+    retrain = config.healing.retrain_webhook_url
+    large: list[PolicyAction] = [PolicyAction("route_to_fallback")]
+    if retrain is not None:
+        large.append(PolicyAction("webhook", url=retrain, body={"reason": "retrain"}))
+
+    def policy(name: str, when: str, severity: str, actions: list[PolicyAction],
+               **timing: float) -> PolicyConfig:
+        return PolicyConfig(name=name, when=when, severity=severity, actions=tuple(actions),
+                            condition=parse_condition(when, signals=SIGNALS,
+                                                      functions=functions),
+                            restore_after_s=300.0 if actions else None, **timing)
+
+    return (
+        policy("errors-small", "requests >= 50 and error_rate > 0.02", "info", [],
+               for_s=60, cooldown_s=900),
+        policy("drift-small", "drift_score > 0.1", "info", [], for_s=60, cooldown_s=900),
+        policy("errors-large", "requests >= 50 and error_rate > 0.1", "warning", large,
+               for_s=30, cooldown_s=600),
+        policy("drift-large", "drift_score > 0.25", "warning", large,
+               for_s=60, cooldown_s=600),
+        policy("errors-critical", "requests >= 50 and error_rate > 0.5", "critical",
+               [PolicyAction("route_to_fallback"), PolicyAction("escalate")],
+               for_s=10, cooldown_s=600),
+    )
+
+
+@dataclass(slots=True)
+class _State:
+    true_since: float | None = None
+    false_since: float | None = None
+    last_fired: float | None = None
+    routed: tuple[str, str] | None = None  # (away from, to) while the remediation holds
+    failure_reported: bool = False
+
+
+class PolicyEngine:
+    """Evaluates the policies of one proxy; see the module docstring.
+
+    ``send_webhook(name, url, body, headers=..., on_result=...) -> bool`` delivers webhooks
+    (the sender's queue); without one webhooks are recorded as not sent.
+    """
+
+    def __init__(
+        self,
+        proxy: ProxyApp,
+        *,
+        send_webhook: Callable[..., bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        config = proxy.config
+        self.proxy = proxy
+        self.config = config
+        use_defaults = config.healing.default_policies
+        if use_defaults is None:
+            use_defaults = not config.policies
+        self.policies: tuple[PolicyConfig, ...] = (
+            *config.policies, *(default_policies(config) if use_defaults else ()))
+        self._send = send_webhook
+        self._clock = clock
+        self._wall = wall_clock
+        self._sleep = sleep
+        self._states = {p.name: _State() for p in self.policies}
+
+    async def run(self) -> None:
+        """Evaluate every ``healing.interval_s`` until cancelled; a failing tick is logged."""
+        while True:
+            await self._sleep(self.config.healing.interval_s)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("a healing tick failed; the next one runs as planned")
+
+    # -- one tick -----------------------------------------------------------------------------
+
+    def tick(self) -> list[str]:
+        """Evaluate each policy once; the names of those that fired."""
+        now = self._clock()
+        fired = []
+        for policy in self.policies:
+            state = self._states[policy.name]
+            target = policy.target or self.proxy.router.primary
+            explanation = policy.condition.explain(self._signals(target, policy.window_s),
+                                                   self._functions(policy.window_s))
+            holds = explanation.result is True
+            if state.routed is not None:
+                self._watch(policy, state, holds, now)
+                continue
+            if not holds:
+                state.true_since = None
+                continue
+            if state.true_since is None:
+                state.true_since = now
+            if now - state.true_since < policy.for_s:
+                continue
+            if state.last_fired is not None and now - state.last_fired < policy.cooldown_s:
+                continue
+            state.last_fired = now
+            state.true_since = None
+            self._fire(policy, state, target, explanation.values)
+            fired.append(policy.name)
+        return fired
+
+    def _signals(self, target: str, window_s: float) -> Mapping[str, Any]:
+        proxy = self.proxy
+        stats = proxy.windows.stats(target, window_s)
+        report = proxy.health_report(target)
+        return {
+            "requests": float(stats.requests),
+            "error_rate": stats.error_rate,
+            "p50_latency_seconds": stats.quantile(0.5),
+            "p95_latency_seconds": stats.quantile(0.95),
+            "p99_latency_seconds": stats.quantile(0.99),
+            "drift_score": report.drift_score if report else None,
+            "drift_detected": report.drift_detected if report else None,
+            "health_error_rate": report.error_rate if report else None,
+            "health_p99_latency_seconds": report.p99_latency_seconds if report else None,
+            "shadow_agreement": proxy.shadow.agreement_rate() if proxy.shadow else None,
+            "canary_weight_percent": proxy.canary.weight if proxy.canary else None,
+        }
+
+    def _functions(self, window_s: float) -> Mapping[str, Callable[..., Any]]:
+        proxy = self.proxy
+
+        def healthy(name: str) -> bool | None:
+            health = proxy.health
+            return None if health is None else health.is_healthy(name)
+
+        def drift_score_of(name: str) -> float | None:
+            report = proxy.health_report(name)
+            return report.drift_score if report else None
+
+        return {
+            "breaker_open": lambda name: proxy.breakers[name].state == "open",
+            "healthy": healthy,
+            "error_rate_of": lambda name: proxy.windows.stats(name, window_s).error_rate,
+            "drift_score_of": drift_score_of,
+        }
+
+    # -- firing -------------------------------------------------------------------------------
+
+    def _fire(self, policy: PolicyConfig, state: _State, target: str,
+              signals: dict[str, Any]) -> None:
+        reason = f"{policy.when} held for {policy.for_s:g}s on {target}"
+        log.warning("policy %s fired: %s %s", policy.name, reason, signals)
+        self._record(policy, "policy_fired", target, reason, signals)
+        taken = []
+        for action in policy.actions:
+            taken.append(action.kind)
+            self._act(policy, state, action, target, reason, signals)
+        wall = self._wall()
+        window = self.config.healing.escalation.window_s
+        fired = self.proxy.ledger.count_since(wall - window, policy=policy.name,
+                                              action="policy_fired")
+        threshold = self.config.healing.escalation.threshold
+        if policy.severity == "critical" and "escalate" not in taken:
+            self._escalate(policy, f"critical policy fired: {reason}", signals, taken)
+        elif fired > threshold and "escalate" not in taken:
+            self._escalate(policy, f"fired {fired} times within {window:g}s (more than "
+                                   f"{threshold}): {reason}", signals, taken)
+
+    def _act(self, policy: PolicyConfig, state: _State, action: PolicyAction, target: str,
+             reason: str, signals: dict[str, Any]) -> None:
+        proxy = self.proxy
+        kind = action.kind
+        if kind == "route_to_fallback":
+            to = next((n for n in proxy.router.order
+                       if n != target and proxy.is_available(n)), None)
+            if to is None:
+                self._record(policy, "fallback", target, f"{reason}: no other upstream is "
+                                                         f"available", signals, "failed")
+                self._escalate(policy, f"nowhere to route away from {target}", signals,
+                               [kind])
+                return
+            proxy.router.force(to)
+            state.routed, state.false_since, state.failure_reported = (target, to), None, False
+            self._record(policy, "fallback", to, f"{reason}: traffic moved from {target} to "
+                                                 f"{to}", signals)
+        elif kind == "restore_primary":
+            proxy.router.force(None)
+            self._record(policy, "restore_primary", proxy.router.primary, reason, signals)
+        elif kind == "rollback_canary":
+            if proxy.canary is None or proxy.canary.state not in ("analysing", "promoted"):
+                self._record(policy, "rollback", target, f"{reason}: no canary running",
+                             signals, "skipped")
+            else:
+                proxy.canary.rollback(f"policy {policy.name}: {reason}", signals)
+        elif kind == "set_weight":
+            canary = proxy.canary
+            if canary is None or canary.state != "analysing":
+                self._record(policy, "set_weight", target, f"{reason}: no canary analysing",
+                             signals, "skipped")
+            else:
+                before, canary.weight = canary.weight, float(action.weight_percent or 0.0)
+                self._record(policy, "set_weight", canary.candidate,
+                             f"{reason}: weight {before:g}% -> {canary.weight:g}%", signals)
+        elif kind == "webhook":
+            body = {**(action.body or {}), "mlwarden": {
+                "policy": policy.name, "severity": policy.severity, "target": target,
+                "reason": reason, "signals": signals}}
+            self._webhook(policy, action.url or "", body, dict(action.headers or {}),
+                          "webhook", signals)
+        elif kind == "escalate":
+            self._escalate(policy, reason, signals, [a.kind for a in policy.actions])
+
+    def _watch(self, policy: PolicyConfig, state: _State, holds: bool, now: float) -> None:
+        """A remediation in place: restore when the condition has cleared for long enough;
+        report (once) and escalate a fallback that fails too; never route again."""
+        assert state.routed is not None
+        away, to = state.routed
+        if self.proxy.router.forced != to:
+            state.routed = None  # restored or changed by a person or another policy
+            return
+        if not self.proxy.is_available(to) and not state.failure_reported:
+            state.failure_reported = True
+            reason = f"the fallback {to} is failing too, after policy {policy.name} moved " \
+                     f"traffic from {away}"
+            self._record(policy, "remediation_failed", to, reason, {}, "failed",
+                         severity="critical")
+            self._escalate(policy, reason, {}, ["route_to_fallback"])
+        if holds:
+            state.false_since = None
+            return
+        if state.false_since is None:
+            state.false_since = now
+        if policy.restore_after_s is not None and now - state.false_since >= \
+                policy.restore_after_s:
+            self.proxy.router.force(None)
+            state.routed = None
+            self._record(policy, "restore_primary", away,
+                         f"{policy.when} false for {policy.restore_after_s:g}s: traffic back "
+                         f"to {away}", {})
+
+    # -- escalation and webhooks --------------------------------------------------------------
+
+    def _escalate(self, policy: PolicyConfig, reason: str, signals: dict[str, Any],
+                  actions: list[str]) -> None:
+        esc = self.config.healing.escalation
+        wall = self._wall()
+        if self.proxy.ledger.count_since(wall - esc.window_s, policy=policy.name,
+                                         action="escalation"):
+            return  # once per window
+        recent = [r.to_dict() for r in self.proxy.ledger.query(limit=ESCALATION_RECENT)]
+        url = esc.webhook_url
+        self._record(policy, "escalation", _host(url) if url else "log", reason, signals,
+                     "ok" if url is None else "pending", severity="critical")
+        if url is None:
+            return
+        from mlwarden.sidecar.healing.webhooks import slack_body
+
+        body = slack_body(title=f"mlwarden: policy {policy.name} escalated",
+                          severity=policy.severity, policy=policy.name, reason=reason,
+                          signals=signals, actions=actions, recent=recent)
+        self._webhook(policy, url, body, {}, "escalation_webhook", signals)
+
+    def _webhook(self, policy: PolicyConfig, url: str, body: dict[str, Any],
+                 headers: dict[str, str], what: str, signals: dict[str, Any]) -> None:
+        host = _host(url)
+
+        def done(result: Any) -> None:
+            self._record(policy, "webhook", host,
+                         f"{what} to {host}: " + (f"HTTP {result.status}" if result.ok else
+                                                  f"failed after {result.attempts} attempt(s)"
+                                                  f" ({result.error or result.status})"),
+                         signals, "ok" if result.ok else "failed",
+                         details={"attempts": result.attempts, "status": result.status})
+
+        if self._send is None or not self._send(f"{policy.name}:{what}", url, body,
+                                                headers=headers, on_result=done):
+            self._record(policy, "webhook", host, f"{what} to {host} not sent (no sender, "
+                                                  f"or its queue is full)", signals, "failed")
+
+    def _record(self, policy: PolicyConfig, action: str, target: str, reason: str,
+                signals: Mapping[str, Any], outcome: str = "ok", *,
+                severity: str | None = None, details: Mapping[str, Any] | None = None) -> None:
+        self.proxy.record(action=action, target=target, reason=reason, signals=dict(signals),
+                          outcome=outcome, policy=policy.name,
+                          severity=severity or policy.severity, details=details)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready, for ``/-/status``."""
+        now = self._clock()
+        return {p.name: {
+            "when": p.when, "severity": p.severity,
+            "actions": [a.kind for a in p.actions],
+            "holding_for_s": (None if (s := self._states[p.name]).true_since is None
+                              else round(now - s.true_since, 3)),
+            "remediation": None if s.routed is None else {"from": s.routed[0],
+                                                          "to": s.routed[1]},
+        } for p in self.policies}
+
+
+def _host(url: str | None) -> str:
+    """The host of a URL, for records and logs (a webhook URL may carry a secret path)."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return host if parts.port is None else f"{host}:{parts.port}"
