@@ -182,3 +182,22 @@ def test_default_tiers_exist_without_written_policies() -> None:
                                                                    "escalate"]
     proxy = ProxyApp(cfg, health_checks=False)
     assert [p.name for p in proxy.policies.policies] == list(tiers)
+
+
+def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
+    with serve_app(Stable()) as primary, serve_app(Stable()) as candidate:
+        cfg = SidecarConfig.from_mapping({
+            "upstreams": {"primary": primary.url, "candidate": candidate.url},
+            "canary": {"candidate": "candidate"},
+            "policies": [{"name": "roll", "when": "requests >= 0", "cooldown_s": 0,
+                          "actions": ["rollback_canary"]}],
+        }, environ={})
+        proxy = ProxyApp(cfg, health_checks=False)
+        assert proxy.policies.tick() == ["roll"]  # rolls the canary back
+        assert proxy.canary is not None and proxy.canary.state == "rolled_back"
+        for _ in range(3):
+            proxy.policies.tick()  # still true: the rollback did not help
+        record = actions(proxy, "roll")
+    assert record.count("remediation_ineffective") == 1
+    assert record.count("escalation") == 1
+    assert [r.action for r in proxy.ledger.query(target="candidate")] == ["rollback"]

@@ -27,7 +27,8 @@ signals, the actions taken and the recent ledger entries.
 
 Never looping: while a policy's remediation is in place it is not fired again; its fallback
 is watched instead, and a fallback that also fails is recorded (``remediation_failed``) and
-escalated, not routed around again.
+escalated, not routed around again. A policy whose condition holds again after it rolled the
+canary back records ``remediation_ineffective`` and escalates.
 
 Tiered defaults (without ``policies``, unless ``healing.default_policies`` is false): small
 error increase or drift → recorded only; large → route to the stable version and, with
@@ -95,6 +96,7 @@ class _State:
     last_fired: float | None = None
     routed: tuple[str, str] | None = None  # (away from, to) while the remediation holds
     failure_reported: bool = False
+    rolled_back: bool = False  # this policy rolled the canary back
 
 
 class PolicyEngine:
@@ -245,11 +247,23 @@ class PolicyEngine:
             proxy.router.force(None)
             self._record(policy, "restore_primary", proxy.router.primary, reason, signals)
         elif kind == "rollback_canary":
-            if proxy.canary is None or proxy.canary.state not in ("analysing", "promoted"):
+            canary = proxy.canary
+            if canary is not None and canary.state in ("analysing", "promoted"):
+                canary.rollback(f"policy {policy.name}: {reason}", signals)
+                state.rolled_back = True
+            elif state.rolled_back:
+                # This policy rolled the canary back before and its condition holds again:
+                # the rollback did not help. Say so (once) and call a person; do not loop.
+                if state.failure_reported:
+                    return
+                state.failure_reported = True
+                why = f"{reason}: still true after this policy's rollback"
+                self._record(policy, "remediation_ineffective", target, why, signals,
+                             "failed", severity="critical")
+                self._escalate(policy, why, signals, [kind])
+            else:
                 self._record(policy, "rollback", target, f"{reason}: no canary running",
                              signals, "skipped")
-            else:
-                proxy.canary.rollback(f"policy {policy.name}: {reason}", signals)
         elif kind == "set_weight":
             canary = proxy.canary
             if canary is None or canary.state != "analysing":
