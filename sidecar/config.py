@@ -660,7 +660,9 @@ class CanaryConfig(_Block):
     below 100) and passing the last one promotes the candidate; failed (or its breaker
     open), it is rolled back to weight 0 at once. Too few requests (``min_requests`` per
     version per interval) decide nothing: "inconclusive", and ``on_deadline`` decides after
-    ``inconclusive_deadline_s``. After promotion the new primary is watched for ``guard_s``
+    ``inconclusive_deadline_s``. ``source: prometheus`` takes the figures from PromQL over
+    every replica's metrics at ``prometheus_url`` (a fleet-wide verdict) instead of this
+    sidecar's own windows. After promotion the new primary is watched for ``guard_s``
     and rolled back to the pinned stable version if it fails."""
 
     _key: ClassVar[str] = "canary"
@@ -678,12 +680,18 @@ class CanaryConfig(_Block):
     inconclusive_deadline_s: float = _setting(600.0, _seconds(gt=0, le=30 * 86_400))
     on_deadline: str = _setting("rollback", _one_of(("rollback", "promote", "hold")))
     guard_s: float = _setting(300.0, _seconds(ge=0, le=30 * 86_400))
+    source: str = _setting("local", _one_of(("local", "prometheus")))
+    prometheus_url: str | None = _setting(None, _optional_http_url)
 
     @classmethod
     def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
+        out = []
         if v["sticky_header"] is not None and v["sticky_cookie"] is not None:
-            return [("sticky_cookie", "set sticky_header or sticky_cookie, not both")]
-        return []
+            out.append(("sticky_cookie", "set sticky_header or sticky_cookie, not both"))
+        if v["source"] == "prometheus" and v["prometheus_url"] is None:
+            out.append(("prometheus_url", "required when source is prometheus (the server "
+                                          "that scrapes every replica's admin port)"))
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -295,3 +295,50 @@ def test_a_healthy_candidate_is_promoted_through_the_steps() -> None:
         weights = [v["weight_percent"] for v in canary.snapshot()["analyses"]
                    if v["verdict"] == "pass"]
         assert weights == [20, 60]
+
+
+@pytest.mark.servers
+def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> None:
+    """A real Prometheus scrapes the sidecar's admin port; the analysis reads PromQL."""
+    from prometheus_client import CollectorRegistry
+    from starlette.applications import Starlette
+
+    from mlwarden.sidecar.admin import create_admin_app
+    from tests.servers import start_prometheus, temp_workdir
+
+    stable, candidate = Version("stable"), Version("candidate", error_every=4)
+    workdir = temp_workdir("canary-prom")
+    with serve_app(stable) as s, serve_app(candidate) as c:
+        # The admin port first (an empty app that gets the admin routes once the proxy
+        # exists): Prometheus is told where to scrape, the canary where Prometheus is.
+        admin_shell = Starlette()
+        with serve_app(admin_shell) as admin_served:
+            prom = start_prometheus(workdir, [f"127.0.0.1:{admin_served.port}"])
+            try:
+                cfg = SidecarConfig.from_mapping({
+                    "upstreams": {"stable": s.url, "candidate": c.url},
+                    "retry": {"num_retries": 2, "base_interval_s": 0.001,
+                              "max_interval_s": 0.002, "min_retries_per_s": 1000},
+                    "breaker": {"consecutive_5xx": 1000},
+                    "canary": {"candidate": "candidate", "interval_s": 4.0, "min_requests": 5,
+                               "steps_percent": [30, 60], "source": "prometheus",
+                               "prometheus_url": prom.url},
+                }, environ={})
+                proxy = ProxyApp(cfg, health_checks=False)
+                admin_app = create_admin_app(proxy, registry=CollectorRegistry())
+                admin_shell.router.routes.extend(admin_app.router.routes)
+                with serve_app(proxy, proxy_headers=False) as served:
+                    canary = proxy.canary
+                    assert canary is not None and canary.prometheus is not None
+                    answers = load(served.url, until=lambda: canary.state == "rolled_back",
+                                   max_s=40, workers=3)
+                    assert canary.state == "rolled_back", canary.snapshot()
+                    assert [s for _, s in answers if s != 200] == []
+                    [rollback] = [r for r in proxy.ledger.query(action="rollback")]
+                    # The figures came from Prometheus: rates, not this sidecar's counts.
+                    # Every 4th attempt on the candidate fails: 25% from Prometheus' rates.
+                    assert rollback.signals["candidate_error_rate"] == pytest.approx(
+                        0.25, abs=0.1)
+                    assert canary.prometheus.errors_total == 0
+            finally:
+                prom.process.stop()
