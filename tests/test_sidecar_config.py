@@ -85,9 +85,14 @@ def test_every_key_of_the_full_example_is_a_field() -> None:
     cfg = load_config(EXAMPLES / "sidecar-full.yaml", environ={})
     text = (EXAMPLES / "sidecar-full.yaml").read_text(encoding="utf-8")
     for block in ("listen", "admin", "timeouts", "retry", "breaker", "health_checks", "limits",
-                  "tracing", "degraded_response"):
+                  "tracing", "degraded_response", "canary", "shadow", "ledger", "healing"):
         for f in dataclasses.fields(getattr(cfg, block)):
             assert f"{f.name}:" in text, f"{block}.{f.name} missing from sidecar-full.yaml"
+    for f in dataclasses.fields(cfg.healing.escalation):
+        assert f"{f.name}:" in text, f"healing.escalation.{f.name} missing"
+    [policy] = cfg.policies
+    for f in dataclasses.fields(policy):
+        assert f.name == "condition" or f"{f.name}:" in text, f"policies[].{f.name} missing"
     for f in dataclasses.fields(cfg.upstream("v2")):
         assert f.name == "name" or f"{f.name}:" in text, f"upstreams.*.{f.name} missing"
 
