@@ -33,6 +33,9 @@ __all__ = [
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+# From a prediction to its label: seconds (a click) to a week (a confirmed fraud).
+LABEL_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86_400.0,
+                       3 * 86_400.0, 7 * 86_400.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Default for numeric predictions (scores, probabilities); regressions configure their own.
 PREDICTION_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -242,6 +245,43 @@ class MonitorMetrics:
             "mlwarden_influx_write_duration_seconds",
             "Duration of one write to InfluxDB, failed or not.",
             _MV, buckets=LATENCY_BUCKETS, registry=r,
+        )
+        # Ground truth: labels joined with remembered predictions, live quality.
+        self.feedback_labels = Counter(
+            "mlwarden_feedback_labels_total",
+            "Labels received, by result: accepted, unknown, expired, duplicate, invalid.",
+            (*_MV, "result"), registry=r,
+        )
+        self.label_delay = Histogram(
+            "mlwarden_label_delay_seconds",
+            "Time from a prediction to its label.",
+            _MV, buckets=LABEL_DELAY_BUCKETS, registry=r,
+        )
+        self.model_quality = Gauge(
+            "mlwarden_model_quality",
+            "Live quality over the labelled window, by metric: accuracy, precision, recall, "
+            "f1, calibration_error (classification); mae, rmse (regression).",
+            (*_MV, "metric"), registry=r, multiprocess_mode="mostrecent",
+        )
+        self.model_quality_samples = Gauge(
+            "mlwarden_model_quality_samples",
+            "Labelled predictions in the quality window.",
+            _MV, registry=r, multiprocess_mode="mostrecent",
+        )
+        self.predictions_remembered = Gauge(
+            "mlwarden_predictions_remembered",
+            "Predictions remembered, waiting for a label.",
+            _MV, registry=r, multiprocess_mode="livesum",
+        )
+        self.predictions_unlabelled = Counter(
+            "mlwarden_predictions_unlabelled_total",
+            "Remembered predictions evicted without ever getting a label (age or count bound).",
+            _MV, registry=r,
+        )
+        self.predictions_unlabelled_ratio = Gauge(
+            "mlwarden_predictions_unlabelled_ratio",
+            "Share of remembered predictions, once decided, that never got a label.",
+            _MV, registry=r, multiprocess_mode="mostrecent",
         )
         if fast is not None:
             registry.register(fast)

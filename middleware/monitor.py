@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from mlwarden.middleware.errors import ConfigError, PayloadError
 from mlwarden.middleware.evaluation import DriftWorker
 from mlwarden.middleware.features import FeatureWindows
+from mlwarden.middleware.feedback import Feedback, RequestIds
 from mlwarden.middleware.health import FAILING, HealthWindow, health_report
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
@@ -119,6 +120,7 @@ class InferenceMonitor:
             )
         # Our endpoints never shadow a route the app has at the same path.
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        self._feedback_path: str | None = None
         for path, endpoint in ((o.health_path, self._serve_health),
                                (o.metrics_path, self._serve_metrics)):
             if not path:
@@ -127,6 +129,18 @@ class InferenceMonitor:
                 log.warning("mlwarden: the app serves %s itself; not mounting a second one", path)
             else:
                 self._own[path] = endpoint
+        # Ground truth: ids on scored requests, their predictions remembered, labels joined.
+        self._request_ids: RequestIds | None = None
+        self.feedback: Feedback | None = None
+        if o.request_id_header is not None:
+            self._request_ids = RequestIds(o.request_id_header)
+            self.feedback = Feedback.from_options(o, metrics=m)
+            if o.feedback_path:
+                if self._routes.serves(o.feedback_path):
+                    log.warning("mlwarden: the app serves %s itself; not mounting feedback",
+                                o.feedback_path)
+                else:
+                    self._feedback_path = o.feedback_path
         self._internal_errors = m.internal_errors
         self._pending: list[_Exchange] = []
         self._pending_bytes = 0
@@ -148,6 +162,9 @@ class InferenceMonitor:
             if own is not None and scope["method"] in ("GET", "HEAD"):
                 await own(scope, receive, send)
                 return
+            if path == self._feedback_path and scope["method"] == "POST":
+                await self._serve_feedback(scope, receive, send)
+                return
             model = scope["method"] in self._endpoint_methods and (
                 path.endswith(self._is_suffix) or path in self._endpoint_paths
             )
@@ -163,6 +180,9 @@ class InferenceMonitor:
             receive, send, model=model,
             max_request=o.max_body_bytes, max_response=o.max_response_bytes,
         )
+        if model and self._request_ids is not None:
+            exchange.request_id = self._request_ids.for_request(scope["headers"])
+            exchange.request_id_header = self._request_ids.header
         root_path = scope.get("root_path", "")
         span = None
         if self._tracer is not None:
@@ -350,6 +370,8 @@ class InferenceMonitor:
             attributes["mlwarden.prediction.count"] = predictions.count
             if values:
                 attributes["mlwarden.prediction.mean"] = sum(values) / len(values)
+        if ex.request_id is not None and self.feedback is not None:
+            self.feedback.remember(ex.request_id, classes, values, confidences)
 
     def _internal_error(self, what: str) -> None:
         o = self.options
@@ -363,6 +385,8 @@ class InferenceMonitor:
 
     async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.drain()
+        if self.feedback is not None:
+            self.feedback.publish()
         encoder, content_type = choose_encoder(_header(scope, b"accept") or "")
         body = encoder(self.registry)
         await _respond(send, 200, body, content_type.encode("latin-1"), scope["method"])
@@ -373,6 +397,38 @@ class InferenceMonitor:
         body = json.dumps(report, allow_nan=False, separators=(",", ":")).encode()
         await _respond(send, status, body, b"application/json", scope["method"])
 
+    async def _serve_feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        feedback = self.feedback
+        assert feedback is not None
+        if not feedback.authorized(_header(scope, b"authorization")):
+            await _respond(send, 401, b'{"error":"missing or wrong bearer token"}',
+                           b"application/json", "POST")
+            return
+        body, too_large = await _read_body(receive, feedback.max_body_bytes)
+        if too_large:
+            await _respond(send, 413, json.dumps({
+                "error": f"body above {feedback.max_body_bytes} bytes"}).encode(),
+                b"application/json", "POST")
+            return
+        try:
+            entries = feedback.parse(body)
+        except ValueError as exc:
+            await _respond(send, 400, json.dumps({"error": str(exc)}).encode(),
+                           b"application/json", "POST")
+            return
+        self.drain()  # predictions answered a moment ago may still be queued
+        result = feedback.record(entries)
+        await _respond(send, 200, json.dumps(result).encode(), b"application/json", "POST")
+
+    def record_labels(self, entries: Any) -> dict[str, int]:
+        """Labels from Python (a batch job joining them): ``[{"request_id", "label"}, ...]``;
+        counts of accepted, unknown, expired, duplicate and invalid, as the endpoint answers."""
+        if self.feedback is None:
+            raise RuntimeError("request ids are off (request_id_header=None): no predictions "
+                               "are remembered to join labels with")
+        self.drain()
+        return dict(self.feedback.record(entries))
+
     def health_report(self) -> dict[str, Any]:
         """The health report as served at ``/-/health``."""
         self.drain()
@@ -380,6 +436,8 @@ class InferenceMonitor:
         extra: dict[str, Any] = {}
         if self.shipper is not None:
             extra["influx"] = self.shipper.status()
+        if self.feedback is not None:
+            extra["quality"] = self.feedback.report()
         return health_report(
             model=o.model_name, version=o.model_version, window=self.health_window,
             drift=self.worker.latest if self.worker is not None else None,
@@ -434,9 +492,10 @@ class _Exchange:
 
     __slots__ = (
         "_max_request", "_max_response", "_model", "_receive", "_send", "first_byte",
-        "last_byte", "request_chunks", "request_complete", "request_overflow", "request_size",
-        "request_type", "response_chunks", "response_encoding", "response_json",
-        "response_overflow", "response_size", "start", "status",
+        "last_byte", "request_chunks", "request_complete", "request_id", "request_id_header",
+        "request_overflow", "request_size", "request_type", "response_chunks",
+        "response_encoding", "response_json", "response_overflow", "response_size", "start",
+        "status",
     )
 
     def __init__(self, receive: Receive, send: Send, *, model: bool, max_request: int,
@@ -457,6 +516,8 @@ class _Exchange:
         self.response_encoding: bytes | None = None
         self.response_overflow = False
         self.request_type: str | None = None
+        self.request_id: bytes | None = None
+        self.request_id_header = b""
 
     def release(self) -> None:
         """Drop the server's callables: a queued exchange keeps only what is to be read."""
@@ -496,6 +557,8 @@ class _Exchange:
         elif kind == "http.response.start":
             self.first_byte = time.perf_counter()
             self.status = message["status"]
+            if self.request_id is not None:
+                message = self._with_request_id(message)
             if self._model:
                 for name, value in message.get("headers", ()):
                     name = name.lower()
@@ -507,6 +570,34 @@ class _Exchange:
                         encoding = value.strip().lower()
                         self.response_encoding = None if encoding == b"identity" else encoding
         await self._send(message)
+
+
+    def _with_request_id(self, message: Message) -> Message:
+        """The start message with the request id; an id the app set itself is adopted."""
+        wanted = self.request_id_header
+        headers = message.get("headers", ())
+        for name, value in headers:
+            if name.lower() == wanted:
+                self.request_id = value if 0 < len(value) <= 128 else None
+                return message
+        return {**message, "headers": [*headers, (wanted, self.request_id)]}
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The whole request body, or (b"", True) once it is above ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts), False
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -11,6 +11,7 @@ import difflib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,19 @@ class MonitorOptions:
     drift: DriftThresholds = field(default_factory=DriftThresholds)
     health: HealthThresholds = field(default_factory=HealthThresholds)
     influx: InfluxSettings | None = None
+
+    # Ground truth: request ids, remembered predictions, labels at /-/feedback, live quality.
+    request_id_header: str | None = "x-request-id"  # None: no ids, nothing remembered
+    feedback_path: str | None = "/-/feedback"
+    feedback_token: str | None = field(default=None, repr=False)
+    feedback_max_body_bytes: int = 16 * _MiB
+    feedback_max_batch: int = 10_000
+    quality_task: str | None = None  # "classification" | "regression"; None: from the answers
+    positive_class: str | None = None  # None: F1 etc. macro-averaged over the classes seen
+    quality_window_s: float = 3600.0
+    quality_max_samples: int = 10_000
+    remember_max_predictions: int = 100_000
+    remember_max_age_s: float = 7 * 86_400.0
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> MonitorOptions:
@@ -158,12 +172,32 @@ class MonitorOptions:
                 f"prediction_buckets: expected finite numbers in increasing order, got {buckets!r}"
             )
         for key, low in (("max_body_bytes", 1024), ("max_response_bytes", 1024),
-                         ("max_rows", 1), ("window_rows", 10), ("drift_every_rows", 1)):
+                         ("max_rows", 1), ("window_rows", 10), ("drift_every_rows", 1),
+                         ("feedback_max_body_bytes", 1024), ("feedback_max_batch", 1),
+                         ("quality_max_samples", 10), ("remember_max_predictions", 1)):
             _check_int(key, getattr(self, key), low, problems)
+        for key in ("quality_window_s", "remember_max_age_s"):
+            _check_positive(key, getattr(self, key), problems)
+        if self.request_id_header is not None and not (
+                isinstance(self.request_id_header, str)
+                and re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.request_id_header)):
+            problems.append(f"request_id_header: expected a header name or None, got "
+                            f"{self.request_id_header!r}")
+        if self.quality_task not in (None, "classification", "regression"):
+            problems.append(f"quality_task: expected 'classification', 'regression' or None, "
+                            f"got {self.quality_task!r}")
+        for key in ("feedback_token", "positive_class"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, str) and value):
+                problems.append(f"{key}: expected a non-empty string or None")
+        if self.quality_task == "regression" and self.positive_class is not None:
+            problems.append("positive_class: only for quality_task 'classification'")
+        if isinstance(self.feedback_token, str) and len(self.feedback_token) < 16:
+            problems.append("feedback_token: at least 16 characters (it guards the labels)")
         _check_positive("drift_interval_s", self.drift_interval_s, problems)
         if self.window_seconds is not None:
             _check_positive("window_seconds", self.window_seconds, problems)
-        for key in ("metrics_path", "health_path"):
+        for key in ("metrics_path", "health_path", "feedback_path"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and value.startswith("/")):
                 problems.append(f"{key}: expected a path starting with '/' or None, got {value!r}")

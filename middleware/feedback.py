@@ -1,0 +1,263 @@
+"""Ground truth arriving late: request ids, remembered predictions, and ``POST /-/feedback``.
+
+Every scored request gets a request id: the client's ``x-request-id`` when it is a safe one
+(at most 128 characters of ``[A-Za-z0-9._:-]``), else a generated one; the response carries
+it. After the response, the prediction is remembered under it (bounded by count and age:
+:class:`~mlwarden.middleware.quality.PredictionMemory`). A batch answer of N predictions is
+remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
+
+Labels come later, through ``POST /-/feedback`` (one ``{"request_id": ..., "label": ...}``,
+a list of them, or ``{"labels": [...]}``) or :meth:`Feedback.record`. Each label is joined with
+its prediction and added to the live quality window; unknown, expired, duplicate and invalid
+ids are counted and reported back, never an error that loses the rest of a batch. With a
+token configured the endpoint wants ``Authorization: Bearer <token>`` (compared in constant
+time); body size and batch length are capped.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from mlwarden.middleware.errors import PayloadError
+from mlwarden.middleware.quality import (
+    LabelStatus,
+    PredictionMemory,
+    QualityWindow,
+    parse_label,
+)
+
+__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult", "RequestIds"]
+
+#: Predictions of one answer remembered at most (a larger batch is not remembered).
+MAX_REMEMBERED_BATCH = 100
+_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_RESULTS = ("accepted", "unknown", "expired", "duplicate", "invalid")
+
+
+class RequestIds:
+    """The id of each scored request: the client's when safe, else ``<run prefix>-<seq>``."""
+
+    __slots__ = ("_counter", "_prefix", "header")
+
+    def __init__(self, header: str) -> None:
+        self.header = header.lower().encode("latin-1")
+        self._prefix = os.urandom(6).hex().encode()
+        self._counter = itertools.count(1)
+
+    def for_request(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        wanted = self.header
+        for name, value in headers:
+            if name == wanted:
+                if _SAFE_ID.fullmatch(value):
+                    return value
+                break  # unsafe (too long, odd characters): not echoed, not remembered
+        return b"%s-%x" % (self._prefix, next(self._counter))
+
+
+class FeedbackResult(dict[str, int]):
+    """Counts of one feedback call: accepted, unknown, expired, duplicate, invalid."""
+
+
+_QUALITY_FIGURES = ("accuracy", "precision", "recall", "f1", "calibration_error", "mae", "rmse")
+
+
+class Feedback:
+    """Remembered predictions, the quality window of this model version, and the labels.
+
+    The window's task (classification or regression) is ``task``, or else what the first
+    remembered prediction is (a class or a number). ``metrics`` (the middleware's
+    :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label counts, the
+    delays, and at :meth:`publish` the quality gauges.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: str,
+        memory: PredictionMemory,
+        task: str | None = None,
+        positive_class: str | None = None,
+        window_s: float = 3600.0,
+        max_samples: int = 10_000,
+        token: str | None = None,
+        max_body_bytes: int = 16 * 2**20,
+        max_batch: int = 10_000,
+        metrics: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.memory = memory
+        self.window: QualityWindow | None = None
+        self._positive_class = positive_class
+        self._window_options = {"window_s": window_s, "max_samples": max_samples,
+                                "clock": clock}
+        if task is not None:
+            self.window = self._make_window(task)
+        self._token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_batch = max_batch
+        self._clock = clock
+        self.totals = {name: 0 for name in _RESULTS}
+        self._metrics = metrics
+        self._unlabelled_published = 0
+        if metrics is not None:
+            mv = (model, version)
+            self._m_results = {r: metrics.feedback_labels.labels(*mv, r) for r in _RESULTS}
+            self._m_delay = metrics.label_delay.labels(*mv)
+
+    @classmethod
+    def from_options(cls, o: Any, *, metrics: Any = None) -> Feedback:
+        """From the middleware's options."""
+        return cls(
+            model=o.model_name, version=o.model_version,
+            memory=PredictionMemory(max_items=o.remember_max_predictions,
+                                    max_age_s=o.remember_max_age_s),
+            task=o.quality_task, positive_class=o.positive_class,
+            window_s=o.quality_window_s, max_samples=o.quality_max_samples,
+            token=o.feedback_token, max_body_bytes=o.feedback_max_body_bytes,
+            max_batch=o.feedback_max_batch, metrics=metrics,
+        )
+
+    # -- remembering (after the response, off the request path) -------------------------------
+
+    def remember(self, request_id: bytes, classes: list[str], values: list[float],
+                 confidences: list[float]) -> int:
+        """Remember an answer's predictions; how many were remembered."""
+        predictions: list[str] | list[float] = classes or values
+        n = len(predictions)
+        if not n or n > MAX_REMEMBERED_BATCH:
+            return 0
+        if self.window is None:
+            self.window = self._make_window("classification" if classes else "regression")
+        rid = request_id.decode("latin-1")
+        version = self.version
+        if n == 1:
+            self.memory.remember(rid, predictions[0], confidences[0] if confidences else None,
+                                 version)
+            return 1
+        with_conf = len(confidences) == n
+        for i, prediction in enumerate(predictions):
+            self.memory.remember(f"{rid}#{i}", prediction,
+                                 confidences[i] if with_conf else None, version)
+        return n
+
+    def _make_window(self, task: str) -> QualityWindow:
+        # A positive class means nothing to a regression: it is ignored there.
+        positive = self._positive_class if task == "classification" else None
+        return QualityWindow(task=task, positive_class=positive,  # type: ignore[arg-type]
+                             **self._window_options)
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def authorized(self, authorization: str | None) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, given = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                  self._token)
+
+    def parse(self, body: bytes) -> list[Any]:
+        """The label entries of a feedback body; ValueError with a message for the client."""
+        if len(body) > self.max_body_bytes:
+            raise ValueError(f"body above {self.max_body_bytes} bytes")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ValueError("body is not JSON") from None
+        if isinstance(data, Mapping) and "labels" in data:
+            data = data["labels"]
+        entries = data if isinstance(data, list) else [data]
+        if len(entries) > self.max_batch:
+            raise ValueError(f"at most {self.max_batch} labels per call, got {len(entries)}")
+        return entries
+
+    def record(self, entries: Iterable[Any]) -> FeedbackResult:
+        """Join each ``{"request_id": ..., "label": ...}`` with its prediction."""
+        result = FeedbackResult((name, 0) for name in _RESULTS)
+        now = self._clock()
+        for entry in entries:
+            outcome = self._one(entry, now)
+            result[outcome] += 1
+        for name, count in result.items():
+            self.totals[name] += count
+            if count and self._metrics is not None:
+                self._m_results[name].inc(count)
+        self.publish()
+        return result
+
+    def _one(self, entry: Any, now: float) -> str:
+        if not isinstance(entry, Mapping):
+            return "invalid"
+        rid, label = entry.get("request_id"), entry.get("label")
+        if not isinstance(rid, str) or not rid or len(rid) > 140 or label is None:
+            return "invalid"
+        window = self.window
+        if window is not None:
+            # Checked before take(): a label refused after it would use the prediction up.
+            try:
+                parse_label(label, window.task)
+            except PayloadError:
+                return "invalid"
+        taken = self.memory.take(rid)
+        if isinstance(taken, LabelStatus):
+            return taken.value  # unknown, expired, duplicate
+        assert window is not None  # made with the first remembered prediction
+        try:
+            window.add(taken.prediction, label, taken.confidence, taken.delay_s)
+        except (PayloadError, ValueError):
+            return "invalid"
+        if self._metrics is not None:
+            self._m_delay.observe(taken.delay_s)
+        return "accepted"
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """The health report's ``quality`` block (also refreshes the gauges)."""
+        snap = self.publish()
+        memory = self.memory
+        decided = memory.labelled + memory.evicted_unlabelled
+        out: dict[str, Any] = {
+            "task": self.window.task if self.window is not None else None,
+            "labelled_samples": snap.samples if snap is not None else 0,
+            "remembered": len(memory),
+            "unlabelled_ratio": (memory.evicted_unlabelled / decided) if decided else None,
+            "labels": dict(self.totals),
+        }
+        for name in (*_QUALITY_FIGURES, "delay_p50_s", "delay_p90_s"):
+            out[name] = getattr(snap, name) if snap is not None else None
+        return out
+
+    def publish(self) -> Any:
+        """Set the quality gauges from a fresh snapshot; the snapshot (None: no window yet)."""
+        memory = self.memory
+        metrics = self._metrics
+        snap = self.window.snapshot() if self.window is not None else None
+        if metrics is None:
+            return snap
+        mv = (self.model, self.version)
+        metrics.predictions_remembered.labels(*mv).set(len(memory))
+        unlabelled = memory.evicted_unlabelled
+        if unlabelled > self._unlabelled_published:
+            metrics.predictions_unlabelled.labels(*mv).inc(unlabelled - self._unlabelled_published)
+            self._unlabelled_published = unlabelled
+        decided = memory.labelled + unlabelled
+        if decided:
+            metrics.predictions_unlabelled_ratio.labels(*mv).set(unlabelled / decided)
+        if snap is not None:
+            metrics.model_quality_samples.labels(*mv).set(snap.samples)
+            for name in _QUALITY_FIGURES:
+                value = getattr(snap, name)
+                if value is not None:
+                    metrics.model_quality.labels(*mv, name).set(value)
+        return snap
