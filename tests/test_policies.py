@@ -201,3 +201,43 @@ def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
     assert record.count("remediation_ineffective") == 1
     assert record.count("escalation") == 1
     assert [r.action for r in proxy.ledger.query(target="candidate")] == ["rollback"]
+
+
+def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> None:
+    """Labels sent back through the sidecar make the primary's accuracy 0.8; the policy
+    ``accuracy < 0.9 and labelled_samples >= 50`` moves traffic to the stable version and the
+    ledger names the accuracy and the sample count that caused it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def predict(request: Request) -> JSONResponse:
+        i = (await request.json())["i"]
+        return JSONResponse({"predictions": ["fraud" if i % 5 == 0 else "ok"]})
+
+    primary_app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+    primary_app.add_middleware(InferenceMonitor, model_name="fraud", model_version="2")
+    with serve_app(primary_app) as primary, serve_app(Stable()) as stable:
+        policy = {"name": "accuracy-floor", "when": "accuracy < 0.9 and labelled_samples >= 50",
+                  "actions": ["route_to_fallback"]}
+        with sidecar({"primary": primary.url, "stable": stable.url},
+                     policies=[policy]) as (proxy, client):
+            ids = {}
+            for i in range(100):
+                r = client.post("/predict", json={"i": i})
+                assert r.headers["x-mlwarden-upstream"] == "primary"
+                ids[i] = r.headers["x-request-id"]
+            # The model says fraud for every 5th; the truth adds 20 frauds it missed: 0.8.
+            truth = {i: "fraud" if i % 5 == 0 or i % 10 == 1 or i % 10 == 3 else "ok"
+                     for i in range(100)}
+            result = client.post("/-/feedback", json=[
+                {"request_id": ids[i], "label": truth[i]} for i in range(100)]).json()
+            assert result["accepted"] == 100
+            assert wait_for(lambda: proxy.router.forced == "stable"), actions(proxy)
+            after = client.post("/predict", json={"i": 1})
+    assert after.headers["x-mlwarden-upstream"] == "stable"
+    fired = proxy.ledger.query(policy="accuracy-floor", action="policy_fired")[0]
+    assert fired.signals["accuracy"] == pytest.approx(0.8)
+    assert fired.signals["labelled_samples"] == 100
+    assert "accuracy < 0.9" in fired.reason

@@ -182,6 +182,11 @@ class PolicyEngine:
             "drift_detected": report.drift_detected if report else None,
             "health_error_rate": report.error_rate if report else None,
             "health_p99_latency_seconds": report.p99_latency_seconds if report else None,
+            "accuracy": report.accuracy if report else None,
+            "f1": report.f1 if report else None,
+            "mae": report.mae if report else None,
+            "rmse": report.rmse if report else None,
+            "labelled_samples": report.labelled_samples if report else None,
             "shadow_agreement": proxy.shadow.agreement_rate() if proxy.shadow else None,
             "canary_weight_percent": proxy.canary.weight if proxy.canary else None,
         }

@@ -26,6 +26,12 @@ SIGNALS: dict[str, Kind] = {
     "drift_detected": "bool",
     "health_error_rate": "number",       # the middleware's own window
     "health_p99_latency_seconds": "number",
+    # live quality from ground-truth labels (the middleware's quality block)
+    "accuracy": "number",
+    "f1": "number",
+    "mae": "number",
+    "rmse": "number",
+    "labelled_samples": "number",            # how many labels the figures rest on
     # from the rest of the loop
     "shadow_agreement": "number",        # agreement rate of the shadow copies (0-1)
     "canary_weight_percent": "number",

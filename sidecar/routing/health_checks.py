@@ -88,6 +88,12 @@ class HealthReportSummary:
     #: The middleware's window: error rate and p99 latency (None when not reported).
     error_rate: float | None = None
     p99_latency_seconds: float | None = None
+    #: Live quality from labels (the middleware's ``quality`` block), when reported.
+    accuracy: float | None = None
+    f1: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
+    labelled_samples: float | None = None
 
     @classmethod
     def parse(cls, body: bytes) -> HealthReportSummary | None:
@@ -104,6 +110,8 @@ class HealthReportSummary:
         features = drift.get("drifted_features")
         window = data.get("window")
         window = window if isinstance(window, dict) else {}
+        quality = data.get("quality")
+        quality = quality if isinstance(quality, dict) else {}
         latency = window.get("latency_seconds")
         latency = latency if isinstance(latency, dict) else {}
         return cls(
@@ -114,6 +122,11 @@ class HealthReportSummary:
             drift_score=_max_psi(drift.get("features")),
             error_rate=_number_or_none(window.get("error_rate")),
             p99_latency_seconds=_number_or_none(latency.get("p99")),
+            accuracy=_number_or_none(quality.get("accuracy")),
+            f1=_number_or_none(quality.get("f1")),
+            mae=_number_or_none(quality.get("mae")),
+            rmse=_number_or_none(quality.get("rmse")),
+            labelled_samples=_number_or_none(quality.get("labelled_samples")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +138,8 @@ class HealthReportSummary:
                       "score": self.drift_score},
             "error_rate": self.error_rate,
             "p99_latency_seconds": self.p99_latency_seconds,
+            "quality": {"accuracy": self.accuracy, "f1": self.f1, "mae": self.mae,
+                        "rmse": self.rmse, "labelled_samples": self.labelled_samples},
         }
 
 
