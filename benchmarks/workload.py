@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 __all__ = [
     "ABLATIONS",
     "FEATURES",
+    "NO_REQUEST_IDS",
     "VARIANTS",
     "DropSpanExporter",
     "Variant",
@@ -47,6 +48,8 @@ __all__ = [
 
 FEATURES = tuple(f"f{i}" for i in range(20))
 VARIANTS = ("bare", "mlwarden", "mlwarden+tracing", "instrumentator", "otel-asgi")
+#: mlwarden without request ids (nothing remembered for labels): prices that feature.
+NO_REQUEST_IDS = "mlwarden -request ids"
 # mlwarden (tracing off) with one step of its recording switched off, to price each step
 # without a profiler's distortion: the method named is replaced by a no-op in a subclass.
 ABLATIONS: dict[str, tuple[str, ...]] = {
@@ -195,7 +198,7 @@ def build(name: str) -> Variant:
     app = make_app()
     if name == "bare":
         return Variant(name, app)
-    if name in ("mlwarden", "mlwarden+tracing") or name in ABLATIONS:
+    if name in ("mlwarden", "mlwarden+tracing", NO_REQUEST_IDS) or name in ABLATIONS:
         from mlwarden.middleware import InferenceMonitor
 
         monitor: type = InferenceMonitor
@@ -213,6 +216,7 @@ def build(name: str) -> Variant:
             registry=registry,
             tracing=tracing,
             tracer_provider=provider,
+            **({"request_id_header": None} if name == NO_REQUEST_IDS else {}),
         )
         return Variant(name, app, registry=registry, provider=provider, exporter=exporter)
     if name == "instrumentator":

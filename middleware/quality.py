@@ -237,18 +237,24 @@ class PredictionMemory:
         if now >= self._deadline:
             self._expire(now)
         index = self._index
-        old = index.get(request_id)
-        if old is not None:
+        slot = self._tail
+        # One hash lookup for the common case (a new id): it claims its slot here.
+        old = index.setdefault(request_id, slot)
+        if old != slot:
             self.replaced += 1
             self._ids[old] = None
             self._predictions[old] = None
             if self._labelled[old]:
                 self._labelled_gone += 1
-        slot = self._tail
+            index[request_id] = slot
         if self._used == self.max_items:
             # Full: the head's slot is the one to write. Evict its record (if not replaced).
             gone = self._ids[slot]
-            if gone is not None:
+            if gone == request_id:  # the oldest id remembered again: a replacement in place
+                self.replaced += 1
+                if self._labelled[slot]:
+                    self._labelled_gone += 1
+            elif gone is not None:
                 del index[gone]
                 labelled = self._labelled[slot]
                 if labelled:
@@ -276,7 +282,6 @@ class PredictionMemory:
         self._times[slot] = now
         self._confidences[slot] = confidence
         self._labelled[slot] = 0
-        index[request_id] = slot
         self.remembered += 1
 
     def take(self, request_id: str) -> Remembered | LabelStatus:

@@ -606,3 +606,16 @@ def test_memory_per_prediction_stays_small() -> None:
 def test_invalid_memory_options_are_rejected(options: dict) -> None:
     with pytest.raises(ConfigError, match=r"labels\."):
         PredictionMemory(**options)
+
+
+def test_the_oldest_id_remembered_again_on_a_full_memory_replaces_itself_in_place() -> None:
+    memory = PredictionMemory(max_items=3)
+    for rid in "abc":
+        memory.remember(rid, "x", None, "1")
+    memory.remember("a", "y", 0.5, "1")  # "a" sits in the slot that would be evicted
+    assert len(memory) == 3 and memory.replaced == 1
+    taken = memory.take("a")
+    assert isinstance(taken, Remembered) and taken.prediction == "y"
+    assert all(isinstance(memory.take(rid), Remembered) for rid in "bc")
+    memory.remember("d", "x", None, "1")  # evicts "b" now: "a" was rewritten after it
+    assert memory.take("b") == LabelStatus.DUPLICATE
