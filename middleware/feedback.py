@@ -135,6 +135,10 @@ class Feedback:
         """Remember an answer's predictions; how many were remembered."""
         predictions: list[str] | list[float] = classes or values
         n = len(predictions)
+        if n == 1 and self.window is not None:  # the common case, kept short
+            self.memory.remember(request_id.decode("latin-1"), predictions[0],
+                                 confidences[0] if confidences else None, self.version)
+            return 1
         if not n or n > MAX_REMEMBERED_BATCH:
             return 0
         if self.window is None:

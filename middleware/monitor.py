@@ -573,14 +573,20 @@ class _Exchange:
 
 
     def _with_request_id(self, message: Message) -> Message:
-        """The start message with the request id; an id the app set itself is adopted."""
+        """The start message with the request id; an id the app set itself is adopted.
+
+        ASGI requires lower-case header names in responses, so names are compared as sent.
+        The app's message and header list are copied, never changed: an app may reuse them.
+        """
         wanted = self.request_id_header
         headers = message.get("headers", ())
         for name, value in headers:
-            if name.lower() == wanted:
+            if name == wanted:
                 self.request_id = value if 0 < len(value) <= 128 else None
                 return message
-        return {**message, "headers": [*headers, (wanted, self.request_id)]}
+        copy = dict(message)
+        copy["headers"] = [*headers, (wanted, self.request_id)]
+        return copy
 
 
 async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
