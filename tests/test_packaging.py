@@ -67,3 +67,13 @@ def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
 def test_the_image_installs_this_version_with_the_sidecar_extra():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert f"'mlwarden[sidecar]=={version}'" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_image_runs_the_sidecar_by_default_with_a_mounted_config_and_a_healthcheck():
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rindex("FROM "):]  # the final stage only
+    assert 'CMD ["sidecar", "--config", "/etc/mlwarden/sidecar.yaml"]' in final
+    assert "EXPOSE 8080 9901" in final
+    assert "127.0.0.1:9901/-/healthy" in final.split("HEALTHCHECK", 1)[1]
+    assert "USER 10001" in final
+    assert "gcc" not in final and "build-essential" not in final
