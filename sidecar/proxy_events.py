@@ -14,7 +14,7 @@ configuration, outcomes and reasons from the fixed words below.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = [
     "ATTEMPT_ERRORS",
@@ -76,19 +76,31 @@ class ProxyEvents:
 
 
 class FanOutEvents(ProxyEvents):
-    """Passes every call to each listener in turn; a listener that raises is logged, skipped."""
+    """Passes every call to each listener in turn; a listener that raises is logged, skipped.
 
-    __slots__ = ("listeners",)
+    The listeners' bound methods are looked up once, here: the hooks run on every request.
+    Listeners that do not override a hook are left out of its list.
+    """
+
+    __slots__ = ("_hooks", "listeners")
+
+    _NAMES = ("request_started", "request_finished", "attempt_finished", "retried", "fell_back")
 
     def __init__(self, listeners: Iterable[ProxyEvents] = ()) -> None:
         self.listeners: tuple[ProxyEvents, ...] = tuple(listeners)
+        self._hooks: dict[str, tuple[Callable[..., None], ...]] = {
+            name: tuple(getattr(listener, name) for listener in self.listeners
+                        if getattr(type(listener), name) is not getattr(ProxyEvents, name))
+            for name in self._NAMES
+        }
 
     def _each(self, hook: str, *args: object) -> None:
-        for listener in self.listeners:
+        for method in self._hooks[hook]:
             try:
-                getattr(listener, hook)(*args)
+                method(*args)
             except Exception:
-                log.exception("proxy event listener %r failed in %s", listener, hook)
+                log.exception("proxy event listener %r failed in %s",
+                              getattr(method, "__self__", method), hook)
 
     def request_started(self) -> None:
         self._each("request_started")
