@@ -99,7 +99,9 @@ def test_drift_in_the_primarys_traffic_routes_to_stable_and_fires_the_retrain_we
             for i in range(0, len(rows), 10):
                 r = client.post("/v1/models/m:predict", json={"instances": rows[i:i + 10]})
                 assert r.status_code == 200
-            assert wait_for(lambda: "webhook" in actions(proxy)), actions(proxy)
+            # Drift evaluation, a health probe, a policy tick and a webhook delivery in turn:
+            # a generous bound for a loaded machine.
+            assert wait_for(lambda: "webhook" in actions(proxy), 30.0), actions(proxy)
             after = client.post("/v1/models/m:predict", json={"instances": rows[:1]})
             chain = proxy.ledger.query(policy="drift-to-stable")
     assert after.headers["x-mlwarden-upstream"] == "stable"

@@ -144,10 +144,15 @@ class PolicyEngine:
         """Evaluate each policy once; the names of those that fired."""
         now = self._clock()
         fired = []
+        # Policies over the same target and window read the same figures: compute them once.
+        signals: dict[tuple[str, float], Mapping[str, Any]] = {}
         for policy in self.policies:
             state = self._states[policy.name]
             target = policy.target or self.proxy.router.primary
-            explanation = policy.condition.explain(self._signals(target, policy.window_s),
+            key = (target, policy.window_s)
+            if key not in signals:
+                signals[key] = self._signals(target, policy.window_s)
+            explanation = policy.condition.explain(signals[key],
                                                    self._functions(policy.window_s))
             holds = explanation.result is True
             if state.routed is not None:

@@ -334,11 +334,14 @@ class CanaryController:
 
     def _verdict(self, verdict: str, reason: str,
                  signals: dict[str, float | None]) -> CanaryVerdict:
+        previous = self.history[-1].verdict if self.history else None
         v = CanaryVerdict(time.time(), verdict, reason, self.weight, dict(signals))
         self.history.append(v)
         self.verdicts[verdict] += 1
         log.info("canary %s at %g%%: %s (%s)", self.candidate, self.weight, verdict, reason)
-        if verdict == "inconclusive":
+        # Recorded when a run of inconclusive analyses starts, not every interval of it (the
+        # metrics count each one): thin traffic must not flood the ledger.
+        if verdict == "inconclusive" and previous != "inconclusive":
             self._record(action="canary_inconclusive", target=self.candidate, reason=reason,
                          signals=signals, outcome="pending", severity="info")
         self._notify()
