@@ -1,24 +1,31 @@
 """Builds the Grafana dashboards (JSON) from the panel lists below.
 
 Run ``python3 -m dashboards.build`` (or ``python3 dashboards/build.py``) and commit the
-output: ``mlwarden-inference.json`` and ``mlwarden-sidecar.json``. Each panel is one
-:class:`Panel` (title, unit, description, queries); :func:`dashboard` turns a list of them into
-Grafana's JSON with a ``DS_PROMETHEUS`` input, a datasource variable first and chained
-``label_values`` variables, ``$__rate_interval`` in every ``rate()`` and a fixed ``uid``.
+output: ``mlwarden-inference.json``, ``mlwarden-sidecar.json`` (Prometheus) and
+``mlwarden-influxdb.json`` (the feature statistics the middleware ships to InfluxDB, queried in
+InfluxQL). Each panel is one :class:`Panel` (title, unit, description, queries);
+:func:`dashboard` turns a list of them into Grafana's JSON with the datasource's import input
+(``DS_PROMETHEUS`` or ``DS_INFLUXDB``), a datasource variable first and chained variables
+(``label_values`` or ``SHOW TAG VALUES``), ``$__rate_interval`` in every ``rate()``,
+``$timeFilter`` and ``$__interval`` in every InfluxQL query, and a fixed ``uid``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DS = "${DS_PROMETHEUS}"
+# Panels follow the datasource variable; the variable starts on the datasource picked for the
+# import input (``DS_PROMETHEUS`` / ``DS_INFLUXDB``), so one choice at import sets both.
+DS = "${datasource}"
+DS_INFLUX = "${datasource}"
 RI = "$__rate_interval"
 TAGS = ["mlwarden"]
-WIDTH = {"timeseries": 12, "heatmap": 12, "state-timeline": 12, "stat": 6}
+WIDTH = {"timeseries": 12, "heatmap": 12, "state-timeline": 12, "stat": 6, "table": 24}
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class Panel:
     title: str
     unit: str
     description: str
-    queries: list[tuple[str, str]]  # (PromQL, legend)
+    queries: list[tuple[str, str]]  # (PromQL, legend) or (InfluxQL, alias)
     kind: str = "timeseries"
     thresholds: list[tuple[float | None, str]] = field(
         default_factory=lambda: [(None, "green")])
@@ -315,24 +322,172 @@ def sidecar_panels() -> list[Panel]:
     ]
 
 
+# -- feature statistics in InfluxDB (InfluxQL) ------------------------------------------------
+
+# The default measurement names of middleware/influx.py (influx.measurement renames both).
+FEATURE = '"mlwarden_feature"'
+SUMMARY = '"mlwarden_feature_summary"'
+MV_IQL = '"model" =~ /^$model$/ AND "version" =~ /^$version$/'
+MVF_IQL = MV_IQL + ' AND "feature" =~ /^$feature$/'
+BY_TIME = "GROUP BY time($__interval)"
+NULL = "fill(null)"
+
+
+def per_feature(select: str) -> str:
+    """``select`` (one aggregate of a field) per feature and interval."""
+    return (f'SELECT {select} FROM {FEATURE} WHERE {MVF_IQL} AND $timeFilter '
+            f'{BY_TIME}, "feature" {NULL}')
+
+
+def per_model(select: str) -> str:
+    """``select`` (one aggregate of a summary field) per model, version and interval."""
+    return (f'SELECT {select} FROM {SUMMARY} WHERE {MV_IQL} AND $timeFilter '
+            f'{BY_TIME}, "model", "version" {NULL}')
+
+
+FEATURE_ALIAS = "$tag_feature"
+MODEL_ALIAS = "$tag_model $tag_version"
+DRIFT_STATES = [{"type": "value", "options": {
+    "0": {"text": "stable", "color": "green"},
+    "1": {"text": "drifted", "color": "red"}}}]
+
+
+def influx_panels() -> list[Panel]:
+    return [
+        Panel("Drift verdict", "short",
+              "1 while the latest drift report flags any feature (field drift_detected of "
+              "mlwarden_feature_summary), per model and version.",
+              [(per_model('max("drift_detected")'), MODEL_ALIAS)],
+              kind="state-timeline", thresholds=[(None, "green"), (1, "red")],
+              mappings=DRIFT_STATES),
+        Panel("Feature drift state", "short",
+              "1 while a feature drifts (field drifted): its adjusted p-value is below the "
+              "threshold with a large enough statistic, or its PSI is above 0.2 by default.",
+              [(per_feature('max("drifted")'), FEATURE_ALIAS)],
+              kind="state-timeline", thresholds=[(None, "green"), (1, "red")],
+              mappings=DRIFT_STATES),
+        Panel("Features that drifted in the time range", "short",
+              "Per feature over the whole time range: drifted is 1 if the feature drifted at "
+              "any report, with its highest PSI, KS and chi-square statistics, its lowest "
+              "adjusted p-values and its highest null ratio.",
+              [(f'SELECT max("drifted") AS "drifted", max("psi") AS "max PSI", '
+                f'max("ks") AS "max KS", max("chi2") AS "max chi-square", '
+                f'min("ks_pvalue_adjusted") AS "min KS p (adjusted)", '
+                f'min("chi2_pvalue_adjusted") AS "min chi-square p (adjusted)", '
+                f'max("null_ratio") AS "max null ratio" '
+                f'FROM {FEATURE} WHERE {MVF_IQL} AND $timeFilter GROUP BY "feature", "kind"',
+                "")],
+              kind="table", thresholds=[(None, "green"), (1, "red")]),
+        Panel("Drift score (PSI) per feature", "short",
+              "Population stability index of each feature's window against the baseline "
+              "(field psi); 0.1 is a moderate shift, above 0.2 is drift by default.",
+              [(per_feature('max("psi")'), FEATURE_ALIAS)],
+              thresholds=[(None, "green"), (0.1, "orange"), (0.2, "red")]),
+        Panel("KS statistic per numeric feature", "short",
+              "Kolmogorov-Smirnov distance of each numeric feature's window from the baseline "
+              "(field ks); a KS drift also needs it above ks_min_statistic (0.1).",
+              [(per_feature('max("ks")'), FEATURE_ALIAS)],
+              thresholds=[(None, "green"), (0.1, "red")]),
+        Panel("Chi-square statistic per categorical feature", "short",
+              "Chi-square statistic of each categorical feature's window against the baseline "
+              "frequencies (field chi2); it grows with the window's rows, so read the "
+              "adjusted p-values for the verdict.",
+              [(per_feature('max("chi2")'), FEATURE_ALIAS)]),
+        Panel("Drift p-values (raw)", "short",
+              "KS and chi-square p-values before the multiple-testing correction (fields "
+              "ks_pvalue and chi2_pvalue).",
+              [(per_feature('min("ks_pvalue")'), "KS " + FEATURE_ALIAS),
+               (per_feature('min("chi2_pvalue")'), "chi-square " + FEATURE_ALIAS)],
+              thresholds=[(None, "red"), (0.05, "green")]),
+        Panel("Drift p-values (adjusted)", "short",
+              "KS and chi-square p-values after the multiple-testing correction (fields "
+              "ks_pvalue_adjusted and chi2_pvalue_adjusted): the ones the verdict compares "
+              "with 0.05 by default.",
+              [(per_feature('min("ks_pvalue_adjusted")'), "KS " + FEATURE_ALIAS),
+               (per_feature('min("chi2_pvalue_adjusted")'), "chi-square " + FEATURE_ALIAS)],
+              thresholds=[(None, "red"), (0.05, "green")]),
+        Panel("Feature means", "short",
+              "Window mean of each numeric feature (field mean).",
+              [(per_feature('mean("mean")'), FEATURE_ALIAS)]),
+        Panel("Feature null ratios", "percentunit",
+              "Window share of missing values per feature (field null_ratio).",
+              [(per_feature('max("null_ratio")'), FEATURE_ALIAS)],
+              thresholds=[(None, "green"), (0.05, "orange"), (0.2, "red")]),
+        Panel("Rows per feature", "short",
+              "Rows in each feature's drift window (field rows); nothing is flagged below "
+              "min_rows (100).",
+              [(per_feature('last("rows")'), FEATURE_ALIAS)],
+              thresholds=[(None, "orange"), (100, "green")]),
+        Panel("Drifted features per model", "short",
+              "Features flagged in the latest report (field drifted_features) and features "
+              "evaluated (field features), per model and version.",
+              [(per_model('max("drifted_features")'), "drifted " + MODEL_ALIAS),
+               (per_model('last("features")'), "evaluated " + MODEL_ALIAS)],
+              thresholds=[(None, "green"), (1, "red")]),
+        Panel("Drift window rows", "short",
+              "Rows in the model's drift window (field rows of mlwarden_feature_summary); "
+              "nothing is flagged below min_rows (100).",
+              [(per_model('last("rows")'), MODEL_ALIAS)],
+              thresholds=[(None, "orange"), (100, "green")]),
+        Panel("Enough data for a verdict", "short",
+              "1 when the window held enough rows to judge drift (field enough_data); 0 "
+              "means the verdict is 'no drift' for want of data, not for lack of drift.",
+              [(per_model('min("enough_data")'), MODEL_ALIAS)],
+              kind="state-timeline", thresholds=[(None, "orange"), (1, "green")],
+              mappings=[{"type": "value", "options": {
+                  "0": {"text": "too few rows", "color": "orange"},
+                  "1": {"text": "enough", "color": "green"}}}]),
+    ]
+
+
 # -- Grafana JSON ------------------------------------------------------------------------------
 
 
-def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
+def prometheus_target(panel: Panel, i: int, expr: str, legend: str) -> dict:
+    return {"datasource": {"type": "prometheus", "uid": DS}, "expr": expr,
+            "legendFormat": legend, "refId": chr(ord("A") + i),
+            **({"format": "heatmap"} if panel.kind == "heatmap" else {})}
+
+
+def influx_target(panel: Panel, i: int, query: str, alias: str) -> dict:
+    return {"datasource": {"type": "influxdb", "uid": DS_INFLUX}, "query": query,
+            "rawQuery": True, "resultFormat": "table" if panel.kind == "table" else "time_series",
+            "alias": alias, "refId": chr(ord("A") + i)}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A datasource plugin: its import input and the shape of its panel targets."""
+
+    plugin: str  # Grafana's plugin id: "prometheus", "influxdb"
+    name: str
+    input: str  # the __inputs name, replaced on import
+    input_description: str
+    target: Callable[[Panel, int, str, str], dict]
+
+    @property
+    def ref(self) -> dict:
+        return {"type": self.plugin, "uid": "${datasource}"}
+
+
+PROMETHEUS = Source("prometheus", "Prometheus", "DS_PROMETHEUS",
+                    "The Prometheus that scrapes mlwarden", prometheus_target)
+INFLUXDB = Source("influxdb", "InfluxDB", "DS_INFLUXDB",
+                  "The InfluxDB the middleware writes feature statistics to, queried in "
+                  "InfluxQL (1.x; 2.x through its v1 API with a DBRP mapping)", influx_target)
+
+
+def panel_json(panel: Panel, panel_id: int, x: int, y: int, source: Source = PROMETHEUS) -> dict:
     width = WIDTH[panel.kind]
     steps = [{"color": color, "value": value} for value, color in panel.thresholds]
-    targets = [
-        {"datasource": {"type": "prometheus", "uid": DS}, "expr": expr,
-         "legendFormat": legend, "refId": chr(ord("A") + i),
-         **({"format": "heatmap"} if panel.kind == "heatmap" else {})}
-        for i, (expr, legend) in enumerate(panel.queries)
-    ]
+    targets = [source.target(panel, i, query, legend)
+               for i, (query, legend) in enumerate(panel.queries)]
     out: dict = {
         "id": panel_id,
         "type": panel.kind,
         "title": panel.title,
         "description": panel.description,
-        "datasource": {"type": "prometheus", "uid": DS},
+        "datasource": source.ref,
         "gridPos": {"h": 8, "w": width, "x": x, "y": y},
         "fieldConfig": {
             "defaults": {"unit": panel.unit, "mappings": panel.mappings,
@@ -344,16 +499,25 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     }
     if panel.kind == "heatmap":
         out["options"] = {"calculate": False, "yAxis": {"unit": panel.unit}}
+    if panel.kind == "table":
+        out["options"] = {"showHeader": True, "cellHeight": "sm"}
+        # a cell turns red where a feature drifted
+        out["fieldConfig"]["defaults"]["custom"] = {"cellOptions": {"type": "auto"}}
+        out["fieldConfig"]["overrides"] = [{
+            "matcher": {"id": "byName", "options": "drifted"},
+            "properties": [{"id": "mappings", "value": DRIFT_STATES},
+                           {"id": "custom.cellOptions", "value": {"type": "color-background"}}],
+        }]
     return out
 
 
-def layout(panels: list[Panel]) -> list[dict]:
+def layout(panels: list[Panel], source: Source = PROMETHEUS) -> list[dict]:
     out, x, y = [], 0, 0
     for panel_id, panel in enumerate(panels, start=1):
         width = WIDTH[panel.kind]
         if x + width > 24:
             x, y = 0, y + 8
-        out.append(panel_json(panel, panel_id, x, y))
+        out.append(panel_json(panel, panel_id, x, y, source))
         x += width
     return out
 
@@ -368,22 +532,38 @@ def query_variable(name: str, label: str, query: str) -> dict:
     }
 
 
-def dashboard(uid: str, title: str, panels: list[Panel], variables: list[dict]) -> dict:
+def influx_variable(name: str, label: str, query: str) -> dict:
+    # InfluxQL variables take the query as a string; Grafana interpolates a multi-value or
+    # All selection into /^$name$/ as a regex alternation, and All as allValue.
+    return {
+        "name": name, "label": label, "type": "query",
+        "datasource": {"type": "influxdb", "uid": "${datasource}"},
+        "query": query, "definition": query, "refresh": 2, "multi": True, "includeAll": True,
+        "allValue": ".*", "current": {}, "options": [], "sort": 1,
+    }
+
+
+def dashboard(uid: str, title: str, panels: list[Panel], variables: list[dict],
+              source: Source = PROMETHEUS, description: str | None = None) -> dict:
     datasource = {
         "name": "datasource", "label": "Data source", "type": "datasource",
-        "query": "prometheus", "current": {}, "options": [], "refresh": 1,
+        "query": source.plugin, "options": [], "refresh": 1,
+        "current": {"selected": False, "text": "${" + source.input + "}",
+                    "value": "${" + source.input + "}"},
     }
     return {
-        "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus",
-                      "description": "The Prometheus that scrapes mlwarden",
-                      "type": "datasource", "pluginId": "prometheus",
-                      "pluginName": "Prometheus"}],
+        "__inputs": [{"name": source.input, "label": source.name,
+                      "description": source.input_description,
+                      "type": "datasource", "pluginId": source.plugin,
+                      "pluginName": source.name}],
         "__requires": [
             {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.4.0"},
-            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+            {"type": "datasource", "id": source.plugin, "name": source.name,
+             "version": "1.0.0"},
         ],
         "uid": uid,
         "title": title,
+        **({"description": description} if description else {}),
         "tags": TAGS,
         "editable": True,
         "graphTooltip": 1,
@@ -396,7 +576,7 @@ def dashboard(uid: str, title: str, panels: list[Panel], variables: list[dict]) 
                    "title": "mlwarden", "includeVars": False, "keepTime": True}],
         "templating": {"list": [datasource, *variables]},
         "annotations": {"list": []},
-        "panels": layout(panels),
+        "panels": layout(panels, source),
     }
 
 
@@ -414,11 +594,28 @@ def dashboards() -> dict[str, dict]:
             [query_variable("upstream", "Upstream",
                             "label_values(mlwarden_upstream_healthy, upstream)")],
         ),
+        "mlwarden-influxdb.json": dashboard(
+            "mlwarden-influxdb", "mlwarden / feature statistics (InfluxDB)", influx_panels(),
+            [influx_variable("model", "Model",
+                             f'SHOW TAG VALUES FROM {SUMMARY} WITH KEY = "model"'),
+             influx_variable("version", "Version",
+                             f'SHOW TAG VALUES FROM {SUMMARY} WITH KEY = "version" '
+                             'WHERE "model" =~ /^$model$/'),
+             influx_variable("feature", "Feature",
+                             f'SHOW TAG VALUES FROM {FEATURE} WITH KEY = "feature" '
+                             f"WHERE {MV_IQL}")],
+            INFLUXDB,
+            "Drift and feature statistics the mlwarden middleware writes to InfluxDB "
+            "(measurements mlwarden_feature and mlwarden_feature_summary, the default "
+            "influx.measurement). InfluxQL: a Grafana InfluxDB data source in InfluxQL mode, "
+            "on InfluxDB 1.x (database = the bucket) or 2.x through its v1 compatibility API "
+            "(a DBRP mapping from a database name to the bucket).",
+        ),
     }
 
 
 def render(board: dict) -> str:
-    # Grafana's ${DS_PROMETHEUS} input is replaced on import; panels refer to it directly.
+    # Grafana replaces ${DS_PROMETHEUS} / ${DS_INFLUXDB} (the variable's start value) on import.
     return json.dumps(board, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -76,6 +76,8 @@ def test_every_panel_has_a_unit_a_description_and_the_datasource_input(name: str
     assert [i["name"] for i in board["__inputs"]] == ["DS_PROMETHEUS"]
     variables = board["templating"]["list"]
     assert variables[0]["type"] == "datasource"
+    # The import input sets the variable's start value; panels and targets follow the variable.
+    assert variables[0]["current"]["value"] == "${DS_PROMETHEUS}"
     for var in variables[1:]:
         assert var["query"]["query"].startswith("label_values(")
         assert var["multi"] and var["includeAll"]
@@ -84,8 +86,9 @@ def test_every_panel_has_a_unit_a_description_and_the_datasource_input(name: str
     for panel in board["panels"]:
         assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
         assert panel["description"], panel["title"]
-        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]
+        assert {t["datasource"]["uid"] for t in panel["targets"]} == {"${datasource}"}
         assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"], panel["title"]
     for expr in exprs(board):
         for window in re.findall(r"\[([^\]]+)\]", expr):
@@ -94,7 +97,7 @@ def test_every_panel_has_a_unit_a_description_and_the_datasource_input(name: str
 
 def test_the_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
     written = build.main(tmp_path)
-    assert sorted(p.name for p in written) == sorted(DASHBOARDS)
+    assert sorted(p.name for p in written) == sorted([*DASHBOARDS, "mlwarden-influxdb.json"])
     for path in written:
         committed = (ROOT / "dashboards" / path.name).read_text(encoding="utf-8")
         assert path.read_text(encoding="utf-8") == committed, (
