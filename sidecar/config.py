@@ -544,7 +544,11 @@ class RetryConfig(_Block):
 class BreakerConfig(_Block):
     """The circuit breaker of each upstream. Connect failures and timeouts always count as
     failures; ``failure_status_codes`` says which answers do too. ``redis_url`` shares state
-    across replicas; it may hold a password, so it is left out of ``repr``."""
+    across replicas; it may hold a password, so it is left out of ``repr``.
+    ``close_on_healthy``: health checks bringing an upstream back into rotation close its
+    breaker (Envoy's ``successful_active_health_check_uneject_host``); otherwise a breaker
+    that opened on a version now serving only as a fallback stays open until real traffic
+    trials it, and then lets one request through at a time just when it is needed."""
 
     _key: ClassVar[str] = "breaker"
     consecutive_5xx: int = _setting(5, _number(int, ge=1, le=10_000))
@@ -553,6 +557,7 @@ class BreakerConfig(_Block):
     failure_status_codes: tuple[int, ...] = _setting((500, 502, 503, 504),
                                                      _status_codes(100, 599))
     redis_url: str | None = _setting(None, _redis_url, repr=False)
+    close_on_healthy: bool = _setting(True, _boolean)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -356,6 +356,10 @@ class ProxyApp:
     def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
         self.record(action="upstream_healthy" if healthy else "upstream_unhealthy",
                     target=name, reason=reason, severity="info" if healthy else "warning")
+        breaker = self.breakers.get(name)
+        if healthy and breaker is not None and self.config.breaker.close_on_healthy \
+                and breaker.state != "closed":
+            breaker.reset("health_check_passed")  # recorded as breaker_closed by the listener
 
     def health_report(self, name: str) -> HealthReportSummary | None:
         """The last health report of ``name`` (None: no checker, unknown, or not a report)."""

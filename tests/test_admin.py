@@ -171,6 +171,28 @@ def test_health_transitions_are_counted_by_the_listener() -> None:
         metrics.attach(ProxyApp(cfg, health_checks=False))
 
 
+@pytest.mark.parametrize("close_on_healthy", [True, False])
+def test_health_checks_bringing_an_upstream_back_close_its_breaker(close_on_healthy) -> None:
+    cfg = SidecarConfig.from_mapping({
+        "upstreams": {"primary": "http://127.0.0.1:1", "stable": "http://127.0.0.1:2"},
+        "breaker": {"close_on_healthy": close_on_healthy}}, environ={})
+    proxy = ProxyApp(cfg, health_checks=False)
+    breaker = proxy.breakers["stable"]
+    breaker.force_open()
+    proxy._health_changed("stable", False, "2 consecutive failed checks")
+    assert breaker.state == "open"  # going out of rotation changes nothing
+    proxy._health_changed("stable", True, "2 consecutive passed checks")
+    if close_on_healthy:
+        assert breaker.state == "closed"
+        closed = proxy.ledger.query(action="breaker_closed", limit=5)
+        assert [(r.target, r.reason) for r in closed] == [("stable", "health_check_passed")]
+    else:
+        assert breaker.state == "open"
+        assert proxy.ledger.query(action="breaker_closed", limit=5) == []
+    proxy._health_changed("primary", True, "passed")  # a closed breaker stays as it is
+    assert proxy.breakers["primary"].state == "closed"
+
+
 # --------------------------------------------------------------------------- mutations
 
 
