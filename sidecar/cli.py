@@ -23,16 +23,28 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="serve an example model wrapped by the middleware, send it traffic, report",
-        description="Serves an example churn model on loopback with the inference middleware, "
-        "sends it traffic drawn from its training distribution and then traffic with one "
-        "feature shifted, and prints what the middleware measured.",
+        help="the whole self-healing story on loopback: two model versions, the sidecar, "
+        "faults, healing",
+        description="Trains a stable (v1) and a candidate (v2) churn model, serves each with "
+        "the middleware, puts the sidecar in front (canary split, shadow copy, policies) and "
+        "sends traffic through five phases: normal, candidate errors, input drift, primary "
+        "outage, recovery. Shows the healing live and ends with a summary table; exits 1 if "
+        "a phase did not heal.",
     )
-    demo.add_argument("--requests", type=int, default=400,
-                      help="requests per phase (default: 400)")
-    demo.add_argument("--port", type=int, default=0,
-                      help="loopback port for the model server (default: a free one)")
+    demo.add_argument("--quick", action="store_true",
+                      help="shorter phases (about a minute in all; what CI runs)")
+    demo.add_argument("--prometheus", action="store_true",
+                      help="also start a local Prometheus scraping everything, when installed")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    demo.add_argument("--rate", type=float, default=None,
+                      help="client requests per second (default: 40)")
+    demo.add_argument("--keep", action="store_true",
+                      help="keep the work directory (logs, ledger, configs) after a healed run")
+    view = demo.add_mutually_exclusive_group()
+    view.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="redraw the view in place (default on a terminal)")
+    view.add_argument("--log", dest="live", action="store_false",
+                      help="print events as lines (default when not on a terminal)")
 
     sidecar = sub.add_parser(
         "sidecar", help="run the sidecar proxy in front of the model versions",
@@ -69,9 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sidecar":
             return _sidecar(args.config, check=args.check)
         if args.command == "demo":
-            from mlwarden.sidecar.demo import run_demo
+            from mlwarden.sidecar.demo.story import run_demo
 
-            return run_demo(requests=args.requests, port=args.port, seed=args.seed)
+            if args.rate is not None and not 1 <= args.rate <= 500:
+                print("mlwarden demo: --rate: expected 1 to 500 requests per second",
+                      file=sys.stderr)
+                return 2
+            return run_demo(quick=args.quick, seed=args.seed, prometheus=args.prometheus,
+                            live=args.live, rate_per_s=args.rate, keep=args.keep)
         if args.baseline_command == "build":
             return _baseline_build(args)
         return _baseline_check(args.path)

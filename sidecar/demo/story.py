@@ -1,0 +1,693 @@
+"""The demo's story: two model versions, the sidecar, and five phases of traffic and faults.
+
+Set-up (all on 127.0.0.1, ports chosen by the OS, a temporary work directory):
+
+- model ``v1`` (stable, the primary) and ``v2`` (the candidate), each a child process that
+  trains a small logistic regression on synthetic customers at start and serves it with the
+  middleware (:mod:`mlwarden.sidecar.demo.model`);
+- the sidecar (``mlwarden sidecar``, a child process) with ``v2`` on a canary split and a
+  shadow copy, ``v2`` as ``v1``'s fallback, and policies shaped like the default tiers with
+  timings short enough for a demo: large drift calls the retraining webhook, a primary out of
+  rotation escalates;
+- in this process: the load generator (a fixed request rate, bounded in flight), the
+  "retraining pipeline" and the escalation channel (one small HTTP receiver for both
+  webhooks), the live view, and the judge.
+
+Phases — each has a fault, what detects it, what heals it, and a check that it healed:
+
+1. **normal**: traffic like the training data; the canary analyses pass and step up.
+2. **candidate errors**: ``v2`` answers 500 to half its predictions; the canary analysis (or
+   the candidate's breaker) rolls the canary back while retries and the stable version keep
+   clients served. The bug is then "fixed" (the fault switched off) so ``v2`` can be a
+   fallback again.
+3. **input drift**: ``monthly_charges`` moves up 1.5 standard deviations; ``v1``'s health
+   report shows drift, the policy calls the retraining webhook, and the pipeline trains ``v1``
+   on inputs like the new ones and redeploys it (the new process trains first, then takes the
+   port over). Healed once the redeployed ``v1`` serves and its report shows no drift.
+4. **primary outage**: ``v1`` is SIGKILLed; retries and the breaker move traffic to ``v2``,
+   health checks take ``v1`` out of rotation, and the policy escalates.
+5. **recovery**: ``v1`` is started again; health checks bring it back into rotation and close
+   its breaker.
+
+A phase runs its planned time, then up to ``grace_s`` more while it has not healed. The run
+exits 0 when every phase healed and 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import uvicorn
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mlwarden.sidecar.demo.model import FAULT_PATH, MODEL_PATH, customers
+from mlwarden.sidecar.demo.processes import (
+    Child,
+    free_port,
+    prometheus_binary,
+    prometheus_config,
+    python_module,
+    wait_until_ready,
+)
+from mlwarden.sidecar.demo.view import LiveView, PhaseResult, Snapshot, summary_table
+
+__all__ = ["FULL", "QUICK", "Timing", "run_demo"]
+
+DRIFT_SHIFT = {"monthly_charges": 1.5}
+DRIFT_POLICY = "drift-retrain"
+OUTAGE_POLICY = "primary-out-of-rotation"
+_MAX_RECORDS = 200_000  # client answers kept for the judge (about 20 minutes at 150/s)
+_MAX_EVENTS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How long each phase runs, and the pace of the story."""
+
+    normal_s: float
+    errors_s: float
+    drift_s: float
+    outage_s: float
+    recovery_s: float
+    grace_s: float  # more time for a phase that has not healed yet
+    rate_per_s: float  # client requests per second
+    canary_interval_s: float
+
+
+FULL = Timing(normal_s=20, errors_s=20, drift_s=30, outage_s=15, recovery_s=15, grace_s=20,
+              rate_per_s=40, canary_interval_s=4)
+QUICK = Timing(normal_s=9, errors_s=12, drift_s=18, outage_s=10, recovery_s=10, grace_s=15,
+               rate_per_s=40, canary_interval_s=3)
+
+
+@dataclass(slots=True)
+class _Answer:
+    at: float  # wall time the answer (or the failure) came
+    upstream: str  # x-mlwarden-upstream, "" when none
+    failed: bool
+    detail: str = ""  # for a failure: the status and the start of the body, or the error
+
+
+@dataclass(slots=True)
+class _Phase:
+    name: str
+    fault: str
+    story: str
+    duration_s: float
+    begin: Callable[[], Awaitable[None]]
+    judge: Callable[[PhaseResult, float], Awaitable[None]]  # fills the result; (result, t0)
+    end: Callable[[], Awaitable[None]] | None = None
+    result: PhaseResult = field(init=False)
+    started: float = 0.0  # wall time
+
+    def __post_init__(self) -> None:
+        self.result = PhaseResult(self.name, self.fault)
+
+
+class Demo:
+    """One run of the story; :meth:`run` returns the exit code."""
+
+    def __init__(self, *, timing: Timing, seed: int, prometheus: bool, out: TextIO,
+                 live: bool | None, workdir: Path) -> None:
+        self.timing = timing
+        self.seed = seed
+        self.want_prometheus = prometheus
+        self.out = out
+        self.workdir = workdir
+        self.rng = random.Random(seed)
+        self.ports = {name: free_port() for name in ("v1", "v2", "proxy", "admin", "hooks")}
+        self.token = secrets.token_hex(16)
+        self.started_at = time.time()
+        self.view = LiveView(out, live=live, started_at=self.started_at)
+        self.children: dict[str, Child] = {}  # by role; a redeploy replaces "v1"
+        self.spawned: list[Child] = []  # every child ever started, stopped at the end
+        self._pipeline: asyncio.Task[None] | None = None
+        self.answers: deque[_Answer] = deque(maxlen=_MAX_RECORDS)
+        self.events: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, Any] | None = None
+        self.retrain_calls: list[float] = []
+        self.escalations: list[float] = []
+        self.redeployed_at: float | None = None
+        self.drift_cleared_at: float | None = None
+        self.redeploy_error: str | None = None
+        self.prometheus_url: str | None = None
+        self.pools = {
+            "normal": customers(2_000, seed + 100),
+            "drifted": customers(2_000, seed + 101, shift=DRIFT_SHIFT),
+        }
+        self.pool = self.pools["normal"]
+        self.sent = 0
+        self.failed = 0
+        self.in_flight = 0
+        self.phase: _Phase | None = None
+        self.phase_index = 0
+        self._v1_argv = self._model_argv("v1", seed)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _model_argv(self, version: str, seed: int, *extra: str) -> list[str]:
+        return python_module("mlwarden.sidecar.demo.model", "--version", version, "--port",
+                             str(self.ports[version]), "--seed", str(seed), *extra)
+
+    def _url(self, name: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def sidecar_config(self) -> dict[str, Any]:
+        t = self.timing
+        hooks = self._url("hooks")
+        return {
+            "upstreams": {
+                "v1": {"url": self._url("v1"), "connect_timeout_s": 0.5},
+                "v2": {"url": self._url("v2"), "connect_timeout_s": 0.5},
+            },
+            "routing": {"primary": "v1", "fallbacks": ["v2"]},
+            "listen": {"host": "127.0.0.1", "port": self.ports["proxy"]},
+            "admin": {"host": "127.0.0.1", "port": self.ports["admin"], "token": self.token},
+            "timeouts": {"per_try_timeout_s": 2.0, "total_timeout_s": 5.0},
+            # Two retries with backoff up to 0.2 s outlast a process swap's few milliseconds
+            # without a listener, even when the fallback is out of rotation.
+            "retry": {"num_retries": 2,
+                      "retry_on": ["connect-failure", "reset", "gateway-error", "5xx"],
+                      "base_interval_s": 0.02, "max_interval_s": 0.2},
+            "breaker": {"consecutive_5xx": 3, "reset_timeout_s": 3.0},
+            "health_checks": {"interval_s": 1.0, "timeout_s": 0.5, "healthy_threshold": 2,
+                              "unhealthy_threshold": 2},
+            # Small steps: the normal phase passes a few, never all (no promotion before the
+            # candidate's fault), so the candidate is still on the split when it fails.
+            "canary": {"candidate": "v2", "steps_percent": [20, 30, 40, 50, 60, 70, 80],
+                       "interval_s": t.canary_interval_s, "min_requests": 10,
+                       "max_error_rate": 0.05, "inconclusive_deadline_s": 60.0,
+                       # A p99 over ~20 requests on a shared machine is mostly noise: 3x
+                       # still catches a real slowdown without rolling back on a hiccup.
+                       "max_latency_p99_ratio": 3.0,
+                       "on_deadline": "hold", "guard_s": 30.0},
+            "shadow": {"target": "v2", "sample_percent": 25.0, "max_concurrent": 2,
+                       "max_queue": 16, "timeout_s": 2.0},
+            "ledger": {"path": str(self.workdir / "ledger.jsonl"), "fsync": False},
+            "healing": {"interval_s": 1.0, "default_policies": False,
+                        "escalation": {"webhook_url": f"{hooks}/escalate", "threshold": 3}},
+            "policies": [
+                {"name": DRIFT_POLICY, "when": "drift_score > 0.25", "for_s": 2,
+                 "cooldown_s": 300, "severity": "warning", "target": "v1",
+                 "actions": [{"webhook": {"url": f"{hooks}/retrain",
+                                          "body": {"model": "churn", "version": "v1"}}}]},
+                {"name": OUTAGE_POLICY, "when": 'not healthy("v1")', "for_s": 1,
+                 "cooldown_s": 300, "severity": "critical", "actions": ["escalate"]},
+            ],
+        }
+
+    def _hooks_app(self) -> Starlette:
+        async def retrain(request: Request) -> JSONResponse:
+            self.retrain_calls.append(time.time())
+            if len(self.retrain_calls) == 1:
+                self._pipeline = asyncio.get_running_loop().create_task(self._redeploy_v1())
+            return JSONResponse({"accepted": True}, status_code=202)
+
+        async def escalate(request: Request) -> JSONResponse:
+            self.escalations.append(time.time())
+            return JSONResponse({"ok": True})
+
+        return Starlette(routes=[Route("/retrain", retrain, methods=["POST"]),
+                                 Route("/escalate", escalate, methods=["POST"])])
+
+    async def _start_children(self, client: httpx.AsyncClient) -> None:
+        logs = self.workdir
+        self.children["v1"] = Child("v1", self._v1_argv, log_dir=logs,
+                                    ready_url=self._url("v1", "/-/health"))
+        self.children["v2"] = Child("v2", self._model_argv("v2", self.seed + 1, "--rows", "8000"),
+                                    log_dir=logs, ready_url=self._url("v2", "/-/health"))
+        for name in ("v1", "v2"):
+            self.spawned.append(self.children[name])
+            self.children[name].start()
+        for name in ("v1", "v2"):
+            await wait_until_ready(self.children[name], client, timeout_s=60)
+        config_path = self.workdir / "sidecar.yaml"
+        config_path.write_text(yaml.safe_dump(self.sidecar_config(), sort_keys=False))
+        sidecar = Child("sidecar", python_module("mlwarden.sidecar.cli", "sidecar", "--config",
+                                                 str(config_path)),
+                        log_dir=logs, ready_url=self._url("admin", "/-/ready"))
+        self.children["sidecar"] = sidecar
+        self.spawned.append(sidecar)
+        sidecar.start()
+        await wait_until_ready(sidecar, client, timeout_s=60)
+        if self.want_prometheus:
+            await self._start_prometheus(client)
+
+    async def _start_prometheus(self, client: httpx.AsyncClient) -> None:
+        binary = prometheus_binary()
+        if binary is None:
+            self._say("--prometheus: no `prometheus` on PATH (Debian: apt install prometheus); "
+                      "going on without it")
+            return
+        port = free_port()
+        config = self.workdir / "prometheus.yml"
+        config.write_text(prometheus_config({
+            "mlwarden-sidecar": f"127.0.0.1:{self.ports['admin']}",
+            "model-v1": f"127.0.0.1:{self.ports['v1']}",
+            "model-v2": f"127.0.0.1:{self.ports['v2']}",
+        }))
+        child = Child("prometheus", [
+            binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+        ], log_dir=self.workdir, ready_url=f"http://127.0.0.1:{port}/-/ready")
+        self.children["prometheus"] = child
+        self.spawned.append(child)
+        child.start()
+        await wait_until_ready(child, client, timeout_s=30)
+        self.prometheus_url = f"http://127.0.0.1:{port}"
+
+    # -- what happens while it runs ---------------------------------------------------------------
+
+    async def _load(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        """Requests at a fixed rate; at most 64 in flight (beyond: that tick is skipped)."""
+        interval = 1.0 / self.timing.rate_per_s
+        next_at = time.monotonic()
+        tasks: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    break
+            elif delay < -1.0:
+                next_at = time.monotonic()  # fell behind (a busy machine): no burst to catch up
+            if self.in_flight >= 64:
+                continue
+            task = asyncio.get_running_loop().create_task(self._one(client))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+
+    async def _one(self, client: httpx.AsyncClient) -> None:
+        size = self.rng.randint(1, 3)
+        start = self.rng.randrange(len(self.pool) - size)
+        rows = self.pool[start:start + size]
+        phase = self.phase
+        self.in_flight += 1
+        self.sent += 1
+        if phase is not None:
+            phase.result.requests += 1
+        try:
+            response = await client.post(self._url("proxy", MODEL_PATH),
+                                         json={"instances": rows}, timeout=10.0)
+            failed = not response.is_success
+            upstream = response.headers.get("x-mlwarden-upstream", "")
+            detail = f"HTTP {response.status_code} {response.text[:160]}" if failed else ""
+        except httpx.HTTPError as exc:
+            failed, upstream, detail = True, "", f"{type(exc).__name__}: {exc}"[:200]
+        finally:
+            self.in_flight -= 1
+        self.answers.append(_Answer(time.time(), upstream, failed, detail))
+        if failed:
+            self.failed += 1
+            if phase is not None:
+                phase.result.failed += 1
+
+    async def _poll(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._poll_once(client)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def _poll_once(self, client: httpx.AsyncClient) -> None:
+        try:
+            status = await client.get(self._url("admin", "/-/status"), timeout=2.0)
+            self.status = status.json() if status.is_success else None
+            events = await client.get(self._url("admin", "/-/events"), timeout=2.0,
+                                      params={"since": self.started_at - 1, "limit": 500})
+            for record in events.json().get("events", []) if events.is_success else []:
+                self.events.setdefault(str(record.get("id")), record)
+            while len(self.events) > _MAX_EVENTS:
+                self.events.pop(next(iter(self.events)))
+        except (httpx.HTTPError, ValueError):
+            self.status = None
+
+    def _note(self, action: str, target: str, reason: str) -> None:
+        """A step the demo itself took (a fault, the pipeline), shown among the ledger's."""
+        n = sum(1 for k in self.events if k.startswith("demo-"))
+        self.events[f"demo-{n:04d}"] = {"id": f"demo-{n:04d}", "at": time.time(),
+                                        "action": action, "target": target, "outcome": "",
+                                        "actor": "(demo)", "reason": reason}
+
+    def _ordered_events(self) -> list[dict[str, Any]]:
+        return sorted(self.events.values(), key=lambda r: (float(r.get("at", 0)), r.get("id")))
+
+    async def _draw(self, stop: asyncio.Event) -> None:
+        every = 0.25 if self.view.live else 0.5
+        while not stop.is_set():
+            self._frame()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    def _frame(self) -> None:
+        phase = self.phase
+        if phase is None:
+            return
+        now = time.time()
+        recent: dict[str, int] = {}
+        recent_failed = 0
+        for answer in reversed(self.answers):
+            if answer.at < now - 2.0:
+                break
+            if answer.failed:
+                recent_failed += 1
+            else:
+                recent[answer.upstream or "?"] = recent.get(answer.upstream or "?", 0) + 1
+        self.view.frame(Snapshot(
+            phase_index=self.phase_index, phase_count=5, phase=phase.name, story=phase.story,
+            elapsed_s=now - phase.started, duration_s=phase.duration_s,
+            recent_by_upstream=recent, recent_failed=recent_failed, sent=self.sent,
+            failed=self.failed, status=self.status, events=self._ordered_events(),
+            prometheus_url=self.prometheus_url))
+
+    # -- the faults -------------------------------------------------------------------------------
+
+    async def _set_fault(self, client: httpx.AsyncClient, rate: float) -> None:
+        response = await client.post(self._url("v2", FAULT_PATH), json={"error_rate": rate})
+        response.raise_for_status()
+
+    async def _redeploy_v1(self) -> None:
+        """The retraining pipeline: train v1 on inputs like today's, then swap the process."""
+        old = self.children["v1"]
+        marker = self.workdir / "v1-retrained.txt"
+        argv = self._model_argv("v1", self.seed + 2, "--shift", "monthly_charges=1.5",
+                                "--trained-file", str(marker), "--take-over-s", "20")
+        new = Child("v1-retrained", argv, log_dir=self.workdir, ready_url=old.ready_url)
+        self.spawned.append(new)
+        new.start()
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            if not new.alive() or time.monotonic() > deadline:
+                self.redeploy_error = f"the retrained v1 did not train: {new.log_tail(5)}"
+                await asyncio.to_thread(new.stop)
+                return
+            await asyncio.sleep(0.05)
+        accuracy = marker.read_text().strip()
+        self._note("retrained", "v1", f"pipeline: v1 trained on inputs like today's "
+                                      f"(holdout accuracy {accuracy}); swapping the process")
+        stopping = time.monotonic()
+        # SIGTERM: uvicorn finishes what is in flight and frees the port (off the event loop:
+        # the load and the view go on meanwhile).
+        await asyncio.to_thread(old.stop, 5.0)
+        self._note("swapped", "v1", f"old v1 process exited after "
+                                    f"{time.monotonic() - stopping:.2f} s; the new one binds")
+        self.children["v1"] = new
+        self._v1_argv = [a for a in argv if a not in ("--take-over-s", "20")]
+        async with httpx.AsyncClient() as client:
+            try:
+                await wait_until_ready(new, client, timeout_s=30)
+            except RuntimeError as exc:
+                self.redeploy_error = str(exc)
+                return
+        self.redeployed_at = time.time()
+        self._note("redeployed", "v1", "pipeline: the retrained v1 is serving")
+        await self._watch_drift()
+
+    async def _watch_drift(self) -> None:
+        """When the redeployed v1's own report first shows its window free of drift."""
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient() as client:
+            while self.drift_cleared_at is None and time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    report = (await client.get(self._url("v1", "/-/health"), timeout=2.0)).json()
+                    drift = report.get("drift", {})
+                    if (drift.get("evaluated") and drift.get("enough_data")
+                            and not drift.get("detected")):
+                        self.drift_cleared_at = time.time()
+                        self._note("drift_cleared", "v1",
+                                   f"v1's report: no drift over {drift.get('rows')} rows")
+                        return
+                await asyncio.sleep(0.25)
+
+    # -- judging ----------------------------------------------------------------------------------
+
+    def _events_after(self, t0: float, *, actions: tuple[str, ...], target: str | None = None,
+                      policy: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self._ordered_events()
+                if float(r.get("at", 0)) >= t0 and r.get("action") in actions
+                and (target is None or r.get("target") == target)
+                and (policy is None or r.get("policy") == policy)]
+
+    def _clients_recovered(self, t0: float, upstream: str | None = None) -> float | None:
+        """The first good answer after ``t0`` (from ``upstream``) with no failure after it."""
+        first: float | None = None
+        for answer in self.answers:
+            if answer.at < t0:
+                continue
+            if answer.failed:
+                first = None
+            elif first is None and (upstream is None or answer.upstream == upstream):
+                first = answer.at
+        return first
+
+    @staticmethod
+    def _describe(record: dict[str, Any]) -> str:
+        who = record.get("policy") or ""
+        return f"{record.get('action')} {record.get('target')}" + (f" ({who})" if who else "")
+
+    def _detected(self, result: PhaseResult, t0: float, records: list[dict[str, Any]]) -> None:
+        if records and result.detected_after_s is None:
+            result.detected_after_s = float(records[0]["at"]) - t0
+            result.detected_by = self._describe(records[0])
+
+    async def _judge_normal(self, result: PhaseResult, t0: float) -> None:
+        result.healed = result.failed == 0
+        passed = self._events_after(t0, actions=("set_weight",), target="v2")
+        shadow = (self.status or {}).get("shadow") or {}
+        agreement = shadow.get("agreement_rate")
+        result.note = (f"{len(passed)} canary step(s) passed"
+                       + (f"; shadow agreement {agreement:.1%}" if agreement is not None else ""))
+
+    async def _judge_errors(self, result: PhaseResult, t0: float) -> None:
+        self._detected(result, t0, self._events_after(
+            t0, actions=("rollback", "breaker_opened", "upstream_unhealthy", "policy_fired"),
+            target="v2"))
+        rollbacks = self._events_after(t0, actions=("rollback",), target="v2")
+        recovered = self._clients_recovered(t0)
+        if rollbacks and recovered is not None:
+            healed_at = max(float(rollbacks[0]["at"]), recovered)
+            result.healed = True
+            result.healed_by = "canary rolled back; retries + stable served"
+            result.recovery_s = healed_at - t0
+            result.note = f"rollback: {rollbacks[0].get('reason', '')}"
+
+    async def _judge_drift(self, result: PhaseResult, t0: float) -> None:
+        self._detected(result, t0, self._events_after(
+            t0, actions=("policy_fired",), policy=DRIFT_POLICY))
+        if self.redeploy_error:
+            result.note = self.redeploy_error.splitlines()[0]
+            return
+        if self.redeployed_at is None:
+            return
+        served = self._clients_recovered(self.redeployed_at, "v1")
+        if served is None or self.drift_cleared_at is None:
+            return
+        result.healed = True
+        result.healed_by = "retrain webhook; v1 retrained and redeployed"
+        result.recovery_s = max(self.drift_cleared_at, served) - t0
+        result.note = (f"retrained v1 serving {self.redeployed_at - t0:.1f} s after the shift; "
+                       f"its window free of drift {self.drift_cleared_at - t0:.1f} s after it")
+
+    async def _judge_outage(self, result: PhaseResult, t0: float) -> None:
+        self._detected(result, t0, self._events_after(
+            t0, actions=("breaker_opened", "upstream_unhealthy", "policy_fired"), target="v1"))
+        recovered = self._clients_recovered(t0, "v2")
+        if recovered is not None and result.detected_after_s is not None:
+            result.healed = True
+            result.healed_by = "retries + breaker: fallback to v2"
+            result.recovery_s = recovered - t0
+            result.note = (f"escalations received: {sum(1 for e in self.escalations if e >= t0)}"
+                           f"; first answer from v2 {recovered - t0:.3f} s after the kill")
+
+    async def _judge_recovery(self, result: PhaseResult, t0: float) -> None:
+        self._detected(result, t0, self._events_after(
+            t0, actions=("upstream_healthy", "breaker_closed"), target="v1"))
+        recovered = self._clients_recovered(t0, "v1")
+        if recovered is not None:
+            result.healed = True
+            result.healed_by = "health checks: v1 back, breaker closed"
+            result.recovery_s = recovered - t0
+            result.note = "time to recovery includes the model server's start-up"
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def phases(self, client: httpx.AsyncClient) -> list[_Phase]:
+        t = self.timing
+
+        async def nothing() -> None:
+            return None
+
+        async def errors_on() -> None:
+            await self._set_fault(client, 0.5)
+            self._note("fault", "v2", "v2 now answers 500 to half its predictions")
+
+        async def errors_off() -> None:
+            await self._set_fault(client, 0.0)
+            self._note("fault_cleared", "v2", "v2's bug fixed: the fault is off")
+
+        async def drift_on() -> None:
+            self.pool = self.pools["drifted"]
+            self._note("fault", "clients", "monthly_charges now 1.5 std higher")
+
+        async def outage() -> None:
+            await asyncio.to_thread(self.children["v1"].kill)
+            self._note("fault", "v1", "SIGKILL")
+
+        async def restart() -> None:
+            child = self.children["v1"]
+            child.start(self._v1_argv)
+            self._note("restarted", "v1", "v1 started again")
+
+        return [
+            _Phase("normal", "none", "traffic like the training data; v2 on the canary "
+                   "split and the shadow copy", t.normal_s, nothing, self._judge_normal),
+            _Phase("candidate errors", "v2 answers 500 to half its requests",
+                   "the canary analysis should roll v2 back; retries keep clients served",
+                   t.errors_s, errors_on, self._judge_errors, end=errors_off),
+            _Phase("input drift", "monthly_charges +1.5 std",
+                   "v1's drift should call the retraining webhook; the retrained v1 takes over",
+                   t.drift_s, drift_on, self._judge_drift),
+            _Phase("primary outage", "v1 SIGKILLed",
+                   "retries and the breaker should move clients to v2; the policy escalates",
+                   t.outage_s, outage, self._judge_outage),
+            _Phase("recovery", "v1 restarted",
+                   "health checks should bring v1 back and close its breaker",
+                   t.recovery_s, restart, self._judge_recovery),
+        ]
+
+    async def run(self) -> int:
+        hooks = uvicorn.Server(uvicorn.Config(
+            self._hooks_app(), host="127.0.0.1", port=self.ports["hooks"], log_level="warning",
+            access_log=False, lifespan="off"))
+        hooks_task = asyncio.get_running_loop().create_task(hooks.serve())
+        limits = httpx.Limits(max_connections=80, max_keepalive_connections=80)
+        try:
+            async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
+                self._say(f"mlwarden demo: training two churn models and starting them, the "
+                          f"sidecar and the load (work directory {self.workdir})")
+                try:
+                    await self._start_children(client)
+                except RuntimeError as exc:
+                    self._say(f"mlwarden demo: could not start: {exc}")
+                    return 1
+                self._say(f"sidecar on {self._url('proxy')} (admin {self._url('admin')}), "
+                          f"v1 on {self._url('v1')}, v2 on {self._url('v2')}")
+                if self.prometheus_url:
+                    self._say(f"Prometheus on {self.prometheus_url} (scraping the sidecar and "
+                              f"both models; it stops with the demo)")
+                results = await self._story(client)
+        finally:
+            if self._pipeline is not None:
+                self._pipeline.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._pipeline
+            for child in reversed(self.spawned):
+                await asyncio.to_thread(child.stop)
+            hooks.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(hooks_task, 10)
+        self.view.done()
+        self._say("\n" + summary_table(results))
+        healed = all(r.healed for r in results)
+        self._say(f"\n{self.sent} client requests through the sidecar, {self.failed} failed")
+        self._say("every phase healed" if healed else
+                  "some phase did NOT heal: see the table and the logs")
+        return 0 if healed else 1
+
+    async def _story(self, client: httpx.AsyncClient) -> list[PhaseResult]:
+        stop = asyncio.Event()
+        phases = self.phases(client)
+        self.phase = phases[0]
+        self.phase.started = time.time()
+        loop = asyncio.get_running_loop()
+        workers = [loop.create_task(self._load(client, stop)),
+                   loop.create_task(self._poll(client, stop)),
+                   loop.create_task(self._draw(stop))]
+        try:
+            for index, phase in enumerate(phases):
+                self.phase, self.phase_index = phase, index
+                phase.started = time.time()
+                await phase.begin()
+                t0 = time.time()
+                planned = t0 + phase.duration_s
+                latest = planned + self.timing.grace_s
+                while True:
+                    await asyncio.sleep(0.25)
+                    now = time.time()
+                    if now < planned:
+                        continue
+                    await self._poll_once(client)
+                    await phase.judge(phase.result, t0)
+                    if phase.result.healed or now >= latest:
+                        break
+                if phase.end is not None:
+                    await phase.end()
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
+        self._explain_failures(phases)
+        return [p.result for p in phases]
+
+    def _explain_failures(self, phases: list[_Phase]) -> None:
+        """Name what the failed client requests got, so that a failure can be looked into."""
+        bounds = [p.started for p in phases[1:]] + [float("inf")]
+        for phase, until in zip(phases, bounds, strict=True):
+            seen: dict[str, int] = {}
+            for answer in self.answers:
+                if answer.failed and phase.started <= answer.at < until:
+                    seen[answer.detail] = seen.get(answer.detail, 0) + 1
+            if seen:
+                what = "; ".join(f"{n}x {detail}" for detail, n in list(seen.items())[:3])
+                phase.result.note = (phase.result.note + "; " if phase.result.note else "") + (
+                    f"failed requests got: {what}")
+
+    def _say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def run_demo(*, quick: bool = False, seed: int = 7, prometheus: bool = False,
+             live: bool | None = None, rate_per_s: float | None = None, keep: bool = False,
+             out: TextIO | None = None) -> int:
+    """Run the story; 0 when every phase healed. ``quick`` is the short mode CI runs.
+
+    The work directory (logs, ledger, configs) is removed after a healed run unless ``keep``;
+    after a failed one it is kept and named, for the logs.
+    """
+    timing = QUICK if quick else FULL
+    if rate_per_s is not None:
+        timing = replace(timing, rate_per_s=rate_per_s)
+    stream = out or sys.stdout
+    workdir = Path(tempfile.mkdtemp(prefix="mlwarden-demo-"))
+    demo = Demo(timing=timing, seed=seed, prometheus=prometheus, out=stream, live=live,
+                workdir=workdir)
+    code = 130
+    try:
+        code = asyncio.run(demo.run())
+    except KeyboardInterrupt:
+        stream.write("\nmlwarden demo: interrupted; every process it started is stopped\n")
+    if code == 0 and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        stream.write(f"logs, ledger and configs kept in {workdir}\n")
+    return code
