@@ -49,7 +49,7 @@ class RequestIds:
 
     def __init__(self, header: str) -> None:
         self.header = header.lower().encode("latin-1")
-        self._prefix = os.urandom(6).hex().encode()
+        self._prefix = os.urandom(6).hex().encode() + b"-"
         self._counter = itertools.count(1)
 
     def for_request(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -59,7 +59,7 @@ class RequestIds:
                 if _SAFE_ID.fullmatch(value):
                     return value
                 break  # unsafe (too long, odd characters): not echoed, not remembered
-        return b"%s-%x" % (self._prefix, next(self._counter))
+        return self._prefix + b"%x" % next(self._counter)
 
 
 class FeedbackResult(dict[str, int]):
@@ -132,26 +132,29 @@ class Feedback:
 
     def remember(self, request_id: bytes, classes: list[str], values: list[float],
                  confidences: list[float]) -> int:
-        """Remember an answer's predictions; how many were remembered."""
+        """Remember an answer's predictions; how many were remembered.
+
+        Ids are kept as the header's bytes (a label's id is encoded to look one up): no
+        decoding per request.
+        """
         predictions: list[str] | list[float] = classes or values
         n = len(predictions)
         if n == 1 and self.window is not None:  # the common case, kept short
-            self.memory.remember(request_id.decode("latin-1"), predictions[0],
+            self.memory.remember(request_id, predictions[0],
                                  confidences[0] if confidences else None, self.version)
             return 1
         if not n or n > MAX_REMEMBERED_BATCH:
             return 0
         if self.window is None:
             self.window = self._make_window("classification" if classes else "regression")
-        rid = request_id.decode("latin-1")
         version = self.version
         if n == 1:
-            self.memory.remember(rid, predictions[0], confidences[0] if confidences else None,
-                                 version)
+            self.memory.remember(request_id, predictions[0],
+                                 confidences[0] if confidences else None, version)
             return 1
         with_conf = len(confidences) == n
         for i, prediction in enumerate(predictions):
-            self.memory.remember(f"{rid}#{i}", prediction,
+            self.memory.remember(b"%s#%d" % (request_id, i), prediction,
                                  confidences[i] if with_conf else None, version)
         return n
 
@@ -212,7 +215,11 @@ class Feedback:
                 parse_label(label, window.task)
             except PayloadError:
                 return "invalid"
-        taken = self.memory.take(rid)
+        try:  # remembered as the header's bytes: any id sent in them is latin-1
+            key = rid.encode("latin-1")
+        except UnicodeEncodeError:
+            return "unknown"
+        taken = self.memory.take(key)
         if isinstance(taken, LabelStatus):
             return taken.value  # unknown, expired, duplicate
         assert window is not None  # made with the first remembered prediction

@@ -244,3 +244,44 @@ def test_a_refused_label_does_not_use_the_prediction_up() -> None:
         first = client.post("/-/feedback", json={"request_id": rid, "label": "n/a"}).json()
         second = client.post("/-/feedback", json={"request_id": rid, "label": 2.5}).json()
     assert first["invalid"] == 1 and second["accepted"] == 1
+
+
+def _feedback() -> Any:
+    from mlwarden.middleware.feedback import Feedback
+    from mlwarden.middleware.quality import PredictionMemory
+
+    return Feedback(model="fraud", version="1", memory=PredictionMemory(), task="classification")
+
+
+def test_a_batch_answer_is_remembered_under_numbered_ids() -> None:
+    feedback = _feedback()
+    assert feedback.remember(b"order-7", ["fraud", "ok"], [], [0.9, 0.6]) == 2
+    result = feedback.record([{"request_id": "order-7#1", "label": "ok"},
+                              {"request_id": "order-7#0", "label": "ok"},
+                              {"request_id": "order-7", "label": "ok"}])
+    assert (result["accepted"], result["unknown"]) == (2, 1)
+    assert feedback.window is not None and feedback.window.snapshot().accuracy == 0.5
+
+
+def test_a_label_id_outside_latin_1_is_unknown_not_an_error() -> None:
+    feedback = _feedback()
+    feedback.remember(b"caf\xe9-1", ["ok"], [], [0.9])  # an id an app set in latin-1 bytes
+    result = feedback.record([{"request_id": "caf\u00e9-1", "label": "ok"},
+                              {"request_id": "\u20ac-1", "label": "ok"}])
+    assert (result["accepted"], result["unknown"], result["invalid"]) == (1, 1, 0)
+
+
+def test_a_label_for_a_prediction_still_staged_is_joined_with_its_delay() -> None:
+    from mlwarden.middleware.feedback import Feedback
+    from mlwarden.middleware.quality import PredictionMemory
+
+    now = [100.0]
+    memory = PredictionMemory(clock=lambda: now[0])
+    feedback = Feedback(model="fraud", version="1", memory=memory, task="classification",
+                        clock=lambda: now[0])
+    feedback.remember(b"r1", ["fraud"], [], [0.8])  # staged: nothing read the memory since
+    now[0] += 42.0
+    assert feedback.record([{"request_id": "r1", "label": "fraud"}])["accepted"] == 1
+    snapshot = feedback.window.snapshot() if feedback.window is not None else None
+    assert snapshot is not None and (snapshot.samples, snapshot.delay_p50_s) == (1, 42.0)
+    assert feedback.report()["remembered"] == 1

@@ -619,3 +619,176 @@ def test_the_oldest_id_remembered_again_on_a_full_memory_replaces_itself_in_plac
     assert all(isinstance(memory.take(rid), Remembered) for rid in "bc")
     memory.remember("d", "x", None, "1")  # evicts "b" now: "a" was rewritten after it
     assert memory.take("b") == LabelStatus.DUPLICATE
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def test_a_staged_prediction_is_taken_with_its_own_time_and_delay() -> None:
+    clock = FakeClock()
+    memory = PredictionMemory(clock=clock)
+    memory.remember(b"r1", "fraud", 0.75, "v1")  # staged: nothing has read the memory yet
+    clock.now += 5.25
+    memory.remember(b"r2", "ok", None, "v1")
+    clock.now += 2.0
+    got = memory.take(b"r1")
+    assert got == Remembered(b"r1", "fraud", 0.75, "v1", remembered_at=1000.0, delay_s=7.25)
+    assert isinstance(memory.take(b"r2"), Remembered)
+    assert (memory.remembered, memory.labelled, memory.pending, len(memory)) == (2, 2, 0, 2)
+
+
+def test_an_id_remembered_twice_in_one_staged_batch_is_a_replacement() -> None:
+    clock = FakeClock()
+    memory = PredictionMemory(max_items=10, clock=clock)
+    memory.remember("a", "x", 0.5, "v1")
+    memory.remember("b", "x", None, "v1")
+    clock.now += 1
+    memory.remember("a", "y", 0.6, "v2")  # same batch as the first "a"
+    assert (memory.remembered, memory.replaced, len(memory), memory.pending) == (3, 1, 2, 2)
+    got = memory.take("a")
+    assert isinstance(got, Remembered)
+    assert (got.prediction, got.confidence, got.version, got.remembered_at) == (
+        "y", 0.6, "v2", 1001.0)
+    for k in range(10):  # the emptied slot comes round: nothing counts as evicted for it
+        memory.remember(f"x{k}", "x", None, "v1")
+    assert (len(memory), memory.evicted_unlabelled, memory.evicted_labelled) == (10, 1, 1)
+    assert memory.take("a") is LabelStatus.DUPLICATE and memory.take("b") is LabelStatus.EXPIRED
+
+
+def test_max_age_applies_to_predictions_staged_together() -> None:
+    clock = FakeClock()
+    memory = PredictionMemory(max_age_s=10, clock=clock)
+    memory.remember("old", "a", None, "v1")
+    clock.now += 10.5  # staged with "old", but "old" expires at this one's time
+    memory.remember("new", "a", None, "v1")
+    assert memory.take("old") is LabelStatus.EXPIRED
+    assert isinstance(memory.take("new"), Remembered)
+    assert (memory.remembered, memory.evicted_unlabelled, len(memory)) == (2, 1, 1)
+
+
+def test_max_age_evicts_ring_records_when_a_staged_batch_goes_in() -> None:
+    clock = FakeClock()
+    memory = PredictionMemory(max_age_s=100, clock=clock)
+    for k in range(3):
+        memory.remember(f"r{k}", "a", None, "v1")
+    assert len(memory) == 3  # in the ring now
+    clock.now += 150
+    for k in range(3, 6):  # staged; the flush finds r0…r2 older than max_age_s
+        memory.remember(f"r{k}", "a", None, "v1")
+    assert (len(memory), memory.evicted_unlabelled) == (3, 3)
+    assert [memory.take(f"r{k}") for k in range(3)] == [LabelStatus.EXPIRED] * 3
+    assert all(isinstance(memory.take(f"r{k}"), Remembered) for k in range(3, 6))
+
+
+def test_staged_batches_wrap_round_the_ring_and_evict_the_oldest() -> None:
+    memory = PredictionMemory(max_items=300, max_expired_ids=1000, clock=FakeClock())
+    for k in range(1000):  # batches of 256 into 300 slots: writes round the ring's end
+        memory.remember(f"r{k}", f"c{k % 3}", k / 1000, "v1")
+        if k == 650:
+            assert isinstance(memory.take("r640"), Remembered)  # labelled, then evicted
+    assert len(memory) == 300
+    assert all(memory.take(f"r{k}") is LabelStatus.EXPIRED for k in range(200, 640))
+    assert memory.take("r640") is LabelStatus.DUPLICATE
+    taken = [memory.take(f"r{k}") for k in range(700, 1000)]
+    assert all(isinstance(t, Remembered) and t.prediction == f"c{k % 3}"
+               and t.confidence == k / 1000 for k, t in zip(range(700, 1000), taken, strict=True))
+    assert (memory.remembered, memory.evicted_unlabelled, memory.evicted_labelled) == (
+        1000, 699, 1)
+
+
+def test_an_unhashable_id_is_refused_before_anything_is_staged() -> None:
+    memory = PredictionMemory(clock=FakeClock())
+    memory.remember("r0", "a", None, "v1")
+    with pytest.raises(TypeError):
+        memory.remember(["r1"], "a", None, "v1")  # type: ignore[arg-type]
+    assert (memory.remembered, len(memory)) == (1, 1)
+    assert isinstance(memory.take("r0"), Remembered)
+
+
+def test_str_and_bytes_ids_are_distinct() -> None:
+    memory = PredictionMemory(clock=FakeClock())
+    memory.remember(b"r1", "a", None, "v1")
+    assert memory.take("r1") is LabelStatus.UNKNOWN
+    assert isinstance(memory.take(b"r1"), Remembered)
+
+
+def _replay(memory: PredictionMemory, clock: FakeClock, steps: list[tuple],
+            read_each_time: bool) -> list[object]:
+    """Run ``steps`` on ``memory``; what every read returned (counters included)."""
+    seen: list[object] = []
+    for step in steps:
+        kind = step[0]
+        if kind == "remember":
+            clock.now = step[1]
+            memory.remember(*step[2:])
+            if read_each_time:
+                len(memory)  # flushes: each prediction goes in alone
+        else:
+            clock.now = step[1]
+            if kind == "take":
+                seen.append(memory.take(step[2]))
+            else:
+                memory.expire()
+            seen.append((len(memory), memory.pending, memory.remembered, memory.replaced,
+                         memory.labelled, memory.evicted_labelled, memory.evicted_unlabelled))
+    return seen
+
+
+@pytest.mark.parametrize(("seed", "max_items"), [(0, 3), (1, 7), (2, 50), (3, 300), (4, 300)])
+def test_staged_batches_end_exactly_where_one_by_one_would(seed: int, max_items: int) -> None:
+    """Replacements (held or in the batch), ids back from eviction, age and count bounds."""
+    rng = random.Random(seed)
+    steps: list[tuple] = []
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice([0.0, 0.01, 0.5, 3.0]) if rng.random() < 0.98 else 40.0
+        roll = rng.random()
+        rid = f"r{rng.randrange(400)}"  # a small pool: replacements and returning ids
+        if roll < 0.85:
+            steps.append(("remember", now, rid, rng.choice(["a", "b", 2.5]),
+                          rng.choice([None, 0.7]), rng.choice(["v1", "v2"])))
+        elif roll < 0.99:  # often a recent id: joined, then labelled twice
+            recent = [s[2] for s in steps[-20:] if s[0] == "remember"]
+            steps.append(("take", now, rng.choice(recent) if recent and roll < 0.95 else rid))
+        else:
+            steps.append(("expire", now))
+    results = []
+    for read_each_time in (True, False):
+        clock = FakeClock(0.0)
+        memory = PredictionMemory(max_items=max_items, max_age_s=30, max_expired_ids=60,
+                                  clock=clock)
+        results.append(_replay(memory, clock, steps, read_each_time))
+    assert results[0] == results[1]
+    statuses = {type(r).__name__ if isinstance(r, Remembered) else r
+                for r in results[0] if type(r) is not tuple}  # counters are plain tuples
+    assert statuses == {"Remembered", *LabelStatus}  # every outcome was exercised
+    assert results[0][-1][3] > 10  # type: ignore[index]  # replacements
+
+
+def test_a_staged_batch_spanning_max_age_evicts_as_one_by_one_would() -> None:
+    clock = FakeClock(0.0)
+    memory = PredictionMemory(max_items=3, max_age_s=10, clock=clock)
+    memory.remember("x", "a", None, "v1")
+    memory.remember("y", "a", None, "v1")
+    assert len(memory) == 2
+    clock.now = 1.0
+    memory.remember("o", "a", None, "v1")  # fills the memory
+    clock.now = 12.0  # x, y and o (staged with these two) are older than max_age_s now
+    memory.remember("p", "a", None, "v1")
+    memory.remember("q", "a", None, "v1")  # the batch of three goes in
+    assert (len(memory), memory.evicted_unlabelled) == (2, 3)
+    assert memory.take("o") is LabelStatus.EXPIRED
+
+
+def test_an_id_back_after_its_record_aged_out_is_new_not_a_replacement() -> None:
+    clock = FakeClock(0.0)
+    memory = PredictionMemory(max_items=3, max_age_s=10, clock=clock)
+    for rid in "abc":
+        memory.remember(rid, "x", None, "v1")
+    assert len(memory) == 3  # "a" sits in the slot the next prediction is written to
+    clock.now = 20.0
+    memory.remember("a", "y", None, "v1")
+    assert (len(memory), memory.replaced, memory.evicted_unlabelled, memory.remembered) == (
+        1, 0, 3, 4)
+    taken = memory.take("a")
+    assert isinstance(taken, Remembered) and (taken.prediction, taken.delay_s) == ("y", 0.0)
