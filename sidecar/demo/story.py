@@ -92,7 +92,7 @@ class Timing:
 
 
 FULL = Timing(normal_s=20, errors_s=20, drift_s=30, outage_s=15, recovery_s=15, grace_s=20,
-              rate_per_s=40, canary_interval_s=4)
+              rate_per_s=40, canary_interval_s=5)
 QUICK = Timing(normal_s=9, errors_s=12, drift_s=18, outage_s=10, recovery_s=10, grace_s=15,
                rate_per_s=40, canary_interval_s=3)
 
