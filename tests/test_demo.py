@@ -63,6 +63,31 @@ def test_a_model_retrained_on_shifted_inputs_has_a_baseline_of_the_new_inputs():
     assert shifted - mean == pytest.approx(1.5 * 18.0, abs=2.0)
 
 
+def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
+    from mlwarden.sidecar.config import SidecarConfig
+    from mlwarden.sidecar.demo.story import TIME_SCALE, default_tiers_scaled
+    from mlwarden.sidecar.healing.policies import default_policies
+
+    tiers = default_tiers_scaled("http://127.0.0.1:9/retrain")
+    config = SidecarConfig.from_mapping({
+        "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
+        "healing": {"retrain_webhook_url": "http://127.0.0.1:9/retrain"}}, environ={})
+    originals = default_policies(config)
+    assert [t["name"] for t in tiers] == [p.name for p in originals]
+    for tier, original in zip(tiers, originals, strict=True):
+        assert (tier["when"], tier["severity"]) == (original.when, original.severity)
+        assert tier["for_s"] * TIME_SCALE == original.for_s
+        assert tier["cooldown_s"] * TIME_SCALE == original.cooldown_s
+    # Written back as a config, they load as policies with the same actions.
+    loaded = SidecarConfig.from_mapping({
+        "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
+        "policies": tiers}, environ={}).policies
+    assert [[a.kind for a in p.actions] for p in loaded] == [
+        [a.kind for a in p.actions] for p in originals]
+    assert ["webhook" in [a.kind for a in p.actions] for p in loaded] == [
+        False, False, True, True, False]
+
+
 def test_shift_arguments_name_the_feature_and_the_form():
     assert parse_shift("monthly_charges=1.5, age=-1") == {"monthly_charges": 1.5, "age": -1.0}
     with pytest.raises(ValueError, match=r"feature=stds.*'height=2'"):
@@ -230,12 +255,16 @@ def test_the_quick_demo_heals_every_phase_and_fails_no_client_request():
         assert row["failed"] == "0", (name, row)
         assert int(row["requests"]) > 100, (name, row)
     assert rows["candidate errors"]["detected_by"] in ("rollback v2", "breaker_opened v2")
-    assert rows["input drift"]["detected_by"] == "policy_fired v1 (drift-retrain)"
+    assert rows["input drift"]["detected_by"] in ("policy_fired v1 (drift-small)",
+                                                  "policy_fired v1 (drift-large)")
     assert rows["primary outage"]["detected_by"] in ("breaker_opened v1",
                                                      "upstream_unhealthy v1")
     assert rows["recovery"]["detected_by"] in ("upstream_healthy v1", "breaker_closed v1")
-    # The canary stepped up before the fault; the retraining pipeline redeployed v1.
+    # The canary stepped up before the fault. Under drift the default tier drift-large moved
+    # traffic to v2 and called the retraining webhook; the pipeline redeployed v1 and the
+    # policy brought traffic back to it.
     assert "analysis passed: weight 20% -> 30%" in out
+    assert "traffic moved from v1 to v2" in out and "traffic back to v1" in out
     assert "retrained v1 serving" in out and "escalations received: 1" in out
     assert "every phase healed" in out
     # Every process the demo started is gone, and its work directory with them.

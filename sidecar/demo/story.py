@@ -6,9 +6,10 @@ Set-up (all on 127.0.0.1, ports chosen by the OS, a temporary work directory):
   trains a small logistic regression on synthetic customers at start and serves it with the
   middleware (:mod:`mlwarden.sidecar.demo.model`);
 - the sidecar (``mlwarden sidecar``, a child process) with ``v2`` on a canary split and a
-  shadow copy, ``v2`` as ``v1``'s fallback, and policies shaped like the default tiers with
-  timings short enough for a demo: large drift calls the retraining webhook, a primary out of
-  rotation escalates;
+  shadow copy, ``v2`` as ``v1``'s fallback, the default policy tiers written out with their
+  timings divided by :data:`TIME_SCALE` (same conditions and actions; large drift or errors
+  route to the stable version and call the retraining webhook), and one more policy: a
+  primary out of rotation escalates;
 - in this process: the load generator (a fixed request rate, bounded in flight), the
   "retraining pipeline" and the escalation channel (one small HTTP receiver for both
   webhooks), the live view, and the judge.
@@ -18,12 +19,14 @@ Phases — each has a fault, what detects it, what heals it, and a check that it
 1. **normal**: traffic like the training data; the canary analyses pass and step up.
 2. **candidate errors**: ``v2`` answers 500 to half its predictions; the canary analysis (or
    the candidate's breaker) rolls the canary back while retries and the stable version keep
-   clients served. The bug is then "fixed" (the fault switched off) so ``v2`` can be a
-   fallback again.
+   clients served. Once it is rolled back the bug is "fixed" (the fault switched off), so
+   that ``v2`` can serve as the fallback later.
 3. **input drift**: ``monthly_charges`` moves up 1.5 standard deviations; ``v1``'s health
-   report shows drift, the policy calls the retraining webhook, and the pipeline trains ``v1``
-   on inputs like the new ones and redeploys it (the new process trains first, then takes the
-   port over). Healed once the redeployed ``v1`` serves and its report shows no drift.
+   report shows drift; ``drift-large`` moves traffic to ``v2`` and calls the retraining
+   webhook; the pipeline trains ``v1`` on inputs like the new ones and redeploys it (the new
+   process trains first, then takes the port over); once ``v1``'s drift has been gone for
+   ``restore_after_s`` the policy sends traffic back. Healed when clients are served by the
+   retrained ``v1`` again.
 4. **primary outage**: ``v1`` is SIGKILLed; retries and the breaker move traffic to ``v2``,
    health checks take ``v1`` out of rotation, and the policy escalates.
 5. **recovery**: ``v1`` is started again; health checks bring it back into rotation and close
@@ -71,8 +74,12 @@ from mlwarden.sidecar.demo.view import LiveView, PhaseResult, Snapshot, summary_
 __all__ = ["FULL", "QUICK", "Timing", "run_demo"]
 
 DRIFT_SHIFT = {"monthly_charges": 1.5}
-DRIFT_POLICY = "drift-retrain"
+DRIFT_POLICIES = ("drift-small", "drift-large")  # the default tiers' names
+DRIFT_ROUTING_POLICY = "drift-large"
 OUTAGE_POLICY = "primary-out-of-rotation"
+#: The default tiers' timings (for_s, cooldown_s, window_s, restore_after_s) are divided by
+#: this: a minute of drift before acting is right for a service, too long for a demo.
+TIME_SCALE = 20.0
 _MAX_RECORDS = 200_000  # client answers kept for the judge (about 20 minutes at 150/s)
 _MAX_EVENTS = 2_000
 
@@ -91,10 +98,41 @@ class Timing:
     canary_interval_s: float
 
 
-FULL = Timing(normal_s=20, errors_s=20, drift_s=30, outage_s=15, recovery_s=15, grace_s=20,
+FULL = Timing(normal_s=20, errors_s=15, drift_s=40, outage_s=15, recovery_s=15, grace_s=20,
               rate_per_s=40, canary_interval_s=5)
-QUICK = Timing(normal_s=9, errors_s=12, drift_s=18, outage_s=10, recovery_s=10, grace_s=15,
+QUICK = Timing(normal_s=9, errors_s=10, drift_s=28, outage_s=10, recovery_s=10, grace_s=15,
                rate_per_s=40, canary_interval_s=3)
+
+
+def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[dict[str, Any]]:
+    """The sidecar's default policy tiers, as config entries, with timings divided by ``scale``.
+
+    Same names, conditions, severities and actions as :func:`default_policies` gives a sidecar
+    with ``healing.retrain_webhook_url`` set; only the clock runs faster.
+    """
+    from mlwarden.sidecar.config import SidecarConfig
+    from mlwarden.sidecar.healing.policies import default_policies
+
+    config = SidecarConfig.from_mapping({
+        "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
+        "healing": {"retrain_webhook_url": retrain_url}}, environ={})
+    out = []
+    for policy in default_policies(config):
+        actions: list[Any] = []
+        for action in policy.actions:
+            if action.kind == "webhook":
+                actions.append({"webhook": {"url": action.url, "body": dict(action.body or {})}})
+            else:
+                actions.append(action.kind)
+        out.append({
+            "name": policy.name, "when": policy.when, "severity": policy.severity,
+            "for_s": policy.for_s / scale, "cooldown_s": policy.cooldown_s / scale,
+            "window_s": policy.window_s / scale,
+            "restore_after_s": (None if policy.restore_after_s is None
+                                else policy.restore_after_s / scale),
+            "actions": actions,
+        })
+    return out
 
 
 @dataclass(slots=True)
@@ -114,6 +152,7 @@ class _Phase:
     begin: Callable[[], Awaitable[None]]
     judge: Callable[[PhaseResult, float], Awaitable[None]]  # fills the result; (result, t0)
     end: Callable[[], Awaitable[None]] | None = None
+    on_healed: Callable[[], Awaitable[None]] | None = None  # once, when first judged healed
     result: PhaseResult = field(init=False)
     started: float = 0.0  # wall time
 
@@ -201,13 +240,12 @@ class Demo:
             "shadow": {"target": "v2", "sample_percent": 25.0, "max_concurrent": 2,
                        "max_queue": 16, "timeout_s": 2.0},
             "ledger": {"path": str(self.workdir / "ledger.jsonl"), "fsync": False},
-            "healing": {"interval_s": 1.0, "default_policies": False,
+            "healing": {"interval_s": 0.5, "default_policies": False,
+                        "retrain_webhook_url": f"{hooks}/retrain",
                         "escalation": {"webhook_url": f"{hooks}/escalate", "threshold": 3}},
             "policies": [
-                {"name": DRIFT_POLICY, "when": "drift_score > 0.25", "for_s": 2,
-                 "cooldown_s": 300, "severity": "warning", "target": "v1",
-                 "actions": [{"webhook": {"url": f"{hooks}/retrain",
-                                          "body": {"model": "churn", "version": "v1"}}}]},
+                *default_tiers_scaled(f"{hooks}/retrain"),
+                # Beside the tiers: a primary out of rotation is worth a person's attention.
                 {"name": OUTAGE_POLICY, "when": 'not healthy("v1")', "for_s": 1,
                  "cooldown_s": 300, "severity": "critical", "actions": ["escalate"]},
             ],
@@ -492,21 +530,30 @@ class Demo:
             result.note = f"rollback: {rollbacks[0].get('reason', '')}"
 
     async def _judge_drift(self, result: PhaseResult, t0: float) -> None:
-        self._detected(result, t0, self._events_after(
-            t0, actions=("policy_fired",), policy=DRIFT_POLICY))
+        fired = [r for r in self._events_after(t0, actions=("policy_fired",))
+                 if r.get("policy") in DRIFT_POLICIES]
+        self._detected(result, t0, fired)
         if self.redeploy_error:
             result.note = self.redeploy_error.splitlines()[0]
             return
-        if self.redeployed_at is None:
+        moved = self._events_after(t0, actions=("fallback",), policy=DRIFT_ROUTING_POLICY)
+        restored = self._events_after(t0, actions=("restore_primary",),
+                                      policy=DRIFT_ROUTING_POLICY)
+        if self.redeployed_at is None or self.drift_cleared_at is None or not restored:
             return
-        served = self._clients_recovered(self.redeployed_at, "v1")
-        if served is None or self.drift_cleared_at is None:
+        back_at = float(restored[0]["at"])
+        served = self._clients_recovered(back_at, "v1")
+        if served is None:
             return
         result.healed = True
-        result.healed_by = "retrain webhook; v1 retrained and redeployed"
-        result.recovery_s = max(self.drift_cleared_at, served) - t0
-        result.note = (f"retrained v1 serving {self.redeployed_at - t0:.1f} s after the shift; "
-                       f"its window free of drift {self.drift_cleared_at - t0:.1f} s after it")
+        result.healed_by = ("traffic to v2, retrain webhook; v1 retrained, redeployed, "
+                            "traffic back")
+        result.recovery_s = served - t0
+        result.note = (
+            (f"traffic on v2 from {float(moved[0]['at']) - t0:.1f} s; " if moved else "")
+            + f"retrained v1 serving at {self.redeployed_at - t0:.1f} s, its window free of "
+            f"drift at {self.drift_cleared_at - t0:.1f} s; traffic back on v1 at "
+            f"{back_at - t0:.1f} s")
 
     async def _judge_outage(self, result: PhaseResult, t0: float) -> None:
         self._detected(result, t0, self._events_after(
@@ -543,7 +590,8 @@ class Demo:
 
         async def errors_off() -> None:
             await self._set_fault(client, 0.0)
-            self._note("fault_cleared", "v2", "v2's bug fixed: the fault is off")
+            self._note("fault_cleared", "v2", "v2's bug fixed after the rollback: the fault "
+                                              "is off (v2 stays the fallback)")
 
         async def drift_on() -> None:
             self.pool = self.pools["drifted"]
@@ -562,10 +610,12 @@ class Demo:
             _Phase("normal", "none", "traffic like the training data; v2 on the canary "
                    "split and the shadow copy", t.normal_s, nothing, self._judge_normal),
             _Phase("candidate errors", "v2 answers 500 to half its requests",
-                   "the canary analysis should roll v2 back; retries keep clients served",
-                   t.errors_s, errors_on, self._judge_errors, end=errors_off),
+                   "the canary should roll v2 back; retries keep clients served; the bug is "
+                   "fixed once it is rolled back",
+                   t.errors_s, errors_on, self._judge_errors, on_healed=errors_off),
             _Phase("input drift", "monthly_charges +1.5 std",
-                   "v1's drift should call the retraining webhook; the retrained v1 takes over",
+                   "drift-large should move traffic to v2 and ask for retraining; the "
+                   "retrained v1 takes over and traffic comes back to it",
                    t.drift_s, drift_on, self._judge_drift),
             _Phase("primary outage", "v1 SIGKILLed",
                    "retries and the breaker should move clients to v2; the policy escalates",
@@ -631,14 +681,17 @@ class Demo:
                 t0 = time.time()
                 planned = t0 + phase.duration_s
                 latest = planned + self.timing.grace_s
+                healed_seen = False
                 while True:
-                    await asyncio.sleep(0.25)
+                    await asyncio.sleep(0.5)
                     now = time.time()
-                    if now < planned:
-                        continue
-                    await self._poll_once(client)
+                    phase.result.healed = False  # judged afresh: a later failure counts
                     await phase.judge(phase.result, t0)
-                    if phase.result.healed or now >= latest:
+                    if phase.result.healed and not healed_seen:
+                        healed_seen = True
+                        if phase.on_healed is not None:
+                            await phase.on_healed()
+                    if now >= latest or (now >= planned and phase.result.healed):
                         break
                 if phase.end is not None:
                     await phase.end()
