@@ -175,6 +175,7 @@ class Demo:
         self.token = secrets.token_hex(16)
         self.started_at = time.time()
         self.view = LiveView(out, live=live, started_at=self.started_at)
+        self.interactive = sys.stdin is not None and sys.stdin.isatty()
         self.children: dict[str, Child] = {}  # by role; a redeploy replaces "v1"
         self.spawned: list[Child] = []  # every child ever started, stopped at the end
         self._pipeline: asyncio.Task[None] | None = None
@@ -525,7 +526,7 @@ class Demo:
         if rollbacks and recovered is not None:
             healed_at = max(float(rollbacks[0]["at"]), recovered)
             result.healed = True
-            result.healed_by = "canary rolled back; retries + stable served"
+            result.healed_by = "canary rollback; retries + v1 served"
             result.recovery_s = healed_at - t0
             result.note = f"rollback: {rollbacks[0].get('reason', '')}"
 
@@ -546,8 +547,7 @@ class Demo:
         if served is None:
             return
         result.healed = True
-        result.healed_by = ("traffic to v2, retrain webhook; v1 retrained, redeployed, "
-                            "traffic back")
+        result.healed_by = "to v2 + retrain; v1 redeployed; back"
         result.recovery_s = served - t0
         result.note = (
             (f"traffic on v2 from {float(moved[0]['at']) - t0:.1f} s; " if moved else "")
@@ -561,7 +561,7 @@ class Demo:
         recovered = self._clients_recovered(t0, "v2")
         if recovered is not None and result.detected_after_s is not None:
             result.healed = True
-            result.healed_by = "retries + breaker: fallback to v2"
+            result.healed_by = "retries + breaker: v2 serves"
             result.recovery_s = recovered - t0
             result.note = (f"escalations received: {sum(1 for e in self.escalations if e >= t0)}"
                            f"; first answer from v2 {recovered - t0:.3f} s after the kill")
@@ -572,7 +572,7 @@ class Demo:
         recovered = self._clients_recovered(t0, "v1")
         if recovered is not None:
             result.healed = True
-            result.healed_by = "health checks: v1 back, breaker closed"
+            result.healed_by = "health checks: v1 back, closed"
             result.recovery_s = recovered - t0
             result.note = "time to recovery includes the model server's start-up"
 
@@ -609,7 +609,7 @@ class Demo:
         return [
             _Phase("normal", "none", "traffic like the training data; v2 on the canary "
                    "split and the shadow copy", t.normal_s, nothing, self._judge_normal),
-            _Phase("candidate errors", "v2 answers 500 to half its requests",
+            _Phase("candidate errors", "v2: 500 on half its requests",
                    "the canary should roll v2 back; retries keep clients served; the bug is "
                    "fixed once it is rolled back",
                    t.errors_s, errors_on, self._judge_errors, on_healed=errors_off),
@@ -644,8 +644,18 @@ class Demo:
                           f"v1 on {self._url('v1')}, v2 on {self._url('v2')}")
                 if self.prometheus_url:
                     self._say(f"Prometheus on {self.prometheus_url} (scraping the sidecar and "
-                              f"both models; it stops with the demo)")
+                              f"both models; on a terminal it stays up after the story "
+                              f"until you press Enter)")
                 results = await self._story(client)
+                self.view.done()
+                self._say("\n" + summary_table(results))
+                healed = all(r.healed for r in results)
+                self._say(f"\n{self.sent} client requests through the sidecar, "
+                          f"{self.failed} failed")
+                self._say("every phase healed" if healed else
+                          "some phase did NOT heal: see the table and the logs")
+                if self.prometheus_url and self.interactive:
+                    await self._hold()
         finally:
             if self._pipeline is not None:
                 self._pipeline.cancel()
@@ -656,13 +666,14 @@ class Demo:
             hooks.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(hooks_task, 10)
-        self.view.done()
-        self._say("\n" + summary_table(results))
-        healed = all(r.healed for r in results)
-        self._say(f"\n{self.sent} client requests through the sidecar, {self.failed} failed")
-        self._say("every phase healed" if healed else
-                  "some phase did NOT heal: see the table and the logs")
         return 0 if healed else 1
+
+    async def _hold(self, limit_s: float = 1800.0) -> None:
+        """Keep everything up for a look at Prometheus, until Enter (at most ``limit_s``)."""
+        self._say(f"\nPrometheus on {self.prometheus_url} and the sidecar, v1 and v2 stay up "
+                  f"(no more load); press Enter to stop them (or wait {limit_s / 60:.0f} min)")
+        with contextlib.suppress(TimeoutError, OSError, ValueError):
+            await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), limit_s)
 
     async def _story(self, client: httpx.AsyncClient) -> list[PhaseResult]:
         stop = asyncio.Event()
