@@ -1,10 +1,12 @@
-"""Small real model servers for the tests, in FastAPI and in Starlette."""
+"""Small real model servers for the tests: in FastAPI, in Starlette, and a raw ASGI model
+version for the sidecar tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import http
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+
+from tests.servers import relay_body
 
 FEATURES = [f"f{i}" for i in range(5)]
 
@@ -183,3 +187,80 @@ def fastapi_app(**kwargs: Any) -> FastAPI:
         await s_ws(websocket)
 
     return app
+
+
+# -- A model version behind the sidecar -------------------------------------------------------
+
+
+class FakeVersion:
+    """One model version as the sidecar sees it: ``/-/health`` answers ``{"status": "ok"}``,
+    any other request is a prediction.
+
+    A prediction is ``{"predictions": [label]}``, or with ``echo=True`` the request body sent
+    back as it arrives. Every prediction carries ``x-version: <name>``. Requests numbered (from
+    1) up to ``fail_first``, and every ``error_every``-th, are answered 503 ``<name> failed``;
+    every ``differ_every``-th predicts ``"other"``; each one first waits ``hang_s``. ``hits``
+    counts the predictions asked for, ``shadow_hits`` those sent as shadow copies.
+    """
+
+    def __init__(self, name: str = "model", *, label: Any = None, echo: bool = False,
+                 fail_first: int = 0, error_every: int = 0, hang_s: float = 0.0,
+                 differ_every: int = 0) -> None:
+        if echo == (label is not None):
+            raise ValueError(f"FakeVersion {name!r}: give label= or echo=True, exactly one")
+        if echo and differ_every:
+            raise ValueError(f"FakeVersion {name!r}: differ_every changes the label; "
+                             "an echo has none")
+        if min(fail_first, error_every, hang_s, differ_every) < 0:
+            raise ValueError(f"FakeVersion {name!r}: counts and hang_s must be >= 0")
+        self.name = name
+        self.label = label
+        self.echo = echo
+        self.fail_first = fail_first
+        self.error_every = error_every
+        self.hang_s = hang_s
+        self.differ_every = differ_every
+        self.hits = 0
+        self.shadow_hits = 0
+
+    def __repr__(self) -> str:
+        answer = "echo=True" if self.echo else f"label={self.label!r}"
+        options = "".join(f", {k}={v!r}" for k in ("fail_first", "error_every", "hang_s",
+                                                  "differ_every") if (v := getattr(self, k)))
+        return f"FakeVersion({self.name!r}, {answer}{options})"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/-/health":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
+            return
+        self.hits += 1
+        hit = self.hits
+        if (b"x-mlwarden-shadow", b"1") in scope["headers"]:
+            self.shadow_hits += 1
+        if self.hang_s:
+            await asyncio.sleep(self.hang_s)  # bounded by the caller's hang_s
+        if hit <= self.fail_first or (self.error_every and hit % self.error_every == 0):
+            await _drain(receive)
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": f"{self.name} failed".encode()})
+            return
+        if self.echo:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"x-version", self.name.encode())]})
+            await relay_body(receive, send)
+            return
+        await _drain(receive)
+        label = "other" if self.differ_every and hit % self.differ_every == 0 else self.label
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"x-version", self.name.encode())]})
+        await send({"type": "http.response.body",
+                    "body": json.dumps({"predictions": [label]}).encode()})
+
+
+async def _drain(receive: Any) -> None:
+    while (await receive()).get("more_body"):
+        pass

@@ -34,11 +34,11 @@ from mlwarden.sidecar.resilience.breaker import (
     build_breakers,
     redis_storage,
 )
+from tests.apps import FakeVersion
 from tests.servers import (
     LOOPBACK,
     Process,
     free_port,
-    relay_body,
     require_binary,
     serve_app,
     temp_workdir,
@@ -409,25 +409,6 @@ def test_breakers_fail_open_while_redis_is_down_and_share_again_when_it_is_back(
 # --------------------------------------------------------------------------- end to end
 
 
-class Upstream:
-    """Answers 503 (``failing``) or echoes; counts the requests it got."""
-
-    def __init__(self, *, failing: bool) -> None:
-        self.failing = failing
-        self.hits = 0
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        self.hits += 1
-        if self.failing:
-            await send({"type": "http.response.start", "status": 503, "headers": []})
-            await send({"type": "http.response.body", "body": b"down"})
-            return
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await relay_body(receive, send)
-
-
 @contextlib.contextmanager
 def proxy_replicas(cfg: SidecarConfig, clock: FakeClock,
                    n: int = 2) -> Iterator[list[tuple[ProxyApp, httpx.Client]]]:
@@ -447,9 +428,10 @@ def proxy_replicas(cfg: SidecarConfig, clock: FakeClock,
 
 
 @contextlib.contextmanager
-def upstreams() -> Iterator[tuple[Upstream, Upstream, str, str]]:
+def upstreams() -> Iterator[tuple[FakeVersion, FakeVersion, str, str]]:
     """A primary answering 503 and a stable that echoes, each served by uvicorn."""
-    primary, stable = Upstream(failing=True), Upstream(failing=False)
+    primary = FakeVersion("primary", echo=True, error_every=1)
+    stable = FakeVersion("stable", echo=True)
     with serve_app(primary) as p, serve_app(stable) as s:
         yield primary, stable, p.url, s.url
 

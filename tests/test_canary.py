@@ -21,7 +21,8 @@ from mlwarden.sidecar.healing.signals import UpstreamWindows
 from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.routing.canary import CanaryController, sticky_bucket
 from mlwarden.sidecar.routing.router import Router
-from tests.servers import relay_body, serve_app
+from tests.apps import FakeVersion
+from tests.servers import serve_app
 
 
 class Clock:
@@ -197,34 +198,9 @@ def test_a_sticky_cookie_is_read_from_the_cookie_header() -> None:
 INTERVAL_S = 2.0
 
 
-class Version:
-    """Answers its name; ``error_every`` > 0 makes every n-th request a 503."""
-
-    def __init__(self, name: str, error_every: int = 0) -> None:
-        self.name = name
-        self.error_every = error_every
-        self.hits = 0
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/-/health":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
-            return
-        self.hits += 1
-        if self.error_every and self.hits % self.error_every == 0:
-            await send({"type": "http.response.start", "status": 503, "headers": []})
-            await send({"type": "http.response.body", "body": b"candidate failed"})
-            return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"x-version", self.name.encode())]})
-        await relay_body(receive, send)
-
-
 @contextlib.contextmanager
-def canary_sidecar(candidate: Version, **canary: Any) -> Iterator[tuple[ProxyApp, str]]:
-    stable = Version("stable")
+def canary_sidecar(candidate: FakeVersion, **canary: Any) -> Iterator[tuple[ProxyApp, str]]:
+    stable = FakeVersion("stable", echo=True)
     with serve_app(stable) as s, serve_app(candidate) as c:
         cfg = SidecarConfig.from_mapping({
             "upstreams": {"stable": s.url, "candidate": c.url},
@@ -259,7 +235,7 @@ def load(url: str, *, until: Any, max_s: float, workers: int = 6) -> list[tuple[
 
 
 def test_a_candidate_failing_10_percent_at_5_percent_is_rolled_back_and_no_client_fails() -> None:
-    candidate = Version("candidate", error_every=10)
+    candidate = FakeVersion("candidate", echo=True, error_every=10)
     with canary_sidecar(candidate, steps_percent=[5, 50]) as (proxy, url):
         canary = proxy.canary
         assert canary is not None and canary.weight == 5
@@ -282,7 +258,7 @@ def test_a_candidate_failing_10_percent_at_5_percent_is_rolled_back_and_no_clien
 
 
 def test_a_healthy_candidate_is_promoted_through_the_steps() -> None:
-    candidate = Version("candidate")
+    candidate = FakeVersion("candidate", echo=True)
     # Everything here shares one process: a GC pause can make the candidate's p99 look slow.
     # The latency rule has its own unit test; here it must not decide.
     with canary_sidecar(candidate, steps_percent=[20, 60], guard_s=30,
@@ -310,7 +286,8 @@ def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> N
     from mlwarden.sidecar.admin import create_admin_app
     from tests.servers import start_prometheus, temp_workdir
 
-    stable, candidate = Version("stable"), Version("candidate", error_every=4)
+    stable = FakeVersion("stable", echo=True)
+    candidate = FakeVersion("candidate", echo=True, error_every=4)
     workdir = temp_workdir("canary-prom")
     with serve_app(stable) as s, serve_app(candidate) as c:
         # The admin port first (an empty app that gets the admin routes once the proxy

@@ -28,6 +28,7 @@ from mlwarden.sidecar.admin import create_admin_app
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.ledger import LedgerRecord
 from mlwarden.sidecar.proxy import ProxyApp
+from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir
 from tests.support import make_baseline, reference_rows
 from tests.test_proxy import dead_url
@@ -154,35 +155,12 @@ def model_app(influx_url: str) -> Any:
     return app
 
 
-class Upstream:
-    """Answers JSON predictions; the first ``fail_first`` requests get a 503."""
-
-    def __init__(self, label: str, fail_first: int = 0) -> None:
-        self.label = label
-        self.fail_first = fail_first
-        self.hits = 0
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/-/health":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
-            return
-        while (await receive()).get("more_body"):
-            pass
-        self.hits += 1
-        status = 503 if self.hits <= self.fail_first else 200
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body",
-                    "body": json.dumps({"predictions": [self.label]}).encode()})
-
-
 @contextlib.contextmanager
 def sidecar() -> Any:
-    primary, stable = Upstream("yes", fail_first=6), Upstream("yes")
-    candidate, shadow = Upstream("yes"), Upstream("no")
+    primary = FakeVersion("primary", label="yes", fail_first=6)
+    stable = FakeVersion("stable", label="yes")
+    candidate = FakeVersion("candidate", label="yes")
+    shadow = FakeVersion("shadow", label="no")
     with serve_app(primary) as p, serve_app(stable) as s, serve_app(candidate) as c, \
             serve_app(shadow) as sh:
         cfg = SidecarConfig.from_mapping({

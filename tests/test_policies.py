@@ -16,7 +16,7 @@ from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.policies import default_policies
 from mlwarden.sidecar.proxy import ProxyApp
-from tests.apps import starlette_app
+from tests.apps import FakeVersion, starlette_app
 from tests.servers import serve_app
 from tests.support import make_baseline, reference_rows
 
@@ -42,15 +42,6 @@ class Receiver:
 
     def at(self, path: str) -> list[dict[str, Any]]:
         return [body for p, body in self.received if p == path]
-
-
-class Stable:
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b'{"status": "ok"}' if scope["path"] == "/-/health" else b'{"predictions": [0]}'
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": body})
 
 
 def wait_for(what: Callable[[], Any], seconds: float = 15.0) -> Any:
@@ -87,7 +78,7 @@ def test_drift_in_the_primarys_traffic_routes_to_stable_and_fires_the_retrain_we
                                baseline=make_baseline(), drift_every_rows=500,
                                window_rows=2_000, drift_interval_s=3600)
     receiver = Receiver()
-    with serve_app(primary_app) as primary, serve_app(Stable()) as stable, \
+    with serve_app(primary_app) as primary, serve_app(FakeVersion(label=0)) as stable, \
             serve_app(receiver) as hooks:
         policy = {"name": "drift-to-stable", "when": "drift_score > 0.2", "cooldown_s": 600,
                   "actions": ["route_to_fallback",
@@ -118,7 +109,7 @@ def test_drift_in_the_primarys_traffic_routes_to_stable_and_fires_the_retrain_we
 
 def test_the_same_policy_firing_four_times_in_the_window_escalates_exactly_once() -> None:
     receiver = Receiver()
-    with serve_app(Stable()) as primary, serve_app(Stable()) as stable, \
+    with serve_app(FakeVersion(label=0)) as primary, serve_app(FakeVersion(label=0)) as stable, \
             serve_app(receiver) as hooks:
         policy = {"name": "always", "when": "requests >= 0", "cooldown_s": 0,
                   "severity": "warning", "actions": []}
@@ -140,8 +131,8 @@ def test_the_same_policy_firing_four_times_in_the_window_escalates_exactly_once(
 
 def test_a_fallback_that_fails_too_is_recorded_and_escalated_not_routed_again() -> None:
     receiver = Receiver()
-    with serve_app(Stable()) as primary, serve_app(receiver) as hooks:
-        stable_server = serve_app(Stable())
+    with serve_app(FakeVersion(label=0)) as primary, serve_app(receiver) as hooks:
+        stable_server = serve_app(FakeVersion(label=0))
         stable = stable_server.__enter__()
         policy = {"name": "move", "when": "breaker_open(\"primary\")", "cooldown_s": 0,
                   "actions": ["route_to_fallback"]}
@@ -187,7 +178,7 @@ def test_default_tiers_exist_without_written_policies() -> None:
 
 
 def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
-    with serve_app(Stable()) as primary, serve_app(Stable()) as candidate:
+    with serve_app(FakeVersion(label=0)) as primary, serve_app(FakeVersion(label=0)) as candidate:
         cfg = SidecarConfig.from_mapping({
             "upstreams": {"primary": primary.url, "candidate": candidate.url},
             "canary": {"candidate": "candidate"},
@@ -220,7 +211,7 @@ def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> 
 
     primary_app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
     primary_app.add_middleware(InferenceMonitor, model_name="fraud", model_version="2")
-    with serve_app(primary_app) as primary, serve_app(Stable()) as stable:
+    with serve_app(primary_app) as primary, serve_app(FakeVersion(label=0)) as stable:
         policy = {"name": "accuracy-floor", "when": "accuracy < 0.9 and labelled_samples >= 50",
                   "actions": ["route_to_fallback"]}
         with sidecar({"primary": primary.url, "stable": stable.url},

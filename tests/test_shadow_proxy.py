@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -16,44 +14,14 @@ from prometheus_client import CollectorRegistry
 from mlwarden.sidecar.admin import create_admin_app
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.proxy import ProxyApp
+from tests.apps import FakeVersion
 from tests.servers import serve_app
 
 
-class Model:
-    """Predicts ``label`` (or hangs for ``hang_s``, bounded); counts what it received."""
-
-    def __init__(self, label: str, *, hang_s: float = 0.0, differ_every: int = 0) -> None:
-        self.label = label
-        self.hang_s = hang_s
-        self.differ_every = differ_every
-        self.hits = 0
-        self.shadow_hits = 0
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        if scope["path"] == "/-/health":
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
-            return
-        self.hits += 1
-        if (b"x-mlwarden-shadow", b"1") in scope["headers"]:
-            self.shadow_hits += 1
-        if self.hang_s:
-            await asyncio.sleep(self.hang_s)
-        label = self.label
-        if self.differ_every and self.hits % self.differ_every == 0:
-            label = "other"
-        body = json.dumps({"predictions": [label]}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-
-
 @contextlib.contextmanager
-def shadowed(candidate: Model, **shadow: Any) -> Iterator[tuple[ProxyApp, httpx.Client,
-                                                                 CollectorRegistry, Model]]:
-    primary = Model("churn")
+def shadowed(candidate: FakeVersion, **shadow: Any) -> Iterator[
+        tuple[ProxyApp, httpx.Client, CollectorRegistry, FakeVersion]]:
+    primary = FakeVersion("primary", label="churn")
     with serve_app(primary) as p, serve_app(candidate) as c:
         cfg = SidecarConfig.from_mapping({
             "upstreams": {"primary": p.url, "candidate": c.url},
@@ -83,7 +51,7 @@ def settle(proxy: ProxyApp, registry: CollectorRegistry, total: int) -> None:
 
 
 def test_every_request_is_copied_compared_and_the_clients_answer_is_the_primarys() -> None:
-    candidate = Model("churn", differ_every=5)
+    candidate = FakeVersion("candidate", label="churn", differ_every=5)
     with shadowed(candidate) as (proxy, client, registry, primary):
         for i in range(40):
             r = client.post("/predict", json={"i": i})
@@ -99,7 +67,7 @@ def test_every_request_is_copied_compared_and_the_clients_answer_is_the_primarys
 
 
 def test_a_hanging_shadow_sheds_copies_and_never_delays_the_client() -> None:
-    candidate = Model("churn", hang_s=2.0)
+    candidate = FakeVersion("candidate", label="churn", hang_s=2.0)
     with shadowed(candidate, max_concurrent=2, max_queue=2, timeout_s=1.0) as (
             _, client, registry, _):
         elapsed = []
@@ -114,7 +82,7 @@ def test_a_hanging_shadow_sheds_copies_and_never_delays_the_client() -> None:
 
 
 def test_shadow_copies_do_not_change_client_latency_beyond_noise() -> None:
-    candidate = Model("churn")
+    candidate = FakeVersion("candidate", label="churn")
     with shadowed(candidate) as (proxy, client, _, _):
         mirror = proxy.shadow
         assert mirror is not None
