@@ -62,7 +62,8 @@ from mlwarden.middleware.drift import DriftReport
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.metrics import MonitorMetrics
 
-__all__ = ["TOKEN_ENV", "InfluxSettings", "InfluxShipper"]
+__all__ = ["REJECTED_STATUSES", "TOKEN_ENV", "InfluxSettings", "InfluxShipper",
+           "InfluxWriteClient", "escape", "status_of"]
 
 log = logging.getLogger("mlwarden.influx")
 
@@ -71,8 +72,8 @@ TOKEN_ENV = "MLWARDEN_INFLUX_TOKEN"
 
 _KEY = "influx"
 _MEASUREMENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-# Statuses that say the points themselves are bad: retrying them can never succeed.
-_REJECTED_STATUSES = frozenset({400, 422})
+#: Statuses that say the points themselves are bad: retrying them can never succeed.
+REJECTED_STATUSES = frozenset({400, 422})
 _LOG_EVERY_S = 60.0
 # How much longer than the client's own timeout the event loop waits for a write.
 _GRACE_S = 0.5
@@ -211,7 +212,7 @@ _ESCAPE = str.maketrans({
 })
 
 
-def _escape(name: object) -> str:
+def escape(name: object) -> str:
     """A tag key, tag value or field key escaped for line protocol."""
     return str(name).translate(_ESCAPE)
 
@@ -246,7 +247,7 @@ class _LineBuilder:
         # Tags sorted by key (feature, kind, model, version), as InfluxDB prefers. Empty tag
         # values are left out: line protocol has no empty tag, the whole batch would fail.
         self._mv = "".join(
-            f",{k}={_escape(x)}" for k, x in (("model", model), ("version", version)) if x
+            f",{k}={escape(x)}" for k, x in (("model", model), ("version", version)) if x
         )
         self._feature_prefix = measurement
         self._summary_prefix = f"{summary}{self._mv} "
@@ -258,7 +259,7 @@ class _LineBuilder:
         key = (name, kind)
         series = self._tags.get(key)
         if series is None:
-            tags = "".join(f",{k}={_escape(x)}" for k, x in (("feature", name), ("kind", kind))
+            tags = "".join(f",{k}={escape(x)}" for k, x in (("feature", name), ("kind", kind))
                            if x)
             series = f"{self._feature_prefix}{tags}{self._mv} "
             if len(self._tags) < _CACHE_MAX:
@@ -269,7 +270,7 @@ class _LineBuilder:
         """The field keys of a method's score, raw p-value and adjusted p-value."""
         keys = self._keys.get(method)
         if keys is None:
-            m = _escape(method)
+            m = escape(method)
             keys = (f",{m}=", f",{m}_pvalue=", f",{m}_pvalue_adjusted=")
             if len(self._keys) < _CACHE_MAX:
                 self._keys[method] = keys
@@ -359,14 +360,61 @@ class _Outcome:
     error: BaseException | None = None
 
 
-def _status_of(exc: BaseException) -> int | None:
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of a failed write, when the server answered."""
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) and status > 0 else None
 
 
+class InfluxWriteClient:
+    """``influxdb_client``'s synchronous write API, opened on the first write.
+
+    ``retries=False``: one attempt per call, the caller's buffer is the retry; the client's
+    timeout comes from ``timeout_s``. Imported and opened on the first :meth:`write`, in the
+    caller's writer thread (the import is slow). One caller at a time: not thread-safe.
+    """
+
+    __slots__ = ("_api", "_client", "settings")
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        self.settings = settings
+        self._client: Any = None
+        self._api: Any = None
+
+    def write(self, lines: list[str]) -> None:
+        """Write ``lines`` (line protocol, ns timestamps); raises what the client raises."""
+        api = self._api if self._api is not None else self._open()
+        api.write(bucket=self.settings.bucket, org=self.settings.org,
+                  record="\n".join(lines).encode(), write_precision="ns")
+
+    def _open(self) -> Any:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        s = self.settings
+        self._client = InfluxDBClient(
+            url=s.url, token=s.token, org=s.org,
+            timeout=max(1, math.ceil(s.timeout_s * 1000)),  # ms; 0 would mean "no timeout"
+            retries=False, enable_gzip=False,
+        )
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        return self._api
+
+    def close(self) -> None:
+        """Close the client (it is opened again by the next write); never raises."""
+        api, client = self._api, self._client
+        self._api = self._client = None
+        with contextlib.suppress(Exception):
+            if api is not None:
+                api.close()
+        with contextlib.suppress(Exception):
+            if client is not None:
+                client.close()
+
+
 def _describe(exc: BaseException) -> str:
     """A one-line description of a write error (ApiException's str spans many lines)."""
-    status = _status_of(exc)
+    status = status_of(exc)
     if status is not None:
         body = getattr(exc, "body", None) or ""
         if isinstance(body, bytes):
@@ -428,9 +476,8 @@ class InfluxShipper:
         self._last_error: str | None = None
         self._last_error_at: float | None = None
 
-        # Created lazily in the writer thread (see the module docstring).
-        self._client: Any = None
-        self._write_api: Any = None
+        # Opened lazily in the writer thread (see the module docstring).
+        self._writer = InfluxWriteClient(settings)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlwarden-influx")
         self._executor_used = False
 
@@ -571,47 +618,16 @@ class InfluxShipper:
         outcome = fut.result()
         if outcome.error is None:
             return "ok"
-        return "rejected" if _status_of(outcome.error) in _REJECTED_STATUSES else "error"
+        return "rejected" if status_of(outcome.error) in REJECTED_STATUSES else "error"
 
     def _post(self, batch: list[str]) -> _Outcome:
         """The blocking write, in the writer thread: returns the outcome, never raises."""
         start = time.perf_counter()
         try:
-            api = self._write_api if self._write_api is not None else self._open()
-            api.write(
-                bucket=self.settings.bucket,
-                org=self.settings.org,
-                record="\n".join(batch).encode(),
-                write_precision="ns",
-            )
+            self._writer.write(batch)
         except Exception as exc:
             return _Outcome(time.perf_counter() - start, exc)
         return _Outcome(time.perf_counter() - start)
-
-    def _open(self) -> Any:
-        # Imported here, in the writer thread: the import is slow (see the module docstring).
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
-
-        s = self.settings
-        self._client = InfluxDBClient(
-            url=s.url, token=s.token, org=s.org,
-            timeout=max(1, math.ceil(s.timeout_s * 1000)),  # ms; 0 would mean "no timeout"
-            retries=False,  # one attempt per interval; the buffer is the retry
-            enable_gzip=False,
-        )
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
-        return self._write_api
-
-    def _close_client(self) -> None:
-        api, client = self._write_api, self._client
-        self._write_api = self._client = None
-        with contextlib.suppress(Exception):
-            if api is not None:
-                api.close()
-        with contextlib.suppress(Exception):
-            if client is not None:
-                client.close()
 
     def _settle(self, batch: list[str], fut: asyncio.Future[_Outcome]) -> None:
         """Account for a finished write, on the event loop."""
@@ -630,7 +646,7 @@ class InfluxShipper:
                     log.info("mlwarden: InfluxDB writes to %s recovered after %d failed attempts",
                              self.settings.url, self._failures)
                 self._failures = 0
-        elif _status_of(exc) in _REJECTED_STATUSES:
+        elif status_of(exc) in REJECTED_STATUSES:
             self._dropped_rejected.inc(n)
             self._last_error, self._last_error_at = _describe(exc), self._clock()
             if self._reject_log.ready():
@@ -697,7 +713,7 @@ class InfluxShipper:
             self._buffered_gauge.set(self._inflight)
             if self._executor_used:
                 # Queued behind a hanging write, if any, so the client is never closed under it.
-                closing = asyncio.wrap_future(self._executor.submit(self._close_client))
+                closing = asyncio.wrap_future(self._executor.submit(self._writer.close))
                 left = deadline - loop.time()
                 if left > 0:
                     await asyncio.wait({closing}, timeout=left)

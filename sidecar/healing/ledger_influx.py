@@ -22,8 +22,9 @@ points on an asyncio event loop and counts into the middleware's per-model metri
 ledger listener is called on whichever thread appended. The sink reuses its
 :class:`~mlwarden.middleware.influx.InfluxSettings` (``url``, ``bucket``, ``token``, ``org``,
 ``interval_s``, ``timeout_s``, ``max_buffer_points``, ``max_batch_points``; ``measurement`` is
-the sink's own argument since the settings' default names the feature statistics) and its write
-behaviour:
+the sink's own argument since the settings' default names the feature statistics), its write
+client (:class:`~mlwarden.middleware.influx.InfluxWriteClient`), line-protocol escaping and
+rejected-status rule, and its write behaviour:
 
 - The listener call only formats a line and appends it to a bounded buffer: it never blocks on
   the network and never raises. A full buffer drops its oldest lines (``dropped_buffer_full``).
@@ -46,9 +47,14 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
 
-from mlwarden.middleware.influx import InfluxSettings
+from mlwarden.middleware.influx import (
+    REJECTED_STATUSES,
+    InfluxSettings,
+    InfluxWriteClient,
+    escape,
+    status_of,
+)
 from mlwarden.sidecar.healing.ledger import LedgerRecord
 
 __all__ = ["InfluxLedgerSink"]
@@ -57,22 +63,14 @@ log = logging.getLogger("mlwarden.sidecar.ledger")
 
 _MEASUREMENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _FIELD_RE = re.compile(r"[^A-Za-z0-9_]")
-_ESCAPE = str.maketrans({
-    "\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-})
-_REJECTED_STATUSES = frozenset({400, 422})
 _LOG_EVERY_S = 60.0
-
-
-def _escape(value: str) -> str:
-    return value.translate(_ESCAPE)
 
 
 def record_line(record: LedgerRecord, measurement: str = "mlwarden_healing") -> str:
     """The line-protocol line of one record (see the module docstring)."""
     tags = (("action", record.action), ("actor", record.actor), ("outcome", record.outcome),
             ("policy", record.policy), ("severity", record.severity), ("target", record.target))
-    head = measurement + "".join(f",{k}={_escape(v)}" for k, v in tags if v)
+    head = measurement + "".join(f",{k}={escape(v)}" for k, v in tags if v)
     fields = ["count=1i"]
     for name, value in record.signals.items():
         key = "signal_" + _FIELD_RE.sub("_", name)
@@ -82,11 +80,6 @@ def record_line(record: LedgerRecord, measurement: str = "mlwarden_healing") -> 
             fields.append(f"{key}={float(value)!r}")
     at = time.time() if record.at is None else record.at
     return f"{head} {','.join(fields)} {round(at * 1e6) * 1000}"
-
-
-def _status_of(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) and status > 0 else None
 
 
 class InfluxLedgerSink:
@@ -116,8 +109,7 @@ class InfluxLedgerSink:
         self._stats: Counter[str] = Counter()
         self._closing = False
         self._last_log: float | None = None
-        self._client: Any = None
-        self._write_api: Any = None
+        self._writer = InfluxWriteClient(settings)
         self._thread = threading.Thread(target=self._run, name="mlwarden-ledger-influx",
                                         daemon=True)
         self._thread.start()
@@ -193,12 +185,10 @@ class InfluxLedgerSink:
             if not lines:
                 return "empty"
             try:
-                api = self._write_api if self._write_api is not None else self._open()
-                api.write(bucket=self.settings.bucket, org=self.settings.org,
-                          record="\n".join(lines).encode(), write_precision="ns")
+                self._writer.write(lines)
             except Exception as exc:
                 with self._cond:
-                    if _status_of(exc) in _REJECTED_STATUSES:
+                    if status_of(exc) in REJECTED_STATUSES:
                         self._stats["dropped_rejected"] += len(lines)
                         outcome = "rejected"
                     else:
@@ -219,18 +209,6 @@ class InfluxLedgerSink:
             with self._cond:
                 self._stats["written"] += len(lines)
             return "ok"
-
-    def _open(self) -> Any:
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
-
-        s = self.settings
-        self._client = InfluxDBClient(
-            url=s.url, token=s.token, org=s.org,
-            timeout=max(1, math.ceil(s.timeout_s * 1000)), retries=False, enable_gzip=False,
-        )
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
-        return self._write_api
 
     def flush(self) -> bool:
         """Write everything buffered now, batch by batch; False at the first failed batch."""
@@ -269,13 +247,6 @@ class InfluxLedgerSink:
         # Under the write lock, so that a write still running is never left without its client.
         if self._write_lock.acquire(timeout=max(0.0, deadline - self._clock()) + 0.1):
             try:
-                api, client = self._write_api, self._client
-                self._write_api = self._client = None
-                with contextlib.suppress(Exception):
-                    if api is not None:
-                        api.close()
-                with contextlib.suppress(Exception):
-                    if client is not None:
-                        client.close()
+                self._writer.close()
             finally:
                 self._write_lock.release()
