@@ -7,7 +7,6 @@ detected by what should detect it.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -170,10 +169,10 @@ def test_an_outage_nobody_detected_is_not_healed(tmp_path):
     demo = _demo(tmp_path)
     demo.answers.extend([_Answer(10.1, "v2", False)])
     result = PhaseResult("primary outage", "v1 SIGKILLed")
-    asyncio.run(demo._judge_outage(result, 10.0))
+    demo._judge_outage(result, 10.0)
     assert not result.healed  # clients were served, but no breaker or check noticed
     demo.events["x"] = {"id": "x", "at": 10.05, "action": "breaker_opened", "target": "v1"}
-    asyncio.run(demo._judge_outage(result, 10.0))
+    demo._judge_outage(result, 10.0)
     assert result.healed and result.detected_by == "breaker_opened v1"
     assert result.recovery_s == pytest.approx(0.1)
 
@@ -183,7 +182,7 @@ def test_a_rollback_before_the_fault_does_not_count(tmp_path):
     demo.events["r"] = {"id": "r", "at": 9.0, "action": "rollback", "target": "v2"}
     demo.answers.extend([_Answer(10.5, "v1", False)])
     result = PhaseResult("candidate errors", "v2 answers 500")
-    asyncio.run(demo._judge_errors(result, 10.0))
+    demo._judge_errors(result, 10.0)
     assert not result.healed
 
 

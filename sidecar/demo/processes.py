@@ -7,6 +7,7 @@ SIGKILL after a grace period. ``kill()`` is the outage: SIGKILL, no goodbye.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -84,8 +85,6 @@ class Child:
 async def wait_until_ready(child: Child, client: httpx.AsyncClient, *,
                            timeout_s: float = 30.0) -> None:
     """Until ``child.ready_url`` answers 2xx; RuntimeError (with the log's tail) otherwise."""
-    import asyncio
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not child.alive():

@@ -150,8 +150,7 @@ class _Phase:
     story: str
     duration_s: float
     begin: Callable[[], Awaitable[None]]
-    judge: Callable[[PhaseResult, float], Awaitable[None]]  # fills the result; (result, t0)
-    end: Callable[[], Awaitable[None]] | None = None
+    judge: Callable[[PhaseResult, float], None]  # fills the result; (result, t0)
     on_healed: Callable[[], Awaitable[None]] | None = None  # once, when first judged healed
     result: PhaseResult = field(init=False)
     started: float = 0.0  # wall time
@@ -509,7 +508,7 @@ class Demo:
             result.detected_after_s = float(records[0]["at"]) - t0
             result.detected_by = self._describe(records[0])
 
-    async def _judge_normal(self, result: PhaseResult, t0: float) -> None:
+    def _judge_normal(self, result: PhaseResult, t0: float) -> None:
         result.healed = result.failed == 0
         passed = self._events_after(t0, actions=("set_weight",), target="v2")
         shadow = (self.status or {}).get("shadow") or {}
@@ -517,7 +516,7 @@ class Demo:
         result.note = (f"{len(passed)} canary step(s) passed"
                        + (f"; shadow agreement {agreement:.1%}" if agreement is not None else ""))
 
-    async def _judge_errors(self, result: PhaseResult, t0: float) -> None:
+    def _judge_errors(self, result: PhaseResult, t0: float) -> None:
         self._detected(result, t0, self._events_after(
             t0, actions=("rollback", "breaker_opened", "upstream_unhealthy", "policy_fired"),
             target="v2"))
@@ -530,7 +529,7 @@ class Demo:
             result.recovery_s = healed_at - t0
             result.note = f"rollback: {rollbacks[0].get('reason', '')}"
 
-    async def _judge_drift(self, result: PhaseResult, t0: float) -> None:
+    def _judge_drift(self, result: PhaseResult, t0: float) -> None:
         fired = [r for r in self._events_after(t0, actions=("policy_fired",))
                  if r.get("policy") in DRIFT_POLICIES]
         self._detected(result, t0, fired)
@@ -555,7 +554,7 @@ class Demo:
             f"drift at {self.drift_cleared_at - t0:.1f} s; traffic back on v1 at "
             f"{back_at - t0:.1f} s")
 
-    async def _judge_outage(self, result: PhaseResult, t0: float) -> None:
+    def _judge_outage(self, result: PhaseResult, t0: float) -> None:
         self._detected(result, t0, self._events_after(
             t0, actions=("breaker_opened", "upstream_unhealthy", "policy_fired"), target="v1"))
         recovered = self._clients_recovered(t0, "v2")
@@ -566,7 +565,7 @@ class Demo:
             result.note = (f"escalations received: {sum(1 for e in self.escalations if e >= t0)}"
                            f"; first answer from v2 {recovered - t0:.3f} s after the kill")
 
-    async def _judge_recovery(self, result: PhaseResult, t0: float) -> None:
+    def _judge_recovery(self, result: PhaseResult, t0: float) -> None:
         self._detected(result, t0, self._events_after(
             t0, actions=("upstream_healthy", "breaker_closed"), target="v1"))
         recovered = self._clients_recovered(t0, "v1")
@@ -697,15 +696,13 @@ class Demo:
                     await asyncio.sleep(0.5)
                     now = time.time()
                     phase.result.healed = False  # judged afresh: a later failure counts
-                    await phase.judge(phase.result, t0)
+                    phase.judge(phase.result, t0)
                     if phase.result.healed and not healed_seen:
                         healed_seen = True
                         if phase.on_healed is not None:
                             await phase.on_healed()
                     if now >= latest or (now >= planned and phase.result.healed):
                         break
-                if phase.end is not None:
-                    await phase.end()
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
