@@ -22,7 +22,6 @@ HERE = Path(__file__).resolve().parent
 # Panels follow the datasource variable; the variable starts on the datasource picked for the
 # import input (``DS_PROMETHEUS`` / ``DS_INFLUXDB``), so one choice at import sets both.
 DS = "${datasource}"
-DS_INFLUX = "${datasource}"
 RI = "$__rate_interval"
 TAGS = ["mlwarden"]
 WIDTH = {"timeseries": 12, "heatmap": 12, "state-timeline": 12, "stat": 6, "table": 24}
@@ -450,7 +449,7 @@ def prometheus_target(panel: Panel, i: int, expr: str, legend: str) -> dict:
 
 
 def influx_target(panel: Panel, i: int, query: str, alias: str) -> dict:
-    return {"datasource": {"type": "influxdb", "uid": DS_INFLUX}, "query": query,
+    return {"datasource": {"type": "influxdb", "uid": DS}, "query": query,
             "rawQuery": True, "resultFormat": "table" if panel.kind == "table" else "time_series",
             "alias": alias, "refId": chr(ord("A") + i)}
 
@@ -467,7 +466,7 @@ class Source:
 
     @property
     def ref(self) -> dict:
-        return {"type": self.plugin, "uid": "${datasource}"}
+        return {"type": self.plugin, "uid": DS}
 
 
 PROMETHEUS = Source("prometheus", "Prometheus", "DS_PROMETHEUS",
@@ -525,7 +524,7 @@ def layout(panels: list[Panel], source: Source = PROMETHEUS) -> list[dict]:
 def query_variable(name: str, label: str, query: str) -> dict:
     return {
         "name": name, "label": label, "type": "query",
-        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "datasource": {"type": "prometheus", "uid": DS},
         "query": {"query": query, "refId": f"{name}-variable"},
         "definition": query, "refresh": 2, "multi": True, "includeAll": True,
         "allValue": ".*", "current": {}, "options": [], "sort": 1,
@@ -537,7 +536,7 @@ def influx_variable(name: str, label: str, query: str) -> dict:
     # All selection into /^$name$/ as a regex alternation, and All as allValue.
     return {
         "name": name, "label": label, "type": "query",
-        "datasource": {"type": "influxdb", "uid": "${datasource}"},
+        "datasource": {"type": "influxdb", "uid": DS},
         "query": query, "definition": query, "refresh": 2, "multi": True, "includeAll": True,
         "allValue": ".*", "current": {}, "options": [], "sort": 1,
     }
