@@ -61,6 +61,7 @@ from urllib.parse import urlsplit
 from mlwarden.middleware.drift import DriftReport
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.metrics import MonitorMetrics
+from mlwarden.middleware.throttle import Throttle
 
 __all__ = ["REJECTED_STATUSES", "TOKEN_ENV", "InfluxSettings", "InfluxShipper",
            "InfluxWriteClient", "escape", "status_of"]
@@ -330,30 +331,6 @@ def _int_field(prefix: str, value: object) -> str:
 # -- the shipper -----------------------------------------------------------------------------
 
 
-class _Throttle:
-    """Lets a message through at most once per period and counts what it held back."""
-
-    __slots__ = ("_clock", "_last", "_period", "suppressed")
-
-    def __init__(self, clock: Callable[[], float], period_s: float = _LOG_EVERY_S) -> None:
-        self._clock = clock
-        self._period = period_s
-        self._last: float | None = None
-        self.suppressed = 0
-
-    def ready(self) -> bool:
-        now = self._clock()
-        if self._last is not None and now - self._last < self._period:
-            self.suppressed += 1
-            return False
-        self._last = now
-        return True
-
-    def take_suppressed(self) -> int:
-        n, self.suppressed = self.suppressed, 0
-        return n
-
-
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     duration_s: float
@@ -467,10 +444,10 @@ class InfluxShipper:
         self._duration = metrics.influx_write_duration.labels(model, version)
         self._buffered_gauge.set(0)
 
-        self._error_log = _Throttle(clock)
-        self._reject_log = _Throttle(clock)
-        self._submit_log = _Throttle(clock)
-        self._recovery_log = _Throttle(clock)
+        self._error_log = Throttle(clock, _LOG_EVERY_S)
+        self._reject_log = Throttle(clock, _LOG_EVERY_S)
+        self._submit_log = Throttle(clock, _LOG_EVERY_S)
+        self._recovery_log = Throttle(clock, _LOG_EVERY_S)
         self._failures = 0
         self._last_success_at: float | None = None
         self._last_error: str | None = None

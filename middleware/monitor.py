@@ -32,6 +32,7 @@ from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.payloads import PayloadParser, PredictionReader
 from mlwarden.middleware.routes import RouteLabels
+from mlwarden.middleware.throttle import Throttle
 from mlwarden.middleware.tracing import RequestSpan, RequestTracer
 
 __all__ = ["InferenceMonitor"]
@@ -146,7 +147,7 @@ class InferenceMonitor:
         self._pending_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
-        self._last_internal_log = 0.0
+        self._internal_log = Throttle(time.monotonic, 60.0)
 
     # -- ASGI entry point -------------------------------------------------------------------
 
@@ -376,9 +377,7 @@ class InferenceMonitor:
     def _internal_error(self, what: str) -> None:
         o = self.options
         self._internal_errors.labels(o.model_name, o.model_version).inc()
-        now = time.monotonic()
-        if now - self._last_internal_log > 60:
-            self._last_internal_log = now
+        if self._internal_log.ready():
             log.exception("mlwarden: internal error while %s (the request was not affected)", what)
 
     # -- our own endpoints --------------------------------------------------------------------

@@ -133,6 +133,14 @@ def test_the_live_view_redraws_in_place_with_a_progress_bar():
     assert progress_bar(4.5, 9.0, width=10) == "[#####-----]   4.5/9 s"
 
 
+def test_the_log_view_prints_its_first_progress_line_on_a_machine_just_booted():
+    out = io.StringIO()
+    view = LiveView(out, live=False, started_at=1000.0, log_every_s=3600, clock=lambda: 60.0)
+    view.frame(_snapshot([]))
+    view.frame(_snapshot([]))
+    assert out.getvalue().count(progress_bar(3.0, 9.0)) == 1
+
+
 def test_the_summary_names_a_phase_that_did_not_heal():
     table = summary_table([
         PhaseResult("normal", "none", requests=10, healed=True),

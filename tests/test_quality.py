@@ -1,7 +1,7 @@
 """Late labels: the prediction memory's statuses and counters, and live quality figures.
 
 Every figure is checked against a direct computation on the same pairs (by formula always,
-with scikit-learn too where it is installed); windows and ages run on a fake clock.
+and with scikit-learn, which the test extra brings); windows and ages run on a fake clock.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_two_versions_report_their_own_accuracy_precision_recall_f1() -> None:
 
 
 def test_figures_agree_with_scikit_learn() -> None:
-    metrics = pytest.importorskip("sklearn.metrics")
+    from sklearn import metrics  # the test extra brings scikit-learn
     rng = random.Random(11)
     for accuracy in (0.95, 0.80):
         stream = _stream(rng, 3_000, accuracy, classes=("a", "b", "c"))

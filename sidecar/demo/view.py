@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -101,12 +102,14 @@ class LiveView:
     """Renders :class:`Snapshot` frames: in place on a terminal, as a log elsewhere."""
 
     def __init__(self, stream: TextIO | None = None, *, live: bool | None = None,
-                 started_at: float | None = None, log_every_s: float = 3.0) -> None:
+                 started_at: float | None = None, log_every_s: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
         self.started_at = time.time() if started_at is None else started_at
         self._log_every_s = log_every_s
-        self._last_log = 0.0
+        self._clock = clock
+        self._last_log: float | None = None  # not 0: the monotonic clock counts from boot
         self._events_seen: set[str] = set()
         self._phase_seen = -1
 
@@ -124,8 +127,8 @@ class LiveView:
             if rid not in self._events_seen:
                 self._events_seen.add(rid)
                 self._print("ledger:" + _event_line(record, self.started_at)[1:])
-        now = time.monotonic()
-        if now - self._last_log >= self._log_every_s:
+        now = self._clock()
+        if self._last_log is None or now - self._last_log >= self._log_every_s:
             self._last_log = now
             self._print(f"  {progress_bar(snap.elapsed_s, snap.duration_s)}  "
                         f"{self._traffic(snap)}  {_breakers(snap.status)}")
