@@ -24,9 +24,18 @@ __all__ = ["collect", "load_average", "reference_timings"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = (
-    "uvicorn", "fastapi", "starlette", "pydantic", "numpy", "prometheus-client",
-    "prometheus-fastapi-instrumentator", "opentelemetry-api", "opentelemetry-sdk",
-    "opentelemetry-instrumentation-asgi", "uvloop", "httptools",
+    "uvicorn",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "numpy",
+    "prometheus-client",
+    "prometheus-fastapi-instrumentator",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-asgi",
+    "uvloop",
+    "httptools",
 )
 
 
@@ -57,8 +66,14 @@ def _wrk_version() -> str:
 def _git_head() -> str:
     # Read-only: the commit only (the tree may hold uncommitted work; see the source hash).
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_REPO_ROOT,
-                              capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=_REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except OSError:
         return "unknown"
     return done.stdout.strip() or "unknown"

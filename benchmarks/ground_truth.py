@@ -62,11 +62,18 @@ def request_path_ns(items: int, calls: int, repeats: int) -> float:
     from mlwarden.middleware.monitor import _Exchange
     from mlwarden.middleware.quality import PredictionMemory
 
-    headers = [(b"host", b"model:8000"), (b"user-agent", b"python-httpx/0.28"),
-               (b"accept", b"*/*"), (b"content-type", b"application/json"),
-               (b"content-length", b"120")]
-    start = {"type": "http.response.start", "status": 200,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")]}
+    headers = [
+        (b"host", b"model:8000"),
+        (b"user-agent", b"python-httpx/0.28"),
+        (b"accept", b"*/*"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"120"),
+    ]
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
+    }
 
     async def send(message: object) -> None:
         return None
@@ -118,27 +125,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, per_round = (20, 100) if args.quick else (80, 100)
     result = inprocess.run_inprocess(
-        per_round=per_round, rounds=rounds, warmup=500,
-        names=("mlwarden", workload.NO_REQUEST_IDS), progress=lambda m: print(m, file=sys.stderr))
+        per_round=per_round,
+        rounds=rounds,
+        warmup=500,
+        names=("mlwarden", workload.NO_REQUEST_IDS),
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     with_ids = result.us_per_request["mlwarden"]
     without = result.us_per_request[workload.NO_REQUEST_IDS]
     paired = [a - b for a, b in zip(with_ids, without, strict=True)]
     rows = [
         ("in-process CPU per request, request ids on", f"{statistics.median(with_ids):.1f} µs"),
         ("in-process CPU per request, request ids off", f"{statistics.median(without):.1f} µs"),
-        ("cost of request ids + remembering, per request (paired rounds, median)",
-         f"{statistics.median(paired):+.2f} µs (rounds: "
-         f"{min(paired):+.1f} to {max(paired):+.1f})"),
-        ("the feature's path per request: id, header, remembering (full 100,000, amortised)",
-         f"{request_path_ns(100_000, 100_000, 3 if args.quick else 7):.0f} ns"),
-        ("remember() alone on a full 100,000-item memory, 36-byte ids (evicting, amortised)",
-         f"{remember_ns(100_000, 100_000, 3 if args.quick else 7):.0f} ns"),
-        ("memory per remembered class prediction (36-byte id included)",
-         f"{memory_per_item(100_000, 'fraud'):.0f} bytes"),
-        ("memory per remembered numeric prediction (36-byte id included)",
-         f"{memory_per_item(100_000, 0.731):.0f} bytes"),
-        ("memory per held class prediction once turned over (evicted ids kept included)",
-         f"{memory_per_item(100_000, 'fraud', turned_over=True):.0f} bytes"),
+        (
+            "cost of request ids + remembering, per request (paired rounds, median)",
+            f"{statistics.median(paired):+.2f} µs (rounds: "
+            f"{min(paired):+.1f} to {max(paired):+.1f})",
+        ),
+        (
+            "the feature's path per request: id, header, remembering (full 100,000, amortised)",
+            f"{request_path_ns(100_000, 100_000, 3 if args.quick else 7):.0f} ns",
+        ),
+        (
+            "remember() alone on a full 100,000-item memory, 36-byte ids (evicting, amortised)",
+            f"{remember_ns(100_000, 100_000, 3 if args.quick else 7):.0f} ns",
+        ),
+        (
+            "memory per remembered class prediction (36-byte id included)",
+            f"{memory_per_item(100_000, 'fraud'):.0f} bytes",
+        ),
+        (
+            "memory per remembered numeric prediction (36-byte id included)",
+            f"{memory_per_item(100_000, 0.731):.0f} bytes",
+        ),
+        (
+            "memory per held class prediction once turned over (evicted ids kept included)",
+            f"{memory_per_item(100_000, 'fraud', turned_over=True):.0f} bytes",
+        ),
     ]
     print("| figure | value |\n|---|---:|")
     for name, value in rows:

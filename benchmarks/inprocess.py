@@ -88,8 +88,7 @@ class Driver:
             if not started.done() and message["type"].startswith("lifespan.startup"):
                 started.set_result(message["type"])
 
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
-                 "state": {}}
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
         await queue.put({"type": "lifespan.startup"})
         self._lifespan_queue = queue
         self._lifespan = asyncio.create_task(self.app(scope, queue.get, send))
@@ -183,8 +182,9 @@ class InProcessResult:
     def wall_median(self, name: str) -> float:
         return statistics.median(self.wall_us_per_request[name])
 
-    def paired(self, name: str, *, wall: bool = False, against: str = "bare"
-               ) -> tuple[float, float, list[float]]:
+    def paired(
+        self, name: str, *, wall: bool = False, against: str = "bare"
+    ) -> tuple[float, float, list[float]]:
         """(median difference µs, median ratio, per-round ratios) against ``against``.
 
         Each round runs every variant back to back, so a round's variants share the machine's
@@ -197,7 +197,11 @@ class InProcessResult:
 
 
 async def _run_all(
-    names: tuple[str, ...], bodies: list[bytes], per_round: int, rounds: int, warmup: int,
+    names: tuple[str, ...],
+    bodies: list[bytes],
+    per_round: int,
+    rounds: int,
+    warmup: int,
     progress: Callable[[str], None],
 ) -> InProcessResult:
     result = InProcessResult(per_round, rounds)
@@ -210,7 +214,7 @@ async def _run_all(
                 raise RuntimeError(f"{driver.variant.name}: unexpected response {body[:200]!r}")
             await driver.run(warmup)
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 driver = drivers[name]
                 # No forced collection between rounds: the garbage a variant makes, and the
@@ -222,8 +226,12 @@ async def _run_all(
                     # Export what this round queued now, not during the next variant's round.
                     await asyncio.to_thread(driver.variant.provider.force_flush)
             if (r + 1) % max(1, rounds // 5) == 0 or r + 1 == rounds:
-                progress(f"in-process round {r + 1}/{rounds}: " + ", ".join(
-                    f"{n} {statistics.median(result.us_per_request[n]):.1f}" for n in names))
+                progress(
+                    f"in-process round {r + 1}/{rounds}: "
+                    + ", ".join(
+                        f"{n} {statistics.median(result.us_per_request[n]):.1f}" for n in names
+                    )
+                )
         for name, driver in drivers.items():
             result.failures[name] = driver.failures
             result.checks[name] = workload.mlwarden_counts(driver.variant)
@@ -240,7 +248,11 @@ async def _run_all(
 
 
 def run_inprocess(
-    *, per_round: int, rounds: int, warmup: int, names: tuple[str, ...] = workload.VARIANTS,
+    *,
+    per_round: int,
+    rounds: int,
+    warmup: int,
+    names: tuple[str, ...] = workload.VARIANTS,
     progress: Callable[[str], None] = print,
 ) -> InProcessResult:
     bodies = workload.json_bodies(max(per_round, 4096), seed=1)

@@ -111,8 +111,9 @@ def _per_call(fn: Callable[[Any], Any], items: list[Any]) -> float:
     return (time.process_time() - begin) / len(items) * 1e6
 
 
-def run_micro(*, rows: int, repeats: int, drift_repeats: int,
-              progress: Callable[[str], None] = print) -> MicroResult:
+def run_micro(
+    *, rows: int, repeats: int, drift_repeats: int, progress: Callable[[str], None] = print
+) -> MicroResult:
     from mlwarden.middleware.drift import DriftThresholds, evaluate_drift
     from mlwarden.middleware.payloads import PayloadParser, PredictionReader
 
@@ -194,9 +195,13 @@ def _tracing(result: MicroResult, repeats: int) -> None:
     provider.add_span_processor(SimpleSpanProcessor(workload.DropSpanExporter()))
     tracer = RequestTracer(tracer_provider=provider)
     scopes = [Driver._scope(Driver.__new__(Driver), b"x" * 350, i) for i in range(2_000)]
-    attributes = {"mlwarden.payload.rows": 1, "mlwarden.payload.format": "object",
-                  "mlwarden.prediction.mean_confidence": 0.7, "mlwarden.prediction.count": 1,
-                  "mlwarden.prediction.mean": 0.4}
+    attributes = {
+        "mlwarden.payload.rows": 1,
+        "mlwarden.payload.format": "object",
+        "mlwarden.prediction.mean_confidence": 0.7,
+        "mlwarden.prediction.count": 1,
+        "mlwarden.prediction.mean": 0.4,
+    }
 
     def span(scope: dict[str, Any]) -> None:
         request_span = tracer.start(scope, "bench", "1")
@@ -204,8 +209,14 @@ def _tracing(result: MicroResult, repeats: int) -> None:
             return
         request_span.detach()
         _ = request_span.trace_id
-        request_span.finish(method="POST", route="/predict", status=200, error=None,
-                            attributes=attributes, end_time_ns=time.time_ns())
+        request_span.finish(
+            method="POST",
+            route="/predict",
+            status=200,
+            error=None,
+            attributes=attributes,
+            end_time_ns=time.time_ns(),
+        )
 
     name = "RequestTracer.start + RequestSpan.finish, SDK provider (context)"
     result.figures[name] = [_per_call(span, scopes) for _ in range(repeats)]

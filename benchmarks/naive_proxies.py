@@ -31,10 +31,19 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 #: Dropped in both directions by the naive proxies, as most hand-written proxies do.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host",
-    "content-length", "proxy-connection",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "proxy-connection",
+    }
+)
 
 
 def prediction_body(version: str) -> bytes:
@@ -59,8 +68,10 @@ _PREDICTION_HEAD = [
     (b"content-length", str(len(_PREDICTION)).encode()),
 ]
 _HEALTH = b'{"status":"ok","reasons":[]}'
-_HEALTH_HEAD = [(b"content-type", b"application/json"),
-                (b"content-length", str(len(_HEALTH)).encode())]
+_HEALTH_HEAD = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_HEALTH)).encode()),
+]
 
 
 async def upstream_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,7 +118,8 @@ def aiohttp_proxy() -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         clients["session"] = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=30), auto_decompress=False)
+            timeout=aiohttp.ClientTimeout(total=30), auto_decompress=False
+        )
         try:
             yield
         finally:
@@ -117,7 +129,8 @@ def aiohttp_proxy() -> Any:
         body = await request.body()
         url = upstream + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response = await clients["session"].request(
-            request.method, url, data=body, headers=_forward_headers(request.headers.items()))
+            request.method, url, data=body, headers=_forward_headers(request.headers.items())
+        )
 
         async def release() -> None:
             # Async on purpose: Starlette runs a sync background task (aiohttp's ``release``)
@@ -125,13 +138,14 @@ def aiohttp_proxy() -> Any:
             response.release()
 
         return StreamingResponse(
-            response.content.iter_any(), status_code=response.status,
+            response.content.iter_any(),
+            status_code=response.status,
             headers=_forward_headers(response.headers.items()),
-            background=BackgroundTask(release))
+            background=BackgroundTask(release),
+        )
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)],
-                     lifespan=lifespan)
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
 def httpx_proxy() -> Any:
@@ -159,14 +173,19 @@ def httpx_proxy() -> Any:
         body = await request.body()
         client = clients["client"]
         outgoing = client.build_request(
-            request.method, request.url.path, params=request.url.query or None,
-            headers=_forward_headers(request.headers.items()), content=body)
+            request.method,
+            request.url.path,
+            params=request.url.query or None,
+            headers=_forward_headers(request.headers.items()),
+            content=body,
+        )
         response = await client.send(outgoing, stream=True)
         return StreamingResponse(
-            response.aiter_raw(), status_code=response.status_code,
+            response.aiter_raw(),
+            status_code=response.status_code,
             headers=_forward_headers(response.headers.items()),
-            background=BackgroundTask(response.aclose))
+            background=BackgroundTask(response.aclose),
+        )
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)],
-                     lifespan=lifespan)
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)

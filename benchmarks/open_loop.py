@@ -108,7 +108,8 @@ class _Pool:
                 self._open += 1
                 try:
                     _, conn = await loop.create_connection(
-                        lambda: _Connection(loop), self._host, self._port)
+                        lambda: _Connection(loop), self._host, self._port
+                    )
                 except BaseException:
                     self._open -= 1
                     self._wake()
@@ -162,9 +163,17 @@ async def _exchange(pool: _Pool, request: bytes, timeout_s: float) -> tuple[int,
             pool.release(conn, reuse=False)
 
 
-async def run_open_loop(url: str, *, rate: float, seconds: float, start_at: float,
-                        bodies: list[bytes], connections: int = 128, warm: int = 4,
-                        timeout_s: float = 5.0) -> dict[str, Any]:
+async def run_open_loop(
+    url: str,
+    *,
+    rate: float,
+    seconds: float,
+    start_at: float,
+    bodies: list[bytes],
+    connections: int = 128,
+    warm: int = 4,
+    timeout_s: float = 5.0,
+) -> dict[str, Any]:
     """Send ``rate`` POSTs a second for ``seconds`` from ``start_at`` (monotonic clock).
 
     Columns per request, times in seconds from the first scheduled send: ``due``, ``lag``
@@ -174,13 +183,14 @@ async def run_open_loop(url: str, *, rate: float, seconds: float, start_at: floa
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n" \
-           "Content-Type: application/json\r\nUser-Agent: mlwarden-openloop\r\n"
+    head = (
+        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Content-Type: application/json\r\nUser-Agent: mlwarden-openloop\r\n"
+    )
     requests = [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
     pool = _Pool(host, port, connections)
     # Warm connections first, so the first scheduled requests do not pay for connecting.
-    warmed = await asyncio.gather(*(_exchange(pool, requests[0], timeout_s)
-                                    for _ in range(warm)))
+    warmed = await asyncio.gather(*(_exchange(pool, requests[0], timeout_s) for _ in range(warm)))
     n = max(1, int(rate * seconds))
     columns: dict[str, list[Any]] = {k: [0.0] * n for k in ("due", "lag", "done")}
     columns.update(status=[0] * n, upstream=[""] * n, error=["unfinished"] * n)
@@ -208,23 +218,35 @@ async def run_open_loop(url: str, *, rate: float, seconds: float, start_at: floa
         for task in pending:
             task.cancel()
     pool.close()
-    return {"t0": t0, "late_start_s": max(0.0, now - start_at), "rate": rate,
-            "warm_errors": sum(1 for w in warmed if w[0] != 200), **columns}
-
-
+    return {
+        "t0": t0,
+        "late_start_s": max(0.0, now - start_at),
+        "rate": rate,
+        "warm_errors": sum(1 for w in warmed if w[0] != 200),
+        **columns,
+    }
 
 
 def _main(argv: list[str] | None = None) -> int:
     gen = argparse.ArgumentParser(
-        description="POSTs at a fixed rate; latencies counted from the schedule")
+        description="POSTs at a fixed rate; latencies counted from the schedule"
+    )
     gen.add_argument("url")
     gen.add_argument("--rate", type=float, required=True, help="requests per second")
     gen.add_argument("--seconds", type=float, required=True)
-    gen.add_argument("--start-at", type=float, default=0.0,
-                     help="time.monotonic() of the first send (default: now)")
+    gen.add_argument(
+        "--start-at",
+        type=float,
+        default=0.0,
+        help="time.monotonic() of the first send (default: now)",
+    )
     gen.add_argument("--connections", type=int, default=128, help="at most this many open")
-    gen.add_argument("--bodies", type=Path, required=True,
-                     help="a JSON list of request bodies (strings), sent in turn")
+    gen.add_argument(
+        "--bodies",
+        type=Path,
+        required=True,
+        help="a JSON list of request bodies (strings), sent in turn",
+    )
     gen.add_argument("--out", type=Path, required=True, help="where to write the JSON columns")
     args = gen.parse_args(argv)
     # Read from a file rather than drawn here: the generator starts fast without numpy.
@@ -235,9 +257,16 @@ def _main(argv: list[str] | None = None) -> int:
         runner: Any = asyncio.run
     else:
         runner = uvloop.run
-    data = runner(run_open_loop(args.url, rate=args.rate, seconds=args.seconds,
-                                start_at=args.start_at, bodies=bodies,
-                                connections=args.connections))
+    data = runner(
+        run_open_loop(
+            args.url,
+            rate=args.rate,
+            seconds=args.seconds,
+            start_at=args.start_at,
+            bodies=bodies,
+            connections=args.connections,
+        )
+    )
     args.out.write_text(json.dumps(data))
     return 0
 

@@ -144,7 +144,10 @@ class _Server:
         # taskset execs python, so the PID is the server's own.
         self.process = subprocess.Popen(
             [*prefix, sys.executable, "-m", "benchmarks.serve", name, str(self.port)],
-            cwd=_REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=_REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -170,7 +173,9 @@ class _Server:
 
     def post(self, body: bytes) -> bytes:
         request = urllib.request.Request(
-            f"{self.url}/predict", data=body, method="POST",
+            f"{self.url}/predict",
+            data=body,
+            method="POST",
             headers={"content-type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -197,8 +202,9 @@ class _Server:
 
 
 @contextlib.contextmanager
-def _servers(names: tuple[str, ...], prefix: list[str], directory: Path
-             ) -> Iterator[dict[str, _Server]]:
+def _servers(
+    names: tuple[str, ...], prefix: list[str], directory: Path
+) -> Iterator[dict[str, _Server]]:
     started: dict[str, _Server] = {}
     try:
         for name in names:
@@ -216,15 +222,26 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wrk(server: _Server, script: Path, prefix: list[str], *, connections: int,
-         duration_s: float) -> WrkRun:
+def _wrk(
+    server: _Server, script: Path, prefix: list[str], *, connections: int, duration_s: float
+) -> WrkRun:
     command = [
-        *prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
-        "--timeout", "5s", "-s", str(script), f"{server.url}/predict",
+        *prefix,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"{server.url}/predict",
     ]
     cpu_before = _cpu_seconds(server.process.pid)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 30,
-                          check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + 30, check=False
+    )
     cpu = _cpu_seconds(server.process.pid) - cpu_before
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
@@ -238,8 +255,12 @@ def _mlwarden_counts(server: _Server) -> dict[str, float]:
     """What mlwarden recorded in the server: proof that features and predictions were read."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = {"rows_scored": 0.0, "payload_errors": 0.0, "predictions_skipped": 0.0,
-           "drift_evaluations": 0.0}
+    out = {
+        "rows_scored": 0.0,
+        "payload_errors": 0.0,
+        "predictions_skipped": 0.0,
+        "drift_evaluations": 0.0,
+    }
     names = {
         "mlwarden_rows_scored_total": "rows_scored",
         "mlwarden_payload_errors_total": "payload_errors",
@@ -256,8 +277,13 @@ def _mlwarden_counts(server: _Server) -> dict[str, float]:
 
 
 def run_http(
-    *, connections: int, duration_s: float, rounds: int, warmup_s: float,
-    names: tuple[str, ...] = workload.VARIANTS, progress: Callable[[str], None] = print,
+    *,
+    connections: int,
+    duration_s: float,
+    rounds: int,
+    warmup_s: float,
+    names: tuple[str, ...] = workload.VARIANTS,
+    progress: Callable[[str], None] = print,
 ) -> HttpResult:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
@@ -273,13 +299,20 @@ def run_http(
             for server in servers.values():
                 _wrk(server, script, load_prefix, connections=connections, duration_s=warmup_s)
             for r in range(rounds):
-                order = names[r % len(names):] + names[: r % len(names)]
+                order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    run = _wrk(servers[name], script, load_prefix, connections=connections,
-                               duration_s=duration_s)
+                    run = _wrk(
+                        servers[name],
+                        script,
+                        load_prefix,
+                        connections=connections,
+                        duration_s=duration_s,
+                    )
                     result.runs.setdefault(name, []).append(run)
-                progress(f"http round {r + 1}/{rounds}: " + ", ".join(
-                    f"{n} {result.runs[n][-1].requests_per_s:.0f}/s" for n in names))
+                progress(
+                    f"http round {r + 1}/{rounds}: "
+                    + ", ".join(f"{n} {result.runs[n][-1].requests_per_s:.0f}/s" for n in names)
+                )
             for name, server in servers.items():
                 if name.startswith("mlwarden"):
                     result.checks[name] = _mlwarden_counts(server)

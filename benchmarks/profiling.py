@@ -117,7 +117,7 @@ async def _profile_one(name: str, n: int, warmup: int) -> Profile:
     return result
 
 
-def run_profiles(*, n: int, warmup: int,
-                 names: tuple[str, ...] = ("bare", "mlwarden", "mlwarden+tracing")
-                 ) -> list[Profile]:
+def run_profiles(
+    *, n: int, warmup: int, names: tuple[str, ...] = ("bare", "mlwarden", "mlwarden+tracing")
+) -> list[Profile]:
     return [inprocess.run_async(_profile_one(name, n, warmup)) for name in names]

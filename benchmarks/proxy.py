@@ -151,16 +151,28 @@ def rss_kib(pid: int) -> int:
 class _Process:
     """One server process, stopped by its PID (and its children's, for nginx)."""
 
-    def __init__(self, name: str, argv: list[str], directory: Path, *, port: int,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        directory: Path,
+        *,
+        port: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.port = port
         self.log_path = directory / f"{name}.log"
         self._log = self.log_path.open("wb")
         # taskset execs the command, so the PID is the server's own.
         self.process = subprocess.Popen(
-            argv, cwd=_REPO_ROOT, env=env or dict(os.environ, PYTHONUNBUFFERED="1"),
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            argv,
+            cwd=_REPO_ROOT,
+            env=env or dict(os.environ, PYTHONUNBUFFERED="1"),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.children: list[int] = []
 
     @property
@@ -196,8 +208,10 @@ class _Process:
                     self.children = _children(self.pid)
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: not ready in {_READY_DEADLINE_S:g} s "
-                                   f"(last status {status}):\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"{self.name}: not ready in {_READY_DEADLINE_S:g} s "
+                    f"(last status {status}):\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def kill(self) -> None:
@@ -221,8 +235,9 @@ class _Process:
 
 
 def _post(url: str, body: bytes, timeout_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         headers = {k.lower(): v for k, v in response.headers.items()}
         return int(response.status), headers, bytes(response.read())
@@ -233,32 +248,55 @@ def _get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
-def _uvicorn(target: str, port: int, prefix: list[str], *, factory: bool = False,
-             lifespan: str = "on") -> list[str]:
+def _uvicorn(
+    target: str, port: int, prefix: list[str], *, factory: bool = False, lifespan: str = "on"
+) -> list[str]:
     import importlib.util
 
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return [*prefix, sys.executable, "-m", "uvicorn", target, *(["--factory"] if factory else []),
-            "--host", "127.0.0.1", "--port", str(port), "--loop", loop, "--http", http,
-            "--no-access-log", "--log-level", "warning", "--lifespan", lifespan]
+    return [
+        *prefix,
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        *(["--factory"] if factory else []),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        loop,
+        "--http",
+        http,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--lifespan",
+        lifespan,
+    ]
 
 
 def _start_upstream(name: str, prefix: list[str], directory: Path) -> _Process:
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_UPSTREAM_NAME=name)
-    return _Process(f"upstream-{name}", _uvicorn("benchmarks.naive_proxies:upstream_app", port,
-                                                 prefix, lifespan="off"),
-                    directory, port=port, env=env)
+    return _Process(
+        f"upstream-{name}",
+        _uvicorn("benchmarks.naive_proxies:upstream_app", port, prefix, lifespan="off"),
+        directory,
+        port=port,
+        env=env,
+    )
 
 
-def _start_naive(kind: str, upstream: _Process, prefix: list[str],
-                 directory: Path) -> _Process:
+def _start_naive(kind: str, upstream: _Process, prefix: list[str], directory: Path) -> _Process:
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_UPSTREAM_URL=upstream.url)
     target = f"benchmarks.naive_proxies:{kind}_proxy"
-    return _Process(f"naive-{kind}", _uvicorn(target, port, prefix, factory=True), directory,
-                    port=port, env=env)
+    return _Process(
+        f"naive-{kind}", _uvicorn(target, port, prefix, factory=True), directory, port=port, env=env
+    )
 
 
 def _mlwarden_command() -> list[str]:
@@ -272,8 +310,9 @@ def _mlwarden_command() -> list[str]:
     return [found]
 
 
-def _start_sidecar(name: str, primary: _Process, stable: _Process, prefix: list[str],
-                   directory: Path) -> tuple[_Process, int]:
+def _start_sidecar(
+    name: str, primary: _Process, stable: _Process, prefix: list[str], directory: Path
+) -> tuple[_Process, int]:
     """The sidecar with its defaults, started as users start it; returns it and its admin port."""
     port, admin = _free_port(), _free_port()
     config = directory / f"{name}.yaml"
@@ -284,7 +323,8 @@ def _start_sidecar(name: str, primary: _Process, stable: _Process, prefix: list[
         f"  primary: {primary.url}\n"
         f"  stable: {stable.url}\n"
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        f"admin: {{host: 127.0.0.1, port: {admin}}}\n")
+        f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
+    )
     # The file alone configures it: no MLWARDEN__ override leaks in from this environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLWARDEN")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -293,8 +333,7 @@ def _start_sidecar(name: str, primary: _Process, stable: _Process, prefix: list[
 
 
 def _nginx_version() -> str:
-    done = subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10,
-                          check=False)
+    done = subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10, check=False)
     return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
 
 
@@ -331,8 +370,18 @@ http {{
     }}
 }}
 """)
-    argv = [*prefix, "nginx", "-p", str(root), "-c", str(conf), "-e", str(root / "error.log"),
-            "-g", "daemon off;"]
+    argv = [
+        *prefix,
+        "nginx",
+        "-p",
+        str(root),
+        "-c",
+        str(conf),
+        "-e",
+        str(root / "error.log"),
+        "-g",
+        "daemon off;",
+    ]
     return _Process("nginx", argv, directory, port=port)
 
 
@@ -350,17 +399,36 @@ def _stopping() -> Iterator[list[_Process]]:
 # --------------------------------------------------------------------------- throughput
 
 
-def _wrk_once(target: _Process, upstream: _Process, script: Path, prefix: list[str], *,
-              connections: int, duration_s: float) -> tuple[WrkRun, float]:
+def _wrk_once(
+    target: _Process,
+    upstream: _Process,
+    script: Path,
+    prefix: list[str],
+    *,
+    connections: int,
+    duration_s: float,
+) -> tuple[WrkRun, float]:
     """One wrk run; the proxy's and the upstream's CPU µs per request ride along."""
     from benchmarks.over_http import parse_wrk
 
-    command = [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
-               "--timeout", "5s", "-s", str(script), f"{target.url}/predict"]
+    command = [
+        *prefix,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"{target.url}/predict",
+    ]
     proxy_pids = target.pids()
     cpu_before = _cpu_seconds(proxy_pids), _cpu_seconds([upstream.pid])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 30,
-                          check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + 30, check=False
+    )
     cpu_after = _cpu_seconds(proxy_pids), _cpu_seconds([upstream.pid])
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
@@ -372,20 +440,46 @@ def _wrk_once(target: _Process, upstream: _Process, script: Path, prefix: list[s
     return run, upstream_us
 
 
-def _open_loop(url: str, *, rate: float, seconds: float, prefix: list[str], directory: Path,
-               start_in_s: float = 1.0, during: Callable[[float], None] | None = None,
-               ) -> dict[str, Any]:
+def _open_loop(
+    url: str,
+    *,
+    rate: float,
+    seconds: float,
+    prefix: list[str],
+    directory: Path,
+    start_in_s: float = 1.0,
+    during: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
     """The generator in its own process (pinned by ``prefix``); ``during(t0)`` runs meanwhile.
 
     The request bodies are in ``directory/bodies.json`` (see :func:`_write_bodies`).
     """
     out = directory / "openloop.json"
     start_at = time.monotonic() + start_in_s
-    argv = [*prefix, sys.executable, "-m", "benchmarks.open_loop", url,
-            "--rate", f"{rate:g}", "--seconds", f"{seconds:g}", "--start-at", repr(start_at),
-            "--bodies", str(directory / "bodies.json"), "--out", str(out)]
-    proc = subprocess.Popen(argv, cwd=_REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    argv = [
+        *prefix,
+        sys.executable,
+        "-m",
+        "benchmarks.open_loop",
+        url,
+        "--rate",
+        f"{rate:g}",
+        "--seconds",
+        f"{seconds:g}",
+        "--start-at",
+        repr(start_at),
+        "--bodies",
+        str(directory / "bodies.json"),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        cwd=_REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         if during is not None:
             during(start_at)
@@ -395,8 +489,10 @@ def _open_loop(url: str, *, rate: float, seconds: float, prefix: list[str], dire
             proc.kill()
             proc.wait(10)
     if proc.returncode != 0:
-        raise RuntimeError(f"open-loop generator failed ({proc.returncode}):\n"
-                           f"{err.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"open-loop generator failed ({proc.returncode}):\n"
+            f"{err.decode(errors='replace')[-2000:]}"
+        )
     return dict(json.loads(out.read_text()))
 
 
@@ -411,8 +507,9 @@ def _percentile(ordered: list[float], q: float) -> float:
 def _latencies(data: dict[str, Any], warmup_s: float) -> tuple[list[float], list[float], int]:
     """Latencies (ms) of the 2xx answers after the warm-up, send lags (ms), failures."""
     latencies, lags, failed = [], [], 0
-    for due, lag, done, status in zip(data["due"], data["lag"], data["done"], data["status"],
-                                      strict=True):
+    for due, lag, done, status in zip(
+        data["due"], data["lag"], data["done"], data["status"], strict=True
+    ):
         if due < warmup_s:
             continue
         lags.append(lag * 1e3)
@@ -426,11 +523,15 @@ def _latencies(data: dict[str, Any], warmup_s: float) -> tuple[list[float], list
 def _summary(latencies: list[float], lags: list[float], failed: int) -> dict[str, float]:
     ordered, lag_sorted = sorted(latencies), sorted(lags)
     return {
-        "count": float(len(latencies) + failed), "failed": float(failed),
-        "p50_ms": _percentile(ordered, 50), "p90_ms": _percentile(ordered, 90),
-        "p99_ms": _percentile(ordered, 99), "p999_ms": _percentile(ordered, 99.9),
+        "count": float(len(latencies) + failed),
+        "failed": float(failed),
+        "p50_ms": _percentile(ordered, 50),
+        "p90_ms": _percentile(ordered, 90),
+        "p99_ms": _percentile(ordered, 99),
+        "p999_ms": _percentile(ordered, 99.9),
         "max_ms": ordered[-1] if ordered else float("nan"),
-        "lag_p50_ms": _percentile(lag_sorted, 50), "lag_p99_ms": _percentile(lag_sorted, 99),
+        "lag_p50_ms": _percentile(lag_sorted, 50),
+        "lag_p99_ms": _percentile(lag_sorted, 99),
     }
 
 
@@ -444,19 +545,22 @@ def _write_bodies(bodies: list[bytes], directory: Path) -> None:
 def _failover_analysis(data: dict[str, Any], kill_at: float) -> dict[str, Any]:
     """When answers moved to ``stable`` after the kill, and what failed meanwhile."""
     kill = kill_at - data["t0"]
-    rows = list(zip(data["due"], data["done"], data["status"], data["upstream"], data["error"],
-                    strict=True))
+    rows = list(
+        zip(data["due"], data["done"], data["status"], data["upstream"], data["error"], strict=True)
+    )
     after = sorted((r for r in rows if r[1] >= kill and r[2]), key=lambda r: r[1])
     stable = [r[1] for r in after if r[3] == "stable"]
     primary = [r[1] for r in after if r[3] == "primary"]
     last_primary = max(primary) if primary else None
     settled = [t for t in stable if last_primary is None or t > last_primary]
     failures = [r for r in rows if not 200 <= r[2] < 300]
-    near = sorted((r[1] - r[0]) * 1e3 for r in rows
-                  if kill - 0.1 <= r[0] <= kill + 1.0 and 200 <= r[2] < 300)
+    near = sorted(
+        (r[1] - r[0]) * 1e3 for r in rows if kill - 0.1 <= r[0] <= kill + 1.0 and 200 <= r[2] < 300
+    )
     errors = collections.Counter(r[4] or f"status {r[2]}" for r in failures)
     return {
-        "requests": len(rows), "failed": len(failures),
+        "requests": len(rows),
+        "failed": len(failures),
         "failed_share": len(failures) / len(rows) if rows else 0.0,
         "failures_by_kind": dict(errors),
         "kill_at_s": kill,
@@ -469,14 +573,28 @@ def _failover_analysis(data: dict[str, Any], kill_at: float) -> dict[str, Any]:
     }
 
 
-def _failover_once(stable: _Process, body: bytes, *, rate: float, before_s: float,
-                   after_s: float, server_prefix: list[str], load_prefix: list[str],
-                   directory: Path, index: int) -> dict[str, Any]:
+def _failover_once(
+    stable: _Process,
+    body: bytes,
+    *,
+    rate: float,
+    before_s: float,
+    after_s: float,
+    server_prefix: list[str],
+    load_prefix: list[str],
+    directory: Path,
+    index: int,
+) -> dict[str, Any]:
     with _stopping() as started:
         primary = _start_upstream("primary", server_prefix, directory / f"failover-{index}")
         started.append(primary)
-        sidecar, admin = _start_sidecar(f"sidecar-failover-{index}", primary, stable,
-                                        server_prefix, directory / f"failover-{index}")
+        sidecar, admin = _start_sidecar(
+            f"sidecar-failover-{index}",
+            primary,
+            stable,
+            server_prefix,
+            directory / f"failover-{index}",
+        )
         started.append(sidecar)
         primary.wait_ready(body)
         sidecar.wait_ready(body, expect_upstream="primary")
@@ -490,25 +608,45 @@ def _failover_once(stable: _Process, body: bytes, *, rate: float, before_s: floa
             primary.kill()
             killed["at"] = before
 
-        data = _open_loop(f"{sidecar.url}/predict", rate=rate, seconds=before_s + after_s,
-                          prefix=load_prefix, directory=directory, during=kill_primary)
+        data = _open_loop(
+            f"{sidecar.url}/predict",
+            rate=rate,
+            seconds=before_s + after_s,
+            prefix=load_prefix,
+            directory=directory,
+            during=kill_primary,
+        )
         result = _failover_analysis(data, killed["at"])
         status = _get_json(f"http://127.0.0.1:{admin}/-/status")
-        result["breakers_after"] = {name: u.get("breaker", {}).get("state")
-                                    for name, u in status.get("upstreams", {}).items()}
+        result["breakers_after"] = {
+            name: u.get("breaker", {}).get("state")
+            for name, u in status.get("upstreams", {}).items()
+        }
         return result
 
 
 # --------------------------------------------------------------------------- memory
 
 
-def _memory(sidecar: _Process, script: Path, prefix: list[str], *, connections: int,
-            duration_s: float) -> dict[str, Any]:
+def _memory(
+    sidecar: _Process, script: Path, prefix: list[str], *, connections: int, duration_s: float
+) -> dict[str, Any]:
     """The sidecar's RSS every second during one sustained wrk run."""
     from benchmarks.over_http import parse_wrk
 
-    command = [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
-               "--timeout", "5s", "-s", str(script), f"{sidecar.url}/predict"]
+    command = [
+        *prefix,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"{sidecar.url}/predict",
+    ]
     samples: list[tuple[float, int]] = [(0.0, rss_kib(sidecar.pid))]
     begin = time.monotonic()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -527,10 +665,15 @@ def _memory(sidecar: _Process, script: Path, prefix: list[str], *, connections: 
     run = parse_wrk(out)
     values = [kib for _, kib in samples]
     return {
-        "duration_s": duration_s, "requests": run.requests, "requests_per_s": run.requests_per_s,
+        "duration_s": duration_s,
+        "requests": run.requests,
+        "requests_per_s": run.requests_per_s,
         "errors": run.non_2xx + run.socket_errors,
-        "start_kib": values[0], "end_kib": values[-1], "max_kib": max(values),
-        "growth_kib": values[-1] - values[0], "samples": samples,
+        "start_kib": values[0],
+        "end_kib": values[-1],
+        "max_kib": max(values),
+        "growth_kib": values[-1] - values[0],
+        "samples": samples,
     }
 
 
@@ -544,18 +687,31 @@ def _sidecar_checks(admin_port: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, info in status.get("upstreams", {}).items():
         checks = health.get(name) or {}
-        out[name] = {"available": info.get("available"),
-                     "breaker": (info.get("breaker") or {}).get("state"),
-                     "healthy": checks.get("healthy"), "health_checks": checks.get("checks")}
+        out[name] = {
+            "available": info.get("available"),
+            "breaker": (info.get("breaker") or {}).get("state"),
+            "healthy": checks.get("healthy"),
+            "health_checks": checks.get("checks"),
+        }
     out["candidates"] = (status.get("routing") or {}).get("candidates")
     out["retry_budget"] = status.get("retry_budget")
     return out
 
 
 def run_proxy(
-    *, connections: int, duration_s: float, rounds: int, warmup_s: float, rate: float,
-    latency_s: float, latency_rounds: int, latency_warmup_s: float, failover_repeats: int,
-    failover_before_s: float, failover_after_s: float, memory_s: float,
+    *,
+    connections: int,
+    duration_s: float,
+    rounds: int,
+    warmup_s: float,
+    rate: float,
+    latency_s: float,
+    latency_rounds: int,
+    latency_warmup_s: float,
+    failover_repeats: int,
+    failover_before_s: float,
+    failover_after_s: float,
+    memory_s: float,
     progress: Callable[[str], None] = print,
 ) -> ProxyResult:
     from benchmarks import workload
@@ -564,8 +720,11 @@ def run_proxy(
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
     server_prefix, load_prefix = pinning()
-    pin = ("servers (proxy and upstreams) on core 0, load generators on core 1 (taskset)"
-           if server_prefix else "not pinned (taskset missing or one core)")
+    pin = (
+        "servers (proxy and upstreams) on core 0, load generators on core 1 (taskset)"
+        if server_prefix
+        else "not pinned (taskset missing or one core)"
+    )
     result = ProxyResult(connections, duration_s, rounds, pin, rate, latency_s, latency_rounds)
     bodies = workload.json_bodies(256, seed=2)
     with tempfile.TemporaryDirectory(prefix="mlwarden-proxy-bench-") as tmp:
@@ -590,26 +749,47 @@ def run_proxy(
             result.memory["idle_kib"] = rss_kib(sidecar.pid)
             progress("proxy: all servers ready; warming up")
             for target in targets.values():
-                _wrk_once(target, primary, script, load_prefix, connections=connections,
-                          duration_s=warmup_s)
+                _wrk_once(
+                    target,
+                    primary,
+                    script,
+                    load_prefix,
+                    connections=connections,
+                    duration_s=warmup_s,
+                )
             for r in range(rounds):
-                order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+                order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
                 for name in order:
-                    run, upstream_us = _wrk_once(targets[name], primary, script, load_prefix,
-                                                 connections=connections, duration_s=duration_s)
+                    run, upstream_us = _wrk_once(
+                        targets[name],
+                        primary,
+                        script,
+                        load_prefix,
+                        connections=connections,
+                        duration_s=duration_s,
+                    )
                     _wait_idle([*targets[name].pids(), primary.pid])
                     result.throughput.setdefault(name, []).append(run)
                     result.upstream_cpu_us.setdefault(name, []).append(upstream_us)
-                progress(f"proxy throughput round {r + 1}/{rounds}: " + ", ".join(
-                    f"{n} {result.throughput[n][-1].requests_per_s:.0f}/s" for n in VARIANTS))
+                progress(
+                    f"proxy throughput round {r + 1}/{rounds}: "
+                    + ", ".join(
+                        f"{n} {result.throughput[n][-1].requests_per_s:.0f}/s" for n in VARIANTS
+                    )
+                )
             pooled: dict[str, tuple[list[float], list[float], int]] = {
-                n: ([], [], 0) for n in VARIANTS}
+                n: ([], [], 0) for n in VARIANTS
+            }
             for r in range(latency_rounds):
-                order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
+                order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
                 for name in order:
-                    data = _open_loop(f"{targets[name].url}/predict", rate=rate,
-                                      seconds=latency_warmup_s + latency_s,
-                                      prefix=load_prefix, directory=directory)
+                    data = _open_loop(
+                        f"{targets[name].url}/predict",
+                        rate=rate,
+                        seconds=latency_warmup_s + latency_s,
+                        prefix=load_prefix,
+                        directory=directory,
+                    )
                     _wait_idle([*targets[name].pids(), primary.pid])
                     lat, lags, failed = _latencies(data, latency_warmup_s)
                     summary = _summary(lat, lags, failed)
@@ -617,24 +797,38 @@ def run_proxy(
                     result.latency.setdefault(name, []).append(summary)
                     p = pooled[name]
                     pooled[name] = (p[0] + lat, p[1] + lags, p[2] + failed)
-                progress(f"proxy latency round {r + 1}/{latency_rounds} at {rate:g}/s: "
-                         + ", ".join(f"{n} p50 {result.latency[n][-1]['p50_ms']:.2f} "
-                                     f"p99 {result.latency[n][-1]['p99_ms']:.2f} ms"
-                                     for n in VARIANTS))
+                progress(
+                    f"proxy latency round {r + 1}/{latency_rounds} at {rate:g}/s: "
+                    + ", ".join(
+                        f"{n} p50 {result.latency[n][-1]['p50_ms']:.2f} "
+                        f"p99 {result.latency[n][-1]['p99_ms']:.2f} ms"
+                        for n in VARIANTS
+                    )
+                )
             result.latency_pooled = {n: _summary(*p) for n, p in pooled.items()}
             result.checks["sidecar after load"] = _sidecar_checks(admin)
             progress(f"proxy: sidecar memory under {memory_s:g} s of sustained load")
-            result.memory.update(_memory(sidecar, script, load_prefix, connections=connections,
-                                         duration_s=memory_s))
+            result.memory.update(
+                _memory(sidecar, script, load_prefix, connections=connections, duration_s=memory_s)
+            )
             for i in range(failover_repeats):
                 outcome = _failover_once(
-                    stable, bodies[0], rate=rate, before_s=failover_before_s,
-                    after_s=failover_after_s, server_prefix=server_prefix,
-                    load_prefix=load_prefix, directory=directory, index=i)
+                    stable,
+                    bodies[0],
+                    rate=rate,
+                    before_s=failover_before_s,
+                    after_s=failover_after_s,
+                    server_prefix=server_prefix,
+                    load_prefix=load_prefix,
+                    directory=directory,
+                    index=i,
+                )
                 result.failover.append(outcome)
-                progress(f"proxy failover {i + 1}/{failover_repeats}: first stable answer "
-                         f"{outcome['first_stable_ms']} ms after the kill, "
-                         f"{outcome['failed']} failed of {outcome['requests']}")
+                progress(
+                    f"proxy failover {i + 1}/{failover_repeats}: first stable answer "
+                    f"{outcome['first_stable_ms']} ms after the kill, "
+                    f"{outcome['failed']} failed of {outcome['requests']}"
+                )
     return result
 
 

@@ -45,8 +45,10 @@ class Report:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return [*out, ""]
 
@@ -75,12 +77,19 @@ def _inprocess(r: InProcessResult) -> list[str]:
     for name, values in r.us_per_request.items():
         diff, ratio, ratios = r.paired(name)
         wall_diff, wall_ratio, _ = r.paired(name, wall=True)
-        rows.append([
-            name, f"{r.median(name):.1f}", _spread(values), f"{diff:+.1f}",
-            f"{ratio:.2f} [{_spread(ratios, '{:.2f}')}]",
-            f"{r.wall_median(name):.1f}", f"{wall_diff:+.1f}", f"{wall_ratio:.2f}",
-            str(r.failures.get(name, 0)),
-        ])
+        rows.append(
+            [
+                name,
+                f"{r.median(name):.1f}",
+                _spread(values),
+                f"{diff:+.1f}",
+                f"{ratio:.2f} [{_spread(ratios, '{:.2f}')}]",
+                f"{r.wall_median(name):.1f}",
+                f"{wall_diff:+.1f}",
+                f"{wall_ratio:.2f}",
+                str(r.failures.get(name, 0)),
+            ]
+        )
     lines = [
         "## In-process cost per request (ASGI call loop, no server)",
         "",
@@ -94,9 +103,19 @@ def _inprocess(r: InProcessResult) -> list[str]:
         "",
     ]
     return lines + _table(
-        ["variant", "CPU µs/request", "rounds min-max", "overhead µs vs bare",
-         "ratio to bare [rounds min-max]", "wall µs/request", "wall overhead µs",
-         "wall ratio", "non-200"], rows)
+        [
+            "variant",
+            "CPU µs/request",
+            "rounds min-max",
+            "overhead µs vs bare",
+            "ratio to bare [rounds min-max]",
+            "wall µs/request",
+            "wall overhead µs",
+            "wall ratio",
+            "non-200",
+        ],
+        rows,
+    )
 
 
 def _http(r: HttpResult) -> list[str]:
@@ -109,14 +128,21 @@ def _http(r: HttpResult) -> list[str]:
         rps, p50, p99, cpu = (r.median(name, a) for a in attrs)
         runs = r.runs[name]
         errors = sum(run.non_2xx + run.socket_errors for run in runs)
-        rows.append([
-            name, f"{rps:.0f}", f"{rps / bare['requests_per_s']:.2f}",
-            _paired([run.requests_per_s for run in runs], bare_rps),
-            f"{p50:.2f}", f"{p50 / bare['p50_ms']:.2f}",
-            f"{p99:.2f}", f"{p99 / bare['p99_ms']:.2f}",
-            f"{cpu:.0f}", f"{bare['server_cpu_us'] / cpu:.2f}",
-            f"{sum(run.requests for run in runs)}/{errors}",
-        ])
+        rows.append(
+            [
+                name,
+                f"{rps:.0f}",
+                f"{rps / bare['requests_per_s']:.2f}",
+                _paired([run.requests_per_s for run in runs], bare_rps),
+                f"{p50:.2f}",
+                f"{p50 / bare['p50_ms']:.2f}",
+                f"{p99:.2f}",
+                f"{p99 / bare['p99_ms']:.2f}",
+                f"{cpu:.0f}",
+                f"{bare['server_cpu_us'] / cpu:.2f}",
+                f"{sum(run.requests for run in runs)}/{errors}",
+            ]
+        )
     pin = "server on core 0, wrk on core 1 (taskset)" if r.pinned else "not pinned"
     lines = [
         "## Over HTTP (uvicorn, one worker, wrk)",
@@ -129,9 +155,21 @@ def _http(r: HttpResult) -> list[str]:
         "",
     ]
     return lines + _table(
-        ["variant", "req/s", "ratio", "per-round req/s ratio [min-max]", "p50 ms", "ratio",
-         "p99 ms", "ratio", "server CPU µs/request", "capacity ratio", "requests/errors"],
-        rows)
+        [
+            "variant",
+            "req/s",
+            "ratio",
+            "per-round req/s ratio [min-max]",
+            "p50 ms",
+            "ratio",
+            "p99 ms",
+            "ratio",
+            "server CPU µs/request",
+            "capacity ratio",
+            "requests/errors",
+        ],
+        rows,
+    )
 
 
 def _micro(r: MicroResult) -> list[str]:
@@ -144,35 +182,50 @@ def _micro(r: MicroResult) -> list[str]:
     for name, values in r.figures.items():
         med = statistics.median(values)
         target = targets.get(name)
-        rows.append([
-            name, f"{med:.3f} {r.units[name]}", _spread(values, "{:.3f}"),
-            target[1] if target else "—",
-            _verdict(med <= target[0]) if target else "—",
-            r.notes.get(name, ""),
-        ])
+        rows.append(
+            [
+                name,
+                f"{med:.3f} {r.units[name]}",
+                _spread(values, "{:.3f}"),
+                target[1] if target else "—",
+                _verdict(med <= target[0]) if target else "—",
+                r.notes.get(name, ""),
+            ]
+        )
     orphans = [f"- {name}: {note}" for name, note in r.notes.items() if name not in r.figures]
-    return ["## Micro-benchmarks (20 numeric features)", "", *_table(
-        ["measurement", "median", "repeats min-max", "target", "verdict", "note"], rows),
-        *orphans, *([""] if orphans else [])]
+    return [
+        "## Micro-benchmarks (20 numeric features)",
+        "",
+        *_table(["measurement", "median", "repeats min-max", "target", "verdict", "note"], rows),
+        *orphans,
+        *([""] if orphans else []),
+    ]
 
 
 def _memory_growth(entry: dict[str, Any]) -> tuple[float, int]:
     first, last = entry["samples"][0], entry["samples"][-1]
     return (last["rss_bytes"] - first["rss_bytes"]) / _MiB, (
-        last["allocated_blocks"] - first["allocated_blocks"])
+        last["allocated_blocks"] - first["allocated_blocks"]
+    )
 
 
 def _memory(entries: list[dict[str, Any]]) -> list[str]:
     rows = []
     for entry in entries:
         for sample in entry["samples"]:
-            rows.append([
-                entry["variant"], f"{sample['requests']:,}", f"{sample['rss_bytes'] / _MiB:.1f}",
-                f"{sample['allocated_blocks']:,}", f"{sample['gc_objects']:,}",
-            ])
+            rows.append(
+                [
+                    entry["variant"],
+                    f"{sample['requests']:,}",
+                    f"{sample['rss_bytes'] / _MiB:.1f}",
+                    f"{sample['allocated_blocks']:,}",
+                    f"{sample['gc_objects']:,}",
+                ]
+            )
         rss, blocks = _memory_growth(entry)
-        rows.append([f"**{entry['variant']} growth**", "first → last", f"{rss:+.2f}",
-                     f"{blocks:+,}", ""])
+        rows.append(
+            [f"**{entry['variant']} growth**", "first → last", f"{rss:+.2f}", f"{blocks:+,}", ""]
+        )
     lines = [
         "## Memory independent of traffic (in-process, fresh process per variant)",
         "",
@@ -181,7 +234,8 @@ def _memory(entries: list[dict[str, Any]]) -> list[str]:
         "",
     ]
     return lines + _table(
-        ["variant", "requests", "RSS MiB", "allocated blocks", "gc objects"], rows)
+        ["variant", "requests", "RSS MiB", "allocated blocks", "gc objects"], rows
+    )
 
 
 def _profiles(profiles: list[Profile]) -> list[str]:
@@ -198,8 +252,9 @@ def _profiles(profiles: list[Profile]) -> list[str]:
         own = f"{p.middleware_us:.1f}" if p.middleware_us is not None else "—"
         inner = f"{p.inner_app_us:.1f}" if p.inner_app_us is not None else "—"
         rows.append([p.variant, f"{p.requests}", f"{p.total_us:.1f}", own, inner])
-    lines += _table(["variant", "requests", "profiled µs/request", "middleware own µs",
-                     "wrapped app µs"], rows)
+    lines += _table(
+        ["variant", "requests", "profiled µs/request", "middleware own µs", "wrapped app µs"], rows
+    )
     for p in profiles:
         if not p.mlwarden:
             continue
@@ -213,13 +268,30 @@ def _profiles(profiles: list[Profile]) -> list[str]:
         lines += [f"### {p.variant}: mlwarden functions by cumulative time, per request", ""]
         lines += _table(
             ["function", "calls/request", "own µs", "cumulative µs", "share of middleware own"],
-            [[f"`{row.function}`", f"{row.calls_per_request:.2f}", f"{row.own_us:.1f}",
-              f"{row.cumulative_us:.1f}", share(row.cumulative_us)] for row in p.mlwarden[:18]])
+            [
+                [
+                    f"`{row.function}`",
+                    f"{row.calls_per_request:.2f}",
+                    f"{row.own_us:.1f}",
+                    f"{row.cumulative_us:.1f}",
+                    share(row.cumulative_us),
+                ]
+                for row in p.mlwarden[:18]
+            ],
+        )
         lines += [f"### {p.variant}: hottest functions overall by own time, per request", ""]
         lines += _table(
             ["function", "calls/request", "own µs", "cumulative µs"],
-            [[f"`{row.function}`", f"{row.calls_per_request:.2f}", f"{row.own_us:.1f}",
-              f"{row.cumulative_us:.1f}"] for row in p.hottest[:12]])
+            [
+                [
+                    f"`{row.function}`",
+                    f"{row.calls_per_request:.2f}",
+                    f"{row.own_us:.1f}",
+                    f"{row.cumulative_us:.1f}",
+                ]
+                for row in p.hottest[:12]
+            ],
+        )
     return lines
 
 
@@ -230,8 +302,9 @@ def _ablation(r: InProcessResult) -> list[str]:
         step = "—"
         if name not in ("bare", "mlwarden"):
             step = f"{-r.paired(name, against='mlwarden')[0]:+.1f}"
-        rows.append([name, f"{r.median(name):.1f}", _spread(values), f"{diff:+.1f}",
-                     f"{ratio:.2f}", step])
+        rows.append(
+            [name, f"{r.median(name):.1f}", _spread(values), f"{diff:+.1f}", f"{ratio:.2f}", step]
+        )
     lines = [
         "## What each recording step costs (in-process ablation, tracing off)",
         "",
@@ -242,8 +315,17 @@ def _ablation(r: InProcessResult) -> list[str]:
         f"CPU µs, {r.rounds} alternating rounds of {r.requests_per_round} requests, medians.",
         "",
     ]
-    return lines + _table(["variant", "CPU µs/request", "rounds min-max", "overhead vs bare",
-                           "ratio to bare", "cost of the step(s) µs"], rows)
+    return lines + _table(
+        [
+            "variant",
+            "CPU µs/request",
+            "rounds min-max",
+            "overhead vs bare",
+            "ratio to bare",
+            "cost of the step(s) µs",
+        ],
+        rows,
+    )
 
 
 def _ms(value: float | None) -> str:
@@ -271,15 +353,24 @@ def _proxy(r: ProxyResult) -> list[str]:
             runs = r.throughput[name]
             rps = r.median(name, "requests_per_s")
             errors = sum(run.non_2xx + run.socket_errors for run in runs)
-            versus = "—" if name == "sidecar" or not sidecar_rps else _paired(
-                sidecar_rps, [run.requests_per_s for run in runs])
-            rows.append([
-                name, f"{rps:.0f}", f"{rps / direct:.2f}" if direct else "—", versus,
-                f"{r.median(name, 'p50_ms'):.2f}", f"{r.median(name, 'p99_ms'):.2f}",
-                f"{r.median(name, 'server_cpu_us'):.0f}",
-                f"{statistics.median(r.upstream_cpu_us.get(name) or [0.0]):.0f}",
-                f"{sum(run.requests for run in runs)}/{errors}",
-            ])
+            versus = (
+                "—"
+                if name == "sidecar" or not sidecar_rps
+                else _paired(sidecar_rps, [run.requests_per_s for run in runs])
+            )
+            rows.append(
+                [
+                    name,
+                    f"{rps:.0f}",
+                    f"{rps / direct:.2f}" if direct else "—",
+                    versus,
+                    f"{r.median(name, 'p50_ms'):.2f}",
+                    f"{r.median(name, 'p99_ms'):.2f}",
+                    f"{r.median(name, 'server_cpu_us'):.0f}",
+                    f"{statistics.median(r.upstream_cpu_us.get(name) or [0.0]):.0f}",
+                    f"{sum(run.requests for run in runs)}/{errors}",
+                ]
+            )
         lines += [
             "### Throughput (wrk, closed loop)",
             "",
@@ -289,23 +380,49 @@ def _proxy(r: ProxyResult) -> list[str]:
             "*Proxy CPU* is the proxy's processes' CPU time per request (for `direct`, the "
             "upstream's), the cost that decides capacity on a busy node.",
             "",
-            *_table(["variant", "req/s", "ratio to direct", "sidecar / variant [rounds min-max]",
-                     "p50 ms", "p99 ms", "proxy CPU µs/request", "upstream CPU µs/request",
-                     "requests/errors"], rows),
+            *_table(
+                [
+                    "variant",
+                    "req/s",
+                    "ratio to direct",
+                    "sidecar / variant [rounds min-max]",
+                    "p50 ms",
+                    "p99 ms",
+                    "proxy CPU µs/request",
+                    "upstream CPU µs/request",
+                    "requests/errors",
+                ],
+                rows,
+            ),
         ]
     if r.latency_pooled:
         base = r.latency_pooled.get("direct")
         rows = []
         for name, s in r.latency_pooled.items():
             p99s = [x["p99_ms"] for x in r.latency.get(name, [])]
-            added = ["—", "—"] if base is None or name == "direct" else [
-                f"{s['p50_ms'] - base['p50_ms']:+.2f}", f"{s['p99_ms'] - base['p99_ms']:+.2f}"]
-            rows.append([
-                name, f"{s['count']:.0f}", f"{s['failed']:.0f}", f"{s['p50_ms']:.2f}",
-                f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['p999_ms']:.1f}",
-                f"{s['max_ms']:.1f}", *added, _spread(p99s, "{:.2f}") if p99s else "—",
-                f"{s['lag_p99_ms']:.2f}",
-            ])
+            added = (
+                ["—", "—"]
+                if base is None or name == "direct"
+                else [
+                    f"{s['p50_ms'] - base['p50_ms']:+.2f}",
+                    f"{s['p99_ms'] - base['p99_ms']:+.2f}",
+                ]
+            )
+            rows.append(
+                [
+                    name,
+                    f"{s['count']:.0f}",
+                    f"{s['failed']:.0f}",
+                    f"{s['p50_ms']:.2f}",
+                    f"{s['p90_ms']:.2f}",
+                    f"{s['p99_ms']:.2f}",
+                    f"{s['p999_ms']:.1f}",
+                    f"{s['max_ms']:.1f}",
+                    *added,
+                    _spread(p99s, "{:.2f}") if p99s else "—",
+                    f"{s['lag_p99_ms']:.2f}",
+                ]
+            )
         lines += [
             f"### Added latency at a fixed {r.rate_per_s:g} requests/s (open loop)",
             "",
@@ -318,23 +435,42 @@ def _proxy(r: ProxyResult) -> list[str]:
             "sent: the floor of what it can resolve. A variant that cannot keep up builds a "
             "queue and its latencies grow to the 5 s client timeout (counted as failed).",
             "",
-            *_table(["variant", "requests", "failed", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
-                     "max ms", "added p50 ms vs direct", "added p99 ms vs direct",
-                     "p99 rounds min-max", "generator lag p99 ms"], rows),
+            *_table(
+                [
+                    "variant",
+                    "requests",
+                    "failed",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "max ms",
+                    "added p50 ms vs direct",
+                    "added p99 ms vs direct",
+                    "p99 rounds min-max",
+                    "generator lag p99 ms",
+                ],
+                rows,
+            ),
         ]
     if r.failover:
         rows = []
         for i, f in enumerate(r.failover, 1):
             after = f["answers_after_kill"]
             kinds = ", ".join(f"{k} {v}" for k, v in f["failures_by_kind"].items())
-            rows.append([
-                str(i), str(f["requests"]),
-                f"{f['failed']} ({f['failed_share']:.2%})" + (f": {kinds}" if kinds else ""),
-                _ms(f["first_stable_ms"]), _ms(f["all_stable_ms"]), _ms(f["last_primary_ms"]),
-                f"{after['primary']}/{after['stable']}",
-                f"{f['p50_ms_first_s_after_kill']:.1f} / {f['max_ms_first_s_after_kill']:.0f}",
-                ", ".join(f"{k} {v}" for k, v in f.get("breakers_after", {}).items()),
-            ])
+            rows.append(
+                [
+                    str(i),
+                    str(f["requests"]),
+                    f"{f['failed']} ({f['failed_share']:.2%})" + (f": {kinds}" if kinds else ""),
+                    _ms(f["first_stable_ms"]),
+                    _ms(f["all_stable_ms"]),
+                    _ms(f["last_primary_ms"]),
+                    f"{after['primary']}/{after['stable']}",
+                    f"{f['p50_ms_first_s_after_kill']:.1f} / {f['max_ms_first_s_after_kill']:.0f}",
+                    ", ".join(f"{k} {v}" for k, v in f.get("breakers_after", {}).items()),
+                ]
+            )
         lines += [
             "### Failover: the primary killed (SIGKILL) under load",
             "",
@@ -345,10 +481,20 @@ def _proxy(r: ProxyResult) -> list[str]:
             "stable* is the first stable answer after the last answer from the primary (those "
             "were in flight at the kill). A failed request is a non-2xx answer or no answer.",
             "",
-            *_table(["repeat", "requests", "failed", "kill → first stable ms",
-                     "kill → all stable ms", "last primary answer ms",
-                     "answers after the kill primary/stable",
-                     "p50 / max ms, requests due in the 1st s", "breakers after"], rows),
+            *_table(
+                [
+                    "repeat",
+                    "requests",
+                    "failed",
+                    "kill → first stable ms",
+                    "kill → all stable ms",
+                    "last primary answer ms",
+                    "answers after the kill primary/stable",
+                    "p50 / max ms, requests due in the 1st s",
+                    "breakers after",
+                ],
+                rows,
+            ),
         ]
     if r.memory.get("samples"):
         m = r.memory
@@ -359,12 +505,30 @@ def _proxy(r: ProxyResult) -> list[str]:
             f"speed ({r.connections} connections), after the rounds above. *At start-up* was "
             "read before any traffic.",
             "",
-            *_table(["at start-up MiB", "start MiB", "end MiB", "max MiB", "growth MiB",
-                     "requests", "req/s", "errors"],
-                    [[f"{m['idle_kib'] / 1024:.1f}", f"{m['start_kib'] / 1024:.1f}",
-                      f"{m['end_kib'] / 1024:.1f}", f"{m['max_kib'] / 1024:.1f}",
-                      f"{m['growth_kib'] / 1024:+.1f}", f"{m['requests']:,}",
-                      f"{m['requests_per_s']:.0f}", str(m["errors"])]]),
+            *_table(
+                [
+                    "at start-up MiB",
+                    "start MiB",
+                    "end MiB",
+                    "max MiB",
+                    "growth MiB",
+                    "requests",
+                    "req/s",
+                    "errors",
+                ],
+                [
+                    [
+                        f"{m['idle_kib'] / 1024:.1f}",
+                        f"{m['start_kib'] / 1024:.1f}",
+                        f"{m['end_kib'] / 1024:.1f}",
+                        f"{m['max_kib'] / 1024:.1f}",
+                        f"{m['growth_kib'] / 1024:+.1f}",
+                        f"{m['requests']:,}",
+                        f"{m['requests_per_s']:.0f}",
+                        str(m["errors"]),
+                    ]
+                ],
+            ),
         ]
     for name, checks in r.checks.items():
         lines += [f"{name}: `{checks}`", ""]
@@ -386,13 +550,26 @@ def _checks(report: Report) -> list[str]:
     if not rows:
         return []
     lines = ["## Sanity: the mlwarden variants really read features and predictions", ""]
-    lines += _table(["where", "variant", "rows scored", "payload errors",
-                     "predictions skipped", "drift evaluations", "other"], rows)
+    lines += _table(
+        [
+            "where",
+            "variant",
+            "rows scored",
+            "payload errors",
+            "predictions skipped",
+            "drift evaluations",
+            "other",
+        ],
+        rows,
+    )
     if report.inprocess:
         spans = {k: v for k, v in report.inprocess.spans.items() if v is not None}
         if spans:
-            lines += ["Spans exported (in-process, all rounds): "
-                      + ", ".join(f"{k} {v:,}" for k, v in spans.items()), ""]
+            lines += [
+                "Spans exported (in-process, all rounds): "
+                + ", ".join(f"{k} {v:,}" for k, v in spans.items()),
+                "",
+            ]
     return lines
 
 
@@ -414,47 +591,64 @@ def _targets(report: Report) -> list[str]:
         ours_wall = ip.paired("mlwarden", wall=True)[0]
         theirs_wall = ip.paired("instrumentator", wall=True)[0]
         head_to_head = ip.paired("mlwarden", against="instrumentator")[0]
-        add("tracing off: in-process overhead below prometheus-fastapi-instrumentator's",
+        add(
+            "tracing off: in-process overhead below prometheus-fastapi-instrumentator's",
             f"CPU {ours:+.1f} µs vs {theirs:+.1f} µs (paired mlwarden - instrumentator "
             f"{head_to_head:+.1f} µs; wall {ours_wall:+.1f} vs {theirs_wall:+.1f})",
-            ours < theirs)
+            ours < theirs,
+        )
     if http and {"bare", "mlwarden"} <= set(http.runs):
         ratio = http.median("mlwarden", "requests_per_s") / http.median("bare", "requests_per_s")
         capacity = http.median("bare", "server_cpu_us") / http.median("mlwarden", "server_cpu_us")
-        add("tracing off: ≥ 80% of bare throughput over HTTP",
-            f"{ratio:.0%} (capacity from server CPU: {capacity:.0%})", ratio >= 0.8)
+        add(
+            "tracing off: ≥ 80% of bare throughput over HTTP",
+            f"{ratio:.0%} (capacity from server CPU: {capacity:.0%})",
+            ratio >= 0.8,
+        )
     if http and {"mlwarden+tracing", "otel-asgi"} <= set(http.runs):
-        ratio = (http.median("mlwarden+tracing", "requests_per_s")
-                 / http.median("otel-asgi", "requests_per_s"))
-        capacity = (http.median("otel-asgi", "server_cpu_us")
-                    / http.median("mlwarden+tracing", "server_cpu_us"))
-        add("tracing on: ≥ 1.5x the throughput of opentelemetry-instrumentation-asgi",
-            f"{ratio:.2f}x (capacity from server CPU: {capacity:.2f}x)", ratio >= 1.5)
+        ratio = http.median("mlwarden+tracing", "requests_per_s") / http.median(
+            "otel-asgi", "requests_per_s"
+        )
+        capacity = http.median("otel-asgi", "server_cpu_us") / http.median(
+            "mlwarden+tracing", "server_cpu_us"
+        )
+        add(
+            "tracing on: ≥ 1.5x the throughput of opentelemetry-instrumentation-asgi",
+            f"{ratio:.2f}x (capacity from server CPU: {capacity:.2f}x)",
+            ratio >= 1.5,
+        )
     if micro:
         # The 2 µs target was set where the numpy floor measured 1.2 µs; this machine's speed
         # is read off the same floor, measured in this run.
-        scale = (micro.best(FLOOR) / FLOOR_WHEN_TARGET_SET_US
-                 if FLOOR in micro.figures else 1.0)
+        scale = micro.best(FLOOR) / FLOOR_WHEN_TARGET_SET_US if FLOOR in micro.figures else 1.0
         for name in (_ROW_TARGET, _ROW_TARGET_10):
             if name in micro.figures:
                 value = micro.best(name)
                 label = "1-row" if name == _ROW_TARGET else "10-row"
-                add(f"per-row feature update ≤ 2 µs for 20 features ({label} batches), "
+                add(
+                    f"per-row feature update ≤ 2 µs for 20 features ({label} batches), "
                     "scaled by this run's numpy floor",
                     f"best {value:.2f} (median {micro.median(name):.2f}) µs/row; floor "
                     f"{scale * FLOOR_WHEN_TARGET_SET_US:.2f} µs "
-                    f"(target here {2.0 * scale:.2f} µs)", value <= 2.0 * scale)
+                    f"(target here {2.0 * scale:.2f} µs)",
+                    value <= 2.0 * scale,
+                )
         if _DRIFT in micro.figures:
             value = micro.best(_DRIFT)
-            add("drift evaluation of 20 features over 10,000 rows ≤ 5 ms",
+            add(
+                "drift evaluation of 20 features over 10,000 rows ≤ 5 ms",
                 f"best {value:.2f} (median {micro.median(_DRIFT):.2f}) ms",
-                value <= 5.0)
+                value <= 5.0,
+            )
     for entry in report.memory:
         rss, blocks = _memory_growth(entry)
         first, last = entry["samples"][0]["requests"], entry["samples"][-1]["requests"]
-        add(f"{entry['variant']}: memory flat from {first:,} to {last:,} requests "
+        add(
+            f"{entry['variant']}: memory flat from {first:,} to {last:,} requests "
             "(|ΔRSS| ≤ 1 MiB, Δblocks ≤ 1,000)",
-            f"{rss:+.2f} MiB, {blocks:+,} blocks", abs(rss) <= 1.0 and blocks <= 1_000)
+            f"{rss:+.2f} MiB, {blocks:+,} blocks",
+            abs(rss) <= 1.0 and blocks <= 1_000,
+        )
     if report.proxy:
         _proxy_targets(report.proxy, add)
     return ["## Targets", "", *_table(["target", "measured", "verdict"], rows)]
@@ -464,37 +658,54 @@ def _proxy_targets(r: ProxyResult, add: Callable[[str, str, bool | None], None])
     if {"sidecar", "naive-aiohttp"} <= set(r.throughput):
         ratio = r.median("sidecar", "requests_per_s") / r.median("naive-aiohttp", "requests_per_s")
         cpu = r.median("naive-aiohttp", "server_cpu_us") / r.median("sidecar", "server_cpu_us")
-        paired = _paired([x.requests_per_s for x in r.throughput["sidecar"]],
-                         [x.requests_per_s for x in r.throughput["naive-aiohttp"]])
-        add("sidecar: ≥ 1.5x the throughput of a naive Starlette + aiohttp proxy",
+        paired = _paired(
+            [x.requests_per_s for x in r.throughput["sidecar"]],
+            [x.requests_per_s for x in r.throughput["naive-aiohttp"]],
+        )
+        add(
+            "sidecar: ≥ 1.5x the throughput of a naive Starlette + aiohttp proxy",
             f"{ratio:.2f}x (per round {paired}; capacity from proxy CPU: {cpu:.2f}x)",
-            ratio >= 1.5)
+            ratio >= 1.5,
+        )
     if {"sidecar", "nginx"} <= set(r.throughput):
         ratio = r.median("sidecar", "requests_per_s") / r.median("nginx", "requests_per_s")
         cpu = r.median("nginx", "server_cpu_us") / r.median("sidecar", "server_cpu_us")
-        add("sidecar / nginx throughput (for reference, no target)",
-            f"{ratio:.2f}x (capacity from proxy CPU: {cpu:.2f}x)", None)
+        add(
+            "sidecar / nginx throughput (for reference, no target)",
+            f"{ratio:.2f}x (capacity from proxy CPU: {cpu:.2f}x)",
+            None,
+        )
     pooled = r.latency_pooled
     if {"sidecar", "direct"} <= set(pooled):
         s, d = pooled["sidecar"], pooled["direct"]
-        add(f"sidecar: added p50 latency < 1 ms at {r.rate_per_s:g} requests/s",
+        add(
+            f"sidecar: added p50 latency < 1 ms at {r.rate_per_s:g} requests/s",
             f"{s['p50_ms'] - d['p50_ms']:+.2f} ms ({d['p50_ms']:.2f} → {s['p50_ms']:.2f})",
-            s["p50_ms"] - d["p50_ms"] < 1.0)
-        add(f"sidecar: added p99 latency < 3 ms at {r.rate_per_s:g} requests/s",
+            s["p50_ms"] - d["p50_ms"] < 1.0,
+        )
+        add(
+            f"sidecar: added p99 latency < 3 ms at {r.rate_per_s:g} requests/s",
             f"{s['p99_ms'] - d['p99_ms']:+.2f} ms ({d['p99_ms']:.2f} → {s['p99_ms']:.2f})",
-            s["p99_ms"] - d["p99_ms"] < 3.0)
+            s["p99_ms"] - d["p99_ms"] < 3.0,
+        )
     if r.failover:
         failed = sum(f["failed"] for f in r.failover)
         total = sum(f["requests"] for f in r.failover)
         first = [f["first_stable_ms"] for f in r.failover if f["first_stable_ms"] is not None]
-        add("sidecar: no client request fails when the primary is killed under load",
+        add(
+            "sidecar: no client request fails when the primary is killed under load",
             f"{failed} of {total} failed over {len(r.failover)} kill(s); first stable answer "
-            f"{', '.join(f'{x:.0f}' for x in first) or '—'} ms after the kill", failed == 0)
+            f"{', '.join(f'{x:.0f}' for x in first) or '—'} ms after the kill",
+            failed == 0,
+        )
     if r.memory.get("samples"):
         m = r.memory
-        add("sidecar: memory under sustained load (for reference, no target)",
+        add(
+            "sidecar: memory under sustained load (for reference, no target)",
             f"{m['growth_kib'] / 1024:+.1f} MiB over {m['requests']:,} requests "
-            f"(max {m['max_kib'] / 1024:.1f} MiB)", None)
+            f"(max {m['max_kib'] / 1024:.1f} MiB)",
+            None,
+        )
 
 
 def render(report: Report) -> str:
@@ -507,26 +718,35 @@ def render(report: Report) -> str:
         "",
     ]
     sections: list[tuple[Any, Callable[[Any], list[str]]]] = [
-        (report, _targets), (report.inprocess, _inprocess), (report.http, _http),
-        (report.micro, _micro), (report.memory, _memory), (report, _checks),
-        (report.ablation, _ablation), (report.proxy, _proxy), (report.profiles, _profiles),
+        (report, _targets),
+        (report.inprocess, _inprocess),
+        (report.http, _http),
+        (report.micro, _micro),
+        (report.memory, _memory),
+        (report, _checks),
+        (report.ablation, _ablation),
+        (report.proxy, _proxy),
+        (report.profiles, _profiles),
     ]
     for data, section in sections:
         if data:
             lines += section(data)
     if report.errors:
         lines += ["## Parts that failed", ""]
-        lines += _table(["part", "error"], [[k, v.replace("\n", " ")[:500]]
-                                            for k, v in report.errors.items()])
+        lines += _table(
+            ["part", "error"], [[k, v.replace("\n", " ")[:500]] for k, v in report.errors.items()]
+        )
     lines += ["## Environment", ""]
     env_rows = [[k, v] for k, v in report.environment.items()]
     env_rows += [[f"load average ({when})", value] for when, value in report.load.items()]
     for when, ref in report.reference.items():
-        env_rows.append([
-            f"reference timings ({when})",
-            f"empty loop 1M: {ref['empty_loop_1M_ms']:.1f} ms; json.loads of a request body: "
-            f"{ref['json_loads_body_us']:.2f} µs",
-        ])
+        env_rows.append(
+            [
+                f"reference timings ({when})",
+                f"empty loop 1M: {ref['empty_loop_1M_ms']:.1f} ms; json.loads of a request body: "
+                f"{ref['json_loads_body_us']:.2f} µs",
+            ]
+        )
     env_rows += [[k, v] for k, v in report.settings.items()]
     lines += _table(["item", "value"], env_rows)
     return "\n".join(lines)

@@ -26,28 +26,62 @@ _RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("micro", "inprocess", "http", "memory", "profile", "ablation", "proxy")
 
 FULL: dict[str, Any] = {
-    "inprocess_per_round": 100, "inprocess_rounds": 120, "inprocess_warmup": 1_000,
-    "http_connections": 32, "http_duration_s": 5, "http_rounds": 5, "http_warmup_s": 2,
-    "micro_rows": 50_000, "micro_repeats": 7, "drift_repeats": 30,
-    "memory_variants": ("mlwarden", "mlwarden+tracing"), "memory_checkpoints": (20_000, 100_000),
-    "profile_requests": 5_000, "profile_warmup": 1_000,
-    "ablation_per_round": 100, "ablation_rounds": 60,
-    "proxy_connections": 32, "proxy_duration_s": 5, "proxy_rounds": 5, "proxy_warmup_s": 2,
-    "proxy_rate": 500, "proxy_latency_s": 8, "proxy_latency_rounds": 3,
-    "proxy_failover_repeats": 3, "proxy_failover_before_s": 3, "proxy_failover_after_s": 5,
+    "inprocess_per_round": 100,
+    "inprocess_rounds": 120,
+    "inprocess_warmup": 1_000,
+    "http_connections": 32,
+    "http_duration_s": 5,
+    "http_rounds": 5,
+    "http_warmup_s": 2,
+    "micro_rows": 50_000,
+    "micro_repeats": 7,
+    "drift_repeats": 30,
+    "memory_variants": ("mlwarden", "mlwarden+tracing"),
+    "memory_checkpoints": (20_000, 100_000),
+    "profile_requests": 5_000,
+    "profile_warmup": 1_000,
+    "ablation_per_round": 100,
+    "ablation_rounds": 60,
+    "proxy_connections": 32,
+    "proxy_duration_s": 5,
+    "proxy_rounds": 5,
+    "proxy_warmup_s": 2,
+    "proxy_rate": 500,
+    "proxy_latency_s": 8,
+    "proxy_latency_rounds": 3,
+    "proxy_failover_repeats": 3,
+    "proxy_failover_before_s": 3,
+    "proxy_failover_after_s": 5,
     "proxy_memory_s": 60,
 }
 QUICK: dict[str, Any] = {
-    "inprocess_per_round": 100, "inprocess_rounds": 25, "inprocess_warmup": 300,
-    "http_connections": 32, "http_duration_s": 2, "http_rounds": 2, "http_warmup_s": 1,
-    "micro_rows": 10_000, "micro_repeats": 3, "drift_repeats": 10,
+    "inprocess_per_round": 100,
+    "inprocess_rounds": 25,
+    "inprocess_warmup": 300,
+    "http_connections": 32,
+    "http_duration_s": 2,
+    "http_rounds": 2,
+    "http_warmup_s": 1,
+    "micro_rows": 10_000,
+    "micro_repeats": 3,
+    "drift_repeats": 10,
     # The windows hold 10,000 rows: the first checkpoint must come after they are full.
-    "memory_variants": ("mlwarden",), "memory_checkpoints": (12_000, 36_000),
-    "profile_requests": 1_500, "profile_warmup": 300,
-    "ablation_per_round": 100, "ablation_rounds": 15,
-    "proxy_connections": 32, "proxy_duration_s": 3, "proxy_rounds": 2, "proxy_warmup_s": 1,
-    "proxy_rate": 500, "proxy_latency_s": 4, "proxy_latency_rounds": 2,
-    "proxy_failover_repeats": 1, "proxy_failover_before_s": 2, "proxy_failover_after_s": 4,
+    "memory_variants": ("mlwarden",),
+    "memory_checkpoints": (12_000, 36_000),
+    "profile_requests": 1_500,
+    "profile_warmup": 300,
+    "ablation_per_round": 100,
+    "ablation_rounds": 15,
+    "proxy_connections": 32,
+    "proxy_duration_s": 3,
+    "proxy_rounds": 2,
+    "proxy_warmup_s": 1,
+    "proxy_rate": 500,
+    "proxy_latency_s": 4,
+    "proxy_latency_rounds": 2,
+    "proxy_failover_repeats": 1,
+    "proxy_failover_before_s": 2,
+    "proxy_failover_after_s": 4,
     "proxy_memory_s": 15,
 }
 
@@ -60,7 +94,11 @@ def _memory(variant: str, checkpoints: tuple[int, ...]) -> dict[str, Any]:
     """One variant in a fresh interpreter, so that RSS is that variant's alone."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", variant, *map(str, checkpoints)],
-        cwd=_REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+        cwd=_REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmarks.memory {variant} failed:\n{done.stderr[-2000:]}")
@@ -80,10 +118,17 @@ def _jsonable(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smaller run, about 4-5 minutes")
-    parser.add_argument("--only", default=",".join(PARTS),
-                        help=f"comma-separated parts to run (default: all of {','.join(PARTS)})")
-    parser.add_argument("--output", type=Path, default=_RESULTS / "latest.md",
-                        help="where to write the markdown (the JSON and profiles go next to it)")
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all of {','.join(PARTS)})",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=_RESULTS / "latest.md",
+        help="where to write the markdown (the JSON and profiles go next to it)",
+    )
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -91,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
     cfg = QUICK if args.quick else FULL
     begin = time.monotonic()
-    report = Report(mode="quick" if args.quick else "full",
-                    started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                    command=" ".join(["python3 -m benchmarks.run", *(argv or sys.argv[1:])]))
+    report = Report(
+        mode="quick" if args.quick else "full",
+        started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        command=" ".join(["python3 -m benchmarks.run", *(argv or sys.argv[1:])]),
+    )
     report.settings = {f"setting {k}": str(v) for k, v in cfg.items()}
     report.environment = environment.collect()
     report.load["start"] = environment.load_average()
@@ -115,22 +162,33 @@ def main(argv: list[str] | None = None) -> int:
     def micro() -> None:
         from benchmarks.micro import run_micro
 
-        report.micro = run_micro(rows=cfg["micro_rows"], repeats=cfg["micro_repeats"],
-                                 drift_repeats=cfg["drift_repeats"], progress=_progress)
+        report.micro = run_micro(
+            rows=cfg["micro_rows"],
+            repeats=cfg["micro_repeats"],
+            drift_repeats=cfg["drift_repeats"],
+            progress=_progress,
+        )
 
     def inprocess() -> None:
         from benchmarks.inprocess import run_inprocess
 
         report.inprocess = run_inprocess(
-            per_round=cfg["inprocess_per_round"], rounds=cfg["inprocess_rounds"],
-            warmup=cfg["inprocess_warmup"], progress=_progress)
+            per_round=cfg["inprocess_per_round"],
+            rounds=cfg["inprocess_rounds"],
+            warmup=cfg["inprocess_warmup"],
+            progress=_progress,
+        )
 
     def http() -> None:
         from benchmarks.over_http import run_http
 
         report.http = run_http(
-            connections=cfg["http_connections"], duration_s=cfg["http_duration_s"],
-            rounds=cfg["http_rounds"], warmup_s=cfg["http_warmup_s"], progress=_progress)
+            connections=cfg["http_connections"],
+            duration_s=cfg["http_duration_s"],
+            rounds=cfg["http_rounds"],
+            warmup_s=cfg["http_warmup_s"],
+            progress=_progress,
+        )
 
     def memory() -> None:
         for variant in cfg["memory_variants"]:
@@ -146,25 +204,41 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.inprocess import run_inprocess
 
         report.ablation = run_inprocess(
-            per_round=cfg["ablation_per_round"], rounds=cfg["ablation_rounds"],
-            warmup=cfg["inprocess_warmup"], names=("bare", "mlwarden", *workload.ABLATIONS),
-            progress=_progress)
+            per_round=cfg["ablation_per_round"],
+            rounds=cfg["ablation_rounds"],
+            warmup=cfg["inprocess_warmup"],
+            names=("bare", "mlwarden", *workload.ABLATIONS),
+            progress=_progress,
+        )
 
     def proxy() -> None:
         from benchmarks.proxy import run_proxy
 
         report.proxy = run_proxy(
-            connections=cfg["proxy_connections"], duration_s=cfg["proxy_duration_s"],
-            rounds=cfg["proxy_rounds"], warmup_s=cfg["proxy_warmup_s"], rate=cfg["proxy_rate"],
-            latency_s=cfg["proxy_latency_s"], latency_rounds=cfg["proxy_latency_rounds"],
-            latency_warmup_s=1.0, failover_repeats=cfg["proxy_failover_repeats"],
+            connections=cfg["proxy_connections"],
+            duration_s=cfg["proxy_duration_s"],
+            rounds=cfg["proxy_rounds"],
+            warmup_s=cfg["proxy_warmup_s"],
+            rate=cfg["proxy_rate"],
+            latency_s=cfg["proxy_latency_s"],
+            latency_rounds=cfg["proxy_latency_rounds"],
+            latency_warmup_s=1.0,
+            failover_repeats=cfg["proxy_failover_repeats"],
             failover_before_s=cfg["proxy_failover_before_s"],
-            failover_after_s=cfg["proxy_failover_after_s"], memory_s=cfg["proxy_memory_s"],
-            progress=_progress)
+            failover_after_s=cfg["proxy_failover_after_s"],
+            memory_s=cfg["proxy_memory_s"],
+            progress=_progress,
+        )
 
-    for part, fn in (("micro", micro), ("inprocess", inprocess), ("http", http),
-                     ("memory", memory), ("profile", profile), ("ablation", ablation),
-                     ("proxy", proxy)):
+    for part, fn in (
+        ("micro", micro),
+        ("inprocess", inprocess),
+        ("http", http),
+        ("memory", memory),
+        ("profile", profile),
+        ("ablation", ablation),
+        ("proxy", proxy),
+    ):
         attempt(part, fn)
 
     report.load["end"] = environment.load_average()
@@ -175,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text + "\n")
     raw = _jsonable({k: v for k, v in dataclasses.asdict(report).items() if k != "profiles"})
-    raw["profiles"] = [{k: _jsonable(v) for k, v in dataclasses.asdict(p).items() if k != "text"}
-                       for p in report.profiles]
+    raw["profiles"] = [
+        {k: _jsonable(v) for k, v in dataclasses.asdict(p).items() if k != "text"}
+        for p in report.profiles
+    ]
     output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
     for p in report.profiles:
         safe = p.variant.replace("+", "-")

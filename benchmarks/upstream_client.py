@@ -37,18 +37,41 @@ async def upstream_app(scope, receive, send) -> None:
     while more:
         message = await receive()
         more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", b"2"),
-    ]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"2"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": b"{}"})
 
 
 def start_upstream(port: int) -> subprocess.Popen:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    argv = [sys.executable, "-m", "uvicorn", "benchmarks.upstream_client:upstream_app",
-            "--host", "127.0.0.1", "--port", str(port), "--loop", loop, "--http", http,
-            "--no-access-log", "--log-level", "warning", "--lifespan", "off"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.upstream_client:upstream_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        loop,
+        "--http",
+        http,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--lifespan",
+        "off",
+    ]
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "0", *argv]
     proc = subprocess.Popen(argv, start_new_session=True)
@@ -121,8 +144,9 @@ async def httpx_client(url: str, limit: int) -> Client:
     headers = [(k.decode(), v.decode()) for k, v in HEADERS]
 
     async def one() -> None:
-        async with client.stream("POST", f"{url}/predict", content=BODY,
-                                 headers=headers) as response:
+        async with client.stream(
+            "POST", f"{url}/predict", content=BODY, headers=headers
+        ) as response:
             async for _ in response.aiter_raw():
                 pass
             if response.status_code != 200:
@@ -134,9 +158,7 @@ async def httpx_client(url: str, limit: int) -> Client:
 CLIENTS = {"mlwarden": mlwarden_client, "aiohttp": aiohttp_client, "httpx": httpx_client}
 
 
-async def measure(
-    name: str, url: str, concurrency: int, seconds: float
-) -> tuple[float, float]:
+async def measure(name: str, url: str, concurrency: int, seconds: float) -> tuple[float, float]:
     """Requests/s of ``concurrency`` tasks looping for ``seconds``, and client CPU µs a request.
 
     The CPU figure is the one that matters for a proxy: the upstream may be the bottleneck of
@@ -168,13 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=2.0, help="per client per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--loop", choices=["uvloop", "asyncio"],
-                        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+    )
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {1})
     if args.loop == "uvloop":
         import uvloop
+
         run = uvloop.run
     else:
         run = asyncio.run
@@ -191,23 +217,35 @@ def main(argv: list[str] | None = None) -> None:
                 rps, us = run(measure(name, url, args.concurrency, args.seconds))
                 results[name].append(rps)
                 cpu_us[name].append(us)
-                print(f"round {round_no + 1} {name:>9}: {rps:9.0f} requests/s, "
-                      f"{us:7.1f} client CPU µs a request", flush=True)
+                print(
+                    f"round {round_no + 1} {name:>9}: {rps:9.0f} requests/s, "
+                    f"{us:7.1f} client CPU µs a request",
+                    flush=True,
+                )
     finally:
         stop(upstream)
 
     medians = {name: statistics.median(values) for name, values in results.items()}
-    print(f"\n{args.concurrency} concurrent small POSTs, {args.rounds} rounds of "
-          f"{args.seconds:g} s, loop {args.loop}, upstream on core 0, clients on core 1\n")
-    print("| client   | requests/s (median) | rounds                  | vs aiohttp | vs httpx "
-          "| client CPU µs/request |")
-    print("|----------|--------------------:|-------------------------|-----------:|---------:"
-          "|----------------------:|")
+    print(
+        f"\n{args.concurrency} concurrent small POSTs, {args.rounds} rounds of "
+        f"{args.seconds:g} s, loop {args.loop}, upstream on core 0, clients on core 1\n"
+    )
+    print(
+        "| client   | requests/s (median) | rounds                  | vs aiohttp | vs httpx "
+        "| client CPU µs/request |"
+    )
+    print(
+        "|----------|--------------------:|-------------------------|-----------:|---------:"
+        "|----------------------:|"
+    )
     for name, median in medians.items():
         rounds = ", ".join(f"{v:.0f}" for v in results[name])
-        print(f"| {name:<8} | {median:19.0f} | {rounds:<23} | "
-              f"{median / medians['aiohttp']:9.2f}x | {median / medians['httpx']:7.2f}x "
-              f"| {statistics.median(cpu_us[name]):21.1f} |")
+        print(
+            f"| {name:<8} | {median:19.0f} | {rounds:<23} | "
+            f"{median / medians['aiohttp']:9.2f}x | {median / medians['httpx']:7.2f}x "
+            f"| {statistics.median(cpu_us[name]):21.1f} |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -203,8 +203,18 @@ def load_baseline(path: str | os.PathLike[str]) -> BaselineProfile:
 
 _TOP_KEYS = ("version", "created_at", "source", "rows", "features")
 _NUMERIC_KEYS = (
-    "name", "kind", "count", "null_ratio", "mean", "std", "min", "max",
-    "edges", "proportions", "quantiles", "cdf",
+    "name",
+    "kind",
+    "count",
+    "null_ratio",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "edges",
+    "proportions",
+    "quantiles",
+    "cdf",
 )
 _CATEGORICAL_KEYS = ("name", "kind", "count", "null_ratio", "categories", "proportions")
 
@@ -217,8 +227,9 @@ def _show(value: object) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _check_keys(problems: list[str], where: str, data: dict[str, Any], allowed: tuple[str, ...]
-                ) -> bool:
+def _check_keys(
+    problems: list[str], where: str, data: dict[str, Any], allowed: tuple[str, ...]
+) -> bool:
     """Report missing and unknown keys; False when a key is missing (values can't be read)."""
     for key in data:
         if key not in allowed:
@@ -239,8 +250,14 @@ def _int(problems: list[str], key: str, value: object, minimum: int) -> int | No
     return value
 
 
-def _float(problems: list[str], key: str, value: object, *, low: float | None = None,
-           high: float | None = None) -> float | None:
+def _float(
+    problems: list[str],
+    key: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+) -> float | None:
     if not _is_number(value) or not math.isfinite(value):  # type: ignore[arg-type]
         problems.append(f"{key}: must be a finite number, got {_show(value)}")
         return None
@@ -252,8 +269,9 @@ def _float(problems: list[str], key: str, value: object, *, low: float | None = 
     return number
 
 
-def _floats(problems: list[str], key: str, value: object, *, min_len: int = 0
-            ) -> tuple[float, ...] | None:
+def _floats(
+    problems: list[str], key: str, value: object, *, min_len: int = 0
+) -> tuple[float, ...] | None:
     if not isinstance(value, list):
         problems.append(f"{key}: must be a list of numbers, got {_show(value)}")
         return None
@@ -269,8 +287,9 @@ def _floats(problems: list[str], key: str, value: object, *, min_len: int = 0
     return tuple(float(v) for v in value)
 
 
-def _shares(problems: list[str], key: str, value: object, expected_len: int | None
-            ) -> tuple[float, ...] | None:
+def _shares(
+    problems: list[str], key: str, value: object, expected_len: int | None
+) -> tuple[float, ...] | None:
     shares = _floats(problems, key, value, min_len=1)
     if shares is None:
         return None
@@ -311,13 +330,10 @@ def _parse_feature(problems: list[str], where: str, data: object) -> FeatureProf
 
     if kind == "categorical":
         categories = data["categories"]
-        cats_ok = isinstance(categories, list) and all(
-            isinstance(c, str) and c for c in categories
-        )
+        cats_ok = isinstance(categories, list) and all(isinstance(c, str) and c for c in categories)
         if not cats_ok:
             problems.append(
-                f"{where}.categories: must be a list of non-empty strings, got "
-                f"{_show(categories)}"
+                f"{where}.categories: must be a list of non-empty strings, got {_show(categories)}"
             )
         elif len(set(categories)) != len(categories):
             dupes = sorted(c for c, k in Counter(categories).items() if k > 1)
@@ -327,8 +343,11 @@ def _parse_feature(problems: list[str], where: str, data: object) -> FeatureProf
         if len(problems) > start:
             return None
         return CategoricalProfile(
-            name=name, count=count, null_ratio=null_ratio,  # type: ignore[arg-type]
-            categories=tuple(categories), proportions=shares,  # type: ignore[arg-type]
+            name=name,
+            count=count,
+            null_ratio=null_ratio,  # type: ignore[arg-type]
+            categories=tuple(categories),
+            proportions=shares,  # type: ignore[arg-type]
         )
 
     mean = _float(problems, f"{where}.mean", data["mean"])
@@ -342,7 +361,9 @@ def _parse_feature(problems: list[str], where: str, data: object) -> FeatureProf
         problems.append(f"{where}.edges: must be strictly increasing, got {_show(list(edges))}")
         edges = None
     shares = _shares(
-        problems, f"{where}.proportions", data["proportions"],
+        problems,
+        f"{where}.proportions",
+        data["proportions"],
         len(edges) + 1 if edges is not None else None,
     )
     quantiles = _floats(problems, f"{where}.quantiles", data["quantiles"], min_len=2)
@@ -363,8 +384,7 @@ def _parse_feature(problems: list[str], where: str, data: object) -> FeatureProf
     if cdf is not None:
         if quantiles is not None and len(cdf) != len(quantiles):
             problems.append(
-                f"{where}.cdf: must have one value per quantile ({len(quantiles)}), "
-                f"got {len(cdf)}"
+                f"{where}.cdf: must have one value per quantile ({len(quantiles)}), got {len(cdf)}"
             )
         if any(b < a for a, b in itertools.pairwise(cdf)) or cdf[0] < 0:
             problems.append(
@@ -375,9 +395,17 @@ def _parse_feature(problems: list[str], where: str, data: object) -> FeatureProf
     if len(problems) > start:
         return None
     return NumericProfile(
-        name=name, count=count, mean=mean, std=std,  # type: ignore[arg-type]
-        null_ratio=null_ratio, min=low, max=high,  # type: ignore[arg-type]
-        edges=edges, proportions=shares, quantiles=quantiles, cdf=cdf,  # type: ignore[arg-type]
+        name=name,
+        count=count,
+        mean=mean,
+        std=std,  # type: ignore[arg-type]
+        null_ratio=null_ratio,
+        min=low,
+        max=high,  # type: ignore[arg-type]
+        edges=edges,
+        proportions=shares,
+        quantiles=quantiles,
+        cdf=cdf,  # type: ignore[arg-type]
     )
 
 
@@ -427,14 +455,14 @@ def _parse_profile(data: object, problems: list[str]) -> BaselineProfile | None:
                     features.append(feature)
     for i, feature in enumerate(features):
         if rows is not None and feature.count > rows:
-            problems.append(
-                f"features[{i}].count: must be <= rows ({rows}), got {feature.count}"
-            )
+            problems.append(f"features[{i}].count: must be <= rows ({rows}), got {feature.count}")
     if problems:
         return None
     return BaselineProfile(
-        features=tuple(features), rows=rows,  # type: ignore[arg-type]
-        created_at=created_at, source=source,  # type: ignore[arg-type]
+        features=tuple(features),
+        rows=rows,  # type: ignore[arg-type]
+        created_at=created_at,
+        source=source,  # type: ignore[arg-type]
     )
 
 
@@ -491,8 +519,9 @@ def _numeric_object(array: np.ndarray) -> bool:
     return seen
 
 
-def _numeric_profile(name: str, values: np.ndarray, bins: int, quantiles: int,
-                     problems: list[str]) -> NumericProfile | None:
+def _numeric_profile(
+    name: str, values: np.ndarray, bins: int, quantiles: int, problems: list[str]
+) -> NumericProfile | None:
     rows = len(values)
     nulls = int(np.isnan(values).sum())
     present = values[~np.isnan(values)]
@@ -519,8 +548,13 @@ def _numeric_profile(name: str, values: np.ndarray, bins: int, quantiles: int,
     codes = np.searchsorted(edges, present, side="left")
     shares = np.bincount(codes, minlength=edges.size + 1) / present.size
     return NumericProfile(
-        name=name, count=int(finite.size), mean=mean, std=std, null_ratio=nulls / rows,
-        min=low, max=high,
+        name=name,
+        count=int(finite.size),
+        mean=mean,
+        std=std,
+        null_ratio=nulls / rows,
+        min=low,
+        max=high,
         edges=tuple(float(e) for e in edges),
         proportions=tuple(float(s) for s in shares),
         quantiles=tuple(float(q) for q in grid),
@@ -528,8 +562,9 @@ def _numeric_profile(name: str, values: np.ndarray, bins: int, quantiles: int,
     )
 
 
-def _categorical_profile(name: str, values: Iterable[object], rows: int, max_categories: int,
-                         problems: list[str]) -> CategoricalProfile | None:
+def _categorical_profile(
+    name: str, values: Iterable[object], rows: int, max_categories: int, problems: list[str]
+) -> CategoricalProfile | None:
     counts: Counter[str] = Counter()
     nulls = 0
     for value in values:
@@ -546,7 +581,9 @@ def _categorical_profile(name: str, values: Iterable[object], rows: int, max_cat
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
     kept = sum(n for _, n in top)
     return CategoricalProfile(
-        name=name, count=total, null_ratio=nulls / rows,
+        name=name,
+        count=total,
+        null_ratio=nulls / rows,
         categories=tuple(k for k, _ in top),
         proportions=tuple([n / total for _, n in top] + [(total - kept) / total]),
     )
@@ -570,8 +607,11 @@ def build_baseline(
     ±inf count in the PSI end bins but not in mean, std or quantiles.
     """
     problems: list[str] = []
-    for key, value, minimum in (("bins", bins, 2), ("quantiles", quantiles, 2),
-                                ("max_categories", max_categories, 1)):
+    for key, value, minimum in (
+        ("bins", bins, 2),
+        ("quantiles", quantiles, 2),
+        ("max_categories", max_categories, 1),
+    ):
         _int(problems, key, value, minimum)
     if problems:
         raise BaselineError(problems, source=source)
@@ -607,9 +647,7 @@ def build_baseline(
     features: list[FeatureProfile] = []
     for name, array in arrays.items():
         kind = array.dtype.kind
-        numeric = name not in forced and (
-            kind in "iuf" or (kind == "O" and _numeric_object(array))
-        )
+        numeric = name not in forced and (kind in "iuf" or (kind == "O" and _numeric_object(array)))
         profile: FeatureProfile | None
         if numeric:
             try:
@@ -654,9 +692,7 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
             if not row:
                 continue
             if len(row) != len(header):
-                problems.append(
-                    f"line {line}: has {len(row)} fields, the header has {len(header)}"
-                )
+                problems.append(f"line {line}: has {len(row)} fields, the header has {len(header)}")
                 if len(problems) >= 20:
                     break
                 continue
@@ -668,8 +704,7 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     for name, column in zip(header, cells, strict=True):
         try:
             # Empty cells are missing; every other cell must parse for the column to be numeric.
-            table[name] = np.array([float(c) if c else math.nan for c in column],
-                                   dtype=np.float64)
+            table[name] = np.array([float(c) if c else math.nan for c in column], dtype=np.float64)
         except ValueError:
             table[name] = np.array(column, dtype=object)
     return table
@@ -697,8 +732,9 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
         if pa.types.is_integer(kind) or pa.types.is_floating(kind):
             # Through float64 so that nulls become NaN in one vectorised step.
             columns[name] = column.cast(pa.float64()).to_numpy()
-        elif pa.types.is_boolean(kind) or pa.types.is_string(kind) \
-                or pa.types.is_large_string(kind):
+        elif (
+            pa.types.is_boolean(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        ):
             columns[name] = np.array(column.to_pylist(), dtype=object)
         else:
             problems.append(f"columns.{name}: unsupported Parquet type {kind}")
@@ -723,7 +759,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if len(matrices) != 1 or len(arrays) != 1:
             raise BaselineError(
                 f"with a {names_key!r} array the archive must hold exactly one 2-D array, "
-                f"got {sorted(arrays)}", source=source,
+                f"got {sorted(arrays)}",
+                source=source,
             )
         matrix = arrays[matrices[0]]
         if matrix.shape[1] != len(names):
@@ -736,7 +773,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if bad:
         raise BaselineError(
             f"arrays {bad} are not one-dimensional: give each column as a 1-D array, or one "
-            "2-D array plus a 'columns' array of names", source=source,
+            "2-D array plus a 'columns' array of names",
+            source=source,
         )
     if not arrays:
         raise BaselineError("the archive holds no array", source=source)
@@ -747,8 +785,12 @@ def read_table(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a reference table by its suffix: ``.csv``, ``.parquet``/``.pq`` or ``.npz``."""
     file = Path(path)
     suffix = file.suffix.lower()
-    readers = {".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet,
-               ".npz": _read_npz}
+    readers = {
+        ".csv": _read_csv,
+        ".parquet": _read_parquet,
+        ".pq": _read_parquet,
+        ".npz": _read_npz,
+    }
     if suffix not in readers:
         raise BaselineError(
             f"unknown table format {suffix or '(no suffix)'!r}: expected .csv, .parquet or .npz",

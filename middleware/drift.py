@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 CORRECTIONS = ("holm", "bonferroni", "bh", "none")
-_EPS = 1e-4   # the floor of a share in PSI and of an expected share in chi-square
+_EPS = 1e-4  # the floor of a share in PSI and of an expected share in chi-square
 _NUMERIC_METHODS = ("psi", "ks")
 _CATEGORICAL_METHODS = ("psi", "chi2")
 
@@ -85,22 +85,30 @@ class DriftThresholds:
             value = getattr(self, key)
             if not _is_number(value) or not 0 <= value <= 1:
                 problems.append(f"drift.{key}: must be between 0 and 1, got {value!r}")
-        if not isinstance(self.min_rows, int) or isinstance(self.min_rows, bool) \
-                or self.min_rows < 1:
+        if (
+            not isinstance(self.min_rows, int)
+            or isinstance(self.min_rows, bool)
+            or self.min_rows < 1
+        ):
             problems.append(f"drift.min_rows: must be an integer >= 1, got {self.min_rows!r}")
         if self.correction not in CORRECTIONS:
             problems.append(
                 f"drift.correction: must be one of {', '.join(CORRECTIONS)}, "
                 f"got {self.correction!r}"
             )
-        for key, allowed in (("numeric_methods", _NUMERIC_METHODS),
-                             ("categorical_methods", _CATEGORICAL_METHODS)):
+        for key, allowed in (
+            ("numeric_methods", _NUMERIC_METHODS),
+            ("categorical_methods", _CATEGORICAL_METHODS),
+        ):
             value = getattr(self, key)
             if isinstance(value, list):
                 value = tuple(value)
                 object.__setattr__(self, key, value)
-            if not isinstance(value, tuple) or not all(m in allowed for m in value) \
-                    or len(set(value)) != len(value):
+            if (
+                not isinstance(value, tuple)
+                or not all(m in allowed for m in value)
+                or len(set(value)) != len(value)
+            ):
                 problems.append(
                     f"drift.{key}: must be a list of distinct methods from "
                     f"{', '.join(allowed)}, got {value!r}"
@@ -114,7 +122,8 @@ class DriftThresholds:
         allowed = [f.name for f in fields(cls)]
         problems = [
             f"drift.{key}: unknown key (allowed: {', '.join(allowed)})"
-            for key in data if key not in allowed
+            for key in data
+            if key not in allowed
         ]
         known = {k: v for k, v in data.items() if k in allowed}
         try:
@@ -129,8 +138,11 @@ class DriftThresholds:
 # --------------------------------------------------------------------------- statistics
 
 
-def psi(reference_proportions: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray,
-        eps: float = _EPS) -> float:
+def psi(
+    reference_proportions: Sequence[float] | np.ndarray,
+    counts: Sequence[float] | np.ndarray,
+    eps: float = _EPS,
+) -> float:
     """Population stability index of window ``counts`` against the reference shares.
 
     ``sum((q - p) * ln(q / p))`` with ``p``, ``q`` the reference and window shares, each
@@ -149,8 +161,9 @@ def psi(reference_proportions: Sequence[float] | np.ndarray, counts: Sequence[fl
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def ks_statistic_binned(reference_cdf: Sequence[float] | np.ndarray,
-                        counts: Sequence[float] | np.ndarray) -> float:
+def ks_statistic_binned(
+    reference_cdf: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray
+) -> float:
     """KS distance between a window and the reference, evaluated on the reference's grid.
 
     ``reference_cdf[j]`` is the reference ECDF at grid point ``u_j``; ``counts[j]`` the window
@@ -256,8 +269,11 @@ class Chi2Result(NamedTuple):
     pvalue: float
 
 
-def chi2_test(reference_proportions: Sequence[float] | np.ndarray,
-              counts: Sequence[float] | np.ndarray, eps: float = _EPS) -> Chi2Result:
+def chi2_test(
+    reference_proportions: Sequence[float] | np.ndarray,
+    counts: Sequence[float] | np.ndarray,
+    eps: float = _EPS,
+) -> Chi2Result:
     """Pearson's goodness-of-fit of window ``counts`` to the reference shares.
 
     Expected counts are ``n`` times the reference shares floored at ``eps`` and renormalised,
@@ -280,8 +296,9 @@ def chi2_test(reference_proportions: Sequence[float] | np.ndarray,
     return Chi2Result(statistic, dof, chi2_sf(statistic, dof))
 
 
-def total_variation(reference_proportions: Sequence[float] | np.ndarray,
-                    counts: Sequence[float] | np.ndarray) -> float:
+def total_variation(
+    reference_proportions: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray
+) -> float:
     """Half the L1 distance between the window's and the reference's shares (NaN if empty)."""
     p = np.asarray(reference_proportions, dtype=np.float64)
     c = np.asarray(counts, dtype=np.float64)
@@ -334,11 +351,11 @@ class FeatureDrift:
     """One feature's statistics and drift verdict over the window."""
 
     name: str
-    kind: str                      # "numeric" | "categorical"
-    rows: int                      # rows of this feature in the window (nulls included)
-    mean: float | None             # numeric only, over finite values; None when no value
+    kind: str  # "numeric" | "categorical"
+    rows: int  # rows of this feature in the window (nulls included)
+    mean: float | None  # numeric only, over finite values; None when no value
     null_ratio: float
-    scores: dict[str, float] = field(default_factory=dict)   # method -> statistic (psi, ks, chi2)
+    scores: dict[str, float] = field(default_factory=dict)  # method -> statistic (psi, ks, chi2)
     pvalues: dict[str, float] = field(default_factory=dict)  # method -> raw p-value (ks, chi2)
     drifted: bool = False
     flagged_by: tuple[str, ...] = ()
@@ -365,9 +382,9 @@ class FeatureDrift:
 class DriftReport:
     """The result of one drift evaluation of every baseline feature."""
 
-    evaluated_at: float            # wall-clock time (time.time()) of the evaluation
-    rows: int                      # rows in the window
-    enough_data: bool              # False: too few rows for any verdict (nothing flagged)
+    evaluated_at: float  # wall-clock time (time.time()) of the evaluation
+    rows: int  # rows in the window
+    enough_data: bool  # False: too few rows for any verdict (nothing flagged)
     features: tuple[FeatureDrift, ...]
 
     @property
@@ -400,16 +417,17 @@ class _Pending:
     name: str
     kind: str
     rows: int
-    present: int                   # values the tests ran on (KS: finite ones)
+    present: int  # values the tests ran on (KS: finite ones)
     mean: float | None
     null_ratio: float
     scores: dict[str, float]
     pvalues: dict[str, float]
-    effect: dict[str, float]       # method -> effect size gated on (KS: D, chi2: TVD)
+    effect: dict[str, float]  # method -> effect size gated on (KS: D, chi2: TVD)
 
 
-def _numeric(table: NumericTable, baseline: BaselineProfile, rows: int,
-             methods: tuple[str, ...]) -> dict[str, _Pending]:
+def _numeric(
+    table: NumericTable, baseline: BaselineProfile, rows: int, methods: tuple[str, ...]
+) -> dict[str, _Pending]:
     """PSI and KS of every numeric feature at once, on the padded table.
 
     The same arithmetic as :func:`psi` and :func:`ks_statistic_binned` (the tests hold the
@@ -431,8 +449,7 @@ def _numeric(table: NumericTable, baseline: BaselineProfile, rows: int,
             window_cdf = np.cumsum(table.grid, axis=1) / table.finite[:, None]
             distances = np.max(np.abs(window_cdf - table.reference_cdf), axis=1)
             distances = np.where(table.finite > 0, distances, np.nan)
-            for i, (d, n) in enumerate(zip(distances.tolist(), table.finite.tolist(),
-                                           strict=True)):
+            for i, (d, n) in enumerate(zip(distances.tolist(), table.finite.tolist(), strict=True)):
                 profile = baseline.feature(table.names[i])
                 scores[i]["ks"] = effect[i]["ks"] = d
                 pvalues[i]["ks"] = ks_pvalue(d, n, profile.count)
@@ -440,16 +457,22 @@ def _numeric(table: NumericTable, baseline: BaselineProfile, rows: int,
     for i, name in enumerate(table.names):
         finite = int(table.finite[i])
         out[name] = _Pending(
-            name=name, kind="numeric", rows=rows, present=finite,
+            name=name,
+            kind="numeric",
+            rows=rows,
+            present=finite,
             mean=float(table.totals[i]) / finite if finite else None,
             null_ratio=int(table.nulls[i]) / rows if rows else math.nan,
-            scores=scores[i], pvalues=pvalues[i], effect=effect[i],
+            scores=scores[i],
+            pvalues=pvalues[i],
+            effect=effect[i],
         )
     return out
 
 
-def _categorical(counts: CategoricalCounts, profile: CategoricalProfile,
-                 methods: tuple[str, ...]) -> _Pending:
+def _categorical(
+    counts: CategoricalCounts, profile: CategoricalProfile, methods: tuple[str, ...]
+) -> _Pending:
     scores: dict[str, float] = {}
     pvalues: dict[str, float] = {}
     effect: dict[str, float] = {}
@@ -462,14 +485,21 @@ def _categorical(counts: CategoricalCounts, profile: CategoricalProfile,
         effect["chi2"] = total_variation(profile.proportions, counts.counts)
     rows = counts.rows
     return _Pending(
-        name=counts.name, kind="categorical", rows=rows, present=rows - counts.nulls,
-        mean=None, null_ratio=counts.nulls / rows if rows else math.nan,
-        scores=scores, pvalues=pvalues, effect=effect,
+        name=counts.name,
+        kind="categorical",
+        rows=rows,
+        present=rows - counts.nulls,
+        mean=None,
+        null_ratio=counts.nulls / rows if rows else math.nan,
+        scores=scores,
+        pvalues=pvalues,
+        effect=effect,
     )
 
 
-def evaluate_drift(windows: FeatureWindows, thresholds: DriftThresholds, *,
-                   now: float | None = None) -> DriftReport:
+def evaluate_drift(
+    windows: FeatureWindows, thresholds: DriftThresholds, *, now: float | None = None
+) -> DriftReport:
     """Score every feature's window against the baseline and decide which ones drifted.
 
     ``now`` is a reading of the windows' clock (for the age bound); the report's
@@ -495,8 +525,7 @@ def evaluate_drift(windows: FeatureWindows, thresholds: DriftThresholds, *,
         corrected[i][method] = float(value)
 
     enough = snapshot.rows >= t.min_rows
-    limits = {"ks": (t.ks_pvalue, t.ks_min_statistic),
-              "chi2": (t.chi2_pvalue, t.chi2_min_distance)}
+    limits = {"ks": (t.ks_pvalue, t.ks_min_statistic), "chi2": (t.chi2_pvalue, t.chi2_min_distance)}
     features = []
     for f, adj in zip(pending, corrected, strict=True):
         flagged: list[str] = []
@@ -509,10 +538,20 @@ def evaluate_drift(windows: FeatureWindows, thresholds: DriftThresholds, *,
                 alpha, min_effect = limits[method]
                 if adj[method] < alpha and f.effect[method] >= min_effect:
                     flagged.append(method)
-        features.append(FeatureDrift(
-            name=f.name, kind=f.kind, rows=f.rows, mean=f.mean, null_ratio=f.null_ratio,
-            scores=f.scores, pvalues=f.pvalues, drifted=bool(flagged),
-            flagged_by=tuple(flagged), adjusted_pvalues=adj,
-        ))
-    return DriftReport(evaluated_at=time.time(), rows=snapshot.rows, enough_data=enough,
-                       features=tuple(features))
+        features.append(
+            FeatureDrift(
+                name=f.name,
+                kind=f.kind,
+                rows=f.rows,
+                mean=f.mean,
+                null_ratio=f.null_ratio,
+                scores=f.scores,
+                pvalues=f.pvalues,
+                drifted=bool(flagged),
+                flagged_by=tuple(flagged),
+                adjusted_pvalues=adj,
+            )
+        )
+    return DriftReport(
+        evaluated_at=time.time(), rows=snapshot.rows, enough_data=enough, features=tuple(features)
+    )

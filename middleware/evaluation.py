@@ -59,24 +59,32 @@ class DriftWorker:
         # set of series is fixed whatever the traffic, and absent() alerts mean what they say.
         nan = float("nan")
         features = windows.baseline.features
-        self._mean = {f.name: metrics.feature_mean.labels(*mv, f.name) for f in features
-                      if f.kind == "numeric"}
+        self._mean = {
+            f.name: metrics.feature_mean.labels(*mv, f.name)
+            for f in features
+            if f.kind == "numeric"
+        }
         self._null = {f.name: metrics.feature_null_ratio.labels(*mv, f.name) for f in features}
         self._drifted = {f.name: metrics.feature_drifted.labels(*mv, f.name) for f in features}
         self._score: dict[str, dict[str, Any]] = {}
         self._pvalue: dict[str, dict[str, Any]] = {}
         for f in features:
-            methods = (thresholds.numeric_methods if f.kind == "numeric"
-                       else thresholds.categorical_methods)
+            methods = (
+                thresholds.numeric_methods
+                if f.kind == "numeric"
+                else thresholds.categorical_methods
+            )
             self._score[f.name] = {
                 m: metrics.feature_drift_score.labels(*mv, f.name, m) for m in methods
             }
             self._pvalue[f.name] = {
                 m: metrics.feature_drift_pvalue.labels(*mv, f.name, m)
-                for m in methods if m in ("ks", "chi2")
+                for m in methods
+                if m in ("ks", "chi2")
             }
         for gauge in (
-            *self._mean.values(), *self._null.values(),
+            *self._mean.values(),
+            *self._null.values(),
             *(g for by_method in self._score.values() for g in by_method.values()),
             *(g for by_method in self._pvalue.values() for g in by_method.values()),
         ):

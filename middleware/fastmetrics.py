@@ -34,8 +34,8 @@ __all__ = ["FastCounter", "FastFamilies", "FastGauge", "FastHistogram", "multipr
 
 def multiprocess_mode() -> bool:
     """Whether prometheus_client keeps values in shared files for several processes."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-                or os.environ.get("prometheus_multiproc_dir"))  # noqa: SIM112 - its old name
+    old_name = "prometheus_multiproc_dir"  # still honoured by prometheus_client
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(old_name))
 
 
 class _Family:
@@ -102,8 +102,9 @@ class FastCounter(_Family):
 
     def _family(self) -> CounterMetricFamily:
         # CounterMetricFamily adds "_total" itself; the name is given without it.
-        return CounterMetricFamily(self.name.removesuffix("_total"), self.documentation,
-                                   labels=self.labelnames)
+        return CounterMetricFamily(
+            self.name.removesuffix("_total"), self.documentation, labels=self.labelnames
+        )
 
     def collect(self) -> CounterMetricFamily:
         family = self._family()
@@ -177,8 +178,9 @@ class _HistogramChild:
 class FastHistogram(_Family):
     kind = "histogram"
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 buckets: Sequence[float]) -> None:
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> None:
         super().__init__(name, documentation, labelnames)
         bounds = tuple(float(b) for b in buckets if b != float("inf"))
         if list(bounds) != sorted(set(bounds)) or not bounds:

@@ -195,8 +195,7 @@ class _NumericBlock:
         self.reference_cdf: list[np.ndarray] = []
         self.luts: list[np.ndarray] = []
         for p in profiles:
-            points, first = np.unique(np.asarray(p.quantiles, dtype=np.float64),
-                                      return_index=True)
+            points, first = np.unique(np.asarray(p.quantiles, dtype=np.float64), return_index=True)
             self.points.append(points)
             self.reference_cdf.append(np.asarray(p.cdf, dtype=np.float64)[first])
             edges = np.asarray(p.edges, dtype=np.float64)
@@ -204,7 +203,7 @@ class _NumericBlock:
             # the cell above the last point in the last bin.
             self.luts.append(np.append(np.searchsorted(edges, points, side="left"), len(edges)))
         longest = max((len(p) for p in self.points), default=1)
-        self.width = 1 << longest.bit_length()   # > every grid's length: one +inf pad at least
+        self.width = 1 << longest.bit_length()  # > every grid's length: one +inf pad at least
         table = np.full((len(profiles), self.width), np.inf)
         for i, points in enumerate(self.points):
             table[i, : len(points)] = points
@@ -227,7 +226,7 @@ class _NumericBlock:
             self.reference_cdf_table[i, : len(self.points[i])] = self.reference_cdf[i]
             lut = self.luts[i]
             table_lut[i, : lut.size] = lut
-            table_lut[i, lut.size :] = lut[-1]   # padding cells: always empty
+            table_lut[i, lut.size :] = lut[-1]  # padding cells: always empty
             table_lut[i] += i * self.bin_width
         self.table_lut = table_lut.ravel()
 
@@ -255,8 +254,7 @@ class _NumericBlock:
         _put(self.codes, codes, start)
         _put(self.values, values, start)
 
-    def counts(self, segments: list[slice], rows: int
-               ) -> tuple[NumericTable, list[NumericCounts]]:
+    def counts(self, segments: list[slice], rows: int) -> tuple[NumericTable, list[NumericCounts]]:
         features = len(self.names)
         totals = np.zeros(features)
         squares = np.zeros(features)
@@ -268,24 +266,36 @@ class _NumericBlock:
         for i in range(features):
             codes[i] = _bincount(self.codes[i], segments, self.null + 1)
         grid = codes[:, : self.width]
-        bins = np.bincount(self.table_lut, weights=grid.ravel(),
-                           minlength=features * self.bin_width)
+        bins = np.bincount(
+            self.table_lut, weights=grid.ravel(), minlength=features * self.bin_width
+        )
         bins = bins.reshape(features, self.bin_width).astype(np.int64)
         bins[:, 0] += codes[:, self.neg_inf]
         bins[np.arange(features), self.last_bins] += codes[:, self.pos_inf]
         finite = grid.sum(axis=1)
         nulls = codes[:, self.null]
         table = NumericTable(
-            names=self.names, bins=bins, reference_proportions=self.reference_proportions,
-            grid=grid, reference_cdf=self.reference_cdf_table, finite=finite, nulls=nulls,
+            names=self.names,
+            bins=bins,
+            reference_proportions=self.reference_proportions,
+            grid=grid,
+            reference_cdf=self.reference_cdf_table,
+            finite=finite,
+            nulls=nulls,
             totals=totals,
         )
         per_feature = [
             NumericCounts(
-                name=name, rows=rows, nulls=int(nulls[i]), finite=int(finite[i]),
-                total=float(totals[i]), total_squares=float(squares[i]),
-                bins=bins[i, : self.last_bins[i] + 1], grid=grid[i, : len(self.points[i]) + 1],
-                points=self.points[i], reference_cdf=self.reference_cdf[i],
+                name=name,
+                rows=rows,
+                nulls=int(nulls[i]),
+                finite=int(finite[i]),
+                total=float(totals[i]),
+                total_squares=float(squares[i]),
+                bins=bins[i, : self.last_bins[i] + 1],
+                grid=grid[i, : len(self.points[i]) + 1],
+                points=self.points[i],
+                reference_cdf=self.reference_cdf[i],
             )
             for i, name in enumerate(self.names)
         ]
@@ -331,8 +341,9 @@ class _CategoricalRing:
 
     def counts(self, segments: list[slice], rows: int) -> CategoricalCounts:
         counts = _bincount(self.codes, segments, self.null + 1)
-        return CategoricalCounts(name=self.name, rows=rows, nulls=int(counts[-1]),
-                                 counts=counts[:-1])
+        return CategoricalCounts(
+            name=self.name, rows=rows, nulls=int(counts[-1]), counts=counts[:-1]
+        )
 
 
 # --------------------------------------------------------------------------- windows
@@ -369,7 +380,8 @@ class FeatureWindows:
         if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
             problems.append(f"max_rows: must be an integer >= 1, got {max_rows!r}")
         if max_age_s is not None and not (
-            isinstance(max_age_s, int | float) and not isinstance(max_age_s, bool)
+            isinstance(max_age_s, int | float)
+            and not isinstance(max_age_s, bool)
             and 0 < max_age_s < math.inf
         ):
             problems.append(f"max_age_s: must be a number > 0 or None, got {max_age_s!r}")
@@ -392,16 +404,17 @@ class FeatureWindows:
         )
         self._categorical = tuple(
             _CategoricalRing(f, max_rows)
-            for f in baseline.features if isinstance(f, CategoricalProfile)
+            for f in baseline.features
+            if isinstance(f, CategoricalProfile)
         )
         self._times = np.zeros(max_rows, dtype=np.float64)
-        self._head = 0      # next ring position to write
-        self._filled = 0    # rows in the ring (before the age bound)
+        self._head = 0  # next ring position to write
+        self._filled = 0  # rows in the ring (before the age bound)
         self._stage = np.empty((len(names), batch_rows), dtype=np.float64)
         self._stage_times: list[float] = []
-        self._singles: list[object] = []   # values of one-row requests not yet staged, flat
-        self._placed = 0                          # stage columns filled
-        self._staged = 0                          # rows staged: placed + singles
+        self._singles: list[object] = []  # values of one-row requests not yet staged, flat
+        self._placed = 0  # stage columns filled
+        self._staged = 0  # rows staged: placed + singles
         self._lock = threading.Lock()
         self._row_names: tuple[str, ...] | None = None
         self._row_take: Any = False
@@ -428,8 +441,12 @@ class FeatureWindows:
     @property
     def nbytes(self) -> int:
         """Bytes held by the rings and the staging array: fixed at construction."""
-        arrays = [*self._numeric.arrays, *(r.codes for r in self._categorical), self._times,
-                  self._stage]
+        arrays = [
+            *self._numeric.arrays,
+            *(r.codes for r in self._categorical),
+            self._times,
+            self._stage,
+        ]
         return sum(a.nbytes for a in arrays)
 
     @property
@@ -468,7 +485,7 @@ class FeatureWindows:
                     try:
                         singles.extend(map(_FIRST, self._getter(columns)))
                     except (KeyError, IndexError, TypeError):
-                        del singles[start:]   # what a failing request left half-way
+                        del singles[start:]  # what a failing request left half-way
                         singles.extend(self._convert(columns, 1)[:, 0].tolist())
                 else:
                     pos = self._place_singles()
@@ -539,7 +556,8 @@ class FeatureWindows:
             counts: dict[str, NumericCounts | CategoricalCounts] = {c.name: c for c in numeric}
             counts.update((r.name, r.counts(segments, rows)) for r in self._categorical)
             return WindowSnapshot(
-                rows=rows, features=tuple(counts[name] for name in self._baseline.names),
+                rows=rows,
+                features=tuple(counts[name] for name in self._baseline.names),
                 numeric=table,
             )
 
@@ -565,19 +583,21 @@ class FeatureWindows:
             parts = self._getter(columns)
             if len(set(map(len, parts))) > 1 or len(parts[0]) != rows:
                 raise ValueError
-            flat = np.fromiter(chain.from_iterable(parts), dtype=np.float64,
-                               count=len(parts) * rows)
+            flat = np.fromiter(
+                chain.from_iterable(parts), dtype=np.float64, count=len(parts) * rows
+            )
         except _BAD_VALUES:
             return self._convert(columns, rows)
         return flat.reshape(len(parts), rows)
 
     def _write_large(self, columns: dict[str, list[object]], rows: int, now: float) -> None:
         """A request larger than a batch goes straight to the rings (staging is empty)."""
-        values = self._numeric_block(columns, rows)   # (0, rows) without numeric features
+        values = self._numeric_block(columns, rows)  # (0, rows) without numeric features
         for ring in self._categorical:
             column = columns.get(ring.name)
-            ring.pending = list(column) if column is not None and len(column) == rows \
-                else _fit(column, rows)
+            ring.pending = (
+                list(column) if column is not None and len(column) == rows else _fit(column, rows)
+            )
         self._write(values, np.full(rows, now))
 
     def _place_singles(self) -> int:
@@ -591,8 +611,7 @@ class FeatureWindows:
                 # None becomes NaN; "abc" or a list raises, and then values go one by one.
                 block = np.fromiter(singles, dtype=np.float64, count=len(singles))
             except _BAD_VALUES:
-                block = np.fromiter(map(_one_float, singles), dtype=np.float64,
-                                    count=len(singles))
+                block = np.fromiter(map(_one_float, singles), dtype=np.float64, count=len(singles))
             self._stage[:, pos : pos + count] = block.reshape(count, -1).T
             pos += count
             self._placed = pos
@@ -613,7 +632,7 @@ class FeatureWindows:
     def _write(self, values: np.ndarray, stamps: np.ndarray) -> None:
         total = len(stamps)
         keep = min(total, self._max_rows)
-        skip = total - keep   # a flood larger than the ring: only its newest rows matter
+        skip = total - keep  # a flood larger than the ring: only its newest rows matter
         start = self._head
         if self._numeric_names:
             self._numeric.write(values[:, skip:], start)

@@ -99,8 +99,7 @@ class Feedback:
         self.memory = memory
         self.window: QualityWindow | None = None
         self._positive_class = positive_class
-        self._window_options = {"window_s": window_s, "max_samples": max_samples,
-                                "clock": clock}
+        self._window_options = {"window_s": window_s, "max_samples": max_samples, "clock": clock}
         if task is not None:
             self.window = self._make_window(task)
         self._token = token.encode() if token else None
@@ -119,19 +118,26 @@ class Feedback:
     def from_options(cls, o: Any, *, metrics: Any = None) -> Feedback:
         """From the middleware's options."""
         return cls(
-            model=o.model_name, version=o.model_version,
-            memory=PredictionMemory(max_items=o.remember_max_predictions,
-                                    max_age_s=o.remember_max_age_s),
-            task=o.quality_task, positive_class=o.positive_class,
-            window_s=o.quality_window_s, max_samples=o.quality_max_samples,
-            token=o.feedback_token, max_body_bytes=o.feedback_max_body_bytes,
-            max_batch=o.feedback_max_batch, metrics=metrics,
+            model=o.model_name,
+            version=o.model_version,
+            memory=PredictionMemory(
+                max_items=o.remember_max_predictions, max_age_s=o.remember_max_age_s
+            ),
+            task=o.quality_task,
+            positive_class=o.positive_class,
+            window_s=o.quality_window_s,
+            max_samples=o.quality_max_samples,
+            token=o.feedback_token,
+            max_body_bytes=o.feedback_max_body_bytes,
+            max_batch=o.feedback_max_batch,
+            metrics=metrics,
         )
 
     # -- remembering (after the response, off the request path) -------------------------------
 
-    def remember(self, request_id: bytes, classes: list[str], values: list[float],
-                 confidences: list[float]) -> int:
+    def remember(
+        self, request_id: bytes, classes: list[str], values: list[float], confidences: list[float]
+    ) -> int:
         """Remember an answer's predictions; how many were remembered.
 
         Ids are kept as the header's bytes (a label's id is encoded to look one up): no
@@ -140,8 +146,9 @@ class Feedback:
         predictions: list[str] | list[float] = classes or values
         n = len(predictions)
         if n == 1 and self.window is not None:  # the common case, kept short
-            self.memory.remember(request_id, predictions[0],
-                                 confidences[0] if confidences else None, self.version)
+            self.memory.remember(
+                request_id, predictions[0], confidences[0] if confidences else None, self.version
+            )
             return 1
         if not n or n > MAX_REMEMBERED_BATCH:
             return 0
@@ -149,20 +156,28 @@ class Feedback:
             self.window = self._make_window("classification" if classes else "regression")
         version = self.version
         if n == 1:
-            self.memory.remember(request_id, predictions[0],
-                                 confidences[0] if confidences else None, version)
+            self.memory.remember(
+                request_id, predictions[0], confidences[0] if confidences else None, version
+            )
             return 1
         with_conf = len(confidences) == n
         for i, prediction in enumerate(predictions):
-            self.memory.remember(b"%s#%d" % (request_id, i), prediction,
-                                 confidences[i] if with_conf else None, version)
+            self.memory.remember(
+                b"%s#%d" % (request_id, i),
+                prediction,
+                confidences[i] if with_conf else None,
+                version,
+            )
         return n
 
     def _make_window(self, task: str) -> QualityWindow:
         # A positive class means nothing to a regression: it is ignored there.
         positive = self._positive_class if task == "classification" else None
-        return QualityWindow(task=task, positive_class=positive,  # type: ignore[arg-type]
-                             **self._window_options)
+        return QualityWindow(
+            task=task,
+            positive_class=positive,  # type: ignore[arg-type]
+            **self._window_options,
+        )
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -170,8 +185,9 @@ class Feedback:
         if self._token is None:
             return True
         scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
-                                                                  self._token)
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self._token
+        )
 
     def parse(self, body: bytes) -> list[Any]:
         """The label entries of a feedback body; ValueError with a message for the client."""

@@ -91,8 +91,10 @@ class HealthThresholds:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
-                [f"health.{k}: unknown threshold (known: {', '.join(sorted(known))})"
-                 for k in unknown]
+                [
+                    f"health.{k}: unknown threshold (known: {', '.join(sorted(known))})"
+                    for k in unknown
+                ]
             )
         return cls(**values)
 
@@ -103,7 +105,10 @@ class HealthWindow:
     __slots__ = ("_clock", "_confidences", "_requests", "max_age_s")
 
     def __init__(
-        self, *, max_requests: int, max_age_s: float,
+        self,
+        *,
+        max_requests: int,
+        max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._requests: deque[tuple[float, float, bool]] = deque(maxlen=max_requests)
@@ -160,8 +165,14 @@ def health_report(
     t = thresholds
     enough = summary["requests"] >= t.min_requests
 
-    def check(value: float | None, soft: float | None, hard: float | None, what: str,
-              *, below: bool = False) -> None:
+    def check(
+        value: float | None,
+        soft: float | None,
+        hard: float | None,
+        what: str,
+        *,
+        below: bool = False,
+    ) -> None:
         if value is None:
             return
         for level, limit in ((FAILING, hard), (DEGRADED, soft)):
@@ -172,10 +183,19 @@ def health_report(
 
     if enough:
         check(summary["error_rate"], t.error_rate_degraded, t.error_rate_failing, "error rate")
-        check(summary["latency_seconds"]["p99"], t.p99_latency_degraded_s,
-              t.p99_latency_failing_s, "p99 latency (s)")
-        check(summary["mean_confidence"], t.mean_confidence_degraded,
-              t.mean_confidence_failing, "mean confidence", below=True)
+        check(
+            summary["latency_seconds"]["p99"],
+            t.p99_latency_degraded_s,
+            t.p99_latency_failing_s,
+            "p99 latency (s)",
+        )
+        check(
+            summary["mean_confidence"],
+            t.mean_confidence_degraded,
+            t.mean_confidence_failing,
+            "mean confidence",
+            below=True,
+        )
     drift_block: dict[str, Any] = {"evaluated": False, "detected": False, "drifted_features": []}
     if drift is not None:
         drift_block = {"evaluated": True, **drift.to_dict()}

@@ -63,8 +63,15 @@ from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.throttle import Throttle
 
-__all__ = ["REJECTED_STATUSES", "TOKEN_ENV", "InfluxSettings", "InfluxShipper",
-           "InfluxWriteClient", "escape", "status_of"]
+__all__ = [
+    "REJECTED_STATUSES",
+    "TOKEN_ENV",
+    "InfluxSettings",
+    "InfluxShipper",
+    "InfluxWriteClient",
+    "escape",
+    "status_of",
+]
 
 log = logging.getLogger("mlwarden.influx")
 
@@ -130,7 +137,8 @@ class InfluxSettings:
         allowed = [f.name for f in fields(cls)]
         problems = [
             f"{_KEY}.{k}: unknown key (allowed: {', '.join(allowed)})"
-            for k in d if k not in allowed
+            for k in d
+            if k not in allowed
         ]
         values = {k: v for k, v in d.items() if k in allowed}
         if values.get("token") in (None, ""):
@@ -182,8 +190,11 @@ def _problems(v: Mapping[str, Any]) -> list[str]:
     if "measurement" in v:
         m = v["measurement"]
         if not isinstance(m, str) or not _MEASUREMENT_RE.fullmatch(m):
-            bad("measurement", "must start with a letter and hold only letters, digits and "
-                f"'_' (it also names the VictoriaMetrics/Prometheus series), got {m!r}")
+            bad(
+                "measurement",
+                "must start with a letter and hold only letters, digits and "
+                f"'_' (it also names the VictoriaMetrics/Prometheus series), got {m!r}",
+            )
     for name, floor in (("interval_s", 0.0), ("timeout_s", 0.001)):
         if name not in v:
             continue
@@ -208,9 +219,17 @@ def _problems(v: Mapping[str, Any]) -> list[str]:
 
 # -- line protocol ---------------------------------------------------------------------------
 
-_ESCAPE = str.maketrans({
-    "\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-})
+_ESCAPE = str.maketrans(
+    {
+        "\\": "\\\\",
+        ",": "\\,",
+        "=": "\\=",
+        " ": "\\ ",
+        "\n": "\\n",
+        "\r": "\\r",
+        "\t": "\\t",
+    }
+)
 
 
 def escape(name: object) -> str:
@@ -260,8 +279,7 @@ class _LineBuilder:
         key = (name, kind)
         series = self._tags.get(key)
         if series is None:
-            tags = "".join(f",{k}={escape(x)}" for k, x in (("feature", name), ("kind", kind))
-                           if x)
+            tags = "".join(f",{k}={escape(x)}" for k, x in (("feature", name), ("kind", kind)) if x)
             series = f"{self._feature_prefix}{tags}{self._mv} "
             if len(self._tags) < _CACHE_MAX:
                 self._tags[key] = series
@@ -361,8 +379,12 @@ class InfluxWriteClient:
     def write(self, lines: list[str]) -> None:
         """Write ``lines`` (line protocol, ns timestamps); raises what the client raises."""
         api = self._api if self._api is not None else self._open()
-        api.write(bucket=self.settings.bucket, org=self.settings.org,
-                  record="\n".join(lines).encode(), write_precision="ns")
+        api.write(
+            bucket=self.settings.bucket,
+            org=self.settings.org,
+            record="\n".join(lines).encode(),
+            write_precision="ns",
+        )
 
     def _open(self) -> Any:
         from influxdb_client import InfluxDBClient
@@ -370,9 +392,12 @@ class InfluxWriteClient:
 
         s = self.settings
         self._client = InfluxDBClient(
-            url=s.url, token=s.token, org=s.org,
+            url=s.url,
+            token=s.token,
+            org=s.org,
             timeout=max(1, math.ceil(s.timeout_s * 1000)),  # ms; 0 would mean "no timeout"
-            retries=False, enable_gzip=False,
+            retries=False,
+            enable_gzip=False,
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
         return self._api
@@ -459,8 +484,10 @@ class InfluxShipper:
         self._executor_used = False
 
     def __repr__(self) -> str:
-        return (f"InfluxShipper(url={self.settings.url!r}, bucket={self.settings.bucket!r}, "
-                f"model={self.model!r}, version={self.version!r}, buffered={self.buffered})")
+        return (
+            f"InfluxShipper(url={self.settings.url!r}, bucket={self.settings.bucket!r}, "
+            f"model={self.model!r}, version={self.version!r}, buffered={self.buffered})"
+        )
 
     @property
     def buffered(self) -> int:
@@ -503,8 +530,9 @@ class InfluxShipper:
             self._buffered_gauge.set(len(buf) + self._inflight)
         except Exception:
             if self._submit_log.ready():
-                log.warning("mlwarden: could not turn a drift report into InfluxDB points",
-                            exc_info=True)
+                log.warning(
+                    "mlwarden: could not turn a drift report into InfluxDB points", exc_info=True
+                )
 
     # -- writer side ---------------------------------------------------------------------------
 
@@ -620,8 +648,11 @@ class InfluxShipper:
             self._last_success_at = self._clock()
             if self._failures:
                 if self._recovery_log.ready():
-                    log.info("mlwarden: InfluxDB writes to %s recovered after %d failed attempts",
-                             self.settings.url, self._failures)
+                    log.info(
+                        "mlwarden: InfluxDB writes to %s recovered after %d failed attempts",
+                        self.settings.url,
+                        self._failures,
+                    )
                 self._failures = 0
         elif status_of(exc) in REJECTED_STATUSES:
             self._dropped_rejected.inc(n)
@@ -629,7 +660,9 @@ class InfluxShipper:
             if self._reject_log.ready():
                 log.warning(
                     "mlwarden: InfluxDB at %s rejected %d points, dropped (%s)%s",
-                    self.settings.url, n, _describe(exc),
+                    self.settings.url,
+                    n,
+                    _describe(exc),
                     _suppressed_note(self._reject_log.take_suppressed()),
                 )
         else:
@@ -650,7 +683,9 @@ class InfluxShipper:
             log.warning(
                 "mlwarden: writing to InfluxDB at %s failed, %d points kept for the next "
                 "attempt (%s)%s",
-                self.settings.url, self.buffered, description,
+                self.settings.url,
+                self.buffered,
+                description,
                 _suppressed_note(self._error_log.take_suppressed()),
             )
 
@@ -685,8 +720,9 @@ class InfluxShipper:
             self._buffer.clear()
             if lost:
                 self._dropped_shutdown.inc(lost)
-                log.warning("mlwarden: %d points for InfluxDB were not written before shutdown",
-                            lost)
+                log.warning(
+                    "mlwarden: %d points for InfluxDB were not written before shutdown", lost
+                )
             self._buffered_gauge.set(self._inflight)
             if self._executor_used:
                 # Queued behind a hanging write, if any, so the client is never closed under it.

@@ -31,11 +31,33 @@ __all__ = [
 
 # Inference latencies: 1 ms to 10 s.
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 # From a prediction to its label: seconds (a click) to a week (a confirmed fraud).
-LABEL_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86_400.0,
-                       3 * 86_400.0, 7 * 86_400.0)
+LABEL_DELAY_BUCKETS = (
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4 * 3600.0,
+    86_400.0,
+    3 * 86_400.0,
+    7 * 86_400.0,
+)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Default for numeric predictions (scores, probabilities); regressions configure their own.
 PREDICTION_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -85,8 +107,9 @@ class MonitorMetrics:
         # be shared between processes (prometheus_client's multiprocess mode).
         fast = None if multiprocess_mode() else FastFamilies()
 
-        def histogram(name: str, doc: str, labels: tuple[str, ...],
-                      buckets: tuple[float, ...]) -> Any:
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> Any:
             if fast is None:
                 return Histogram(name, doc, labels, buckets=buckets, registry=r)
             family = FastHistogram(name, doc, labels, buckets)
@@ -104,17 +127,22 @@ class MonitorMetrics:
         self.request_duration = histogram(
             "mlwarden_request_duration_seconds",
             "Time from the request's arrival to the last byte of the response.",
-            (*route, "status_class"), LATENCY_BUCKETS,
+            (*route, "status_class"),
+            LATENCY_BUCKETS,
         )
         self.time_to_first_byte = histogram(
             "mlwarden_time_to_first_byte_seconds",
             "Time from the request's arrival to the start of the response.",
-            (*route, "status_class"), LATENCY_BUCKETS,
+            (*route, "status_class"),
+            LATENCY_BUCKETS,
         )
         if fast is None:
             self.requests_in_flight: Any = Gauge(
-                "mlwarden_requests_in_flight", "Requests being served right now.",
-                _MV, registry=r, multiprocess_mode="livesum",
+                "mlwarden_requests_in_flight",
+                "Requests being served right now.",
+                _MV,
+                registry=r,
+                multiprocess_mode="livesum",
             )
         else:
             self.requests_in_flight = FastGauge(
@@ -124,20 +152,23 @@ class MonitorMetrics:
         self.request_exceptions = Counter(
             "mlwarden_request_exceptions_total",
             "Requests in which the app raised an exception.",
-            route, registry=r,
+            route,
+            registry=r,
         )
 
         self.internal_errors = Counter(
             "mlwarden_internal_errors_total",
             "Errors inside the middleware itself (logged; the request was not affected).",
-            _MV, registry=r,
+            _MV,
+            registry=r,
         )
 
         # Payloads and predictions of model endpoints.
         self.payload_errors = Counter(
             "mlwarden_payload_errors_total",
             "Model requests whose payload could not be read into feature rows, by reason.",
-            (*_MV, "reason"), registry=r,
+            (*_MV, "reason"),
+            registry=r,
         )
         self.rows_scored = counter(
             "mlwarden_rows_scored_total",
@@ -147,12 +178,14 @@ class MonitorMetrics:
         self.unknown_features = Counter(
             "mlwarden_unknown_features_total",
             "Feature values in payloads whose names the baseline does not know (ignored).",
-            _MV, registry=r,
+            _MV,
+            registry=r,
         )
         self.predictions = histogram(
             "mlwarden_prediction_value",
             "Numeric predictions read from model responses.",
-            _MV, prediction_buckets,
+            _MV,
+            prediction_buckets,
         )
         self.predicted_classes = counter(
             "mlwarden_predicted_class_total",
@@ -163,60 +196,78 @@ class MonitorMetrics:
         self.confidence = histogram(
             "mlwarden_prediction_confidence",
             "Confidence of each prediction (top-class probability or reported score).",
-            _MV, CONFIDENCE_BUCKETS,
+            _MV,
+            CONFIDENCE_BUCKETS,
         )
         self.predictions_skipped = Counter(
             "mlwarden_predictions_skipped_total",
             "Model responses whose predictions were not read, by reason.",
-            (*_MV, "reason"), registry=r,
+            (*_MV, "reason"),
+            registry=r,
         )
 
         # Features and drift, refreshed by the statistics worker.
         self.feature_mean = Gauge(
             "mlwarden_feature_mean",
             "Mean of a numeric feature over the drift window.",
-            (*_MV, "feature"), registry=r, multiprocess_mode="mostrecent",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.feature_null_ratio = Gauge(
             "mlwarden_feature_null_ratio",
             "Share of missing values of a feature over the drift window.",
-            (*_MV, "feature"), registry=r, multiprocess_mode="mostrecent",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.feature_drift_score = Gauge(
             "mlwarden_feature_drift_score",
             "Drift score of a feature against the baseline (psi: index; ks: statistic D; "
             "chi2: statistic).",
-            (*_MV, "feature", "method"), registry=r, multiprocess_mode="mostrecent",
+            (*_MV, "feature", "method"),
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.feature_drift_pvalue = Gauge(
             "mlwarden_feature_drift_pvalue",
             "p-value of a feature's drift test (ks, chi2) before multiple-testing correction.",
-            (*_MV, "feature", "method"), registry=r, multiprocess_mode="mostrecent",
+            (*_MV, "feature", "method"),
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.feature_drifted = Gauge(
             "mlwarden_feature_drifted",
             "1 when the feature drifted in the last evaluation, else 0.",
-            (*_MV, "feature"), registry=r, multiprocess_mode="mostrecent",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.drift_detected = Gauge(
             "mlwarden_drift_detected",
             "1 when any feature drifted in the last evaluation, else 0.",
-            _MV, registry=r, multiprocess_mode="mostrecent",
+            _MV,
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.window_rows = Gauge(
             "mlwarden_drift_window_rows",
             "Rows in the drift window at the last evaluation.",
-            _MV, registry=r, multiprocess_mode="mostrecent",
+            _MV,
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.drift_evaluations = Counter(
             "mlwarden_drift_evaluations_total",
             "Drift evaluations run.",
-            _MV, registry=r,
+            _MV,
+            registry=r,
         )
         self.drift_evaluation_duration = Histogram(
             "mlwarden_drift_evaluation_duration_seconds",
             "Time one drift evaluation of all features took.",
-            _MV, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            _MV,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
 
@@ -224,64 +275,83 @@ class MonitorMetrics:
         self.influx_points_written = Counter(
             "mlwarden_influx_points_written_total",
             "Points written to InfluxDB.",
-            _MV, registry=r,
+            _MV,
+            registry=r,
         )
         self.influx_points_dropped = Counter(
             "mlwarden_influx_points_dropped_total",
             "Points never written to InfluxDB, by reason (buffer_full, rejected, shutdown).",
-            (*_MV, "reason"), registry=r,
+            (*_MV, "reason"),
+            registry=r,
         )
         self.influx_write_errors = Counter(
             "mlwarden_influx_write_errors_total",
             "Failed write attempts to InfluxDB (the points stay buffered and are retried).",
-            _MV, registry=r,
+            _MV,
+            registry=r,
         )
         self.influx_buffer_points = Gauge(
             "mlwarden_influx_buffer_points",
             "Points waiting to be written to InfluxDB.",
-            _MV, registry=r, multiprocess_mode="livesum",
+            _MV,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.influx_write_duration = Histogram(
             "mlwarden_influx_write_duration_seconds",
             "Duration of one write to InfluxDB, failed or not.",
-            _MV, buckets=LATENCY_BUCKETS, registry=r,
+            _MV,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         # Ground truth: labels joined with remembered predictions, live quality.
         self.feedback_labels = Counter(
             "mlwarden_feedback_labels_total",
             "Labels received, by result: accepted, unknown, expired, duplicate, invalid.",
-            (*_MV, "result"), registry=r,
+            (*_MV, "result"),
+            registry=r,
         )
         self.label_delay = Histogram(
             "mlwarden_label_delay_seconds",
             "Time from a prediction to its label.",
-            _MV, buckets=LABEL_DELAY_BUCKETS, registry=r,
+            _MV,
+            buckets=LABEL_DELAY_BUCKETS,
+            registry=r,
         )
         self.model_quality = Gauge(
             "mlwarden_model_quality",
             "Live quality over the labelled window, by metric: accuracy, precision, recall, "
             "f1, calibration_error (classification); mae, rmse (regression).",
-            (*_MV, "metric"), registry=r, multiprocess_mode="mostrecent",
+            (*_MV, "metric"),
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.model_quality_samples = Gauge(
             "mlwarden_model_quality_samples",
             "Labelled predictions in the quality window.",
-            _MV, registry=r, multiprocess_mode="mostrecent",
+            _MV,
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.predictions_remembered = Gauge(
             "mlwarden_predictions_remembered",
             "Predictions remembered, waiting for a label.",
-            _MV, registry=r, multiprocess_mode="livesum",
+            _MV,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.predictions_unlabelled = Counter(
             "mlwarden_predictions_unlabelled_total",
             "Remembered predictions evicted without ever getting a label (age or count bound).",
-            _MV, registry=r,
+            _MV,
+            registry=r,
         )
         self.predictions_unlabelled_ratio = Gauge(
             "mlwarden_predictions_unlabelled_ratio",
             "Share of remembered predictions, once decided, that never got a label.",
-            _MV, registry=r, multiprocess_mode="mostrecent",
+            _MV,
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         if fast is not None:
             registry.register(fast)

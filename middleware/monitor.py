@@ -97,7 +97,8 @@ class InferenceMonitor:
             features=o.feature_names, extractor=o.feature_extractor, max_rows=o.max_rows
         )
         self._reader = PredictionReader(
-            prediction_path=o.prediction_path, confidence_path=o.confidence_path,
+            prediction_path=o.prediction_path,
+            confidence_path=o.confidence_path,
             max_items=o.max_rows,
         )
         self.health_window = HealthWindow(
@@ -115,15 +116,23 @@ class InferenceMonitor:
                     o.influx, model=o.model_name, version=o.model_version, metrics=m
                 )
             self.worker = DriftWorker(
-                self.windows, o.drift, metrics=m, model=o.model_name, version=o.model_version,
-                interval_s=o.drift_interval_s, every_rows=o.drift_every_rows,
-                shipper=self.shipper, before=self.drain,
+                self.windows,
+                o.drift,
+                metrics=m,
+                model=o.model_name,
+                version=o.model_version,
+                interval_s=o.drift_interval_s,
+                every_rows=o.drift_every_rows,
+                shipper=self.shipper,
+                before=self.drain,
             )
         # Our endpoints never shadow a route the app has at the same path.
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         self._feedback_path: str | None = None
-        for path, endpoint in ((o.health_path, self._serve_health),
-                               (o.metrics_path, self._serve_metrics)):
+        for path, endpoint in (
+            (o.health_path, self._serve_health),
+            (o.metrics_path, self._serve_metrics),
+        ):
             if not path:
                 continue
             if self._routes.serves(path):
@@ -138,8 +147,9 @@ class InferenceMonitor:
             self.feedback = Feedback.from_options(o, metrics=m)
             if o.feedback_path:
                 if self._routes.serves(o.feedback_path):
-                    log.warning("mlwarden: the app serves %s itself; not mounting feedback",
-                                o.feedback_path)
+                    log.warning(
+                        "mlwarden: the app serves %s itself; not mounting feedback", o.feedback_path
+                    )
                 else:
                     self._feedback_path = o.feedback_path
         self._internal_errors = m.internal_errors
@@ -178,8 +188,11 @@ class InferenceMonitor:
     async def _observe(self, scope: Scope, receive: Receive, send: Send, model: bool) -> None:
         o = self.options
         exchange = _Exchange(
-            receive, send, model=model,
-            max_request=o.max_body_bytes, max_response=o.max_response_bytes,
+            receive,
+            send,
+            model=model,
+            max_request=o.max_body_bytes,
+            max_response=o.max_response_bytes,
         )
         if model and self._request_ids is not None:
             exchange.request_id = self._request_ids.for_request(scope["headers"])
@@ -211,8 +224,14 @@ class InferenceMonitor:
     # -- recording, after the response --------------------------------------------------------
 
     def _record(
-        self, scope: Scope, root_path: str, ex: _Exchange, span: RequestSpan | None,
-        model: bool, error: BaseException | None, end: float,
+        self,
+        scope: Scope,
+        root_path: str,
+        ex: _Exchange,
+        span: RequestSpan | None,
+        model: bool,
+        error: BaseException | None,
+        end: float,
     ) -> None:
         status = int(ex.status) if ex.status is not None else None
         if status is None:
@@ -244,7 +263,10 @@ class InferenceMonitor:
                 self._read_exchange(ex, attributes)
         if span is not None:
             span.finish(
-                method=method, route=route, status=status, error=error,
+                method=method,
+                route=route,
+                status=status,
+                error=error,
                 attributes=attributes,
                 end_time_ns=time.time_ns() - int((time.perf_counter() - end) * 1e9),
             )
@@ -344,7 +366,9 @@ class InferenceMonitor:
                 attributes["mlwarden.prediction.skipped"] = reason
             return
         values, classes, confidences = (
-            predictions.values, predictions.classes, predictions.confidences
+            predictions.values,
+            predictions.classes,
+            predictions.confidences,
         )
         observe = self._prediction_values.observe
         for value in values:
@@ -400,20 +424,26 @@ class InferenceMonitor:
         feedback = self.feedback
         assert feedback is not None
         if not feedback.authorized(_header(scope, b"authorization")):
-            await _respond(send, 401, b'{"error":"missing or wrong bearer token"}',
-                           b"application/json", "POST")
+            await _respond(
+                send, 401, b'{"error":"missing or wrong bearer token"}', b"application/json", "POST"
+            )
             return
         body, too_large = await _read_body(receive, feedback.max_body_bytes)
         if too_large:
-            await _respond(send, 413, json.dumps({
-                "error": f"body above {feedback.max_body_bytes} bytes"}).encode(),
-                b"application/json", "POST")
+            await _respond(
+                send,
+                413,
+                json.dumps({"error": f"body above {feedback.max_body_bytes} bytes"}).encode(),
+                b"application/json",
+                "POST",
+            )
             return
         try:
             entries = feedback.parse(body)
         except ValueError as exc:
-            await _respond(send, 400, json.dumps({"error": str(exc)}).encode(),
-                           b"application/json", "POST")
+            await _respond(
+                send, 400, json.dumps({"error": str(exc)}).encode(), b"application/json", "POST"
+            )
             return
         self.drain()  # predictions answered a moment ago may still be queued
         result = feedback.record(entries)
@@ -423,8 +453,10 @@ class InferenceMonitor:
         """Labels from Python (a batch job joining them): ``[{"request_id", "label"}, ...]``;
         counts of accepted, unknown, expired, duplicate and invalid, as the endpoint answers."""
         if self.feedback is None:
-            raise RuntimeError("request ids are off (request_id_header=None): no predictions "
-                               "are remembered to join labels with")
+            raise RuntimeError(
+                "request ids are off (request_id_header=None): no predictions "
+                "are remembered to join labels with"
+            )
         self.drain()
         return dict(self.feedback.record(entries))
 
@@ -438,9 +470,13 @@ class InferenceMonitor:
         if self.feedback is not None:
             extra["quality"] = self.feedback.report()
         return health_report(
-            model=o.model_name, version=o.model_version, window=self.health_window,
+            model=o.model_name,
+            version=o.model_version,
+            window=self.health_window,
             drift=self.worker.latest if self.worker is not None else None,
-            thresholds=o.health, started_at=self._started_at, extra=extra,
+            thresholds=o.health,
+            started_at=self._started_at,
+            extra=extra,
         )
 
     # -- lifespan and background tasks ----------------------------------------------------------
@@ -449,8 +485,12 @@ class InferenceMonitor:
         if self.startup_error is not None:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.failed",
-                            "message": f"mlwarden: {self.startup_error}"})
+                await send(
+                    {
+                        "type": "lifespan.startup.failed",
+                        "message": f"mlwarden: {self.startup_error}",
+                    }
+                )
             return
 
         async def wrapped_send(message: Message) -> None:
@@ -490,15 +530,32 @@ class _Exchange:
     """One request/response pair: timings, status and bounded copies of the bodies."""
 
     __slots__ = (
-        "_max_request", "_max_response", "_model", "_receive", "_send", "first_byte",
-        "last_byte", "request_chunks", "request_complete", "request_id", "request_id_header",
-        "request_overflow", "request_size", "request_type", "response_chunks",
-        "response_encoding", "response_json", "response_overflow", "response_size", "start",
+        "_max_request",
+        "_max_response",
+        "_model",
+        "_receive",
+        "_send",
+        "first_byte",
+        "last_byte",
+        "request_chunks",
+        "request_complete",
+        "request_id",
+        "request_id_header",
+        "request_overflow",
+        "request_size",
+        "request_type",
+        "response_chunks",
+        "response_encoding",
+        "response_json",
+        "response_overflow",
+        "response_size",
+        "start",
         "status",
     )
 
-    def __init__(self, receive: Receive, send: Send, *, model: bool, max_request: int,
-                 max_response: int) -> None:
+    def __init__(
+        self, receive: Receive, send: Send, *, model: bool, max_request: int, max_response: int
+    ) -> None:
         self.start = time.perf_counter()
         self._receive, self._send, self._model = receive, send, model
         self._max_request, self._max_response = max_request, max_response
@@ -570,7 +627,6 @@ class _Exchange:
                         self.response_encoding = None if encoding == b"identity" else encoding
         await self._send(message)
 
-
     def _with_request_id(self, message: Message) -> Message:
         """The start message with the request id; an id the app set itself is adopted.
 
@@ -631,13 +687,15 @@ def _decode(body: bytes, encoding: bytes, limit: int) -> tuple[bytes, str | None
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: bytes, method: str) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})

@@ -98,8 +98,10 @@ class MonitorOptions:
             problems.append("model_name: required (the model's name, a short string)")
         values = {k: v for k, v in options.items() if k in names}
         for key, convert in (
-            ("baseline", _baseline), ("drift", _thresholds(DriftThresholds, "drift")),
-            ("health", _thresholds(HealthThresholds, "health")), ("influx", _influx),
+            ("baseline", _baseline),
+            ("drift", _thresholds(DriftThresholds, "drift")),
+            ("health", _thresholds(HealthThresholds, "health")),
+            ("influx", _influx),
         ):
             if key in values:
                 try:
@@ -107,8 +109,13 @@ class MonitorOptions:
                 except ConfigError as exc:
                     problems.extend(exc.problems)
                     values.pop(key)
-        for key in ("endpoint_suffixes", "endpoint_paths", "endpoint_methods",
-                    "prediction_classes", "prediction_buckets"):
+        for key in (
+            "endpoint_suffixes",
+            "endpoint_paths",
+            "endpoint_methods",
+            "prediction_classes",
+            "prediction_buckets",
+        ):
             value = values.get(key)
             if isinstance(value, list):
                 values[key] = tuple(value)
@@ -171,21 +178,32 @@ class MonitorOptions:
             problems.append(
                 f"prediction_buckets: expected finite numbers in increasing order, got {buckets!r}"
             )
-        for key, low in (("max_body_bytes", 1024), ("max_response_bytes", 1024),
-                         ("max_rows", 1), ("window_rows", 10), ("drift_every_rows", 1),
-                         ("feedback_max_body_bytes", 1024), ("feedback_max_batch", 1),
-                         ("quality_max_samples", 10), ("remember_max_predictions", 1)):
+        for key, low in (
+            ("max_body_bytes", 1024),
+            ("max_response_bytes", 1024),
+            ("max_rows", 1),
+            ("window_rows", 10),
+            ("drift_every_rows", 1),
+            ("feedback_max_body_bytes", 1024),
+            ("feedback_max_batch", 1),
+            ("quality_max_samples", 10),
+            ("remember_max_predictions", 1),
+        ):
             _check_int(key, getattr(self, key), low, problems)
         for key in ("quality_window_s", "remember_max_age_s"):
             _check_positive(key, getattr(self, key), problems)
         if self.request_id_header is not None and not (
-                isinstance(self.request_id_header, str)
-                and re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.request_id_header)):
-            problems.append(f"request_id_header: expected a header name or None, got "
-                            f"{self.request_id_header!r}")
+            isinstance(self.request_id_header, str)
+            and re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.request_id_header)
+        ):
+            problems.append(
+                f"request_id_header: expected a header name or None, got {self.request_id_header!r}"
+            )
         if self.quality_task not in (None, "classification", "regression"):
-            problems.append(f"quality_task: expected 'classification', 'regression' or None, "
-                            f"got {self.quality_task!r}")
+            problems.append(
+                f"quality_task: expected 'classification', 'regression' or None, "
+                f"got {self.quality_task!r}"
+            )
         for key in ("feedback_token", "positive_class"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and value):

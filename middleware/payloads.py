@@ -126,8 +126,13 @@ class FeatureRow:
     __slots__ = ("format", "names", "unknown_features", "values")
     rows = 1
 
-    def __init__(self, names: tuple[str, ...], values: tuple[object, ...], format: str,
-                 unknown_features: int = 0) -> None:
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        values: tuple[object, ...],
+        format: str,
+        unknown_features: int = 0,
+    ) -> None:
         self.names = names
         self.values = values
         self.format = format

@@ -365,7 +365,12 @@ class PredictionMemory:
         staged = self._staged
         self._staged = []
         ids, predictions, confidences, versions, times = (
-            staged[0::5], staged[1::5], staged[2::5], staged[3::5], staged[4::5])
+            staged[0::5],
+            staged[1::5],
+            staged[2::5],
+            staged[3::5],
+            staged[4::5],
+        )
         # The batch goes in at once when that ends exactly where one by one would: no staged
         # prediction old enough to expire at another's time (so age eviction only takes
         # records already in the ring, the same ones at the latest time as step by step) and
@@ -376,8 +381,9 @@ class PredictionMemory:
             held = len(index)
             k, tail, size = len(ids), self._tail, self.max_items
             end = tail + k
-            slots = (list(range(tail, end)) if end <= size
-                     else [*range(tail, size), *range(end - size)])
+            slots = (
+                list(range(tail, end)) if end <= size else [*range(tail, size), *range(end - size)]
+            )
             # One probe an id, the index's only one: an id already held keeps its slot.
             previous = list(map(index.setdefault, ids, slots))
             if len(index) == held + k:
@@ -425,10 +431,22 @@ class PredictionMemory:
             self._write(tail, ids, predictions, confidences, versions, times)
         else:  # round the ring's end
             split = size - tail
-            self._write(tail, ids[:split], predictions[:split], confidences[:split],
-                        versions[:split], times[:split])
-            self._write(0, ids[split:], predictions[split:], confidences[split:],
-                        versions[split:], times[split:])
+            self._write(
+                tail,
+                ids[:split],
+                predictions[:split],
+                confidences[:split],
+                versions[:split],
+                times[:split],
+            )
+            self._write(
+                0,
+                ids[split:],
+                predictions[split:],
+                confidences[split:],
+                versions[split:],
+                times[split:],
+            )
             end -= size
         self._tail = end if end < size else 0
         self._used += k
@@ -450,9 +468,9 @@ class PredictionMemory:
         # struct.pack converts a list of floats about twice as fast as array("d", …) does.
         pack = f"{end - start}d"
         with memoryview(self._times) as view, view.cast("B") as raw:
-            raw[8 * start:8 * end] = struct.pack(pack, *times)
+            raw[8 * start : 8 * end] = struct.pack(pack, *times)
         with memoryview(self._confidences) as view, view.cast("B") as raw:
-            raw[8 * start:8 * end] = struct.pack(pack, *confidences)
+            raw[8 * start : 8 * end] = struct.pack(pack, *confidences)
         # Empty slots (and count-evicted ones, zeroed by _drop) are unlabelled already.
 
     def _put(
@@ -722,9 +740,7 @@ class QualityWindow:
                 )
             positive = category_key(positive_class)
             if positive is None:
-                problems.append(
-                    f"quality.positive_class: expected a class, got {positive_class!r}"
-                )
+                problems.append(f"quality.positive_class: expected a class, got {positive_class!r}")
         if (
             isinstance(window_s, bool)
             or not isinstance(window_s, int | float)
@@ -831,8 +847,14 @@ class QualityWindow:
         horizon = self._clock() - self.window_s
         if times and times[0] < horizon:
             stale = int(np.searchsorted(np.fromiter(times, float, len(times)), horizon))
-            columns = (times, self._delays, self._predicted, self._true,
-                       self._confidences, self._errors)
+            columns = (
+                times,
+                self._delays,
+                self._predicted,
+                self._true,
+                self._confidences,
+                self._errors,
+            )
             for column in columns:
                 if column:
                     for _ in range(stale):
@@ -867,8 +889,11 @@ class QualityWindow:
         figures: dict[str, Any] = {"accuracy": int(hits.sum()) / n}
         if self.positive_class is not None:
             code = self._codes.get(self.positive_class)
-            tp, p, t = (0, 0, 0) if code is None else (
-                int(hits[code]), int(n_predicted[code]), int(n_true[code]))
+            tp, p, t = (
+                (0, 0, 0)
+                if code is None
+                else (int(hits[code]), int(n_predicted[code]), int(n_true[code]))
+            )
             figures["precision"] = tp / p if p else None
             figures["recall"] = tp / t if t else None
             figures["f1"] = 2 * tp / (p + t) if p + t else None
@@ -886,8 +911,9 @@ class QualityWindow:
             confidences = confidences[present]
             outcome = correct[present].astype(float)
             bins = np.clip(np.searchsorted(_BIN_EDGES, confidences, side="left") - 1, 0, 9)
-            gap = (np.bincount(bins, weights=outcome, minlength=10)
-                   - np.bincount(bins, weights=confidences, minlength=10))
+            gap = np.bincount(bins, weights=outcome, minlength=10) - np.bincount(
+                bins, weights=confidences, minlength=10
+            )
             figures["calibration_error"] = float(np.abs(gap).sum()) / m
             miss = confidences - outcome
             figures["brier"] = float(np.dot(miss, miss)) / m

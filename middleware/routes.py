@@ -51,7 +51,7 @@ class RouteLabels:
         if isinstance(path, str):
             # Mounts extend root_path by their prefix while routing: put it back in front.
             mounted = scope.get("root_path", "")
-            prefix = mounted[len(root_path):] if mounted.startswith(root_path) else ""
+            prefix = mounted[len(root_path) :] if mounted.startswith(root_path) else ""
             return prefix + path
         endpoint = scope.get("endpoint")
         if endpoint is not None:  # Starlette before scope["route"]: find it by its endpoint

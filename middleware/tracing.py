@@ -107,8 +107,11 @@ class RequestTracer:
     ) -> RequestSpan | None:
         """The request's span, or None when nothing records it. ``model``/``version`` become
         the ``mlwarden.model.*`` attributes (left out when None: the sidecar serves several)."""
-        model_attributes = {} if model is None else {
-            "mlwarden.model.name": model, "mlwarden.model.version": version or ""}
+        model_attributes = (
+            {}
+            if model is None
+            else {"mlwarden.model.name": model, "mlwarden.model.version": version or ""}
+        )
         current = trace.get_current_span()
         if current.is_recording() and (
             getattr(current, "kind", None) is SpanKind.SERVER or "fastapi.telemetry" in scope

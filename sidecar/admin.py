@@ -86,8 +86,9 @@ class _Admin:
         q = request.query_params
         unknown = sorted(set(q) - _EVENT_FILTERS)
         if unknown:
-            return _error(400, f"unknown filter {', '.join(unknown)}",
-                          allowed=sorted(_EVENT_FILTERS))
+            return _error(
+                400, f"unknown filter {', '.join(unknown)}", allowed=sorted(_EVENT_FILTERS)
+            )
         try:
             since = float(q["since"]) if "since" in q else None
             until = float(q["until"]) if "until" in q else None
@@ -97,17 +98,24 @@ class _Admin:
         if not 1 <= limit <= MAX_QUERY_LIMIT:
             return _error(400, f"limit must be 1-{MAX_QUERY_LIMIT}")
         records = self.proxy.ledger.query(
-            action=q.get("action"), target=q.get("target"), policy=q.get("policy"),
-            severity=q.get("severity"), since=since, until=until, limit=limit)
-        return JSONResponse({"events": [r.to_dict() for r in records],
-                             "count": len(records)})
+            action=q.get("action"),
+            target=q.get("target"),
+            policy=q.get("policy"),
+            severity=q.get("severity"),
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return JSONResponse({"events": [r.to_dict() for r in records], "count": len(records)})
 
     async def ready(self, request: Request) -> Response:
         available = {name: self.proxy.is_available(name) for name in self.proxy.pools}
         if any(available.values()):
             return JSONResponse({"status": "ready", "available": available})
-        return JSONResponse({"status": "not ready", "error": "no upstream available",
-                             "available": available}, status_code=503)
+        return JSONResponse(
+            {"status": "not ready", "error": "no upstream available", "available": available},
+            status_code=503,
+        )
 
     async def status(self, request: Request) -> Response:
         proxy = self.proxy
@@ -130,25 +138,29 @@ class _Admin:
                 },
             }
         routing = proxy.config.routing
-        return JSONResponse({
-            "upstreams": upstreams,
-            "health": proxy.health.snapshot() if proxy.health is not None else None,
-            "routing": {
-                "primary": routing.primary,
-                "fallbacks": list(routing.fallbacks),
-                "forced": proxy.router.forced,
-                "order": list(proxy.router.order),
-                "candidates": proxy.router.candidates(),
-            },
-            "retry_budget": proxy.policy.budget.snapshot(),
-            "in_flight": proxy.in_flight,
-            "canary": proxy.canary.snapshot() if proxy.canary is not None else None,
-            "shadow": proxy.shadow.snapshot() if proxy.shadow is not None else None,
-            "policies": proxy.policies.snapshot(),
-            "limits": {"max_concurrent_requests": proxy.config.limits.max_concurrent_requests,
-                       "max_request_bytes": proxy.config.limits.max_request_bytes,
-                       "max_response_bytes": proxy.config.limits.max_response_bytes},
-        })
+        return JSONResponse(
+            {
+                "upstreams": upstreams,
+                "health": proxy.health.snapshot() if proxy.health is not None else None,
+                "routing": {
+                    "primary": routing.primary,
+                    "fallbacks": list(routing.fallbacks),
+                    "forced": proxy.router.forced,
+                    "order": list(proxy.router.order),
+                    "candidates": proxy.router.candidates(),
+                },
+                "retry_budget": proxy.policy.budget.snapshot(),
+                "in_flight": proxy.in_flight,
+                "canary": proxy.canary.snapshot() if proxy.canary is not None else None,
+                "shadow": proxy.shadow.snapshot() if proxy.shadow is not None else None,
+                "policies": proxy.policies.snapshot(),
+                "limits": {
+                    "max_concurrent_requests": proxy.config.limits.max_concurrent_requests,
+                    "max_request_bytes": proxy.config.limits.max_request_bytes,
+                    "max_response_bytes": proxy.config.limits.max_response_bytes,
+                },
+            }
+        )
 
     # -- mutations ----------------------------------------------------------------------------
 
@@ -159,8 +171,9 @@ class _Admin:
             log.warning("admin %s refused from %s: mutations disabled", action, client)
             return _error(403, "mutations disabled: no admin token configured")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self._token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token
+        ):
             log.warning("admin %s refused from %s: missing or wrong token", action, client)
             return _error(401, "missing or wrong bearer token")
         return None
@@ -173,20 +186,31 @@ class _Admin:
             data = json.loads(body) if len(body) <= _MAX_BODY else None
         except ValueError:
             data = None
-        if not isinstance(data, dict) or set(data) != {"force"} or not (
-                data["force"] is None or isinstance(data["force"], str)):
+        if (
+            not isinstance(data, dict)
+            or set(data) != {"force"}
+            or not (data["force"] is None or isinstance(data["force"], str))
+        ):
             return _error(400, 'expected a JSON body {"force": "<upstream>"} or {"force": null}')
         name = data["force"]
         if name is not None and name not in self.proxy.pools:
             return _error(404, "unknown upstream", known=list(self.proxy.pools))
         before = self.proxy.router.forced
         self.proxy.router.force(name)
-        self.proxy.record(action="manual_route", target=name or "configured order",
-                          reason=f"forced by {_client(request)} (was {before})", actor="admin",
-                          severity="warning")
-        log.warning("admin: route forced to %s (was %s) by %s", name, before,
-                    request.client.host if request.client else "unknown",
-                    extra={"action": "force_route", "target": name, "previous": before})
+        self.proxy.record(
+            action="manual_route",
+            target=name or "configured order",
+            reason=f"forced by {_client(request)} (was {before})",
+            actor="admin",
+            severity="warning",
+        )
+        log.warning(
+            "admin: route forced to %s (was %s) by %s",
+            name,
+            before,
+            request.client.host if request.client else "unknown",
+            extra={"action": "force_route", "target": name, "previous": before},
+        )
         return JSONResponse({"forced": name, "order": list(self.proxy.router.order)})
 
     async def reset_breaker(self, request: Request) -> Response:
@@ -198,12 +222,20 @@ class _Admin:
             return _error(404, "unknown upstream", known=list(self.proxy.breakers))
         before = breaker.state
         breaker.reset()
-        self.proxy.record(action="manual_breaker_reset", target=name,
-                          reason=f"reset by {_client(request)} (was {before})", actor="admin",
-                          severity="warning")
-        log.warning("admin: breaker %s reset (was %s) by %s", name, before,
-                    request.client.host if request.client else "unknown",
-                    extra={"action": "breaker_reset", "target": name, "previous": before})
+        self.proxy.record(
+            action="manual_breaker_reset",
+            target=name,
+            reason=f"reset by {_client(request)} (was {before})",
+            actor="admin",
+            severity="warning",
+        )
+        log.warning(
+            "admin: breaker %s reset (was %s) by %s",
+            name,
+            before,
+            request.client.host if request.client else "unknown",
+            extra={"action": "breaker_reset", "target": name, "previous": before},
+        )
         return JSONResponse({"upstream": name, "previous": before, "state": breaker.state})
 
 
@@ -226,16 +258,17 @@ def create_admin_app(
     if metrics is None:
         metrics = SidecarMetrics(REGISTRY if registry is None else registry)
     metrics.attach(proxy)
-    admin = _Admin(proxy, proxy.config.admin.token if token is None else token,
-                   metrics.registry)
-    app = Starlette(routes=[
-        Route("/metrics", admin.metrics, methods=["GET"]),
-        Route("/-/healthy", admin.healthy, methods=["GET"]),
-        Route("/-/ready", admin.ready, methods=["GET"]),
-        Route("/-/status", admin.status, methods=["GET"]),
-        Route("/-/events", admin.events, methods=["GET"]),
-        Route("/-/route", admin.route, methods=["POST"]),
-        Route("/-/breakers/{name}/reset", admin.reset_breaker, methods=["POST"]),
-    ])
+    admin = _Admin(proxy, proxy.config.admin.token if token is None else token, metrics.registry)
+    app = Starlette(
+        routes=[
+            Route("/metrics", admin.metrics, methods=["GET"]),
+            Route("/-/healthy", admin.healthy, methods=["GET"]),
+            Route("/-/ready", admin.ready, methods=["GET"]),
+            Route("/-/status", admin.status, methods=["GET"]),
+            Route("/-/events", admin.events, methods=["GET"]),
+            Route("/-/route", admin.route, methods=["POST"]),
+            Route("/-/breakers/{name}/reset", admin.reset_breaker, methods=["POST"]),
+        ]
+    )
     app.state.metrics = metrics
     return app

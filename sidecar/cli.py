@@ -31,31 +31,52 @@ def _parser() -> argparse.ArgumentParser:
         "outage, recovery. Shows the healing live and ends with a summary table; exits 1 if "
         "a phase did not heal.",
     )
-    demo.add_argument("--quick", action="store_true",
-                      help="shorter phases (about a minute in all; what CI runs)")
-    demo.add_argument("--prometheus", action="store_true",
-                      help="also start a local Prometheus scraping everything, when installed")
+    demo.add_argument(
+        "--quick", action="store_true", help="shorter phases (about a minute in all; what CI runs)"
+    )
+    demo.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also start a local Prometheus scraping everything, when installed",
+    )
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
-    demo.add_argument("--rate", type=float, default=None,
-                      help="client requests per second (default: 40)")
-    demo.add_argument("--keep", action="store_true",
-                      help="keep the work directory (logs, ledger, configs) after a healed run")
+    demo.add_argument(
+        "--rate", type=float, default=None, help="client requests per second (default: 40)"
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (logs, ledger, configs) after a healed run",
+    )
     view = demo.add_mutually_exclusive_group()
-    view.add_argument("--live", dest="live", action="store_true", default=None,
-                      help="redraw the view in place (default on a terminal)")
-    view.add_argument("--log", dest="live", action="store_false",
-                      help="print events as lines (default when not on a terminal)")
+    view.add_argument(
+        "--live",
+        dest="live",
+        action="store_true",
+        default=None,
+        help="redraw the view in place (default on a terminal)",
+    )
+    view.add_argument(
+        "--log",
+        dest="live",
+        action="store_false",
+        help="print events as lines (default when not on a terminal)",
+    )
 
     sidecar = sub.add_parser(
-        "sidecar", help="run the sidecar proxy in front of the model versions",
+        "sidecar",
+        help="run the sidecar proxy in front of the model versions",
         description="Serves the proxy on the configured listen address: retries, circuit "
         "breakers, health checks and fallback routing between the configured upstreams; "
         "and the admin port: /metrics, /-/healthy, /-/ready, /-/status, token-guarded mutations.",
     )
-    sidecar.add_argument("--config", type=Path, required=True,
-                         help="the sidecar YAML file (MLWARDEN__A__B=value overrides a key)")
-    sidecar.add_argument("--check", action="store_true",
-                         help="validate the configuration and exit")
+    sidecar.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the sidecar YAML file (MLWARDEN__A__B=value overrides a key)",
+    )
+    sidecar.add_argument("--check", action="store_true", help="validate the configuration and exit")
 
     baseline = sub.add_parser("baseline", help="build or check a baseline profile")
     bsub = baseline.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
@@ -64,12 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("data", type=Path, help="training data: .csv, .parquet or .npz")
     build.add_argument("--out", type=Path, required=True, help="where to write the JSON")
-    build.add_argument("--categorical", default="",
-                       help="comma-separated columns to treat as categorical")
-    build.add_argument("--bins", type=int, default=10,
-                       help="quantile bins for PSI (default: 10)")
-    build.add_argument("--max-categories", type=int, default=50,
-                       help="categories kept per categorical feature (default: 50)")
+    build.add_argument(
+        "--categorical", default="", help="comma-separated columns to treat as categorical"
+    )
+    build.add_argument("--bins", type=int, default=10, help="quantile bins for PSI (default: 10)")
+    build.add_argument(
+        "--max-categories",
+        type=int,
+        default=50,
+        help="categories kept per categorical feature (default: 50)",
+    )
     check = bsub.add_parser("check", help="validate a baseline JSON file")
     check.add_argument("path", type=Path)
     return parser
@@ -84,11 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mlwarden.sidecar.demo.story import run_demo
 
             if args.rate is not None and not 1 <= args.rate <= 500:
-                print("mlwarden demo: --rate: expected 1 to 500 requests per second",
-                      file=sys.stderr)
+                print(
+                    "mlwarden demo: --rate: expected 1 to 500 requests per second", file=sys.stderr
+                )
                 return 2
-            return run_demo(quick=args.quick, seed=args.seed, prometheus=args.prometheus,
-                            live=args.live, rate_per_s=args.rate, keep=args.keep)
+            return run_demo(
+                quick=args.quick,
+                seed=args.seed,
+                prometheus=args.prometheus,
+                live=args.live,
+                rate_per_s=args.rate,
+                keep=args.keep,
+            )
         if args.baseline_command == "build":
             return _baseline_build(args)
         return _baseline_check(args.path)
@@ -107,8 +139,10 @@ def _sidecar(path: Path, *, check: bool) -> int:
         if otlp_traces_url(config.tracing, os.environ) is not None:
             _require_otlp_exporter()
         order = " → ".join(config.routing.order)
-        print(f"{path}: valid; routing {order}; listening on "
-              f"{config.listen.host}:{config.listen.port}")
+        print(
+            f"{path}: valid; routing {order}; listening on "
+            f"{config.listen.host}:{config.listen.port}"
+        )
         return 0
     import uvicorn
 
@@ -125,16 +159,22 @@ def _sidecar(path: Path, *, check: bool) -> int:
         await proxy.start()
         try:
             admin = create_admin_app(proxy)
-            common: dict[str, object] = {
-                "lifespan": "on", "access_log": False, "log_level": "info"}
+            common: dict[str, object] = {"lifespan": "on", "access_log": False, "log_level": "info"}
             # proxy_headers off: the proxy appends x-forwarded-for itself, and uvicorn would
             # otherwise replace the client's address with the value a client sent.
             servers = [
-                uvicorn.Server(uvicorn.Config(proxy, host=config.listen.host,
-                                              port=config.listen.port, proxy_headers=False,
-                                              **common)),
-                uvicorn.Server(uvicorn.Config(admin, host=config.admin.host,
-                                              port=config.admin.port, **common)),
+                uvicorn.Server(
+                    uvicorn.Config(
+                        proxy,
+                        host=config.listen.host,
+                        port=config.listen.port,
+                        proxy_headers=False,
+                        **common,
+                    )
+                ),
+                uvicorn.Server(
+                    uvicorn.Config(admin, host=config.admin.host, port=config.admin.port, **common)
+                ),
             ]
             tasks = [asyncio.ensure_future(s.serve()) for s in servers]
             # One server stopping (a signal, or a port already taken) stops the other.
@@ -170,8 +210,12 @@ def _require_otlp_exporter() -> None:
     try:
         import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
     except ImportError:
-        raise ConfigError(["tracing.otlp_endpoint: exporting traces needs the OTLP exporter: "
-                           "pip install 'mlwarden[otlp]'"]) from None
+        raise ConfigError(
+            [
+                "tracing.otlp_endpoint: exporting traces needs the OTLP exporter: "
+                "pip install 'mlwarden[otlp]'"
+            ]
+        ) from None
 
 
 def _baseline_build(args: argparse.Namespace) -> int:
@@ -179,7 +223,10 @@ def _baseline_build(args: argparse.Namespace) -> int:
 
     categorical = [c.strip() for c in args.categorical.split(",") if c.strip()]
     profile = build_baseline_file(
-        args.data, args.out, bins=args.bins, max_categories=args.max_categories,
+        args.data,
+        args.out,
+        bins=args.bins,
+        max_categories=args.max_categories,
         categorical=categorical or None,
     )
     kinds = ", ".join(f"{f.name} ({f.kind})" for f in profile.features)

@@ -101,9 +101,24 @@ _SYNONYMS = {
 }
 # Leaf keys whose environment values are text, taken verbatim rather than parsed as YAML.
 _TEXT_KEYS = frozenset(
-    {"url", "host", "token", "redis_url", "primary", "health_path", "body", "content_type",
-     "otlp_endpoint", "service_name", "ca_file", "path", "influx_url", "influx_bucket",
-     "influx_org", "influx_token"}
+    {
+        "url",
+        "host",
+        "token",
+        "redis_url",
+        "primary",
+        "health_path",
+        "body",
+        "content_type",
+        "otlp_endpoint",
+        "service_name",
+        "ca_file",
+        "path",
+        "influx_url",
+        "influx_bucket",
+        "influx_org",
+        "influx_token",
+    }
 )
 
 
@@ -130,23 +145,37 @@ def _bound(x: float) -> str:
 
 
 def _number(
-    kind: type[int] | type[float], *, gt: float | None = None, ge: float | None = None,
-    le: float | None = None, lt: float | None = None, unit: str = "",
+    kind: type[int] | type[float],
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    unit: str = "",
 ) -> Check:
-    bounds = [f"> {_bound(gt)}" if gt is not None else "",
-              f">= {_bound(ge)}" if ge is not None else "",
-              f"< {_bound(lt)}" if lt is not None else "",
-              f"<= {_bound(le)}" if le is not None else ""]
+    bounds = [
+        f"> {_bound(gt)}" if gt is not None else "",
+        f">= {_bound(ge)}" if ge is not None else "",
+        f"< {_bound(lt)}" if lt is not None else "",
+        f"<= {_bound(le)}" if le is not None else "",
+    ]
     noun = "a whole number" if kind is int else "a number"
     want = " ".join(p for p in (noun + unit, " and ".join(b for b in bounds if b)) if p)
 
     def check(value: Any) -> Any:
         ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
-        if (not ok_type or isinstance(value, bool)
-                or (isinstance(value, float) and not math.isfinite(value))):
+        if (
+            not ok_type
+            or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value))
+        ):
             raise _Bad(f"expected {want}, got {_show(value)}")
-        if ((gt is not None and value <= gt) or (ge is not None and value < ge)
-                or (lt is not None and value >= lt) or (le is not None and value > le)):
+        if (
+            (gt is not None and value <= gt)
+            or (ge is not None and value < ge)
+            or (lt is not None and value >= lt)
+            or (le is not None and value > le)
+        ):
             raise _Bad(f"expected {want}, got {_show(value)}")
         try:
             return kind(value)
@@ -245,10 +274,15 @@ def _token(value: Any) -> str:
     # Never echo the value: it is a secret.
     if value == "":
         return ""
-    if (not isinstance(value, str) or len(value) < _MIN_TOKEN_CHARS
-            or any(c.isspace() for c in value)):
-        raise _Bad(f"expected a string of at least {_MIN_TOKEN_CHARS} characters without "
-                   f"whitespace (value hidden)")
+    if (
+        not isinstance(value, str)
+        or len(value) < _MIN_TOKEN_CHARS
+        or any(c.isspace() for c in value)
+    ):
+        raise _Bad(
+            f"expected a string of at least {_MIN_TOKEN_CHARS} characters without "
+            f"whitespace (value hidden)"
+        )
     return value
 
 
@@ -269,8 +303,11 @@ def _names(value: Any) -> tuple[str, ...]:
 def _status_codes(low: int, high: int) -> Check:
     def check(value: Any) -> tuple[int, ...]:
         items = _sequence(value, f"status codes {low}-{high}")
-        bad = [c for c in items
-               if not isinstance(c, int) or isinstance(c, bool) or not low <= c <= high]
+        bad = [
+            c
+            for c in items
+            if not isinstance(c, int) or isinstance(c, bool) or not low <= c <= high
+        ]
         if bad:
             raise _Bad(f"expected status codes {low}-{high}, got {', '.join(map(repr, bad))}")
         return tuple(sorted(set(items)))
@@ -289,8 +326,9 @@ def _words(allowed: frozenset[str], *, upper: bool = False) -> Check:
         if bad:
             hints = []
             for b in bad:
-                close = (difflib.get_close_matches(b, sorted(allowed), n=1)
-                         if isinstance(b, str) else [])
+                close = (
+                    difflib.get_close_matches(b, sorted(allowed), n=1) if isinstance(b, str) else []
+                )
                 hints.append(f"{b!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise _Bad(f"unknown {', '.join(hints)}; allowed: {', '.join(sorted(allowed))}")
         return tuple(dict.fromkeys(norm))
@@ -321,11 +359,15 @@ class _Problems:
         if not isinstance(key, str):
             self.add(path, f"keys must be strings, got {key!r}")
             return
-        close = ([_SYNONYMS[key]] if _SYNONYMS.get(key) in allowed
-                 else difflib.get_close_matches(key, allowed, n=1))
+        close = (
+            [_SYNONYMS[key]]
+            if _SYNONYMS.get(key) in allowed
+            else difflib.get_close_matches(key, allowed, n=1)
+        )
         hint = f"did you mean {close[0]!r}? " if close else ""
-        self.add(f"{path}.{key}" if path else key,
-                 f"unknown key ({hint}allowed: {', '.join(allowed)})")
+        self.add(
+            f"{path}.{key}" if path else key, f"unknown key ({hint}allowed: {', '.join(allowed)})"
+        )
 
 
 def _prefixes(path: str) -> list[str]:
@@ -396,8 +438,9 @@ class _Block:
         for key in raw:
             if key not in allowed:
                 problems.unknown(path, key, allowed)
-        values = cls._check({**{k: v for k, v in raw.items() if k in allowed}, **extra},
-                            path, problems)
+        values = cls._check(
+            {**{k: v for k, v in raw.items() if k in allowed}, **extra}, path, problems
+        )
         if len(problems.items) != before:
             return None
         return cls(**values)
@@ -428,8 +471,10 @@ class AdminConfig(_Block):
         return bool(self.token)
 
     def __repr__(self) -> str:
-        return (f"AdminConfig(host={self.host!r}, port={self.port!r}, "
-                f"token={'<set>' if self.token else '<unset>'})")
+        return (
+            f"AdminConfig(host={self.host!r}, port={self.port!r}, "
+            f"token={'<set>' if self.token else '<unset>'})"
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -478,8 +523,13 @@ class RoutingConfig(_Block):
     def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
         out = []
         if v["primary"] in v["fallbacks"]:
-            out.append(("fallbacks", f"must not contain the primary {v['primary']!r}: an "
-                                     f"upstream cannot be its own fallback"))
+            out.append(
+                (
+                    "fallbacks",
+                    f"must not contain the primary {v['primary']!r}: an "
+                    f"upstream cannot be its own fallback",
+                )
+            )
         dupes = sorted({n for n in v["fallbacks"] if v["fallbacks"].count(n) > 1}, key=str)
         if dupes:
             out.append(("fallbacks", f"lists {', '.join(map(repr, dupes))} more than once"))
@@ -497,9 +547,14 @@ class TimeoutsConfig(_Block):
     @classmethod
     def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
         if v["per_try_timeout_s"] > v["total_timeout_s"]:
-            return [("per_try_timeout_s", f"must be <= timeouts.total_timeout_s "
-                                          f"({v['total_timeout_s']:g}), got "
-                                          f"{v['per_try_timeout_s']:g}")]
+            return [
+                (
+                    "per_try_timeout_s",
+                    f"must be <= timeouts.total_timeout_s "
+                    f"({v['total_timeout_s']:g}), got "
+                    f"{v['per_try_timeout_s']:g}",
+                )
+            ]
         return []
 
 
@@ -513,10 +568,12 @@ class RetryConfig(_Block):
     _key: ClassVar[str] = "retry"
     num_retries: int = _setting(2, _number(int, ge=0, le=10))
     retry_on: tuple[str, ...] = _setting(
-        ("connect-failure", "reset", "gateway-error"), _words(RETRY_ON))
+        ("connect-failure", "reset", "gateway-error"), _words(RETRY_ON)
+    )
     retriable_status_codes: tuple[int, ...] = _setting((), _status_codes(100, 599))
     retriable_methods: tuple[str, ...] = _setting(
-        ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"), _words(_METHODS, upper=True))
+        ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST"), _words(_METHODS, upper=True)
+    )
     base_interval_s: float = _setting(0.025, _seconds(gt=0, le=60))
     max_interval_s: float = _setting(0.25, _seconds(gt=0, le=600))
     backoff_multiplier: float = _setting(2.0, _number(float, ge=1, le=10))
@@ -527,16 +584,29 @@ class RetryConfig(_Block):
     def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
         out = []
         if v["max_interval_s"] < v["base_interval_s"]:
-            out.append(("max_interval_s", f"must be >= retry.base_interval_s "
-                                          f"({v['base_interval_s']:g}), got "
-                                          f"{v['max_interval_s']:g}"))
+            out.append(
+                (
+                    "max_interval_s",
+                    f"must be >= retry.base_interval_s "
+                    f"({v['base_interval_s']:g}), got "
+                    f"{v['max_interval_s']:g}",
+                )
+            )
         listed = "retriable-status-codes" in v["retry_on"]
         if listed and not v["retriable_status_codes"]:
-            out.append(("retriable_status_codes", "must list at least one status code when "
-                                                  "retry_on has 'retriable-status-codes'"))
+            out.append(
+                (
+                    "retriable_status_codes",
+                    "must list at least one status code when retry_on has 'retriable-status-codes'",
+                )
+            )
         if v["retriable_status_codes"] and not listed:
-            out.append(("retriable_status_codes", "is ignored unless retry_on has "
-                                                  "'retriable-status-codes'; add it there"))
+            out.append(
+                (
+                    "retriable_status_codes",
+                    "is ignored unless retry_on has 'retriable-status-codes'; add it there",
+                )
+            )
         return out
 
 
@@ -554,8 +624,7 @@ class BreakerConfig(_Block):
     consecutive_5xx: int = _setting(5, _number(int, ge=1, le=10_000))
     reset_timeout_s: float = _setting(30.0, _seconds(gt=0, le=86_400))
     half_open_max_calls: int = _setting(1, _number(int, ge=1, le=1000))
-    failure_status_codes: tuple[int, ...] = _setting((500, 502, 503, 504),
-                                                     _status_codes(100, 599))
+    failure_status_codes: tuple[int, ...] = _setting((500, 502, 503, 504), _status_codes(100, 599))
     redis_url: str | None = _setting(None, _redis_url, repr=False)
     close_on_healthy: bool = _setting(True, _boolean)
 
@@ -576,8 +645,13 @@ class HealthChecksConfig(_Block):
     def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
         if v["timeout_s"] >= v["interval_s"]:
             # Otherwise checks of one upstream overlap and pile up against a hanging server.
-            return [("timeout_s", f"must be < health_checks.interval_s ({v['interval_s']:g}), "
-                                  f"got {v['timeout_s']:g}")]
+            return [
+                (
+                    "timeout_s",
+                    f"must be < health_checks.interval_s ({v['interval_s']:g}), "
+                    f"got {v['timeout_s']:g}",
+                )
+            ]
         return []
 
 
@@ -637,13 +711,16 @@ def _one_of(allowed: tuple[str, ...]) -> Check:
 
 def _percent_steps(value: Any) -> tuple[float, ...]:
     items = _sequence(value, "percentages")
-    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, int | float)
-           or not 0 < i < 100]
+    bad = [
+        i for i in items if isinstance(i, bool) or not isinstance(i, int | float) or not 0 < i < 100
+    ]
     if bad or not items:
         # At 100% the stable version gets nothing to compare with: passing the last step
         # promotes, so 100 is never a step.
-        raise _Bad(f"expected a non-empty list of percentages above 0 and below 100 (passing "
-                   f"the last one promotes), got {_show(value)}")
+        raise _Bad(
+            f"expected a non-empty list of percentages above 0 and below 100 (passing "
+            f"the last one promotes), got {_show(value)}"
+        )
     steps = tuple(float(i) for i in items)
     if list(steps) != sorted(set(steps)):
         raise _Bad(f"expected increasing percentages, got {_show(value)}")
@@ -694,8 +771,13 @@ class CanaryConfig(_Block):
         if v["sticky_header"] is not None and v["sticky_cookie"] is not None:
             out.append(("sticky_cookie", "set sticky_header or sticky_cookie, not both"))
         if v["source"] == "prometheus" and v["prometheus_url"] is None:
-            out.append(("prometheus_url", "required when source is prometheus (the server "
-                                          "that scrapes every replica's admin port)"))
+            out.append(
+                (
+                    "prometheus_url",
+                    "required when source is prometheus (the server "
+                    "that scrapes every replica's admin port)",
+                )
+            )
         return out
 
 
@@ -738,8 +820,7 @@ class LedgerConfig(_Block):
     influx_url: str | None = _setting(None, _optional_http_url)
     influx_bucket: str = _setting("mlwarden", _text)
     influx_org: str = _setting("", lambda v: v if isinstance(v, str) else _text(v))
-    influx_token: str = _setting("", lambda v: v if isinstance(v, str) else _text(v),
-                                 repr=False)
+    influx_token: str = _setting("", lambda v: v if isinstance(v, str) else _text(v), repr=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -764,8 +845,7 @@ class HealingConfig(_Block):
     interval_s: float = _setting(5.0, _seconds(gt=0, le=3600))
     default_policies: bool | None = _setting(None, lambda v: None if v is None else _boolean(v))
     retrain_webhook_url: str | None = _setting(None, _optional_http_url, repr=False)
-    escalation: EscalationConfig = field(default_factory=EscalationConfig,
-                                         metadata={"check": None})
+    escalation: EscalationConfig = field(default_factory=EscalationConfig, metadata={"check": None})
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,8 +880,17 @@ class PolicyConfig:
     restore_after_s: float | None = None
 
 
-_POLICY_KEYS = ("name", "when", "actions", "severity", "for_s", "cooldown_s", "window_s",
-                "target", "restore_after_s")
+_POLICY_KEYS = (
+    "name",
+    "when",
+    "actions",
+    "severity",
+    "for_s",
+    "cooldown_s",
+    "window_s",
+    "target",
+    "restore_after_s",
+)
 _POLICY_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
@@ -821,8 +910,9 @@ def _load_policies(raw: Any, names: list[str], problems: _Problems) -> tuple[Pol
     for i, spec in enumerate(raw[:100]):
         where = f"policies[{i}]"
         if not isinstance(spec, Mapping):
-            problems.add(where, f"expected a mapping with name, when and actions, got "
-                                f"{_show(spec)}")
+            problems.add(
+                where, f"expected a mapping with name, when and actions, got {_show(spec)}"
+            )
             continue
         name = spec.get("name")
         if isinstance(name, str) and _POLICY_NAME_RE.fullmatch(name):
@@ -831,8 +921,11 @@ def _load_policies(raw: Any, names: list[str], problems: _Problems) -> tuple[Pol
                 problems.add(where, "a second policy with this name")
             seen.add(name)
         else:
-            problems.add(f"{where}.name", "required: 1-63 lowercase letters, digits, '_' or "
-                                          "'-', starting with a letter or digit")
+            problems.add(
+                f"{where}.name",
+                "required: 1-63 lowercase letters, digits, '_' or "
+                "'-', starting with a letter or digit",
+            )
         for key in spec:
             if key not in _POLICY_KEYS:
                 problems.unknown(where, key, list(_POLICY_KEYS))
@@ -859,20 +952,29 @@ def _load_policies(raw: Any, names: list[str], problems: _Problems) -> tuple[Pol
                 problems.add(f"{where}.{key}", str(exc))
         target = spec.get("target")
         if target is not None and target not in names:
-            problems.add(f"{where}.target", f"unknown upstream {target!r} (known: "
-                                            f"{', '.join(names)})")
-        actions = _load_actions(spec.get("actions", []), f"{where}.actions", ACTION_KINDS,
-                                problems)
+            problems.add(
+                f"{where}.target", f"unknown upstream {target!r} (known: {', '.join(names)})"
+            )
+        actions = _load_actions(spec.get("actions", []), f"{where}.actions", ACTION_KINDS, problems)
         if condition is not None and actions is not None and isinstance(name, str):
-            out.append(PolicyConfig(name=name, when=when, condition=condition,  # type: ignore[arg-type]
-                                    actions=actions, target=target, **values))
+            out.append(
+                PolicyConfig(
+                    name=name,
+                    when=when,
+                    condition=condition,  # type: ignore[arg-type]
+                    actions=actions,
+                    target=target,
+                    **values,
+                )
+            )
     if len(raw) > 100:
         problems.add("policies", f"at most 100 policies, got {len(raw)}")
     return tuple(out)
 
 
-def _load_actions(raw: Any, where: str, kinds: tuple[str, ...],
-                  problems: _Problems) -> tuple[PolicyAction, ...] | None:
+def _load_actions(
+    raw: Any, where: str, kinds: tuple[str, ...], problems: _Problems
+) -> tuple[PolicyAction, ...] | None:
     if not isinstance(raw, list):
         problems.add(where, f"expected a list of actions, got {_show(raw)}")
         return None
@@ -907,17 +1009,18 @@ def _action(kind: str, arg: Any) -> PolicyAction:
             raise _Bad(f"expected {{url: ..., body: {{...}}}}, got {_show(arg)}")
         extra = set(arg) - {"url", "body", "headers"}
         if extra:
-            raise _Bad(f"unknown key(s) {', '.join(sorted(map(str, extra)))} (allowed: url, "
-                       f"body, headers)")
+            raise _Bad(
+                f"unknown key(s) {', '.join(sorted(map(str, extra)))} (allowed: url, body, headers)"
+            )
         body = arg.get("body", {})
         headers = arg.get("headers", {})
         if not isinstance(body, Mapping):
             raise _Bad(f"body: expected a mapping (sent as JSON), got {_show(body)}")
         if not isinstance(headers, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
             raise _Bad("headers: expected a mapping of strings")
-        return PolicyAction(kind, url=_http_url(arg["url"]), body=dict(body),
-                            headers=dict(headers))
+        return PolicyAction(kind, url=_http_url(arg["url"]), body=dict(body), headers=dict(headers))
     if arg is not None:
         raise _Bad(f"takes no argument, got {_show(arg)}")
     return PolicyAction(kind)
@@ -930,8 +1033,9 @@ def _load_healing(raw: Any, problems: _Problems) -> HealingConfig:
         problems.add("healing", f"expected a mapping, got {_show(raw)}")
         return HealingConfig()
     raw = dict(raw)
-    escalation = EscalationConfig._load(raw.pop("escalation", None) or {},
-                                        "healing.escalation", problems)
+    escalation = EscalationConfig._load(
+        raw.pop("escalation", None) or {}, "healing.escalation", problems
+    )
     base = HealingConfig._load(raw, "healing", problems)
     if base is None or escalation is None:
         return HealingConfig()
@@ -945,12 +1049,26 @@ def _bad_body(value: Any) -> str:
 # --------------------------------------------------------------------------- the whole file
 
 _BLOCKS: dict[str, type[_Block]] = {
-    "listen": ListenConfig, "admin": AdminConfig, "timeouts": TimeoutsConfig,
-    "retry": RetryConfig, "breaker": BreakerConfig, "health_checks": HealthChecksConfig,
-    "limits": LimitsConfig, "tracing": TracingConfig, "ledger": LedgerConfig,
+    "listen": ListenConfig,
+    "admin": AdminConfig,
+    "timeouts": TimeoutsConfig,
+    "retry": RetryConfig,
+    "breaker": BreakerConfig,
+    "health_checks": HealthChecksConfig,
+    "limits": LimitsConfig,
+    "tracing": TracingConfig,
+    "ledger": LedgerConfig,
 }
-_TOP_KEYS = ["upstreams", "routing", *_BLOCKS, "degraded_response", "canary", "shadow",
-             "healing", "policies"]
+_TOP_KEYS = [
+    "upstreams",
+    "routing",
+    *_BLOCKS,
+    "degraded_response",
+    "canary",
+    "shadow",
+    "healing",
+    "policies",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -977,8 +1095,15 @@ class SidecarConfig:
 
     def __post_init__(self) -> None:
         problems = _Problems()
-        _check_whole([u.name for u in self.upstreams], self.upstreams, self.routing,
-                     self.listen, self.admin, self.timeouts, problems)
+        _check_whole(
+            [u.name for u in self.upstreams],
+            self.upstreams,
+            self.routing,
+            self.listen,
+            self.admin,
+            self.timeouts,
+            problems,
+        )
         if problems.items:
             raise ConfigError(problems.items)
 
@@ -991,7 +1116,11 @@ class SidecarConfig:
 
     @classmethod
     def from_mapping(
-        cls, data: Any, *, source: str | None = None, environ: Mapping[str, str] | None = None,
+        cls,
+        data: Any,
+        *,
+        source: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> SidecarConfig:
         """Validate a parsed YAML document after applying the environment overrides.
 
@@ -1000,8 +1129,9 @@ class SidecarConfig:
         env = os.environ if environ is None else environ
         if not isinstance(data, Mapping):
             got = "an empty document" if data is None else f"{type(data).__name__} {_show(data)}"
-            raise ConfigError([f"top level: expected a mapping with 'upstreams', got {got}"],
-                              source=source)
+            raise ConfigError(
+                [f"top level: expected a mapping with 'upstreams', got {got}"], source=source
+            )
         problems = _Problems()
         data = _apply_env(data, env, problems)
         for key in data:
@@ -1029,41 +1159,68 @@ class SidecarConfig:
         if shadow is not None:
             shadow = ShadowTrafficConfig._load(shadow, "shadow", problems)
         # Versions on trial are not fallbacks by default: a fallback must be a stable version.
-        on_trial = ({canary.candidate} if canary else set()) | ({shadow.target} if shadow
-                                                                 else set())
+        on_trial = ({canary.candidate} if canary else set()) | (
+            {shadow.target} if shadow else set()
+        )
         # Routing is checked against every declared name, also those whose block has problems,
         # so that one bad URL does not show up again as an unknown upstream in routing.
-        routing = (_load_routing(data.get("routing"), names, problems, on_trial=on_trial)
-                   if names else None)
+        routing = (
+            _load_routing(data.get("routing"), names, problems, on_trial=on_trial)
+            if names
+            else None
+        )
         if routing:
-            _check_whole(names, upstreams, routing, blocks["listen"], blocks["admin"],
-                         blocks["timeouts"], problems)
+            _check_whole(
+                names,
+                upstreams,
+                routing,
+                blocks["listen"],
+                blocks["admin"],
+                blocks["timeouts"],
+                problems,
+            )
             if canary:
                 canary = _check_canary(canary, names, routing, problems)
             if shadow and shadow.target not in names:
-                problems.add("shadow.target", f"unknown upstream {shadow.target!r} "
-                                              f"(known: {', '.join(names)})")
+                problems.add(
+                    "shadow.target",
+                    f"unknown upstream {shadow.target!r} (known: {', '.join(names)})",
+                )
             elif shadow and shadow.target == routing.primary:
-                problems.add("shadow.target", "is the routing primary: a shadow is a copy "
-                                              "sent to another version")
+                problems.add(
+                    "shadow.target",
+                    "is the routing primary: a shadow is a copy sent to another version",
+                )
         if problems.items:
             raise ConfigError(problems.items, source=source)
         healing = _load_healing(data.get("healing"), problems)
         policies = _load_policies(data.get("policies"), names, problems)
         if problems.items:
             raise ConfigError(problems.items, source=source)
-        return cls(upstreams=upstreams, routing=routing, degraded_response=degraded,  # type: ignore[arg-type]
-                   canary=canary, shadow=shadow, healing=healing, policies=policies, **blocks)
+        return cls(
+            upstreams=upstreams,
+            routing=routing,
+            degraded_response=degraded,  # type: ignore[arg-type]
+            canary=canary,
+            shadow=shadow,
+            healing=healing,
+            policies=policies,
+            **blocks,
+        )
 
 
 def _load_upstreams(
-    raw: Any, problems: _Problems,
+    raw: Any,
+    problems: _Problems,
 ) -> tuple[tuple[UpstreamConfig, ...], list[str]]:
     """The valid upstreams, and every well-formed name declared (valid or not)."""
     if not isinstance(raw, Mapping) or not raw:
         got = "nothing" if raw is None else _show(raw)
-        problems.add("upstreams", f"expected a mapping of at least one name to a URL (or to "
-                                  f"a mapping with 'url'), got {got}")
+        problems.add(
+            "upstreams",
+            f"expected a mapping of at least one name to a URL (or to "
+            f"a mapping with 'url'), got {got}",
+        )
         return (), []
     out = []
     seen: dict[str, str] = {}
@@ -1072,8 +1229,11 @@ def _load_upstreams(
         path = f"upstreams.{name}"
         if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             # Names become metric labels, header values and env-variable segments.
-            problems.add(path, "the name must be 1-63 letters, digits, '_', '.' or '-', "
-                               "starting with a letter or digit")
+            problems.add(
+                path,
+                "the name must be 1-63 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit",
+            )
             continue
         if name.lower() in seen:
             problems.add(path, f"clashes with {seen[name.lower()]!r}: names differ only in case")
@@ -1091,15 +1251,19 @@ def _load_upstreams(
     return tuple(out), declared
 
 
-def _check_canary(canary: CanaryConfig, names: list[str], routing: RoutingConfig,
-                  problems: _Problems) -> CanaryConfig:
+def _check_canary(
+    canary: CanaryConfig, names: list[str], routing: RoutingConfig, problems: _Problems
+) -> CanaryConfig:
     """The canary against the upstreams and routing; its stable defaults to the primary."""
     known = ", ".join(names)
     if canary.candidate not in names:
         problems.add("canary.candidate", f"unknown upstream {canary.candidate!r} (known: {known})")
     elif canary.candidate == routing.primary:
-        problems.add("canary.candidate", f"is the routing primary {routing.primary!r}: the "
-                                         f"candidate is tried against it, not instead of it")
+        problems.add(
+            "canary.candidate",
+            f"is the routing primary {routing.primary!r}: the "
+            f"candidate is tried against it, not instead of it",
+        )
     stable = canary.stable or routing.primary
     if stable not in names:
         problems.add("canary.stable", f"unknown upstream {stable!r} (known: {known})")
@@ -1108,8 +1272,13 @@ def _check_canary(canary: CanaryConfig, names: list[str], routing: RoutingConfig
     return dataclasses.replace(canary, stable=stable)
 
 
-def _load_routing(raw: Any, names: list[str], problems: _Problems, *,
-                  on_trial: frozenset[str] | set[str] = frozenset()) -> RoutingConfig | None:
+def _load_routing(
+    raw: Any,
+    names: list[str],
+    problems: _Problems,
+    *,
+    on_trial: frozenset[str] | set[str] = frozenset(),
+) -> RoutingConfig | None:
     if raw is not None and not isinstance(raw, Mapping):
         problems.add("routing", f"expected a mapping (primary, fallbacks), got {_show(raw)}")
         return None
@@ -1121,10 +1290,15 @@ def _load_routing(raw: Any, names: list[str], problems: _Problems, *,
     return RoutingConfig._load(raw, "routing", problems)
 
 
-def _check_whole(names: list[str], upstreams: tuple[UpstreamConfig, ...],
-                 routing: RoutingConfig,
-                 listen: ListenConfig | None, admin: AdminConfig | None,
-                 timeouts: TimeoutsConfig | None, problems: _Problems) -> None:
+def _check_whole(
+    names: list[str],
+    upstreams: tuple[UpstreamConfig, ...],
+    routing: RoutingConfig,
+    listen: ListenConfig | None,
+    admin: AdminConfig | None,
+    timeouts: TimeoutsConfig | None,
+    problems: _Problems,
+) -> None:
     """Rules between blocks."""
     if not names:
         problems.add("upstreams", "expected at least one upstream")
@@ -1139,25 +1313,30 @@ def _check_whole(names: list[str], upstreams: tuple[UpstreamConfig, ...],
     if timeouts:
         for u in upstreams:
             if u.connect_timeout_s > timeouts.per_try_timeout_s:
-                problems.add(f"upstreams.{u.name}.connect_timeout_s",
-                             f"must be <= timeouts.per_try_timeout_s "
-                             f"({timeouts.per_try_timeout_s:g}), got {u.connect_timeout_s:g}")
+                problems.add(
+                    f"upstreams.{u.name}.connect_timeout_s",
+                    f"must be <= timeouts.per_try_timeout_s "
+                    f"({timeouts.per_try_timeout_s:g}), got {u.connect_timeout_s:g}",
+                )
 
 
 # --------------------------------------------------------------------------- environment
 
 
-def _apply_env(data: Mapping[str, Any], environ: Mapping[str, str],
-               problems: _Problems) -> dict[str, Any]:
+def _apply_env(
+    data: Mapping[str, Any], environ: Mapping[str, str], problems: _Problems
+) -> dict[str, Any]:
     """A copy of ``data`` with every ``MLWARDEN__…`` variable applied; records their origins."""
     out = dict(data)
     for var in sorted(environ):
         if not var.startswith(ENV_PREFIX):
             continue
-        segments = var[len(ENV_PREFIX):].split("__")
+        segments = var[len(ENV_PREFIX) :].split("__")
         if not all(segments):
-            problems.items.append(f"{var}: empty path segment; use '__' only between keys, "
-                                  f"e.g. {ENV_PREFIX}RETRY__NUM_RETRIES")
+            problems.items.append(
+                f"{var}: empty path segment; use '__' only between keys, "
+                f"e.g. {ENV_PREFIX}RETRY__NUM_RETRIES"
+            )
             continue
         node: dict[str, Any] = out
         path: list[str] = []
@@ -1170,8 +1349,10 @@ def _apply_env(data: Mapping[str, Any], environ: Mapping[str, str],
                 child = {"url": child}  # the URL shorthand, opened up for one of its keys
             elif not isinstance(child, Mapping):
                 where = ".".join([*path, key])
-                problems.items.append(f"{var}: cannot set a key inside {where}, which is "
-                                      f"{type(child).__name__} {_show(child)}, not a mapping")
+                problems.items.append(
+                    f"{var}: cannot set a key inside {where}, which is "
+                    f"{type(child).__name__} {_show(child)}, not a mapping"
+                )
                 break
             node[key] = child = dict(child)
             node = child
@@ -1214,9 +1395,11 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
         key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                f"while reading a mapping (line {node.start_mark.line + 1})", node.start_mark,
+                f"while reading a mapping (line {node.start_mark.line + 1})",
+                node.start_mark,
                 f"duplicate key {key!r} (first at line {seen[key].line + 1})",
-                key_node.start_mark)
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark
     return loader.construct_mapping(node)
 
@@ -1231,8 +1414,9 @@ def _yaml_reason(exc: yaml.YAMLError) -> str:
     return str(exc)
 
 
-def load_config(path: str | os.PathLike[str], *,
-                environ: Mapping[str, str] | None = None) -> SidecarConfig:
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> SidecarConfig:
     """Read, override and validate the sidecar's YAML file; ConfigError names every problem."""
     source = os.fspath(path)
     try:

@@ -77,7 +77,21 @@ __all__ = ["BREAKER_STATE_VALUES", "PROXY_LATENCY_BUCKETS", "ProxyMetrics", "Sid
 
 #: Proxy and upstream latencies: 0.5 ms (the proxy's own cost) to 30 s (the default deadline).
 PROXY_LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 #: Health probes: bounded by their timeout, default 1 s.
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -107,8 +121,7 @@ class _ScrapeCollector(Collector):
             GaugeMetricFamily("mlwarden_proxy_requests_in_flight", ""),
             GaugeMetricFamily("mlwarden_canary_weight_percent", "", labels=["candidate"]),
             GaugeMetricFamily("mlwarden_canary_state", "", labels=["candidate", "state"]),
-            CounterMetricFamily("mlwarden_canary_analyses", "",
-                                labels=["candidate", "verdict"]),
+            CounterMetricFamily("mlwarden_canary_analyses", "", labels=["candidate", "verdict"]),
             CounterMetricFamily("mlwarden_retry_budget_requests", ""),
             CounterMetricFamily("mlwarden_retry_budget_retries", ""),
             CounterMetricFamily("mlwarden_retry_budget_exhausted", ""),
@@ -122,19 +135,23 @@ class _ScrapeCollector(Collector):
         state = GaugeMetricFamily(
             "mlwarden_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half_open, 2 open.",
-            labels=["upstream"])
+            labels=["upstream"],
+        )
         available = GaugeMetricFamily(
             "mlwarden_breaker_storage_available",
             "0 while a breaker's shared state (Redis) fails and the breaker fails open, else 1.",
-            labels=["upstream"])
+            labels=["upstream"],
+        )
         errors = CounterMetricFamily(
             "mlwarden_breaker_storage_errors",
             "Failed accesses to a breaker's shared state (at most one per retry interval).",
-            labels=["upstream"])
+            labels=["upstream"],
+        )
         fail_open = CounterMetricFamily(
             "mlwarden_breaker_fail_open",
             "Attempts admitted without the breaker's shared state, which was unavailable.",
-            labels=["upstream"])
+            labels=["upstream"],
+        )
         for name, breaker in proxy.breakers.items():
             state.add_metric([name], BREAKER_STATE_VALUES[breaker.state])
             available.add_metric([name], 1.0 if breaker.storage_available else 0.0)
@@ -147,43 +164,59 @@ class _ScrapeCollector(Collector):
         healthy = GaugeMetricFamily(
             "mlwarden_upstream_healthy",
             "1 when the upstream's health checks keep it in rotation, else 0.",
-            labels=["upstream"])
+            labels=["upstream"],
+        )
         for name in proxy.pools:
             in_rotation = health is None or name not in health.names or health.is_healthy(name)
             healthy.add_metric([name], 1.0 if in_rotation else 0.0)
         yield healthy
-        yield GaugeMetricFamily("mlwarden_proxy_requests_in_flight",
-                                "Client requests the proxy is serving now.",
-                                value=float(proxy.in_flight))
+        yield GaugeMetricFamily(
+            "mlwarden_proxy_requests_in_flight",
+            "Client requests the proxy is serving now.",
+            value=float(proxy.in_flight),
+        )
         canary = proxy.canary
         if canary is not None:
             weight = GaugeMetricFamily(
                 "mlwarden_canary_weight_percent",
                 "Share of requests that try the canary candidate first, in percent.",
-                labels=["candidate"])
+                labels=["candidate"],
+            )
             weight.add_metric([canary.candidate], canary.weight)
             yield weight
             state = GaugeMetricFamily(
                 "mlwarden_canary_state",
                 "1 for the canary's current state: analysing, promoted, done, rolled_back.",
-                labels=["candidate", "state"])
+                labels=["candidate", "state"],
+            )
             for name in CANARY_STATES:
                 state.add_metric([canary.candidate, name], 1.0 if canary.state == name else 0.0)
             yield state
             analyses = CounterMetricFamily(
-                "mlwarden_canary_analyses", "Canary analyses by verdict.",
-                labels=["candidate", "verdict"])
+                "mlwarden_canary_analyses",
+                "Canary analyses by verdict.",
+                labels=["candidate", "verdict"],
+            )
             for verdict, count in canary.verdicts.items():
                 analyses.add_metric([canary.candidate, verdict], float(count))
             yield analyses
         budget = proxy.policy.budget
         for metric, doc, value in (
-            ("mlwarden_retry_budget_requests", "Client requests counted by the retry budget.",
-             budget.requests_total),
-            ("mlwarden_retry_budget_retries", "Retries granted by the retry budget.",
-             budget.retries_total),
-            ("mlwarden_retry_budget_exhausted",
-             "Retries refused because the retry budget was spent.", budget.exhausted_total),
+            (
+                "mlwarden_retry_budget_requests",
+                "Client requests counted by the retry budget.",
+                budget.requests_total,
+            ),
+            (
+                "mlwarden_retry_budget_retries",
+                "Retries granted by the retry budget.",
+                budget.retries_total,
+            ),
+            (
+                "mlwarden_retry_budget_exhausted",
+                "Retries refused because the retry budget was spent.",
+                budget.exhausted_total,
+            ),
         ):
             yield CounterMetricFamily(metric, doc, value=float(value))
 
@@ -198,29 +231,47 @@ class ProxyMetrics(ProxyEvents):
         self.requests = FastCounter(
             "mlwarden_proxy_requests_total",
             "Client requests by the upstream that answered ('none': the sidecar itself) and "
-            "the status class sent.", ("upstream", "code"))
+            "the status class sent.",
+            ("upstream", "code"),
+        )
         self.duration = FastHistogram(
             "mlwarden_proxy_request_duration_seconds",
             "Client request time in the sidecar, arrival to last byte, retries and fallbacks "
-            "included.", ("upstream",), PROXY_LATENCY_BUCKETS)
+            "included.",
+            ("upstream",),
+            PROXY_LATENCY_BUCKETS,
+        )
         self.attempts = FastCounter(
             "mlwarden_upstream_requests_total",
             "Requests sent to each upstream (every attempt), by outcome: the status class, "
-            "or connect_error, timeout, reset.", ("upstream", "outcome"))
+            "or connect_error, timeout, reset.",
+            ("upstream", "outcome"),
+        )
         self.attempt_duration = FastHistogram(
             "mlwarden_upstream_request_duration_seconds",
             "Time of each attempt on an upstream, from sending to the last byte relayed or "
-            "the decision to retry.", ("upstream",), PROXY_LATENCY_BUCKETS)
+            "the decision to retry.",
+            ("upstream",),
+            PROXY_LATENCY_BUCKETS,
+        )
         self.retries = FastCounter(
             "mlwarden_retries_total",
             "Retries on the same upstream, by the retriable outcome that caused them.",
-            ("upstream", "reason"))
+            ("upstream", "reason"),
+        )
         self.fallbacks = FastCounter(
             "mlwarden_fallbacks_total",
             "Requests moved on from one upstream to the next, and why.",
-            ("from", "to", "reason"))
-        for family in (self.requests, self.duration, self.attempts, self.attempt_duration,
-                       self.retries, self.fallbacks):
+            ("from", "to", "reason"),
+        )
+        for family in (
+            self.requests,
+            self.duration,
+            self.attempts,
+            self.attempt_duration,
+            self.retries,
+            self.fallbacks,
+        ):
             families.add(family)
         self._children: dict[tuple[str, ...], object] = {}
 
@@ -287,26 +338,34 @@ class SidecarMetrics:
         self.breaker_transitions = Counter(
             "mlwarden_breaker_transitions_total",
             "Circuit breaker state changes per upstream, by the state entered.",
-            ("upstream", "to"), registry=registry,
+            ("upstream", "to"),
+            registry=registry,
         )
         self.health_transitions = Counter(
             "mlwarden_health_transitions_total",
             "Upstreams entering or leaving rotation by their health checks.",
-            ("upstream", "to"), registry=registry,
+            ("upstream", "to"),
+            registry=registry,
         )
         families = FastFamilies()
         self.proxy_events = ProxyMetrics(families)
         self.health_checks = FastCounter(
             "mlwarden_health_checks_total",
             "Health-check probes per upstream, by result: ok, degraded (both pass); failing, "
-            "bad_status, timeout, connect_error, error.", ("upstream", "result"))
+            "bad_status, timeout, connect_error, error.",
+            ("upstream", "result"),
+        )
         self.health_check_duration = FastHistogram(
-            "mlwarden_health_check_duration_seconds", "Time of each health-check probe.",
-            ("upstream",), PROBE_BUCKETS)
+            "mlwarden_health_check_duration_seconds",
+            "Time of each health-check probe.",
+            ("upstream",),
+            PROBE_BUCKETS,
+        )
         self.healing_actions = FastCounter(
             "mlwarden_healing_actions_total",
             "Records of the healing ledger: every action, automatic or manual, by outcome.",
-            ("action", "outcome"))
+            ("action", "outcome"),
+        )
         families.add(self.health_checks)
         families.add(self.health_check_duration)
         families.add(self.healing_actions)
@@ -360,7 +419,8 @@ class SidecarMetrics:
     def _probed(self, name: str, result: ProbeResult) -> None:
         self.health_checks.labels(name, result.outcome).inc()  # type: ignore[attr-defined]
         self.health_check_duration.labels(name).observe(  # type: ignore[attr-defined]
-            result.duration_s)
+            result.duration_s
+        )
 
     def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         if new in BREAKER_STATE_VALUES:

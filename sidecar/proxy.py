@@ -107,9 +107,16 @@ Headers = list[tuple[bytes, bytes]]
 
 #: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus ``proxy-*``
 #: and whatever a ``connection`` header names.
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
 UPSTREAM_HEADER = b"x-mlwarden-upstream"
 _TRAILERS_EXTENSION = "http.response.trailers"
 #: Set on the 503 of a request shed because ``limits.max_concurrent_requests`` were in flight.
@@ -124,8 +131,12 @@ _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 # again anywhere.
 _FALL_BACK_ON = frozenset({"attempts", "budget", "deadline"})
 # The fallback reason label of each give-up that moves on to the next candidate.
-_FALLBACK_REASON = {"attempts": "retries_exhausted", "budget": "budget_exhausted",
-                    "deadline": "retry_too_late", "not_retriable": "error"}
+_FALLBACK_REASON = {
+    "attempts": "retries_exhausted",
+    "budget": "budget_exhausted",
+    "deadline": "retry_too_late",
+    "not_retriable": "error",
+}
 # The status recorded for a client that left before its answer was complete (nginx's word).
 CLIENT_CLOSED = 499
 
@@ -141,32 +152,39 @@ def build_retry_policy(
     return RetryPolicy(
         retry_on=RetryOn(r.retry_on, retriable_status_codes=r.retriable_status_codes),
         retriable_methods=r.retriable_methods,
-        backoff=ExponentialJitterBackoff(base_interval_s=r.base_interval_s,
-                                         multiplier=r.backoff_multiplier,
-                                         max_interval_s=r.max_interval_s),
-        stop=StopAfterAttempts(r.num_retries + 1)
-        | StopAfterDelay(config.timeouts.total_timeout_s),
-        budget=RetryBudget(budget_percent=r.budget_percent,
-                           min_retries_per_s=r.min_retries_per_s, clock=clock),
+        backoff=ExponentialJitterBackoff(
+            base_interval_s=r.base_interval_s,
+            multiplier=r.backoff_multiplier,
+            max_interval_s=r.max_interval_s,
+        ),
+        stop=StopAfterAttempts(r.num_retries + 1) | StopAfterDelay(config.timeouts.total_timeout_s),
+        budget=RetryBudget(
+            budget_percent=r.budget_percent, min_retries_per_s=r.min_retries_per_s, clock=clock
+        ),
         clock=clock,
         sleep=sleep,
     )
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:
-    return {t.strip().lower() for n, v in headers if n.lower() == b"connection"
-            for t in v.split(b",") if t.strip()}
+    return {
+        t.strip().lower()
+        for n, v in headers
+        if n.lower() == b"connection"
+        for t in v.split(b",")
+        if t.strip()
+    }
 
 
 def _is_hop(name: bytes, named: set[bytes]) -> bool:
     return name in HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
-def _json_response(status: int, payload: dict[str, Any], *,
-                   overloaded: bool = False) -> tuple[int, Headers, bytes]:
+def _json_response(
+    status: int, payload: dict[str, Any], *, overloaded: bool = False
+) -> tuple[int, Headers, bytes]:
     body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if overloaded:
         headers.append((OVERLOADED_HEADER, b"true"))
     return status, headers, body
@@ -240,25 +258,35 @@ class ProxyApp:
         self.config = config
         names = [u.name for u in config.upstreams]
         self._owns_pools = pools is None
-        self.pools: dict[str, UpstreamPool] = dict(pools) if pools is not None else {
-            u.name: UpstreamPool(u.url, max_connections=u.max_connections,
-                                 connect_timeout_s=u.connect_timeout_s,
-                                 ssl_context=u.ssl_context())
-            for u in config.upstreams
-        }
+        self.pools: dict[str, UpstreamPool] = (
+            dict(pools)
+            if pools is not None
+            else {
+                u.name: UpstreamPool(
+                    u.url,
+                    max_connections=u.max_connections,
+                    connect_timeout_s=u.connect_timeout_s,
+                    ssl_context=u.ssl_context(),
+                )
+                for u in config.upstreams
+            }
+        )
         self._owns_breakers = breakers is None
         self.breakers: dict[str, AsyncBreaker] = (
-            dict(breakers) if breakers is not None else build_breakers(config, clock=wall_clock))
+            dict(breakers) if breakers is not None else build_breakers(config, clock=wall_clock)
+        )
         missing = [n for n in names if n not in self.pools or n not in self.breakers]
         if missing:
             raise ValueError(f"no pool or breaker for upstream(s) {', '.join(missing)}")
         self.health = health
         self._run_health = health is None and health_checks
         self._health_task: asyncio.Task[None] | None = None
-        self.policy = policy if policy is not None else build_retry_policy(
-            config, clock=clock, sleep=sleep)
-        self.router = Router(config.routing.primary, config.routing.fallbacks,
-                             is_available=self.is_available)
+        self.policy = (
+            policy if policy is not None else build_retry_policy(config, clock=clock, sleep=sleep)
+        )
+        self.router = Router(
+            config.routing.primary, config.routing.fallbacks, is_available=self.is_available
+        )
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -274,11 +302,13 @@ class ProxyApp:
         #: Per-upstream windows of attempts: the canary's and the policies' signals.
         self.windows = UpstreamWindows(names, clock=clock)
         self.events: ProxyEvents = FanOutEvents(
-            [self.windows, *([events] if events is not None else [])])
+            [self.windows, *([events] if events is not None else [])]
+        )
         #: The healing ledger: every decision, automatic or manual (file per ``ledger.path``).
         lc = config.ledger
-        self.ledger = Ledger(lc.path, max_bytes=lc.max_bytes, backups=lc.backups,
-                             fsync=lc.fsync, recent=lc.recent)
+        self.ledger = Ledger(
+            lc.path, max_bytes=lc.max_bytes, backups=lc.backups, fsync=lc.fsync, recent=lc.recent
+        )
         self._ledger_sink: Any = None
         for breaker in self.breakers.values():
             breaker.add_listener(self._breaker_changed)
@@ -290,18 +320,24 @@ class ProxyApp:
         self._webhook_callbacks: dict[str, Callable[[Any], None]] = {}
         self._webhook_seq = 0
         #: The healing policies (configured, or the tiered defaults), run from start-up.
-        self.policies = PolicyEngine(self, send_webhook=self.send_webhook, clock=clock,
-                                     wall_clock=wall_clock, sleep=sleep)
+        self.policies = PolicyEngine(
+            self, send_webhook=self.send_webhook, clock=clock, wall_clock=wall_clock, sleep=sleep
+        )
         self._policies_task: asyncio.Task[None] | None = None
         #: The shadow mirror, built at start-up (with ``shadow_metrics`` when they were set).
         self.shadow: ShadowMirror | None = None
         self.shadow_metrics: ShadowMetrics | None = None
         if config.canary is not None:
             self.canary = CanaryController(
-                config.canary, windows=self.windows, router=self.router,
+                config.canary,
+                windows=self.windows,
+                router=self.router,
                 breaker_state=lambda name: self.breakers[name].state,
-                health_report=self.health_report, record=self.record, clock=clock,
-                sleep=sleep)
+                health_report=self.health_report,
+                record=self.record,
+                clock=clock,
+                sleep=sleep,
+            )
             self.breakers[config.canary.candidate].add_listener(self.canary.breaker_changed)
         self.tracer = ProxyTracer(tracer_provider=tracer_provider)
 
@@ -318,16 +354,27 @@ class ProxyApp:
     def record(self, **fields: Any) -> None:
         """One healing decision to the ledger (its errors logged, never raised into the
         caller: healing goes on when its record cannot be written) and to the log."""
-        log.info("healing: %s %s: %s", fields.get("action"), fields.get("target"),
-                 fields.get("reason"), extra={"healing": fields})
+        log.info(
+            "healing: %s %s: %s",
+            fields.get("action"),
+            fields.get("target"),
+            fields.get("reason"),
+            extra={"healing": fields},
+        )
         try:
             self.ledger.append(**fields)
         except Exception:
             log.exception("the healing ledger could not record %s", fields.get("action"))
 
-    def send_webhook(self, name: str, url: str, body: Mapping[str, Any], *,
-                     headers: Mapping[str, str] | None = None,
-                     on_result: Callable[[Any], None] | None = None) -> bool:
+    def send_webhook(
+        self,
+        name: str,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+    ) -> bool:
         """Queue one webhook delivery (False: not started, queue full or body too large);
         ``on_result(WebhookResult)`` once it is delivered or given up."""
         if self.webhooks is None:
@@ -348,17 +395,28 @@ class ProxyApp:
 
     def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         if new in ("open", "closed") and old != new:
-            self.record(action="breaker_opened" if new == "open" else "breaker_closed",
-                        target=name, reason=reason,
-                        severity="warning" if new == "open" else "info",
-                        signals={"fail_counter": self.breakers[name].fail_counter})
+            self.record(
+                action="breaker_opened" if new == "open" else "breaker_closed",
+                target=name,
+                reason=reason,
+                severity="warning" if new == "open" else "info",
+                signals={"fail_counter": self.breakers[name].fail_counter},
+            )
 
     def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
-        self.record(action="upstream_healthy" if healthy else "upstream_unhealthy",
-                    target=name, reason=reason, severity="info" if healthy else "warning")
+        self.record(
+            action="upstream_healthy" if healthy else "upstream_unhealthy",
+            target=name,
+            reason=reason,
+            severity="info" if healthy else "warning",
+        )
         breaker = self.breakers.get(name)
-        if healthy and breaker is not None and self.config.breaker.close_on_healthy \
-                and breaker.state != "closed":
+        if (
+            healthy
+            and breaker is not None
+            and self.config.breaker.close_on_healthy
+            and breaker.state != "closed"
+        ):
             breaker.reset("health_check_passed")  # recorded as breaker_closed by the listener
 
     def health_report(self, name: str) -> HealthReportSummary | None:
@@ -429,9 +487,14 @@ class ProxyApp:
             from mlwarden.middleware.influx import InfluxSettings
             from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink
 
-            self._ledger_sink = InfluxLedgerSink(InfluxSettings(
-                url=lc.influx_url, bucket=lc.influx_bucket, org=lc.influx_org,
-                token=lc.influx_token))
+            self._ledger_sink = InfluxLedgerSink(
+                InfluxSettings(
+                    url=lc.influx_url,
+                    bucket=lc.influx_bucket,
+                    org=lc.influx_org,
+                    token=lc.influx_token,
+                )
+            )
             self.ledger.add_listener(self._ledger_sink)
         if self.config.shadow is not None and self.shadow is None:
             self.shadow = self._build_shadow()
@@ -443,30 +506,46 @@ class ProxyApp:
             self.webhooks.start()
         if self.policies.policies and self._policies_task is None:
             self._policies_task = asyncio.get_running_loop().create_task(
-                self.policies.run(), name="mlwarden-policies")
+                self.policies.run(), name="mlwarden-policies"
+            )
         if self.canary is not None and self._canary_task is None:
             self._canary_task = asyncio.get_running_loop().create_task(
-                self.canary.run(), name="mlwarden-canary")
+                self.canary.run(), name="mlwarden-canary"
+            )
         if self._run_health and self._health_task is None:
             self.health = HealthChecker.from_config(self.config)
             for watcher in self._health_watchers:
                 watcher(self.health)
             self._health_task = asyncio.get_running_loop().create_task(
-                self.health.run(), name="mlwarden-health-checks")
+                self.health.run(), name="mlwarden-health-checks"
+            )
 
     def _build_shadow(self) -> ShadowMirror:
         c = self.config.shadow
         assert c is not None
         u = self.config.upstream(c.target)
         # Its own pool: shadow copies never take a connection a real request could use.
-        pool = UpstreamPool(u.url, max_connections=c.max_concurrent,
-                            connect_timeout_s=u.connect_timeout_s, ssl_context=u.ssl_context())
+        pool = UpstreamPool(
+            u.url,
+            max_connections=c.max_concurrent,
+            connect_timeout_s=u.connect_timeout_s,
+            ssl_context=u.ssl_context(),
+        )
         return ShadowMirror(
-            pool, ShadowConfig(target=c.target, sample_percent=c.sample_percent,
-                               max_concurrent=c.max_concurrent, max_queue=c.max_queue,
-                               timeout_s=c.timeout_s, max_body_bytes=c.max_body_bytes,
-                               abs_tol=c.abs_tol, rel_tol=c.rel_tol),
-            is_available=self.is_available, metrics=self.shadow_metrics)
+            pool,
+            ShadowConfig(
+                target=c.target,
+                sample_percent=c.sample_percent,
+                max_concurrent=c.max_concurrent,
+                max_queue=c.max_queue,
+                timeout_s=c.timeout_s,
+                max_body_bytes=c.max_body_bytes,
+                abs_tol=c.abs_tol,
+                rel_tol=c.rel_tol,
+            ),
+            is_available=self.is_available,
+            metrics=self.shadow_metrics,
+        )
 
     async def aclose(self) -> None:
         """Stop the health checker this app started and close the pools it created."""
@@ -508,15 +587,24 @@ class ProxyApp:
         events = self.events
         events.request_started()
         extensions = scope.get("extensions")
-        answer = _Answer(self.tracer.start(scope),
-                         bool(extensions) and _TRAILERS_EXTENSION in extensions)
+        answer = _Answer(
+            self.tracer.start(scope), bool(extensions) and _TRAILERS_EXTENSION in extensions
+        )
         if self._in_flight >= self._max_concurrent:
             # Shed at once rather than queue: a queue here would only turn overload into
             # timeouts. Envoy answers its overflow the same way.
             answer.status = 503
-            await _send_whole(send, *_json_response(503, {
-                "error": "sidecar overloaded",
-                "max_concurrent_requests": self._max_concurrent}, overloaded=True))
+            await _send_whole(
+                send,
+                *_json_response(
+                    503,
+                    {
+                        "error": "sidecar overloaded",
+                        "max_concurrent_requests": self._max_concurrent,
+                    },
+                    overloaded=True,
+                ),
+            )
             events.request_finished(None, 503, self._clock() - started)
             return
         self._in_flight += 1
@@ -540,9 +628,12 @@ class ProxyApp:
             return
         if body is None:
             answer.status = 413
-            await _send_whole(send, *_json_response(413, {
-                "error": "request body too large",
-                "max_request_bytes": self._max_request}))
+            await _send_whole(
+                send,
+                *_json_response(
+                    413, {"error": "request body too large", "max_request_bytes": self._max_request}
+                ),
+            )
             return
         # After the body, the only message left is http.disconnect: watch for it.
         watcher = asyncio.ensure_future(receive())
@@ -609,8 +700,9 @@ class ProxyApp:
         query = scope.get("query_string", b"")
         return path + b"?" + query if query else path
 
-    async def _forward(self, scope: Scope, body: bytes, watcher: asyncio.Future[Any],
-                       send: Send, answer: _Answer) -> None:
+    async def _forward(
+        self, scope: Scope, body: bytes, watcher: asyncio.Future[Any], send: Send, answer: _Answer
+    ) -> None:
         method: str = scope["method"]
         target = self._target(scope)
         headers = self._request_headers(scope)
@@ -620,8 +712,11 @@ class ProxyApp:
         first = self.router.order[0]
         if candidates[0] != first:
             # The preferred upstream was skipped without a try: say why.
-            why = ("unhealthy" if self.health is not None and not self.health.is_healthy(first)
-                   else "breaker_open")
+            why = (
+                "unhealthy"
+                if self.health is not None and not self.health.is_healthy(first)
+                else "breaker_open"
+            )
             self.events.fell_back(first, candidates[0], why)
         canary = self.canary
         if canary is not None and canary.routes(scope["headers"]):
@@ -634,25 +729,48 @@ class ProxyApp:
             if answer.shadow is not None:
                 answer.captured = []
         try:
-            await self._try_candidates(candidates, method, target, headers, body, deadline,
-                                       tried, watcher, send, answer)
+            await self._try_candidates(
+                candidates, method, target, headers, body, deadline, tried, watcher, send, answer
+            )
         finally:
             if answer.shadow is not None:
                 _report_to_shadow(answer)
 
     async def _try_candidates(
-        self, candidates: list[str], method: str, target: bytes, headers: Headers,
-        body: bytes, deadline: float, tried: list[str], watcher: asyncio.Future[Any],
-        send: Send, answer: _Answer,
+        self,
+        candidates: list[str],
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        deadline: float,
+        tried: list[str],
+        watcher: asyncio.Future[Any],
+        send: Send,
+        answer: _Answer,
     ) -> None:
         reason = "no candidates"
         for index, name in enumerate(candidates):
             last_candidate = index == len(candidates) - 1
-            attempts = (self.policy.begin(method=method, deadline=deadline) if index == 0
-                        else RetryAttempts(self.policy, method, deadline))
+            attempts = (
+                self.policy.begin(method=method, deadline=deadline)
+                if index == 0
+                else RetryAttempts(self.policy, method, deadline)
+            )
             result = await self._try_upstream(
-                name, method, target, headers, body, deadline, attempts, last_candidate,
-                watcher, tried, send, answer)
+                name,
+                method,
+                target,
+                headers,
+                body,
+                deadline,
+                attempts,
+                last_candidate,
+                watcher,
+                tried,
+                send,
+                answer,
+            )
             if result is None:  # answered
                 return
             reason = result.reason
@@ -665,9 +783,19 @@ class ProxyApp:
         await self._no_upstream(send, tried, reason, answer)
 
     async def _try_upstream(
-        self, name: str, method: str, target: bytes, headers: Headers, body: bytes,
-        deadline: float, attempts: RetryAttempts, last_candidate: bool,
-        watcher: asyncio.Future[Any], tried: list[str], send: Send, answer: _Answer,
+        self,
+        name: str,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        deadline: float,
+        attempts: RetryAttempts,
+        last_candidate: bool,
+        watcher: asyncio.Future[Any],
+        tried: list[str],
+        send: Send,
+        answer: _Answer,
     ) -> _GiveUp | None:
         """Attempts on one upstream: None once the client has its answer, else why not."""
         pool = self.pools[name]
@@ -688,9 +816,20 @@ class ProxyApp:
                 tried.append(name)
             try:
                 result = await self._attempt(
-                    name, pool, trial, method, target, headers, body,
-                    min(self._per_try_s, remaining), attempts, last_candidate, watcher, send,
-                    answer)
+                    name,
+                    pool,
+                    trial,
+                    method,
+                    target,
+                    headers,
+                    body,
+                    min(self._per_try_s, remaining),
+                    attempts,
+                    last_candidate,
+                    watcher,
+                    send,
+                    answer,
+                )
             except BaseException as exc:
                 if isinstance(exc, _ClientGone):
                     trial.discard()
@@ -703,9 +842,20 @@ class ProxyApp:
             return result
 
     async def _attempt(
-        self, name: str, pool: UpstreamPool, trial: Trial, method: str, target: bytes,
-        headers: Headers, body: bytes, timeout_s: float, attempts: RetryAttempts,
-        last_candidate: bool, watcher: asyncio.Future[Any], send: Send, answer: _Answer,
+        self,
+        name: str,
+        pool: UpstreamPool,
+        trial: Trial,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        timeout_s: float,
+        attempts: RetryAttempts,
+        last_candidate: bool,
+        watcher: asyncio.Future[Any],
+        send: Send,
+        answer: _Answer,
     ) -> float | _GiveUp | None:
         """One exchange: None when answered, a delay to retry after, or why to stop here."""
         events = self.events
@@ -713,13 +863,23 @@ class ProxyApp:
         client_span = None
         if answer.span is not None:
             client_span, headers = self.tracer.attempt(
-                answer.span, name, method, pool.base_url.rstrip("/") + target.decode("latin-1"),
-                attempts.attempt, headers)
+                answer.span,
+                name,
+                method,
+                pool.base_url.rstrip("/") + target.decode("latin-1"),
+                attempts.attempt,
+                headers,
+            )
         try:
             response = await pool.request(method, target, headers, body, timeout_s=timeout_s)
         except UpstreamError as exc:
-            kind = ("connect_error" if isinstance(exc, UpstreamConnectError)
-                    else "timeout" if isinstance(exc, UpstreamTimeout) else "reset")
+            kind = (
+                "connect_error"
+                if isinstance(exc, UpstreamConnectError)
+                else "timeout"
+                if isinstance(exc, UpstreamTimeout)
+                else "reset"
+            )
             if kind == "reset" and exc.connection_reused and not exc.response_started:
                 trial.discard()  # a keep-alive connection the upstream had just closed
             else:
@@ -739,14 +899,17 @@ class ProxyApp:
             if client_span is not None:
                 self.tracer.end_attempt(client_span, "refused", None)
             answer.status = 400
-            await _send_whole(send, *_json_response(400, {
-                "error": "request cannot be forwarded", "detail": str(exc)}))
+            await _send_whole(
+                send,
+                *_json_response(400, {"error": "request cannot be forwarded", "detail": str(exc)}),
+            )
             return None
         outcome_label = status_class(response.status)
         try:
             trial.record_status(response.status)
-            outcome = Outcome(status=response.status,
-                              retry_after=_header(response.headers, b"retry-after"))
+            outcome = Outcome(
+                status=response.status, retry_after=_header(response.headers, b"retry-after")
+            )
             if self.policy.retry_on.classify(outcome) is not None:
                 decision = attempts.next(outcome)
                 give_up = decision.give_up
@@ -756,8 +919,7 @@ class ProxyApp:
                     events.attempt_finished(name, outcome_label, self._clock() - started)
                     if decision.retry:
                         events.retried(name, decision.reason or outcome_label)
-                    return _decide(decision, f"status {response.status} from {name}",
-                                   error=False)
+                    return _decide(decision, f"status {response.status} from {name}", error=False)
             answer.upstream = name
             try:
                 if not await self._relay(name, response, watcher, send, answer):
@@ -770,30 +932,52 @@ class ProxyApp:
         finally:
             await response.aclose()
 
-    async def _relay(self, name: str, response: UpstreamResponse,
-                     watcher: asyncio.Future[Any], send: Send, answer: _Answer) -> bool:
+    async def _relay(
+        self,
+        name: str,
+        response: UpstreamResponse,
+        watcher: asyncio.Future[Any],
+        send: Send,
+        answer: _Answer,
+    ) -> bool:
         """Stream ``response`` to the client; False when the upstream failed mid-body or
         sent more than ``limits.max_response_bytes``."""
         limit = self._max_response
         declared = _header(response.headers, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            log.warning("upstream %s: response of %s bytes above max_response_bytes %d",
-                        name, declared, limit)
+            log.warning(
+                "upstream %s: response of %s bytes above max_response_bytes %d",
+                name,
+                declared,
+                limit,
+            )
             answer.status = 502
-            await _send_whole(send, *_json_response(502, {
-                "error": "upstream response too large", "upstream": name,
-                "max_response_bytes": limit}))
+            await _send_whole(
+                send,
+                *_json_response(
+                    502,
+                    {
+                        "error": "upstream response too large",
+                        "upstream": name,
+                        "max_response_bytes": limit,
+                    },
+                ),
+            )
             return False
         named = _connection_tokens(response.headers)
-        headers = [(n, v) for n, v in response.headers
-                   if not _is_hop(n, named) and n != UPSTREAM_HEADER]
+        headers = [
+            (n, v) for n, v in response.headers if not _is_hop(n, named) and n != UPSTREAM_HEADER
+        ]
         headers.append((UPSTREAM_HEADER, self._upstream_values[name]))
         # Trailers need the server's ASGI extension and an upstream that announced them in a
         # ``trailer`` header (the head goes out before the trailers arrive). Else they are
         # dropped, as any HTTP/1.1 intermediary may.
         trailer = _header(response.headers, b"trailer") if answer.trailers_ok else None
-        start: dict[str, Any] = {"type": "http.response.start", "status": response.status,
-                                 "headers": headers}
+        start: dict[str, Any] = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": headers,
+        }
         if trailer is not None:
             headers.append((b"trailer", trailer.encode("latin-1")))
             start["trailers"] = True
@@ -811,8 +995,9 @@ class ProxyApp:
                     if size > self._shadow_capture:
                         answer.captured = captured = None  # too large to compare: not kept
                 if size > limit:
-                    log.warning("upstream %s: response body above max_response_bytes %d, cut",
-                                name, limit)
+                    log.warning(
+                        "upstream %s: response body above max_response_bytes %d, cut", name, limit
+                    )
                     answer.status = 502
                     return False
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -827,24 +1012,41 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b""})
         if trailer is not None:
             named_trailers = _connection_tokens(response.trailers)
-            await send({"type": "http.response.trailers", "more_trailers": False,
-                        "headers": [(n, v) for n, v in response.trailers
-                                    if not _is_hop(n, named_trailers)]})
+            await send(
+                {
+                    "type": "http.response.trailers",
+                    "more_trailers": False,
+                    "headers": [
+                        (n, v) for n, v in response.trailers if not _is_hop(n, named_trailers)
+                    ],
+                }
+            )
         return True
 
-    async def _no_upstream(self, send: Send, tried: list[str], reason: str,
-                           answer: _Answer) -> None:
+    async def _no_upstream(
+        self, send: Send, tried: list[str], reason: str, answer: _Answer
+    ) -> None:
         degraded = self.config.degraded_response
         if degraded is not None:
             body = degraded.body.encode()
             answer.status = degraded.status
-            await _send_whole(send, degraded.status, [
-                (b"content-type", degraded.content_type.encode()),
-                (b"content-length", str(len(body)).encode())], body)
+            await _send_whole(
+                send,
+                degraded.status,
+                [
+                    (b"content-type", degraded.content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+                body,
+            )
             return
         answer.status = 503
-        await _send_whole(send, *_json_response(503, {
-            "error": "no upstream available", "tried": tried, "reason": reason}))
+        await _send_whole(
+            send,
+            *_json_response(
+                503, {"error": "no upstream available", "tried": tried, "reason": reason}
+            ),
+        )
 
 
 def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _GiveUp:
@@ -875,8 +1077,14 @@ def _report_to_shadow(answer: _Answer) -> None:
 
 def _end_server_span(span: RequestSpan, scope: Scope, answer: _Answer) -> None:
     span.detach()
-    span.finish(method=scope["method"], route=None, status=answer.status, error=None,
-                attributes={"mlwarden.upstream": answer.upstream or "none"}, end_time_ns=None)
+    span.finish(
+        method=scope["method"],
+        route=None,
+        status=answer.status,
+        error=None,
+        attributes={"mlwarden.upstream": answer.upstream or "none"},
+        end_time_ns=None,
+    )
 
 
 def _header(headers: Headers, name: bytes) -> str | None:

@@ -34,8 +34,14 @@ ATTEMPT_ERRORS = ("connect_error", "timeout", "reset")
 #: ``retry_too_late``: the wait before a retry (its ``Retry-After``, the backoff) would not
 #: fit in the time left; ``error``: it failed in a way not retried on the same upstream (a
 #: timeout, by default).
-FALLBACK_REASONS = ("breaker_open", "unhealthy", "retries_exhausted", "budget_exhausted",
-                    "retry_too_late", "error")
+FALLBACK_REASONS = (
+    "breaker_open",
+    "unhealthy",
+    "retries_exhausted",
+    "budget_exhausted",
+    "retry_too_late",
+    "error",
+)
 
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -89,8 +95,11 @@ class FanOutEvents(ProxyEvents):
     def __init__(self, listeners: Iterable[ProxyEvents] = ()) -> None:
         self.listeners: tuple[ProxyEvents, ...] = tuple(listeners)
         self._hooks: dict[str, tuple[Callable[..., None], ...]] = {
-            name: tuple(getattr(listener, name) for listener in self.listeners
-                        if getattr(type(listener), name) is not getattr(ProxyEvents, name))
+            name: tuple(
+                getattr(listener, name)
+                for listener in self.listeners
+                if getattr(type(listener), name) is not getattr(ProxyEvents, name)
+            )
             for name in self._NAMES
         }
 
@@ -99,8 +108,11 @@ class FanOutEvents(ProxyEvents):
             try:
                 method(*args)
             except Exception:
-                log.exception("proxy event listener %r failed in %s",
-                              getattr(method, "__self__", method), hook)
+                log.exception(
+                    "proxy event listener %r failed in %s",
+                    getattr(method, "__self__", method),
+                    hook,
+                )
 
     def request_started(self) -> None:
         self._each("request_started")

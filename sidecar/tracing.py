@@ -69,7 +69,12 @@ class ProxyTracer:
         return cached[1]
 
     def attempt(
-        self, parent: RequestSpan, upstream: str, method: str, url: str, resend_count: int,
+        self,
+        parent: RequestSpan,
+        upstream: str,
+        method: str,
+        url: str,
+        resend_count: int,
         headers: Headers,
     ) -> tuple[trace.Span, Headers]:
         """A client span for one attempt, and ``headers`` carrying its context instead of the
@@ -84,12 +89,14 @@ class ProxyTracer:
         if resend_count:
             attributes["http.request.resend_count"] = resend_count
         span = self._tracer(provider).start_span(
-            method, context=context, kind=SpanKind.CLIENT, attributes=attributes)
+            method, context=context, kind=SpanKind.CLIENT, attributes=attributes
+        )
         carrier: dict[str, str] = {}
         textmap = propagate.get_global_textmap()
         textmap.inject(carrier, context=trace.set_span_in_context(span, context))
         replaced = {f.lower().encode("latin-1") for f in textmap.fields} | {
-            k.encode("latin-1") for k in carrier}
+            k.encode("latin-1") for k in carrier
+        }
         out = [(n, v) for n, v in headers if n not in replaced]
         out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
         return span, out
@@ -134,9 +141,12 @@ def configure_tracing(config: TracingConfig, environ: Mapping[str, str]) -> Any 
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
-        raise ConfigError([
-            "tracing.otlp_endpoint: exporting traces needs the OTLP exporter: "
-            "pip install 'mlwarden[otlp]'"]) from None
+        raise ConfigError(
+            [
+                "tracing.otlp_endpoint: exporting traces needs the OTLP exporter: "
+                "pip install 'mlwarden[otlp]'"
+            ]
+        ) from None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

@@ -191,10 +191,12 @@ class _Connection(asyncio.Protocol):
 
     def _on_deadline(self) -> None:
         self.timer = None
-        self.fail(UpstreamTimeout(
-            "the upstream did not complete the exchange within the deadline",
-            request_sent=self.request_sent,
-        ))
+        self.fail(
+            UpstreamTimeout(
+                "the upstream did not complete the exchange within the deadline",
+                request_sent=self.request_sent,
+            )
+        )
 
     def _reset_error(self, why: str) -> UpstreamReset:
         return UpstreamReset(why, request_sent=self.request_sent)
@@ -245,21 +247,27 @@ class _Connection(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.fail(UpstreamProtocolError(
-                "the upstream switched protocols, which the proxy does not support",
-                request_sent=self.request_sent,
-            ))
+            self.fail(
+                UpstreamProtocolError(
+                    "the upstream switched protocols, which the proxy does not support",
+                    request_sent=self.request_sent,
+                )
+            )
             return
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamProtocolError(
-                f"malformed response from the upstream: {exc}", request_sent=self.request_sent
-            ))
+            self.fail(
+                UpstreamProtocolError(
+                    f"malformed response from the upstream: {exc}", request_sent=self.request_sent
+                )
+            )
             return
         if not self.head_done and self.head_bytes > self._pool.max_response_head_bytes:
-            self.fail(UpstreamProtocolError(
-                f"response head above {self._pool.max_response_head_bytes} bytes",
-                request_sent=self.request_sent,
-            ))
+            self.fail(
+                UpstreamProtocolError(
+                    f"response head above {self._pool.max_response_head_bytes} bytes",
+                    request_sent=self.request_sent,
+                )
+            )
 
     def eof_received(self) -> bool:
         # A body without content-length or chunked framing ends when the upstream closes.
@@ -308,10 +316,12 @@ class _Connection(asyncio.Protocol):
             return
         if self.header_bytes > self._pool.max_response_head_bytes:
             # The head arrived in one read, so the check in data_received never saw it unfinished.
-            self.fail(UpstreamProtocolError(
-                f"response head above {self._pool.max_response_head_bytes} bytes",
-                request_sent=self.request_sent,
-            ))
+            self.fail(
+                UpstreamProtocolError(
+                    f"response head above {self._pool.max_response_head_bytes} bytes",
+                    request_sent=self.request_sent,
+                )
+            )
             return
         self.status = status
         self.head_done = True
@@ -480,18 +490,23 @@ class UpstreamPool:
         parts = urlsplit(base_url)
         problems = []
         if parts.scheme not in ("http", "https"):
-            problems.append(f"base_url {base_url!r}: only http:// and https:// upstreams are "
-                            f"supported")
+            problems.append(
+                f"base_url {base_url!r}: only http:// and https:// upstreams are supported"
+            )
         if not parts.hostname:
             problems.append(f"base_url {base_url!r}: no host")
         if parts.query or parts.fragment:
             problems.append(f"base_url {base_url!r}: a query or fragment is not allowed")
-        for key, value in (("max_connections", max_connections),
-                           ("max_response_head_bytes", max_response_head_bytes)):
+        for key, value in (
+            ("max_connections", max_connections),
+            ("max_response_head_bytes", max_response_head_bytes),
+        ):
             if value < 1:
                 problems.append(f"{key}={value!r}: must be at least 1")
-        for key, value in (("connect_timeout_s", connect_timeout_s),
-                           ("idle_timeout_s", idle_timeout_s)):
+        for key, value in (
+            ("connect_timeout_s", connect_timeout_s),
+            ("idle_timeout_s", idle_timeout_s),
+        ):
             if not value > 0:
                 problems.append(f"{key}={value!r}: must be above 0")
         if problems:
@@ -515,16 +530,13 @@ class UpstreamPool:
         self._prefix = parts.path.rstrip("/").encode("ascii")
         netloc = self.host if self.port == default_port else f"{self.host}:{self.port}"
         if ":" in self.host:  # IPv6 literal
-            netloc = (f"[{self.host}]" if self.port == default_port
-                      else f"[{self.host}]:{self.port}")
+            netloc = f"[{self.host}]" if self.port == default_port else f"[{self.host}]:{self.port}"
         self._host_header = b"host: " + netloc.encode("idna") + b"\r\n"
         self._loop = loop
         self._clock = clock
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
-        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = (
-            collections.deque()
-        )
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._count = 0  # connections open or opening
         self._closed = False
 
@@ -582,7 +594,7 @@ class UpstreamPool:
                     conn.write(head)
                     view = memoryview(body)
                     for start in range(0, len(view), _WRITE_SLICE):
-                        conn.write(view[start:start + _WRITE_SLICE])
+                        conn.write(view[start : start + _WRITE_SLICE])
                         await conn.drain()
             else:
                 conn.write(head)
@@ -729,8 +741,12 @@ class UpstreamPool:
         try:
             async with asyncio.timeout_at(deadline):
                 await loop.create_connection(
-                    lambda: conn, self.host, self.port, ssl=self._ssl,
-                    server_hostname=self.host if self._ssl is not None else None)
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
         except TimeoutError:
             self._forget(conn)
             raise UpstreamConnectError(

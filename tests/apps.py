@@ -159,8 +159,11 @@ def fastapi_app(**kwargs: Any) -> FastAPI:
     @app.post("/echo/predict")
     async def echo(request: FastAPIRequest) -> Any:
         body = await request.body()
-        return Response(body, media_type=request.headers.get("content-type", "text/plain"),
-                        headers={"x-length": str(len(body))})
+        return Response(
+            body,
+            media_type=request.headers.get("content-type", "text/plain"),
+            headers={"x-length": str(len(body))},
+        )
 
     @app.post("/stream/predict")
     async def stream() -> Any:
@@ -203,14 +206,23 @@ class FakeVersion:
     counts the predictions asked for, ``shadow_hits`` those sent as shadow copies.
     """
 
-    def __init__(self, name: str = "model", *, label: Any = None, echo: bool = False,
-                 fail_first: int = 0, error_every: int = 0, hang_s: float = 0.0,
-                 differ_every: int = 0) -> None:
+    def __init__(
+        self,
+        name: str = "model",
+        *,
+        label: Any = None,
+        echo: bool = False,
+        fail_first: int = 0,
+        error_every: int = 0,
+        hang_s: float = 0.0,
+        differ_every: int = 0,
+    ) -> None:
         if echo == (label is not None):
             raise ValueError(f"FakeVersion {name!r}: give label= or echo=True, exactly one")
         if echo and differ_every:
-            raise ValueError(f"FakeVersion {name!r}: differ_every changes the label; "
-                             "an echo has none")
+            raise ValueError(
+                f"FakeVersion {name!r}: differ_every changes the label; an echo has none"
+            )
         if min(fail_first, error_every, hang_s, differ_every) < 0:
             raise ValueError(f"FakeVersion {name!r}: counts and hang_s must be >= 0")
         self.name = name
@@ -225,8 +237,11 @@ class FakeVersion:
 
     def __repr__(self) -> str:
         answer = "echo=True" if self.echo else f"label={self.label!r}"
-        options = "".join(f", {k}={v!r}" for k in ("fail_first", "error_every", "hang_s",
-                                                  "differ_every") if (v := getattr(self, k)))
+        options = "".join(
+            f", {k}={v!r}"
+            for k in ("fail_first", "error_every", "hang_s", "differ_every")
+            if (v := getattr(self, k))
+        )
         return f"FakeVersion({self.name!r}, {answer}{options})"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -248,17 +263,30 @@ class FakeVersion:
             await send({"type": "http.response.body", "body": f"{self.name} failed".encode()})
             return
         if self.echo:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"x-version", self.name.encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"x-version", self.name.encode())],
+                }
+            )
             await relay_body(receive, send)
             return
         await _drain(receive)
         label = "other" if self.differ_every and hit % self.differ_every == 0 else self.label
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"x-version", self.name.encode())]})
-        await send({"type": "http.response.body",
-                    "body": json.dumps({"predictions": [label]}).encode()})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"x-version", self.name.encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": json.dumps({"predictions": [label]}).encode()}
+        )
 
 
 async def _drain(receive: Any) -> None:

@@ -54,9 +54,16 @@ def should_fail(seed: int, fraction: float, request_id: str, attempt: int) -> bo
 class ChaosUpstream:
     """The raw ASGI app; its counters are read through ``/-/chaos/stats``."""
 
-    def __init__(self, *, name: str, fail_fraction: float = 0.0, seed: int = 0,
-                 mode: str = "ok", retry_after: str | None = None,
-                 health: str = "report") -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        fail_fraction: float = 0.0,
+        seed: int = 0,
+        mode: str = "ok",
+        retry_after: str | None = None,
+        health: str = "report",
+    ) -> None:
         self.name = name
         self.fail_fraction = fail_fraction
         self.seed = seed
@@ -77,9 +84,16 @@ class ChaosUpstream:
         if path == "/-/health":
             await self._health(send)
         elif path == "/-/chaos/stats":
-            await _send(send, 200, {
-                "name": self.name, "requests": self.requests, "hanging": self.hanging,
-                "statuses": {str(k): v for k, v in sorted(self.statuses.items())}})
+            await _send(
+                send,
+                200,
+                {
+                    "name": self.name,
+                    "requests": self.requests,
+                    "hanging": self.hanging,
+                    "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+                },
+            )
         elif path == "/-/chaos/attempts":
             rid = query.get("id", "")
             await _send(send, 200, {"id": rid, "at": self.attempts.get(rid, [])})
@@ -91,15 +105,20 @@ class ChaosUpstream:
             await _send(send, 200, b"ok")
             return
         failing = self.health == "failing"
-        await _send(send, 503 if failing else 200, {
-            "status": "failing" if failing else "ok",
-            "reasons": ["chaos: told to fail"] if failing else [],
-            "model": {"name": "chaos", "version": self.name},
-            "drift": {"evaluated": False, "detected": False, "drifted_features": []},
-        })
+        await _send(
+            send,
+            503 if failing else 200,
+            {
+                "status": "failing" if failing else "ok",
+                "reasons": ["chaos: told to fail"] if failing else [],
+                "model": {"name": "chaos", "version": self.name},
+                "drift": {"evaluated": False, "detected": False, "drifted_features": []},
+            },
+        )
 
-    async def _predict(self, query: dict[str, str], arrived: float, receive: Any,
-                       send: Any) -> None:
+    async def _predict(
+        self, query: dict[str, str], arrived: float, receive: Any, send: Any
+    ) -> None:
         while (await receive()).get("more_body", False):
             pass  # the body is not used; read it so the connection stays reusable
         self.requests += 1
@@ -114,29 +133,42 @@ class ChaosUpstream:
             finally:
                 self.hanging -= 1
             return
-        fail = (mode == "503"
-                or attempt <= int(query.get("fail_first", "0"))
-                or should_fail(self.seed, self.fail_fraction, rid, attempt))
+        fail = (
+            mode == "503"
+            or attempt <= int(query.get("fail_first", "0"))
+            or should_fail(self.seed, self.fail_fraction, rid, attempt)
+        )
         if fail:
             retry_after = query.get("retry_after", self.retry_after)
             headers = [(b"retry-after", retry_after.encode())] if retry_after else []
             self.statuses[503] += 1
-            await _send(send, 503, {"error": "chaos: overloaded", "upstream": self.name},
-                        headers)
+            await _send(send, 503, {"error": "chaos: overloaded", "upstream": self.name}, headers)
             return
         self.statuses[200] += 1
         await _send(send, 200, {"upstream": self.name, "id": rid, "attempt": attempt})
 
 
-async def _send(send: Any, status: int, body: dict[str, Any] | bytes,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(
+    send: Any,
+    status: int,
+    body: dict[str, Any] | bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     if isinstance(body, bytes):
         data, ctype = body, b"text/plain"
     else:
         data, ctype = json.dumps(body).encode(), b"application/json"
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", ctype), (b"content-length", str(len(data)).encode()),
-        *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", ctype),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -150,12 +182,25 @@ def main() -> None:
     parser.add_argument("--retry-after", default=None)
     parser.add_argument("--health", choices=["report", "plain", "failing"], default="report")
     args = parser.parse_args()
-    app = ChaosUpstream(name=args.name, fail_fraction=args.fail_fraction, seed=args.seed,
-                        mode=args.mode, retry_after=args.retry_after, health=args.health)
+    app = ChaosUpstream(
+        name=args.name,
+        fail_fraction=args.fail_fraction,
+        seed=args.seed,
+        mode=args.mode,
+        retry_after=args.retry_after,
+        health=args.health,
+    )
     # A long keep-alive: an idle connection closed under the proxy's feet would cost an attempt
     # and make exact counts depend on timing.
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                timeout_keep_alive=60, lifespan="off")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=60,
+        lifespan="off",
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,13 @@ def serve_app(app, *, lifespan: str = "on", **config) -> Iterator[ServedApp]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends."""
     port = free_port()
     cfg = uvicorn.Config(
-        app, host=LOOPBACK, port=port, lifespan=lifespan, log_level="warning",
-        access_log=False, **config,
+        app,
+        host=LOOPBACK,
+        port=port,
+        lifespan=lifespan,
+        log_level="warning",
+        access_log=False,
+        **config,
     )
     server = uvicorn.Server(cfg)
     thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
@@ -97,7 +102,10 @@ class Process:
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir,
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
             start_new_session=True,
         )
         self.pid = self.proc.pid
@@ -151,10 +159,17 @@ def start_victoria_metrics(workdir: Path, port: int | None = None) -> VictoriaMe
     data = workdir / "vm-data"
     data.mkdir(parents=True, exist_ok=True)
     proc = Process(
-        [binary, f"-storageDataPath={data}", f"-httpListenAddr={LOOPBACK}:{port}",
-         "-retentionPeriod=1d", "-search.latencyOffset=0s", "-search.disableCache",
-         "-loggerLevel=WARN"],
-        name=f"victoria-metrics-{port}", workdir=workdir,
+        [
+            binary,
+            f"-storageDataPath={data}",
+            f"-httpListenAddr={LOOPBACK}:{port}",
+            "-retentionPeriod=1d",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+            "-loggerLevel=WARN",
+        ],
+        name=f"victoria-metrics-{port}",
+        workdir=workdir,
     )
     try:
         wait_http(f"http://{LOOPBACK}:{port}/health", timeout=15)
@@ -195,10 +210,17 @@ def start_prometheus(
     data = workdir / "prom-data"
     data.mkdir(parents=True, exist_ok=True)
     proc = Process(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
-         f"--web.listen-address={LOOPBACK}:{port}", "--web.enable-lifecycle",
-         "--enable-feature=exemplar-storage", "--log.level=warn"],
-        name=f"prometheus-{port}", workdir=workdir,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--web.enable-lifecycle",
+            "--enable-feature=exemplar-storage",
+            "--log.level=warn",
+        ],
+        name=f"prometheus-{port}",
+        workdir=workdir,
     )
     try:
         wait_http(f"http://{LOOPBACK}:{port}/-/ready", timeout=20)

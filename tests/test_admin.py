@@ -32,8 +32,9 @@ def version_app(name: str) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"]),
-                             Route("/-/health", health)])
+    return Starlette(
+        routes=[Route("/predict", predict, methods=["POST"]), Route("/-/health", health)]
+    )
 
 
 def make_config(primary: str, stable: str, *, token: str = "") -> SidecarConfig:
@@ -59,9 +60,12 @@ def sidecar(*, token: str = "") -> Iterator[Sidecar]:
     with serve_app(version_app("primary")) as p, serve_app(version_app("stable")) as s:
         proxy = ProxyApp(make_config(p.url, s.url, token=token))
         admin_app = create_admin_app(proxy, registry=registry)
-        with serve_app(proxy, proxy_headers=False) as served, serve_app(admin_app) as admin, \
-                httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client, \
-                httpx.Client(base_url=admin.url, trust_env=False, timeout=10) as admin_client:
+        with (
+            serve_app(proxy, proxy_headers=False) as served,
+            serve_app(admin_app) as admin,
+            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+            httpx.Client(base_url=admin.url, trust_env=False, timeout=10) as admin_client,
+        ):
             yield Sidecar(proxy, registry, client, admin_client)
 
 
@@ -113,8 +117,13 @@ def test_status_shows_upstreams_breakers_health_routing_and_retry_budget() -> No
     assert (change["from"], change["to"], change["reason"]) == ("closed", "open", "manual_open")
     assert status["upstreams"]["stable"]["breaker"]["state"] == "closed"
     assert set(status["health"]["upstreams"]) == {"primary", "stable"}
-    assert status["routing"] == {"primary": "primary", "fallbacks": ["stable"], "forced": None,
-                                 "order": ["primary", "stable"], "candidates": ["stable"]}
+    assert status["routing"] == {
+        "primary": "primary",
+        "fallbacks": ["stable"],
+        "forced": None,
+        "order": ["primary", "stable"],
+        "candidates": ["stable"],
+    }
     assert status["retry_budget"]["requests_total"] == 1
     assert primary["breaker"]["shared_storage_available"] is True
     assert status["in_flight"] == 0
@@ -130,10 +139,18 @@ def test_metrics_show_breaker_state_2_and_the_transition_after_force_open() -> N
     assert r.headers["content-type"].startswith("text/plain")
     assert 'mlwarden_breaker_state{upstream="primary"} 2.0' in r.text
     assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in r.text
-    assert registry.get_sample_value(
-        "mlwarden_breaker_transitions_total", {"upstream": "primary", "to": "open"}) == 1
-    assert registry.get_sample_value(
-        "mlwarden_breaker_transitions_total", {"upstream": "stable", "to": "open"}) == 0
+    assert (
+        registry.get_sample_value(
+            "mlwarden_breaker_transitions_total", {"upstream": "primary", "to": "open"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "mlwarden_breaker_transitions_total", {"upstream": "stable", "to": "open"}
+        )
+        == 0
+    )
 
 
 def test_metrics_count_retry_budget_requests_and_health() -> None:
@@ -163,19 +180,31 @@ def test_health_transitions_are_counted_by_the_listener() -> None:
     metrics.attach(proxy)
     metrics._health_changed("primary", False, "HTTP 503")
     metrics._health_changed("nobody", False, "not ours")  # unknown names make no series
-    assert registry.get_sample_value(
-        "mlwarden_health_transitions_total", {"upstream": "primary", "to": "unhealthy"}) == 1
-    assert registry.get_sample_value(
-        "mlwarden_health_transitions_total", {"upstream": "nobody", "to": "unhealthy"}) is None
+    assert (
+        registry.get_sample_value(
+            "mlwarden_health_transitions_total", {"upstream": "primary", "to": "unhealthy"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "mlwarden_health_transitions_total", {"upstream": "nobody", "to": "unhealthy"}
+        )
+        is None
+    )
     with pytest.raises(ValueError, match="already attached"):
         metrics.attach(ProxyApp(cfg, health_checks=False))
 
 
 @pytest.mark.parametrize("close_on_healthy", [True, False])
 def test_health_checks_bringing_an_upstream_back_close_its_breaker(close_on_healthy) -> None:
-    cfg = SidecarConfig.from_mapping({
-        "upstreams": {"primary": "http://127.0.0.1:1", "stable": "http://127.0.0.1:2"},
-        "breaker": {"close_on_healthy": close_on_healthy}}, environ={})
+    cfg = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"primary": "http://127.0.0.1:1", "stable": "http://127.0.0.1:2"},
+            "breaker": {"close_on_healthy": close_on_healthy},
+        },
+        environ={},
+    )
     proxy = ProxyApp(cfg, health_checks=False)
     breaker = proxy.breakers["stable"]
     breaker.force_open()
@@ -207,9 +236,14 @@ def test_mutations_answer_403_without_a_configured_token(caplog) -> None:
     assert "mutations disabled" in caplog.text
 
 
-@pytest.mark.parametrize("headers", [
-    {}, bearer("wrong-token-wrong-token-wrong"), {"authorization": f"Basic {TOKEN}"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer("wrong-token-wrong-token-wrong"),
+        {"authorization": f"Basic {TOKEN}"},
+    ],
+)
 def test_mutations_answer_401_with_a_missing_or_wrong_token(headers: dict[str, str]) -> None:
     with sidecar(token=TOKEN) as sc:
         sc.proxy.breakers["primary"].force_open()
@@ -238,8 +272,9 @@ def test_forced_route_sends_proxied_requests_to_the_forced_upstream(caplog) -> N
     assert TOKEN not in caplog.text
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"force": 3}', b'{"other": "x"}',
-                                  b'{"force": "stable", "x": 1}'])
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[]", b'{"force": 3}', b'{"other": "x"}', b'{"force": "stable", "x": 1}']
+)
 def test_route_answers_400_to_a_bad_body(body: bytes) -> None:
     with sidecar(token=TOKEN) as sc:
         r = sc.admin.post("/-/route", content=body, headers=bearer(TOKEN))
@@ -279,15 +314,18 @@ def test_breaker_reset_closes_an_open_breaker_and_traffic_returns() -> None:
 def test_events_serve_breaker_and_manual_actions_newest_first_with_filters() -> None:
     with sidecar(token=TOKEN) as sc:
         sc.proxy.breakers["primary"].force_open()
-        assert sc.admin.post("/-/route", json={"force": "stable"},
-                             headers=bearer(TOKEN)).status_code == 200
-        assert sc.admin.post("/-/breakers/primary/reset",
-                             headers=bearer(TOKEN)).status_code == 200
+        assert (
+            sc.admin.post("/-/route", json={"force": "stable"}, headers=bearer(TOKEN)).status_code
+            == 200
+        )
+        assert sc.admin.post("/-/breakers/primary/reset", headers=bearer(TOKEN)).status_code == 200
         events = sc.admin.get("/-/events").json()["events"]
         only_manual = sc.admin.get("/-/events", params={"target": "stable"}).json()
         limited = sc.admin.get("/-/events", params={"limit": 1}).json()
-        bad = [sc.admin.get("/-/events", params=p) for p in
-               ({"colour": "red"}, {"since": "yesterday"}, {"limit": 0})]
+        bad = [
+            sc.admin.get("/-/events", params=p)
+            for p in ({"colour": "red"}, {"since": "yesterday"}, {"limit": 0})
+        ]
         metrics = sc.admin.get("/metrics").text
     assert [(e["action"], e["target"], e["actor"]) for e in events] == [
         ("manual_breaker_reset", "primary", "admin"),
@@ -304,9 +342,13 @@ def test_events_serve_breaker_and_manual_actions_newest_first_with_filters() -> 
 
 def test_the_ledger_file_keeps_every_record_across_a_restart(tmp_path) -> None:
     path = tmp_path / "ledger.jsonl"
-    cfg = SidecarConfig.from_mapping({
-        "upstreams": {"primary": "http://127.0.0.1:9", "stable": "http://127.0.0.1:10"},
-        "ledger": {"path": str(path)}}, environ={})
+    cfg = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"primary": "http://127.0.0.1:9", "stable": "http://127.0.0.1:10"},
+            "ledger": {"path": str(path)},
+        },
+        environ={},
+    )
     first = ProxyApp(cfg, health_checks=False)
     first.breakers["primary"].force_open()
     first.ledger.close()

@@ -89,8 +89,9 @@ def test_infinities_count_in_the_end_bins() -> None:
     assert isinstance(profile, NumericProfile)
     total = 103
     assert profile.proportions[0] == pytest.approx((10 + 1) / total)
-    assert profile.proportions[-1] == pytest.approx((len([v for v in range(100) if v > 89])
-                                                     + 2) / total)
+    assert profile.proportions[-1] == pytest.approx(
+        (len([v for v in range(100) if v > 89]) + 2) / total
+    )
 
 
 def test_integer_column_with_few_values_stays_numeric() -> None:
@@ -106,10 +107,12 @@ def test_column_named_categorical_is_profiled_as_categories() -> None:
 
 
 def test_strings_and_booleans_are_categorical() -> None:
-    profile = build_baseline({
-        "s": np.array(["a", "b", "a", "a"]),
-        "b": np.array([True, False, True, True]),
-    })
+    profile = build_baseline(
+        {
+            "s": np.array(["a", "b", "a", "a"]),
+            "b": np.array([True, False, True, True]),
+        }
+    )
     s, b = profile.feature("s"), profile.feature("b")
     assert isinstance(s, CategoricalProfile) and isinstance(b, CategoricalProfile)
     assert s.categories == ("a", "b")
@@ -140,10 +143,22 @@ def test_categorical_keeps_top_k_and_an_other_share() -> None:
     assert profile.null_ratio == pytest.approx(2 / 13)
 
 
-@pytest.mark.parametrize(("value", "key"), [
-    (True, "true"), (np.bool_(False), "false"), ("TRUE", "true"), (1, "1"), (1.0, "1"),
-    (np.int64(7), "7"), (2.5, "2.5"), ("x", "x"), (None, None), ("", None), (math.nan, None),
-])
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (True, "true"),
+        (np.bool_(False), "false"),
+        ("TRUE", "true"),
+        (1, "1"),
+        (1.0, "1"),
+        (np.int64(7), "7"),
+        (2.5, "2.5"),
+        ("x", "x"),
+        (None, None),
+        ("", None),
+        (math.nan, None),
+    ],
+)
 def test_category_key_spells_values_one_way(value: object, key: str | None) -> None:
     assert category_key(value) == key
 
@@ -154,17 +169,21 @@ def test_feature_order_follows_the_columns() -> None:
     assert profile.rows == 2
 
 
-@pytest.mark.parametrize(("columns", "options", "key"), [
-    ({"x": [1.0, 2.0], "y": [1.0]}, {}, "columns: must all have the same length"),
-    ({"x": np.array([math.nan, math.inf])}, {}, "columns.x: has no finite value"),
-    ({"x": ["", None]}, {}, "columns.x: has no non-missing value"),
-    ({"x": [1.0, 2.0]}, {"categorical": ["nope"]}, "categorical: names columns"),
-    ({"x": np.zeros((2, 2))}, {}, "columns.x: must be one-dimensional"),
-    ({"x": [1.0]}, {"bins": 1}, "bins: must be an integer >= 2"),
-    ({}, {}, "columns: no column to profile"),
-])
-def test_build_rejects_bad_input_naming_the_key(columns: dict[str, Any], options: dict[str, Any],
-                                                key: str) -> None:
+@pytest.mark.parametrize(
+    ("columns", "options", "key"),
+    [
+        ({"x": [1.0, 2.0], "y": [1.0]}, {}, "columns: must all have the same length"),
+        ({"x": np.array([math.nan, math.inf])}, {}, "columns.x: has no finite value"),
+        ({"x": ["", None]}, {}, "columns.x: has no non-missing value"),
+        ({"x": [1.0, 2.0]}, {"categorical": ["nope"]}, "categorical: names columns"),
+        ({"x": np.zeros((2, 2))}, {}, "columns.x: must be one-dimensional"),
+        ({"x": [1.0]}, {"bins": 1}, "bins: must be an integer >= 2"),
+        ({}, {}, "columns: no column to profile"),
+    ],
+)
+def test_build_rejects_bad_input_naming_the_key(
+    columns: dict[str, Any], options: dict[str, Any], key: str
+) -> None:
     with pytest.raises(BaselineError) as info:
         build_baseline(columns, **options)
     assert any(p.startswith(key) for p in info.value.problems), info.value.problems
@@ -215,7 +234,7 @@ def _pyarrow() -> tuple[Any, Any]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError as exc:   # absent, or built for another numpy (minimal-versions env)
+    except ImportError as exc:  # absent, or built for another numpy (minimal-versions env)
         pytest.skip(f"pyarrow not usable here: {exc}")
     return pa, pq
 
@@ -223,11 +242,16 @@ def _pyarrow() -> tuple[Any, Any]:
 def test_parquet_round_trip(tmp_path: Path) -> None:
     pa, pq = _pyarrow()
     path = tmp_path / "train.parquet"
-    pq.write_table(pa.table({
-        "age": pa.array([30, None, 50, 60], type=pa.int64()),
-        "ok": pa.array([True, False, None, True]),
-        "city": pa.array(["a", "b", "a", None]).dictionary_encode(),
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "age": pa.array([30, None, 50, 60], type=pa.int64()),
+                "ok": pa.array([True, False, None, True]),
+                "city": pa.array(["a", "b", "a", None]).dictionary_encode(),
+            }
+        ),
+        path,
+    )
     profile = build_baseline_file(path, tmp_path / "out.json")
     age, ok, city = (profile.feature(n) for n in ("age", "ok", "city"))
     assert isinstance(age, NumericProfile) and age.count == 3 and age.mean == pytest.approx(140 / 3)
@@ -239,8 +263,9 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
 def test_npz_with_one_array_per_column(tmp_path: Path) -> None:
     path = tmp_path / "train.npz"
     columns = _sample_columns()
-    np.savez(path, age=columns["age"], clicks=columns["clicks"],
-             country=columns["country"].astype(str))
+    np.savez(
+        path, age=columns["age"], clicks=columns["clicks"], country=columns["country"].astype(str)
+    )
     profile = build_baseline_file(path, tmp_path / "out.json")
     assert profile.names == ("age", "clicks", "country")
     assert profile.features == build_baseline(columns).features
@@ -257,14 +282,18 @@ def test_npz_with_a_matrix_and_column_names(tmp_path: Path, names_key: str) -> N
     np.testing.assert_array_equal(table["b"], matrix[:, 1])
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("data.txt", b"a,b\n1,2\n", "unknown table format"),
-    ("empty.csv", b"", "a header row is required"),
-    ("ragged.csv", b"a,b\n1,2\n3\n", "line 3: has 1 fields"),
-    ("dupe.csv", b"a,a\n1,2\n", "repeated column names"),
-])
-def test_read_table_rejects_bad_files(tmp_path: Path, name: str, content: bytes,
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("data.txt", b"a,b\n1,2\n", "unknown table format"),
+        ("empty.csv", b"", "a header row is required"),
+        ("ragged.csv", b"a,b\n1,2\n3\n", "line 3: has 1 fields"),
+        ("dupe.csv", b"a,a\n1,2\n", "repeated column names"),
+    ],
+)
+def test_read_table_rejects_bad_files(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(BaselineError, match=message):
@@ -337,37 +366,47 @@ def _set(path: str, value: object) -> Any:
             del target[int(last) if last.isdigit() else last]
         else:
             target[int(last) if last.isdigit() else last] = value
+
     return mutate
 
 
 _DELETE = object()
 
 
-@pytest.mark.parametrize(("mutate", "expected"), [
-    (_set("version", 2), "version: must be 1, got 2"),
-    (_set("rows", "500"), "rows: must be an integer >= 1"),
-    (_set("features", []), "features: must be a non-empty list"),
-    (_set("created_at", "yesterday"), "created_at: must be an ISO 8601"),
-    (_set("extra", 1), "extra: unknown key"),
-    (_set("features.0.std", _DELETE), "features[0].std: missing"),
-    (_set("features.0.colour", "red"), "features[0].colour: unknown key"),
-    (_set("features.0.count", "10"), "features[0].count: must be an integer >= 1"),
-    (_set("features.0.kind", "text"), "features[0].kind: must be 'numeric' or 'categorical'"),
-    (_set("features.0.mean", None), "features[0].mean: must be a finite number"),
-    (_set("features.0.null_ratio", 1.5), "features[0].null_ratio: must be between 0.0 and 1.0"),
-    (_set("features.0.edges", [1.0, 1.0]), "features[0].edges: must be strictly increasing"),
-    (_set("features.0.edges.0", float("nan")), "features[0].edges[0]: must be a finite number"),
-    (_set("features.0.quantiles.3", float("nan")),
-     "features[0].quantiles[3]: must be a finite number"),
-    (_set("features.0.proportions.0", 0.5), "features[0].proportions: must sum to 1"),
-    (_set("features.2.proportions", [1.2, -0.1, -0.1, 0.0]),
-     "features[2].proportions: must not be negative"),
-    (_set("features.2.proportions", [1.0]), "features[2].proportions: must have 4 values"),
-    (_set("features.2.categories", ["de", "de", "us"]),
-     "features[2].categories: must be unique"),
-    (_set("features.1.name", "age"), "features[1].name: duplicate feature name 'age'"),
-    (_set("features.0.cdf.100", 0.5), "features[0].cdf: must be non-decreasing"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_set("version", 2), "version: must be 1, got 2"),
+        (_set("rows", "500"), "rows: must be an integer >= 1"),
+        (_set("features", []), "features: must be a non-empty list"),
+        (_set("created_at", "yesterday"), "created_at: must be an ISO 8601"),
+        (_set("extra", 1), "extra: unknown key"),
+        (_set("features.0.std", _DELETE), "features[0].std: missing"),
+        (_set("features.0.colour", "red"), "features[0].colour: unknown key"),
+        (_set("features.0.count", "10"), "features[0].count: must be an integer >= 1"),
+        (_set("features.0.kind", "text"), "features[0].kind: must be 'numeric' or 'categorical'"),
+        (_set("features.0.mean", None), "features[0].mean: must be a finite number"),
+        (_set("features.0.null_ratio", 1.5), "features[0].null_ratio: must be between 0.0 and 1.0"),
+        (_set("features.0.edges", [1.0, 1.0]), "features[0].edges: must be strictly increasing"),
+        (_set("features.0.edges.0", float("nan")), "features[0].edges[0]: must be a finite number"),
+        (
+            _set("features.0.quantiles.3", float("nan")),
+            "features[0].quantiles[3]: must be a finite number",
+        ),
+        (_set("features.0.proportions.0", 0.5), "features[0].proportions: must sum to 1"),
+        (
+            _set("features.2.proportions", [1.2, -0.1, -0.1, 0.0]),
+            "features[2].proportions: must not be negative",
+        ),
+        (_set("features.2.proportions", [1.0]), "features[2].proportions: must have 4 values"),
+        (
+            _set("features.2.categories", ["de", "de", "us"]),
+            "features[2].categories: must be unique",
+        ),
+        (_set("features.1.name", "age"), "features[1].name: duplicate feature name 'age'"),
+        (_set("features.0.cdf.100", 0.5), "features[0].cdf: must be non-decreasing"),
+    ],
+)
 def test_load_rejects_a_malformed_profile_naming_the_key(
     tmp_path: Path, good: dict[str, Any], mutate: Any, expected: str
 ) -> None:
@@ -402,8 +441,10 @@ def test_nan_literal_in_json_is_rejected(tmp_path: Path, good: dict[str, Any]) -
     text = re.sub(r'"mean": [^,]+', '"mean": NaN', json.dumps(good), count=1)
     with pytest.raises(BaselineError) as info:
         _load(tmp_path, text)
-    assert any(p.startswith("features[0].mean: must be a finite number, got nan")
-               for p in info.value.problems), info.value.problems
+    assert any(
+        p.startswith("features[0].mean: must be a finite number, got nan")
+        for p in info.value.problems
+    ), info.value.problems
 
 
 def test_from_dict_validates_embedded_baselines(good: dict[str, Any]) -> None:

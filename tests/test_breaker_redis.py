@@ -60,8 +60,13 @@ class RedisServer:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=2,
-                           socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        return redis.Redis(
+            host=LOOPBACK,
+            port=self.port,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+        )
 
     def stop(self) -> None:
         self.process.stop()
@@ -72,9 +77,21 @@ def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
     binary = require_binary("redis-server")
     port = port or free_port()
     proc = Process(
-        [binary, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", LOOPBACK,
-         "--dir", str(workdir)],
-        name=f"redis-{port}", workdir=workdir,
+        [
+            binary,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--port",
+            str(port),
+            "--bind",
+            LOOPBACK,
+            "--dir",
+            str(workdir),
+        ],
+        name=f"redis-{port}",
+        workdir=workdir,
     )
     server = RedisServer(proc, port)
     deadline = time.monotonic() + 10
@@ -135,16 +152,21 @@ class FakeClock:
 
 
 @contextlib.contextmanager
-def replicas(url: str, clock: FakeClock, n: int = 2,
-             **kwargs: Any) -> Iterator[list[AsyncBreaker]]:
+def replicas(url: str, clock: FakeClock, n: int = 2, **kwargs: Any) -> Iterator[list[AsyncBreaker]]:
     """``n`` breakers named ``primary``, each with its own Redis client (its own replica)."""
     kwargs.setdefault("fail_max", 3)
     kwargs.setdefault("reset_timeout_s", 10.0)
-    clients = [redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                    retry=Retry(NoBackoff(), 0)) for _ in range(n)]
+    clients = [
+        redis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
+        for _ in range(n)
+    ]
     try:
-        yield [AsyncBreaker("primary", storage=redis_storage(c, name="primary"), clock=clock,
-                            **kwargs) for c in clients]
+        yield [
+            AsyncBreaker("primary", storage=redis_storage(c, name="primary"), clock=clock, **kwargs)
+            for c in clients
+        ]
     finally:
         for c in clients:
             c.close()
@@ -164,19 +186,26 @@ def succeed(breaker: AsyncBreaker) -> None:
 
 
 def make_config(primary: str, stable: str, redis_url: str | None) -> SidecarConfig:
-    breaker: dict[str, Any] = {"consecutive_5xx": 2, "reset_timeout_s": 30,
-                               "half_open_max_calls": 1, "failure_status_codes": [502, 503]}
+    breaker: dict[str, Any] = {
+        "consecutive_5xx": 2,
+        "reset_timeout_s": 30,
+        "half_open_max_calls": 1,
+        "failure_status_codes": [502, 503],
+    }
     if redis_url is not None:
         breaker["redis_url"] = redis_url
-    return SidecarConfig.from_mapping({
-        "upstreams": {
-            "primary": {"url": primary, "connect_timeout_s": 0.2},
-            "stable": {"url": stable, "connect_timeout_s": 0.2},
+    return SidecarConfig.from_mapping(
+        {
+            "upstreams": {
+                "primary": {"url": primary, "connect_timeout_s": 0.2},
+                "stable": {"url": stable, "connect_timeout_s": 0.2},
+            },
+            "timeouts": {"per_try_timeout_s": 0.5, "total_timeout_s": 2.0},
+            "retry": {"num_retries": 1, "base_interval_s": 0.01, "max_interval_s": 0.02},
+            "breaker": breaker,
         },
-        "timeouts": {"per_try_timeout_s": 0.5, "total_timeout_s": 2.0},
-        "retry": {"num_retries": 1, "base_interval_s": 0.01, "max_interval_s": 0.02},
-        "breaker": breaker,
-    }, environ={})
+        environ={},
+    )
 
 
 # --------------------------------------------------------------------------- build_breakers
@@ -186,9 +215,13 @@ def test_build_breakers_makes_one_breaker_per_upstream_from_the_breaker_block() 
     breakers = build_breakers(make_config("http://127.0.0.1:1", "http://127.0.0.1:2", None))
     assert list(breakers) == ["primary", "stable"]
     primary = breakers["primary"]
-    assert (primary.name, primary._cb.fail_max, primary.reset_timeout_s,
-            primary.half_open_max_calls, primary.failure_statuses) == (
-        "primary", 2, 30.0, 1, {502, 503})
+    assert (
+        primary.name,
+        primary._cb.fail_max,
+        primary.reset_timeout_s,
+        primary.half_open_max_calls,
+        primary.failure_statuses,
+    ) == ("primary", 2, 30.0, 1, {502, 503})
     assert primary._storage is None  # memory: nothing shared, nothing to close
     assert primary.storage_available and primary.storage_errors_total == 0
 
@@ -203,8 +236,9 @@ def test_build_breakers_without_the_redis_package_names_breaker_redis_url(
 
 
 def test_build_breakers_refuses_a_url_redis_cannot_use_without_echoing_it() -> None:
-    cfg = make_config("http://127.0.0.1:1", "http://127.0.0.1:2",
-                      "redis://:s3cret@127.0.0.1:1/0?no_such_option=1")
+    cfg = make_config(
+        "http://127.0.0.1:1", "http://127.0.0.1:2", "redis://:s3cret@127.0.0.1:1/0?no_such_option=1"
+    )
     with pytest.raises(ConfigError, match=r"breaker\.redis_url") as info:
         build_breakers(cfg)
     assert "s3cret" not in str(info.value)
@@ -212,8 +246,9 @@ def test_build_breakers_refuses_a_url_redis_cannot_use_without_echoing_it() -> N
 
 def test_redis_down_at_start_up_does_not_stop_the_breakers_from_being_built() -> None:
     clock = FakeClock()
-    cfg = make_config("http://127.0.0.1:1", "http://127.0.0.1:2",
-                      f"redis://{LOOPBACK}:{free_port()}/0")  # nothing listens there
+    cfg = make_config(
+        "http://127.0.0.1:1", "http://127.0.0.1:2", f"redis://{LOOPBACK}:{free_port()}/0"
+    )  # nothing listens there
     breakers = build_breakers(cfg, clock=clock)
     try:
         primary = breakers["primary"]
@@ -232,8 +267,9 @@ def test_a_redis_that_never_answers_costs_one_short_timeout_per_retry_interval()
         blackhole.bind((LOOPBACK, 0))
         blackhole.listen(16)
         url = f"redis://{LOOPBACK}:{blackhole.getsockname()[1]}/0"
-        breakers = build_breakers(make_config("http://127.0.0.1:1", "http://127.0.0.1:2", url),
-                                  clock=clock)
+        breakers = build_breakers(
+            make_config("http://127.0.0.1:1", "http://127.0.0.1:2", url), clock=clock
+        )
         try:
             primary = breakers["primary"]
             started = time.monotonic()
@@ -288,7 +324,8 @@ def test_replica_b_sees_the_open_breaker_replica_a_tripped(redis_url: str) -> No
     assert info.value.state == "open"
     assert info.value.retry_in_s == pytest.approx(10.0)
     assert [(c.old, c.new, c.reason) for c in b.history] == [
-        ("closed", "open", "observed_in_storage")]
+        ("closed", "open", "observed_in_storage")
+    ]
 
 
 @servers
@@ -362,7 +399,11 @@ def test_half_open_trials_are_bounded_per_replica_not_across_replicas(redis_url:
         probe_b.success()
         b.release(probe_b)
         assert (a.state, b.state, a.trials_in_flight, b.trials_in_flight) == (
-            "closed", "closed", 0, 0)
+            "closed",
+            "closed",
+            0,
+            0,
+        )
 
 
 # --------------------------------------------------------------------------- failing open
@@ -370,7 +411,8 @@ def test_half_open_trials_are_bounded_per_replica_not_across_replicas(redis_url:
 
 @servers
 def test_breakers_fail_open_while_redis_is_down_and_share_again_when_it_is_back(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture,
+    own_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
     with replicas(own_redis.url, clock) as (a, b), caplog.at_level(logging.WARNING, LOG):
@@ -410,8 +452,9 @@ def test_breakers_fail_open_while_redis_is_down_and_share_again_when_it_is_back(
 
 
 @contextlib.contextmanager
-def proxy_replicas(cfg: SidecarConfig, clock: FakeClock,
-                   n: int = 2) -> Iterator[list[tuple[ProxyApp, httpx.Client]]]:
+def proxy_replicas(
+    cfg: SidecarConfig, clock: FakeClock, n: int = 2
+) -> Iterator[list[tuple[ProxyApp, httpx.Client]]]:
     """``n`` ProxyApps served by uvicorn, each with breakers built from ``cfg``."""
     with contextlib.ExitStack() as stack:
         out = []
@@ -422,7 +465,8 @@ def proxy_replicas(cfg: SidecarConfig, clock: FakeClock,
             app = ProxyApp(cfg, breakers=breakers, health_checks=False, wall_clock=clock)
             served = stack.enter_context(serve_app(app, proxy_headers=False))
             client = stack.enter_context(
-                httpx.Client(base_url=served.url, trust_env=False, timeout=10))
+                httpx.Client(base_url=served.url, trust_env=False, timeout=10)
+            )
             out.append((app, client))
         yield out
 
@@ -460,11 +504,11 @@ def test_replica_b_goes_straight_to_stable_once_replica_a_opened_the_primary(
 
 @servers
 def test_proxies_keep_serving_when_redis_stops_mid_run_and_count_it(
-    own_redis: RedisServer, caplog: pytest.LogCaptureFixture,
+    own_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    with upstreams() as (primary, stable, p_url, s_url), \
-            caplog.at_level(logging.WARNING, LOG):
+    with upstreams() as (primary, stable, p_url, s_url), caplog.at_level(logging.WARNING, LOG):
         cfg = make_config(p_url, s_url, own_redis.url)
         with proxy_replicas(cfg, clock) as [(app_a, a), (app_b, b)]:
             assert a.get("/").headers["x-mlwarden-upstream"] == "stable"
@@ -472,8 +516,9 @@ def test_proxies_keep_serving_when_redis_stops_mid_run_and_count_it(
             assert primary.hits == 2  # opened by a, shared with b
 
             own_redis.stop()
-            responses = [client.post("/predict", content=b"%d" % i)
-                         for i in range(3) for client in (a, b)]
+            responses = [
+                client.post("/predict", content=b"%d" % i) for i in range(3) for client in (a, b)
+            ]
 
             assert [r.status_code for r in responses] == [200] * 6
             assert [r.content for r in responses] == [b"0", b"0", b"1", b"1", b"2", b"2"]
@@ -504,10 +549,13 @@ def test_the_proxy_builds_shared_breakers_from_redis_url_and_exports_their_stora
         registry = CollectorRegistry()
         app = ProxyApp(cfg, health_checks=False)  # breakers from breaker.redis_url, closed by it
         SidecarMetrics(registry).attach(app)
-        with serve_app(app, proxy_headers=False) as served, \
-                httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client:
+        with (
+            serve_app(app, proxy_headers=False) as served,
+            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+        ):
             assert client.post("/predict", content=b"x").headers["x-mlwarden-upstream"] == (
-                "stable")
+                "stable"
+            )
             with own_redis.client() as probe:  # the opening is in Redis for other replicas
                 assert probe.get("mlwarden:primary:pybreaker:state") == b"open"
 

@@ -34,12 +34,24 @@ class Clock:
 
 
 def canary_config(**canary: Any) -> SidecarConfig:
-    return SidecarConfig.from_mapping({
-        "upstreams": {"stable": "http://127.0.0.1:1", "fallback": "http://127.0.0.1:2",
-                      "candidate": "http://127.0.0.1:3"},
-        "canary": {"candidate": "candidate", "interval_s": 10, "min_requests": 20,
-                   "steps_percent": [5, 50], "guard_s": 60, **canary},
-    }, environ={})
+    return SidecarConfig.from_mapping(
+        {
+            "upstreams": {
+                "stable": "http://127.0.0.1:1",
+                "fallback": "http://127.0.0.1:2",
+                "candidate": "http://127.0.0.1:3",
+            },
+            "canary": {
+                "candidate": "candidate",
+                "interval_s": 10,
+                "min_requests": 20,
+                "steps_percent": [5, 50],
+                "guard_s": 60,
+                **canary,
+            },
+        },
+        environ={},
+    )
 
 
 class Rig:
@@ -48,14 +60,19 @@ class Rig:
         assert cfg.canary is not None
         self.clock = Clock()
         self.windows = UpstreamWindows(["stable", "fallback", "candidate"], clock=self.clock)
-        self.router = Router(cfg.routing.primary, cfg.routing.fallbacks,
-                             is_available=lambda name: True)
+        self.router = Router(
+            cfg.routing.primary, cfg.routing.fallbacks, is_available=lambda name: True
+        )
         self.records: list[dict[str, Any]] = []
         self.breaker = "closed"
         self.canary = CanaryController(
-            cfg.canary, windows=self.windows, router=self.router,
+            cfg.canary,
+            windows=self.windows,
+            router=self.router,
             breaker_state=lambda name: self.breaker,
-            record=lambda **kw: self.records.append(kw), clock=self.clock)
+            record=lambda **kw: self.records.append(kw),
+            clock=self.clock,
+        )
 
     def traffic(self, upstream: str, n: int, errors: int = 0, latency_s: float = 0.01) -> None:
         for i in range(n):
@@ -202,14 +219,25 @@ INTERVAL_S = 2.0
 def canary_sidecar(candidate: FakeVersion, **canary: Any) -> Iterator[tuple[ProxyApp, str]]:
     stable = FakeVersion("stable", echo=True)
     with serve_app(stable) as s, serve_app(candidate) as c:
-        cfg = SidecarConfig.from_mapping({
-            "upstreams": {"stable": s.url, "candidate": c.url},
-            "retry": {"num_retries": 2, "base_interval_s": 0.001, "max_interval_s": 0.002,
-                      "min_retries_per_s": 1000},
-            "breaker": {"consecutive_5xx": 1000},
-            "canary": {"candidate": "candidate", "interval_s": INTERVAL_S, "min_requests": 8,
-                       **canary},
-        }, environ={})
+        cfg = SidecarConfig.from_mapping(
+            {
+                "upstreams": {"stable": s.url, "candidate": c.url},
+                "retry": {
+                    "num_retries": 2,
+                    "base_interval_s": 0.001,
+                    "max_interval_s": 0.002,
+                    "min_retries_per_s": 1000,
+                },
+                "breaker": {"consecutive_5xx": 1000},
+                "canary": {
+                    "candidate": "candidate",
+                    "interval_s": INTERVAL_S,
+                    "min_requests": 8,
+                    **canary,
+                },
+            },
+            environ={},
+        )
         proxy = ProxyApp(cfg, health_checks=False)
         with serve_app(proxy, proxy_headers=False) as served:
             yield proxy, served.url
@@ -224,8 +252,9 @@ def load(url: str, *, until: Any, max_s: float, workers: int = 6) -> list[tuple[
         with httpx.Client(base_url=url, trust_env=False, timeout=10) as client:
             i = 0
             while time.monotonic() < stop_at and not until() and i < 5000:
-                r = client.post("/predict", content=b'{"x": %d}' % i,
-                                headers={"x-user": f"{k}-{i}"})
+                r = client.post(
+                    "/predict", content=b'{"x": %d}' % i, headers={"x-user": f"{k}-{i}"}
+                )
                 out.append((time.monotonic(), r.status_code))
                 i += 1
 
@@ -241,7 +270,8 @@ def test_a_candidate_failing_10_percent_at_5_percent_is_rolled_back_and_no_clien
         assert canary is not None and canary.weight == 5
         rolled: list[float] = []
         canary.listeners.append(
-            lambda c: rolled.append(time.monotonic()) if c.state == "rolled_back" else None)
+            lambda c: rolled.append(time.monotonic()) if c.state == "rolled_back" else None
+        )
         started = time.monotonic()
         answers = load(url, until=lambda: canary.state == "rolled_back", max_s=20)
         assert canary.state == "rolled_back", canary.snapshot()
@@ -261,8 +291,9 @@ def test_a_healthy_candidate_is_promoted_through_the_steps() -> None:
     candidate = FakeVersion("candidate", echo=True)
     # Everything here shares one process: a GC pause can make the candidate's p99 look slow.
     # The latency rule has its own unit test; here it must not decide.
-    with canary_sidecar(candidate, steps_percent=[20, 60], guard_s=30,
-                        max_latency_p99_ratio=1000) as (proxy, url):
+    with canary_sidecar(
+        candidate, steps_percent=[20, 60], guard_s=30, max_latency_p99_ratio=1000
+    ) as (proxy, url):
         canary = proxy.canary
         assert canary is not None
         answers = load(url, until=lambda: canary.state == "promoted", max_s=25)
@@ -270,10 +301,12 @@ def test_a_healthy_candidate_is_promoted_through_the_steps() -> None:
         assert [s for _, s in answers if s != 200] == []
         assert proxy.router.order == ("candidate", "stable")
         with httpx.Client(base_url=url, trust_env=False, timeout=10) as client:
-            assert client.post("/predict", content=b"{}").headers[
-                "x-mlwarden-upstream"] == "candidate"
-        weights = [v["weight_percent"] for v in canary.snapshot()["analyses"]
-                   if v["verdict"] == "pass"]
+            assert (
+                client.post("/predict", content=b"{}").headers["x-mlwarden-upstream"] == "candidate"
+            )
+        weights = [
+            v["weight_percent"] for v in canary.snapshot()["analyses"] if v["verdict"] == "pass"
+        ]
         assert weights == [20, 60]
 
 
@@ -296,30 +329,42 @@ def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> N
         with serve_app(admin_shell) as admin_served:
             prom = start_prometheus(workdir, [f"127.0.0.1:{admin_served.port}"])
             try:
-                cfg = SidecarConfig.from_mapping({
-                    "upstreams": {"stable": s.url, "candidate": c.url},
-                    "retry": {"num_retries": 2, "base_interval_s": 0.001,
-                              "max_interval_s": 0.002, "min_retries_per_s": 1000},
-                    "breaker": {"consecutive_5xx": 1000},
-                    "canary": {"candidate": "candidate", "interval_s": 4.0, "min_requests": 5,
-                               "steps_percent": [30, 60], "source": "prometheus",
-                               "prometheus_url": prom.url},
-                }, environ={})
+                cfg = SidecarConfig.from_mapping(
+                    {
+                        "upstreams": {"stable": s.url, "candidate": c.url},
+                        "retry": {
+                            "num_retries": 2,
+                            "base_interval_s": 0.001,
+                            "max_interval_s": 0.002,
+                            "min_retries_per_s": 1000,
+                        },
+                        "breaker": {"consecutive_5xx": 1000},
+                        "canary": {
+                            "candidate": "candidate",
+                            "interval_s": 4.0,
+                            "min_requests": 5,
+                            "steps_percent": [30, 60],
+                            "source": "prometheus",
+                            "prometheus_url": prom.url,
+                        },
+                    },
+                    environ={},
+                )
                 proxy = ProxyApp(cfg, health_checks=False)
                 admin_app = create_admin_app(proxy, registry=CollectorRegistry())
                 admin_shell.router.routes.extend(admin_app.router.routes)
                 with serve_app(proxy, proxy_headers=False) as served:
                     canary = proxy.canary
                     assert canary is not None and canary.prometheus is not None
-                    answers = load(served.url, until=lambda: canary.state == "rolled_back",
-                                   max_s=40, workers=3)
+                    answers = load(
+                        served.url, until=lambda: canary.state == "rolled_back", max_s=40, workers=3
+                    )
                     assert canary.state == "rolled_back", canary.snapshot()
                     assert [s for _, s in answers if s != 200] == []
                     [rollback] = [r for r in proxy.ledger.query(action="rollback")]
                     # The figures came from Prometheus: rates, not this sidecar's counts.
                     # Every 4th attempt on the candidate fails: 25% from Prometheus' rates.
-                    assert rollback.signals["candidate_error_rate"] == pytest.approx(
-                        0.25, abs=0.1)
+                    assert rollback.signals["candidate_error_rate"] == pytest.approx(0.25, abs=0.1)
                     assert canary.prometheus.errors_total == 0
             finally:
                 prom.process.stop()

@@ -47,8 +47,12 @@ BASE_CONFIG: dict[str, dict[str, Any]] = {
     "timeouts": {"per_try_timeout_s": 1.0, "total_timeout_s": 3.0},
     "retry": {"base_interval_s": 0.005, "max_interval_s": 0.02},
     "breaker": {"reset_timeout_s": 0.5},
-    "health_checks": {"interval_s": 0.25, "timeout_s": 0.2, "healthy_threshold": 2,
-                      "unhealthy_threshold": 2},
+    "health_checks": {
+        "interval_s": 0.25,
+        "timeout_s": 0.2,
+        "healthy_threshold": 2,
+        "unhealthy_threshold": 2,
+    },
 }
 
 # --------------------------------------------------------------------------- processes
@@ -85,17 +89,27 @@ class Upstream:
     def start(self) -> None:
         self._starts += 1
         self.process = Process(
-            [sys.executable, str(UPSTREAM_SCRIPT), "--port", str(self.port), "--name",
-             self.name, *self.args],
-            name=f"{self.name}-{self._starts}", workdir=self.workdir)
+            [
+                sys.executable,
+                str(UPSTREAM_SCRIPT),
+                "--port",
+                str(self.port),
+                "--name",
+                self.name,
+                *self.args,
+            ],
+            name=f"{self.name}-{self._starts}",
+            workdir=self.workdir,
+        )
 
     def wait_ready(self) -> None:
         assert self.process is not None
         try:
             wait_http(f"{self.url}/-/chaos/stats", timeout=15)
         except TimeoutError:
-            raise RuntimeError(f"upstream {self.name} did not start:\n"
-                               f"{self.process.log()}") from None
+            raise RuntimeError(
+                f"upstream {self.name} did not start:\n{self.process.log()}"
+            ) from None
 
     def send_signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
@@ -116,8 +130,9 @@ class Upstream:
         return httpx.get(f"{self.url}/-/chaos/stats", timeout=5, trust_env=False).json()
 
     def attempts(self, request_id: str) -> list[float]:
-        return httpx.get(f"{self.url}/-/chaos/attempts", params={"id": request_id},
-                         timeout=5, trust_env=False).json()["at"]
+        return httpx.get(
+            f"{self.url}/-/chaos/attempts", params={"id": request_id}, timeout=5, trust_env=False
+        ).json()["at"]
 
 
 @dataclass
@@ -137,8 +152,7 @@ class Sidecar:
         return self.process.pid
 
     def admin(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://{LOOPBACK}:{self.admin_port}{path}", timeout=5,
-                         trust_env=False)
+        return httpx.get(f"http://{LOOPBACK}:{self.admin_port}{path}", timeout=5, trust_env=False)
 
     def status(self) -> dict[str, Any]:
         return self.admin("/-/status").json()
@@ -181,15 +195,19 @@ class Lab:
         data: dict[str, Any] = {
             "listen": {"host": LOOPBACK, "port": port},
             "admin": {"host": LOOPBACK, "port": admin_port},
-            "upstreams": {name: {"url": url, "connect_timeout_s": 0.25}
-                          for name, url in upstreams.items()},
+            "upstreams": {
+                name: {"url": url, "connect_timeout_s": 0.25} for name, url in upstreams.items()
+            },
         }
         for key in BASE_CONFIG.keys() | blocks.keys():
             data[key] = {**BASE_CONFIG.get(key, {}), **blocks.get(key, {})}
         path = self.workdir / f"sidecar-{len(self._sidecars)}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
-        process = Process([str(MLWARDEN), "sidecar", "--config", str(path)],
-                          name=f"sidecar-{len(self._sidecars)}", workdir=self.workdir)
+        process = Process(
+            [str(MLWARDEN), "sidecar", "--config", str(path)],
+            name=f"sidecar-{len(self._sidecars)}",
+            workdir=self.workdir,
+        )
         sidecar = Sidecar(process, port, admin_port)
         self._sidecars.append(sidecar)
         try:
@@ -242,9 +260,17 @@ class Load:
     to leave the two shared cores to the servers.
     """
 
-    def __init__(self, base_url: str, *, workers: int, max_requests: int, max_s: float,
-                 path: Callable[[int], str] = lambda i: f"/predict?id=r{i}",
-                 pace_s: float = 0.0, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        workers: int,
+        max_requests: int,
+        max_s: float,
+        path: Callable[[int], str] = lambda i: f"/predict?id=r{i}",
+        pace_s: float = 0.0,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.base_url = base_url
         self.max_requests = max_requests
         self.path = path
@@ -255,8 +281,10 @@ class Load:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._until = time.monotonic() + max_s
-        self._threads = [threading.Thread(target=self._work, name=f"load-{n}", daemon=True)
-                         for n in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"load-{n}", daemon=True)
+            for n in range(workers)
+        ]
 
     def __enter__(self) -> Load:
         for thread in self._threads:
@@ -293,8 +321,9 @@ class Load:
         return predicate(self.answers)
 
     def _work(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout_s,
-                          trust_env=False) as client:
+        with httpx.Client(
+            base_url=self.base_url, timeout=self.timeout_s, trust_env=False
+        ) as client:
             while not self._stop.is_set() and time.monotonic() < self._until:
                 with self._lock:
                     if self.sent >= self.max_requests:
@@ -304,8 +333,14 @@ class Load:
                 started = time.monotonic()
                 try:
                     r = client.post(self.path(index), json={"i": index})
-                    answer = Answer(index, started, time.monotonic(), r.status_code,
-                                    r.headers.get(UPSTREAM_HEADER), r.content)
+                    answer = Answer(
+                        index,
+                        started,
+                        time.monotonic(),
+                        r.status_code,
+                        r.headers.get(UPSTREAM_HEADER),
+                        r.content,
+                    )
                 except httpx.HTTPError as exc:
                     answer = Answer(index, started, time.monotonic(), 0, None, b"", repr(exc))
                 with self._lock:
@@ -330,9 +365,19 @@ def not_ok(answers: list[Answer]) -> list[tuple[int, int, str | None, bytes]]:
 # --------------------------------------------------------------------------- /proc
 
 
-_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-               "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
-               "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+_TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
 
 
 def open_fds(pid: int) -> int:
@@ -346,11 +391,10 @@ def tcp_sockets(pid: int) -> Counter[str]:
         with contextlib.suppress(OSError):  # closed between listdir and readlink
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
             if target.startswith("socket:["):
-                inodes.add(target[len("socket:["):-1])
+                inodes.add(target[len("socket:[") : -1])
     states: Counter[str] = Counter()
     for table in ("tcp", "tcp6"):
-        with contextlib.suppress(FileNotFoundError), \
-                open(f"/proc/{pid}/net/{table}") as f:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
                 if fields[9] in inodes:
@@ -358,8 +402,7 @@ def tcp_sockets(pid: int) -> Counter[str]:
     return states
 
 
-def settled(read: Callable[[], int], *, at_most: int | None = None,
-            timeout: float = 3.0) -> int:
+def settled(read: Callable[[], int], *, at_most: int | None = None, timeout: float = 3.0) -> int:
     """``read()`` once it is ``at_most`` or less, or (without ``at_most``) once three reads
     50 ms apart agree; bounded by ``timeout``. A socket just closed takes a moment to go."""
     deadline = time.monotonic() + timeout
@@ -379,8 +422,7 @@ def settled(read: Callable[[], int], *, at_most: int | None = None,
 
 def test_primary_failing_30_percent_is_hidden_by_retries_and_fallback(lab: Lab) -> None:
     n, seed, fraction, num_retries = 300, 7, 0.3, 2
-    ups = lab.upstreams(primary=["--fail-fraction", str(fraction), "--seed", str(seed)],
-                        stable=[])
+    ups = lab.upstreams(primary=["--fail-fraction", str(fraction), "--seed", str(seed)], stable=[])
     sidecar = lab.sidecar(
         {"primary": ups["primary"].url, "stable": ups["stable"].url},
         retry={"num_retries": num_retries, "min_retries_per_s": 100},
@@ -394,8 +436,10 @@ def test_primary_failing_30_percent_is_hidden_by_retries_and_fallback(lab: Lab) 
     # attempts on the primary that succeeds answers it, else stable does.
     first_success: dict[int, int | None] = {}
     for i in range(n):
-        first_success[i] = next((k for k in range(1, num_retries + 2)
-                                 if not should_fail(seed, fraction, f"r{i}", k)), None)
+        first_success[i] = next(
+            (k for k in range(1, num_retries + 2) if not should_fail(seed, fraction, f"r{i}", k)),
+            None,
+        )
     want_primary = sum(k is not None for k in first_success.values())
     want_attempts = sum(k or num_retries + 1 for k in first_success.values())
 
@@ -407,7 +451,8 @@ def test_primary_failing_30_percent_is_hidden_by_retries_and_fallback(lab: Lab) 
     for a in answers:  # each request answered by the attempt that was due to succeed
         k = first_success[a.index]
         assert (a.upstream, json.loads(a.body)["attempt"]) == (
-            ("primary", k) if k is not None else ("stable", 1)), a
+            ("primary", k) if k is not None else ("stable", 1)
+        ), a
     primary, stable = ups["primary"].stats(), ups["stable"].stats()
     assert primary["requests"] == want_attempts
     assert primary["statuses"] == {"200": want_primary, "503": want_attempts - want_primary}
@@ -415,23 +460,26 @@ def test_primary_failing_30_percent_is_hidden_by_retries_and_fallback(lab: Lab) 
     assert 0.2 < (n - sum(k == 1 for k in first_success.values())) / n < 0.4  # seeded ~30%
     assert sidecar.metric("mlwarden_retry_budget_retries_total") == want_attempts - n
     assert sidecar.metric("mlwarden_retry_budget_exhausted_total") == 0
-    assert sidecar.metric("mlwarden_health_transitions_total", upstream="primary",
-                          to="unhealthy") == 0
+    assert (
+        sidecar.metric("mlwarden_health_transitions_total", upstream="primary", to="unhealthy") == 0
+    )
 
 
 # --------------------------------------------------------------------------- 2. primary killed
 
 
 def test_primary_killed_mid_load_loses_no_request_and_takes_traffic_back_after_restart(
-        lab: Lab) -> None:
+    lab: Lab,
+) -> None:
     ups = lab.upstreams(primary=[], stable=[])
     primary = ups["primary"]
-    sidecar = lab.sidecar({"primary": primary.url, "stable": ups["stable"].url},
-                          breaker={"consecutive_5xx": 3, "reset_timeout_s": 0.5})
+    sidecar = lab.sidecar(
+        {"primary": primary.url, "stable": ups["stable"].url},
+        breaker={"consecutive_5xx": 3, "reset_timeout_s": 0.5},
+    )
 
     def primary_answers_after(t: float) -> Callable[[list[Answer]], bool]:
-        return lambda answers: any(a.upstream == "primary" and a.started >= t
-                                   for a in answers)
+        return lambda answers: any(a.upstream == "primary" and a.started >= t for a in answers)
 
     open_seen = False
     with Load(sidecar.url, workers=4, max_requests=20_000, max_s=30, pace_s=0.01) as load:
@@ -463,19 +511,18 @@ def test_primary_killed_mid_load_loses_no_request_and_takes_traffic_back_after_r
     before = [a for a in answers if a.ended < killed_at]
     outage = [a for a in answers if killed_at <= a.started and a.ended < restarted_at]
     assert by_upstream(before)["primary"] >= 1
-    first_stable = min(a.ended for a in answers
-                       if a.upstream == "stable" and a.ended >= killed_at)
+    first_stable = min(a.ended for a in answers if a.upstream == "stable" and a.ended >= killed_at)
     assert first_stable - killed_at < 1.0
     assert {a.upstream for a in outage} == {"stable"}
     assert max(a.elapsed for a in outage) < 1.0  # nobody waited out a per-try timeout
-    assert sidecar.metric("mlwarden_breaker_transitions_total", upstream="primary",
-                          to="open") >= 1
+    assert sidecar.metric("mlwarden_breaker_transitions_total", upstream="primary", to="open") >= 1
 
     # Back: only once the health checks passed healthy_threshold times, which closes the
     # breaker (close_on_healthy; or its half-open trial did); within a few intervals.
-    first_back = min((a for a in answers
-                      if a.upstream == "primary" and a.started >= restarted_at),
-                     key=lambda a: a.started)
+    first_back = min(
+        (a for a in answers if a.upstream == "primary" and a.started >= restarted_at),
+        key=lambda a: a.started,
+    )
     assert first_back.ended - restarted_at < 5.0
     health = status["health"]["upstreams"]["primary"]
     went_healthy = [t for t in health["transitions"] if t["healthy"]]
@@ -486,11 +533,15 @@ def test_primary_killed_mid_load_loses_no_request_and_takes_traffic_back_after_r
     assert breaker["state"] == "closed"
     last = breaker["transitions"][-1]
     assert last["to"] == "closed"
-    assert (last["from"], last["reason"]) in {("half_open", "trial_success"),
-                                               ("open", "health_check_passed"),
-                                               ("half_open", "health_check_passed")}
-    assert any(t["to"] == "open" and t["reason"].startswith("failure_threshold")
-               for t in breaker["transitions"])
+    assert (last["from"], last["reason"]) in {
+        ("half_open", "trial_success"),
+        ("open", "health_check_passed"),
+        ("half_open", "health_check_passed"),
+    }
+    assert any(
+        t["to"] == "open" and t["reason"].startswith("failure_threshold")
+        for t in breaker["transitions"]
+    )
     after = [a for a in answers if a.started > first_back.ended + 0.2]
     assert len(after) >= 10
     assert by_upstream(after) == {"primary": len(after)}
@@ -505,7 +556,8 @@ MARGIN_S = 0.6  # the machine is shared: a wide margin, still well below 2 x per
 
 @pytest.mark.parametrize("hang", ["handler", "sigstop"])
 def test_hanging_primary_each_request_falls_back_within_the_per_try_timeout(
-        lab: Lab, hang: str) -> None:
+    lab: Lab, hang: str
+) -> None:
     """``handler``: the prediction handler never answers while /-/health passes, so only the
     breaker protects; ``sigstop``: the whole process is frozen (the kernel still accepts)."""
     ups = lab.upstreams(primary=["--mode", "hang"] if hang == "handler" else [], stable=[])
@@ -516,8 +568,9 @@ def test_hanging_primary_each_request_falls_back_within_the_per_try_timeout(
         breaker={"consecutive_5xx": 3, "reset_timeout_s": 0.5},
     )
     if hang == "sigstop":
-        warm = run_load(sidecar.url, workers=2, max_requests=10, max_s=20,
-                        path=lambda i: f"/predict?id=w{i}")
+        warm = run_load(
+            sidecar.url, workers=2, max_requests=10, max_s=20, path=lambda i: f"/predict?id=w{i}"
+        )
         assert by_upstream(warm) == {"primary": 10}  # keep-alive connections now exist
         ups["primary"].send_signal(signal.SIGSTOP)
 
@@ -539,8 +592,9 @@ def test_hanging_primary_each_request_falls_back_within_the_per_try_timeout(
         attempts = ups["primary"].stats()["requests"]
         assert 3 <= attempts <= slow
         assert attempts <= 3 + (workers - 1) + math.ceil(duration / 0.5)
-        assert sidecar.metric("mlwarden_breaker_transitions_total", upstream="primary",
-                              to="open") >= 1
+        assert (
+            sidecar.metric("mlwarden_breaker_transitions_total", upstream="primary", to="open") >= 1
+        )
     else:
         # A frozen process also fails its health checks: out of rotation, maybe before the
         # first request reached it (then no request waited at all).
@@ -549,8 +603,10 @@ def test_hanging_primary_each_request_falls_back_within_the_per_try_timeout(
 
 def test_hanging_primary_with_the_default_retry_on_is_not_retried_on_timeout(lab: Lab) -> None:
     ups = lab.upstreams(primary=["--mode", "hang"], stable=[])
-    sidecar = lab.sidecar({"primary": ups["primary"].url, "stable": ups["stable"].url},
-                          timeouts={"per_try_timeout_s": PER_TRY_S, "total_timeout_s": 3.0})
+    sidecar = lab.sidecar(
+        {"primary": ups["primary"].url, "stable": ups["stable"].url},
+        timeouts={"per_try_timeout_s": PER_TRY_S, "total_timeout_s": 3.0},
+    )
     answers = run_load(sidecar.url, workers=1, max_requests=1, max_s=20)
     assert not_ok(answers) == []
     assert answers[0].upstream == "stable"
@@ -563,12 +619,17 @@ def test_hanging_primary_with_the_default_retry_on_is_not_retried_on_timeout(lab
 
 @pytest.mark.parametrize("down", ["nothing_listening", "both_killed"])
 def test_both_upstreams_down_answers_503_json_fast_and_leaks_no_descriptors(
-        lab: Lab, down: str) -> None:
+    lab: Lab, down: str
+) -> None:
     """``nothing_listening``: the ports were never served; ``both_killed``: both served
     traffic (the sidecar's pools hold keep-alive connections to them), then got SIGKILLed."""
     if down == "nothing_listening":
-        sidecar = lab.sidecar({"primary": f"http://{LOOPBACK}:{free_port()}",
-                               "stable": f"http://{LOOPBACK}:{free_port()}"})
+        sidecar = lab.sidecar(
+            {
+                "primary": f"http://{LOOPBACK}:{free_port()}",
+                "stable": f"http://{LOOPBACK}:{free_port()}",
+            }
+        )
     else:
         ups = lab.upstreams(primary=[], stable=[])
         sidecar = lab.sidecar({name: u.url for name, u in ups.items()})
@@ -613,19 +674,24 @@ def test_both_upstreams_down_answers_503_json_fast_and_leaks_no_descriptors(
 BUDGET_WINDOW_S = 10.0  # RetryBudget's window (not configurable)
 
 
-def _budget_run(lab: Lab, upstream: Upstream, n: int, retry: dict[str, Any]
-                ) -> tuple[int, float, list[Answer], dict[str, float | None]]:
+def _budget_run(
+    lab: Lab, upstream: Upstream, n: int, retry: dict[str, Any]
+) -> tuple[int, float, list[Answer], dict[str, float | None]]:
     """Send ``n`` requests to a sidecar with this retry block; upstream attempts they cost."""
     sidecar = lab.sidecar(
-        {"primary": upstream.url}, retry=retry,
+        {"primary": upstream.url},
+        retry=retry,
         # 503s must not trip the breaker: the budget alone bounds the attempts here.
-        breaker={"consecutive_5xx": 10_000})
+        breaker={"consecutive_5xx": 10_000},
+    )
     before = upstream.stats()["requests"]
     started = time.monotonic()
     answers = run_load(sidecar.url, workers=4, max_requests=n, max_s=30)
     duration = time.monotonic() - started
-    metrics = {name: sidecar.metric(f"mlwarden_retry_budget_{name}_total")
-               for name in ("requests", "retries", "exhausted")}
+    metrics = {
+        name: sidecar.metric(f"mlwarden_retry_budget_{name}_total")
+        for name in ("requests", "retries", "exhausted")
+    }
     sidecar.process.stop()
     return upstream.stats()["requests"] - before, duration, answers, metrics
 
@@ -634,9 +700,18 @@ def test_retry_budget_bounds_upstream_attempts_when_every_request_fails(lab: Lab
     n, num_retries, percent, min_per_s = 100, 3, 20, 1
     upstream = lab.upstreams(primary=["--mode", "503", "--health", "plain"])["primary"]
 
-    attempts, duration, answers, metrics = _budget_run(lab, upstream, n, {
-        "num_retries": num_retries, "budget_percent": percent, "min_retries_per_s": min_per_s,
-        "base_interval_s": 0.001, "max_interval_s": 0.002})
+    attempts, duration, answers, metrics = _budget_run(
+        lab,
+        upstream,
+        n,
+        {
+            "num_retries": num_retries,
+            "budget_percent": percent,
+            "min_retries_per_s": min_per_s,
+            "base_interval_s": 0.001,
+            "max_interval_s": 0.002,
+        },
+    )
 
     # The last candidate's retriable status is passed on as sent.
     assert len(answers) == n
@@ -654,9 +729,18 @@ def test_retry_budget_bounds_upstream_attempts_when_every_request_fails(lab: Lab
     assert metrics["exhausted"] >= n - metrics["retries"] / num_retries
 
     # The same failure with a budget that never runs dry: every request is tried 1 + 3 times.
-    big_attempts, _, big_answers, big_metrics = _budget_run(lab, upstream, n, {
-        "num_retries": num_retries, "budget_percent": 100, "min_retries_per_s": 1000,
-        "base_interval_s": 0.001, "max_interval_s": 0.002})
+    big_attempts, _, big_answers, big_metrics = _budget_run(
+        lab,
+        upstream,
+        n,
+        {
+            "num_retries": num_retries,
+            "budget_percent": 100,
+            "min_retries_per_s": 1000,
+            "base_interval_s": 0.001,
+            "max_interval_s": 0.002,
+        },
+    )
     assert {(a.status, a.upstream) for a in big_answers} == {(503, "primary")}
     assert big_attempts == n * (1 + num_retries)
     assert big_metrics["retries"] == n * num_retries
@@ -669,8 +753,9 @@ def test_retry_budget_bounds_upstream_attempts_when_every_request_fails(lab: Lab
 
 def test_retry_after_is_waited_for_when_it_fits_in_the_deadline(lab: Lab) -> None:
     upstream = lab.upstreams(primary=[])["primary"]
-    sidecar = lab.sidecar({"primary": upstream.url},
-                          timeouts={"per_try_timeout_s": 1.0, "total_timeout_s": 3.0})
+    sidecar = lab.sidecar(
+        {"primary": upstream.url}, timeouts={"per_try_timeout_s": 1.0, "total_timeout_s": 3.0}
+    )
     with httpx.Client(base_url=sidecar.url, timeout=10, trust_env=False) as client:
         started = time.monotonic()
         r = client.post("/predict?id=ra1&fail_first=1&retry_after=1", json={})
@@ -686,8 +771,9 @@ def test_retry_after_is_waited_for_when_it_fits_in_the_deadline(lab: Lab) -> Non
 
 def test_retry_after_beyond_the_deadline_is_not_waited_for(lab: Lab) -> None:
     upstream = lab.upstreams(primary=[])["primary"]
-    sidecar = lab.sidecar({"primary": upstream.url},
-                          timeouts={"per_try_timeout_s": 1.0, "total_timeout_s": 3.0})
+    sidecar = lab.sidecar(
+        {"primary": upstream.url}, timeouts={"per_try_timeout_s": 1.0, "total_timeout_s": 3.0}
+    )
     with httpx.Client(base_url=sidecar.url, timeout=10, trust_env=False) as client:
         started = time.monotonic()
         r = client.post("/predict?id=ra2&fail_first=1&retry_after=10", json={})
@@ -699,4 +785,3 @@ def test_retry_after_beyond_the_deadline_is_not_waited_for(lab: Lab) -> None:
     assert r.headers["retry-after"] == "10"
     assert len(upstream.attempts("ra2")) == 1
     assert elapsed < 1.0  # well before total_timeout_s (3 s), let alone the 10 s asked
-

@@ -15,8 +15,9 @@ def write_csv(path, rows: int = 500) -> None:
     rng = np.random.default_rng(1)
     lines = ["age,income,plan"]
     for _ in range(rows):
-        lines.append(f"{rng.normal(40, 10):.3f},{rng.lognormal(10, 0.5):.2f},"
-                     f"{rng.choice(['basic', 'pro'])}")
+        lines.append(
+            f"{rng.normal(40, 10):.3f},{rng.lognormal(10, 0.5):.2f},{rng.choice(['basic', 'pro'])}"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -35,8 +36,22 @@ def test_baseline_build_from_npz_with_a_categorical_column(tmp_path):
     data, out = tmp_path / "train.npz", tmp_path / "b.json"
     rng = np.random.default_rng(2)
     np.savez(data, x=rng.normal(size=300), code=rng.integers(0, 3, 300))
-    assert main(["baseline", "build", str(data), "--out", str(out),
-                 "--categorical", "code", "--bins", "5"]) == 0
+    assert (
+        main(
+            [
+                "baseline",
+                "build",
+                str(data),
+                "--out",
+                str(out),
+                "--categorical",
+                "code",
+                "--bins",
+                "5",
+            ]
+        )
+        == 0
+    )
     profile = load_baseline(out)
     assert profile.feature("code").kind == "categorical"
     assert len(profile.feature("x").proportions) <= 5
@@ -61,6 +76,8 @@ def test_baseline_check_names_the_bad_key(tmp_path, capsys):
 
 
 def test_baseline_build_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
-    assert main(["baseline", "build", str(tmp_path / "nope.csv"), "--out",
-                 str(tmp_path / "b.json")]) == 2
+    assert (
+        main(["baseline", "build", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "b.json")])
+        == 2
+    )
     assert "nope.csv" in capsys.readouterr().err

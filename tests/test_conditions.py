@@ -25,10 +25,17 @@ from mlwarden.sidecar.healing.conditions import (
 
 UPSTREAMS = ("v1", "v2", "stable")
 SIGNALS = {
-    "error_rate": "number", "p99_latency_seconds": "number", "drift_score": "number",
-    "accuracy": "number", "labelled_samples": "number",
-    "a": "number", "b": "number", "c": "number",
-    "p": "bool", "q": "bool", "r": "bool",
+    "error_rate": "number",
+    "p99_latency_seconds": "number",
+    "drift_score": "number",
+    "accuracy": "number",
+    "labelled_samples": "number",
+    "a": "number",
+    "b": "number",
+    "c": "number",
+    "p": "bool",
+    "q": "bool",
+    "r": "bool",
 }
 
 
@@ -47,8 +54,9 @@ def parse(text: str) -> Condition:
     return parse_condition(text, signals=SIGNALS, functions=FUNCTIONS)
 
 
-def ev(text: str, functions: dict[str, Callable[..., Any]] | None = None,
-       **values: Any) -> bool | None:
+def ev(
+    text: str, functions: dict[str, Callable[..., Any]] | None = None, **values: Any
+) -> bool | None:
     return parse(text).evaluate(values, functions)
 
 
@@ -61,71 +69,117 @@ def error(text: Any) -> ConditionError:
 # --------------------------------------------------------------------------- the policy examples
 
 
-@pytest.mark.parametrize(("text", "values", "functions", "expected"), [
-    ("error_rate > 0.05 or p99_latency_seconds > 0.5",
-     {"error_rate": 0.01, "p99_latency_seconds": 0.7}, {}, True),
-    ("error_rate > 0.05 or p99_latency_seconds > 0.5",
-     {"error_rate": 0.01, "p99_latency_seconds": 0.2}, {}, False),
-    ("drift_score > 0.2", {"drift_score": 0.25}, {}, True),
-    ('breaker_open("v2")', {}, {"breaker_open": lambda name: name == "v2"}, True),
-    ("accuracy < 0.9 and labelled_samples >= 200",
-     {"accuracy": 0.85, "labelled_samples": 200}, {}, True),
-    ("accuracy < 0.9 and labelled_samples >= 200",
-     {"accuracy": 0.85, "labelled_samples": 150}, {}, False),
-    ('not healthy("v1") and error_rate >= 2 * 0.01',
-     {"error_rate": 0.02}, {"healthy": lambda name: False}, True),
-    ('not healthy("v1") and error_rate >= 2 * 0.01',
-     {"error_rate": 0.02}, {"healthy": lambda name: True}, False),
-])
-def test_policy_examples_evaluate(text: str, values: dict[str, Any],
-                                  functions: dict[str, Any], expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("text", "values", "functions", "expected"),
+    [
+        (
+            "error_rate > 0.05 or p99_latency_seconds > 0.5",
+            {"error_rate": 0.01, "p99_latency_seconds": 0.7},
+            {},
+            True,
+        ),
+        (
+            "error_rate > 0.05 or p99_latency_seconds > 0.5",
+            {"error_rate": 0.01, "p99_latency_seconds": 0.2},
+            {},
+            False,
+        ),
+        ("drift_score > 0.2", {"drift_score": 0.25}, {}, True),
+        ('breaker_open("v2")', {}, {"breaker_open": lambda name: name == "v2"}, True),
+        (
+            "accuracy < 0.9 and labelled_samples >= 200",
+            {"accuracy": 0.85, "labelled_samples": 200},
+            {},
+            True,
+        ),
+        (
+            "accuracy < 0.9 and labelled_samples >= 200",
+            {"accuracy": 0.85, "labelled_samples": 150},
+            {},
+            False,
+        ),
+        (
+            'not healthy("v1") and error_rate >= 2 * 0.01',
+            {"error_rate": 0.02},
+            {"healthy": lambda name: False},
+            True,
+        ),
+        (
+            'not healthy("v1") and error_rate >= 2 * 0.01',
+            {"error_rate": 0.02},
+            {"healthy": lambda name: True},
+            False,
+        ),
+    ],
+)
+def test_policy_examples_evaluate(
+    text: str, values: dict[str, Any], functions: dict[str, Any], expected: bool
+) -> None:
     assert parse(text).evaluate(values, functions) is expected
 
 
 def test_condition_reports_text_signals_and_calls_in_order_without_duplicates() -> None:
-    cond = parse('healthy("v1") and not breaker_open("v2") and healthy("v1") '
-                 'or quantile("latency", 0.99) > a + a')
+    cond = parse(
+        'healthy("v1") and not breaker_open("v2") and healthy("v1") '
+        'or quantile("latency", 0.99) > a + a'
+    )
     assert cond.text.startswith('healthy("v1")')
     assert cond.signals == frozenset({"a"})
-    assert cond.function_calls == (("healthy", ("v1",)), ("breaker_open", ("v2",)),
-                                   ("quantile", ("latency", 0.99)))
+    assert cond.function_calls == (
+        ("healthy", ("v1",)),
+        ("breaker_open", ("v2",)),
+        ("quantile", ("latency", 0.99)),
+    )
     assert repr(cond) == f"Condition({cond.text!r})"
 
 
 # --------------------------------------------------------------------------- precedence, grammar
 
 
-@pytest.mark.parametrize(("text", "values", "expected"), [
-    ("p or q and r", {"p": True, "q": False, "r": False}, True),      # p or (q and r)
-    ("(p or q) and r", {"p": True, "q": False, "r": False}, False),
-    ("not p and q", {"p": True, "q": True}, False),                   # (not p) and q
-    ("not (p and q)", {"p": True, "q": False}, True),
-    ("not a > 1", {"a": 0}, True),                                     # not (a > 1)
-    ("not not p", {"p": True}, True),
-    ("a + b * c == 7", {"a": 1, "b": 2, "c": 3}, True),
-    ("(a + b) * c == 9", {"a": 1, "b": 2, "c": 3}, True),
-    ("a - b - c == -4", {"a": 1, "b": 2, "c": 3}, True),              # left-associative
-    ("a / b / c == 2", {"a": 12, "b": 2, "c": 3}, True),
-    ("-a * -b == 6", {"a": 2, "b": 3}, True),
-    ("- -a == a", {"a": 2.5}, True),
-    ("-(a - b) == 1", {"a": 2, "b": 3}, True),
-    ("a+b>c", {"a": 1, "b": 1, "c": 1.5}, True),                       # no spaces needed
-    ("p == (a > 1)", {"p": True, "a": 2}, True),
-    ("p != q", {"p": True, "q": False}, True),
-    ("true and not false", {}, True),
-    ("a >= 1e-3 and a < .5e1 and a == 2.", {"a": 2}, True),
-])
+@pytest.mark.parametrize(
+    ("text", "values", "expected"),
+    [
+        ("p or q and r", {"p": True, "q": False, "r": False}, True),  # p or (q and r)
+        ("(p or q) and r", {"p": True, "q": False, "r": False}, False),
+        ("not p and q", {"p": True, "q": True}, False),  # (not p) and q
+        ("not (p and q)", {"p": True, "q": False}, True),
+        ("not a > 1", {"a": 0}, True),  # not (a > 1)
+        ("not not p", {"p": True}, True),
+        ("a + b * c == 7", {"a": 1, "b": 2, "c": 3}, True),
+        ("(a + b) * c == 9", {"a": 1, "b": 2, "c": 3}, True),
+        ("a - b - c == -4", {"a": 1, "b": 2, "c": 3}, True),  # left-associative
+        ("a / b / c == 2", {"a": 12, "b": 2, "c": 3}, True),
+        ("-a * -b == 6", {"a": 2, "b": 3}, True),
+        ("- -a == a", {"a": 2.5}, True),
+        ("-(a - b) == 1", {"a": 2, "b": 3}, True),
+        ("a+b>c", {"a": 1, "b": 1, "c": 1.5}, True),  # no spaces needed
+        ("p == (a > 1)", {"p": True, "a": 2}, True),
+        ("p != q", {"p": True, "q": False}, True),
+        ("true and not false", {}, True),
+        ("a >= 1e-3 and a < .5e1 and a == 2.", {"a": 2}, True),
+    ],
+)
 def test_precedence_and_grammar(text: str, values: dict[str, Any], expected: bool) -> None:
     assert parse(text).evaluate(values) is expected
 
 
-@pytest.mark.parametrize(("op", "x", "y"), [
-    (op, x, y) for op in ("<", "<=", ">", ">=", "==", "!=")
-    for x, y in ((1, 2), (2, 2), (3, 2), (-0.5, 0.25))
-])
+@pytest.mark.parametrize(
+    ("op", "x", "y"),
+    [
+        (op, x, y)
+        for op in ("<", "<=", ">", ">=", "==", "!=")
+        for x, y in ((1, 2), (2, 2), (3, 2), (-0.5, 0.25))
+    ],
+)
 def test_every_comparison_matches_its_operator(op: str, x: float, y: float) -> None:
-    python = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-              "==": operator.eq, "!=": operator.ne}[op]
+    python = {
+        "<": operator.lt,
+        "<=": operator.le,
+        ">": operator.gt,
+        ">=": operator.ge,
+        "==": operator.eq,
+        "!=": operator.ne,
+    }[op]
     assert ev(f"a {op} b", a=x, b=y) is python(x, y)
 
 
@@ -166,9 +220,18 @@ def test_not_follows_kleene(x: bool | None, expected: bool | None) -> None:
     assert ev("not p", p=x) is expected
 
 
-@pytest.mark.parametrize("text", [
-    "a > 1", "a + 1 > 0", "-a < 0", "a * 0 == 0", "1 / a > 0", "a == b", "a != a",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a > 1",
+        "a + 1 > 0",
+        "-a < 0",
+        "a * 0 == 0",
+        "1 / a > 0",
+        "a == b",
+        "a != a",
+    ],
+)
 def test_an_unknown_number_makes_arithmetic_and_comparisons_unknown(text: str) -> None:
     assert ev(text, a=None, b=1) is None
 
@@ -203,9 +266,9 @@ def test_division_by_zero_at_evaluation_is_unknown_not_an_exception() -> None:
 
 def test_overflow_is_infinite_and_nan_results_are_unknown() -> None:
     assert ev("a * a > 1", a=1e200) is True
-    assert ev("a * a - a * a == 0", a=1e200) is None       # inf - inf
+    assert ev("a * a - a * a == 0", a=1e200) is None  # inf - inf
     assert ev("a / a > 0", a=math.inf) is None
-    assert ev("a > 0", a=10**400) is None                  # no float holds it
+    assert ev("a > 0", a=10**400) is None  # no float holds it
 
 
 def test_values_may_be_a_function_and_only_declared_names_are_asked() -> None:
@@ -251,10 +314,12 @@ def test_an_implementation_error_propagates() -> None:
 
 def test_explain_records_each_value_read_with_its_verdict() -> None:
     cond = parse('not healthy("v1") and error_rate >= 0.02 and quantile("lat", 2) > 0.1')
-    got = cond.explain({"error_rate": 0.5}, {"healthy": lambda n: False,
-                                             "quantile": lambda n, q: np.float64(0.3)})
-    assert got == Explanation(True, {'healthy("v1")': False, "error_rate": 0.5,
-                                     'quantile("lat", 2)': 0.3})
+    got = cond.explain(
+        {"error_rate": 0.5}, {"healthy": lambda n: False, "quantile": lambda n, q: np.float64(0.3)}
+    )
+    assert got == Explanation(
+        True, {'healthy("v1")': False, "error_rate": 0.5, 'quantile("lat", 2)': 0.3}
+    )
     assert type(got.values['quantile("lat", 2)']) is float
 
 
@@ -262,7 +327,9 @@ def test_explain_skips_operands_that_could_not_change_the_verdict() -> None:
     cond = parse("error_rate > 0.05 or p99_latency_seconds > 0.5")
     assert cond.explain({"error_rate": 0.1}) == (True, {"error_rate": 0.1})
     assert cond.explain({"p99_latency_seconds": 0.1}) == (
-        None, {"error_rate": None, "p99_latency_seconds": 0.1})
+        None,
+        {"error_rate": None, "p99_latency_seconds": 0.1},
+    )
 
 
 def test_explain_reports_unusable_values_as_unknown() -> None:
@@ -272,62 +339,65 @@ def test_explain_reports_unusable_values_as_unknown() -> None:
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize(("text", "column", "fragment"), [
-    ("", 1, "the condition is empty"),
-    ("   ", 1, "the condition is empty"),
-    ("error_rate", 1, "must be true or false, got a number"),
-    ("eror_rate > 0.05", 1, "unknown signal 'eror_rate' (did you mean 'error_rate'?)"),
-    ("p or zzz", 6, "unknown signal 'zzz' (known: a, accuracy, b, c, drift_score"),
-    ('breaker_opn("v2")', 1, "unknown function 'breaker_opn' (did you mean 'breaker_open'?)"),
-    ('breaker_open("v9")', 14, 'breaker_open("v9"): unknown upstream (known: v1, v2, stable)'),
-    ("healthy", 1, "'healthy' is a function: call it as healthy(...)"),
-    ("error_rate(1) > 0", 1, "'error_rate' is a signal, not a function"),
-    ("healthy(1)", 9, "argument 1 of healthy must be a string, got a number"),
-    ('quantile("x", "y") > 1', 15, "argument 2 of quantile must be a number, got a string"),
-    ('healthy("v1", "v2")', 15, "healthy takes 1 argument, got more"),
-    ("healthy()", 9, "healthy takes 1 argument, got 0"),
-    ('healthy("v1" "v2")', 14, "expected ',' or ')' in the call of healthy"),
-    ("healthy(a)", 9, "arguments of healthy are literal strings or numbers, found 'a'"),
-    ('healthy("v1"', 13, "expected ',' or ')'"),
-    ("error_rate > true", 14, "'>' compares numbers, got a boolean"),
-    ("p < 1", 1, "'<' compares numbers, got a boolean"),
-    ("p == 1", 3, "'==' compares a boolean with a number"),
-    ("a and p", 1, "'and' needs booleans on both sides, got a number"),
-    ("p or a", 6, "'or' needs booleans on both sides, got a number"),
-    ("not a", 5, "'not' needs a boolean, got a number"),
-    ("-p", 2, "unary '-' needs a number, got a boolean"),
-    ("p + 1 > 0", 1, "'+' needs numbers on both sides, got a boolean"),
-    ('"v1" == a', 1, "a string is allowed only as a function argument"),
-    ("a < b < c", 7, "comparisons do not chain"),
-    ("a > 1 / 0", 7, "division by zero"),
-    ("a > 1 / (2 - 2)", 7, "division by zero"),
-    ("1e308 * 10 - 1e308 * 10 > a", 12, "arithmetic on constants has no finite result"),
-    ("a > 1e999", 5, "number '1e999' is out of range"),
-    ("a > 1.2.3", 5, "malformed number '1.2.3'"),
-    ("a > 5ms", 5, "malformed number '5ms'"),
-    ("a > 0x10", 5, "malformed number '0x10'"),
-    ("(p", 3, "expected ')' to close the '(' at column 1, found end of text"),
-    ("p)", 2, "unexpected ')' after a complete expression"),
-    ("p or", 5, "expected a value, found end of text"),
-    ("a > ", 5, "expected a value, found end of text"),
-    ("p p", 3, "unexpected 'p' after a complete expression"),
-    ("True", 1, "names are lowercase: write 'true', not 'True'"),
-    ("p AND q", 3, "names are lowercase: write 'and'"),
-    ("p && q", 3, "unsupported '&&' (write 'and')"),
-    ("p || q", 3, "unsupported '||' (write 'or')"),
-    ("!p", 1, "unsupported '!' (write 'not')"),
-    ("a = 1", 3, "unsupported '=' (write '==' to compare)"),
-    ("a ** 2 > 1", 3, "unsupported '**'"),
-    ("a // 2 > 1", 3, "unsupported '//'"),
-    ("a % 2 > 1", 3, "unsupported '%'"),
-    ("healthy('v1')", 9, "unsupported \"'\" (strings take double quotes)"),
-    ('healthy("v1)', 9, "unterminated string"),
-    ('healthy("v\\"1")', 11, "backslashes are not supported in strings"),
-    ('healthy("vé")', 11, "strings hold printable ASCII only, found 'é'"),
-    ("none", 1, "'none' is not part of the condition language"),
-    ("a if p else b", 3, "'if' is not part of the condition language"),
-    ("a in b", 3, "'in' is not part of the condition language"),
-])
+@pytest.mark.parametrize(
+    ("text", "column", "fragment"),
+    [
+        ("", 1, "the condition is empty"),
+        ("   ", 1, "the condition is empty"),
+        ("error_rate", 1, "must be true or false, got a number"),
+        ("eror_rate > 0.05", 1, "unknown signal 'eror_rate' (did you mean 'error_rate'?)"),
+        ("p or zzz", 6, "unknown signal 'zzz' (known: a, accuracy, b, c, drift_score"),
+        ('breaker_opn("v2")', 1, "unknown function 'breaker_opn' (did you mean 'breaker_open'?)"),
+        ('breaker_open("v9")', 14, 'breaker_open("v9"): unknown upstream (known: v1, v2, stable)'),
+        ("healthy", 1, "'healthy' is a function: call it as healthy(...)"),
+        ("error_rate(1) > 0", 1, "'error_rate' is a signal, not a function"),
+        ("healthy(1)", 9, "argument 1 of healthy must be a string, got a number"),
+        ('quantile("x", "y") > 1', 15, "argument 2 of quantile must be a number, got a string"),
+        ('healthy("v1", "v2")', 15, "healthy takes 1 argument, got more"),
+        ("healthy()", 9, "healthy takes 1 argument, got 0"),
+        ('healthy("v1" "v2")', 14, "expected ',' or ')' in the call of healthy"),
+        ("healthy(a)", 9, "arguments of healthy are literal strings or numbers, found 'a'"),
+        ('healthy("v1"', 13, "expected ',' or ')'"),
+        ("error_rate > true", 14, "'>' compares numbers, got a boolean"),
+        ("p < 1", 1, "'<' compares numbers, got a boolean"),
+        ("p == 1", 3, "'==' compares a boolean with a number"),
+        ("a and p", 1, "'and' needs booleans on both sides, got a number"),
+        ("p or a", 6, "'or' needs booleans on both sides, got a number"),
+        ("not a", 5, "'not' needs a boolean, got a number"),
+        ("-p", 2, "unary '-' needs a number, got a boolean"),
+        ("p + 1 > 0", 1, "'+' needs numbers on both sides, got a boolean"),
+        ('"v1" == a', 1, "a string is allowed only as a function argument"),
+        ("a < b < c", 7, "comparisons do not chain"),
+        ("a > 1 / 0", 7, "division by zero"),
+        ("a > 1 / (2 - 2)", 7, "division by zero"),
+        ("1e308 * 10 - 1e308 * 10 > a", 12, "arithmetic on constants has no finite result"),
+        ("a > 1e999", 5, "number '1e999' is out of range"),
+        ("a > 1.2.3", 5, "malformed number '1.2.3'"),
+        ("a > 5ms", 5, "malformed number '5ms'"),
+        ("a > 0x10", 5, "malformed number '0x10'"),
+        ("(p", 3, "expected ')' to close the '(' at column 1, found end of text"),
+        ("p)", 2, "unexpected ')' after a complete expression"),
+        ("p or", 5, "expected a value, found end of text"),
+        ("a > ", 5, "expected a value, found end of text"),
+        ("p p", 3, "unexpected 'p' after a complete expression"),
+        ("True", 1, "names are lowercase: write 'true', not 'True'"),
+        ("p AND q", 3, "names are lowercase: write 'and'"),
+        ("p && q", 3, "unsupported '&&' (write 'and')"),
+        ("p || q", 3, "unsupported '||' (write 'or')"),
+        ("!p", 1, "unsupported '!' (write 'not')"),
+        ("a = 1", 3, "unsupported '=' (write '==' to compare)"),
+        ("a ** 2 > 1", 3, "unsupported '**'"),
+        ("a // 2 > 1", 3, "unsupported '//'"),
+        ("a % 2 > 1", 3, "unsupported '%'"),
+        ("healthy('v1')", 9, 'unsupported "\'" (strings take double quotes)'),
+        ('healthy("v1)', 9, "unterminated string"),
+        ('healthy("v\\"1")', 11, "backslashes are not supported in strings"),
+        ('healthy("vé")', 11, "strings hold printable ASCII only, found 'é'"),
+        ("none", 1, "'none' is not part of the condition language"),
+        ("a if p else b", 3, "'if' is not part of the condition language"),
+        ("a in b", 3, "'in' is not part of the condition language"),
+    ],
+)
 def test_errors_name_the_column_and_the_problem(text: str, column: int, fragment: str) -> None:
     exc = error(text)
     assert exc.column == column, exc.problem
@@ -339,7 +409,8 @@ def test_the_message_shows_the_text_with_a_caret_under_the_column() -> None:
     assert exc.problem == (
         "column 22: unknown signal 'eror_rate' (did you mean 'error_rate'?)\n"
         "    error_rate > 0.05 or eror_rate > 1\n"
-        "                         ^")
+        "                         ^"
+    )
     assert str(exc) == "invalid condition: " + exc.problem
     assert exc.problems == (exc.problem,)
     assert exc.text == "error_rate > 0.05 or eror_rate > 1"
@@ -357,7 +428,7 @@ def test_the_caret_excerpt_of_a_long_text_is_a_window_with_ellipses() -> None:
     exc = error(text)
     _, line, caret = exc.problem.split("\n")
     assert line.startswith("    ...") and len(line) < 90
-    assert line[caret.index("^"):].startswith("nope")
+    assert line[caret.index("^") :].startswith("nope")
 
 
 def test_suggestions_offer_several_close_names() -> None:
@@ -385,12 +456,15 @@ def test_signals_given_as_a_plain_collection_are_numbers() -> None:
         parse_condition("f(1)", signals={"x"})
 
 
-@pytest.mark.parametrize(("signals", "functions"), [
-    ({"Bad": "number"}, {}),
-    ({"and": "number"}, {}),
-    ({"x": "string"}, {}),
-    ({}, {"my-fn": FunctionSpec((), "bool")}),
-])
+@pytest.mark.parametrize(
+    ("signals", "functions"),
+    [
+        ({"Bad": "number"}, {}),
+        ({"and": "number"}, {}),
+        ({"x": "string"}, {}),
+        ({}, {"my-fn": FunctionSpec((), "bool")}),
+    ],
+)
 def test_invalid_declarations_are_programming_errors(signals: Any, functions: Any) -> None:
     with pytest.raises(ValueError, match=r"expected kind|not a valid"):
         parse_condition("true", signals=signals, functions=functions)
@@ -410,24 +484,30 @@ def test_a_condition_that_is_not_text_is_a_condition_error(value: Any) -> None:
     assert "expected the condition as text" in error(value).detail
 
 
-@pytest.mark.parametrize("text", [
-    "(" * 10_000 + "p" + ")" * 10_000,
-    "p or " * 20_000 + "p",
-    "x" * 100_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 10_000 + "p" + ")" * 10_000,
+        "p or " * 20_000 + "p",
+        "x" * 100_000,
+    ],
+)
 def test_huge_text_is_rejected_before_parsing(text: str) -> None:
     exc = error(text)
     assert exc.column == MAX_LENGTH + 1
     assert "too long" in exc.detail and len(exc.problem) < 300
 
 
-@pytest.mark.parametrize("text", [
-    "(" * (MAX_DEPTH + 1) + "p" + ")" * (MAX_DEPTH + 1),
-    "(" * 999 + "p" + ")" * 999,
-    "not " * 400 + "p",
-    "-" * 1000 + "a > 0",
-    " + ".join(["a"] * 40) + " > 0",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * (MAX_DEPTH + 1) + "p" + ")" * (MAX_DEPTH + 1),
+        "(" * 999 + "p" + ")" * 999,
+        "not " * 400 + "p",
+        "-" * 1000 + "a > 0",
+        " + ".join(["a"] * 40) + " > 0",
+    ],
+)
 def test_deep_nesting_is_rejected_before_the_parser_recurses(text: str) -> None:
     assert "nested too deeply" in error(text).detail
 
@@ -442,32 +522,35 @@ def test_too_many_terms_are_rejected() -> None:
     assert f"more than {MAX_NODES} terms" in error(" or ".join(["p"] * (MAX_NODES + 1))).detail
 
 
-@pytest.mark.parametrize(("text", "column"), [
-    ('__import__("os")', 1),
-    ('__import__("os").system("ls")', 1),
-    ("a.b > 1", 2),
-    ("().__class__", 2),
-    ("a[0] > 1", 2),
-    ("lambda: p", 1),
-    ("p; p", 2),
-    ("p \\\n or q", 3),
-    ("a > \u0661", 5),                    # ARABIC-INDIC DIGIT ONE
-    ("a > \uff11", 5),                    # FULLWIDTH DIGIT ONE
-    ("a > .\u0661", 5),                   # a dot, then ARABIC-INDIC DIGIT ONE
-    ("a > 1\u0661", 5),
-    ("\uff41 > 1", 1),                    # FULLWIDTH LATIN SMALL LETTER A
-    ("p\u200b", 2),                       # ZERO WIDTH SPACE
-    ("p or\u00a0q", 5),                   # NO-BREAK SPACE
-    ("\u202ep", 1),                       # RIGHT-TO-LEFT OVERRIDE
-    ('f"{p}"', 1),
-    ("{p}", 1),
-    ("p # comment", 3),
-    ("`p`", 1),
-    ("a @ b", 3),
-    ("p\x00", 2),
-    ("eval(\"1\")", 1),
-    ("a > 1_000", 5),
-])
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [
+        ('__import__("os")', 1),
+        ('__import__("os").system("ls")', 1),
+        ("a.b > 1", 2),
+        ("().__class__", 2),
+        ("a[0] > 1", 2),
+        ("lambda: p", 1),
+        ("p; p", 2),
+        ("p \\\n or q", 3),
+        ("a > \u0661", 5),  # ARABIC-INDIC DIGIT ONE
+        ("a > \uff11", 5),  # FULLWIDTH DIGIT ONE
+        ("a > .\u0661", 5),  # a dot, then ARABIC-INDIC DIGIT ONE
+        ("a > 1\u0661", 5),
+        ("\uff41 > 1", 1),  # FULLWIDTH LATIN SMALL LETTER A
+        ("p\u200b", 2),  # ZERO WIDTH SPACE
+        ("p or\u00a0q", 5),  # NO-BREAK SPACE
+        ("\u202ep", 1),  # RIGHT-TO-LEFT OVERRIDE
+        ('f"{p}"', 1),
+        ("{p}", 1),
+        ("p # comment", 3),
+        ("`p`", 1),
+        ("a @ b", 3),
+        ("p\x00", 2),
+        ('eval("1")', 1),
+        ("a > 1_000", 5),
+    ],
+)
 def test_hostile_text_is_a_clean_condition_error(text: str, column: int) -> None:
     exc = error(text)
     assert exc.column == column, exc.problem
@@ -479,8 +562,14 @@ def test_hostile_text_is_a_clean_condition_error(text: str, column: int) -> None
 
 PREC = {"or": 1, "and": 2, "not": 3, "cmp": 4, "+": 5, "-": 5, "*": 6, "/": 6, "neg": 7}
 LITERALS = {"1": 1.0, "2.5": 2.5, "0.5": 0.5, "1e-3": 0.001, "3": 3.0, ".25": 0.25, "0": 0.0}
-CMP = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-       "==": operator.eq, "!=": operator.ne}
+CMP = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 Tree = tuple[Any, ...]
 
@@ -500,8 +589,7 @@ def gen_bool(rng: random.Random, depth: int) -> Tree:
         op = "and" if pick == 4 else "or"
         return (op, gen_bool(rng, depth - 1), gen_bool(rng, depth - 1))
     if rng.random() < 0.2:
-        return ("cmp", rng.choice(["==", "!="]), gen_bool(rng, depth - 1),
-                gen_bool(rng, depth - 1))
+        return ("cmp", rng.choice(["==", "!="]), gen_bool(rng, depth - 1), gen_bool(rng, depth - 1))
     return ("cmp", rng.choice(list(CMP)), gen_num(rng, depth - 1), gen_num(rng, depth - 1))
 
 
@@ -601,10 +689,18 @@ def size(tree: Tree) -> int:
     return 1 + sum(map(size, children(tree)))
 
 
-RANDOM_SPECS = {"f": FunctionSpec(("string", "number"), "number"),
-                "g": FunctionSpec(("string",), "bool")}
-RANDOM_SIGNALS = {"a": "number", "b": "number", "c": "number",
-                  "p": "bool", "q": "bool", "r": "bool"}
+RANDOM_SPECS = {
+    "f": FunctionSpec(("string", "number"), "number"),
+    "g": FunctionSpec(("string",), "bool"),
+}
+RANDOM_SIGNALS = {
+    "a": "number",
+    "b": "number",
+    "c": "number",
+    "p": "bool",
+    "q": "bool",
+    "r": "bool",
+}
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -102,7 +102,8 @@ def test_the_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None
     for path in written:
         committed = (ROOT / "dashboards" / path.name).read_text(encoding="utf-8")
         assert path.read_text(encoding="utf-8") == committed, (
-            f"{path.name} is stale: run python3 -m dashboards.build")
+            f"{path.name} is stale: run python3 -m dashboards.build"
+        )
 
 
 def test_every_documented_metric_is_on_a_panel_and_every_queried_one_is_documented() -> None:
@@ -125,8 +126,7 @@ async def predict(request: Request) -> Response:
     out = []
     for row in payload.get("instances", []):
         p = min(max(0.5 + (row.get("f0", 0.0) or 0.0) / 4, 0.0), 1.0)
-        out.append({"label": "yes" if p >= 0.5 else "no", "value": p,
-                    "probability": max(p, 1 - p)})
+        out.append({"label": "yes" if p >= 0.5 else "no", "value": p, "probability": max(p, 1 - p)})
     return JSONResponse({"predictions": out})
 
 
@@ -140,16 +140,24 @@ async def boom(request: Request) -> Response:
 
 
 def model_app(influx_url: str) -> Any:
-    app = Starlette(routes=[
-        Route("/predict", predict, methods=["POST"]),
-        Route("/text/predict", text_predict, methods=["POST"]),
-        Route("/boom/predict", boom, methods=["POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/text/predict", text_predict, methods=["POST"]),
+            Route("/boom/predict", boom, methods=["POST"]),
+        ]
+    )
     app.add_middleware(
-        InferenceMonitor, model_name=MODEL, model_version="1", registry=CollectorRegistry(),
-        baseline=make_baseline(), prediction_classes=("yes", "no"), drift_every_rows=50,
+        InferenceMonitor,
+        model_name=MODEL,
+        model_version="1",
+        registry=CollectorRegistry(),
+        baseline=make_baseline(),
+        prediction_classes=("yes", "no"),
+        drift_every_rows=50,
         remember_max_predictions=200,  # unlabelled rows are evicted: the unlabelled counter
-        drift_interval_s=0.5, tracing=False,
+        drift_interval_s=0.5,
+        tracing=False,
         influx={"url": influx_url, "bucket": f"dash{time.time_ns()}", "interval_s": 0.2},
     )
     return app
@@ -161,25 +169,55 @@ def sidecar() -> Any:
     stable = FakeVersion("stable", label="yes")
     candidate = FakeVersion("candidate", label="yes")
     shadow = FakeVersion("shadow", label="no")
-    with serve_app(primary) as p, serve_app(stable) as s, serve_app(candidate) as c, \
-            serve_app(shadow) as sh:
-        cfg = SidecarConfig.from_mapping({
-            "upstreams": {"primary": p.url, "stable": s.url, "candidate": c.url,
-                          "shadow": sh.url, "dead": dead_url()},
-            "retry": {"num_retries": 1, "base_interval_s": 0.001, "max_interval_s": 0.002,
-                      "min_retries_per_s": 1000},
-            "breaker": {"consecutive_5xx": 2, "reset_timeout_s": 1},
-            "health_checks": {"interval_s": 0.5, "timeout_s": 0.3, "unhealthy_threshold": 1,
-                              "healthy_threshold": 1},
-            "canary": {"candidate": "candidate", "interval_s": 2, "min_requests": 3,
-                       "steps_percent": [20, 50]},
-            "shadow": {"target": "shadow", "sample_percent": 100},
-        }, environ={})
+    with (
+        serve_app(primary) as p,
+        serve_app(stable) as s,
+        serve_app(candidate) as c,
+        serve_app(shadow) as sh,
+    ):
+        cfg = SidecarConfig.from_mapping(
+            {
+                "upstreams": {
+                    "primary": p.url,
+                    "stable": s.url,
+                    "candidate": c.url,
+                    "shadow": sh.url,
+                    "dead": dead_url(),
+                },
+                "retry": {
+                    "num_retries": 1,
+                    "base_interval_s": 0.001,
+                    "max_interval_s": 0.002,
+                    "min_retries_per_s": 1000,
+                },
+                "breaker": {"consecutive_5xx": 2, "reset_timeout_s": 1},
+                "health_checks": {
+                    "interval_s": 0.5,
+                    "timeout_s": 0.3,
+                    "unhealthy_threshold": 1,
+                    "healthy_threshold": 1,
+                },
+                "canary": {
+                    "candidate": "candidate",
+                    "interval_s": 2,
+                    "min_requests": 3,
+                    "steps_percent": [20, 50],
+                },
+                "shadow": {"target": "shadow", "sample_percent": 100},
+            },
+            environ={},
+        )
         proxy = ProxyApp(cfg)
         admin = create_admin_app(proxy, registry=CollectorRegistry())
         with serve_app(proxy, proxy_headers=False) as served, serve_app(admin) as admin_served:
-            proxy.ledger.record(LedgerRecord(action="escalation", target="primary",
-                                             reason="dashboard test", severity="critical"))
+            proxy.ledger.record(
+                LedgerRecord(
+                    action="escalation",
+                    target="primary",
+                    reason="dashboard test",
+                    severity="critical",
+                )
+            )
             yield served.url, admin_served
 
 
@@ -187,12 +225,14 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
     """Bounded load on both servers, with labels posted back for the model's answers."""
     rows = reference_rows(500, seed=5)
     deadline = time.monotonic() + max_s
-    with httpx.Client(base_url=model_url, trust_env=False, timeout=10) as model, \
-            httpx.Client(base_url=sidecar_url, trust_env=False, timeout=10) as side:
+    with (
+        httpx.Client(base_url=model_url, trust_env=False, timeout=10) as model,
+        httpx.Client(base_url=sidecar_url, trust_env=False, timeout=10) as side,
+    ):
         for i in range(2000):
             if stop.is_set() or time.monotonic() > deadline:
                 return
-            batch = [dict(r, extra_feature=1.0) for r in rows[(i * 10) % 490:][:10]]
+            batch = [dict(r, extra_feature=1.0) for r in rows[(i * 10) % 490 :][:10]]
             r = model.post("/predict", json={"instances": batch})
             rid = r.headers.get("x-request-id", "")
             labels = [{"request_id": f"{rid}#{k}", "label": "yes"} for k in range(5)]
@@ -208,9 +248,13 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
 
 
 def substitute(expr: str) -> str:
-    return (expr.replace("$model", MODEL).replace("$version", ".*")
-            .replace("$upstream", ".*").replace("$__rate_interval", "15s")
-            .replace("$__interval", "15s"))
+    return (
+        expr.replace("$model", MODEL)
+        .replace("$version", ".*")
+        .replace("$upstream", ".*")
+        .replace("$__rate_interval", "15s")
+        .replace("$__interval", "15s")
+    )
 
 
 def instant(prom_url: str, promql: str) -> list[dict]:
@@ -227,8 +271,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(victoria_metrics)
     stop = threading.Event()
     with serve_app(model_app(victoria_metrics.url)) as model, sidecar() as (side_url, admin):
         prom = start_prometheus(workdir, [f"127.0.0.1:{model.port}", f"127.0.0.1:{admin.port}"])
-        loader = threading.Thread(target=traffic, args=(model.url, side_url, stop, 60),
-                                  daemon=True)
+        loader = threading.Thread(target=traffic, args=(model.url, side_url, stop, 60), daemon=True)
         loader.start()
         try:
             pending = set(queries)

@@ -68,9 +68,13 @@ def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
     from mlwarden.sidecar.healing.policies import default_policies
 
     tiers = default_tiers_scaled("http://127.0.0.1:9/retrain")
-    config = SidecarConfig.from_mapping({
-        "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
-        "healing": {"retrain_webhook_url": "http://127.0.0.1:9/retrain"}}, environ={})
+    config = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
+            "healing": {"retrain_webhook_url": "http://127.0.0.1:9/retrain"},
+        },
+        environ={},
+    )
     originals = default_policies(config)
     assert [t["name"] for t in tiers] == [p.name for p in originals]
     for tier, original in zip(tiers, originals, strict=True):
@@ -78,13 +82,20 @@ def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
         assert tier["for_s"] * TIME_SCALE == original.for_s
         assert tier["cooldown_s"] * TIME_SCALE == original.cooldown_s
     # Written back as a config, they load as policies with the same actions.
-    loaded = SidecarConfig.from_mapping({
-        "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
-        "policies": tiers}, environ={}).policies
+    loaded = SidecarConfig.from_mapping(
+        {"upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "policies": tiers},
+        environ={},
+    ).policies
     assert [[a.kind for a in p.actions] for p in loaded] == [
-        [a.kind for a in p.actions] for p in originals]
+        [a.kind for a in p.actions] for p in originals
+    ]
     assert ["webhook" in [a.kind for a in p.actions] for p in loaded] == [
-        False, False, True, True, False]
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_shift_arguments_name_the_feature_and_the_form():
@@ -99,21 +110,43 @@ def test_shift_arguments_name_the_feature_and_the_form():
 
 
 def _snapshot(events: list[dict], phase: int = 0) -> Snapshot:
-    status = {"upstreams": {"v1": {"available": True, "breaker": {"state": "closed"}},
-                            "v2": {"available": False, "breaker": {"state": "open"}}},
-              "routing": {"order": ["v1", "v2"]},
-              "canary": {"candidate": "v2", "state": "analysing", "weight_percent": 40},
-              "shadow": {"agreement_rate": 0.975}}
-    return Snapshot(phase_index=phase, phase_count=5, phase="normal", story="s",
-                    elapsed_s=3.0, duration_s=9.0, recent_by_upstream={"v1": 50, "v2": 20},
-                    recent_failed=0, sent=100, failed=0, status=status, events=events)
+    status = {
+        "upstreams": {
+            "v1": {"available": True, "breaker": {"state": "closed"}},
+            "v2": {"available": False, "breaker": {"state": "open"}},
+        },
+        "routing": {"order": ["v1", "v2"]},
+        "canary": {"candidate": "v2", "state": "analysing", "weight_percent": 40},
+        "shadow": {"agreement_rate": 0.975},
+    }
+    return Snapshot(
+        phase_index=phase,
+        phase_count=5,
+        phase="normal",
+        story="s",
+        elapsed_s=3.0,
+        duration_s=9.0,
+        recent_by_upstream={"v1": 50, "v2": 20},
+        recent_failed=0,
+        sent=100,
+        failed=0,
+        status=status,
+        events=events,
+    )
 
 
 def test_the_log_view_prints_each_phase_and_each_ledger_record_once():
     out = io.StringIO()
     view = LiveView(out, live=False, started_at=1000.0, log_every_s=3600)
-    record = {"id": "a-1", "at": 1004.5, "action": "rollback", "target": "v2", "outcome": "ok",
-              "actor": "auto", "reason": "error rate 50% > 5%"}
+    record = {
+        "id": "a-1",
+        "at": 1004.5,
+        "action": "rollback",
+        "target": "v2",
+        "outcome": "ok",
+        "actor": "auto",
+        "reason": "error rate 50% > 5%",
+    }
     view.frame(_snapshot([record]))
     view.frame(_snapshot([record]))
     view.frame(_snapshot([record], phase=1))
@@ -142,16 +175,28 @@ def test_the_log_view_prints_its_first_progress_line_on_a_machine_just_booted():
 
 
 def test_the_summary_names_a_phase_that_did_not_heal():
-    table = summary_table([
-        PhaseResult("normal", "none", requests=10, healed=True),
-        PhaseResult("primary outage", "v1 SIGKILLed", detected_after_s=0.01,
-                    detected_by="breaker_opened v1", requests=12, failed=3, note="why"),
-    ])
+    table = summary_table(
+        [
+            PhaseResult("normal", "none", requests=10, healed=True),
+            PhaseResult(
+                "primary outage",
+                "v1 SIGKILLed",
+                detected_after_s=0.01,
+                detected_by="breaker_opened v1",
+                requests=12,
+                failed=3,
+                note="why",
+            ),
+        ]
+    )
     lines = table.splitlines()
     assert lines[0].startswith("| phase ")
     assert re.search(r"\| normal .*\| ok ", lines[2])
-    assert re.search(r"\| primary outage .*\|\s+0\.0 s \| breaker_opened v1 .*\|\s+3 \| "
-                     r"NOT HEALED \|", lines[3])
+    assert re.search(
+        r"\| primary outage .*\|\s+0\.0 s \| breaker_opened v1 .*\|\s+3 \| "
+        r"NOT HEALED \|",
+        lines[3],
+    )
     assert "primary outage: why" in table
 
 
@@ -159,15 +204,23 @@ def test_the_summary_names_a_phase_that_did_not_heal():
 
 
 def _demo(tmp_path) -> Demo:
-    return Demo(timing=QUICK, seed=1, prometheus=False, out=io.StringIO(), live=False,
-                workdir=tmp_path)
+    return Demo(
+        timing=QUICK, seed=1, prometheus=False, out=io.StringIO(), live=False, workdir=tmp_path
+    )
 
 
 def test_clients_count_as_recovered_only_after_the_last_failure(tmp_path):
     demo = _demo(tmp_path)
-    demo.answers.extend([_Answer(9.0, "v1", False), _Answer(10.1, "v2", False),
-                         _Answer(10.2, "", True), _Answer(10.3, "v1", False),
-                         _Answer(10.4, "v2", False), _Answer(10.5, "v2", False)])
+    demo.answers.extend(
+        [
+            _Answer(9.0, "v1", False),
+            _Answer(10.1, "v2", False),
+            _Answer(10.2, "", True),
+            _Answer(10.3, "v1", False),
+            _Answer(10.4, "v2", False),
+            _Answer(10.5, "v2", False),
+        ]
+    )
     assert demo._clients_recovered(10.0) == 10.3
     assert demo._clients_recovered(10.0, "v2") == 10.4
     assert demo._clients_recovered(11.0) is None
@@ -219,8 +272,12 @@ def test_the_quick_demo_heals_every_phase_and_fails_no_client_request():
     """The real command, with ``--prometheus`` when Debian's prometheus is installed."""
     with_prometheus = shutil.which("prometheus") is not None
     argv = [sys.executable, "-m", "mlwarden.sidecar.cli", "demo", "--quick", "--log"]
-    process = subprocess.Popen(argv + (["--prometheus"] if with_prometheus else []),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        argv + (["--prometheus"] if with_prometheus else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     watchdog = threading.Timer(400, process.kill)  # bounded, whatever happens
     watchdog.start()
     lines: list[str] = []
@@ -252,20 +309,39 @@ def test_the_quick_demo_heals_every_phase_and_fails_no_client_request():
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 9 and cells[0] not in ("phase", "") and not cells[0].startswith("-"):
-            rows[cells[0]] = dict(zip(("fault", "detected_after", "detected_by", "healed_by",
-                                       "recovery", "requests", "failed", "verdict"),
-                                      cells[1:], strict=True))
-    assert list(rows) == ["normal", "candidate errors", "input drift", "primary outage",
-                          "recovery"], out
+            rows[cells[0]] = dict(
+                zip(
+                    (
+                        "fault",
+                        "detected_after",
+                        "detected_by",
+                        "healed_by",
+                        "recovery",
+                        "requests",
+                        "failed",
+                        "verdict",
+                    ),
+                    cells[1:],
+                    strict=True,
+                )
+            )
+    assert list(rows) == [
+        "normal",
+        "candidate errors",
+        "input drift",
+        "primary outage",
+        "recovery",
+    ], out
     for name, row in rows.items():
         assert row["verdict"] in ("ok", "healed"), (name, row)
         assert row["failed"] == "0", (name, row)
         assert int(row["requests"]) > 100, (name, row)
     assert rows["candidate errors"]["detected_by"] in ("rollback v2", "breaker_opened v2")
-    assert rows["input drift"]["detected_by"] in ("policy_fired v1 (drift-small)",
-                                                  "policy_fired v1 (drift-large)")
-    assert rows["primary outage"]["detected_by"] in ("breaker_opened v1",
-                                                     "upstream_unhealthy v1")
+    assert rows["input drift"]["detected_by"] in (
+        "policy_fired v1 (drift-small)",
+        "policy_fired v1 (drift-large)",
+    )
+    assert rows["primary outage"]["detected_by"] in ("breaker_opened v1", "upstream_unhealthy v1")
     assert rows["recovery"]["detected_by"] in ("upstream_healthy v1", "breaker_closed v1")
     # The canary stepped up before the fault. Under drift the default tier drift-large moved
     # traffic to v2 and called the retraining webhook; the pipeline redeployed v1 and the

@@ -33,15 +33,19 @@ pytestmark = pytest.mark.floor
 KS_TOLERANCE = 0.011
 
 
-def _windows(baseline: BaselineProfile, columns: dict[str, np.ndarray | list[object]],
-             **options: object) -> FeatureWindows:
+def _windows(
+    baseline: BaselineProfile, columns: dict[str, np.ndarray | list[object]], **options: object
+) -> FeatureWindows:
     rows = len(next(iter(columns.values())))
     windows = FeatureWindows(baseline, max_rows=max(rows, 1), max_age_s=None, **options)
     if rows:
-        windows.add(FeatureBatch(
-            rows=rows, columns={k: list(np.asarray(v).tolist()) for k, v in columns.items()},
-            format="json",
-        ))
+        windows.add(
+            FeatureBatch(
+                rows=rows,
+                columns={k: list(np.asarray(v).tolist()) for k, v in columns.items()},
+                format="json",
+            )
+        )
     return windows
 
 
@@ -98,7 +102,7 @@ def test_ks_statistic_is_within_tolerance_of_scipy(dist: str, shift: float) -> N
     assert isinstance(counts, NumericCounts)
     d = ks_statistic_binned(counts.reference_cdf, counts.grid)
     expected = stats.ks_2samp(reference, window).statistic
-    assert d <= expected + 1e-12          # exact at the grid points: never above
+    assert d <= expected + 1e-12  # exact at the grid points: never above
     assert expected - d <= KS_TOLERANCE
 
 
@@ -113,10 +117,18 @@ def test_ks_statistic_is_exact_for_integer_data() -> None:
     )
 
 
-@pytest.mark.parametrize(("n", "m", "shift"), [
-    (100, 1_000, 0.0), (100, 1_000, 0.3), (500, 5_000, 0.1), (1_000, 20_000, 0.05),
-    (2_000, 2_000, 0.1), (60, 50, 0.5), (30, 200, 0.5),
-])
+@pytest.mark.parametrize(
+    ("n", "m", "shift"),
+    [
+        (100, 1_000, 0.0),
+        (100, 1_000, 0.3),
+        (500, 5_000, 0.1),
+        (1_000, 20_000, 0.05),
+        (2_000, 2_000, 0.1),
+        (60, 50, 0.5),
+        (30, 200, 0.5),
+    ],
+)
 def test_ks_pvalue_is_close_to_scipy_exact(n: int, m: int, shift: float) -> None:
     rng = np.random.default_rng(3)
     result = stats.ks_2samp(rng.normal(size=m), rng.normal(shift, 1, n), method="exact")
@@ -126,8 +138,9 @@ def test_ks_pvalue_is_close_to_scipy_exact(n: int, m: int, shift: float) -> None
 
 def test_kolmogorov_sf_matches_scipy() -> None:
     xs = np.linspace(0.05, 4.0, 80)
-    np.testing.assert_allclose([kolmogorov_sf(x) for x in xs], stats.kstwobign.sf(xs),
-                               rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(
+        [kolmogorov_sf(x) for x in xs], stats.kstwobign.sf(xs), rtol=1e-10, atol=1e-300
+    )
 
 
 @pytest.mark.parametrize("dof", [1, 2, 3, 4.5, 7, 10, 30, 100, 500])
@@ -175,9 +188,7 @@ def test_chi2_test_leaves_out_cells_empty_on_both_sides() -> None:
 
 
 def test_total_variation_is_half_the_l1_distance() -> None:
-    assert total_variation([0.5, 0.5, 0.0], [30, 60, 10]) == pytest.approx(
-        0.5 * (0.2 + 0.1 + 0.1)
-    )
+    assert total_variation([0.5, 0.5, 0.0], [30, 60, 10]) == pytest.approx(0.5 * (0.2 + 0.1 + 0.1))
 
 
 # --------------------------------------------------------------------------- corrections
@@ -190,8 +201,7 @@ def test_holm_adjusts_step_down() -> None:
 
 
 def test_bonferroni_multiplies_by_the_family_size() -> None:
-    np.testing.assert_allclose(adjust_pvalues([0.01, 0.3, 0.02], "bonferroni"),
-                               [0.03, 0.9, 0.06])
+    np.testing.assert_allclose(adjust_pvalues([0.01, 0.3, 0.02], "bonferroni"), [0.03, 0.9, 0.06])
 
 
 def test_bh_matches_its_definition_and_scipy() -> None:
@@ -199,12 +209,14 @@ def test_bh_matches_its_definition_and_scipy() -> None:
     k = p.size
     rank = {i: r + 1 for r, i in enumerate(np.argsort(p))}
     # adjusted p_i = min over p_j >= p_i of k p_j / rank_j, capped at 1
-    by_definition = [min(min(1.0, k * p[j] / rank[j]) for j in range(k) if p[j] >= p[i])
-                     for i in range(k)]
+    by_definition = [
+        min(min(1.0, k * p[j] / rank[j]) for j in range(k) if p[j] >= p[i]) for i in range(k)
+    ]
     np.testing.assert_allclose(adjust_pvalues(p, "bh"), by_definition, rtol=1e-12)
-    if hasattr(stats, "false_discovery_control"):   # scipy >= 1.11
-        np.testing.assert_allclose(adjust_pvalues(p, "bh"),
-                                   stats.false_discovery_control(p, method="bh"), rtol=1e-12)
+    if hasattr(stats, "false_discovery_control"):  # scipy >= 1.11
+        np.testing.assert_allclose(
+            adjust_pvalues(p, "bh"), stats.false_discovery_control(p, method="bh"), rtol=1e-12
+        )
 
 
 def test_nan_pvalues_stay_out_of_the_family() -> None:
@@ -245,17 +257,20 @@ def test_a_correction_can_turn_a_flag_off(twenty: BaselineProfile) -> None:
     assert isinstance(base, NumericProfile)
     for shift in np.linspace(0.0, 0.3, 61):
         moved = dict(columns, normal0=columns["normal0"] + shift * base.std)
-        report = evaluate_drift(_windows(twenty, moved),
-                                DriftThresholds(ks_min_statistic=0.0, psi=10.0))
+        report = evaluate_drift(
+            _windows(twenty, moved), DriftThresholds(ks_min_statistic=0.0, psi=10.0)
+        )
         if report.features[0].pvalues["ks"] < target:
             break
     else:
         pytest.fail("no shift reached the target p-value")
     windows = _windows(twenty, moved)
-    loose = evaluate_drift(windows, DriftThresholds(correction="none", ks_min_statistic=0.0,
-                                                    psi=10.0))
-    strict = evaluate_drift(windows, DriftThresholds(correction="bonferroni",
-                                                     ks_min_statistic=0.0, psi=10.0))
+    loose = evaluate_drift(
+        windows, DriftThresholds(correction="none", ks_min_statistic=0.0, psi=10.0)
+    )
+    strict = evaluate_drift(
+        windows, DriftThresholds(correction="bonferroni", ks_min_statistic=0.0, psi=10.0)
+    )
     assert "normal0" in loose.drifted_features
     assert "normal0" not in strict.drifted_features
     assert strict.features[0].adjusted_pvalues["ks"] == pytest.approx(
@@ -282,11 +297,11 @@ def test_scores_of_all_features_at_once_equal_the_per_feature_functions(
         profile = twenty.feature(counts.name)
         assert isinstance(profile, NumericProfile)
         d = ks_statistic_binned(counts.reference_cdf, counts.grid)
-        assert feature.scores["psi"] == pytest.approx(psi(profile.proportions, counts.bins),
-                                                      rel=1e-12)
+        assert feature.scores["psi"] == pytest.approx(
+            psi(profile.proportions, counts.bins), rel=1e-12
+        )
         assert feature.scores["ks"] == pytest.approx(d, rel=1e-12)
-        assert feature.pvalues["ks"] == pytest.approx(ks_pvalue(d, counts.finite,
-                                                                profile.count))
+        assert feature.pvalues["ks"] == pytest.approx(ks_pvalue(d, counts.finite, profile.count))
         assert feature.mean == pytest.approx(np.mean(columns[counts.name]))
         checked += 1
     assert checked == 16
@@ -303,8 +318,7 @@ def test_traffic_drawn_from_the_baseline_raises_no_drift(
 
 
 @pytest.mark.parametrize("name", ["normal1", "lognormal2", "uniform0", "integer3"])
-def test_a_one_std_mean_shift_flags_that_feature_only(twenty: BaselineProfile,
-                                                      name: str) -> None:
+def test_a_one_std_mean_shift_flags_that_feature_only(twenty: BaselineProfile, name: str) -> None:
     columns = _twenty_features(np.random.default_rng(7), 1_500)
     profile = twenty.feature(name)
     assert isinstance(profile, NumericProfile)
@@ -330,8 +344,8 @@ def test_huge_windows_do_not_flag_trivial_shifts() -> None:
     profile = build_baseline({"x": rng.normal(size=50_000)})
     windows = _windows(profile, {"x": rng.normal(0.06, 1, 50_000)})
     feature = evaluate_drift(windows, DriftThresholds()).features[0]
-    assert feature.adjusted_pvalues["ks"] < 1e-6     # significant...
-    assert feature.scores["ks"] < 0.1                # ...but too small to matter
+    assert feature.adjusted_pvalues["ks"] < 1e-6  # significant...
+    assert feature.scores["ks"] < 0.1  # ...but too small to matter
     assert not feature.drifted
 
 
@@ -342,7 +356,7 @@ def test_nothing_is_flagged_below_min_rows() -> None:
     few = evaluate_drift(_windows(profile, {"x": shifted[:99]}), DriftThresholds())
     enough = evaluate_drift(_windows(profile, {"x": shifted}), DriftThresholds())
     assert not few.enough_data and few.drifted_features == ()
-    assert few.features[0].scores["psi"] > 1      # still scored, just not flagged
+    assert few.features[0].scores["psi"] > 1  # still scored, just not flagged
     assert enough.enough_data and enough.drifted_features == ("x",)
 
 
@@ -351,8 +365,9 @@ def test_a_feature_with_too_few_values_present_is_not_flagged() -> None:
     profile = build_baseline({"x": rng.normal(size=5_000), "y": rng.normal(size=5_000)})
     y: list[object] = [None] * 500
     y[:50] = (rng.normal(5, 1, 50)).tolist()
-    report = evaluate_drift(_windows(profile, {"x": rng.normal(size=500), "y": y}),
-                            DriftThresholds())
+    report = evaluate_drift(
+        _windows(profile, {"x": rng.normal(size=500), "y": y}), DriftThresholds()
+    )
     assert report.enough_data
     assert report.drifted_features == ()
     assert report.features[1].null_ratio == pytest.approx(0.9)
@@ -361,8 +376,9 @@ def test_a_feature_with_too_few_values_present_is_not_flagged() -> None:
 def test_methods_can_be_switched_off(twenty: BaselineProfile) -> None:
     columns = _twenty_features(np.random.default_rng(13), 1_500)
     columns["normal0"] = columns["normal0"] + 2
-    report = evaluate_drift(_windows(twenty, columns),
-                            DriftThresholds(numeric_methods=("ks",), categorical_methods=()))
+    report = evaluate_drift(
+        _windows(twenty, columns), DriftThresholds(numeric_methods=("ks",), categorical_methods=())
+    )
     assert report.features[0].flagged_by == ("ks",)
     assert set(report.features[0].scores) == {"ks"}
     assert report.features[4].scores == {} and report.features[4].pvalues == {}
@@ -392,17 +408,20 @@ def test_report_to_dict_carries_scores_and_verdict(twenty: BaselineProfile) -> N
 # --------------------------------------------------------------------------- thresholds
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"psi": -1}, "drift.psi: must be > 0, got -1"),
-    ({"ks_pvalue": 1.0}, "drift.ks_pvalue: must be between 0 and 1"),
-    ({"chi2_pvalue": 0}, "drift.chi2_pvalue: must be between 0 and 1"),
-    ({"ks_min_statistic": 1.5}, "drift.ks_min_statistic: must be between 0 and 1"),
-    ({"min_rows": 0}, "drift.min_rows: must be an integer >= 1"),
-    ({"min_rows": 10.5}, "drift.min_rows: must be an integer >= 1"),
-    ({"correction": "fdr"}, "drift.correction: must be one of holm, bonferroni, bh, none"),
-    ({"numeric_methods": ("psi", "chi2")}, "drift.numeric_methods: must be a list"),
-    ({"categorical_methods": ("chi2", "chi2")}, "drift.categorical_methods: must be a list"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"psi": -1}, "drift.psi: must be > 0, got -1"),
+        ({"ks_pvalue": 1.0}, "drift.ks_pvalue: must be between 0 and 1"),
+        ({"chi2_pvalue": 0}, "drift.chi2_pvalue: must be between 0 and 1"),
+        ({"ks_min_statistic": 1.5}, "drift.ks_min_statistic: must be between 0 and 1"),
+        ({"min_rows": 0}, "drift.min_rows: must be an integer >= 1"),
+        ({"min_rows": 10.5}, "drift.min_rows: must be an integer >= 1"),
+        ({"correction": "fdr"}, "drift.correction: must be one of holm, bonferroni, bh, none"),
+        ({"numeric_methods": ("psi", "chi2")}, "drift.numeric_methods: must be a list"),
+        ({"categorical_methods": ("chi2", "chi2")}, "drift.categorical_methods: must be a list"),
+    ],
+)
 def test_thresholds_reject_bad_values_naming_the_key(options: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         DriftThresholds(**options)

@@ -21,8 +21,12 @@ VALUES = (0.0005, 0.001, 0.0011, 0.05, 0.1, 0.7, 1.0, 9.9, 10.0, 12.0, 1e9)
 
 
 def samples(registry: CollectorRegistry) -> set[tuple]:
-    return {(s.name, tuple(sorted(s.labels.items())), s.value)
-            for m in registry.collect() for s in m.samples if not s.name.endswith("_created")}
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for m in registry.collect()
+        for s in m.samples
+        if not s.name.endswith("_created")
+    }
 
 
 def test_fast_and_standard_metrics_give_the_same_samples():

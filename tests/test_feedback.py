@@ -38,16 +38,22 @@ def classifier(answers: dict[int, tuple[str, float]]) -> Starlette:
     async def set_id(request: Request) -> JSONResponse:
         return JSONResponse({"predictions": [1.5]}, headers={"x-request-id": "app-made-id"})
 
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"]),
-                             Route("/own-id/predict", set_id, methods=["POST"]),
-                             Route("/other", predict, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/own-id/predict", set_id, methods=["POST"]),
+            Route("/other", predict, methods=["POST"]),
+        ]
+    )
 
 
-def monitored(app: Starlette, version: str, registry: CollectorRegistry,
-              **options: Any) -> Starlette:
+def monitored(
+    app: Starlette, version: str, registry: CollectorRegistry, **options: Any
+) -> Starlette:
     options = {"positive_class": "fraud", **options}
-    app.add_middleware(InferenceMonitor, model_name="fraud", model_version=version,
-                       registry=registry, **options)
+    app.add_middleware(
+        InferenceMonitor, model_name="fraud", model_version=version, registry=registry, **options
+    )
     return app
 
 
@@ -64,8 +70,9 @@ def served(app: Starlette) -> Iterator[httpx.Client]:
         yield c
 
 
-def stream(n: int, accuracy: float, seed: int) -> tuple[dict[int, tuple[str, float]],
-                                                       dict[int, str]]:
+def stream(
+    n: int, accuracy: float, seed: int
+) -> tuple[dict[int, tuple[str, float]], dict[int, str]]:
     """Predictions and truths with exactly ``accuracy`` of them right."""
     rng = random.Random(seed)
     answers, truths = {}, {}
@@ -83,8 +90,12 @@ def by_formula(pairs: list[tuple[str, str]], positive: str) -> dict[str, float]:
     fp = sum(p == positive and t != positive for p, t in pairs)
     fn = sum(p != positive and t == positive for p, t in pairs)
     precision, recall = tp / (tp + fp), tp / (tp + fn)
-    return {"accuracy": sum(p == t for p, t in pairs) / len(pairs), "precision": precision,
-            "recall": recall, "f1": 2 * precision * recall / (precision + recall)}
+    return {
+        "accuracy": sum(p == t for p, t in pairs) / len(pairs),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall),
+    }
 
 
 def test_two_versions_live_accuracy_and_f1_match_a_direct_computation() -> None:
@@ -102,8 +113,7 @@ def test_two_versions_live_accuracy_and_f1_match_a_direct_computation() -> None:
             result = client.post("/-/feedback", json=labels).json()
             health = client.get("/-/health").json()
             client.get("/metrics")
-        assert result == {"accepted": 400, "unknown": 0, "expired": 0, "duplicate": 0,
-                          "invalid": 0}
+        assert result == {"accepted": 400, "unknown": 0, "expired": 0, "duplicate": 0, "invalid": 0}
         pairs = [(answers[i][0], truths[i]) for i in answers]
         expected[version] = by_formula(pairs, "fraud")
         quality = health["quality"]
@@ -112,10 +122,12 @@ def test_two_versions_live_accuracy_and_f1_match_a_direct_computation() -> None:
             assert quality[name] == pytest.approx(value, abs=1e-9), name
     for version, figures in expected.items():
         labels = {"model": "fraud", "version": version}
-        assert registry.get_sample_value("mlwarden_model_quality", {
-            **labels, "metric": "accuracy"}) == pytest.approx(figures["accuracy"])
-        assert registry.get_sample_value("mlwarden_model_quality", {
-            **labels, "metric": "f1"}) == pytest.approx(figures["f1"])
+        assert registry.get_sample_value(
+            "mlwarden_model_quality", {**labels, "metric": "accuracy"}
+        ) == pytest.approx(figures["accuracy"])
+        assert registry.get_sample_value(
+            "mlwarden_model_quality", {**labels, "metric": "f1"}
+        ) == pytest.approx(figures["f1"])
         assert registry.get_sample_value("mlwarden_model_quality_samples", labels) == 400
         assert registry.get_sample_value("mlwarden_label_delay_seconds_count", labels) == 400
     assert expected["1"]["accuracy"] == 0.95 and expected["2"]["accuracy"] == 0.80
@@ -126,16 +138,22 @@ def test_request_ids_are_kept_when_safe_made_otherwise_and_adopted_from_the_app(
     app = monitored(classifier({0: ("ok", 0.9)}), "1", registry)
     with served(app) as client:
         mine = client.post("/predict", json={"i": 0}, headers={"x-request-id": "order-42.a"})
-        unsafe = client.post("/predict", json={"i": 0},
-                             headers={"x-request-id": "bad id\twith spaces"})
+        unsafe = client.post(
+            "/predict", json={"i": 0}, headers={"x-request-id": "bad id\twith spaces"}
+        )
         made = client.post("/predict", json={"i": 0})
         adopted = client.post("/own-id/predict", json={})
         not_scored = client.post("/other", json={"i": 0})
-        result = client.post("/-/feedback", json={"labels": [
-            {"request_id": "order-42.a", "label": "ok"},
-            {"request_id": made.headers["x-request-id"], "label": "ok"},
-            {"request_id": "app-made-id", "label": 1.0},
-        ]}).json()
+        result = client.post(
+            "/-/feedback",
+            json={
+                "labels": [
+                    {"request_id": "order-42.a", "label": "ok"},
+                    {"request_id": made.headers["x-request-id"], "label": "ok"},
+                    {"request_id": "app-made-id", "label": 1.0},
+                ]
+            },
+        ).json()
     assert mine.headers["x-request-id"] == "order-42.a"
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
     assert len(made.headers["x-request-id"]) > 12
@@ -150,22 +168,24 @@ def test_unknown_duplicate_expired_and_invalid_labels_are_counted_not_fatal() ->
     answers = {i: ("ok", 0.9) for i in range(30)}
     app = monitored(classifier(answers), "1", registry, remember_max_predictions=10)
     with served(app) as client:
-        ids = [client.post("/predict", json={"i": i}).headers["x-request-id"]
-               for i in range(30)]
+        ids = [client.post("/predict", json={"i": i}).headers["x-request-id"] for i in range(30)]
         # Only the last 10 are remembered: the first 20 were evicted (count bound).
         batch = [{"request_id": rid, "label": "ok"} for rid in ids]
-        batch += [{"request_id": ids[-1], "label": "ok"},  # twice
-                  {"request_id": "never-seen", "label": "ok"},
-                  {"request_id": ids[-2]},  # no label
-                  "not an object"]
+        batch += [
+            {"request_id": ids[-1], "label": "ok"},  # twice
+            {"request_id": "never-seen", "label": "ok"},
+            {"request_id": ids[-2]},  # no label
+            "not an object",
+        ]
         result = client.post("/-/feedback", json=batch).json()
         monitor = monitor_of(app)
-    assert result == {"accepted": 10, "expired": 20, "duplicate": 1, "unknown": 1,
-                      "invalid": 2}
+    assert result == {"accepted": 10, "expired": 20, "duplicate": 1, "unknown": 1, "invalid": 2}
     assert len(monitor.feedback.memory) <= 10
     labels = {"model": "fraud", "version": "1"}
-    assert registry.get_sample_value("mlwarden_feedback_labels_total",
-                                     {**labels, "result": "expired"}) == 20
+    assert (
+        registry.get_sample_value("mlwarden_feedback_labels_total", {**labels, "result": "expired"})
+        == 20
+    )
 
 
 def test_a_batch_of_10000_labels_from_python_and_memory_stays_bounded() -> None:
@@ -173,8 +193,7 @@ def test_a_batch_of_10000_labels_from_python_and_memory_stays_bounded() -> None:
     answers = {i: ("fraud" if i % 4 == 0 else "ok", 0.8) for i in range(200)}
     app = monitored(classifier(answers), "1", registry, remember_max_predictions=150)
     with served(app) as client:
-        ids = [client.post("/predict", json={"i": i}).headers["x-request-id"]
-               for i in range(200)]
+        ids = [client.post("/predict", json={"i": i}).headers["x-request-id"] for i in range(200)]
     monitor = monitor_of(app)
     entries = [{"request_id": rid, "label": "ok"} for rid in ids[50:]]
     entries += [{"request_id": f"unknown-{k}", "label": "ok"} for k in range(10_000 - 150)]
@@ -184,24 +203,36 @@ def test_a_batch_of_10000_labels_from_python_and_memory_stays_bounded() -> None:
     report = monitor.health_report()["quality"]
     assert report["labelled_samples"] == 150
     assert report["accuracy"] == pytest.approx(
-        sum(answers[i][0] == "ok" for i in range(50, 200)) / 150)
+        sum(answers[i][0] == "ok" for i in range(50, 200)) / 150
+    )
 
 
 def test_the_feedback_endpoint_wants_the_token_and_caps_body_and_batch() -> None:
     registry = CollectorRegistry()
-    app = monitored(classifier({0: ("ok", 0.9)}), "1", registry, feedback_token=TOKEN,
-                    feedback_max_body_bytes=2048, feedback_max_batch=3)
+    app = monitored(
+        classifier({0: ("ok", 0.9)}),
+        "1",
+        registry,
+        feedback_token=TOKEN,
+        feedback_max_body_bytes=2048,
+        feedback_max_batch=3,
+    )
     with served(app) as client:
         rid = client.post("/predict", json={"i": 0}).headers["x-request-id"]
         label = {"request_id": rid, "label": "ok"}
         without = client.post("/-/feedback", json=label)
         wrong = client.post("/-/feedback", json=label, headers={"authorization": "Bearer x"})
-        big = client.post("/-/feedback", content=b"[" + b" " * 5000 + b"]",
-                          headers={"authorization": f"Bearer {TOKEN}"})
-        many = client.post("/-/feedback", json=[label] * 4,
-                           headers={"authorization": f"Bearer {TOKEN}"})
-        garbage = client.post("/-/feedback", content=b"{not json",
-                              headers={"authorization": f"Bearer {TOKEN}"})
+        big = client.post(
+            "/-/feedback",
+            content=b"[" + b" " * 5000 + b"]",
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+        many = client.post(
+            "/-/feedback", json=[label] * 4, headers={"authorization": f"Bearer {TOKEN}"}
+        )
+        garbage = client.post(
+            "/-/feedback", content=b"{not json", headers={"authorization": f"Bearer {TOKEN}"}
+        )
         ok = client.post("/-/feedback", json=label, headers={"authorization": f"Bearer {TOKEN}"})
     assert [without.status_code, wrong.status_code] == [401, 401]
     assert big.status_code == 413
@@ -216,14 +247,15 @@ def test_regression_quality_is_mae_and_rmse() -> None:
     async def predict(request: Request) -> JSONResponse:
         return JSONResponse({"predictions": [(await request.json())["x"] * 2.0]})
 
-    app = monitored(Starlette(routes=[Route("/predict", predict, methods=["POST"])]), "1",
-                    registry)
+    app = monitored(Starlette(routes=[Route("/predict", predict, methods=["POST"])]), "1", registry)
     truths = {0: 1.0, 1: 5.0, 2: 10.0}  # predictions 0, 4, 8 for x = 0, 2, 4
     with served(app) as client:
-        ids = {i: client.post("/predict", json={"x": 2 * i}).headers["x-request-id"]
-               for i in truths}
-        client.post("/-/feedback", json=[{"request_id": ids[i], "label": truths[i]}
-                                         for i in truths])
+        ids = {
+            i: client.post("/predict", json={"x": 2 * i}).headers["x-request-id"] for i in truths
+        }
+        client.post(
+            "/-/feedback", json=[{"request_id": ids[i], "label": truths[i]} for i in truths]
+        )
         quality = client.get("/-/health").json()["quality"]
     errors = [0 - 1.0, 4 - 5.0, 8 - 10.0]
     assert quality["task"] == "regression"
@@ -237,8 +269,13 @@ def test_a_refused_label_does_not_use_the_prediction_up() -> None:
     async def predict(request: Request) -> JSONResponse:
         return JSONResponse({"predictions": [2.0]})
 
-    app = monitored(Starlette(routes=[Route("/predict", predict, methods=["POST"])]), "1",
-                    registry, quality_task="regression", positive_class=None)
+    app = monitored(
+        Starlette(routes=[Route("/predict", predict, methods=["POST"])]),
+        "1",
+        registry,
+        quality_task="regression",
+        positive_class=None,
+    )
     with served(app) as client:
         rid = client.post("/predict", json={}).headers["x-request-id"]
         first = client.post("/-/feedback", json={"request_id": rid, "label": "n/a"}).json()
@@ -256,9 +293,13 @@ def _feedback() -> Any:
 def test_a_batch_answer_is_remembered_under_numbered_ids() -> None:
     feedback = _feedback()
     assert feedback.remember(b"order-7", ["fraud", "ok"], [], [0.9, 0.6]) == 2
-    result = feedback.record([{"request_id": "order-7#1", "label": "ok"},
-                              {"request_id": "order-7#0", "label": "ok"},
-                              {"request_id": "order-7", "label": "ok"}])
+    result = feedback.record(
+        [
+            {"request_id": "order-7#1", "label": "ok"},
+            {"request_id": "order-7#0", "label": "ok"},
+            {"request_id": "order-7", "label": "ok"},
+        ]
+    )
     assert (result["accepted"], result["unknown"]) == (2, 1)
     assert feedback.window is not None and feedback.window.snapshot().accuracy == 0.5
 
@@ -266,8 +307,9 @@ def test_a_batch_answer_is_remembered_under_numbered_ids() -> None:
 def test_a_label_id_outside_latin_1_is_unknown_not_an_error() -> None:
     feedback = _feedback()
     feedback.remember(b"caf\xe9-1", ["ok"], [], [0.9])  # an id an app set in latin-1 bytes
-    result = feedback.record([{"request_id": "caf\u00e9-1", "label": "ok"},
-                              {"request_id": "\u20ac-1", "label": "ok"}])
+    result = feedback.record(
+        [{"request_id": "caf\u00e9-1", "label": "ok"}, {"request_id": "\u20ac-1", "label": "ok"}]
+    )
     assert (result["accepted"], result["unknown"], result["invalid"]) == (1, 1, 0)
 
 
@@ -277,8 +319,9 @@ def test_a_label_for_a_prediction_still_staged_is_joined_with_its_delay() -> Non
 
     now = [100.0]
     memory = PredictionMemory(clock=lambda: now[0])
-    feedback = Feedback(model="fraud", version="1", memory=memory, task="classification",
-                        clock=lambda: now[0])
+    feedback = Feedback(
+        model="fraud", version="1", memory=memory, task="classification", clock=lambda: now[0]
+    )
     feedback.remember(b"r1", ["fraud"], [], [0.8])  # staged: nothing read the memory since
     now[0] += 42.0
     assert feedback.record([{"request_id": "r1", "label": "fraud"}])["accepted"] == 1

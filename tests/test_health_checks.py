@@ -48,8 +48,11 @@ def _app(holder: Holder) -> Starlette:
             "reasons": holder.reasons,
             "model": {"name": "m", "version": "1"},
             "window": {"requests": 10, "errors": 0, "error_rate": 0.0},
-            "drift": {"evaluated": True, "detected": bool(holder.drifted),
-                      "drifted_features": holder.drifted},
+            "drift": {
+                "evaluated": True,
+                "detected": bool(holder.drifted),
+                "drifted_features": holder.drifted,
+            },
         }
         code = holder.report_code
         if code is None:
@@ -58,8 +61,9 @@ def _app(holder: Holder) -> Starlette:
 
     async def plain(request: Request) -> Response:
         holder.hits += 1
-        return PlainTextResponse("fine" if holder.plain_code < 300 else "broken",
-                                 status_code=holder.plain_code)
+        return PlainTextResponse(
+            "fine" if holder.plain_code < 300 else "broken", status_code=holder.plain_code
+        )
 
     async def other_json(request: Request) -> Response:
         return JSONResponse({"status": "UP"}, status_code=holder.plain_code)
@@ -68,12 +72,14 @@ def _app(holder: Holder) -> Starlette:
         await asyncio.sleep(HANG_S)
         return PlainTextResponse("late")
 
-    return Starlette(routes=[
-        Route("/-/health", report),
-        Route("/plain", plain),
-        Route("/other-json", other_json),
-        Route("/hang", hang),
-    ])
+    return Starlette(
+        routes=[
+            Route("/-/health", report),
+            Route("/plain", plain),
+            Route("/other-json", other_json),
+            Route("/hang", hang),
+        ]
+    )
 
 
 _HOLDER = Holder()
@@ -93,8 +99,12 @@ def holder(server_url: str) -> Iterator[Holder]:
 
 
 def _checker(upstreams: Any, **kw: Any) -> HealthChecker:
-    options: dict[str, Any] = {"interval_s": 5.0, "timeout_s": 1.0,
-                               "healthy_threshold": 2, "unhealthy_threshold": 3}
+    options: dict[str, Any] = {
+        "interval_s": 5.0,
+        "timeout_s": 1.0,
+        "healthy_threshold": 2,
+        "unhealthy_threshold": 3,
+    }
     return HealthChecker(upstreams, **{**options, **kw})
 
 
@@ -225,8 +235,9 @@ def test_without_read_health_report_only_the_status_code_counts(
     assert checker.state("m").last_report is None
 
 
-@pytest.mark.parametrize(("code", "healthy"), [(200, True), (204, True), (500, False),
-                                               (404, False), (302, False)])
+@pytest.mark.parametrize(
+    ("code", "healthy"), [(200, True), (204, True), (500, False), (404, False), (302, False)]
+)
 def test_plain_endpoint_is_judged_by_status_code(
     server_url: str, holder: Holder, code: int, healthy: bool
 ) -> None:
@@ -252,8 +263,10 @@ def test_json_in_another_health_format_is_judged_by_status_code(
 def test_a_hanging_upstream_fails_within_timeout_and_does_not_delay_the_others(
     server_url: str, holder: Holder
 ) -> None:
-    ups = {"hang": UpstreamConfig(name="hang", url=server_url, health_path="/hang"),
-           "m": UpstreamConfig(name="m", url=server_url)}
+    ups = {
+        "hang": UpstreamConfig(name="hang", url=server_url, health_path="/hang"),
+        "m": UpstreamConfig(name="m", url=server_url),
+    }
     checker = _checker(ups, timeout_s=0.3, interval_s=1.0, unhealthy_threshold=1)
 
     async def go() -> tuple[float, dict[str, Any]]:
@@ -303,8 +316,12 @@ def test_listeners_are_called_once_per_transition(server_url: str, holder: Holde
     def broken(name: str, healthy: bool, reason: str) -> None:
         raise RuntimeError("a listener's bug must not stop health checks")
 
-    checker = _checker({"m": server_url}, unhealthy_threshold=2, healthy_threshold=2,
-                       listeners=[lambda *a: calls.append(a), broken])
+    checker = _checker(
+        {"m": server_url},
+        unhealthy_threshold=2,
+        healthy_threshold=2,
+        listeners=[lambda *a: calls.append(a), broken],
+    )
 
     async def go() -> None:
         async with checker:
@@ -324,8 +341,7 @@ def test_snapshot_is_json_ready_and_describes_each_upstream(
 ) -> None:
     now = [100.0]
     down = f"http://127.0.0.1:{free_port()}"
-    checker = _checker({"m": server_url, "down": down}, unhealthy_threshold=1,
-                       clock=lambda: now[0])
+    checker = _checker({"m": server_url, "down": down}, unhealthy_threshold=1, clock=lambda: now[0])
     holder.status = "degraded"
     holder.reasons = ["p99 latency (s) 0.6 above 0.5"]
 
@@ -346,16 +362,20 @@ def test_snapshot_is_json_ready_and_describes_each_upstream(
     assert m["healthy"] is True and m["degraded"] is True and m["checked"] is True
     assert m["last_status_code"] == 200
     report = m["last_report"]
-    assert (report["status"], report["reasons"]) == (
-        "degraded", ["p99 latency (s) 0.6 above 0.5"])
+    assert (report["status"], report["reasons"]) == ("degraded", ["p99 latency (s) 0.6 above 0.5"])
     assert report["drift"] == {"detected": False, "drifted_features": [], "score": None}
     assert m["seconds_since_check"] == 7.5
     assert m["transitions"] == []
     d = snap["upstreams"]["down"]
     assert d["healthy"] is False and d["consecutive_failures"] == 1
     assert d["last_error"].startswith("connect error")
-    assert d["transitions"] == [{"healthy": False, "seconds_ago": 7.5,
-                                 "reason": "1 consecutive failed checks: connect error"}]
+    assert d["transitions"] == [
+        {
+            "healthy": False,
+            "seconds_ago": 7.5,
+            "reason": "1 consecutive failed checks: connect error",
+        }
+    ]
 
 
 def test_run_probes_every_interval_until_cancelled(server_url: str, holder: Holder) -> None:
@@ -383,10 +403,12 @@ def test_run_probes_every_interval_until_cancelled(server_url: str, holder: Hold
 
 
 def test_from_config_uses_each_upstreams_health_path(server_url: str, holder: Holder) -> None:
-    config = SidecarConfig.from_mapping({
-        "upstreams": {"m": {"url": server_url, "health_path": "/plain"}, "s": server_url},
-        "health_checks": {"interval_s": 2, "timeout_s": 0.5, "unhealthy_threshold": 1},
-    })
+    config = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"m": {"url": server_url, "health_path": "/plain"}, "s": server_url},
+            "health_checks": {"interval_s": 2, "timeout_s": 0.5, "unhealthy_threshold": 1},
+        }
+    )
     checker = HealthChecker.from_config(config)
     assert checker.unhealthy_threshold == 1 and checker.timeout_s == 0.5
     assert checker.state("m").url == server_url + "/plain"
@@ -415,20 +437,29 @@ def test_is_healthy_of_an_unknown_upstream_is_a_key_error(server_url: str) -> No
 
 
 def test_the_summary_keeps_the_largest_psi_and_the_window_figures() -> None:
-    body = json.dumps({
-        "status": "degraded",
-        "window": {"error_rate": 0.02, "latency_seconds": {"p50": 0.01, "p99": 0.3}},
-        "drift": {"detected": True, "drifted_features": ["b"], "features": [
-            {"name": "a", "scores": {"psi": 0.04, "ks": 0.1}},
-            {"name": "b", "scores": {"psi": 0.61}},
-            {"name": "c", "scores": {"chi2": 9.0}},
-            "not a feature",
-        ]},
-    }).encode()
+    body = json.dumps(
+        {
+            "status": "degraded",
+            "window": {"error_rate": 0.02, "latency_seconds": {"p50": 0.01, "p99": 0.3}},
+            "drift": {
+                "detected": True,
+                "drifted_features": ["b"],
+                "features": [
+                    {"name": "a", "scores": {"psi": 0.04, "ks": 0.1}},
+                    {"name": "b", "scores": {"psi": 0.61}},
+                    {"name": "c", "scores": {"chi2": 9.0}},
+                    "not a feature",
+                ],
+            },
+        }
+    ).encode()
     summary = HealthReportSummary.parse(body)
     assert summary is not None
     assert (summary.drift_score, summary.error_rate, summary.p99_latency_seconds) == (
-        0.61, 0.02, 0.3)
+        0.61,
+        0.02,
+        0.3,
+    )
     bare = HealthReportSummary.parse(b'{"status": "ok", "window": {"error_rate": "x"}}')
     assert bare is not None
     assert (bare.drift_score, bare.error_rate, bare.p99_latency_seconds) == (None, None, None)

@@ -55,9 +55,15 @@ def now_s() -> float:
 
 def numeric(name: str = "age", **kw: Any) -> FeatureDrift:
     values: dict[str, Any] = dict(
-        kind="numeric", rows=500, mean=41.25, null_ratio=0.02,
-        scores={"psi": 0.31, "ks": 0.205}, pvalues={"ks": 0.00125},
-        adjusted_pvalues={"ks": 0.0025}, drifted=True, flagged_by=("psi",),
+        kind="numeric",
+        rows=500,
+        mean=41.25,
+        null_ratio=0.02,
+        scores={"psi": 0.31, "ks": 0.205},
+        pvalues={"ks": 0.00125},
+        adjusted_pvalues={"ks": 0.0025},
+        drifted=True,
+        flagged_by=("psi",),
     )
     values.update(kw)
     return FeatureDrift(name=name, **values)
@@ -65,18 +71,28 @@ def numeric(name: str = "age", **kw: Any) -> FeatureDrift:
 
 def categorical(name: str = "country", **kw: Any) -> FeatureDrift:
     values: dict[str, Any] = dict(
-        kind="categorical", rows=500, mean=None, null_ratio=0.0,
-        scores={"chi2": 3.5}, pvalues={"chi2": 0.62}, adjusted_pvalues={"chi2": 1.0},
+        kind="categorical",
+        rows=500,
+        mean=None,
+        null_ratio=0.0,
+        scores={"chi2": 3.5},
+        pvalues={"chi2": 0.62},
+        adjusted_pvalues={"chi2": 1.0},
         drifted=False,
     )
     values.update(kw)
     return FeatureDrift(name=name, **values)
 
 
-def make_report(evaluated_at: float | None = None, features: tuple[FeatureDrift, ...] | None = None,
-                rows: int = 500, enough_data: bool = True) -> DriftReport:
+def make_report(
+    evaluated_at: float | None = None,
+    features: tuple[FeatureDrift, ...] | None = None,
+    rows: int = 500,
+    enough_data: bool = True,
+) -> DriftReport:
     return DriftReport(
-        evaluated_at=now_s() if evaluated_at is None else evaluated_at, rows=rows,
+        evaluated_at=now_s() if evaluated_at is None else evaluated_at,
+        rows=rows,
         enough_data=enough_data,
         features=(numeric(), categorical()) if features is None else features,
     )
@@ -120,8 +136,11 @@ def rig(url: str, *, clock: Callable[[], float] = time.time, **settings: Any) ->
     registry = CollectorRegistry()
     model = f"m-{uuid.uuid4().hex[:10]}"
     shipper = InfluxShipper(
-        InfluxSettings(url=url, bucket="stats", **settings), model=model, version="v1",
-        metrics=MonitorMetrics(registry), clock=clock,
+        InfluxSettings(url=url, bucket="stats", **settings),
+        model=model,
+        version="v1",
+        metrics=MonitorMetrics(registry),
+        clock=clock,
     )
     return Rig(shipper, registry, model)
 
@@ -132,8 +151,9 @@ def export(vm: VictoriaMetrics, match: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
 
 
-def wait_series(vm: VictoriaMetrics, match: str, *, count: int, samples: int = 1,
-                timeout: float = 10.0) -> list[dict[str, Any]]:
+def wait_series(
+    vm: VictoriaMetrics, match: str, *, count: int, samples: int = 1, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     """Poll the export API until ``count`` series with ``samples`` samples each are there."""
     deadline = time.monotonic() + timeout
     series: list[dict[str, Any]] = []
@@ -146,15 +166,17 @@ def wait_series(vm: VictoriaMetrics, match: str, *, count: int, samples: int = 1
     raise AssertionError(f"expected {count} series for {match} within {timeout}s, got {series}")
 
 
-def as_table(series: list[dict[str, Any]]) -> dict[tuple[str, tuple[tuple[str, str], ...]],
-                                                  list[tuple[float, int]]]:
+def as_table(
+    series: list[dict[str, Any]],
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[float, int]]]:
     """series -> {(name, sorted labels): [(value, timestamp_ms), ...]}."""
     out = {}
     for s in series:
         labels = dict(s["metric"])
         name = labels.pop("__name__")
-        out[(name, tuple(sorted(labels.items())))] = list(zip(s["values"], s["timestamps"],
-                                                              strict=True))
+        out[(name, tuple(sorted(labels.items())))] = list(
+            zip(s["values"], s["timestamps"], strict=True)
+        )
     return out
 
 
@@ -184,11 +206,15 @@ def stub_influx(status: int = 204) -> Iterator[StubInflux]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode()
             url = urllib.parse.urlsplit(self.path)
-            stub.requests.append(Captured(url.path, urllib.parse.parse_qs(url.query),
-                                          dict(self.headers), body))
+            stub.requests.append(
+                Captured(url.path, urllib.parse.parse_qs(url.query), dict(self.headers), body)
+            )
             code = stub.status[0]
-            payload = b"" if code == 204 else json.dumps(
-                {"code": "invalid", "message": f"stub says {code}"}).encode()
+            payload = (
+                b""
+                if code == 204
+                else json.dumps({"code": "invalid", "message": f"stub says {code}"}).encode()
+            )
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -200,8 +226,9 @@ def stub_influx(status: int = 204) -> Iterator[StubInflux]:
 
     server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="stub-influx", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="stub-influx", daemon=True
+    )
     thread.start()
     stub.url = f"http://{LOOPBACK}:{server.server_address[1]}"
     try:
@@ -297,42 +324,51 @@ BASE = {"url": "http://127.0.0.1:8086", "bucket": "stats"}
 
 def test_settings_defaults_and_repr_hides_the_token() -> None:
     s = InfluxSettings(**BASE, token="s3cret")
-    assert (s.measurement, s.summary_measurement) == ("mlwarden_feature",
-                                                      "mlwarden_feature_summary")
+    assert (s.measurement, s.summary_measurement) == (
+        "mlwarden_feature",
+        "mlwarden_feature_summary",
+    )
     assert (s.interval_s, s.timeout_s, s.max_buffer_points, s.max_batch_points) == (
-        10.0, 5.0, 10_000, 5_000)
+        10.0,
+        5.0,
+        10_000,
+        5_000,
+    )
     assert "s3cret" not in repr(s)
     assert "http://127.0.0.1:8086" in repr(s)
 
 
-@pytest.mark.parametrize(("key", "value", "expect"), [
-    ("url", "ftp://127.0.0.1:8086", "influx.url: must be an http:// or https:// URL"),
-    ("url", "127.0.0.1:8086", "influx.url: must be an http:// or https:// URL"),
-    ("url", "http://", "influx.url: must be an http:// or https:// URL"),
-    ("url", "http://127.0.0.1:notaport", "influx.url: must be an http(s) URL"),
-    ("url", "http://user:pw@127.0.0.1:8086", "influx.url: must not contain credentials"),
-    ("url", "http://127.0.0.1:8086/?org=x", "influx.url: must not have a query"),
-    ("url", 8086, "influx.url: must be a string"),
-    ("bucket", "", "influx.bucket: must be a non-empty string"),
-    ("bucket", "  ", "influx.bucket: must be a non-empty string"),
-    ("token", 123, "influx.token: must be a string"),
-    ("org", None, "influx.org: must be a string"),
-    ("measurement", "", "influx.measurement: must start with a letter"),
-    ("measurement", "feature stats", "influx.measurement: must start with a letter"),
-    ("measurement", "_internal", "influx.measurement: must start with a letter"),
-    ("interval_s", 0, "influx.interval_s: must be > 0, got 0"),
-    ("interval_s", -1.5, "influx.interval_s: must be > 0, got -1.5"),
-    ("interval_s", math.inf, "influx.interval_s: must be a finite number"),
-    ("interval_s", "10", "influx.interval_s: must be a finite number"),
-    ("interval_s", True, "influx.interval_s: must be a finite number"),
-    ("timeout_s", 0.0, "influx.timeout_s: must be > 0, got 0.0"),
-    ("timeout_s", 0.0001, "influx.timeout_s: must be >= 0.001"),
-    ("timeout_s", math.nan, "influx.timeout_s: must be a finite number"),
-    ("max_buffer_points", 0, "influx.max_buffer_points: must be >= 1, got 0"),
-    ("max_buffer_points", 10.0, "influx.max_buffer_points: must be an integer"),
-    ("max_batch_points", -5, "influx.max_batch_points: must be >= 1, got -5"),
-    ("max_batch_points", True, "influx.max_batch_points: must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        ("url", "ftp://127.0.0.1:8086", "influx.url: must be an http:// or https:// URL"),
+        ("url", "127.0.0.1:8086", "influx.url: must be an http:// or https:// URL"),
+        ("url", "http://", "influx.url: must be an http:// or https:// URL"),
+        ("url", "http://127.0.0.1:notaport", "influx.url: must be an http(s) URL"),
+        ("url", "http://user:pw@127.0.0.1:8086", "influx.url: must not contain credentials"),
+        ("url", "http://127.0.0.1:8086/?org=x", "influx.url: must not have a query"),
+        ("url", 8086, "influx.url: must be a string"),
+        ("bucket", "", "influx.bucket: must be a non-empty string"),
+        ("bucket", "  ", "influx.bucket: must be a non-empty string"),
+        ("token", 123, "influx.token: must be a string"),
+        ("org", None, "influx.org: must be a string"),
+        ("measurement", "", "influx.measurement: must start with a letter"),
+        ("measurement", "feature stats", "influx.measurement: must start with a letter"),
+        ("measurement", "_internal", "influx.measurement: must start with a letter"),
+        ("interval_s", 0, "influx.interval_s: must be > 0, got 0"),
+        ("interval_s", -1.5, "influx.interval_s: must be > 0, got -1.5"),
+        ("interval_s", math.inf, "influx.interval_s: must be a finite number"),
+        ("interval_s", "10", "influx.interval_s: must be a finite number"),
+        ("interval_s", True, "influx.interval_s: must be a finite number"),
+        ("timeout_s", 0.0, "influx.timeout_s: must be > 0, got 0.0"),
+        ("timeout_s", 0.0001, "influx.timeout_s: must be >= 0.001"),
+        ("timeout_s", math.nan, "influx.timeout_s: must be a finite number"),
+        ("max_buffer_points", 0, "influx.max_buffer_points: must be >= 1, got 0"),
+        ("max_buffer_points", 10.0, "influx.max_buffer_points: must be an integer"),
+        ("max_batch_points", -5, "influx.max_batch_points: must be >= 1, got -5"),
+        ("max_batch_points", True, "influx.max_batch_points: must be an integer"),
+    ],
+)
 def test_each_bad_setting_is_named(key: str, value: object, expect: str) -> None:
     with pytest.raises(ConfigError) as info:
         InfluxSettings(**{**BASE, key: value})
@@ -369,14 +405,29 @@ def test_from_mapping_rejects_a_non_mapping() -> None:
 
 
 def test_from_mapping_reads_every_key() -> None:
-    s = InfluxSettings.from_mapping({
-        "url": "https://influx.example:8086/prefix", "bucket": "b", "token": "t", "org": "o",
-        "measurement": "feat", "interval_s": 2, "timeout_s": 0.5, "max_buffer_points": 50,
-        "max_batch_points": 20,
-    }, environ={TOKEN_ENV: "from-env"})
+    s = InfluxSettings.from_mapping(
+        {
+            "url": "https://influx.example:8086/prefix",
+            "bucket": "b",
+            "token": "t",
+            "org": "o",
+            "measurement": "feat",
+            "interval_s": 2,
+            "timeout_s": 0.5,
+            "max_buffer_points": 50,
+            "max_batch_points": 20,
+        },
+        environ={TOKEN_ENV: "from-env"},
+    )
     assert s == InfluxSettings(
-        url="https://influx.example:8086/prefix", bucket="b", token="t", org="o",
-        measurement="feat", interval_s=2, timeout_s=0.5, max_buffer_points=50,
+        url="https://influx.example:8086/prefix",
+        bucket="b",
+        token="t",
+        org="o",
+        measurement="feat",
+        interval_s=2,
+        timeout_s=0.5,
+        max_buffer_points=50,
         max_batch_points=20,
     )
 
@@ -428,13 +479,26 @@ def test_points_are_line_protocol_with_explicit_ns_timestamps_and_auth() -> None
 
 def test_non_finite_and_missing_values_are_left_out_and_numpy_scalars_are_numbers() -> None:
     features = (
-        numeric("a", mean=math.nan, null_ratio=math.inf, scores={"psi": np.float64(0.5),
-                "ks": -math.inf}, pvalues={"ks": math.nan}, adjusted_pvalues={"ks": math.nan},
-                drifted=False),
-        numeric("b", rows=np.int64(7), mean=np.float32(2.5), scores={"ks": 1 / 3},
-                pvalues={"ks": 1e-300}, adjusted_pvalues={}),
-        numeric("c", mean=None, null_ratio=None, scores={"psi": "n/a"}, pvalues={},
-                adjusted_pvalues={}),
+        numeric(
+            "a",
+            mean=math.nan,
+            null_ratio=math.inf,
+            scores={"psi": np.float64(0.5), "ks": -math.inf},
+            pvalues={"ks": math.nan},
+            adjusted_pvalues={"ks": math.nan},
+            drifted=False,
+        ),
+        numeric(
+            "b",
+            rows=np.int64(7),
+            mean=np.float32(2.5),
+            scores={"ks": 1 / 3},
+            pvalues={"ks": 1e-300},
+            adjusted_pvalues={},
+        ),
+        numeric(
+            "c", mean=None, null_ratio=None, scores={"psi": "n/a"}, pvalues={}, adjusted_pvalues={}
+        ),
     )
 
     async def main() -> None:
@@ -460,7 +524,9 @@ def test_tag_values_are_escaped_and_empty_ones_left_out() -> None:
         with stub_influx() as stub:
             registry = CollectorRegistry()
             shipper = InfluxShipper(
-                InfluxSettings(url=stub.url, bucket="b"), model="fraud model", version="",
+                InfluxSettings(url=stub.url, bucket="b"),
+                model="fraud model",
+                version="",
                 metrics=MonitorMetrics(registry),
             )
             shipper.submit(make_report(1_795_000_000.0, (categorical("width,cm=x y\\"),)))
@@ -469,7 +535,8 @@ def test_tag_values_are_escaped_and_empty_ones_left_out() -> None:
             lines = stub.requests[0].body.split("\n")
             assert lines[0].startswith(
                 "mlwarden_feature,feature=width\\,cm\\=x\\ y\\\\,kind=categorical,"
-                "model=fraud\\ model rows=")
+                "model=fraud\\ model rows="
+            )
             assert lines[1].startswith("mlwarden_feature_summary,model=fraud\\ model rows=")
 
     run(main())
@@ -487,8 +554,16 @@ def test_points_arrive_in_victoria_metrics_with_exact_values_labels_and_times(
     features = (
         numeric("age"),
         categorical("petal width,cm=x"),  # escaping survives the round trip
-        numeric("income", mean=None, scores={"psi": math.nan, "ks": 0.0}, pvalues={"ks": 1.0},
-                adjusted_pvalues={}, drifted=False, null_ratio=1.0, rows=3),
+        numeric(
+            "income",
+            mean=None,
+            scores={"psi": math.nan, "ks": 0.0},
+            pvalues={"ks": 1.0},
+            adjusted_pvalues={},
+            drifted=False,
+            null_ratio=1.0,
+            rows=3,
+        ),
     )
 
     async def main() -> Rig:
@@ -506,20 +581,30 @@ def test_points_arrive_in_victoria_metrics_with_exact_values_labels_and_times(
     def feat(name: str, kind: str) -> tuple[tuple[str, str], ...]:
         return tuple(sorted((("feature", name), ("kind", kind), *mv)))
 
-    age, width, income = feat("age", "numeric"), feat("petal width,cm=x", "categorical"), \
-        feat("income", "numeric")
+    age, width, income = (
+        feat("age", "numeric"),
+        feat("petal width,cm=x", "categorical"),
+        feat("income", "numeric"),
+    )
     expected = {
-        ("mlwarden_feature_rows", age): 500, ("mlwarden_feature_null_ratio", age): 0.02,
-        ("mlwarden_feature_mean", age): 41.25, ("mlwarden_feature_psi", age): 0.31,
-        ("mlwarden_feature_ks", age): 0.205, ("mlwarden_feature_ks_pvalue", age): 0.00125,
+        ("mlwarden_feature_rows", age): 500,
+        ("mlwarden_feature_null_ratio", age): 0.02,
+        ("mlwarden_feature_mean", age): 41.25,
+        ("mlwarden_feature_psi", age): 0.31,
+        ("mlwarden_feature_ks", age): 0.205,
+        ("mlwarden_feature_ks_pvalue", age): 0.00125,
         ("mlwarden_feature_ks_pvalue_adjusted", age): 0.0025,
         ("mlwarden_feature_drifted", age): 1,
-        ("mlwarden_feature_rows", width): 500, ("mlwarden_feature_null_ratio", width): 0,
-        ("mlwarden_feature_chi2", width): 3.5, ("mlwarden_feature_chi2_pvalue", width): 0.62,
+        ("mlwarden_feature_rows", width): 500,
+        ("mlwarden_feature_null_ratio", width): 0,
+        ("mlwarden_feature_chi2", width): 3.5,
+        ("mlwarden_feature_chi2_pvalue", width): 0.62,
         ("mlwarden_feature_chi2_pvalue_adjusted", width): 1,
         ("mlwarden_feature_drifted", width): 0,
-        ("mlwarden_feature_rows", income): 3, ("mlwarden_feature_null_ratio", income): 1,
-        ("mlwarden_feature_ks", income): 0, ("mlwarden_feature_ks_pvalue", income): 1,
+        ("mlwarden_feature_rows", income): 3,
+        ("mlwarden_feature_null_ratio", income): 1,
+        ("mlwarden_feature_ks", income): 0,
+        ("mlwarden_feature_ks_pvalue", income): 1,
         ("mlwarden_feature_drifted", income): 0,
         ("mlwarden_feature_summary_rows", mv): 503,
         ("mlwarden_feature_summary_features", mv): 3,
@@ -540,8 +625,10 @@ def test_with_the_server_down_points_stay_bounded_and_are_written_after_it_retur
     limit, timeout_s = 500, 1.0
     base = now_s() - 30.0
     reports = [
-        make_report(round(base + i * 0.01, 3),
-                    (numeric("a"), numeric("b"), categorical("c"), categorical("d")))
+        make_report(
+            round(base + i * 0.01, 3),
+            (numeric("a"), numeric("b"), categorical("c"), categorical("d")),
+        )
         for i in range(1_000)
     ]  # 5 points each
 
@@ -575,10 +662,10 @@ def test_with_the_server_down_points_stay_bounded_and_are_written_after_it_retur
     try:
         r = run(main())
         # The newest 100 reports survived: exactly their timestamps, in order.
-        series = wait_series(vm, f'mlwarden_feature_summary_rows{{model="{r.model}"}}',
-                             count=1, samples=100)
-        assert series[0]["timestamps"] == [round(rep.evaluated_at * 1000)
-                                           for rep in reports[-100:]]
+        series = wait_series(
+            vm, f'mlwarden_feature_summary_rows{{model="{r.model}"}}', count=1, samples=100
+        )
+        assert series[0]["timestamps"] == [round(rep.evaluated_at * 1000) for rep in reports[-100:]]
         assert r.dropped("shutdown") == 0
     finally:
         vm.process.stop()

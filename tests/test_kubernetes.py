@@ -99,9 +99,18 @@ def test_manifests_pass_strict_kubernetes_schema_validation(version):
     # Without -k: the newest Kubernetes version the installed package ships schemas for.
     versions = [] if version is None else ["--kubernetes-version", version]
     result = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", *versions,
-         *(str(KUBE / name) for name in MANIFESTS)],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            *versions,
+            *(str(KUBE / name) for name in MANIFESTS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -143,8 +152,7 @@ def test_each_container_has_resource_requests_and_limits(container):
     resources = container()["resources"]
     for key in ("requests", "limits"):
         assert resources[key].keys() == {"cpu", "memory"}, key
-    assert _mebibytes(resources["requests"]["memory"]) <= _mebibytes(
-        resources["limits"]["memory"])
+    assert _mebibytes(resources["requests"]["memory"]) <= _mebibytes(resources["limits"]["memory"])
 
 
 @pytest.mark.parametrize("container", [_sidecar, _model], ids=["sidecar", "model"])
@@ -189,8 +197,13 @@ def test_the_configmap_config_passes_the_sidecar_check(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLWARDEN", "OTEL_"))}
     env["MLWARDEN_ADMIN_TOKEN"] = ADMIN_TOKEN  # as the Secret supplies it in the pod
     config = _embedded_config(tmp_path)
-    result = subprocess.run([*command, "sidecar", "--config", str(config), "--check"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [*command, "sidecar", "--config", str(config), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid; routing primary → stable; listening on 0.0.0.0:8080" in result.stdout
 
@@ -198,7 +211,9 @@ def test_the_configmap_config_passes_the_sidecar_check(tmp_path):
 def test_the_configmap_config_matches_the_pod_it_runs_in(tmp_path):
     config = load_config(_embedded_config(tmp_path), environ={})
     assert {u.name: u.url for u in config.upstreams} == {
-        "primary": "http://127.0.0.1:8000", "stable": "http://model-stable:8000"}
+        "primary": "http://127.0.0.1:8000",
+        "stable": "http://model-stable:8000",
+    }
     assert config.routing.order == ("primary", "stable")
     assert (config.listen.host, config.listen.port) == ("0.0.0.0", 8080)
     assert (config.admin.host, config.admin.port) == ("0.0.0.0", 9901)

@@ -51,24 +51,44 @@ def lines_of(path: Path) -> list[str]:
 
 def test_record_json_round_trip_keeps_every_field() -> None:
     rec = LedgerRecord(
-        id="abc-000001", at=T0 + 0.25, action="rollback", target="canary",
-        reason="error rate 12% > 5%", signals={"error_rate": 0.12, "open": True, "v": "v2",
-                                                "none": None, "n": 3},
-        outcome="ok", policy="canary-errors", severity="critical", actor="admin",
+        id="abc-000001",
+        at=T0 + 0.25,
+        action="rollback",
+        target="canary",
+        reason="error rate 12% > 5%",
+        signals={"error_rate": 0.12, "open": True, "v": "v2", "none": None, "n": 3},
+        outcome="ok",
+        policy="canary-errors",
+        severity="critical",
+        actor="admin",
         details={"from_weight": 10, "to_weight": 0, "nested": {"a": [1, 2]}},
     )
     again = LedgerRecord.from_json(rec.to_json())
     assert again == rec
     d = json.loads(rec.to_json())
-    assert list(d) == ["id", "time", "at", "action", "target", "outcome", "severity", "policy",
-                       "actor", "reason", "signals", "details"]
+    assert list(d) == [
+        "id",
+        "time",
+        "at",
+        "action",
+        "target",
+        "outcome",
+        "severity",
+        "policy",
+        "actor",
+        "reason",
+        "signals",
+        "details",
+    ]
     assert d["time"] == "2023-11-14T22:13:20.250000Z"
     assert d["at"] == T0 + 0.25
 
 
 def test_record_time_alone_is_enough_to_read_it_back() -> None:
-    rec = LedgerRecord.from_json('{"time": "2023-11-14T22:13:20.250000Z", "action": "fallback",'
-                                 ' "target": "primary", "future_key": 1}')
+    rec = LedgerRecord.from_json(
+        '{"time": "2023-11-14T22:13:20.250000Z", "action": "fallback",'
+        ' "target": "primary", "future_key": 1}'
+    )
     assert rec.at == T0 + 0.25
     assert rec.outcome == "ok" and rec.actor == "auto"
 
@@ -86,7 +106,9 @@ def test_record_rejects_actions_that_are_not_bounded_words() -> None:
 
 def test_record_sizes_are_bounded() -> None:
     rec = LedgerRecord(
-        action="policy_fired", target="t" * 500, reason="r" * 5000,
+        action="policy_fired",
+        target="t" * 500,
+        reason="r" * 5000,
         signals={f"s{i}": i for i in range(100)} | {"ignored": 1},
         details={"blob": ["x" * 150] * 100},
     )
@@ -95,9 +117,12 @@ def test_record_sizes_are_bounded() -> None:
     assert len(rec.signals) == 32 and list(rec.signals)[:2] == ["s0", "s1"]
     assert dict(rec.details) == {"truncated": True, "size_bytes": pytest.approx(15_000, rel=0.1)}
 
-    long_values = LedgerRecord(action="policy_fired", target="t",
-                               signals={"n" * 100: "v" * 1000},
-                               details={"k": "v" * 1000, "deep": [[[[[[[[[[1]]]]]]]]]]})
+    long_values = LedgerRecord(
+        action="policy_fired",
+        target="t",
+        signals={"n" * 100: "v" * 1000},
+        details={"k": "v" * 1000, "deep": [[[[[[[[[[1]]]]]]]]]]},
+    )
     ((name, value),) = long_values.signals.items()
     assert len(name) == 64 and len(value) == 200
     assert len(long_values.details["k"]) == 200
@@ -105,10 +130,18 @@ def test_record_sizes_are_bounded() -> None:
 
 
 def test_record_signals_are_strict_json_scalars() -> None:
-    rec = LedgerRecord(action="rollback", target="v2", signals={
-        "nan": float("nan"), "inf": math.inf, "ninf": -math.inf, "np": np.float32(0.5),
-        "npint": np.int64(7), "obj": object(),
-    })
+    rec = LedgerRecord(
+        action="rollback",
+        target="v2",
+        signals={
+            "nan": float("nan"),
+            "inf": math.inf,
+            "ninf": -math.inf,
+            "np": np.float32(0.5),
+            "npint": np.int64(7),
+            "obj": object(),
+        },
+    )
     assert rec.signals["nan"] == "nan" and rec.signals["inf"] == "inf"
     assert rec.signals["ninf"] == "-inf"
     assert rec.signals["np"] == 0.5 and rec.signals["npint"] == 7.0
@@ -131,8 +164,13 @@ def test_append_writes_one_line_and_reads_back_after_reopening(tmp_path: Path) -
     path = tmp_path / "ledger.jsonl"
     clock = FakeClock()
     with Ledger(path, clock=clock) as ledger:
-        rec = ledger.append("breaker_opened", "primary", reason="5 consecutive 5xx",
-                            signals={"consecutive_5xx": 5}, severity="warning")
+        rec = ledger.append(
+            "breaker_opened",
+            "primary",
+            reason="5 consecutive 5xx",
+            signals={"consecutive_5xx": 5},
+            severity="warning",
+        )
     assert rec.at == T0 and rec.id.endswith("-000001")
     assert lines_of(path) == [rec.to_json()]
     with Ledger(path, clock=clock) as again:
@@ -164,13 +202,15 @@ def test_query_is_newest_first_and_filters_by_every_field() -> None:
     clock = FakeClock()
     ledger = Ledger(None, clock=clock)
     recs = []
-    for i, (action, target, policy, severity) in enumerate([
-        ("breaker_opened", "primary", None, "warning"),
-        ("fallback", "primary", "errors", "info"),
-        ("rollback", "canary", "canary-errors", "critical"),
-        ("breaker_closed", "primary", None, None),
-        ("rollback", "canary", "canary-latency", "critical"),
-    ]):
+    for i, (action, target, policy, severity) in enumerate(
+        [
+            ("breaker_opened", "primary", None, "warning"),
+            ("fallback", "primary", "errors", "info"),
+            ("rollback", "canary", "canary-errors", "critical"),
+            ("breaker_closed", "primary", None, None),
+            ("rollback", "canary", "canary-latency", "critical"),
+        ]
+    ):
         clock.now = T0 + i
         recs.append(ledger.append(action, target, policy=policy, severity=severity))
     assert ledger.query() == recs[::-1]
@@ -178,7 +218,8 @@ def test_query_is_newest_first_and_filters_by_every_field() -> None:
     assert ledger.query(target="primary", limit=2) == [recs[3], recs[1]]
     assert ledger.query(policy="canary-errors") == [recs[2]]
     assert ledger.query(severity="critical", action="rollback", policy="canary-latency") == [
-        recs[4]]
+        recs[4]
+    ]
     assert ledger.query(since=T0 + 1, until=T0 + 3) == [recs[2], recs[1]]
     assert ledger.query(limit=0) == []
     with pytest.raises(ValueError, match="limit"):
@@ -229,7 +270,9 @@ def test_failed_write_neither_raises_nor_leaves_a_torn_line(
     after = ledger.append("promotion", "canary")
     ledger.close()
     assert [LedgerRecord.from_json(line).action for line in lines_of(path)] == [
-        "fallback", "promotion"]
+        "fallback",
+        "promotion",
+    ]
     assert after.action == "promotion"
 
 
@@ -267,8 +310,9 @@ def test_rotation_keeps_backups_files_and_bounds_their_size(tmp_path: Path) -> N
     longest = 0
     with Ledger(path, max_bytes=max_bytes, backups=backups, fsync=False, recent=10_000) as ledger:
         for i in range(200):
-            rec = ledger.append("set_weight", "canary", reason="x" * (i % 37),
-                                signals={"weight": i})
+            rec = ledger.append(
+                "set_weight", "canary", reason="x" * (i % 37), signals={"weight": i}
+            )
             longest = max(longest, len(rec.to_json()) + 1)
         assert ledger.stats()["rotations"] > backups
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -340,17 +384,25 @@ def test_a_whole_record_missing_only_its_newline_is_kept(tmp_path: Path) -> None
     with Ledger(path) as ledger:
         assert [r.action for r in ledger.query()] == ["rollback"]
         ledger.append("promotion", "canary")
-    assert [LedgerRecord.from_json(x).action for x in lines_of(path)] == ["rollback",
-                                                                          "promotion"]
+    assert [LedgerRecord.from_json(x).action for x in lines_of(path)] == ["rollback", "promotion"]
 
 
 def test_readers_skip_and_count_lines_that_are_not_records(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    path.write_text("\n".join([
-        ledger_line("fallback"), "garbage", '{"action": "rollback"}', "[1, 2]",
-        '{"action": "BAD WORD", "target": "x", "at": 1}', "\x00\x00\x00",
-        ledger_line("restore_primary"),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                ledger_line("fallback"),
+                "garbage",
+                '{"action": "rollback"}',
+                "[1, 2]",
+                '{"action": "BAD WORD", "target": "x", "at": 1}',
+                "\x00\x00\x00",
+                ledger_line("restore_primary"),
+            ]
+        )
+        + "\n"
+    )
     with Ledger(path) as ledger:
         assert [r.action for r in ledger.query()] == ["restore_primary", "fallback"]
         assert ledger.stats()["invalid_lines"] == 5
@@ -373,12 +425,12 @@ WRITER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("fsync", [False, True], ids=["no-fsync", "fsync"])
-def test_a_writer_killed_mid_append_leaves_only_whole_records(
-    tmp_path: Path, fsync: bool
-) -> None:
+def test_a_writer_killed_mid_append_leaves_only_whole_records(tmp_path: Path, fsync: bool) -> None:
     path = tmp_path / "ledger.jsonl"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "1" if fsync else "0"],
-                            cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), "1" if fsync else "0"],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         # Kill it while it is busy: once the ledger has rotated a few times.
         deadline = time.monotonic() + 30
@@ -398,11 +450,14 @@ def test_a_writer_killed_mid_append_leaves_only_whole_records(
         seen = [r.signals["i"] for r in ledger.query(limit=MAX_QUERY_LIMIT)]
         assert seen == list(range(seen[0], seen[0] - len(seen), -1))
         # Every record in every file is whole and in sequence, none missing.
-        all_i = [LedgerRecord.from_json(line).signals["i"]
-                 for f in sorted(tmp_path.glob("ledger.jsonl*"),
-                                 key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit()
-                                 else 0)
-                 for line in lines_of(f)]
+        all_i = [
+            LedgerRecord.from_json(line).signals["i"]
+            for f in sorted(
+                tmp_path.glob("ledger.jsonl*"),
+                key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+            )
+            for line in lines_of(f)
+        ]
         assert all_i == list(range(len(all_i)))
         assert ledger.stats()["loaded"] == len(all_i)
         ledger.append("rollback", "canary")
@@ -417,8 +472,9 @@ def test_concurrent_appends_from_threads_write_whole_lines_only(tmp_path: Path) 
     def worker(n: int) -> None:
         start.wait()
         for i in range(150):
-            ledger.append("fallback", f"upstream-{n}", reason="x" * (i * 7 % 200),
-                          signals={"n": n, "i": i})
+            ledger.append(
+                "fallback", f"upstream-{n}", reason="x" * (i * 7 % 200), signals={"n": n, "i": i}
+            )
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
@@ -426,8 +482,9 @@ def test_concurrent_appends_from_threads_write_whole_lines_only(tmp_path: Path) 
     for t in threads:
         t.join(timeout=60)
     ledger.close()
-    records = [LedgerRecord.from_json(line) for f in tmp_path.glob("ledger.jsonl*")
-               for line in lines_of(f)]
+    records = [
+        LedgerRecord.from_json(line) for f in tmp_path.glob("ledger.jsonl*") for line in lines_of(f)
+    ]
     assert len(records) == 8 * 150
     assert len({r.id for r in records}) == 8 * 150
     for n in range(8):
@@ -481,13 +538,11 @@ def test_coverage_start_is_the_oldest_retained_record_when_younger_than_the_hori
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
-    with Ledger(tmp_path / "l.jsonl", max_bytes=400, backups=1, fsync=False,
-                clock=clock) as ledger:
+    with Ledger(tmp_path / "l.jsonl", max_bytes=400, backups=1, fsync=False, clock=clock) as ledger:
         for i in range(10):
             clock.now = T0 + i
             ledger.append("fallback", "primary")
-        retained = [LedgerRecord.from_json(line).at
-                    for line in lines_of(tmp_path / "l.jsonl.1")]
+        retained = [LedgerRecord.from_json(line).at for line in lines_of(tmp_path / "l.jsonl.1")]
         assert ledger.coverage_start() == retained[0] > T0
         assert ledger.count_since(T0) == 10  # the index still counts what rotated away
 
@@ -497,10 +552,21 @@ def test_coverage_start_is_the_oldest_retained_record_when_younger_than_the_hori
 
 def test_record_line_has_tags_count_and_numeric_signals() -> None:
     rec = LedgerRecord(
-        id="a", at=T0 + 0.5, action="rollback", target="canary v2", outcome="ok",
-        policy="canary,errors", severity="critical",
-        signals={"error_rate": 0.12, "open": True, "p99 latency": 3, "name": "v2",
-                 "bad": math.nan, "none": None},
+        id="a",
+        at=T0 + 0.5,
+        action="rollback",
+        target="canary v2",
+        outcome="ok",
+        policy="canary,errors",
+        severity="critical",
+        signals={
+            "error_rate": 0.12,
+            "open": True,
+            "p99 latency": 3,
+            "name": "v2",
+            "bad": math.nan,
+            "none": None,
+        },
     )
     assert record_line(rec) == (
         "mlwarden_healing,action=rollback,actor=auto,outcome=ok,policy=canary\\,errors,"
@@ -519,8 +585,9 @@ def export(vm: VictoriaMetrics, match: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in resp.read().decode().splitlines() if line.strip()]
 
 
-def wait_series(vm: VictoriaMetrics, match: str, *, count: int,
-                timeout: float = 10.0) -> list[dict[str, Any]]:
+def wait_series(
+    vm: VictoriaMetrics, match: str, *, count: int, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     series: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -542,38 +609,54 @@ def test_influx_sink_writes_each_record_to_victoria_metrics(
     ledger = Ledger(None, clock=clock)
     with InfluxLedgerSink(settings) as sink:
         ledger.add_listener(sink)
-        rollback = ledger.append("rollback", target, policy="canary-errors",
-                                 severity="critical", signals={"error_rate": 0.25, "open": True})
+        rollback = ledger.append(
+            "rollback",
+            target,
+            policy="canary-errors",
+            severity="critical",
+            signals={"error_rate": 0.25, "open": True},
+        )
         clock.now += 1
         ledger.append("promotion", target, outcome="failed", signals={"name": "v2"})
         assert sink.flush()
         assert sink.stats()["written"] == 2
 
-    counts = wait_series(victoria_metrics, f'mlwarden_healing_count{{target="{target}"}}',
-                         count=2)
+    counts = wait_series(victoria_metrics, f'mlwarden_healing_count{{target="{target}"}}', count=2)
     by_action = {s["metric"]["action"]: s for s in counts}
     labels = by_action["rollback"]["metric"]
-    assert {k: labels.get(k) for k in ("action", "actor", "outcome", "policy", "severity",
-                                        "target")} == {
-        "action": "rollback", "actor": "auto", "outcome": "ok", "policy": "canary-errors",
-        "severity": "critical", "target": target,
+    assert {
+        k: labels.get(k) for k in ("action", "actor", "outcome", "policy", "severity", "target")
+    } == {
+        "action": "rollback",
+        "actor": "auto",
+        "outcome": "ok",
+        "policy": "canary-errors",
+        "severity": "critical",
+        "target": target,
     }
     assert "policy" not in by_action["promotion"]["metric"]
     assert by_action["rollback"]["values"] == [1]
     assert by_action["rollback"]["timestamps"] == [round(rollback.at * 1000)]
     assert by_action["promotion"]["metric"]["outcome"] == "failed"
     (rate,) = wait_series(
-        victoria_metrics, f'mlwarden_healing_signal_error_rate{{target="{target}"}}', count=1)
+        victoria_metrics, f'mlwarden_healing_signal_error_rate{{target="{target}"}}', count=1
+    )
     assert rate["values"] == [0.25]
     (opened,) = wait_series(
-        victoria_metrics, f'mlwarden_healing_signal_open{{target="{target}"}}', count=1)
+        victoria_metrics, f'mlwarden_healing_signal_open{{target="{target}"}}', count=1
+    )
     assert opened["values"] == [1]
 
 
 def test_influx_sink_never_blocks_or_raises_when_the_server_is_down() -> None:
     port = free_port()  # nothing listens there: connections are refused at once
-    settings = InfluxSettings(url=f"http://{LOOPBACK}:{port}", bucket="b", interval_s=0.05,
-                              timeout_s=0.5, max_buffer_points=3)
+    settings = InfluxSettings(
+        url=f"http://{LOOPBACK}:{port}",
+        bucket="b",
+        interval_s=0.05,
+        timeout_s=0.5,
+        max_buffer_points=3,
+    )
     ledger = Ledger(None)
     sink = InfluxLedgerSink(settings)
     try:

@@ -19,15 +19,21 @@ MV = {"model": "m", "version": "1"}
 def drift_app(registry, **options):
     app = starlette_app()
     app.add_middleware(
-        InferenceMonitor, model_name="m", model_version="1", registry=registry,
-        baseline=make_baseline(), drift_interval_s=3600, window_rows=2_000, **options,
+        InferenceMonitor,
+        model_name="m",
+        model_version="1",
+        registry=registry,
+        baseline=make_baseline(),
+        drift_interval_s=3600,
+        window_rows=2_000,
+        **options,
     )
     return app
 
 
 def send(client: httpx.Client, rows: list[dict], batch: int = 10) -> None:
     for i in range(0, len(rows), batch):
-        r = client.post("/v1/models/m:predict", json={"instances": rows[i:i + batch]})
+        r = client.post("/v1/models/m:predict", json={"instances": rows[i : i + batch]})
         assert r.status_code == 200
     # The middleware records after the last byte is sent; one more request on the same
     # connection is served only once that recording is done.
@@ -70,8 +76,12 @@ def test_shifting_one_feature_flags_that_feature_only():
     for name in FEATURES:
         flagged = registry.get_sample_value("mlwarden_feature_drifted", {**MV, "feature": name})
         assert flagged == (1 if name == "f2" else 0), name
-    assert registry.get_sample_value(
-        "mlwarden_feature_drift_score", {**MV, "feature": "f2", "method": "psi"}) > 0.2
+    assert (
+        registry.get_sample_value(
+            "mlwarden_feature_drift_score", {**MV, "feature": "f2", "method": "psi"}
+        )
+        > 0.2
+    )
 
 
 def test_drift_is_evaluated_in_the_background_every_n_rows():
@@ -88,8 +98,10 @@ def test_drift_is_evaluated_in_the_background_every_n_rows():
 
 
 def test_health_report_has_the_contract_fields():
-    with serve_app(drift_app(CollectorRegistry())) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(drift_app(CollectorRegistry())) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         send(client, reference_rows(50, seed=6))
         health = client.get("/-/health").json()
     assert health["status"] in ("ok", "degraded", "failing")
@@ -102,8 +114,12 @@ def test_health_report_has_the_contract_fields():
 
 def test_error_rate_turns_health_failing_with_503():
     app = starlette_app()
-    app.add_middleware(InferenceMonitor, model_name="m", registry=CollectorRegistry(),
-                       health={"min_requests": 5, "error_rate_failing": 0.5})
+    app.add_middleware(
+        InferenceMonitor,
+        model_name="m",
+        registry=CollectorRegistry(),
+        health={"min_requests": 5, "error_rate_failing": 0.5},
+    )
     with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
         for _ in range(6):  # uvicorn closes a connection whose app raised: a fresh one each
             assert httpx.post(f"{served.url}/boom/predict").status_code == 500

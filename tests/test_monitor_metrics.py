@@ -20,8 +20,9 @@ MV = {"model": "m", "version": "1"}
 
 def monitored(factory=starlette_app, registry=None, **options):
     app = factory()
-    app.add_middleware(InferenceMonitor, model_name="m", model_version="1",
-                       registry=registry, **options)
+    app.add_middleware(
+        InferenceMonitor, model_name="m", model_version="1", registry=registry, **options
+    )
     return app
 
 
@@ -35,23 +36,30 @@ def duration_count(registry, route, method="POST", status_class="2xx"):
 @pytest.mark.parametrize("factory", [starlette_app, fastapi_app])
 def test_latency_is_labelled_with_the_route_template_not_the_path(factory):
     registry = CollectorRegistry()
-    with serve_app(monitored(factory, registry)) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(factory, registry)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         for i in range(3):
             client.get(f"/items/{i}")
         client.get("/no/such/path")
     assert duration_count(registry, "/items/{item_id}", "GET") == 3
     assert duration_count(registry, "__unmatched__", "GET", "4xx") == 1
-    assert registry.get_sample_value(
-        "mlwarden_time_to_first_byte_seconds_count",
-        {**MV, "route": "/items/{item_id}", "method": "GET", "status_class": "2xx"},
-    ) == 3
+    assert (
+        registry.get_sample_value(
+            "mlwarden_time_to_first_byte_seconds_count",
+            {**MV, "route": "/items/{item_id}", "method": "GET", "status_class": "2xx"},
+        )
+        == 3
+    )
 
 
 def test_exceptions_are_counted_as_5xx_and_reraised():
     registry = CollectorRegistry()
-    with serve_app(monitored(starlette_app, registry)) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(starlette_app, registry)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         assert client.post("/boom/predict", json={"f0": 1}).status_code == 500
     labels = {**MV, "route": "/boom/predict", "method": "POST"}
     assert registry.get_sample_value("mlwarden_request_exceptions_total", labels) == 1
@@ -60,8 +68,10 @@ def test_exceptions_are_counted_as_5xx_and_reraised():
 
 def test_in_flight_returns_to_zero():
     registry = CollectorRegistry()
-    with serve_app(monitored(starlette_app, registry)) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(starlette_app, registry)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         client.post("/stream/predict")
         client.post("/boom/predict")
     assert registry.get_sample_value("mlwarden_requests_in_flight", MV) == 0
@@ -70,9 +80,14 @@ def test_in_flight_returns_to_zero():
 def test_rows_and_predictions_are_counted_from_a_kserve_batch():
     registry = CollectorRegistry()
     rows = [{name: float(i) for name in FEATURES} for i in range(7)]
-    with serve_app(monitored(starlette_app, registry, baseline=make_baseline(),
-                             prediction_classes=["yes", "no"])) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(
+            monitored(
+                starlette_app, registry, baseline=make_baseline(), prediction_classes=["yes", "no"]
+            )
+        ) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         r = client.post("/v1/models/m:predict", json={"instances": rows})
     assert r.status_code == 200
     assert registry.get_sample_value("mlwarden_rows_scored_total", MV) == 7
@@ -84,12 +99,17 @@ def test_rows_and_predictions_are_counted_from_a_kserve_batch():
 
 def test_app_that_never_reads_the_body_is_counted_not_broken():
     registry = CollectorRegistry()
-    with serve_app(monitored(starlette_app, registry)) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(starlette_app, registry)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         assert client.post("/ignore/predict", json={"f0": 1}).status_code == 200
-    assert registry.get_sample_value(
-        "mlwarden_payload_errors_total", {**MV, "reason": "body_not_read"}
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            "mlwarden_payload_errors_total", {**MV, "reason": "body_not_read"}
+        )
+        == 1
+    )
 
 
 def test_metrics_endpoint_serves_the_registry_and_openmetrics_with_exemplars():
@@ -97,8 +117,10 @@ def test_metrics_endpoint_serves_the_registry_and_openmetrics_with_exemplars():
 
     registry = CollectorRegistry()
     provider = TracerProvider()
-    with serve_app(monitored(starlette_app, registry, tracer_provider=provider)) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(starlette_app, registry, tracer_provider=provider)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         client.post("/predict", json={"f0": 1})
         text = client.get("/metrics").text
         om = client.get("/metrics", headers={"accept": "application/openmetrics-text"})
@@ -119,8 +141,10 @@ def test_app_with_its_own_metrics_route_keeps_it():
 
 
 def test_metrics_path_can_be_switched_off():
-    with serve_app(monitored(starlette_app, CollectorRegistry(), metrics_path=None)) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(starlette_app, CollectorRegistry(), metrics_path=None)) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         assert client.get("/metrics").status_code == 404
 
 
@@ -130,8 +154,10 @@ def test_hostile_payloads_leave_the_series_fixed():
         (b'{"f0": 1,,,', "application/json"),
         (b"[" * 100_000 + b"]" * 100_000, "application/json"),
         (b'{"f0": NaN, "f1": Infinity, "f2": -Infinity}', "application/json"),
-        (("{" + ",".join(f'"u{i}": {i}' for i in range(10_000)) + "}").encode(),
-         "application/json"),
+        (
+            ("{" + ",".join(f'"u{i}": {i}' for i in range(10_000)) + "}").encode(),
+            "application/json",
+        ),
         (b"\xff\xfe garbage", "application/json"),
         (b'{"instances": [[1, 2]]}', "application/json"),
     ]
@@ -140,12 +166,13 @@ def test_hostile_payloads_leave_the_series_fixed():
 
     def answer(base: str, body: bytes, ctype: str) -> tuple[int, bytes]:
         # a fresh connection each: an app that fails may close the connection
-        r = httpx.post(f"{base}/predict", content=body, headers={"content-type": ctype},
-                       timeout=30)
+        r = httpx.post(f"{base}/predict", content=body, headers={"content-type": ctype}, timeout=30)
         return r.status_code, r.content
 
-    with serve_app(monitored(starlette_app, registry, baseline=make_baseline())) as served, \
-            serve_app(starlette_app()) as bare:
+    with (
+        serve_app(monitored(starlette_app, registry, baseline=make_baseline())) as served,
+        serve_app(starlette_app()) as bare,
+    ):
         for body, ctype in inputs:  # every label set hostile input can reach now exists
             assert answer(served.url, body, ctype) == answer(bare.url, body, ctype)
         httpx.get(f"{served.url}/random/path")
@@ -157,16 +184,24 @@ def test_hostile_payloads_leave_the_series_fixed():
                 httpx.get(f"{served.url}/random/{round_}/path/{i}")
         after = settled_series(registry)
     assert after - before == set()
-    assert registry.get_sample_value(
-        "mlwarden_payload_errors_total", {**MV, "reason": "too_large"}) == 4
-    assert registry.get_sample_value(
-        "mlwarden_payload_errors_total", {**MV, "reason": "no_known_features"}) == 4
+    assert (
+        registry.get_sample_value("mlwarden_payload_errors_total", {**MV, "reason": "too_large"})
+        == 4
+    )
+    assert (
+        registry.get_sample_value(
+            "mlwarden_payload_errors_total", {**MV, "reason": "no_known_features"}
+        )
+        == 4
+    )
 
 
 def test_queued_reads_are_counted_before_a_scrape():
     registry = CollectorRegistry()
-    with serve_app(monitored(starlette_app, registry, baseline=make_baseline())) as served, \
-            httpx.Client(base_url=served.url) as client:
+    with (
+        serve_app(monitored(starlette_app, registry, baseline=make_baseline())) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         for _ in range(3):  # fewer than a read batch: they wait in the queue
             client.post("/predict", json={"instances": [{"f0": 1.0}, {"f0": 2.0}]})
         text = client.get("/metrics").text

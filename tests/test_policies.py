@@ -56,15 +56,20 @@ def wait_for(what: Callable[[], Any], seconds: float = 15.0) -> Any:
 
 @contextlib.contextmanager
 def sidecar(upstreams: dict[str, str], **config: Any) -> Iterator[tuple[ProxyApp, httpx.Client]]:
-    cfg = SidecarConfig.from_mapping({
-        "upstreams": upstreams,
-        "health_checks": {"interval_s": 0.2, "timeout_s": 0.15, "unhealthy_threshold": 1},
-        "healing": {"interval_s": 0.1, **config.pop("healing", {})},
-        **config,
-    }, environ={})
+    cfg = SidecarConfig.from_mapping(
+        {
+            "upstreams": upstreams,
+            "health_checks": {"interval_s": 0.2, "timeout_s": 0.15, "unhealthy_threshold": 1},
+            "healing": {"interval_s": 0.1, **config.pop("healing", {})},
+            **config,
+        },
+        environ={},
+    )
     proxy = ProxyApp(cfg)
-    with serve_app(proxy, proxy_headers=False) as served, \
-            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client:
+    with (
+        serve_app(proxy, proxy_headers=False) as served,
+        httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+    ):
         yield proxy, client
 
 
@@ -74,21 +79,37 @@ def actions(proxy: ProxyApp, policy: str | None = None) -> list[str]:
 
 def test_drift_in_the_primarys_traffic_routes_to_stable_and_fires_the_retrain_webhook() -> None:
     primary_app = starlette_app()
-    primary_app.add_middleware(InferenceMonitor, model_name="m", model_version="2",
-                               baseline=make_baseline(), drift_every_rows=500,
-                               window_rows=2_000, drift_interval_s=3600)
+    primary_app.add_middleware(
+        InferenceMonitor,
+        model_name="m",
+        model_version="2",
+        baseline=make_baseline(),
+        drift_every_rows=500,
+        window_rows=2_000,
+        drift_interval_s=3600,
+    )
     receiver = Receiver()
-    with serve_app(primary_app) as primary, serve_app(FakeVersion(label=0)) as stable, \
-            serve_app(receiver) as hooks:
-        policy = {"name": "drift-to-stable", "when": "drift_score > 0.2", "cooldown_s": 600,
-                  "actions": ["route_to_fallback",
-                              {"webhook": {"url": f"{hooks.url}/retrain",
-                                           "body": {"pipeline": "churn-retrain"}}}]}
-        with sidecar({"primary": primary.url, "stable": stable.url},
-                     policies=[policy]) as (proxy, client):
+    with (
+        serve_app(primary_app) as primary,
+        serve_app(FakeVersion(label=0)) as stable,
+        serve_app(receiver) as hooks,
+    ):
+        policy = {
+            "name": "drift-to-stable",
+            "when": "drift_score > 0.2",
+            "cooldown_s": 600,
+            "actions": [
+                "route_to_fallback",
+                {"webhook": {"url": f"{hooks.url}/retrain", "body": {"pipeline": "churn-retrain"}}},
+            ],
+        }
+        with sidecar({"primary": primary.url, "stable": stable.url}, policies=[policy]) as (
+            proxy,
+            client,
+        ):
             rows = reference_rows(1_200, seed=5, shift={"f2": 1.0})
             for i in range(0, len(rows), 10):
-                r = client.post("/v1/models/m:predict", json={"instances": rows[i:i + 10]})
+                r = client.post("/v1/models/m:predict", json={"instances": rows[i : i + 10]})
                 assert r.status_code == 200
             # Drift evaluation, a health probe, a policy tick and a webhook delivery in turn:
             # a generous bound for a loaded machine.
@@ -109,20 +130,30 @@ def test_drift_in_the_primarys_traffic_routes_to_stable_and_fires_the_retrain_we
 
 def test_the_same_policy_firing_four_times_in_the_window_escalates_exactly_once() -> None:
     receiver = Receiver()
-    with serve_app(FakeVersion(label=0)) as primary, serve_app(FakeVersion(label=0)) as stable, \
-            serve_app(receiver) as hooks:
-        policy = {"name": "always", "when": "requests >= 0", "cooldown_s": 0,
-                  "severity": "warning", "actions": []}
-        with sidecar({"primary": primary.url, "stable": stable.url}, policies=[policy],
-                     healing={"escalation": {"webhook_url": f"{hooks.url}/slack",
-                                             "threshold": 3}}) as (proxy, _):
+    with (
+        serve_app(FakeVersion(label=0)) as primary,
+        serve_app(FakeVersion(label=0)) as stable,
+        serve_app(receiver) as hooks,
+    ):
+        policy = {
+            "name": "always",
+            "when": "requests >= 0",
+            "cooldown_s": 0,
+            "severity": "warning",
+            "actions": [],
+        }
+        with sidecar(
+            {"primary": primary.url, "stable": stable.url},
+            policies=[policy],
+            healing={"escalation": {"webhook_url": f"{hooks.url}/slack", "threshold": 3}},
+        ) as (proxy, _):
             assert wait_for(lambda: actions(proxy, "always").count("policy_fired") >= 8)
             assert wait_for(lambda: receiver.at("/slack"))
             time.sleep(0.3)  # more ticks: still one escalation
             fired = actions(proxy, "always")
     assert fired.count("escalation") == 1
     # Escalated at the fourth firing: more than 3 within the window.
-    assert fired[:fired.index("escalation")].count("policy_fired") == 4
+    assert fired[: fired.index("escalation")].count("policy_fired") == 4
     [slack] = receiver.at("/slack")
     assert "always" in slack["text"]
     assert slack["blocks"][0]["type"] == "header"
@@ -134,13 +165,18 @@ def test_a_fallback_that_fails_too_is_recorded_and_escalated_not_routed_again() 
     with serve_app(FakeVersion(label=0)) as primary, serve_app(receiver) as hooks:
         stable_server = serve_app(FakeVersion(label=0))
         stable = stable_server.__enter__()
-        policy = {"name": "move", "when": "breaker_open(\"primary\")", "cooldown_s": 0,
-                  "actions": ["route_to_fallback"]}
-        with sidecar({"primary": primary.url, "stable": stable.url, "spare": stable.url},
-                     routing={"primary": "primary", "fallbacks": ["stable"]},
-                     policies=[policy],
-                     healing={"escalation": {"webhook_url": f"{hooks.url}/slack"}}) as (
-                proxy, _):
+        policy = {
+            "name": "move",
+            "when": 'breaker_open("primary")',
+            "cooldown_s": 0,
+            "actions": ["route_to_fallback"],
+        }
+        with sidecar(
+            {"primary": primary.url, "stable": stable.url, "spare": stable.url},
+            routing={"primary": "primary", "fallbacks": ["stable"]},
+            policies=[policy],
+            healing={"escalation": {"webhook_url": f"{hooks.url}/slack"}},
+        ) as (proxy, _):
             proxy.breakers["primary"].force_open()
             assert wait_for(lambda: proxy.router.forced == "stable")
             stable_server.__exit__(None, None, None)  # the fallback goes down too
@@ -155,36 +191,57 @@ def test_a_fallback_that_fails_too_is_recorded_and_escalated_not_routed_again() 
 
 def test_conditions_are_checked_at_start_up_with_the_policy_name_and_column() -> None:
     with pytest.raises(Exception) as info:
-        SidecarConfig.from_mapping({
-            "upstreams": {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"},
-            "policies": [{"name": "p1", "when": "error_rate > 0.1 or breaker_open(\"zz\")",
-                          "actions": ["route_to_fallback"]}]}, environ={})
+        SidecarConfig.from_mapping(
+            {
+                "upstreams": {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"},
+                "policies": [
+                    {
+                        "name": "p1",
+                        "when": 'error_rate > 0.1 or breaker_open("zz")',
+                        "actions": ["route_to_fallback"],
+                    }
+                ],
+            },
+            environ={},
+        )
     text = str(info.value)
     assert "policies.p1.when" in text and "column 34" in text and "unknown upstream 'zz'" in text
 
 
 def test_default_tiers_exist_without_written_policies() -> None:
-    cfg = SidecarConfig.from_mapping({
-        "upstreams": {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"},
-        "healing": {"retrain_webhook_url": "http://127.0.0.1:3/retrain"}}, environ={})
+    cfg = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"},
+            "healing": {"retrain_webhook_url": "http://127.0.0.1:3/retrain"},
+        },
+        environ={},
+    )
     tiers = {p.name: p for p in default_policies(cfg)}
     assert {p.severity for p in tiers.values()} == {"info", "warning", "critical"}
     assert tiers["drift-small"].actions == ()
     assert [a.kind for a in tiers["drift-large"].actions] == ["route_to_fallback", "webhook"]
-    assert [a.kind for a in tiers["errors-critical"].actions] == ["route_to_fallback",
-                                                                   "escalate"]
+    assert [a.kind for a in tiers["errors-critical"].actions] == ["route_to_fallback", "escalate"]
     proxy = ProxyApp(cfg, health_checks=False)
     assert [p.name for p in proxy.policies.policies] == list(tiers)
 
 
 def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
     with serve_app(FakeVersion(label=0)) as primary, serve_app(FakeVersion(label=0)) as candidate:
-        cfg = SidecarConfig.from_mapping({
-            "upstreams": {"primary": primary.url, "candidate": candidate.url},
-            "canary": {"candidate": "candidate"},
-            "policies": [{"name": "roll", "when": "requests >= 0", "cooldown_s": 0,
-                          "actions": ["rollback_canary"]}],
-        }, environ={})
+        cfg = SidecarConfig.from_mapping(
+            {
+                "upstreams": {"primary": primary.url, "candidate": candidate.url},
+                "canary": {"candidate": "candidate"},
+                "policies": [
+                    {
+                        "name": "roll",
+                        "when": "requests >= 0",
+                        "cooldown_s": 0,
+                        "actions": ["rollback_canary"],
+                    }
+                ],
+            },
+            environ={},
+        )
         proxy = ProxyApp(cfg, health_checks=False)
         assert proxy.policies.tick() == ["roll"]  # rolls the canary back
         assert proxy.canary is not None and proxy.canary.state == "rolled_back"
@@ -212,20 +269,27 @@ def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> 
     primary_app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
     primary_app.add_middleware(InferenceMonitor, model_name="fraud", model_version="2")
     with serve_app(primary_app) as primary, serve_app(FakeVersion(label=0)) as stable:
-        policy = {"name": "accuracy-floor", "when": "accuracy < 0.9 and labelled_samples >= 50",
-                  "actions": ["route_to_fallback"]}
-        with sidecar({"primary": primary.url, "stable": stable.url},
-                     policies=[policy]) as (proxy, client):
+        policy = {
+            "name": "accuracy-floor",
+            "when": "accuracy < 0.9 and labelled_samples >= 50",
+            "actions": ["route_to_fallback"],
+        }
+        with sidecar({"primary": primary.url, "stable": stable.url}, policies=[policy]) as (
+            proxy,
+            client,
+        ):
             ids = {}
             for i in range(100):
                 r = client.post("/predict", json={"i": i})
                 assert r.headers["x-mlwarden-upstream"] == "primary"
                 ids[i] = r.headers["x-request-id"]
             # The model says fraud for every 5th; the truth adds 20 frauds it missed: 0.8.
-            truth = {i: "fraud" if i % 5 == 0 or i % 10 == 1 or i % 10 == 3 else "ok"
-                     for i in range(100)}
-            result = client.post("/-/feedback", json=[
-                {"request_id": ids[i], "label": truth[i]} for i in range(100)]).json()
+            truth = {
+                i: "fraud" if i % 5 == 0 or i % 10 == 1 or i % 10 == 3 else "ok" for i in range(100)
+            }
+            result = client.post(
+                "/-/feedback", json=[{"request_id": ids[i], "label": truth[i]} for i in range(100)]
+            ).json()
             assert result["accepted"] == 100
             assert wait_for(lambda: proxy.router.forced == "stable"), actions(proxy)
             after = client.post("/predict", json={"i": 1})

@@ -82,8 +82,13 @@ class Upstream:
         self.hits += 1
         self.seen_headers = list(scope["headers"])
         if self.mode == "503":
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"text/plain")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"overloaded " * 1000})
             return
         if self.mode == "hang":
@@ -91,8 +96,9 @@ class Upstream:
         if scope["path"] == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             for i in range(3):
-                await send({"type": "http.response.body", "body": b"part%d;" % i,
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"part%d;" % i, "more_body": True}
+                )
                 await asyncio.sleep(0.1)
             await send({"type": "http.response.body", "body": b""})
             return
@@ -100,8 +106,12 @@ class Upstream:
             (b"x-method", scope["method"].encode()),
             (b"x-path", scope["raw_path"]),
             (b"x-query", scope["query_string"]),
-            (b"x-echo-headers", json.dumps(
-                [[n.decode(), v.decode("latin-1")] for n, v in scope["headers"]]).encode()),
+            (
+                b"x-echo-headers",
+                json.dumps(
+                    [[n.decode(), v.decode("latin-1")] for n, v in scope["headers"]]
+                ).encode(),
+            ),
             # hop-by-hop headers the proxy must not pass back
             (b"connection", b"x-conn-named"),
             (b"x-conn-named", b"1"),
@@ -136,8 +146,10 @@ def dead_url() -> str:
 def proxied(cfg: SidecarConfig) -> Iterator[tuple[ProxyApp, httpx.Client]]:
     app = ProxyApp(cfg)
     # uvicorn's proxy_headers would take the client address from x-forwarded-for itself.
-    with serve_app(app, proxy_headers=False) as served, \
-            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client:
+    with (
+        serve_app(app, proxy_headers=False) as served,
+        httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+    ):
         yield app, client
 
 
@@ -153,12 +165,19 @@ def two_upstreams(primary_mode: str = "ok") -> Iterator[tuple[Upstream, Upstream
 
 def test_proxy_forwards_method_path_query_headers_and_2mb_bodies_byte_exact() -> None:
     body = os.urandom(2 * 2**20)
-    with two_upstreams() as (_, stable, p_url, s_url), \
-            proxied(make_config(p_url, s_url)) as (_, client):
+    with (
+        two_upstreams() as (_, stable, p_url, s_url),
+        proxied(make_config(p_url, s_url)) as (_, client),
+    ):
         response = client.put(
-            "/v1/models/m:predict?a=1&a=2&b=%20x", content=body,
-            headers=[("x-rep", "one"), ("x-rep", "two"),
-                     ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")])
+            "/v1/models/m:predict?a=1&a=2&b=%20x",
+            content=body,
+            headers=[
+                ("x-rep", "one"),
+                ("x-rep", "two"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            ],
+        )
     assert response.status_code == 200
     assert response.content == body
     assert response.headers["x-mlwarden-upstream"] == "primary"
@@ -168,7 +187,8 @@ def test_proxy_forwards_method_path_query_headers_and_2mb_bodies_byte_exact() ->
     seen = json.loads(response.headers["x-echo-headers"])
     assert [v for n, v in seen if n == "x-rep"] == ["one", "two"]
     assert [v for n, v in seen if n == "traceparent"] == [
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ]
     host = dict(seen)["host"]
     assert host == p_url.removeprefix("http://")
     assert dict(seen)["x-forwarded-for"] == "127.0.0.1"
@@ -186,13 +206,27 @@ def test_proxy_appends_to_existing_forwarded_headers() -> None:
 
 def test_proxy_strips_hop_by_hop_headers_both_ways() -> None:
     with two_upstreams() as (_, _s, p_url, s_url), proxied(make_config(p_url, s_url)) as (_, c):
-        response = c.get("/", headers={
-            "connection": "keep-alive, x-named", "x-named": "secret", "keep-alive": "timeout=5",
-            "te": "trailers", "proxy-authorization": "Basic eA==", "upgrade": "h2c",
-            "x-kept": "yes"})
+        response = c.get(
+            "/",
+            headers={
+                "connection": "keep-alive, x-named",
+                "x-named": "secret",
+                "keep-alive": "timeout=5",
+                "te": "trailers",
+                "proxy-authorization": "Basic eA==",
+                "upgrade": "h2c",
+                "x-kept": "yes",
+            },
+        )
     names = {n for n, _ in json.loads(response.headers["x-echo-headers"])}
-    assert not names & {"connection", "x-named", "keep-alive", "te", "proxy-authorization",
-                        "upgrade"}
+    assert not names & {
+        "connection",
+        "x-named",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    }
     assert "x-kept" in names
     assert "x-conn-named" not in response.headers
     assert "keep-alive" not in response.headers
@@ -212,8 +246,10 @@ def test_streaming_response_reaches_the_client_in_several_chunks() -> None:
 
 def test_oversize_request_body_is_refused_with_413() -> None:
     limits = {"max_request_bytes": 1000}
-    with two_upstreams() as (primary, _s, p_url, s_url), \
-            proxied(make_config(p_url, s_url, limits=limits)) as (_, c):
+    with (
+        two_upstreams() as (primary, _s, p_url, s_url),
+        proxied(make_config(p_url, s_url, limits=limits)) as (_, c),
+    ):
         declared = c.post("/", content=b"x" * 2000)
         chunked = c.post("/", content=iter([b"x" * 600, b"x" * 600]))
         fits = c.post("/", content=b"x" * 1000)
@@ -225,8 +261,10 @@ def test_oversize_request_body_is_refused_with_413() -> None:
 
 
 def test_header_injection_from_the_wire_is_refused_and_the_proxy_keeps_serving() -> None:
-    with two_upstreams() as (primary, _s, p_url, s_url), \
-            proxied(make_config(p_url, s_url)) as (_, c):
+    with (
+        two_upstreams() as (primary, _s, p_url, s_url),
+        proxied(make_config(p_url, s_url)) as (_, c),
+    ):
         port = c.base_url.port
         with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\rx-evil: 1\r\n\r\n")
@@ -254,9 +292,16 @@ def test_header_injection_inside_the_asgi_scope_gets_a_clean_400() -> None:
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
-                     "query_string": b"", "scheme": "http", "client": ("127.0.0.1", 1),
-                     "headers": [(b"host", b"x"), (b"x-a", b"a\r\nx-evil: 1")]}
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/",
+                "raw_path": b"/",
+                "query_string": b"",
+                "scheme": "http",
+                "client": ("127.0.0.1", 1),
+                "headers": [(b"host", b"x"), (b"x-a", b"a\r\nx-evil: 1")],
+            }
             try:
                 await asyncio.wait_for(app(scope, receive, send), timeout=5)
             finally:
@@ -271,9 +316,15 @@ def test_header_injection_inside_the_asgi_scope_gets_a_clean_400() -> None:
 
 def test_websocket_is_refused() -> None:
     with two_upstreams() as (_, _s, p_url, s_url), proxied(make_config(p_url, s_url)) as (_, c):
-        response = c.get("/ws", headers={
-            "connection": "upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
-            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        response = c.get(
+            "/ws",
+            headers={
+                "connection": "upgrade",
+                "upgrade": "websocket",
+                "sec-websocket-version": "13",
+                "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
     assert response.status_code == 403
 
 
@@ -281,8 +332,10 @@ def test_websocket_is_refused() -> None:
 
 
 def test_primary_503_is_retried_then_falls_back_to_stable() -> None:
-    with two_upstreams("503") as (primary, stable, p_url, s_url), \
-            proxied(make_config(p_url, s_url)) as (_, c):
+    with (
+        two_upstreams("503") as (primary, stable, p_url, s_url),
+        proxied(make_config(p_url, s_url)) as (_, c),
+    ):
         response = c.post("/predict", json={"x": 1})
     assert response.status_code == 200
     assert response.headers["x-mlwarden-upstream"] == "stable"
@@ -314,8 +367,10 @@ def test_primary_down_every_request_served_by_stable_and_breaker_opens() -> None
 
 def test_primary_hanging_falls_back_within_the_per_try_deadline() -> None:
     timeouts = {"per_try_timeout_s": 0.3, "total_timeout_s": 1.0}
-    with two_upstreams("hang") as (_, _s, p_url, s_url), \
-            proxied(make_config(p_url, s_url, timeouts=timeouts)) as (_, c):
+    with (
+        two_upstreams("hang") as (_, _s, p_url, s_url),
+        proxied(make_config(p_url, s_url, timeouts=timeouts)) as (_, c),
+    ):
         started = time.monotonic()
         response = c.get("/")
         elapsed = time.monotonic() - started
@@ -362,8 +417,7 @@ def test_both_down_with_degraded_response_answers_it() -> None:
 
 
 def test_client_disconnect_mid_response_counts_no_upstream_failure() -> None:
-    with two_upstreams() as (_, _s, p_url, s_url), \
-            proxied(make_config(p_url, s_url)) as (app, c):
+    with two_upstreams() as (_, _s, p_url, s_url), proxied(make_config(p_url, s_url)) as (app, c):
         with c.stream("GET", "/stream") as response:
             first = next(response.iter_raw())
         # the client closed after the first chunk; the proxy still serves the next request
@@ -379,8 +433,10 @@ def test_client_disconnect_mid_request_body_sends_nothing_upstream() -> None:
         sent: list[dict[str, Any]] = []
 
         async def run() -> None:
-            messages = [{"type": "http.disconnect"},
-                        {"type": "http.request", "body": b"x" * 100, "more_body": True}]
+            messages = [
+                {"type": "http.disconnect"},
+                {"type": "http.request", "body": b"x" * 100, "more_body": True},
+            ]
 
             async def receive() -> dict[str, Any]:
                 return messages.pop()
@@ -388,9 +444,16 @@ def test_client_disconnect_mid_request_body_sends_nothing_upstream() -> None:
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/",
-                     "query_string": b"", "scheme": "http", "client": ("127.0.0.1", 1),
-                     "headers": [(b"host", b"x")]}
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/",
+                "raw_path": b"/",
+                "query_string": b"",
+                "scheme": "http",
+                "client": ("127.0.0.1", 1),
+                "headers": [(b"host", b"x")],
+            }
             try:
                 await asyncio.wait_for(app(scope, receive, send), timeout=5)
             finally:
@@ -402,8 +465,10 @@ def test_client_disconnect_mid_request_body_sends_nothing_upstream() -> None:
 
 
 def test_open_breaker_sends_the_request_to_the_fallback_without_trying_the_primary() -> None:
-    with two_upstreams() as (primary, stable, p_url, s_url), \
-            proxied(make_config(p_url, s_url)) as (app, c):
+    with (
+        two_upstreams() as (primary, stable, p_url, s_url),
+        proxied(make_config(p_url, s_url)) as (app, c),
+    ):
         app.breakers["primary"].force_open()
         response = c.get("/")
     assert response.status_code == 200
@@ -423,9 +488,11 @@ def _trailers_exchange(extensions: dict[str, Any]) -> list[dict[str, Any]]:
 
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
-                     b"trailer: grpc-status, x-checksum\r\n\r\n"
-                     b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-checksum: 5d41\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+            b"trailer: grpc-status, x-checksum\r\n\r\n"
+            b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-checksum: 5d41\r\n\r\n"
+        )
         await writer.drain()
         await reader.read()
 
@@ -444,10 +511,17 @@ def _trailers_exchange(extensions: dict[str, Any]) -> list[dict[str, Any]]:
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
-                     "query_string": b"", "headers": [(b"host", b"sidecar")],
-                     "client": ("127.0.0.1", 5000), "scheme": "http",
-                     "extensions": extensions}
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "path": "/",
+                "raw_path": b"/",
+                "query_string": b"",
+                "headers": [(b"host", b"sidecar")],
+                "client": ("127.0.0.1", 5000),
+                "scheme": "http",
+                "extensions": extensions,
+            }
             await proxy(scope, receive, send)
             await proxy.aclose()
             return sent
@@ -461,8 +535,11 @@ def test_announced_trailers_are_relayed_when_the_server_supports_them() -> None:
     assert start["trailers"] is True
     assert (b"trailer", b"grpc-status, x-checksum") in start["headers"]
     assert b"".join(m["body"] for m in bodies) == b"hello"
-    assert trailers == {"type": "http.response.trailers", "more_trailers": False,
-                        "headers": [(b"grpc-status", b"0"), (b"x-checksum", b"5d41")]}
+    assert trailers == {
+        "type": "http.response.trailers",
+        "more_trailers": False,
+        "headers": [(b"grpc-status", b"0"), (b"x-checksum", b"5d41")],
+    }
 
 
 def test_trailers_are_dropped_without_the_servers_extension() -> None:

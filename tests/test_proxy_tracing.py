@@ -28,11 +28,14 @@ TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 
 
 @contextlib.contextmanager
-def traced(cfg: SidecarConfig, provider: TracerProvider | None
-           ) -> Iterator[tuple[ProxyApp, httpx.Client]]:
+def traced(
+    cfg: SidecarConfig, provider: TracerProvider | None
+) -> Iterator[tuple[ProxyApp, httpx.Client]]:
     proxy = ProxyApp(cfg, health_checks=False, tracer_provider=provider)
-    with serve_app(proxy, proxy_headers=False) as served, \
-            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client:
+    with (
+        serve_app(proxy, proxy_headers=False) as served,
+        httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+    ):
         yield proxy, client
 
 
@@ -52,10 +55,11 @@ def test_the_upstream_gets_the_attempt_span_as_parent_within_the_clients_trace()
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    with two_upstreams() as (_, _, p_url, s_url), traced(make_config(p_url, s_url),
-                                                         provider) as (proxy, client):
-        response = client.post("/predict?x=1", content=b"{}",
-                               headers={"traceparent": TRACEPARENT})
+    with (
+        two_upstreams() as (_, _, p_url, s_url),
+        traced(make_config(p_url, s_url), provider) as (proxy, client),
+    ):
+        response = client.post("/predict?x=1", content=b"{}", headers={"traceparent": TRACEPARENT})
         wait_for(proxy)
     assert response.status_code == 200
     spans = {span.kind: span for span in exporter.get_finished_spans()}
@@ -84,8 +88,10 @@ def test_each_retry_and_fallback_is_its_own_attempt_span() -> None:
             wait_for(proxy)
     assert response.headers["x-mlwarden-upstream"] == "stable"
     attempts = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
-    assert [(s.attributes["mlwarden.upstream"], s.attributes["http.response.status_code"])
-            for s in attempts] == [("primary", 503), ("primary", 503), ("stable", 200)]
+    assert [
+        (s.attributes["mlwarden.upstream"], s.attributes["http.response.status_code"])
+        for s in attempts
+    ] == [("primary", 503), ("primary", 503), ("stable", 200)]
     assert attempts[1].attributes["http.request.resend_count"] == 1
     assert attempts[0].status.status_code is StatusCode.ERROR
     assert attempts[2].status.status_code is StatusCode.UNSET
@@ -94,11 +100,14 @@ def test_each_retry_and_fallback_is_its_own_attempt_span() -> None:
 
 
 def test_without_an_sdk_the_clients_trace_headers_pass_unchanged() -> None:
-    with two_upstreams() as (_, _, p_url, s_url), traced(make_config(p_url, s_url),
-                                                         None) as (proxy, client):
+    with (
+        two_upstreams() as (_, _, p_url, s_url),
+        traced(make_config(p_url, s_url), None) as (proxy, client),
+    ):
         assert proxy.tracer.start({"type": "http", "headers": []}) is None
-        response = client.post("/predict", content=b"{}",
-                               headers={"traceparent": TRACEPARENT, "tracestate": "k=v"})
+        response = client.post(
+            "/predict", content=b"{}", headers={"traceparent": TRACEPARENT, "tracestate": "k=v"}
+        )
     headers = echoed(response)
     assert headers["traceparent"] == TRACEPARENT
     assert headers["tracestate"] == "k=v"

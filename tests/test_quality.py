@@ -78,8 +78,7 @@ def _ece_reference(confidences: Sequence[float], correct: Sequence[bool]) -> flo
     for i in range(10):
         low, high = i / 10, (i + 1) / 10
         members = [
-            k for k, c in enumerate(confidences)
-            if (low < c <= high) or (i == 0 and c == 0.0)
+            k for k, c in enumerate(confidences) if (low < c <= high) or (i == 0 and c == 0.0)
         ]
         if members:
             accuracy = sum(correct[k] for k in members) / len(members)
@@ -89,7 +88,10 @@ def _ece_reference(confidences: Sequence[float], correct: Sequence[bool]) -> flo
 
 
 def _stream(
-    rng: random.Random, n: int, accuracy: float, classes: Sequence[str] = ("fraud", "ok"),
+    rng: random.Random,
+    n: int,
+    accuracy: float,
+    classes: Sequence[str] = ("fraud", "ok"),
 ) -> list[tuple[str, str, float]]:
     """(prediction, label, confidence) with exactly round(accuracy * n) correct pairs."""
     correct = [True] * round(accuracy * n) + [False] * (n - round(accuracy * n))
@@ -115,8 +117,7 @@ def test_two_versions_report_their_own_accuracy_precision_recall_f1() -> None:
     rng = random.Random(7)
     streams = {"v1": _stream(rng, 4_000, 0.95), "v2": _stream(rng, 4_000, 0.80)}
     windows = {
-        version: QualityWindow(task="classification", positive_class="fraud",
-                               clock=FakeClock())
+        version: QualityWindow(task="classification", positive_class="fraud", clock=FakeClock())
         for version in streams
     }
     for version, stream in streams.items():
@@ -133,6 +134,7 @@ def test_two_versions_report_their_own_accuracy_precision_recall_f1() -> None:
 
 def test_figures_agree_with_scikit_learn() -> None:
     from sklearn import metrics  # the test extra brings scikit-learn
+
     rng = random.Random(11)
     for accuracy in (0.95, 0.80):
         stream = _stream(rng, 3_000, accuracy, classes=("a", "b", "c"))
@@ -144,11 +146,12 @@ def test_figures_agree_with_scikit_learn() -> None:
         y_pred = [p for p, _, _ in stream]
         y_true = [y for _, y, _ in stream]
         # One class's figures in a multi-class stream: labels=[it], no averaging.
-        for window, options in ((binary, {"labels": ["b"], "average": None}),
-                                (macro, {"average": "macro"})):
+        for window, options in (
+            (binary, {"labels": ["b"], "average": None}),
+            (macro, {"average": "macro"}),
+        ):
             expected = {
-                "precision": metrics.precision_score(y_true, y_pred, zero_division=0,
-                                                     **options),
+                "precision": metrics.precision_score(y_true, y_pred, zero_division=0, **options),
                 "recall": metrics.recall_score(y_true, y_pred, zero_division=0, **options),
                 "f1": metrics.f1_score(y_true, y_pred, zero_division=0, **options),
             }
@@ -168,8 +171,7 @@ def test_macro_average_counts_a_class_never_predicted_as_zero_precision() -> Non
 
 def test_samples_older_than_window_s_are_left_out() -> None:
     clock = FakeClock()
-    window = QualityWindow(task="classification", positive_class="fraud", window_s=60,
-                           clock=clock)
+    window = QualityWindow(task="classification", positive_class="fraud", window_s=60, clock=clock)
     rng = random.Random(3)
     old, new = _stream(rng, 500, 0.5), _stream(rng, 700, 0.9)
     for p, y, c in old:
@@ -187,8 +189,9 @@ def test_samples_older_than_window_s_are_left_out() -> None:
 
 
 def test_only_the_last_max_samples_count() -> None:
-    window = QualityWindow(task="classification", positive_class="fraud", max_samples=1_000,
-                           clock=FakeClock())
+    window = QualityWindow(
+        task="classification", positive_class="fraud", max_samples=1_000, clock=FakeClock()
+    )
     stream = _stream(random.Random(5), 2_500, 0.8)
     for p, y, c in stream:
         window.add(p, y, c, 1.0)
@@ -198,7 +201,8 @@ def test_only_the_last_max_samples_count() -> None:
     confidences = [c for _, _, c in stream[-1_000:]]
     correct = [p == y for p, y, _ in stream[-1_000:]]
     assert snapshot.calibration_error == pytest.approx(
-        _ece_reference(confidences, correct), abs=TOL)
+        _ece_reference(confidences, correct), abs=TOL
+    )
 
 
 def test_calibration_error_and_brier_match_the_formulas() -> None:
@@ -224,7 +228,8 @@ def test_calibration_error_and_brier_match_the_formulas() -> None:
     assert snapshot.samples == 5_102
     assert snapshot.calibration_samples == 5_000
     assert snapshot.calibration_error == pytest.approx(
-        _ece_reference(confidences, correct), abs=TOL)
+        _ece_reference(confidences, correct), abs=TOL
+    )
     brier = sum((c - h) ** 2 for c, h in zip(confidences, correct, strict=True)) / 5_000
     assert snapshot.brier == pytest.approx(brier, abs=TOL)
 
@@ -334,8 +339,7 @@ def test_class_case_is_kept() -> None:
         ("regression", "-inf", "label_not_finite"),
     ],
 )
-def test_invalid_labels_are_rejected_with_a_reason(task: str, label: object,
-                                                   reason: str) -> None:
+def test_invalid_labels_are_rejected_with_a_reason(task: str, label: object, reason: str) -> None:
     window = QualityWindow(task=task, clock=FakeClock())  # type: ignore[arg-type]
     prediction = "a" if task == "classification" else 1.0
     with pytest.raises(PayloadError) as caught:
@@ -347,8 +351,7 @@ def test_invalid_labels_are_rejected_with_a_reason(task: str, label: object,
     assert len(window) == 0 and window.snapshot().samples == 0
 
 
-@pytest.mark.parametrize(("task", "prediction"),
-                         [("classification", None), ("regression", "abc")])
+@pytest.mark.parametrize(("task", "prediction"), [("classification", None), ("regression", "abc")])
 def test_an_unscorable_prediction_is_rejected_as_such(task: str, prediction: object) -> None:
     window = QualityWindow(task=task, clock=FakeClock())  # type: ignore[arg-type]
     with pytest.raises(PayloadError) as caught:
@@ -492,8 +495,7 @@ def test_the_oldest_predictions_are_evicted_beyond_max_items() -> None:
     assert memory.take("r120") is LabelStatus.DUPLICATE  # labelled, then evicted
     assert isinstance(memory.take("r150"), Remembered)
     assert isinstance(memory.take("r249"), Remembered)
-    assert (memory.remembered, memory.evicted_unlabelled, memory.evicted_labelled) == (
-        250, 148, 2)
+    assert (memory.remembered, memory.evicted_unlabelled, memory.evicted_labelled) == (250, 148, 2)
     assert (memory.labelled, memory.pending) == (4, 98)
 
 
@@ -507,7 +509,11 @@ def test_a_second_prediction_for_an_id_replaces_the_first() -> None:
     got = memory.take("r1")
     assert isinstance(got, Remembered)
     assert (got.prediction, got.confidence, got.version, got.remembered_at) == (
-        "b", 0.6, "v2", 1001.0)
+        "b",
+        0.6,
+        "v2",
+        1001.0,
+    )
     memory.remember("r1", "c", None, "v1")  # a labelled prediction replaced: new, unlabelled
     assert (memory.replaced, memory.pending) == (2, 1)
     assert isinstance(memory.take("r1"), Remembered)
@@ -565,16 +571,22 @@ def test_a_batch_of_10000_labels() -> None:
     results = [memory.take(request_id) for request_id in ids]
     joined = [r for r in results if isinstance(r, Remembered)]
     assert len(joined) == 2_500
-    assert all(r.prediction == ("fraud" if int(r.request_id[1:]) % 7 == 0 else "ok")
-               for r in joined)
-    assert all(isinstance(r, Remembered) == (int(i[1:]) >= 15_000)
-               for i, r in zip(ids, results, strict=True))
+    assert all(
+        r.prediction == ("fraud" if int(r.request_id[1:]) % 7 == 0 else "ok") for r in joined
+    )
+    assert all(
+        isinstance(r, Remembered) == (int(i[1:]) >= 15_000)
+        for i, r in zip(ids, results, strict=True)
+    )
     # Expired ids older than the last 5,000 to 10,000 evicted are forgotten: unknown.
     expired = sum(1 for r in results if r is LabelStatus.EXPIRED)
     unknown = sum(1 for r in results if r is LabelStatus.UNKNOWN)
     assert expired + unknown == 7_500 and 2_500 <= expired <= 5_000
     assert (memory.remembered, memory.evicted_unlabelled, memory.evicted_labelled) == (
-        20_000, 15_000, 0)
+        20_000,
+        15_000,
+        0,
+    )
     assert (len(memory), memory.labelled, memory.pending) == (5_000, 2_500, 2_500)
 
 
@@ -600,8 +612,13 @@ def test_memory_per_prediction_stays_small() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"max_items": 0}, {"max_items": 1.5}, {"max_age_s": 0}, {"max_age_s": float("nan")},
-     {"max_expired_ids": -1}],
+    [
+        {"max_items": 0},
+        {"max_items": 1.5},
+        {"max_age_s": 0},
+        {"max_age_s": float("nan")},
+        {"max_expired_ids": -1},
+    ],
 )
 def test_invalid_memory_options_are_rejected(options: dict) -> None:
     with pytest.raises(ConfigError, match=r"labels\."):
@@ -648,7 +665,11 @@ def test_an_id_remembered_twice_in_one_staged_batch_is_a_replacement() -> None:
     got = memory.take("a")
     assert isinstance(got, Remembered)
     assert (got.prediction, got.confidence, got.version, got.remembered_at) == (
-        "y", 0.6, "v2", 1001.0)
+        "y",
+        0.6,
+        "v2",
+        1001.0,
+    )
     for k in range(10):  # the emptied slot comes round: nothing counts as evicted for it
         memory.remember(f"x{k}", "x", None, "v1")
     assert (len(memory), memory.evicted_unlabelled, memory.evicted_labelled) == (10, 1, 1)
@@ -690,10 +711,11 @@ def test_staged_batches_wrap_round_the_ring_and_evict_the_oldest() -> None:
     assert all(memory.take(f"r{k}") is LabelStatus.EXPIRED for k in range(200, 640))
     assert memory.take("r640") is LabelStatus.DUPLICATE
     taken = [memory.take(f"r{k}") for k in range(700, 1000)]
-    assert all(isinstance(t, Remembered) and t.prediction == f"c{k % 3}"
-               and t.confidence == k / 1000 for k, t in zip(range(700, 1000), taken, strict=True))
-    assert (memory.remembered, memory.evicted_unlabelled, memory.evicted_labelled) == (
-        1000, 699, 1)
+    assert all(
+        isinstance(t, Remembered) and t.prediction == f"c{k % 3}" and t.confidence == k / 1000
+        for k, t in zip(range(700, 1000), taken, strict=True)
+    )
+    assert (memory.remembered, memory.evicted_unlabelled, memory.evicted_labelled) == (1000, 699, 1)
 
 
 def test_an_unhashable_id_is_refused_before_anything_is_staged() -> None:
@@ -712,8 +734,9 @@ def test_str_and_bytes_ids_are_distinct() -> None:
     assert isinstance(memory.take(b"r1"), Remembered)
 
 
-def _replay(memory: PredictionMemory, clock: FakeClock, steps: list[tuple],
-            read_each_time: bool) -> list[object]:
+def _replay(
+    memory: PredictionMemory, clock: FakeClock, steps: list[tuple], read_each_time: bool
+) -> list[object]:
     """Run ``steps`` on ``memory``; what every read returned (counters included)."""
     seen: list[object] = []
     for step in steps:
@@ -729,8 +752,17 @@ def _replay(memory: PredictionMemory, clock: FakeClock, steps: list[tuple],
                 seen.append(memory.take(step[2]))
             else:
                 memory.expire()
-            seen.append((len(memory), memory.pending, memory.remembered, memory.replaced,
-                         memory.labelled, memory.evicted_labelled, memory.evicted_unlabelled))
+            seen.append(
+                (
+                    len(memory),
+                    memory.pending,
+                    memory.remembered,
+                    memory.replaced,
+                    memory.labelled,
+                    memory.evicted_labelled,
+                    memory.evicted_unlabelled,
+                )
+            )
     return seen
 
 
@@ -745,8 +777,16 @@ def test_staged_batches_end_exactly_where_one_by_one_would(seed: int, max_items:
         roll = rng.random()
         rid = f"r{rng.randrange(400)}"  # a small pool: replacements and returning ids
         if roll < 0.85:
-            steps.append(("remember", now, rid, rng.choice(["a", "b", 2.5]),
-                          rng.choice([None, 0.7]), rng.choice(["v1", "v2"])))
+            steps.append(
+                (
+                    "remember",
+                    now,
+                    rid,
+                    rng.choice(["a", "b", 2.5]),
+                    rng.choice([None, 0.7]),
+                    rng.choice(["v1", "v2"]),
+                )
+            )
         elif roll < 0.99:  # often a recent id: joined, then labelled twice
             recent = [s[2] for s in steps[-20:] if s[0] == "remember"]
             steps.append(("take", now, rng.choice(recent) if recent and roll < 0.95 else rid))
@@ -755,12 +795,16 @@ def test_staged_batches_end_exactly_where_one_by_one_would(seed: int, max_items:
     results = []
     for read_each_time in (True, False):
         clock = FakeClock(0.0)
-        memory = PredictionMemory(max_items=max_items, max_age_s=30, max_expired_ids=60,
-                                  clock=clock)
+        memory = PredictionMemory(
+            max_items=max_items, max_age_s=30, max_expired_ids=60, clock=clock
+        )
         results.append(_replay(memory, clock, steps, read_each_time))
     assert results[0] == results[1]
-    statuses = {type(r).__name__ if isinstance(r, Remembered) else r
-                for r in results[0] if type(r) is not tuple}  # counters are plain tuples
+    statuses = {
+        type(r).__name__ if isinstance(r, Remembered) else r
+        for r in results[0]
+        if type(r) is not tuple
+    }  # counters are plain tuples
     assert statuses == {"Remembered", *LabelStatus}  # every outcome was exercised
     assert results[0][-1][3] > 10  # type: ignore[index]  # replacements
 
@@ -789,6 +833,10 @@ def test_an_id_back_after_its_record_aged_out_is_new_not_a_replacement() -> None
     clock.now = 20.0
     memory.remember("a", "y", None, "v1")
     assert (len(memory), memory.replaced, memory.evicted_unlabelled, memory.remembered) == (
-        1, 0, 3, 4)
+        1,
+        0,
+        3,
+        4,
+    )
     taken = memory.take("a")
     assert isinstance(taken, Remembered) and (taken.prediction, taken.delay_s) == ("y", 0.0)

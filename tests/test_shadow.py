@@ -54,8 +54,9 @@ class Model:
         self.seen: list[tuple[str, str, dict[bytes, bytes], bytes]] = []
         self.release = threading.Event()
 
-    def answer(self, predictions: Any = None, *, status: int = 200,
-               raw: bytes | None = None) -> None:
+    def answer(
+        self, predictions: Any = None, *, status: int = 200, raw: bytes | None = None
+    ) -> None:
         self.reply = raw if raw is not None else json.dumps({"predictions": predictions}).encode()
         self.status = status
 
@@ -74,9 +75,16 @@ class Model:
             while not release.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         reply = self.reply
-        await send({"type": "http.response.start", "status": self.status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(reply)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(reply)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": reply})
 
 
@@ -86,8 +94,7 @@ SHADOW = Model()
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[str, str]]:
-    with serve_app(PRIMARY, lifespan="off") as primary, \
-            serve_app(SHADOW, lifespan="off") as shadow:
+    with serve_app(PRIMARY, lifespan="off") as primary, serve_app(SHADOW, lifespan="off") as shadow:
         yield primary.url, shadow.url
 
 
@@ -134,8 +141,9 @@ def config(**overrides: Any) -> ShadowConfig:
     return ShadowConfig(**options)
 
 
-async def forward(primary: UpstreamPool, mirror: ShadowMirror,
-                  body: bytes = REQUEST) -> ShadowCopy | None:
+async def forward(
+    primary: UpstreamPool, mirror: ShadowMirror, body: bytes = REQUEST
+) -> ShadowCopy | None:
     """What the proxy does: offer a copy, forward to the primary, report its answer."""
     copy = mirror.offer("POST", b"/predict?v=1", JSON_HEADERS, body)
     response = await primary.request("POST", b"/predict?v=1", JSON_HEADERS, body, timeout_s=5)
@@ -159,16 +167,19 @@ async def wait_for(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.005)
 
 
-def compare_once(servers: tuple[str, str], **overrides: Any) -> tuple[
-        CollectorRegistry, ShadowCopy | None, dict[str, Any]]:
+def compare_once(
+    servers: tuple[str, str], **overrides: Any
+) -> tuple[CollectorRegistry, ShadowCopy | None, dict[str, Any]]:
     """One request through primary and shadow; the registry, the copy and the snapshot."""
     primary_url, shadow_url = servers
     registry = CollectorRegistry()
 
     async def scenario() -> tuple[ShadowCopy | None, dict[str, Any]]:
-        async with UpstreamPool(primary_url) as primary, UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(**overrides),
-                             metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(primary_url) as primary,
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, config(**overrides), metrics=ShadowMetrics(registry)) as mirror,
+        ):
             copy = await forward(primary, mirror)
             await settled(mirror)
             return copy, mirror.snapshot()
@@ -184,10 +195,13 @@ def test_copy_is_sent_without_waiting_for_the_primary(servers: tuple[str, str]) 
     _, shadow_url = servers
 
     async def scenario() -> tuple[str | None, str | None, dict[str, Any]]:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config()) as mirror:
-            headers = [*JSON_HEADERS, (b"connection", b"x-hop"), (b"x-hop", b"1"),
-                       (b"x-request-id", b"abc")]
+        async with UpstreamPool(shadow_url) as pool, ShadowMirror(pool, config()) as mirror:
+            headers = [
+                *JSON_HEADERS,
+                (b"connection", b"x-hop"),
+                (b"x-hop", b"1"),
+                (b"x-request-id", b"abc"),
+            ]
             copy = mirror.offer("POST", b"/predict?v=1", headers, REQUEST)
             assert copy is not None
             await settled(mirror)  # the primary never reports
@@ -227,17 +241,22 @@ def test_different_class_counts_disagree(servers: tuple[str, str]) -> None:
     assert comparisons(registry, "agree") == 0
     assert snapshot["last_disagreement"] == {
         "primary": {"classes": ["cat", "dog"], "count": 2},
-        "shadow": {"classes": ["cat", "cow"], "count": 2}}
+        "shadow": {"classes": ["cat", "cow"], "count": 2},
+    }
 
 
-@pytest.mark.parametrize(("primary", "shadow", "result"), [
-    (10.0, 10.009, "agree"),        # within abs_tol
-    (10.0, 10.5, "disagree"),       # outside both
-    (1000.0, 1000.9, "agree"),      # outside abs_tol, within rel_tol (1 = 0.001 * 1000)
-    (1000.0, 1001.5, "disagree"),
-])
+@pytest.mark.parametrize(
+    ("primary", "shadow", "result"),
+    [
+        (10.0, 10.009, "agree"),  # within abs_tol
+        (10.0, 10.5, "disagree"),  # outside both
+        (1000.0, 1000.9, "agree"),  # outside abs_tol, within rel_tol (1 = 0.001 * 1000)
+        (1000.0, 1001.5, "disagree"),
+    ],
+)
 def test_numeric_predictions_agree_within_tolerance(
-        servers: tuple[str, str], primary: float, shadow: float, result: str) -> None:
+    servers: tuple[str, str], primary: float, shadow: float, result: str
+) -> None:
     PRIMARY.answer([primary])
     SHADOW.answer([shadow])
     registry, copy, _ = compare_once(servers, abs_tol=0.01, rel_tol=0.001)
@@ -245,14 +264,18 @@ def test_numeric_predictions_agree_within_tolerance(
     assert comparisons(registry, result) == 1
 
 
-@pytest.mark.parametrize(("primary", "shadow"), [
-    ({"predictions": [1.0, 2.0]}, {"predictions": [1.0]}),       # different lengths
-    ({"predictions": ["cat"]}, {"predictions": [1.0]}),          # class on one side only
-    ({"predictions": ["cat"]}, "not json at all"),               # unparseable
-    ({"predictions": ["cat"]}, {"something": "else", "n": []}),  # no prediction in it
-])
+@pytest.mark.parametrize(
+    ("primary", "shadow"),
+    [
+        ({"predictions": [1.0, 2.0]}, {"predictions": [1.0]}),  # different lengths
+        ({"predictions": ["cat"]}, {"predictions": [1.0]}),  # class on one side only
+        ({"predictions": ["cat"]}, "not json at all"),  # unparseable
+        ({"predictions": ["cat"]}, {"something": "else", "n": []}),  # no prediction in it
+    ],
+)
 def test_unreadable_or_mismatched_answers_are_incomparable(
-        servers: tuple[str, str], primary: Any, shadow: Any) -> None:
+    servers: tuple[str, str], primary: Any, shadow: Any
+) -> None:
     PRIMARY.answer(raw=json.dumps(primary).encode())
     SHADOW.answer(raw=shadow.encode() if isinstance(shadow, str) else json.dumps(shadow).encode())
     registry, copy, snapshot = compare_once(servers)
@@ -261,13 +284,17 @@ def test_unreadable_or_mismatched_answers_are_incomparable(
     assert snapshot["agreement_rate"] is None  # incomparable answers are not in the ratio
 
 
-@pytest.mark.parametrize(("primary_status", "shadow_status", "result"), [
-    (422, 422, "agree"),     # both refuse the input alike
-    (200, 422, "disagree"),
-    (404, 200, "disagree"),
-])
+@pytest.mark.parametrize(
+    ("primary_status", "shadow_status", "result"),
+    [
+        (422, 422, "agree"),  # both refuse the input alike
+        (200, 422, "disagree"),
+        (404, 200, "disagree"),
+    ],
+)
 def test_error_statuses_below_500_are_compared_by_status(
-        servers: tuple[str, str], primary_status: int, shadow_status: int, result: str) -> None:
+    servers: tuple[str, str], primary_status: int, shadow_status: int, result: str
+) -> None:
     PRIMARY.answer(["cat"], status=primary_status)
     SHADOW.answer(["cat"], status=shadow_status)
     registry, copy, _ = compare_once(servers)
@@ -289,18 +316,23 @@ def test_batches_agree_only_when_every_element_agrees() -> None:
     assert compare_predictions(values(1, 2), values(1, 2, 3), **tol) == "incomparable"
     assert compare_predictions(Predictions([], [], [0.9]), classes("a"), **tol) == "incomparable"
     # Confidences are not the answer: they differ, the classes agree.
-    assert compare_predictions(Predictions([], ["a"], [0.9]), Predictions([], ["a"], [0.6]),
-                               **tol) == "agree"
+    assert (
+        compare_predictions(Predictions([], ["a"], [0.9]), Predictions([], ["a"], [0.6]), **tol)
+        == "agree"
+    )
 
 
 def test_primary_answer_reported_after_the_shadow_is_still_compared(
-        servers: tuple[str, str]) -> None:
+    servers: tuple[str, str],
+) -> None:
     _, shadow_url = servers
     registry = CollectorRegistry()
 
     async def scenario() -> tuple[ShadowCopy, dict[str, Any]]:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+        ):
             copy = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             assert copy is not None
             await settled(mirror)
@@ -321,8 +353,10 @@ def test_primary_failure_is_counted_and_not_compared(servers: tuple[str, str]) -
     registry = CollectorRegistry()
 
     async def scenario() -> list[ShadowCopy]:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+        ):
             before = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             after = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             five = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
@@ -354,8 +388,10 @@ def test_uncaptured_primary_body_is_not_compared(servers: tuple[str, str]) -> No
     registry = CollectorRegistry()
 
     async def scenario() -> ShadowCopy:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+        ):
             copy = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             assert copy is not None
             copy.primary_answered(200, None)
@@ -379,11 +415,15 @@ def test_sampling_takes_exactly_the_seeded_share(servers: tuple[str, str]) -> No
 
     async def scenario() -> dict[str, Any]:
         cfg = config(sample_percent=30, max_queue=offers, max_concurrent=8, max_pending=offers)
-        async with UpstreamPool(shadow_url, max_connections=8) as pool, \
-                ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry),
-                             rng=random.Random(seed)) as mirror:
-            taken = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
-                     for _ in range(offers)]
+        async with (
+            UpstreamPool(shadow_url, max_connections=8) as pool,
+            ShadowMirror(
+                pool, cfg, metrics=ShadowMetrics(registry), rng=random.Random(seed)
+            ) as mirror,
+        ):
+            taken = [
+                mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(offers)
+            ]
             assert sum(c is not None for c in taken) == expected
             await settled(mirror)
             return mirror.snapshot()
@@ -399,8 +439,10 @@ def test_zero_percent_sends_nothing(servers: tuple[str, str]) -> None:
     _, shadow_url = servers
 
     async def scenario() -> list[ShadowCopy | None]:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(sample_percent=0)) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, config(sample_percent=0)) as mirror,
+        ):
             return [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(50)]
 
     assert run(scenario) == [None] * 50
@@ -411,15 +453,18 @@ def test_zero_percent_sends_nothing(servers: tuple[str, str]) -> None:
 
 
 def test_hanging_shadow_sheds_copies_once_workers_and_queue_are_full(
-        servers: tuple[str, str]) -> None:
+    servers: tuple[str, str],
+) -> None:
     _, shadow_url = servers
     SHADOW.hang = True
     registry = CollectorRegistry()
 
     async def scenario() -> list[ShadowCopy | None]:
         cfg = config(max_concurrent=2, max_queue=3, timeout_s=0.3)
-        async with UpstreamPool(shadow_url, max_connections=2) as pool, \
-                ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(shadow_url, max_connections=2) as pool,
+            ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry)) as mirror,
+        ):
             first = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(2)]
             await wait_for(lambda: mirror.in_flight == 2)
             more = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(5)]
@@ -446,14 +491,17 @@ def test_shadow_500_is_counted_as_an_error(servers: tuple[str, str]) -> None:
 
 
 def test_refused_connection_is_counted_as_an_error_and_nothing_raised(
-        servers: tuple[str, str]) -> None:
+    servers: tuple[str, str],
+) -> None:
     primary_url, _ = servers
     registry = CollectorRegistry()
 
     async def scenario() -> list[ShadowCopy | None]:
-        async with UpstreamPool(primary_url) as primary, \
-                UpstreamPool(f"http://{LOOPBACK}:{free_port()}") as pool, \
-                ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(primary_url) as primary,
+            UpstreamPool(f"http://{LOOPBACK}:{free_port()}") as pool,
+            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+        ):
             copies = [await forward(primary, mirror) for _ in range(3)]
             await settled(mirror)
             return copies
@@ -471,9 +519,12 @@ def test_unavailable_target_sheds_copies(servers: tuple[str, str]) -> None:
     healthy = {TARGET: False}
 
     async def scenario() -> tuple[ShadowCopy | None, ShadowCopy | None]:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(), metrics=ShadowMetrics(registry),
-                             is_available=healthy.__getitem__) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(
+                pool, config(), metrics=ShadowMetrics(registry), is_available=healthy.__getitem__
+            ) as mirror,
+        ):
             down = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             healthy[TARGET] = True
             up = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
@@ -497,8 +548,9 @@ def test_offer_never_raises(servers: tuple[str, str]) -> None:
         async with UpstreamPool(shadow_url) as pool:
             stopped = ShadowMirror(pool, config())  # never started
             result = [stopped.offer("POST", b"/predict", JSON_HEADERS, REQUEST)]
-            async with ShadowMirror(pool, config(), metrics=ShadowMetrics(registry),
-                                    is_available=broken) as mirror:
+            async with ShadowMirror(
+                pool, config(), metrics=ShadowMetrics(registry), is_available=broken
+            ) as mirror:
                 result.append(mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST))
             return result
 
@@ -510,8 +562,7 @@ def test_bad_request_header_fails_the_copy_only(servers: tuple[str, str]) -> Non
     _, shadow_url = servers
 
     async def scenario() -> ShadowCopy | None:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config()) as mirror:
+        async with UpstreamPool(shadow_url) as pool, ShadowMirror(pool, config()) as mirror:
             copy = mirror.offer("POST", b"/predict", [(b"x-bad", b"a\r\nb")], REQUEST)
             await settled(mirror)
             return copy
@@ -525,15 +576,19 @@ def test_bad_request_header_fails_the_copy_only(servers: tuple[str, str]) -> Non
 
 
 def test_aclose_drops_queued_and_in_flight_copies_and_leaves_no_task(
-        servers: tuple[str, str]) -> None:
+    servers: tuple[str, str],
+) -> None:
     _, shadow_url = servers
     SHADOW.hang = True
     registry = CollectorRegistry()
 
     async def scenario() -> tuple[list[ShadowCopy | None], list[asyncio.Task[Any]]]:
         pool = UpstreamPool(shadow_url)
-        mirror = ShadowMirror(pool, config(max_concurrent=1, max_queue=2, timeout_s=5.0),
-                              metrics=ShadowMetrics(registry))
+        mirror = ShadowMirror(
+            pool,
+            config(max_concurrent=1, max_queue=2, timeout_s=5.0),
+            metrics=ShadowMetrics(registry),
+        )
         mirror.start()
         copies = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)]
         await wait_for(lambda: SHADOW.hits == 1)
@@ -554,14 +609,15 @@ def test_aclose_drops_queued_and_in_flight_copies_and_leaves_no_task(
     assert sample(registry, "mlwarden_shadow_queue_depth") is None  # detached
 
 
-def test_aclose_settles_answers_still_waiting_for_their_primary(
-        servers: tuple[str, str]) -> None:
+def test_aclose_settles_answers_still_waiting_for_their_primary(servers: tuple[str, str]) -> None:
     _, shadow_url = servers
     registry = CollectorRegistry()
 
     async def scenario() -> ShadowCopy | None:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+        ):
             copy = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             await settled(mirror)
         return copy
@@ -579,8 +635,10 @@ def test_answers_whose_primary_never_reports_expire(servers: tuple[str, str]) ->
 
     async def scenario() -> tuple[ShadowCopy | None, ShadowCopy | None]:
         cfg = config(primary_wait_s=30.0, max_pending=5)
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror,
+        ):
             forgotten = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             await settled(mirror)
             clock.now += 31
@@ -603,9 +661,12 @@ def test_at_most_max_pending_answers_wait_for_their_primary(servers: tuple[str, 
     registry = CollectorRegistry()
 
     async def scenario() -> list[str | None]:
-        async with UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, config(max_pending=2, max_concurrent=1),
-                             metrics=ShadowMetrics(registry)) as mirror:
+        async with (
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(
+                pool, config(max_pending=2, max_concurrent=1), metrics=ShadowMetrics(registry)
+            ) as mirror,
+        ):
             copies = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(3)]
             await settled(mirror)
             assert mirror.snapshot()["awaiting_primary"] == 2
@@ -619,7 +680,8 @@ def test_at_most_max_pending_answers_wait_for_their_primary(servers: tuple[str, 
 
 
 def test_agreement_rate_needs_min_comparisons_and_forgets_old_ones(
-        servers: tuple[str, str]) -> None:
+    servers: tuple[str, str],
+) -> None:
     primary_url, shadow_url = servers
     registry = CollectorRegistry()
     clock = FakeClock()
@@ -627,8 +689,11 @@ def test_agreement_rate_needs_min_comparisons_and_forgets_old_ones(
     async def scenario() -> list[float | None]:
         cfg = config(min_comparisons=3, agreement_window=4, agreement_window_s=60.0)
         rates: list[float | None] = []
-        async with UpstreamPool(primary_url) as primary, UpstreamPool(shadow_url) as pool, \
-                ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror:
+        async with (
+            UpstreamPool(primary_url) as primary,
+            UpstreamPool(shadow_url) as pool,
+            ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror,
+        ):
             for reply in (["cat"], ["cat"], ["dog"], ["cat"], ["cat"], ["cat"], ["cat"]):
                 SHADOW.answer(reply)
                 await forward(primary, mirror)
@@ -651,8 +716,13 @@ def test_snapshot_names_the_state_for_the_admin(servers: tuple[str, str]) -> Non
     assert snapshot["target"] == TARGET
     assert snapshot["running"] is True
     assert snapshot["requests"] == {"ok": 1, "error": 0, "timeout": 0, "shed": 0, "dropped": 0}
-    assert snapshot["uncompared"] == {"shadow_failed": 0, "primary_failed": 0, "too_large": 0,
-                                      "primary_missing": 0, "dropped": 0}
+    assert snapshot["uncompared"] == {
+        "shadow_failed": 0,
+        "primary_failed": 0,
+        "too_large": 0,
+        "primary_missing": 0,
+        "dropped": 0,
+    }
     assert snapshot["agreement_rate"] == 1.0
     assert snapshot["window"]["comparisons"] == 1
     json.dumps(snapshot)  # JSON-ready
@@ -663,12 +733,18 @@ def test_snapshot_names_the_state_for_the_admin(servers: tuple[str, str]) -> Non
 
 def test_config_reports_every_problem_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
-        ShadowConfig(target="", sample_percent=120, max_queue=0, timeout_s=0, rel_tol=-1,
-                     min_comparisons=50, agreement_window=10)
+        ShadowConfig(
+            target="",
+            sample_percent=120,
+            max_queue=0,
+            timeout_s=0,
+            rel_tol=-1,
+            min_comparisons=50,
+            agreement_window=10,
+        )
     assert len(caught.value.problems) == 6
     message = str(caught.value)
-    for key in ("target", "sample_percent", "max_queue", "timeout_s", "rel_tol",
-                "min_comparisons"):
+    for key in ("target", "sample_percent", "max_queue", "timeout_s", "rel_tol", "min_comparisons"):
         assert key in message
 
 

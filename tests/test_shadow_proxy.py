@@ -19,20 +19,26 @@ from tests.servers import serve_app
 
 
 @contextlib.contextmanager
-def shadowed(candidate: FakeVersion, **shadow: Any) -> Iterator[
-        tuple[ProxyApp, httpx.Client, CollectorRegistry, FakeVersion]]:
+def shadowed(
+    candidate: FakeVersion, **shadow: Any
+) -> Iterator[tuple[ProxyApp, httpx.Client, CollectorRegistry, FakeVersion]]:
     primary = FakeVersion("primary", label="churn")
     with serve_app(primary) as p, serve_app(candidate) as c:
-        cfg = SidecarConfig.from_mapping({
-            "upstreams": {"primary": p.url, "candidate": c.url},
-            "shadow": {"target": "candidate", "sample_percent": 100, **shadow},
-        }, environ={})
+        cfg = SidecarConfig.from_mapping(
+            {
+                "upstreams": {"primary": p.url, "candidate": c.url},
+                "shadow": {"target": "candidate", "sample_percent": 100, **shadow},
+            },
+            environ={},
+        )
         assert cfg.routing.order == ("primary",)  # a shadow target is not a fallback
         registry = CollectorRegistry()
         proxy = ProxyApp(cfg, health_checks=False)
         create_admin_app(proxy, registry=registry)
-        with serve_app(proxy, proxy_headers=False) as served, \
-                httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client:
+        with (
+            serve_app(proxy, proxy_headers=False) as served,
+            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+        ):
             yield proxy, client, registry, primary
 
 
@@ -43,8 +49,10 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 def settle(proxy: ProxyApp, registry: CollectorRegistry, total: int) -> None:
     """Wait (bounded) until ``total`` copies have an outcome."""
     for _ in range(300):  # at most 3 s
-        done = sum(sample(registry, "mlwarden_shadow_requests_total", outcome=o)
-                   for o in ("ok", "error", "timeout", "shed", "dropped"))
+        done = sum(
+            sample(registry, "mlwarden_shadow_requests_total", outcome=o)
+            for o in ("ok", "error", "timeout", "shed", "dropped")
+        )
         if done >= total and proxy.in_flight == 0:
             return
         time.sleep(0.01)
@@ -69,7 +77,11 @@ def test_every_request_is_copied_compared_and_the_clients_answer_is_the_primarys
 def test_a_hanging_shadow_sheds_copies_and_never_delays_the_client() -> None:
     candidate = FakeVersion("candidate", label="churn", hang_s=2.0)
     with shadowed(candidate, max_concurrent=2, max_queue=2, timeout_s=1.0) as (
-            _, client, registry, _):
+        _,
+        client,
+        registry,
+        _,
+    ):
         elapsed = []
         for i in range(30):
             r = client.post("/predict", json={"i": i})

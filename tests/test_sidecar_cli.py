@@ -22,16 +22,20 @@ def version_app(name: str) -> Starlette:
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"]),
-                             Route("/-/health", health)])
+    return Starlette(
+        routes=[Route("/predict", predict, methods=["POST"]), Route("/-/health", health)]
+    )
 
 
 def test_sidecar_check_names_bad_keys(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("upstreams:\n  primary: ftp://nowhere\nretry:\n  num_retrys: 2\n")
-    result = subprocess.run([sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar",
-                             "--config", str(cfg), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "upstreams.primary" in result.stderr and "num_retrys" in result.stderr
 
@@ -48,8 +52,11 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
             f"upstreams:\n  primary: http://127.0.0.1:{down_port}\n  stable: {stable.url}\n"
             "timeouts: {per_try_timeout_s: 1, total_timeout_s: 3}\n"
         )
-        proc = Process([sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config",
-                        str(cfg)], name="sidecar", workdir=workdir)
+        proc = Process(
+            [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
+            name="sidecar",
+            workdir=workdir,
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/-/health", timeout=20)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
@@ -63,8 +70,7 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
                 assert admin.get("/-/ready").status_code == 200
                 status = admin.get("/-/status").json()
                 assert status["routing"]["order"] == ["primary", "stable"]
-                assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in admin.get(
-                    "/metrics").text
+                assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in admin.get("/metrics").text
         finally:
             proc.stop()
         assert proc.proc.returncode is not None
@@ -92,15 +98,21 @@ class OtlpReceiver:
         if scope["path"] == "/v1/traces":
             export = ExportTraceServiceRequest.FromString(body)
             for resource_spans in export.resource_spans:
-                resource = {a.key: a.value.string_value
-                            for a in resource_spans.resource.attributes}
+                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
-                        attrs = {a.key: a.value.string_value or str(a.value.int_value)
-                                 for a in span.attributes}
+                        attrs = {
+                            a.key: a.value.string_value or str(a.value.int_value)
+                            for a in span.attributes
+                        }
                         self.spans.append((resource.get("service.name", ""), attrs, span))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/x-protobuf")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/x-protobuf")],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
 
@@ -118,13 +130,19 @@ def test_sidecar_exports_its_spans_to_an_otlp_endpoint(monkeypatch):
             f"upstreams:\n  primary: {primary.url}\n"
             f"tracing: {{otlp_endpoint: '{otlp.url}', service_name: sidecar-under-test}}\n"
         )
-        proc = Process([sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config",
-                        str(cfg)], name="sidecar", workdir=workdir)
+        proc = Process(
+            [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
+            name="sidecar",
+            workdir=workdir,
+        )
         try:
             wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                r = client.post("/predict", json={"i": 1},
-                                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+                r = client.post(
+                    "/predict",
+                    json={"i": 1},
+                    headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+                )
                 assert r.status_code == 200
         finally:
             proc.stop()  # SIGTERM: the provider's shutdown flushes what is queued
@@ -143,10 +161,15 @@ def test_sidecar_exports_its_spans_to_an_otlp_endpoint(monkeypatch):
 
 def test_sidecar_check_reports_tracing_problems(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("upstreams:\n  primary: http://127.0.0.1:9\n"
-                   "tracing: {otlp_endpoint: 'collector:4318', sample_ratio: 1.5}\n")
-    result = subprocess.run([sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar",
-                             "--config", str(cfg), "--check"],
-                            capture_output=True, text=True, timeout=60)
+    cfg.write_text(
+        "upstreams:\n  primary: http://127.0.0.1:9\n"
+        "tracing: {otlp_endpoint: 'collector:4318', sample_ratio: 1.5}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "tracing.otlp_endpoint" in result.stderr and "tracing.sample_ratio" in result.stderr

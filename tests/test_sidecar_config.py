@@ -29,8 +29,9 @@ def config(*, environ: dict[str, str] | None = None, **blocks: Any) -> SidecarCo
     return SidecarConfig.from_mapping(data, environ=environ or {})
 
 
-def problems(data: Any = None, *, environ: dict[str, str] | None = None,
-             **blocks: Any) -> list[str]:
+def problems(
+    data: Any = None, *, environ: dict[str, str] | None = None, **blocks: Any
+) -> list[str]:
     if data is None:
         data = {"upstreams": dict(TWO), **blocks}
     with pytest.raises(ConfigError) as info:
@@ -84,8 +85,21 @@ def test_every_key_of_the_full_example_is_a_field() -> None:
     # The full example documents every setting: a new field must appear there too.
     cfg = load_config(EXAMPLES / "sidecar-full.yaml", environ={})
     text = (EXAMPLES / "sidecar-full.yaml").read_text(encoding="utf-8")
-    for block in ("listen", "admin", "timeouts", "retry", "breaker", "health_checks", "limits",
-                  "tracing", "degraded_response", "canary", "shadow", "ledger", "healing"):
+    for block in (
+        "listen",
+        "admin",
+        "timeouts",
+        "retry",
+        "breaker",
+        "health_checks",
+        "limits",
+        "tracing",
+        "degraded_response",
+        "canary",
+        "shadow",
+        "ledger",
+        "healing",
+    ):
         for f in dataclasses.fields(getattr(cfg, block)):
             assert f"{f.name}:" in text, f"{block}.{f.name} missing from sidecar-full.yaml"
     for f in dataclasses.fields(cfg.healing.escalation):
@@ -99,15 +113,23 @@ def test_every_key_of_the_full_example_is_a_field() -> None:
 
 def test_routing_primary_alone_makes_the_others_its_fallbacks_in_order() -> None:
     cfg = SidecarConfig.from_mapping(
-        {"upstreams": {"a": "http://a:1", "b": "http://b:1", "c": "http://c:1"},
-         "routing": {"primary": "b"}}, environ={})
+        {
+            "upstreams": {"a": "http://a:1", "b": "http://b:1", "c": "http://c:1"},
+            "routing": {"primary": "b"},
+        },
+        environ={},
+    )
     assert cfg.routing.order == ("b", "a", "c")
 
 
 def test_lists_become_tuples_and_methods_upper_case() -> None:
-    cfg = config(retry={"retriable_methods": ["get", "post"],
-                        "retry_on": ["5xx", "retriable-status-codes"],
-                        "retriable_status_codes": [429, 409, 429]})
+    cfg = config(
+        retry={
+            "retriable_methods": ["get", "post"],
+            "retry_on": ["5xx", "retriable-status-codes"],
+            "retriable_status_codes": [429, 409, 429],
+        }
+    )
     assert cfg.retry.retriable_methods == ("GET", "POST")
     assert cfg.retry.retriable_status_codes == (409, 429)
 
@@ -159,12 +181,15 @@ def test_block_that_is_not_a_mapping_is_named() -> None:
     assert problems(retry=3) == ["retry: expected a mapping, got int 3"]
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("ftp://x", "expected an http(s) URL with a host, got 'ftp://x'"),
-    ("http://", "expected an http(s) URL with a host, got 'http://'"),
-    ("127.0.0.1:8001", "expected an http(s) URL with a host, got '127.0.0.1:8001'"),
-    ("http://u:pw@h:1", "must not contain credentials (user:password@)"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://x", "expected an http(s) URL with a host, got 'ftp://x'"),
+        ("http://", "expected an http(s) URL with a host, got 'http://'"),
+        ("127.0.0.1:8001", "expected an http(s) URL with a host, got '127.0.0.1:8001'"),
+        ("http://u:pw@h:1", "must not contain credentials (user:password@)"),
+    ],
+)
 def test_bad_upstream_url_is_named(url: str, why: str) -> None:
     data = {"upstreams": {"v1": "http://127.0.0.1:8001", "v2": url}}
     assert problems(data) == [f"upstreams.v2.url: {why}"]
@@ -202,8 +227,10 @@ def test_health_check_timeout_must_be_below_interval() -> None:
 
 def test_unknown_retry_on_word_is_named_with_a_suggestion() -> None:
     [p] = problems(retry={"retry_on": ["5xx", "connect-failures"]})
-    assert p.startswith("retry.retry_on: unknown 'connect-failures' (did you mean "
-                        "'connect-failure'?); allowed: 5xx, connect-failure,")
+    assert p.startswith(
+        "retry.retry_on: unknown 'connect-failures' (did you mean "
+        "'connect-failure'?); allowed: 5xx, connect-failure,"
+    )
 
 
 def test_status_code_out_of_range_is_named() -> None:
@@ -238,10 +265,10 @@ def test_primary_among_its_own_fallbacks_is_rejected() -> None:
 
 
 def test_a_bad_upstream_is_not_reported_again_as_unknown_in_routing() -> None:
-    data = {"upstreams": {"v1": "http://a:1", "v2": "ftp://x"},
-            "routing": {"primary": "v2"}}
-    assert problems(data) == ["upstreams.v2.url: expected an http(s) URL with a host, "
-                              "got 'ftp://x'"]
+    data = {"upstreams": {"v1": "http://a:1", "v2": "ftp://x"}, "routing": {"primary": "v2"}}
+    assert problems(data) == [
+        "upstreams.v2.url: expected an http(s) URL with a host, got 'ftp://x'"
+    ]
 
 
 @pytest.mark.parametrize("upstreams", [None, {}, ["http://a:1"]])
@@ -263,13 +290,13 @@ def test_same_port_for_proxy_and_admin_is_rejected() -> None:
 
 def test_degraded_json_body_must_be_json() -> None:
     [p] = problems(degraded_response={"body": "{oops"})
-    assert p.startswith("degraded_response.body: must be valid JSON for content_type "
-                        "'application/json'")
+    assert p.startswith(
+        "degraded_response.body: must be valid JSON for content_type 'application/json'"
+    )
 
 
 def test_degraded_response_with_static_body_loads() -> None:
-    cfg = config(degraded_response={"status": 200, "content_type": "text/plain",
-                                    "body": "later"})
+    cfg = config(degraded_response={"status": 200, "content_type": "text/plain", "body": "later"})
     assert cfg.degraded_response is not None
     assert (cfg.degraded_response.status, cfg.degraded_response.body) == (200, "later")
 
@@ -290,11 +317,14 @@ def test_empty_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         upstreams:
           v1: http://a:1
           v2: [http://b:1
-        """)
+        """,
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     [p] = info.value.problems
@@ -303,11 +333,14 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
 
 
 def test_duplicate_key_in_yaml_is_rejected_with_both_lines(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         upstreams:
           v1: http://a:1
           v1: http://b:1
-        """)
+        """,
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert info.value.problems == (
@@ -321,7 +354,9 @@ def test_unreadable_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         upstreams:
           v1: http://127.0.0.1:8001
           v2: ftp://x
@@ -330,13 +365,20 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         timeouts: {per_try_timeout_s: 0}
         breaker: {fail_max: 3}
         listen: {port: 70000}
-        """)
+        """,
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     keys = [p.split(":")[0] for p in info.value.problems]
-    assert keys == ["upstreams.v2.url", "listen.port", "timeouts.per_try_timeout_s",
-                    "retry.num_retries", "retry.retry_on", "breaker.fail_max",
-                    "routing.fallbacks[1]"]
+    assert keys == [
+        "upstreams.v2.url",
+        "listen.port",
+        "timeouts.per_try_timeout_s",
+        "retry.num_retries",
+        "retry.retry_on",
+        "breaker.fail_max",
+        "routing.fallbacks[1]",
+    ]
     assert str(info.value).startswith(f"invalid configuration {path}:\n  - upstreams.v2.url")
 
 
@@ -344,13 +386,16 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_env_override_sets_a_nested_key_as_a_yaml_value(tmp_path: Path) -> None:
-    cfg = load_config(EXAMPLES / "sidecar-minimal.yaml", environ={
-        "MLWARDEN__RETRY__NUM_RETRIES": "3",
-        "MLWARDEN__RETRY__RETRY_ON": "[5xx, reset]",
-        "MLWARDEN__HEALTH_CHECKS__READ_HEALTH_REPORT": "false",
-        "MLWARDEN__UPSTREAMS__STABLE__URL": "http://10.0.0.7:80",
-        "MLWARDEN__UPSTREAMS__PRIMARY__MAX_CONNECTIONS": "8",
-    })
+    cfg = load_config(
+        EXAMPLES / "sidecar-minimal.yaml",
+        environ={
+            "MLWARDEN__RETRY__NUM_RETRIES": "3",
+            "MLWARDEN__RETRY__RETRY_ON": "[5xx, reset]",
+            "MLWARDEN__HEALTH_CHECKS__READ_HEALTH_REPORT": "false",
+            "MLWARDEN__UPSTREAMS__STABLE__URL": "http://10.0.0.7:80",
+            "MLWARDEN__UPSTREAMS__PRIMARY__MAX_CONNECTIONS": "8",
+        },
+    )
     assert cfg.retry.num_retries == 3
     assert cfg.retry.retry_on == ("5xx", "reset")
     assert cfg.health_checks.read_health_report is False
@@ -383,8 +428,7 @@ def test_env_value_that_is_not_yaml_is_named_by_its_variable() -> None:
 
 
 def test_env_path_through_a_scalar_is_named_by_its_variable() -> None:
-    assert problems(retry={"num_retries": 1},
-                    environ={"MLWARDEN__RETRY__NUM_RETRIES__X": "1"}) == [
+    assert problems(retry={"num_retries": 1}, environ={"MLWARDEN__RETRY__NUM_RETRIES__X": "1"}) == [
         "MLWARDEN__RETRY__NUM_RETRIES__X: cannot set a key inside retry.num_retries, "
         "which is int 1, not a mapping"
     ]
@@ -414,8 +458,7 @@ def test_short_admin_token_is_rejected_without_echoing_it() -> None:
 
 
 def test_secrets_stay_out_of_repr() -> None:
-    cfg = config(admin={"token": TOKEN},
-                 breaker={"redis_url": "redis://:redispw@redis:6379/0"})
+    cfg = config(admin={"token": TOKEN}, breaker={"redis_url": "redis://:redispw@redis:6379/0"})
     for text in (repr(cfg), repr(cfg.admin), str(cfg)):
         assert TOKEN not in text
         assert "redispw" not in text
@@ -430,7 +473,8 @@ def test_retry_on_takes_envoys_comma_separated_spelling() -> None:
 
 def test_huge_value_is_rejected_and_quoted_short() -> None:
     [p] = problems(limits={"max_request_bytes": 10**400})
-    assert p.startswith("limits.max_request_bytes: expected a whole number >= 1 and "
-                        "<= 1_099_511_627_776, got 1000")
+    assert p.startswith(
+        "limits.max_request_bytes: expected a whole number >= 1 and <= 1_099_511_627_776, got 1000"
+    )
     assert p.endswith("...")
     assert len(p) < 200

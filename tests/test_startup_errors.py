@@ -25,9 +25,21 @@ app.add_middleware(InferenceMonitor, {options})
 def run_uvicorn(tmp_path: Path, options: str, *extra: str) -> subprocess.CompletedProcess:
     (tmp_path / "badapp.py").write_text(textwrap.dedent(APP.format(options=options)))
     return subprocess.run(
-        [sys.executable, "-m", "uvicorn", "badapp:app", "--host", "127.0.0.1",
-         "--port", str(free_port()), *extra],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "badapp:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            *extra,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -61,7 +73,8 @@ def test_malformed_baseline_names_the_key(tmp_path):
 
 
 def test_influx_without_a_baseline_is_refused(tmp_path):
-    result = run_uvicorn(tmp_path, "model_name='m', influx={'url': 'http://127.0.0.1:1', "
-                                   "'bucket': 'b'}")
+    result = run_uvicorn(
+        tmp_path, "model_name='m', influx={'url': 'http://127.0.0.1:1', 'bucket': 'b'}"
+    )
     assert result.returncode != 0
     assert "influx: needs a baseline" in result.stderr

@@ -22,8 +22,9 @@ IGNORED_HEADERS = {"date"}
 
 def wrapped(factory, registry: CollectorRegistry, **options):
     app = factory()
-    app.add_middleware(InferenceMonitor, model_name="m", model_version="1", registry=registry,
-                       **options)
+    app.add_middleware(
+        InferenceMonitor, model_name="m", model_version="1", registry=registry, **options
+    )
     return app
 
 
@@ -50,8 +51,9 @@ def without_request_id(result: tuple[int, dict, bytes]) -> tuple[int, dict, byte
     return status, {k: v for k, v in headers.items() if k != "x-request-id"}, body
 
 
-def assert_same(pair, method: str, path: str, *, chunks: list[bytes] | None = None,
-                **kwargs) -> tuple[int, dict, bytes]:
+def assert_same(
+    pair, method: str, path: str, *, chunks: list[bytes] | None = None, **kwargs
+) -> tuple[int, dict, bytes]:
     bare, mon, _ = pair
     if chunks is not None:  # a streamed (chunked) request body, fresh for each server
         expected = exchange(bare, method, path, content=iter(chunks), **kwargs)
@@ -72,7 +74,10 @@ def test_json_prediction_is_unchanged(pair):
 def test_request_body_reaches_the_app_exactly(pair):
     body = bytes(range(256)) * 4096  # 1 MiB of every byte value, sent in chunks
     status, headers, echoed = assert_same(
-        pair, "POST", "/echo/predict", chunks=[body[:300_000], body[300_000:]],
+        pair,
+        "POST",
+        "/echo/predict",
+        chunks=[body[:300_000], body[300_000:]],
         headers={"content-type": "application/octet-stream"},
     )
     assert status == 200 and echoed == body and headers["x-length"] == str(len(body))
@@ -80,8 +85,9 @@ def test_request_body_reaches_the_app_exactly(pair):
 
 def test_body_larger_than_the_copy_limit_still_reaches_the_app(pair):
     body = b"x" * (5 * 1024 * 1024)
-    status, _, echoed = assert_same(pair, "POST", "/echo/predict", content=body,
-                                    headers={"content-type": "application/json"})
+    status, _, echoed = assert_same(
+        pair, "POST", "/echo/predict", content=body, headers={"content-type": "application/json"}
+    )
     assert status == 200 and echoed == body
 
 
@@ -93,8 +99,10 @@ def test_streaming_response_passes_through(pair):
 
 def test_streaming_chunks_arrive_one_by_one(pair):
     _, mon, _ = pair
-    with httpx.Client(base_url=mon, timeout=10) as client, \
-            client.stream("POST", "/stream/predict") as response:
+    with (
+        httpx.Client(base_url=mon, timeout=10) as client,
+        client.stream("POST", "/stream/predict") as response,
+    ):
         chunks = list(response.iter_raw())
     assert len(chunks) >= 2  # not buffered into one body by the middleware
 
@@ -107,8 +115,10 @@ def test_exception_in_the_app_gives_the_same_500(pair):
 def test_exception_after_the_response_started_breaks_the_stream_the_same_way(pair):
     bare, mon, _ = pair
     for base in (bare, mon):
-        with httpx.Client(base_url=base, timeout=10) as client, \
-                pytest.raises(httpx.RemoteProtocolError):
+        with (
+            httpx.Client(base_url=base, timeout=10) as client,
+            pytest.raises(httpx.RemoteProtocolError),
+        ):
             client.post("/stream-fail/predict")
 
 
@@ -125,8 +135,13 @@ def test_status_as_http_status_enum_is_passed_on(pair):
 
 
 def test_malformed_json_reaches_the_app_unchanged(pair):
-    status, _, body = assert_same(pair, "POST", "/predict", content=b'{"f0": 1,,,',
-                                  headers={"content-type": "application/json"})
+    status, _, body = assert_same(
+        pair,
+        "POST",
+        "/predict",
+        content=b'{"f0": 1,,,',
+        headers={"content-type": "application/json"},
+    )
     assert status == 400 and body == b"bad json"
 
 
@@ -154,9 +169,12 @@ def test_gzip_response_is_unchanged_and_its_predictions_are_read():
                 r = client.post("/predict", json=body, headers={"accept-encoding": "gzip"})
                 results.append((r.status_code, r.headers["content-encoding"], r.content))
     assert results[0] == results[1]
-    assert registry.get_sample_value(
-        "mlwarden_prediction_confidence_count", {"model": "m", "version": "1"}
-    ) == 20
+    assert (
+        registry.get_sample_value(
+            "mlwarden_prediction_confidence_count", {"model": "m", "version": "1"}
+        )
+        == 20
+    )
     assert not registry.get_sample_value(
         "mlwarden_predictions_skipped_total", {"model": "m", "version": "1", "reason": "encoded"}
     )

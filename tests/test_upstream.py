@@ -53,8 +53,9 @@ class Upstream:
         if path == "/stream":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             for i in range(3):
-                await send({"type": "http.response.body", "body": b"part%d;" % i,
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"part%d;" % i, "more_body": True}
+                )
                 await asyncio.sleep(0.05)
             await send({"type": "http.response.body", "body": b""})
             return
@@ -124,6 +125,7 @@ def upstream():
 
 # --- faithful exchanges ------------------------------------------------------------------------
 
+
 def test_echo_keeps_method_path_query_repeated_headers_and_multi_megabyte_bodies(upstream):
     _, url = upstream
     payload = os.urandom(5 * 1024 * 1024)
@@ -131,7 +133,10 @@ def test_echo_keeps_method_path_query_repeated_headers_and_multi_megabyte_bodies
     async def main() -> None:
         async with UpstreamPool(url) as pool:
             response = await pool.request(
-                "PUT", "/a/b%20c?x=1&x=2", [(b"x-rep", b"one"), (b"x-rep", b"two")], payload,
+                "PUT",
+                "/a/b%20c?x=1&x=2",
+                [(b"x-rep", b"one"), (b"x-rep", b"two")],
+                payload,
                 timeout_s=10,
             )
             chunks = [chunk async for chunk in response.iter_body()]
@@ -204,13 +209,15 @@ def test_streaming_response_arrives_in_several_chunks_as_sent(upstream):
     run(main)
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/status/204", 204),
-    ("GET", "/status/304", 304),
-    ("HEAD", "/", 200),
-])
-def test_bodyless_responses_end_at_the_head_and_keep_the_connection(upstream, method, path,
-                                                                     status):
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/status/204", 204),
+        ("GET", "/status/304", 304),
+        ("HEAD", "/", 200),
+    ],
+)
+def test_bodyless_responses_end_at_the_head_and_keep_the_connection(upstream, method, path, status):
     app, url = upstream
 
     async def main() -> None:
@@ -232,8 +239,10 @@ def test_bodyless_responses_end_at_the_head_and_keep_the_connection(upstream, me
 def test_trailers_of_a_chunked_response_are_kept():
     async def handler(reader, writer) -> None:
         await read_head(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
-                     b"5\r\nhello\r\n0\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nx-checksum: abc\r\nx-more: 1\r\n\r\n"
+        )
         await writer.drain()
         await reader.read()
 
@@ -247,6 +256,7 @@ def test_trailers_of_a_chunked_response_are_kept():
 
 
 # --- the pool ----------------------------------------------------------------------------------
+
 
 def test_keep_alive_reuses_one_connection_for_sequential_requests(upstream):
     app, url = upstream
@@ -351,6 +361,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_not_reused():
 
 # --- failures ----------------------------------------------------------------------------------
 
+
 def test_connect_refused_is_a_connect_error_with_nothing_sent():
     async def main() -> None:
         async with UpstreamPool(f"http://127.0.0.1:{free_port()}") as pool:
@@ -450,10 +461,14 @@ def test_a_body_delimited_by_close_ends_cleanly_at_close():
     run(main)
 
 
-@pytest.mark.parametrize("reply", [
-    b"HTTP/1.1 abc OK\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\n\r\n",
-], ids=["malformed-status", "head-above-64KiB"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\n\r\n",
+    ],
+    ids=["malformed-status", "head-above-64KiB"],
+)
 def test_malformed_or_oversized_heads_are_protocol_errors(reply):
     async def handler(reader, writer) -> None:
         await read_head(reader)

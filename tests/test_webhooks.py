@@ -62,10 +62,15 @@ class Receiver:
             if not message.get("more_body", False):
                 break
         with self.lock:
-            self.requests.append(Received(
-                scope["path"], scope["query_string"].decode(),
-                {k.decode(): v.decode() for k, v in scope["headers"]}, body, time.monotonic(),
-            ))
+            self.requests.append(
+                Received(
+                    scope["path"],
+                    scope["query_string"].decode(),
+                    {k.decode(): v.decode() for k, v in scope["headers"]},
+                    body,
+                    time.monotonic(),
+                )
+            )
             behaviour = self.plan.pop(0) if self.plan else 200
         if behaviour == "hang":
             # the next message is http.disconnect, once the client times out
@@ -107,8 +112,9 @@ class SleepRecorder:
 
 
 def small_backoff(base: float = 0.01, cap: float = 0.05) -> ExponentialJitterBackoff:
-    return ExponentialJitterBackoff(base_interval_s=base, multiplier=2.0, max_interval_s=cap,
-                                    random=MaxJitter())
+    return ExponentialJitterBackoff(
+        base_interval_s=base, multiplier=2.0, max_interval_s=cap, random=MaxJitter()
+    )
 
 
 def deliver(sender: WebhookSender, *calls: tuple[str, str, dict], close_s: float = 10.0) -> None:
@@ -146,11 +152,23 @@ def test_delivers_json_on_the_first_try(served: ServedApp, receiver: Receiver) -
     assert len(req.headers["x-mlwarden-delivery-id"]) == 32
     [result] = results
     assert (result.name, result.ok, result.attempts, result.status, result.error) == (
-        "retrain", True, 1, 200, None)
+        "retrain",
+        True,
+        1,
+        200,
+        None,
+    )
     assert result.url == f"{served.url}/hooks/retrain"
     assert result.duration_s >= 0
-    assert sender.stats() == {"sent_ok": 1, "failed": 0, "shed": 0, "rejected": 0,
-                              "dropped": 0, "retries": 0, "queued": 0}
+    assert sender.stats() == {
+        "sent_ok": 1,
+        "failed": 0,
+        "shed": 0,
+        "rejected": 0,
+        "dropped": 0,
+        "retries": 0,
+        "queued": 0,
+    }
 
 
 def test_extra_headers_are_sent_but_cannot_replace_the_senders_own(
@@ -160,9 +178,16 @@ def test_extra_headers_are_sent_but_cannot_replace_the_senders_own(
 
     async def main() -> None:
         sender.start()
-        assert sender.send("h", served.url, {}, headers={
-            "authorization": "Bearer t0ken", "Content-Type": "text/plain",
-            "User-Agent": "evil"})
+        assert sender.send(
+            "h",
+            served.url,
+            {},
+            headers={
+                "authorization": "Bearer t0ken",
+                "Content-Type": "text/plain",
+                "User-Agent": "evil",
+            },
+        )
         await sender.aclose()
 
     asyncio.run(main())
@@ -214,8 +239,9 @@ def test_retry_after_stretches_the_wait_up_to_the_backoff_cap(
 def test_retry_after_as_http_date(served: ServedApp, receiver: Receiver) -> None:
     receiver.plan = [(503, "Wed, 01 Jan 2025 12:00:02 GMT")]
     sleep = SleepRecorder()
-    sender, results = make_sender(sleep=sleep, backoff=small_backoff(0.01, 5.0),
-                                  wall_clock=lambda: 1735732800.0)  # 12:00:00
+    sender, results = make_sender(
+        sleep=sleep, backoff=small_backoff(0.01, 5.0), wall_clock=lambda: 1735732800.0
+    )  # 12:00:00
     deliver(sender, ("retrain", served.url, {}))
 
     assert results[0].ok
@@ -232,7 +258,11 @@ def test_400_is_final(served: ServedApp, receiver: Receiver) -> None:
     assert sleep.waits == []
     [result] = results
     assert (result.ok, result.attempts, result.status, result.error) == (
-        False, 1, 400, "status 400")
+        False,
+        1,
+        400,
+        "status 400",
+    )
     assert sender.stats()["failed"] == 1
 
 
@@ -256,8 +286,7 @@ def test_a_hanging_receiver_times_out_each_attempt_then_fails(
     elapsed = time.monotonic() - started
     assert len(receiver.requests) == 2
     [result] = results
-    assert (result.ok, result.attempts, result.status, result.error) == (
-        False, 2, None, "timeout")
+    assert (result.ok, result.attempts, result.status, result.error) == (False, 2, None, "timeout")
     assert 0.4 <= elapsed < 2.0
 
 
@@ -324,7 +353,9 @@ def test_a_full_queue_sheds_and_counts() -> None:
     asyncio.run(main())
     assert sender.stats()["dropped"] == 2
     assert [(r.name, r.error, r.attempts) for r in results] == [
-        ("a", "dropped", 0), ("b", "dropped", 0)]
+        ("a", "dropped", 0),
+        ("b", "dropped", 0),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -381,9 +412,7 @@ def test_send_after_close_is_shed() -> None:
     assert sender.stats()["shed"] == 1
 
 
-def test_send_from_another_thread_wakes_the_worker(
-    served: ServedApp, receiver: Receiver
-) -> None:
+def test_send_from_another_thread_wakes_the_worker(served: ServedApp, receiver: Receiver) -> None:
     sender, results = make_sender()
 
     async def main() -> None:
@@ -426,7 +455,10 @@ def test_aclose_with_pending_deliveries_is_bounded(served: ServedApp, receiver: 
     stats = sender.stats()
     assert (stats["dropped"], stats["sent_ok"], stats["failed"], stats["queued"]) == (3, 0, 0, 0)
     assert [(r.name, r.ok, r.error, r.attempts) for r in results] == [
-        ("n0", False, "dropped", 1), ("n1", False, "dropped", 0), ("n2", False, "dropped", 0)]
+        ("n0", False, "dropped", 1),
+        ("n1", False, "dropped", 0),
+        ("n2", False, "dropped", 0),
+    ]
 
 
 def test_aclose_leaves_a_given_client_open(served: ServedApp) -> None:
@@ -454,8 +486,12 @@ def test_aclose_twice_is_harmless() -> None:
 
 def test_options_are_validated_all_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        WebhookSender(max_queue=0, timeout_s=-1, max_attempts=1.5,  # type: ignore[arg-type]
-                      retry_statuses=[503, 700])
+        WebhookSender(
+            max_queue=0,
+            timeout_s=-1,
+            max_attempts=1.5,  # type: ignore[arg-type]
+            retry_statuses=[503, 700],
+        )
     message = str(info.value)
     for key in ("max_queue", "timeout_s", "max_attempts", "retry_statuses"):
         assert key in message
@@ -467,14 +503,19 @@ def test_options_are_validated_all_at_once() -> None:
 @pytest.mark.parametrize(
     ("url", "logged"),
     [
-        ("https://user:pa55@example.com/api/retrain?token=s3cret#frag",
-         "https://example.com/api/retrain"),
-        ("https://hooks.slack.com/services/T0AB12CD3/B0CD45EF6/aBcDeFgHiJkLmNoPqRsTuVwX",
-         "https://hooks.slack.com/services/T0AB12CD3/B0CD45EF6/***"),
-        ("http://127.0.0.1:8080/hooks/retraining-pipeline",
-         "http://127.0.0.1:8080/hooks/retraining-pipeline"),
-        ("http://[::1]:81/x/0123456789abcdef0123456789abcdef01234567",
-         "http://[::1]:81/x/***"),
+        (
+            "https://user:pa55@example.com/api/retrain?token=s3cret#frag",
+            "https://example.com/api/retrain",
+        ),
+        (
+            "https://hooks.slack.com/services/T0AB12CD3/B0CD45EF6/aBcDeFgHiJkLmNoPqRsTuVwX",
+            "https://hooks.slack.com/services/T0AB12CD3/B0CD45EF6/***",
+        ),
+        (
+            "http://127.0.0.1:8080/hooks/retraining-pipeline",
+            "http://127.0.0.1:8080/hooks/retraining-pipeline",
+        ),
+        ("http://[::1]:81/x/0123456789abcdef0123456789abcdef01234567", "http://[::1]:81/x/***"),
         ("http://host:notaport/x", "<invalid url>"),
     ],
 )
@@ -519,8 +560,13 @@ def test_the_httpx_log_redaction_leaves_other_requests_alone(
 
 def _ledger_entries(n: int) -> list[dict[str, Any]]:
     return [
-        LedgerRecord(action="rollback", target=f"canary-{i}", outcome="ok",
-                     at=1735732800.0 + i, reason="errors").to_dict()
+        LedgerRecord(
+            action="rollback",
+            target=f"canary-{i}",
+            outcome="ok",
+            at=1735732800.0 + i,
+            reason="errors",
+        ).to_dict()
         for i in range(n)
     ]
 
@@ -536,23 +582,34 @@ def _texts(body: dict[str, Any]) -> list[str]:
 
 def test_slack_body_shape() -> None:
     body = slack_body(
-        title="canary rolled back", severity="critical", policy="canary-errors",
+        title="canary rolled back",
+        severity="critical",
+        policy="canary-errors",
         reason="error rate 12% > 5% for 60s",
         signals={"error_rate": 0.123456, "breaker_open": True, "p99_latency_s": None},
-        actions=["rollback canary", "open breaker"], recent=_ledger_entries(3),
+        actions=["rollback canary", "open breaker"],
+        recent=_ledger_entries(3),
     )
     body = json.loads(json.dumps(body))  # plain JSON
     assert set(body) == {"text", "blocks"}
     assert "canary rolled back" in body["text"] and "critical" in body["text"]
     header, summary, actions, recent = body["blocks"]
-    assert header == {"type": "header", "text": {
-        "type": "plain_text", "text": "canary rolled back", "emoji": True}}
+    assert header == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": "canary rolled back", "emoji": True},
+    }
     assert summary["type"] == "section"
-    assert summary["text"] == {"type": "mrkdwn", "text": "*Reason*\nerror rate 12% > 5% for 60s"
-                               .replace(">", "&gt;")}
+    assert summary["text"] == {
+        "type": "mrkdwn",
+        "text": "*Reason*\nerror rate 12% > 5% for 60s".replace(">", "&gt;"),
+    }
     assert [f["text"] for f in summary["fields"]] == [
-        "*Severity*\ncritical", "*Policy*\ncanary-errors", "*error_rate*\n0.1235",
-        "*breaker_open*\ntrue", "*p99_latency_s*\n-"]
+        "*Severity*\ncritical",
+        "*Policy*\ncanary-errors",
+        "*error_rate*\n0.1235",
+        "*breaker_open*\ntrue",
+        "*p99_latency_s*\n-",
+    ]
     assert all(f["type"] == "mrkdwn" for f in summary["fields"])
     assert actions["type"] == "section"
     assert actions["text"]["text"] == "*Actions taken*\n• rollback canary\n• open breaker"
@@ -565,9 +622,15 @@ def test_slack_body_shape() -> None:
 
 def test_slack_body_escapes_every_text() -> None:
     evil = "<!channel> & <https://evil.example|click>"
-    body = slack_body(title=evil, severity=evil, policy=evil, reason=evil,
-                      signals={evil: evil}, actions=[evil],
-                      recent=[{"time": evil, "action": evil, "target": evil, "outcome": evil}])
+    body = slack_body(
+        title=evil,
+        severity=evil,
+        policy=evil,
+        reason=evil,
+        signals={evil: evil},
+        actions=[evil],
+        recent=[{"time": evil, "action": evil, "target": evil, "outcome": evil}],
+    )
     for text in _texts(body):
         assert "<" not in text and ">" not in text.replace("→", "")
         assert "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;" in text
@@ -575,7 +638,10 @@ def test_slack_body_escapes_every_text() -> None:
 
 def test_slack_body_respects_slacks_limits() -> None:
     body = slack_body(
-        title="t&" * 500, severity="critical", policy="p" * 5000, reason="r<" * 5000,
+        title="t&" * 500,
+        severity="critical",
+        policy="p" * 5000,
+        reason="r<" * 5000,
         signals={f"signal_{i}": "v" * 3000 for i in range(30)},
         actions=[f"action {i} " + "a" * 400 for i in range(50)],
         recent=_ledger_entries(25),
@@ -595,18 +661,23 @@ def test_slack_body_respects_slacks_limits() -> None:
 
 
 def test_slack_body_without_recent_entries_has_no_recent_block() -> None:
-    body = slack_body(title="t", severity="warning", policy="p", reason="", signals={},
-                      actions=[], recent=[])
+    body = slack_body(
+        title="t", severity="warning", policy="p", reason="", signals={}, actions=[], recent=[]
+    )
     assert [b["type"] for b in body["blocks"]] == ["header", "section", "section"]
     assert body["blocks"][2]["text"]["text"] == "*Actions taken*\nnone"
 
 
-def test_a_real_receiver_gets_exactly_the_slack_json(
-    served: ServedApp, receiver: Receiver
-) -> None:
-    body = slack_body(title="drift on churn-v3 <high>", severity="warning", policy="drift",
-                      reason="psi 0.4 & rising", signals={"psi": 0.4}, actions=["retrain"],
-                      recent=_ledger_entries(2))
+def test_a_real_receiver_gets_exactly_the_slack_json(served: ServedApp, receiver: Receiver) -> None:
+    body = slack_body(
+        title="drift on churn-v3 <high>",
+        severity="warning",
+        policy="drift",
+        reason="psi 0.4 & rising",
+        signals={"psi": 0.4},
+        actions=["retrain"],
+        recent=_ledger_entries(2),
+    )
     sender, results = make_sender()
     deliver(sender, ("escalation", f"{served.url}/services/T1/B2/xyz", body))
 

@@ -106,8 +106,9 @@ class ChurnModel:
         return np.hstack([numeric, plans]) if len(rows) else np.empty((0, len(FEATURES) + 2))
 
     @classmethod
-    def train(cls, rows: list[dict], labels: np.ndarray, *, l2: float = 1.0,
-              iterations: int = 25) -> ChurnModel:
+    def train(
+        cls, rows: list[dict], labels: np.ndarray, *, l2: float = 1.0, iterations: int = 25
+    ) -> ChurnModel:
         """Newton's method (iteratively reweighted least squares) to convergence."""
         x = cls.design(rows)
         mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -140,8 +141,10 @@ def parse_shift(text: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or name not in FEATURES:
-            raise ValueError(f"--shift: expected feature=stds with a feature among "
-                             f"{', '.join(FEATURES)}, got {part!r}")
+            raise ValueError(
+                f"--shift: expected feature=stds with a feature among "
+                f"{', '.join(FEATURES)}, got {part!r}"
+            )
         shift[name] = float(value)
     return shift
 
@@ -163,8 +166,9 @@ def train(seed: int, rows: int, shift: dict[str, float] | None = None) -> Traine
     return Trained(model, baseline, model.accuracy(holdout, churned(holdout, seed + 3)))
 
 
-def make_model_app(model: ChurnModel, baseline: BaselineProfile, *, version: str,
-                   seed: int = 0, **options: Any) -> Starlette:
+def make_model_app(
+    model: ChurnModel, baseline: BaselineProfile, *, version: str, seed: int = 0, **options: Any
+) -> Starlette:
     """The model server, with the middleware added as a team would add it."""
     fault = {"error_rate": 0.0}
     rng = random.Random(seed)
@@ -184,15 +188,26 @@ def make_model_app(model: ChurnModel, baseline: BaselineProfile, *, version: str
         body = await request.json()
         rate = body.get("error_rate") if isinstance(body, dict) else None
         if not isinstance(rate, int | float) or not 0 <= rate <= 1:
-            return JSONResponse({"error": "error_rate: expected a number from 0 to 1"},
-                                status_code=400)
+            return JSONResponse(
+                {"error": "error_rate: expected a number from 0 to 1"}, status_code=400
+            )
         fault["error_rate"] = float(rate)
         return JSONResponse(fault)
 
-    app = Starlette(routes=[Route(MODEL_PATH, predict, methods=["POST"]),
-                            Route(FAULT_PATH, set_fault, methods=["POST"])])
-    app.add_middleware(InferenceMonitor, model_name="churn", model_version=version,
-                       baseline=baseline, prediction_classes=list(CLASSES), **options)
+    app = Starlette(
+        routes=[
+            Route(MODEL_PATH, predict, methods=["POST"]),
+            Route(FAULT_PATH, set_fault, methods=["POST"]),
+        ]
+    )
+    app.add_middleware(
+        InferenceMonitor,
+        model_name="churn",
+        model_version=version,
+        baseline=baseline,
+        prediction_classes=list(CLASSES),
+        **options,
+    )
     return app
 
 
@@ -225,23 +240,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rows", type=int, default=4_000, help="training rows")
-    parser.add_argument("--shift", type=parse_shift, default={},
-                        help="train on shifted data, e.g. monthly_charges=1.5 (a retrain)")
-    parser.add_argument("--window-rows", type=int, default=400,
-                        help="rows in the drift window (small: the demo is short)")
-    parser.add_argument("--trained-file", type=Path, default=None,
-                        help="written once the model is trained, before the port is bound")
-    parser.add_argument("--take-over-s", type=float, default=0.0,
-                        help="wait up to this long for the port to be free (a redeploy)")
+    parser.add_argument(
+        "--shift",
+        type=parse_shift,
+        default={},
+        help="train on shifted data, e.g. monthly_charges=1.5 (a retrain)",
+    )
+    parser.add_argument(
+        "--window-rows",
+        type=int,
+        default=400,
+        help="rows in the drift window (small: the demo is short)",
+    )
+    parser.add_argument(
+        "--trained-file",
+        type=Path,
+        default=None,
+        help="written once the model is trained, before the port is bound",
+    )
+    parser.add_argument(
+        "--take-over-s",
+        type=float,
+        default=0.0,
+        help="wait up to this long for the port to be free (a redeploy)",
+    )
     args = parser.parse_args(argv)
     trained = train(args.seed, args.rows, args.shift)
-    print(f"model {args.version}: trained on {args.rows} rows"
-          + (f" shifted {args.shift}" if args.shift else "")
-          + f", holdout accuracy {trained.holdout_accuracy:.3f}", flush=True)
-    app = make_model_app(trained.model, trained.baseline, version=args.version, seed=args.seed,
-                         window_rows=args.window_rows, window_seconds=20.0,
-                         drift_interval_s=1.0, drift_every_rows=100,
-                         health={"window_s": 8.0})
+    print(
+        f"model {args.version}: trained on {args.rows} rows"
+        + (f" shifted {args.shift}" if args.shift else "")
+        + f", holdout accuracy {trained.holdout_accuracy:.3f}",
+        flush=True,
+    )
+    app = make_model_app(
+        trained.model,
+        trained.baseline,
+        version=args.version,
+        seed=args.seed,
+        window_rows=args.window_rows,
+        window_seconds=20.0,
+        drift_interval_s=1.0,
+        drift_every_rows=100,
+        health={"window_s": 8.0},
+    )
     if args.trained_file is not None:
         args.trained_file.write_text(f"{trained.holdout_accuracy:.4f}\n")
     sock = bind_when_free(args.port, args.take_over_s)

@@ -51,8 +51,13 @@ class Child:
             log.write(f"--- start {self.starts}: {' '.join(self.argv)}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -82,15 +87,18 @@ class Child:
             return ""
 
 
-async def wait_until_ready(child: Child, client: httpx.AsyncClient, *,
-                           timeout_s: float = 30.0) -> None:
+async def wait_until_ready(
+    child: Child, client: httpx.AsyncClient, *, timeout_s: float = 30.0
+) -> None:
     """Until ``child.ready_url`` answers 2xx; RuntimeError (with the log's tail) otherwise."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not child.alive():
             code = child.process.returncode if child.process is not None else "?"
-            raise RuntimeError(f"{child.name} exited with {code}; its log ({child.log_path}) "
-                               f"ends:\n{child.log_tail()}")
+            raise RuntimeError(
+                f"{child.name} exited with {code}; its log ({child.log_path}) "
+                f"ends:\n{child.log_tail()}"
+            )
         try:
             response = await client.get(child.ready_url, timeout=1.0)
             if response.is_success:
@@ -98,8 +106,10 @@ async def wait_until_ready(child: Child, client: httpx.AsyncClient, *,
         except httpx.TransportError:
             pass
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"{child.name} was not ready within {timeout_s:.0f} s; its log "
-                       f"({child.log_path}) ends:\n{child.log_tail()}")
+    raise RuntimeError(
+        f"{child.name} was not ready within {timeout_s:.0f} s; its log "
+        f"({child.log_path}) ends:\n{child.log_tail()}"
+    )
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -114,6 +124,9 @@ def prometheus_config(targets: dict[str, str], scrape_interval_s: float = 2.0) -
     """A scrape config for ``{job: "127.0.0.1:port"}`` (the sidecar's admin, the models)."""
     jobs = "".join(
         f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-        for job, target in targets.items())
-    return (f"global:\n  scrape_interval: {scrape_interval_s:g}s\n"
-            f"  evaluation_interval: {scrape_interval_s:g}s\nscrape_configs:\n{jobs}")
+        for job, target in targets.items()
+    )
+    return (
+        f"global:\n  scrape_interval: {scrape_interval_s:g}s\n"
+        f"  evaluation_interval: {scrape_interval_s:g}s\nscrape_configs:\n{jobs}"
+    )

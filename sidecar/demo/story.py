@@ -98,10 +98,26 @@ class Timing:
     canary_interval_s: float
 
 
-FULL = Timing(normal_s=20, errors_s=15, drift_s=40, outage_s=15, recovery_s=15, grace_s=20,
-              rate_per_s=40, canary_interval_s=5)
-QUICK = Timing(normal_s=9, errors_s=10, drift_s=28, outage_s=10, recovery_s=10, grace_s=15,
-               rate_per_s=40, canary_interval_s=3)
+FULL = Timing(
+    normal_s=20,
+    errors_s=15,
+    drift_s=40,
+    outage_s=15,
+    recovery_s=15,
+    grace_s=20,
+    rate_per_s=40,
+    canary_interval_s=5,
+)
+QUICK = Timing(
+    normal_s=9,
+    errors_s=10,
+    drift_s=28,
+    outage_s=10,
+    recovery_s=10,
+    grace_s=15,
+    rate_per_s=40,
+    canary_interval_s=3,
+)
 
 
 def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[dict[str, Any]]:
@@ -113,9 +129,13 @@ def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[di
     from mlwarden.sidecar.config import SidecarConfig
     from mlwarden.sidecar.healing.policies import default_policies
 
-    config = SidecarConfig.from_mapping({
-        "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
-        "healing": {"retrain_webhook_url": retrain_url}}, environ={})
+    config = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
+            "healing": {"retrain_webhook_url": retrain_url},
+        },
+        environ={},
+    )
     out = []
     for policy in default_policies(config):
         actions: list[Any] = []
@@ -124,14 +144,20 @@ def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[di
                 actions.append({"webhook": {"url": action.url, "body": dict(action.body or {})}})
             else:
                 actions.append(action.kind)
-        out.append({
-            "name": policy.name, "when": policy.when, "severity": policy.severity,
-            "for_s": policy.for_s / scale, "cooldown_s": policy.cooldown_s / scale,
-            "window_s": policy.window_s / scale,
-            "restore_after_s": (None if policy.restore_after_s is None
-                                else policy.restore_after_s / scale),
-            "actions": actions,
-        })
+        out.append(
+            {
+                "name": policy.name,
+                "when": policy.when,
+                "severity": policy.severity,
+                "for_s": policy.for_s / scale,
+                "cooldown_s": policy.cooldown_s / scale,
+                "window_s": policy.window_s / scale,
+                "restore_after_s": (
+                    None if policy.restore_after_s is None else policy.restore_after_s / scale
+                ),
+                "actions": actions,
+            }
+        )
     return out
 
 
@@ -162,8 +188,16 @@ class _Phase:
 class Demo:
     """One run of the story; :meth:`run` returns the exit code."""
 
-    def __init__(self, *, timing: Timing, seed: int, prometheus: bool, out: TextIO,
-                 live: bool | None, workdir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        timing: Timing,
+        seed: int,
+        prometheus: bool,
+        out: TextIO,
+        live: bool | None,
+        workdir: Path,
+    ) -> None:
         self.timing = timing
         self.seed = seed
         self.want_prometheus = prometheus
@@ -202,8 +236,16 @@ class Demo:
     # -- set-up ---------------------------------------------------------------------------------
 
     def _model_argv(self, version: str, seed: int, *extra: str) -> list[str]:
-        return python_module("mlwarden.sidecar.demo.model", "--version", version, "--port",
-                             str(self.ports[version]), "--seed", str(seed), *extra)
+        return python_module(
+            "mlwarden.sidecar.demo.model",
+            "--version",
+            version,
+            "--port",
+            str(self.ports[version]),
+            "--seed",
+            str(seed),
+            *extra,
+        )
 
     def _url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
@@ -222,32 +264,59 @@ class Demo:
             "timeouts": {"per_try_timeout_s": 2.0, "total_timeout_s": 5.0},
             # Two retries with backoff up to 0.2 s outlast a process swap's few milliseconds
             # without a listener, even when the fallback is out of rotation.
-            "retry": {"num_retries": 2,
-                      "retry_on": ["connect-failure", "reset", "gateway-error", "5xx"],
-                      "base_interval_s": 0.02, "max_interval_s": 0.2},
+            "retry": {
+                "num_retries": 2,
+                "retry_on": ["connect-failure", "reset", "gateway-error", "5xx"],
+                "base_interval_s": 0.02,
+                "max_interval_s": 0.2,
+            },
             "breaker": {"consecutive_5xx": 3, "reset_timeout_s": 3.0},
-            "health_checks": {"interval_s": 1.0, "timeout_s": 0.5, "healthy_threshold": 2,
-                              "unhealthy_threshold": 2},
+            "health_checks": {
+                "interval_s": 1.0,
+                "timeout_s": 0.5,
+                "healthy_threshold": 2,
+                "unhealthy_threshold": 2,
+            },
             # Small steps: the normal phase passes a few, never all (no promotion before the
             # candidate's fault), so the candidate is still on the split when it fails.
-            "canary": {"candidate": "v2", "steps_percent": [20, 30, 40, 50, 60, 70, 80],
-                       "interval_s": t.canary_interval_s, "min_requests": 10,
-                       "max_error_rate": 0.05, "inconclusive_deadline_s": 60.0,
-                       # A p99 over ~20 requests on a shared machine is mostly noise: 3x
-                       # still catches a real slowdown without rolling back on a hiccup.
-                       "max_latency_p99_ratio": 3.0,
-                       "on_deadline": "hold", "guard_s": 30.0},
-            "shadow": {"target": "v2", "sample_percent": 25.0, "max_concurrent": 2,
-                       "max_queue": 16, "timeout_s": 2.0},
+            "canary": {
+                "candidate": "v2",
+                "steps_percent": [20, 30, 40, 50, 60, 70, 80],
+                "interval_s": t.canary_interval_s,
+                "min_requests": 10,
+                "max_error_rate": 0.05,
+                "inconclusive_deadline_s": 60.0,
+                # A p99 over ~20 requests on a shared machine is mostly noise: 3x
+                # still catches a real slowdown without rolling back on a hiccup.
+                "max_latency_p99_ratio": 3.0,
+                "on_deadline": "hold",
+                "guard_s": 30.0,
+            },
+            "shadow": {
+                "target": "v2",
+                "sample_percent": 25.0,
+                "max_concurrent": 2,
+                "max_queue": 16,
+                "timeout_s": 2.0,
+            },
             "ledger": {"path": str(self.workdir / "ledger.jsonl"), "fsync": False},
-            "healing": {"interval_s": 0.5, "default_policies": False,
-                        "retrain_webhook_url": f"{hooks}/retrain",
-                        "escalation": {"webhook_url": f"{hooks}/escalate", "threshold": 3}},
+            "healing": {
+                "interval_s": 0.5,
+                "default_policies": False,
+                "retrain_webhook_url": f"{hooks}/retrain",
+                "escalation": {"webhook_url": f"{hooks}/escalate", "threshold": 3},
+            },
             "policies": [
                 *default_tiers_scaled(f"{hooks}/retrain"),
                 # Beside the tiers: a primary out of rotation is worth a person's attention.
-                {"name": OUTAGE_POLICY, "when": 'not healthy("v1")', "for_s": 1,
-                 "cooldown_s": 300, "severity": "critical", "actions": ["escalate"]},
+                {
+                    "name": OUTAGE_POLICY,
+                    "when": 'not healthy("v1")',
+                    "for_s": 1,
+                    "cooldown_s": 300,
+                    "severity": "critical",
+                    "actions": ["escalate"],
+                },
             ],
         }
 
@@ -262,15 +331,24 @@ class Demo:
             self.escalations.append(time.time())
             return JSONResponse({"ok": True})
 
-        return Starlette(routes=[Route("/retrain", retrain, methods=["POST"]),
-                                 Route("/escalate", escalate, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/retrain", retrain, methods=["POST"]),
+                Route("/escalate", escalate, methods=["POST"]),
+            ]
+        )
 
     async def _start_children(self, client: httpx.AsyncClient) -> None:
         logs = self.workdir
-        self.children["v1"] = Child("v1", self._v1_argv, log_dir=logs,
-                                    ready_url=self._url("v1", "/-/health"))
-        self.children["v2"] = Child("v2", self._model_argv("v2", self.seed + 1, "--rows", "8000"),
-                                    log_dir=logs, ready_url=self._url("v2", "/-/health"))
+        self.children["v1"] = Child(
+            "v1", self._v1_argv, log_dir=logs, ready_url=self._url("v1", "/-/health")
+        )
+        self.children["v2"] = Child(
+            "v2",
+            self._model_argv("v2", self.seed + 1, "--rows", "8000"),
+            log_dir=logs,
+            ready_url=self._url("v2", "/-/health"),
+        )
         for name in ("v1", "v2"):
             self.spawned.append(self.children[name])
             self.children[name].start()
@@ -278,9 +356,12 @@ class Demo:
             await wait_until_ready(self.children[name], client, timeout_s=60)
         config_path = self.workdir / "sidecar.yaml"
         config_path.write_text(yaml.safe_dump(self.sidecar_config(), sort_keys=False))
-        sidecar = Child("sidecar", python_module("mlwarden.sidecar.cli", "sidecar", "--config",
-                                                 str(config_path)),
-                        log_dir=logs, ready_url=self._url("admin", "/-/ready"))
+        sidecar = Child(
+            "sidecar",
+            python_module("mlwarden.sidecar.cli", "sidecar", "--config", str(config_path)),
+            log_dir=logs,
+            ready_url=self._url("admin", "/-/ready"),
+        )
         self.children["sidecar"] = sidecar
         self.spawned.append(sidecar)
         sidecar.start()
@@ -291,20 +372,33 @@ class Demo:
     async def _start_prometheus(self, client: httpx.AsyncClient) -> None:
         binary = prometheus_binary()
         if binary is None:
-            self._say("--prometheus: no `prometheus` on PATH (Debian: apt install prometheus); "
-                      "going on without it")
+            self._say(
+                "--prometheus: no `prometheus` on PATH (Debian: apt install prometheus); "
+                "going on without it"
+            )
             return
         port = free_port()
         config = self.workdir / "prometheus.yml"
-        config.write_text(prometheus_config({
-            "mlwarden-sidecar": f"127.0.0.1:{self.ports['admin']}",
-            "model-v1": f"127.0.0.1:{self.ports['v1']}",
-            "model-v2": f"127.0.0.1:{self.ports['v2']}",
-        }))
-        child = Child("prometheus", [
-            binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-        ], log_dir=self.workdir, ready_url=f"http://127.0.0.1:{port}/-/ready")
+        config.write_text(
+            prometheus_config(
+                {
+                    "mlwarden-sidecar": f"127.0.0.1:{self.ports['admin']}",
+                    "model-v1": f"127.0.0.1:{self.ports['v1']}",
+                    "model-v2": f"127.0.0.1:{self.ports['v2']}",
+                }
+            )
+        )
+        child = Child(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={config}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+            ],
+            log_dir=self.workdir,
+            ready_url=f"http://127.0.0.1:{port}/-/ready",
+        )
         self.children["prometheus"] = child
         self.spawned.append(child)
         child.start()
@@ -339,15 +433,16 @@ class Demo:
     async def _one(self, client: httpx.AsyncClient) -> None:
         size = self.rng.randint(1, 3)
         start = self.rng.randrange(len(self.pool) - size)
-        rows = self.pool[start:start + size]
+        rows = self.pool[start : start + size]
         phase = self.phase
         self.in_flight += 1
         self.sent += 1
         if phase is not None:
             phase.result.requests += 1
         try:
-            response = await client.post(self._url("proxy", MODEL_PATH),
-                                         json={"instances": rows}, timeout=10.0)
+            response = await client.post(
+                self._url("proxy", MODEL_PATH), json={"instances": rows}, timeout=10.0
+            )
             failed = not response.is_success
             upstream = response.headers.get("x-mlwarden-upstream", "")
             detail = f"HTTP {response.status_code} {response.text[:160]}" if failed else ""
@@ -371,8 +466,11 @@ class Demo:
         try:
             status = await client.get(self._url("admin", "/-/status"), timeout=2.0)
             self.status = status.json() if status.is_success else None
-            events = await client.get(self._url("admin", "/-/events"), timeout=2.0,
-                                      params={"since": self.started_at - 1, "limit": 500})
+            events = await client.get(
+                self._url("admin", "/-/events"),
+                timeout=2.0,
+                params={"since": self.started_at - 1, "limit": 500},
+            )
             for record in events.json().get("events", []) if events.is_success else []:
                 self.events.setdefault(str(record.get("id")), record)
             while len(self.events) > _MAX_EVENTS:
@@ -383,9 +481,15 @@ class Demo:
     def _note(self, action: str, target: str, reason: str) -> None:
         """A step the demo itself took (a fault, the pipeline), shown among the ledger's."""
         n = sum(1 for k in self.events if k.startswith("demo-"))
-        self.events[f"demo-{n:04d}"] = {"id": f"demo-{n:04d}", "at": time.time(),
-                                        "action": action, "target": target, "outcome": "",
-                                        "actor": "(demo)", "reason": reason}
+        self.events[f"demo-{n:04d}"] = {
+            "id": f"demo-{n:04d}",
+            "at": time.time(),
+            "action": action,
+            "target": target,
+            "outcome": "",
+            "actor": "(demo)",
+            "reason": reason,
+        }
 
     def _ordered_events(self) -> list[dict[str, Any]]:
         return sorted(self.events.values(), key=lambda r: (float(r.get("at", 0)), r.get("id")))
@@ -411,12 +515,23 @@ class Demo:
                 recent_failed += 1
             else:
                 recent[answer.upstream or "?"] = recent.get(answer.upstream or "?", 0) + 1
-        self.view.frame(Snapshot(
-            phase_index=self.phase_index, phase_count=5, phase=phase.name, story=phase.story,
-            elapsed_s=now - phase.started, duration_s=phase.duration_s,
-            recent_by_upstream=recent, recent_failed=recent_failed, sent=self.sent,
-            failed=self.failed, status=self.status, events=self._ordered_events(),
-            prometheus_url=self.prometheus_url))
+        self.view.frame(
+            Snapshot(
+                phase_index=self.phase_index,
+                phase_count=5,
+                phase=phase.name,
+                story=phase.story,
+                elapsed_s=now - phase.started,
+                duration_s=phase.duration_s,
+                recent_by_upstream=recent,
+                recent_failed=recent_failed,
+                sent=self.sent,
+                failed=self.failed,
+                status=self.status,
+                events=self._ordered_events(),
+                prometheus_url=self.prometheus_url,
+            )
+        )
 
     # -- the faults -------------------------------------------------------------------------------
 
@@ -428,8 +543,16 @@ class Demo:
         """The retraining pipeline: train v1 on inputs like today's, then swap the process."""
         old = self.children["v1"]
         marker = self.workdir / "v1-retrained.txt"
-        argv = self._model_argv("v1", self.seed + 2, "--shift", "monthly_charges=1.5",
-                                "--trained-file", str(marker), "--take-over-s", "20")
+        argv = self._model_argv(
+            "v1",
+            self.seed + 2,
+            "--shift",
+            "monthly_charges=1.5",
+            "--trained-file",
+            str(marker),
+            "--take-over-s",
+            "20",
+        )
         new = Child("v1-retrained", argv, log_dir=self.workdir, ready_url=old.ready_url)
         self.spawned.append(new)
         new.start()
@@ -441,14 +564,21 @@ class Demo:
                 return
             await asyncio.sleep(0.05)
         accuracy = marker.read_text().strip()
-        self._note("retrained", "v1", f"pipeline: v1 trained on inputs like today's "
-                                      f"(holdout accuracy {accuracy}); swapping the process")
+        self._note(
+            "retrained",
+            "v1",
+            f"pipeline: v1 trained on inputs like today's "
+            f"(holdout accuracy {accuracy}); swapping the process",
+        )
         stopping = time.monotonic()
         # SIGTERM: uvicorn finishes what is in flight and frees the port (off the event loop:
         # the load and the view go on meanwhile).
         await asyncio.to_thread(old.stop, 5.0)
-        self._note("swapped", "v1", f"old v1 process exited after "
-                                    f"{time.monotonic() - stopping:.2f} s; the new one binds")
+        self._note(
+            "swapped",
+            "v1",
+            f"old v1 process exited after {time.monotonic() - stopping:.2f} s; the new one binds",
+        )
         self.children["v1"] = new
         self._v1_argv = [a for a in argv if a not in ("--take-over-s", "20")]
         async with httpx.AsyncClient() as client:
@@ -469,22 +599,38 @@ class Demo:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     report = (await client.get(self._url("v1", "/-/health"), timeout=2.0)).json()
                     drift = report.get("drift", {})
-                    if (drift.get("evaluated") and drift.get("enough_data")
-                            and not drift.get("detected")):
+                    if (
+                        drift.get("evaluated")
+                        and drift.get("enough_data")
+                        and not drift.get("detected")
+                    ):
                         self.drift_cleared_at = time.time()
-                        self._note("drift_cleared", "v1",
-                                   f"v1's report: no drift over {drift.get('rows')} rows")
+                        self._note(
+                            "drift_cleared",
+                            "v1",
+                            f"v1's report: no drift over {drift.get('rows')} rows",
+                        )
                         return
                 await asyncio.sleep(0.25)
 
     # -- judging ----------------------------------------------------------------------------------
 
-    def _events_after(self, t0: float, *, actions: tuple[str, ...], target: str | None = None,
-                      policy: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self._ordered_events()
-                if float(r.get("at", 0)) >= t0 and r.get("action") in actions
-                and (target is None or r.get("target") == target)
-                and (policy is None or r.get("policy") == policy)]
+    def _events_after(
+        self,
+        t0: float,
+        *,
+        actions: tuple[str, ...],
+        target: str | None = None,
+        policy: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self._ordered_events()
+            if float(r.get("at", 0)) >= t0
+            and r.get("action") in actions
+            and (target is None or r.get("target") == target)
+            and (policy is None or r.get("policy") == policy)
+        ]
 
     def _clients_recovered(self, t0: float, upstream: str | None = None) -> float | None:
         """The first good answer after ``t0`` (from ``upstream``) with no failure after it."""
@@ -513,13 +659,20 @@ class Demo:
         passed = self._events_after(t0, actions=("set_weight",), target="v2")
         shadow = (self.status or {}).get("shadow") or {}
         agreement = shadow.get("agreement_rate")
-        result.note = (f"{len(passed)} canary step(s) passed"
-                       + (f"; shadow agreement {agreement:.1%}" if agreement is not None else ""))
+        result.note = f"{len(passed)} canary step(s) passed" + (
+            f"; shadow agreement {agreement:.1%}" if agreement is not None else ""
+        )
 
     def _judge_errors(self, result: PhaseResult, t0: float) -> None:
-        self._detected(result, t0, self._events_after(
-            t0, actions=("rollback", "breaker_opened", "upstream_unhealthy", "policy_fired"),
-            target="v2"))
+        self._detected(
+            result,
+            t0,
+            self._events_after(
+                t0,
+                actions=("rollback", "breaker_opened", "upstream_unhealthy", "policy_fired"),
+                target="v2",
+            ),
+        )
         rollbacks = self._events_after(t0, actions=("rollback",), target="v2")
         recovered = self._clients_recovered(t0)
         if rollbacks and recovered is not None:
@@ -530,15 +683,17 @@ class Demo:
             result.note = f"rollback: {rollbacks[0].get('reason', '')}"
 
     def _judge_drift(self, result: PhaseResult, t0: float) -> None:
-        fired = [r for r in self._events_after(t0, actions=("policy_fired",))
-                 if r.get("policy") in DRIFT_POLICIES]
+        fired = [
+            r
+            for r in self._events_after(t0, actions=("policy_fired",))
+            if r.get("policy") in DRIFT_POLICIES
+        ]
         self._detected(result, t0, fired)
         if self.redeploy_error:
             result.note = self.redeploy_error.splitlines()[0]
             return
         moved = self._events_after(t0, actions=("fallback",), policy=DRIFT_ROUTING_POLICY)
-        restored = self._events_after(t0, actions=("restore_primary",),
-                                      policy=DRIFT_ROUTING_POLICY)
+        restored = self._events_after(t0, actions=("restore_primary",), policy=DRIFT_ROUTING_POLICY)
         if self.redeployed_at is None or self.drift_cleared_at is None or not restored:
             return
         back_at = float(restored[0]["at"])
@@ -552,22 +707,33 @@ class Demo:
             (f"traffic on v2 from {float(moved[0]['at']) - t0:.1f} s; " if moved else "")
             + f"retrained v1 serving at {self.redeployed_at - t0:.1f} s, its window free of "
             f"drift at {self.drift_cleared_at - t0:.1f} s; traffic back on v1 at "
-            f"{back_at - t0:.1f} s")
+            f"{back_at - t0:.1f} s"
+        )
 
     def _judge_outage(self, result: PhaseResult, t0: float) -> None:
-        self._detected(result, t0, self._events_after(
-            t0, actions=("breaker_opened", "upstream_unhealthy", "policy_fired"), target="v1"))
+        self._detected(
+            result,
+            t0,
+            self._events_after(
+                t0, actions=("breaker_opened", "upstream_unhealthy", "policy_fired"), target="v1"
+            ),
+        )
         recovered = self._clients_recovered(t0, "v2")
         if recovered is not None and result.detected_after_s is not None:
             result.healed = True
             result.healed_by = "retries + breaker: v2 serves"
             result.recovery_s = recovered - t0
-            result.note = (f"escalations received: {sum(1 for e in self.escalations if e >= t0)}"
-                           f"; first answer from v2 {recovered - t0:.3f} s after the kill")
+            result.note = (
+                f"escalations received: {sum(1 for e in self.escalations if e >= t0)}"
+                f"; first answer from v2 {recovered - t0:.3f} s after the kill"
+            )
 
     def _judge_recovery(self, result: PhaseResult, t0: float) -> None:
-        self._detected(result, t0, self._events_after(
-            t0, actions=("upstream_healthy", "breaker_closed"), target="v1"))
+        self._detected(
+            result,
+            t0,
+            self._events_after(t0, actions=("upstream_healthy", "breaker_closed"), target="v1"),
+        )
         recovered = self._clients_recovered(t0, "v1")
         if recovered is not None:
             result.healed = True
@@ -589,8 +755,11 @@ class Demo:
 
         async def errors_off() -> None:
             await self._set_fault(client, 0.0)
-            self._note("fault_cleared", "v2", "v2's bug fixed after the rollback: the fault "
-                                              "is off (v2 stays the fallback)")
+            self._note(
+                "fault_cleared",
+                "v2",
+                "v2's bug fixed after the rollback: the fault is off (v2 stays the fallback)",
+            )
 
         async def drift_on() -> None:
             self.pool = self.pools["drifted"]
@@ -606,53 +775,97 @@ class Demo:
             self._note("restarted", "v1", "v1 started again")
 
         return [
-            _Phase("normal", "none", "traffic like the training data; v2 on the canary "
-                   "split and the shadow copy", t.normal_s, nothing, self._judge_normal),
-            _Phase("candidate errors", "v2: 500 on half its requests",
-                   "the canary should roll v2 back; retries keep clients served; the bug is "
-                   "fixed once it is rolled back",
-                   t.errors_s, errors_on, self._judge_errors, on_healed=errors_off),
-            _Phase("input drift", "monthly_charges +1.5 std",
-                   "drift-large should move traffic to v2 and ask for retraining; the "
-                   "retrained v1 takes over and traffic comes back to it",
-                   t.drift_s, drift_on, self._judge_drift),
-            _Phase("primary outage", "v1 SIGKILLed",
-                   "retries and the breaker should move clients to v2; the policy escalates",
-                   t.outage_s, outage, self._judge_outage),
-            _Phase("recovery", "v1 restarted",
-                   "health checks should bring v1 back and close its breaker",
-                   t.recovery_s, restart, self._judge_recovery),
+            _Phase(
+                "normal",
+                "none",
+                "traffic like the training data; v2 on the canary split and the shadow copy",
+                t.normal_s,
+                nothing,
+                self._judge_normal,
+            ),
+            _Phase(
+                "candidate errors",
+                "v2: 500 on half its requests",
+                "the canary should roll v2 back; retries keep clients served; the bug is "
+                "fixed once it is rolled back",
+                t.errors_s,
+                errors_on,
+                self._judge_errors,
+                on_healed=errors_off,
+            ),
+            _Phase(
+                "input drift",
+                "monthly_charges +1.5 std",
+                "drift-large should move traffic to v2 and ask for retraining; the "
+                "retrained v1 takes over and traffic comes back to it",
+                t.drift_s,
+                drift_on,
+                self._judge_drift,
+            ),
+            _Phase(
+                "primary outage",
+                "v1 SIGKILLed",
+                "retries and the breaker should move clients to v2; the policy escalates",
+                t.outage_s,
+                outage,
+                self._judge_outage,
+            ),
+            _Phase(
+                "recovery",
+                "v1 restarted",
+                "health checks should bring v1 back and close its breaker",
+                t.recovery_s,
+                restart,
+                self._judge_recovery,
+            ),
         ]
 
     async def run(self) -> int:
-        hooks = uvicorn.Server(uvicorn.Config(
-            self._hooks_app(), host="127.0.0.1", port=self.ports["hooks"], log_level="warning",
-            access_log=False, lifespan="off"))
+        hooks = uvicorn.Server(
+            uvicorn.Config(
+                self._hooks_app(),
+                host="127.0.0.1",
+                port=self.ports["hooks"],
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
         hooks_task = asyncio.get_running_loop().create_task(hooks.serve())
         limits = httpx.Limits(max_connections=80, max_keepalive_connections=80)
         try:
             async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
-                self._say(f"mlwarden demo: training two churn models and starting them, the "
-                          f"sidecar and the load (work directory {self.workdir})")
+                self._say(
+                    f"mlwarden demo: training two churn models and starting them, the "
+                    f"sidecar and the load (work directory {self.workdir})"
+                )
                 try:
                     await self._start_children(client)
                 except RuntimeError as exc:
                     self._say(f"mlwarden demo: could not start: {exc}")
                     return 1
-                self._say(f"sidecar on {self._url('proxy')} (admin {self._url('admin')}), "
-                          f"v1 on {self._url('v1')}, v2 on {self._url('v2')}")
+                self._say(
+                    f"sidecar on {self._url('proxy')} (admin {self._url('admin')}), "
+                    f"v1 on {self._url('v1')}, v2 on {self._url('v2')}"
+                )
                 if self.prometheus_url:
-                    self._say(f"Prometheus on {self.prometheus_url} (scraping the sidecar and "
-                              f"both models; on a terminal it stays up after the story "
-                              f"until you press Enter)")
+                    self._say(
+                        f"Prometheus on {self.prometheus_url} (scraping the sidecar and "
+                        f"both models; on a terminal it stays up after the story "
+                        f"until you press Enter)"
+                    )
                 results = await self._story(client)
                 self.view.done()
                 self._say("\n" + summary_table(results))
                 healed = all(r.healed for r in results)
-                self._say(f"\n{self.sent} client requests through the sidecar, "
-                          f"{self.failed} failed")
-                self._say("every phase healed" if healed else
-                          "some phase did NOT heal: see the table and the logs")
+                self._say(
+                    f"\n{self.sent} client requests through the sidecar, {self.failed} failed"
+                )
+                self._say(
+                    "every phase healed"
+                    if healed
+                    else "some phase did NOT heal: see the table and the logs"
+                )
                 if self.prometheus_url and self.interactive:
                     await self._hold()
         finally:
@@ -669,8 +882,10 @@ class Demo:
 
     async def _hold(self, limit_s: float = 1800.0) -> None:
         """Keep everything up for a look at Prometheus, until Enter (at most ``limit_s``)."""
-        self._say(f"\nPrometheus on {self.prometheus_url} and the sidecar, v1 and v2 stay up "
-                  f"(no more load); press Enter to stop them (or wait {limit_s / 60:.0f} min)")
+        self._say(
+            f"\nPrometheus on {self.prometheus_url} and the sidecar, v1 and v2 stay up "
+            f"(no more load); press Enter to stop them (or wait {limit_s / 60:.0f} min)"
+        )
         with contextlib.suppress(TimeoutError, OSError, ValueError):
             await asyncio.wait_for(asyncio.to_thread(sys.stdin.readline), limit_s)
 
@@ -680,9 +895,11 @@ class Demo:
         self.phase = phases[0]
         self.phase.started = time.time()
         loop = asyncio.get_running_loop()
-        workers = [loop.create_task(self._load(client, stop)),
-                   loop.create_task(self._poll(client, stop)),
-                   loop.create_task(self._draw(stop))]
+        workers = [
+            loop.create_task(self._load(client, stop)),
+            loop.create_task(self._poll(client, stop)),
+            loop.create_task(self._draw(stop)),
+        ]
         try:
             for index, phase in enumerate(phases):
                 self.phase, self.phase_index = phase, index
@@ -720,16 +937,24 @@ class Demo:
             if seen:
                 what = "; ".join(f"{n}x {detail}" for detail, n in list(seen.items())[:3])
                 phase.result.note = (phase.result.note + "; " if phase.result.note else "") + (
-                    f"failed requests got: {what}")
+                    f"failed requests got: {what}"
+                )
 
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
 
 
-def run_demo(*, quick: bool = False, seed: int = 7, prometheus: bool = False,
-             live: bool | None = None, rate_per_s: float | None = None, keep: bool = False,
-             out: TextIO | None = None) -> int:
+def run_demo(
+    *,
+    quick: bool = False,
+    seed: int = 7,
+    prometheus: bool = False,
+    live: bool | None = None,
+    rate_per_s: float | None = None,
+    keep: bool = False,
+    out: TextIO | None = None,
+) -> int:
     """Run the story; 0 when every phase healed. ``quick`` is the short mode CI runs.
 
     The work directory (logs, ledger, configs) is removed after a healed run unless ``keep``;
@@ -740,8 +965,9 @@ def run_demo(*, quick: bool = False, seed: int = 7, prometheus: bool = False,
         timing = replace(timing, rate_per_s=rate_per_s)
     stream = out or sys.stdout
     workdir = Path(tempfile.mkdtemp(prefix="mlwarden-demo-"))
-    demo = Demo(timing=timing, seed=seed, prometheus=prometheus, out=stream, live=live,
-                workdir=workdir)
+    demo = Demo(
+        timing=timing, seed=seed, prometheus=prometheus, out=stream, live=live, workdir=workdir
+    )
     code = 130
     try:
         code = asyncio.run(demo.run())

@@ -94,16 +94,24 @@ def _event_line(record: dict[str, Any], started_at: float) -> str:
     reason = str(record.get("reason", ""))
     if len(reason) > 70:
         reason = reason[:69] + "…"
-    return (f"  {at:6.1f}s  {record.get('action', ''):<22} {record.get('target', ''):<10} "
-            f"{outcome:<7} {who:<16} {reason}")
+    return (
+        f"  {at:6.1f}s  {record.get('action', ''):<22} {record.get('target', ''):<10} "
+        f"{outcome:<7} {who:<16} {reason}"
+    )
 
 
 class LiveView:
     """Renders :class:`Snapshot` frames: in place on a terminal, as a log elsewhere."""
 
-    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None,
-                 started_at: float | None = None, log_every_s: float = 3.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        live: bool | None = None,
+        started_at: float | None = None,
+        log_every_s: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
         self.started_at = time.time() if started_at is None else started_at
@@ -120,8 +128,10 @@ class LiveView:
             return
         if snap.phase_index != self._phase_seen:
             self._phase_seen = snap.phase_index
-            self._print(f"\n== phase {snap.phase_index + 1}/{snap.phase_count}: {snap.phase} "
-                        f"({snap.duration_s:.0f} s) — {snap.story}")
+            self._print(
+                f"\n== phase {snap.phase_index + 1}/{snap.phase_count}: {snap.phase} "
+                f"({snap.duration_s:.0f} s) — {snap.story}"
+            )
         for record in snap.events:
             rid = str(record.get("id"))
             if rid not in self._events_seen:
@@ -130,8 +140,10 @@ class LiveView:
         now = self._clock()
         if self._last_log is None or now - self._last_log >= self._log_every_s:
             self._last_log = now
-            self._print(f"  {progress_bar(snap.elapsed_s, snap.duration_s)}  "
-                        f"{self._traffic(snap)}  {_breakers(snap.status)}")
+            self._print(
+                f"  {progress_bar(snap.elapsed_s, snap.duration_s)}  "
+                f"{self._traffic(snap)}  {_breakers(snap.status)}"
+            )
 
     def _traffic(self, snap: Snapshot) -> str:
         by = ", ".join(f"{k} {v}" for k, v in sorted(snap.recent_by_upstream.items())) or "none"
@@ -173,22 +185,43 @@ def _seconds(value: float | None) -> str:
 
 def summary_table(results: list[PhaseResult]) -> str:
     """A plain-text table: each fault, when it was detected, what healed it, how fast."""
-    header = ("phase", "fault", "detected after", "detected by", "healed by",
-              "time to recovery", "requests", "failed", "verdict")
+    header = (
+        "phase",
+        "fault",
+        "detected after",
+        "detected by",
+        "healed by",
+        "time to recovery",
+        "requests",
+        "failed",
+        "verdict",
+    )
     rows = [header]
     for r in results:
         verdict = "healed" if r.healed else "NOT HEALED"
         if r.fault == "none":
             verdict = "ok" if r.healed else "FAILED"
-        rows.append((r.name, r.fault, _seconds(r.detected_after_s), r.detected_by or "-",
-                     r.healed_by or "-", _seconds(r.recovery_s), str(r.requests),
-                     str(r.failed), verdict))
+        rows.append(
+            (
+                r.name,
+                r.fault,
+                _seconds(r.detected_after_s),
+                r.detected_by or "-",
+                r.healed_by or "-",
+                _seconds(r.recovery_s),
+                str(r.requests),
+                str(r.failed),
+                verdict,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     numeric = {2, 5, 6, 7}
 
     def fmt(row: tuple[str, ...]) -> str:
-        cells = [cell.rjust(w) if i in numeric else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
         return "| " + " | ".join(cells) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

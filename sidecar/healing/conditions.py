@@ -87,17 +87,32 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _KEYWORDS = frozenset({"and", "or", "not", "true", "false"})
 _OPERATORS = ("<=", ">=", "==", "!=", "<", ">", "+", "-", "*", "/", "(", ")", ",")
-_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-            "==": operator.eq, "!=": operator.ne}
+_COMPARE = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 _ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 # Text that people (or attackers) write from other languages, and what to say about it.
 _REJECTED = (
-    ("&&", "write 'and'"), ("||", "write 'or'"), ("**", "there is no power operator"),
-    ("//", "write '/'"), ("=", "write '==' to compare"), ("!", "write 'not'"),
-    ("&", "write 'and'"), ("|", "write 'or'"), ("%", "there is no modulo operator"),
-    ("'", "strings take double quotes"), (".", "there is no attribute access"),
-    ("[", "there are no subscripts"), ("]", "there are no subscripts"),
-    (";", "a condition is one expression"), ("\\", "there are no backslash escapes"),
+    ("&&", "write 'and'"),
+    ("||", "write 'or'"),
+    ("**", "there is no power operator"),
+    ("//", "write '/'"),
+    ("=", "write '==' to compare"),
+    ("!", "write 'not'"),
+    ("&", "write 'and'"),
+    ("|", "write 'or'"),
+    ("%", "there is no modulo operator"),
+    ("'", "strings take double quotes"),
+    (".", "there is no attribute access"),
+    ("[", "there are no subscripts"),
+    ("]", "there are no subscripts"),
+    (";", "a condition is one expression"),
+    ("\\", "there are no backslash escapes"),
 )
 _A = {"bool": "a boolean", "number": "a number", "string": "a string"}
 
@@ -124,7 +139,7 @@ def _excerpt(text: str, pos: int, width: int = 72) -> str:
     if not text:
         return ""
     start = max(0, min(pos - width // 2, len(text) - width))
-    shown = "".join(ch if ch.isprintable() else " " for ch in text[start:start + width])
+    shown = "".join(ch if ch.isprintable() else " " for ch in text[start : start + width])
     head = "..." if start > 0 else ""
     tail = "..." if start + width < len(text) else ""
     return f"\n    {head}{shown}{tail}\n    {' ' * (len(head) + pos - start)}^"
@@ -183,8 +198,10 @@ _Fn = Callable[[_Getter, _Caller], Value]
 
 
 def _call_key(name: str, args: tuple[Arg, ...]) -> str:
-    shown = (f'"{a}"' if isinstance(a, str) else (str(int(a)) if a.is_integer() else repr(a))
-             for a in args)
+    shown = (
+        f'"{a}"' if isinstance(a, str) else (str(int(a)) if a.is_integer() else repr(a))
+        for a in args
+    )
     return f"{name}({', '.join(shown)})"
 
 
@@ -194,9 +211,15 @@ class Condition:
 
     __slots__ = ("_call_kinds", "_fn", "_signal_kinds", "function_calls", "signals", "text")
 
-    def __init__(self, text: str, fn: _Fn, signals: frozenset[str],
-                 function_calls: tuple[tuple[str, tuple[Arg, ...]], ...],
-                 signal_kinds: dict[str, Kind], call_kinds: dict[str, Kind]) -> None:
+    def __init__(
+        self,
+        text: str,
+        fn: _Fn,
+        signals: frozenset[str],
+        function_calls: tuple[tuple[str, tuple[Arg, ...]], ...],
+        signal_kinds: dict[str, Kind],
+        call_kinds: dict[str, Kind],
+    ) -> None:
         self.text = text
         self.signals = signals
         self.function_calls = function_calls
@@ -241,15 +264,20 @@ class Condition:
         return Explanation(result, read)  # type: ignore[arg-type]
 
 
-def parse_condition(text: str, *, signals: Collection[str] | Mapping[str, Kind],
-                    functions: Mapping[str, FunctionSpec] | None = None) -> Condition:
+def parse_condition(
+    text: str,
+    *,
+    signals: Collection[str] | Mapping[str, Kind],
+    functions: Mapping[str, FunctionSpec] | None = None,
+) -> Condition:
     """Parse and type-check ``text``; raise :class:`ConditionError` naming the column.
 
     ``signals`` lists the known signal names, all numbers, or maps each name to ``"number"``
     or ``"bool"``. ``functions`` maps the callable names to their specs.
     """
-    kinds: dict[str, Kind] = (dict(signals) if isinstance(signals, Mapping)
-                              else dict.fromkeys(signals, "number"))
+    kinds: dict[str, Kind] = (
+        dict(signals) if isinstance(signals, Mapping) else dict.fromkeys(signals, "number")
+    )
     specs = dict(functions or {})
     for name, kind in kinds.items():
         if kind not in ("bool", "number"):
@@ -260,8 +288,11 @@ def parse_condition(text: str, *, signals: Collection[str] | Mapping[str, Kind],
     if not isinstance(text, str):
         raise ConditionError(f"expected the condition as text, got {type(text).__name__}", 1)
     if len(text) > MAX_LENGTH:
-        raise ConditionError(f"the condition is too long ({len(text)} characters; at most "
-                             f"{MAX_LENGTH})", MAX_LENGTH + 1, text[:MAX_LENGTH + 20])
+        raise ConditionError(
+            f"the condition is too long ({len(text)} characters; at most {MAX_LENGTH})",
+            MAX_LENGTH + 1,
+            text[: MAX_LENGTH + 20],
+        )
     return _Parser(text, kinds, specs).parse()
 
 
@@ -298,30 +329,31 @@ def _tokenize(text: str) -> Iterator[_Token]:
             while end < n and text[end] != '"':
                 c = text[end]
                 if c == "\\":
-                    raise ConditionError("backslashes are not supported in strings", end + 1,
-                                         text)
+                    raise ConditionError("backslashes are not supported in strings", end + 1, text)
                 if not (c.isascii() and c.isprintable()):
-                    raise ConditionError(f"strings hold printable ASCII only, found "
-                                         f"{_describe(c)}", end + 1, text)
+                    raise ConditionError(
+                        f"strings hold printable ASCII only, found {_describe(c)}", end + 1, text
+                    )
                 end += 1
             if end >= n:
                 raise ConditionError("unterminated string", i + 1, text)
-            yield _Token("string", text[i + 1:end], i, text[i:end + 1])
+            yield _Token("string", text[i + 1 : end], i, text[i : end + 1])
             i = end + 1
         elif (m := _WORD.match(text, i)) and ch.isascii():
             word = m.group()
             if not _NAME.match(word):
-                raise ConditionError(f"names are lowercase: write {word.lower()!r}, not "
-                                     f"{word!r}", i + 1, text)
+                raise ConditionError(
+                    f"names are lowercase: write {word.lower()!r}, not {word!r}", i + 1, text
+                )
             yield _Token("name", word, i, word)
             i = m.end()
         elif (op := next((o for o in _OPERATORS if text.startswith(o, i)), None)) and not (
-                text.startswith(("**", "//"), i)):
+            text.startswith(("**", "//"), i)
+        ):
             yield _Token("op", op, i, op)
             i += len(op)
         else:
-            bad, why = next(((b, w) for b, w in _REJECTED if text.startswith(b, i)),
-                            (ch, ""))
+            bad, why = next(((b, w) for b, w in _REJECTED if text.startswith(b, i)), (ch, ""))
             if not why:
                 raise ConditionError(f"unexpected character {_describe(ch)}", i + 1, text)
             raise ConditionError(f"unsupported {bad!r} ({why})", i + 1, text)
@@ -385,15 +417,15 @@ class _Parser:
         token = self.peek()
         return token.kind in ("op", "name") and token.value in values
 
-    def node(self, kind: Kind, fn: _Fn, pos: int,
-             *children: _Expr) -> _Expr:
+    def node(self, kind: Kind, fn: _Fn, pos: int, *children: _Expr) -> _Expr:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise self.fail(f"the condition is too large (more than {MAX_NODES} terms)", pos)
         depth = 1 + max((c.depth for c in children), default=0)
         if depth > MAX_DEPTH:
-            raise self.fail(f"the condition is nested too deeply (more than {MAX_DEPTH} "
-                            f"levels)", pos)
+            raise self.fail(
+                f"the condition is nested too deeply (more than {MAX_DEPTH} levels)", pos
+            )
         if children and all(c.const is not _VARIABLE for c in children):
             value = fn(_no_get, _no_call)
             if value is None:  # NaN from constants alone, e.g. infinity minus infinity
@@ -404,8 +436,10 @@ class _Parser:
     def nest(self) -> None:
         self.nesting += 1
         if self.nesting > MAX_DEPTH:
-            raise self.fail(f"the condition is nested too deeply (more than {MAX_DEPTH} "
-                            f"levels)", self.peek().pos)
+            raise self.fail(
+                f"the condition is nested too deeply (more than {MAX_DEPTH} levels)",
+                self.peek().pos,
+            )
 
     def expect(self, kinds: tuple[str, ...], expr: _Expr, what: str) -> None:
         if expr.kind not in kinds:
@@ -419,14 +453,21 @@ class _Parser:
         if token.kind == "name" and _foreign(str(token.value)):
             raise self.fail(f"{token.value!r} is not part of the condition language", token.pos)
         if token.kind != "end":
-            raise self.fail(f"unexpected {self.show(token)} after a complete expression",
-                            token.pos)
+            raise self.fail(f"unexpected {self.show(token)} after a complete expression", token.pos)
         if expr.kind != "bool":
-            raise self.fail(f"the condition must be true or false, got {_A[expr.kind]} (is a "
-                            f"comparison missing?)", 0)
-        return Condition(self.text, expr.fn, frozenset(self.used), tuple(self.calls),
-                         {n: self.kinds[n] for n in self.used},
-                         {name: self.specs[name].returns for name, _ in self.calls})
+            raise self.fail(
+                f"the condition must be true or false, got {_A[expr.kind]} (is a "
+                f"comparison missing?)",
+                0,
+            )
+        return Condition(
+            self.text,
+            expr.fn,
+            frozenset(self.used),
+            tuple(self.calls),
+            {n: self.kinds[n] for n in self.used},
+            {name: self.specs[name].returns for name, _ in self.calls},
+        )
 
     def show(self, token: _Token) -> str:
         return "end of text" if token.kind == "end" else repr(token.source[:30])
@@ -467,17 +508,18 @@ class _Parser:
         op = self.take()
         right = self.sum()
         if self.at(*_COMPARE):
-            raise self.fail("comparisons do not chain: write 'a < b and b < c'",
-                            self.peek().pos)
+            raise self.fail("comparisons do not chain: write 'a < b and b < c'", self.peek().pos)
         if op.value in ("==", "!="):
             if left.kind != right.kind:
-                raise self.fail(f"'{op.value}' compares {_A[left.kind]} with "
-                                f"{_A[right.kind]}", op.pos)
+                raise self.fail(
+                    f"'{op.value}' compares {_A[left.kind]} with {_A[right.kind]}", op.pos
+                )
         else:
             self.expect(("number",), left, f"'{op.value}' compares numbers")
             self.expect(("number",), right, f"'{op.value}' compares numbers")
-        return self.node("bool", _compare(_COMPARE[op.value], left.fn, right.fn), op.pos,
-                         left, right)
+        return self.node(
+            "bool", _compare(_COMPARE[op.value], left.fn, right.fn), op.pos, left, right
+        )
 
     def arithmetic(self, ops: tuple[str, str], operand: Callable[[], _Expr]) -> _Expr:
         left = operand()
@@ -488,8 +530,11 @@ class _Parser:
                 self.expect(("number",), side, f"'{op.value}' needs numbers on both sides")
             if op.value == "/" and right.const == 0:
                 raise self.fail("division by zero", op.pos)
-            fn = _divide(left.fn, right.fn) if op.value == "/" else _arith(
-                _ARITH[str(op.value)], left.fn, right.fn)
+            fn = (
+                _divide(left.fn, right.fn)
+                if op.value == "/"
+                else _arith(_ARITH[str(op.value)], left.fn, right.fn)
+            )
             left = self.node("number", fn, op.pos, left, right)
         return left
 
@@ -513,7 +558,8 @@ class _Parser:
         token = self.take()
         if token.kind == "number":
             return self.node("number", _constant(token.value), token.pos)._replace(
-                const=token.value)
+                const=token.value
+            )
         if token.kind == "string":
             raise self.fail("a string is allowed only as a function argument", token.pos)
         if token.kind == "op" and token.value == "(":
@@ -521,8 +567,11 @@ class _Parser:
             inner = self.or_expr()
             self.nesting -= 1
             if not self.at(")"):
-                raise self.fail(f"expected ')' to close the '(' at column {token.pos + 1}, "
-                                f"found {self.show(self.peek())}", self.peek().pos)
+                raise self.fail(
+                    f"expected ')' to close the '(' at column {token.pos + 1}, "
+                    f"found {self.show(self.peek())}",
+                    self.peek().pos,
+                )
             self.take()
             return inner._replace(pos=token.pos)
         if token.kind == "name":
@@ -564,8 +613,10 @@ class _Parser:
         arg_pos: list[int] = []
         while not self.at(")"):
             if args and not self.at(","):
-                raise self.fail(f"expected ',' or ')' in the call of {name}, found "
-                                f"{self.show(self.peek())}", self.peek().pos)
+                raise self.fail(
+                    f"expected ',' or ')' in the call of {name}, found {self.show(self.peek())}",
+                    self.peek().pos,
+                )
             if args:
                 self.take()
             token = self.take()
@@ -575,15 +626,17 @@ class _Parser:
             elif token.kind in ("string", "number"):
                 args.append(token.value)
             else:
-                raise self.fail(f"arguments of {name} are literal strings or numbers, found "
-                                f"{self.show(token)}", token.pos)
+                raise self.fail(
+                    f"arguments of {name} are literal strings or numbers, found {self.show(token)}",
+                    token.pos,
+                )
             if len(args) > len(spec.params):
-                raise self.fail(f"{name} takes {_arguments(len(spec.params))}, got more",
-                                token.pos)
+                raise self.fail(f"{name} takes {_arguments(len(spec.params))}, got more", token.pos)
         close = self.take()
         if len(args) != len(spec.params):
-            raise self.fail(f"{name} takes {_arguments(len(spec.params))}, got {len(args)}",
-                            close.pos)
+            raise self.fail(
+                f"{name} takes {_arguments(len(spec.params))}, got {len(args)}", close.pos
+            )
         for n, (arg, want, at) in enumerate(zip(args, spec.params, arg_pos, strict=True), 1):
             got = "string" if isinstance(arg, str) else "number"
             if got != want:
@@ -627,6 +680,7 @@ def _negate(a: _Fn) -> _Fn:
     def fn(get: _Getter, call: _Caller) -> Value:
         x = a(get, call)
         return None if x is None else not x
+
     return fn
 
 
@@ -634,6 +688,7 @@ def _minus(a: _Fn) -> _Fn:
     def fn(get: _Getter, call: _Caller) -> Value:
         x = a(get, call)
         return None if x is None else -x  # type: ignore[operator]
+
     return fn
 
 
@@ -647,6 +702,7 @@ def _all_of(parts: tuple[_Fn, ...]) -> _Fn:
             if x is None:
                 unknown = True
         return None if unknown else True
+
     return fn
 
 
@@ -660,6 +716,7 @@ def _any_of(parts: tuple[_Fn, ...]) -> _Fn:
             if x is None:
                 unknown = True
         return None if unknown else False
+
     return fn
 
 
@@ -670,6 +727,7 @@ def _compare(op: Callable[[object, object], bool], a: _Fn, b: _Fn) -> _Fn:
             return None
         y = b(get, call)
         return None if y is None else op(x, y)
+
     return fn
 
 
@@ -683,6 +741,7 @@ def _arith(op: Callable[[float, float], float], a: _Fn, b: _Fn) -> _Fn:
             return None
         r = op(x, y)  # type: ignore[arg-type]
         return None if r != r else r  # NaN: inf - inf, 0 * inf
+
     return fn
 
 
@@ -696,4 +755,5 @@ def _divide(a: _Fn, b: _Fn) -> _Fn:
             return None
         r = x / y  # type: ignore[operator]
         return None if r != r else r
+
     return fn

@@ -107,9 +107,19 @@ log = logging.getLogger("mlwarden.sidecar.ledger")
 
 #: The actions the sidecar records; any other ``[a-z_]{1,40}`` word is accepted as well.
 ACTIONS = (
-    "breaker_opened", "breaker_closed", "fallback", "restore_primary", "rollback",
-    "promotion", "set_weight", "webhook", "escalation", "canary_inconclusive", "policy_fired",
-    "manual_route", "manual_breaker_reset",
+    "breaker_opened",
+    "breaker_closed",
+    "fallback",
+    "restore_primary",
+    "rollback",
+    "promotion",
+    "set_weight",
+    "webhook",
+    "escalation",
+    "canary_inconclusive",
+    "policy_fired",
+    "manual_route",
+    "manual_breaker_reset",
 )
 #: The usual outcomes; any other short ``[a-z_]`` word is accepted as well.
 OUTCOMES = ("ok", "failed", "skipped", "pending")
@@ -236,17 +246,20 @@ class LedgerRecord:
         for name in ("action", "outcome"):
             value = getattr(self, name)
             if not isinstance(value, str) or not _WORD_RE.fullmatch(value):
-                problems.append(f"{name}: must be a word of 1-40 letters a-z and '_', "
-                                f"got {value!r}")
+                problems.append(
+                    f"{name}: must be a word of 1-40 letters a-z and '_', got {value!r}"
+                )
         if self.severity is not None and self.severity not in SEVERITIES:
-            problems.append(f"severity: must be one of {', '.join(SEVERITIES)} or None, "
-                            f"got {self.severity!r}")
+            problems.append(
+                f"severity: must be one of {', '.join(SEVERITIES)} or None, got {self.severity!r}"
+            )
         if not isinstance(self.target, str) or not self.target:
             problems.append(f"target: must be a non-empty string, got {self.target!r}")
         if not isinstance(self.actor, str) or not self.actor:
             problems.append(f"actor: must be a non-empty string, got {self.actor!r}")
         if self.at is not None and (
-            not isinstance(self.at, int | float) or isinstance(self.at, bool)
+            not isinstance(self.at, int | float)
+            or isinstance(self.at, bool)
             or not math.isfinite(self.at)
         ):
             problems.append(f"at: must be finite epoch seconds, got {self.at!r}")
@@ -272,10 +285,18 @@ class LedgerRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of the record, keys in file order (plain, mutable copies)."""
         return {
-            "id": self.id, "time": self.time, "at": self.at, "action": self.action,
-            "target": self.target, "outcome": self.outcome, "severity": self.severity,
-            "policy": self.policy, "actor": self.actor, "reason": self.reason,
-            "signals": dict(self.signals), "details": dict(self.details),
+            "id": self.id,
+            "time": self.time,
+            "at": self.at,
+            "action": self.action,
+            "target": self.target,
+            "outcome": self.outcome,
+            "severity": self.severity,
+            "policy": self.policy,
+            "actor": self.actor,
+            "reason": self.reason,
+            "signals": dict(self.signals),
+            "details": dict(self.details),
         }
 
     def to_json(self) -> str:
@@ -295,10 +316,16 @@ class LedgerRecord:
                 raise ValueError(f"invalid time {d['time']!r}") from exc
         try:
             return cls(
-                id=str(d.get("id") or ""), at=at, action=d["action"], target=d["target"],
-                reason=d.get("reason") or "", signals=d.get("signals") or {},
-                outcome=d.get("outcome") or "ok", policy=d.get("policy"),
-                severity=d.get("severity"), actor=d.get("actor") or "auto",
+                id=str(d.get("id") or ""),
+                at=at,
+                action=d["action"],
+                target=d["target"],
+                reason=d.get("reason") or "",
+                signals=d.get("signals") or {},
+                outcome=d.get("outcome") or "ok",
+                policy=d.get("policy"),
+                severity=d.get("severity"),
+                actor=d.get("actor") or "auto",
                 details=d.get("details") or {},
             )
         except KeyError as exc:
@@ -326,10 +353,15 @@ def _index_entry(d: Mapping[str, Any]) -> tuple[_Key, float] | None:
     """The index key and time of a record's JSON object, without building the record; None
     when the fast path does not apply (the caller then builds the record, which validates)."""
     at, action, target, policy = d.get("at"), d.get("action"), d.get("target"), d.get("policy")
-    if (type(at) is not float or not math.isfinite(at)
-            or not isinstance(action, str) or not _WORD_RE.fullmatch(action)
-            or not isinstance(target, str) or not target
-            or not (policy is None or isinstance(policy, str))):
+    if (
+        type(at) is not float
+        or not math.isfinite(at)
+        or not isinstance(action, str)
+        or not _WORD_RE.fullmatch(action)
+        or not isinstance(target, str)
+        or not target
+        or not (policy is None or isinstance(policy, str))
+    ):
         return None
     return (None if not policy else _cut(policy, _MAX_NAME), action, _cut(target, _MAX_NAME)), at
 
@@ -400,15 +432,23 @@ class Ledger:
         clock: Callable[[], float] = time.time,
     ) -> None:
         problems = []
-        for name, value, floor in (("max_bytes", max_bytes, 1), ("backups", backups, 0),
-                                   ("recent", recent, 0),
-                                   ("index_max_per_key", index_max_per_key, 1)):
+        for name, value, floor in (
+            ("max_bytes", max_bytes, 1),
+            ("backups", backups, 0),
+            ("recent", recent, 0),
+            ("index_max_per_key", index_max_per_key, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < floor:
                 problems.append(f"{name}: must be an integer >= {floor}, got {value!r}")
-        if (not isinstance(index_horizon_s, int | float) or isinstance(index_horizon_s, bool)
-                or not math.isfinite(index_horizon_s) or index_horizon_s <= 0):
-            problems.append(f"index_horizon_s: must be a finite number of seconds > 0, "
-                            f"got {index_horizon_s!r}")
+        if (
+            not isinstance(index_horizon_s, int | float)
+            or isinstance(index_horizon_s, bool)
+            or not math.isfinite(index_horizon_s)
+            or index_horizon_s <= 0
+        ):
+            problems.append(
+                f"index_horizon_s: must be a finite number of seconds > 0, got {index_horizon_s!r}"
+            )
         if problems:
             raise ValueError("invalid ledger settings: " + "; ".join(problems))
         self.path = None if path is None else Path(path)
@@ -443,9 +483,11 @@ class Ledger:
                 raise
 
     def __repr__(self) -> str:
-        return (f"Ledger(path={str(self.path) if self.path else None!r}, "
-                f"max_bytes={self.max_bytes}, backups={self.backups}, "
-                f"recent={len(self._recent)}/{self._recent.maxlen})")
+        return (
+            f"Ledger(path={str(self.path) if self.path else None!r}, "
+            f"max_bytes={self.max_bytes}, backups={self.backups}, "
+            f"recent={len(self._recent)}/{self._recent.maxlen})"
+        )
 
     def __enter__(self) -> Ledger:
         return self
@@ -476,7 +518,7 @@ class Ledger:
         found = []
         with os.scandir(self.path.parent) as entries:
             for entry in entries:
-                tail = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+                tail = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
                 if tail.isdigit() and tail[0] != "0" and int(tail) <= self.backups:
                     found.append(int(tail))
         return sorted(found)
@@ -534,14 +576,20 @@ class Ledger:
         if whole:
             os.write(self._fd, b"\n")
             self._size += 1
-            log.warning("mlwarden: the healing ledger %s ended without a newline after a whole "
-                        "record; added it", self.path)
+            log.warning(
+                "mlwarden: the healing ledger %s ended without a newline after a whole "
+                "record; added it",
+                self.path,
+            )
         else:
             os.ftruncate(self._fd, keep)
             self._size = keep
-            log.warning("mlwarden: the healing ledger %s ended with a torn line (a crash during "
-                        "a write?); cut %d bytes after the last whole record", self.path,
-                        size - keep)
+            log.warning(
+                "mlwarden: the healing ledger %s ended with a torn line (a crash during "
+                "a write?); cut %d bytes after the last whole record",
+                self.path,
+                size - keep,
+            )
             self._stats["torn_bytes"] += size - keep
         self._stats["torn_repairs"] += 1
         if self.fsync:
@@ -702,11 +750,19 @@ class Ledger:
         ``ValueError`` when the record is invalid (a bad action word, say): that is a bug in
         the caller. I/O errors do not raise (see the module docstring).
         """
-        return self.record(LedgerRecord(
-            action=action, target=target, reason=reason, signals=signals or {},
-            outcome=outcome, policy=policy, severity=severity, actor=actor,
-            details=details or {},
-        ))
+        return self.record(
+            LedgerRecord(
+                action=action,
+                target=target,
+                reason=reason,
+                signals=signals or {},
+                outcome=outcome,
+                policy=policy,
+                severity=severity,
+                actor=actor,
+                details=details or {},
+            )
+        )
 
     def record(self, record: LedgerRecord) -> LedgerRecord:
         """Append a prepared record; an empty ``id`` and a missing ``at`` are filled in."""
@@ -735,8 +791,11 @@ class Ledger:
             except Exception:
                 with self._lock:
                     self._stats["listener_errors"] += 1
-                log.exception("mlwarden: a healing ledger listener failed on %s %s",
-                              record.action, record.target)
+                log.exception(
+                    "mlwarden: a healing ledger listener failed on %s %s",
+                    record.action,
+                    record.target,
+                )
         return record
 
     def _index_add(self, key: _Key, at: float) -> None:
@@ -744,8 +803,9 @@ class Ledger:
         if stamps is None:
             if len(self._index) >= _INDEX_MAX_KEYS:
                 # Evict the key that has been quiet longest.
-                stale = min(self._index, key=lambda k: self._index[k][-1] if self._index[k]
-                            else -math.inf)
+                stale = min(
+                    self._index, key=lambda k: self._index[k][-1] if self._index[k] else -math.inf
+                )
                 del self._index[stale]
                 self._stats["index_keys_evicted"] += 1
             stamps = self._index[key] = deque(maxlen=self._index_max_per_key)
@@ -783,12 +843,14 @@ class Ledger:
         for rec in reversed(records):
             at = rec.at
             assert at is not None
-            if ((action is not None and rec.action != action)
-                    or (target is not None and rec.target != target)
-                    or (policy is not None and rec.policy != policy)
-                    or (severity is not None and rec.severity != severity)
-                    or (since is not None and at < since)
-                    or (until is not None and at >= until)):
+            if (
+                (action is not None and rec.action != action)
+                or (target is not None and rec.target != target)
+                or (policy is not None and rec.policy != policy)
+                or (severity is not None and rec.severity != severity)
+                or (since is not None and at < since)
+                or (until is not None and at >= until)
+            ):
                 continue
             out.append(rec)
             if len(out) >= limit:
@@ -814,11 +876,13 @@ class Ledger:
         with self._lock:
             total = 0
             for (p, a, t), stamps in self._index.items():
-                if ((policy is not None and p != policy) or (action is not None and a != action)
-                        or (target is not None and t != target)):
+                if (
+                    (policy is not None and p != policy)
+                    or (action is not None and a != action)
+                    or (target is not None and t != target)
+                ):
                     continue
-                total += sum(1 for at in stamps
-                             if at >= since and (until is None or at < until))
+                total += sum(1 for at in stamps if at >= since and (until is None or at < until))
             return total
 
     def coverage_start(self) -> float:
@@ -843,9 +907,21 @@ class Ledger:
     def stats(self) -> dict[str, Any]:
         """A JSON-ready summary for ``/-/status``: counters of what happened to the file."""
         with self._lock:
-            keys = ("appended", "loaded", "write_errors", "torn_repairs", "torn_bytes",
-                    "invalid_lines", "rotations", "listener_errors", "index_keys_evicted")
+            keys = (
+                "appended",
+                "loaded",
+                "write_errors",
+                "torn_repairs",
+                "torn_bytes",
+                "invalid_lines",
+                "rotations",
+                "listener_errors",
+                "index_keys_evicted",
+            )
             out: dict[str, Any] = {k: self._stats[k] for k in keys}
-            out.update(path=None if self.path is None else str(self.path),
-                       size_bytes=self._size, recent=len(self._recent))
+            out.update(
+                path=None if self.path is None else str(self.path),
+                size_bytes=self._size,
+                recent=len(self._recent),
+            )
             return out

@@ -68,8 +68,14 @@ _LOG_EVERY_S = 60.0
 
 def record_line(record: LedgerRecord, measurement: str = "mlwarden_healing") -> str:
     """The line-protocol line of one record (see the module docstring)."""
-    tags = (("action", record.action), ("actor", record.actor), ("outcome", record.outcome),
-            ("policy", record.policy), ("severity", record.severity), ("target", record.target))
+    tags = (
+        ("action", record.action),
+        ("actor", record.actor),
+        ("outcome", record.outcome),
+        ("policy", record.policy),
+        ("severity", record.severity),
+        ("target", record.target),
+    )
     head = measurement + "".join(f",{k}={escape(v)}" for k, v in tags if v)
     fields = ["count=1i"]
     for name, value in record.signals.items():
@@ -98,8 +104,10 @@ class InfluxLedgerSink:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(measurement, str) or not _MEASUREMENT_RE.fullmatch(measurement):
-            raise ValueError(f"measurement: must start with a letter and hold only letters, "
-                             f"digits and '_', got {measurement!r}")
+            raise ValueError(
+                f"measurement: must start with a letter and hold only letters, "
+                f"digits and '_', got {measurement!r}"
+            )
         self.settings = settings
         self.measurement = measurement
         self._clock = clock
@@ -110,13 +118,16 @@ class InfluxLedgerSink:
         self._closing = False
         self._last_log: float | None = None
         self._writer = InfluxWriteClient(settings)
-        self._thread = threading.Thread(target=self._run, name="mlwarden-ledger-influx",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="mlwarden-ledger-influx", daemon=True
+        )
         self._thread.start()
 
     def __repr__(self) -> str:
-        return (f"InfluxLedgerSink(url={self.settings.url!r}, bucket={self.settings.bucket!r}, "
-                f"measurement={self.measurement!r}, buffered={len(self._buffer)})")
+        return (
+            f"InfluxLedgerSink(url={self.settings.url!r}, bucket={self.settings.bucket!r}, "
+            f"measurement={self.measurement!r}, buffered={len(self._buffer)})"
+        )
 
     def __enter__(self) -> InfluxLedgerSink:
         return self
@@ -147,8 +158,14 @@ class InfluxLedgerSink:
     def stats(self) -> dict[str, int]:
         """Counters for ``/-/status`` and tests: written, errors and losses by reason."""
         with self._cond:
-            keys = ("written", "write_errors", "dropped_buffer_full", "dropped_rejected",
-                    "dropped_shutdown", "dropped_invalid")
+            keys = (
+                "written",
+                "write_errors",
+                "dropped_buffer_full",
+                "dropped_rejected",
+                "dropped_shutdown",
+                "dropped_invalid",
+            )
             out = {k: self._stats[k] for k in keys}
             out["buffered"] = len(self._buffer)
             return out
@@ -195,16 +212,20 @@ class InfluxLedgerSink:
                         self._stats["write_errors"] += 1
                         # Back to the front, as the oldest lines, within the buffer's bound.
                         room = self.settings.max_buffer_points - len(self._buffer)
-                        keep = lines[len(lines) - max(0, room):] if room < len(lines) else lines
+                        keep = lines[len(lines) - max(0, room) :] if room < len(lines) else lines
                         self._stats["dropped_buffer_full"] += len(lines) - len(keep)
                         self._buffer.extendleft(reversed(keep))
                         outcome = "error"
                 now = self._clock()
                 if self._last_log is None or now - self._last_log >= _LOG_EVERY_S:
                     self._last_log = now
-                    log.warning("mlwarden: writing %d healing records to InfluxDB at %s failed "
-                                "(%s): %s", len(lines), self.settings.url, outcome,
-                                f"{type(exc).__name__}: {str(exc)[:300]}")
+                    log.warning(
+                        "mlwarden: writing %d healing records to InfluxDB at %s failed (%s): %s",
+                        len(lines),
+                        self.settings.url,
+                        outcome,
+                        f"{type(exc).__name__}: {str(exc)[:300]}",
+                    )
                 return outcome
             with self._cond:
                 self._stats["written"] += len(lines)
@@ -242,8 +263,9 @@ class InfluxLedgerSink:
             self._buffer.clear()
             self._stats["dropped_shutdown"] += lost
         if lost:
-            log.warning("mlwarden: %d healing records were not written to InfluxDB before "
-                        "shutdown", lost)
+            log.warning(
+                "mlwarden: %d healing records were not written to InfluxDB before shutdown", lost
+            )
         # Under the write lock, so that a write still running is never left without its client.
         if self._write_lock.acquire(timeout=max(0.0, deadline - self._clock()) + 0.1):
             try:

@@ -68,24 +68,46 @@ def default_policies(config: SidecarConfig) -> tuple[PolicyConfig, ...]:
     if retrain is not None:
         large.append(PolicyAction("webhook", url=retrain, body={"reason": "retrain"}))
 
-    def policy(name: str, when: str, severity: str, actions: list[PolicyAction],
-               **timing: float) -> PolicyConfig:
-        return PolicyConfig(name=name, when=when, severity=severity, actions=tuple(actions),
-                            condition=parse_condition(when, signals=SIGNALS,
-                                                      functions=functions),
-                            restore_after_s=300.0 if actions else None, **timing)
+    def policy(
+        name: str, when: str, severity: str, actions: list[PolicyAction], **timing: float
+    ) -> PolicyConfig:
+        return PolicyConfig(
+            name=name,
+            when=when,
+            severity=severity,
+            actions=tuple(actions),
+            condition=parse_condition(when, signals=SIGNALS, functions=functions),
+            restore_after_s=300.0 if actions else None,
+            **timing,
+        )
 
     return (
-        policy("errors-small", "requests >= 50 and error_rate > 0.02", "info", [],
-               for_s=60, cooldown_s=900),
+        policy(
+            "errors-small",
+            "requests >= 50 and error_rate > 0.02",
+            "info",
+            [],
+            for_s=60,
+            cooldown_s=900,
+        ),
         policy("drift-small", "drift_score > 0.1", "info", [], for_s=60, cooldown_s=900),
-        policy("errors-large", "requests >= 50 and error_rate > 0.1", "warning", large,
-               for_s=30, cooldown_s=600),
-        policy("drift-large", "drift_score > 0.25", "warning", large,
-               for_s=60, cooldown_s=600),
-        policy("errors-critical", "requests >= 50 and error_rate > 0.5", "critical",
-               [PolicyAction("route_to_fallback"), PolicyAction("escalate")],
-               for_s=10, cooldown_s=600),
+        policy(
+            "errors-large",
+            "requests >= 50 and error_rate > 0.1",
+            "warning",
+            large,
+            for_s=30,
+            cooldown_s=600,
+        ),
+        policy("drift-large", "drift_score > 0.25", "warning", large, for_s=60, cooldown_s=600),
+        policy(
+            "errors-critical",
+            "requests >= 50 and error_rate > 0.5",
+            "critical",
+            [PolicyAction("route_to_fallback"), PolicyAction("escalate")],
+            for_s=10,
+            cooldown_s=600,
+        ),
     )
 
 
@@ -122,7 +144,9 @@ class PolicyEngine:
         if use_defaults is None:
             use_defaults = not config.policies
         self.policies: tuple[PolicyConfig, ...] = (
-            *config.policies, *(default_policies(config) if use_defaults else ()))
+            *config.policies,
+            *(default_policies(config) if use_defaults else ()),
+        )
         self._send = send_webhook
         self._clock = clock
         self._wall = wall_clock
@@ -152,8 +176,7 @@ class PolicyEngine:
             key = (target, policy.window_s)
             if key not in signals:
                 signals[key] = self._signals(target, policy.window_s)
-            explanation = policy.condition.explain(signals[key],
-                                                   self._functions(policy.window_s))
+            explanation = policy.condition.explain(signals[key], self._functions(policy.window_s))
             holds = explanation.result is True
             if state.routed is not None:
                 self._watch(policy, state, holds, now)
@@ -216,8 +239,9 @@ class PolicyEngine:
 
     # -- firing -------------------------------------------------------------------------------
 
-    def _fire(self, policy: PolicyConfig, state: _State, target: str,
-              signals: dict[str, Any]) -> None:
+    def _fire(
+        self, policy: PolicyConfig, state: _State, target: str, signals: dict[str, Any]
+    ) -> None:
         reason = f"{policy.when} held for {policy.for_s:g}s on {target}"
         log.warning("policy %s fired: %s %s", policy.name, reason, signals)
         self._record(policy, "policy_fired", target, reason, signals)
@@ -227,32 +251,51 @@ class PolicyEngine:
             self._act(policy, state, action, target, reason, signals)
         wall = self._wall()
         window = self.config.healing.escalation.window_s
-        fired = self.proxy.ledger.count_since(wall - window, policy=policy.name,
-                                              action="policy_fired")
+        fired = self.proxy.ledger.count_since(
+            wall - window, policy=policy.name, action="policy_fired"
+        )
         threshold = self.config.healing.escalation.threshold
         if policy.severity == "critical" and "escalate" not in taken:
             self._escalate(policy, f"critical policy fired: {reason}", signals, taken)
         elif fired > threshold and "escalate" not in taken:
-            self._escalate(policy, f"fired {fired} times within {window:g}s (more than "
-                                   f"{threshold}): {reason}", signals, taken)
+            self._escalate(
+                policy,
+                f"fired {fired} times within {window:g}s (more than {threshold}): {reason}",
+                signals,
+                taken,
+            )
 
-    def _act(self, policy: PolicyConfig, state: _State, action: PolicyAction, target: str,
-             reason: str, signals: dict[str, Any]) -> None:
+    def _act(
+        self,
+        policy: PolicyConfig,
+        state: _State,
+        action: PolicyAction,
+        target: str,
+        reason: str,
+        signals: dict[str, Any],
+    ) -> None:
         proxy = self.proxy
         kind = action.kind
         if kind == "route_to_fallback":
-            to = next((n for n in proxy.router.order
-                       if n != target and proxy.is_available(n)), None)
+            to = next(
+                (n for n in proxy.router.order if n != target and proxy.is_available(n)), None
+            )
             if to is None:
-                self._record(policy, "fallback", target, f"{reason}: no other upstream is "
-                                                         f"available", signals, "failed")
-                self._escalate(policy, f"nowhere to route away from {target}", signals,
-                               [kind])
+                self._record(
+                    policy,
+                    "fallback",
+                    target,
+                    f"{reason}: no other upstream is available",
+                    signals,
+                    "failed",
+                )
+                self._escalate(policy, f"nowhere to route away from {target}", signals, [kind])
                 return
             proxy.router.force(to)
             state.routed, state.false_since, state.failure_reported = (target, to), None, False
-            self._record(policy, "fallback", to, f"{reason}: traffic moved from {target} to "
-                                                 f"{to}", signals)
+            self._record(
+                policy, "fallback", to, f"{reason}: traffic moved from {target} to {to}", signals
+            )
         elif kind == "restore_primary":
             proxy.router.force(None)
             self._record(policy, "restore_primary", proxy.router.primary, reason, signals)
@@ -268,27 +311,54 @@ class PolicyEngine:
                     return
                 state.failure_reported = True
                 why = f"{reason}: still true after this policy's rollback"
-                self._record(policy, "remediation_ineffective", target, why, signals,
-                             "failed", severity="critical")
+                self._record(
+                    policy,
+                    "remediation_ineffective",
+                    target,
+                    why,
+                    signals,
+                    "failed",
+                    severity="critical",
+                )
                 self._escalate(policy, why, signals, [kind])
             else:
-                self._record(policy, "rollback", target, f"{reason}: no canary running",
-                             signals, "skipped")
+                self._record(
+                    policy, "rollback", target, f"{reason}: no canary running", signals, "skipped"
+                )
         elif kind == "set_weight":
             canary = proxy.canary
             if canary is None or canary.state != "analysing":
-                self._record(policy, "set_weight", target, f"{reason}: no canary analysing",
-                             signals, "skipped")
+                self._record(
+                    policy,
+                    "set_weight",
+                    target,
+                    f"{reason}: no canary analysing",
+                    signals,
+                    "skipped",
+                )
             else:
                 before, canary.weight = canary.weight, float(action.weight_percent or 0.0)
-                self._record(policy, "set_weight", canary.candidate,
-                             f"{reason}: weight {before:g}% -> {canary.weight:g}%", signals)
+                self._record(
+                    policy,
+                    "set_weight",
+                    canary.candidate,
+                    f"{reason}: weight {before:g}% -> {canary.weight:g}%",
+                    signals,
+                )
         elif kind == "webhook":
-            body = {**(action.body or {}), "mlwarden": {
-                "policy": policy.name, "severity": policy.severity, "target": target,
-                "reason": reason, "signals": signals}}
-            self._webhook(policy, action.url or "", body, dict(action.headers or {}),
-                          "webhook", signals)
+            body = {
+                **(action.body or {}),
+                "mlwarden": {
+                    "policy": policy.name,
+                    "severity": policy.severity,
+                    "target": target,
+                    "reason": reason,
+                    "signals": signals,
+                },
+            }
+            self._webhook(
+                policy, action.url or "", body, dict(action.headers or {}), "webhook", signals
+            )
         elif kind == "escalate":
             self._escalate(policy, reason, signals, [a.kind for a in policy.actions])
 
@@ -302,81 +372,149 @@ class PolicyEngine:
             return
         if not self.proxy.is_available(to) and not state.failure_reported:
             state.failure_reported = True
-            reason = f"the fallback {to} is failing too, after policy {policy.name} moved " \
-                     f"traffic from {away}"
-            self._record(policy, "remediation_failed", to, reason, {}, "failed",
-                         severity="critical")
+            reason = (
+                f"the fallback {to} is failing too, after policy {policy.name} moved "
+                f"traffic from {away}"
+            )
+            self._record(
+                policy, "remediation_failed", to, reason, {}, "failed", severity="critical"
+            )
             self._escalate(policy, reason, {}, ["route_to_fallback"])
         if holds:
             state.false_since = None
             return
         if state.false_since is None:
             state.false_since = now
-        if policy.restore_after_s is not None and now - state.false_since >= \
-                policy.restore_after_s:
+        if policy.restore_after_s is not None and now - state.false_since >= policy.restore_after_s:
             self.proxy.router.force(None)
             state.routed = None
-            self._record(policy, "restore_primary", away,
-                         f"{policy.when} false for {policy.restore_after_s:g}s: traffic back "
-                         f"to {away}", {})
+            self._record(
+                policy,
+                "restore_primary",
+                away,
+                f"{policy.when} false for {policy.restore_after_s:g}s: traffic back to {away}",
+                {},
+            )
 
     # -- escalation and webhooks --------------------------------------------------------------
 
-    def _escalate(self, policy: PolicyConfig, reason: str, signals: dict[str, Any],
-                  actions: list[str]) -> None:
+    def _escalate(
+        self, policy: PolicyConfig, reason: str, signals: dict[str, Any], actions: list[str]
+    ) -> None:
         esc = self.config.healing.escalation
         wall = self._wall()
-        if self.proxy.ledger.count_since(wall - esc.window_s, policy=policy.name,
-                                         action="escalation"):
+        if self.proxy.ledger.count_since(
+            wall - esc.window_s, policy=policy.name, action="escalation"
+        ):
             return  # once per window
         recent = [r.to_dict() for r in self.proxy.ledger.query(limit=ESCALATION_RECENT)]
         url = esc.webhook_url
-        self._record(policy, "escalation", _host(url) if url else "log", reason, signals,
-                     "ok" if url is None else "pending", severity="critical")
+        self._record(
+            policy,
+            "escalation",
+            _host(url) if url else "log",
+            reason,
+            signals,
+            "ok" if url is None else "pending",
+            severity="critical",
+        )
         if url is None:
             return
         from mlwarden.sidecar.healing.webhooks import slack_body
 
-        body = slack_body(title=f"mlwarden: policy {policy.name} escalated",
-                          severity=policy.severity, policy=policy.name, reason=reason,
-                          signals=signals, actions=actions, recent=recent)
+        body = slack_body(
+            title=f"mlwarden: policy {policy.name} escalated",
+            severity=policy.severity,
+            policy=policy.name,
+            reason=reason,
+            signals=signals,
+            actions=actions,
+            recent=recent,
+        )
         self._webhook(policy, url, body, {}, "escalation_webhook", signals)
 
-    def _webhook(self, policy: PolicyConfig, url: str, body: dict[str, Any],
-                 headers: dict[str, str], what: str, signals: dict[str, Any]) -> None:
+    def _webhook(
+        self,
+        policy: PolicyConfig,
+        url: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        what: str,
+        signals: dict[str, Any],
+    ) -> None:
         host = _host(url)
 
         def done(result: Any) -> None:
-            self._record(policy, "webhook", host,
-                         f"{what} to {host}: " + (f"HTTP {result.status}" if result.ok else
-                                                  f"failed after {result.attempts} attempt(s)"
-                                                  f" ({result.error or result.status})"),
-                         signals, "ok" if result.ok else "failed",
-                         details={"attempts": result.attempts, "status": result.status})
+            self._record(
+                policy,
+                "webhook",
+                host,
+                f"{what} to {host}: "
+                + (
+                    f"HTTP {result.status}"
+                    if result.ok
+                    else f"failed after {result.attempts} attempt(s)"
+                    f" ({result.error or result.status})"
+                ),
+                signals,
+                "ok" if result.ok else "failed",
+                details={"attempts": result.attempts, "status": result.status},
+            )
 
-        if self._send is None or not self._send(f"{policy.name}:{what}", url, body,
-                                                headers=headers, on_result=done):
-            self._record(policy, "webhook", host, f"{what} to {host} not sent (no sender, "
-                                                  f"or its queue is full)", signals, "failed")
+        if self._send is None or not self._send(
+            f"{policy.name}:{what}", url, body, headers=headers, on_result=done
+        ):
+            self._record(
+                policy,
+                "webhook",
+                host,
+                f"{what} to {host} not sent (no sender, or its queue is full)",
+                signals,
+                "failed",
+            )
 
-    def _record(self, policy: PolicyConfig, action: str, target: str, reason: str,
-                signals: Mapping[str, Any], outcome: str = "ok", *,
-                severity: str | None = None, details: Mapping[str, Any] | None = None) -> None:
-        self.proxy.record(action=action, target=target, reason=reason, signals=dict(signals),
-                          outcome=outcome, policy=policy.name,
-                          severity=severity or policy.severity, details=details)
+    def _record(
+        self,
+        policy: PolicyConfig,
+        action: str,
+        target: str,
+        reason: str,
+        signals: Mapping[str, Any],
+        outcome: str = "ok",
+        *,
+        severity: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.proxy.record(
+            action=action,
+            target=target,
+            reason=reason,
+            signals=dict(signals),
+            outcome=outcome,
+            policy=policy.name,
+            severity=severity or policy.severity,
+            details=details,
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready, for ``/-/status``."""
         now = self._clock()
-        return {p.name: {
-            "when": p.when, "severity": p.severity,
-            "actions": [a.kind for a in p.actions],
-            "holding_for_s": (None if (s := self._states[p.name]).true_since is None
-                              else round(now - s.true_since, 3)),
-            "remediation": None if s.routed is None else {"from": s.routed[0],
-                                                          "to": s.routed[1]},
-        } for p in self.policies}
+        return {
+            p.name: {
+                "when": p.when,
+                "severity": p.severity,
+                "actions": [a.kind for a in p.actions],
+                "holding_for_s": (
+                    None
+                    if (s := self._states[p.name]).true_since is None
+                    else round(now - s.true_since, 3)
+                ),
+                "remediation": None
+                if s.routed is None
+                else {"from": s.routed[0], "to": s.routed[1]},
+            }
+            for p in self.policies
+        }
 
 
 def _host(url: str | None) -> str:

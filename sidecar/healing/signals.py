@@ -85,15 +85,21 @@ class UpstreamWindows(ProxyEvents):
     configuration only. Thread-safe: the proxy runs in the event loop, readers may not.
     """
 
-    def __init__(self, upstreams: Iterable[str], *, horizon_s: int = 900,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        upstreams: Iterable[str],
+        *,
+        horizon_s: int = 900,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if horizon_s < 1:
             raise ValueError(f"horizon_s must be >= 1, got {horizon_s}")
         self.horizon_s = int(horizon_s)
         self._clock = clock
         self._lock = threading.Lock()
         self._rings: dict[str, list[_Bucket]] = {
-            name: [_Bucket() for _ in range(self.horizon_s)] for name in upstreams}
+            name: [_Bucket() for _ in range(self.horizon_s)] for name in upstreams
+        }
 
     # -- listening ----------------------------------------------------------------------------
 

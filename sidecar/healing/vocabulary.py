@@ -16,30 +16,36 @@ __all__ = ["ACTION_KINDS", "SIGNALS", "function_specs"]
 #: Signals of the policy's target upstream.
 SIGNALS: dict[str, Kind] = {
     # from the sidecar's own windows of attempts
-    "requests": "number",                # attempts in the window
-    "error_rate": "number",              # 5xx and no-answer share of them
+    "requests": "number",  # attempts in the window
+    "error_rate": "number",  # 5xx and no-answer share of them
     "p50_latency_seconds": "number",
     "p95_latency_seconds": "number",
     "p99_latency_seconds": "number",
     # from the middleware's health report (the last probe)
-    "drift_score": "number",             # the largest PSI over the features
+    "drift_score": "number",  # the largest PSI over the features
     "drift_detected": "bool",
-    "health_error_rate": "number",       # the middleware's own window
+    "health_error_rate": "number",  # the middleware's own window
     "health_p99_latency_seconds": "number",
     # live quality from ground-truth labels (the middleware's quality block)
     "accuracy": "number",
     "f1": "number",
     "mae": "number",
     "rmse": "number",
-    "labelled_samples": "number",            # how many labels the figures rest on
+    "labelled_samples": "number",  # how many labels the figures rest on
     # from the rest of the loop
-    "shadow_agreement": "number",        # agreement rate of the shadow copies (0-1)
+    "shadow_agreement": "number",  # agreement rate of the shadow copies (0-1)
     "canary_weight_percent": "number",
 }
 
 #: The actions a policy may take (see :mod:`mlwarden.sidecar.healing.policies`).
-ACTION_KINDS = ("route_to_fallback", "restore_primary", "rollback_canary", "set_weight",
-                "webhook", "escalate")
+ACTION_KINDS = (
+    "route_to_fallback",
+    "restore_primary",
+    "rollback_canary",
+    "set_weight",
+    "webhook",
+    "escalate",
+)
 
 
 def function_specs(upstreams: Collection[str]) -> dict[str, FunctionSpec]:

@@ -83,14 +83,21 @@ DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503
 MAX_BODY_BYTES = 256 * 1024
 USER_AGENT = "mlwarden-sidecar"
 _MAX_RESPONSE_READ = 64 * 1024
-_OWNED_HEADERS = frozenset({"content-type", "user-agent", "x-mlwarden-delivery-id",
-                            "content-length", "transfer-encoding", "host"})
+_OWNED_HEADERS = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "x-mlwarden-delivery-id",
+        "content-length",
+        "transfer-encoding",
+        "host",
+    }
+)
 _ELLIPSIS = "…"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII: no CR, LF or NUL
 
 # --- redaction ------------------------------------------------------------------------------
-
 
 
 def _looks_like_token(segment: str) -> bool:
@@ -101,8 +108,9 @@ def _looks_like_token(segment: str) -> bool:
         return True
     if n < 16:
         return False
-    return (any(c.isdigit() for c in segment)
-            or (any(c.isupper() for c in segment) and any(c.islower() for c in segment)))
+    return any(c.isdigit() for c in segment) or (
+        any(c.isupper() for c in segment) and any(c.islower() for c in segment)
+    )
 
 
 def redact_url(url: str) -> str:
@@ -120,9 +128,7 @@ def redact_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    path = "/".join(
-        "***" if _looks_like_token(seg) else seg for seg in parts.path.split("/")
-    )
+    path = "/".join("***" if _looks_like_token(seg) else seg for seg in parts.path.split("/"))
     return f"{parts.scheme}://{netloc}{path}"
 
 
@@ -227,8 +233,11 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         problems: list[str] = []
-        for key, value in (("max_queue", max_queue), ("max_attempts", max_attempts),
-                           ("max_body_bytes", max_body_bytes)):
+        for key, value in (
+            ("max_queue", max_queue),
+            ("max_attempts", max_attempts),
+            ("max_body_bytes", max_body_bytes),
+        ):
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 problems.append(f"{key}: {value!r}, expected an integer >= 1")
         if not (isinstance(timeout_s, int | float) and 0 < timeout_s < math.inf):
@@ -244,8 +253,10 @@ class WebhookSender:
         self.max_queue = max_queue
         self.timeout_s = float(timeout_s)
         self.max_attempts = max_attempts
-        self.backoff = backoff if backoff is not None else ExponentialJitterBackoff(
-            base_interval_s=0.5, multiplier=2.0, max_interval_s=10.0
+        self.backoff = (
+            backoff
+            if backoff is not None
+            else ExponentialJitterBackoff(base_interval_s=0.5, multiplier=2.0, max_interval_s=10.0)
         )
         self.retry_statuses = statuses
         self.max_body_bytes = max_body_bytes
@@ -254,8 +265,14 @@ class WebhookSender:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout_s), trust_env=False, follow_redirects=False,
+        self._client = (
+            client
+            if client is not None
+            else httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s),
+                trust_env=False,
+                follow_redirects=False,
+            )
         )
         self._client_closed = False
         self._queue: deque[_Delivery] = deque()
@@ -332,19 +349,28 @@ class WebhookSender:
             raise ValueError(f"body: not JSON ({type(exc).__name__})") from None
         data = text.encode("utf-8")
         if len(data) > self.max_body_bytes:
-            raise ValueError(f"body: {len(data)} bytes, above max_body_bytes "
-                             f"({self.max_body_bytes})")
+            raise ValueError(
+                f"body: {len(data)} bytes, above max_body_bytes ({self.max_body_bytes})"
+            )
         extra: list[tuple[str, str]] = []
         for key, value in (headers or {}).items():
             # checked here, so that a bad header fails send() rather than every attempt later
-            if not (isinstance(key, str) and _HEADER_NAME.fullmatch(key)
-                    and isinstance(value, str) and _HEADER_VALUE.fullmatch(value)):
+            if not (
+                isinstance(key, str)
+                and _HEADER_NAME.fullmatch(key)
+                and isinstance(value, str)
+                and _HEADER_VALUE.fullmatch(value)
+            ):
                 raise ValueError("headers: invalid header name or value")
             if key.lower() not in _OWNED_HEADERS:
                 extra.append((key, value))
         delivery_id = uuid.uuid4().hex
-        all_headers = [("content-type", "application/json"), ("user-agent", USER_AGENT),
-                       ("x-mlwarden-delivery-id", delivery_id), *extra]
+        all_headers = [
+            ("content-type", "application/json"),
+            ("user-agent", USER_AGENT),
+            ("x-mlwarden-delivery-id", delivery_id),
+            *extra,
+        ]
         return _Delivery(str(name), url, data, all_headers, delivery_id)
 
     def _wake(self) -> None:
@@ -433,8 +459,7 @@ class WebhookSender:
                 self._drop(delivery)
                 raise
             except Exception as exc:  # a bug here must not stop later deliveries
-                log.error("webhook %s: delivery failed unexpectedly", delivery.name,
-                          exc_info=True)
+                log.error("webhook %s: delivery failed unexpectedly", delivery.name, exc_info=True)
                 result = self._result(delivery, ok=False, error=type(exc).__name__)
             finally:
                 self._current = None
@@ -459,8 +484,14 @@ class WebhookSender:
                 return self._result(d, ok=False, error=error)
             delay = self._delay_s(d, retry_after)
             self._count("retries")
-            log.info("webhook %s to %s: %s on attempt %d, retrying in %.2fs", d.name,
-                     redact_url(d.url), error, d.attempts, delay)
+            log.info(
+                "webhook %s to %s: %s on attempt %d, retrying in %.2fs",
+                d.name,
+                redact_url(d.url),
+                error,
+                d.attempts,
+                delay,
+            )
             await self._sleep(delay)
 
     async def _attempt(self, d: _Delivery) -> tuple[int, str | None]:
@@ -468,7 +499,10 @@ class WebhookSender:
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with self._client.stream(
-                    "POST", d.url, content=d.body, headers=d.headers,
+                    "POST",
+                    d.url,
+                    content=d.body,
+                    headers=d.headers,
                     timeout=httpx.Timeout(self.timeout_s),
                 ) as response:
                     read = 0
@@ -499,24 +533,45 @@ class WebhookSender:
 
     def _result(self, d: _Delivery, *, ok: bool, error: str | None) -> WebhookResult:
         duration = 0.0 if d.started_at is None else max(0.0, self._clock() - d.started_at)
-        return WebhookResult(name=d.name, url=redact_url(d.url), ok=ok, attempts=d.attempts,
-                             status=d.last_status, error=error, duration_s=duration)
+        return WebhookResult(
+            name=d.name,
+            url=redact_url(d.url),
+            ok=ok,
+            attempts=d.attempts,
+            status=d.last_status,
+            error=error,
+            duration_s=duration,
+        )
 
     def _drop(self, d: _Delivery) -> None:
         self._count("dropped")
-        log.warning("webhook %s to %s dropped at shutdown after %d attempts", d.name,
-                    redact_url(d.url), d.attempts)
+        log.warning(
+            "webhook %s to %s dropped at shutdown after %d attempts",
+            d.name,
+            redact_url(d.url),
+            d.attempts,
+        )
         self._report(self._result(d, ok=False, error="dropped"))
 
     def _finish(self, result: WebhookResult) -> None:
         if result.ok:
             self._count("sent_ok")
-            log.debug("webhook %s to %s delivered (status %s, %d attempts)", result.name,
-                      result.url, result.status, result.attempts)
+            log.debug(
+                "webhook %s to %s delivered (status %s, %d attempts)",
+                result.name,
+                result.url,
+                result.status,
+                result.attempts,
+            )
         else:
             self._count("failed")
-            log.warning("webhook %s to %s failed after %d attempts: %s", result.name,
-                        result.url, result.attempts, result.error)
+            log.warning(
+                "webhook %s to %s failed after %d attempts: %s",
+                result.name,
+                result.url,
+                result.attempts,
+                result.error,
+            )
         self._report(result)
 
     def _report(self, result: WebhookResult) -> None:
@@ -625,8 +680,10 @@ def slack_body(
     notification fallback. Every text is escaped (``&``, ``<``, ``>``) and cut to Slack's
     limits, so user-controlled text cannot mention ``@channel`` or forge a link.
     """
-    fields = [f"*Severity*\n{_fit(severity, _FIELD_MAX - 12)}",
-              f"*Policy*\n{_fit(policy, _FIELD_MAX - 12)}"]
+    fields = [
+        f"*Severity*\n{_fit(severity, _FIELD_MAX - 12)}",
+        f"*Policy*\n{_fit(policy, _FIELD_MAX - 12)}",
+    ]
     items = list(signals.items())
     room = _FIELDS_MAX - len(fields)
     shown = items if len(items) <= room else items[: room - 1]
@@ -642,13 +699,22 @@ def slack_body(
     }
     action_lines = [f"• {_fit(a, 500)}" for a in actions] or ["none"]
     blocks: list[dict[str, Any]] = [
-        {"type": "header",
-         "text": {"type": "plain_text", "text": _fit(title or "mlwarden", _HEADER_MAX),
-                  "emoji": True}},
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": _fit(title or "mlwarden", _HEADER_MAX),
+                "emoji": True,
+            },
+        },
         summary,
-        {"type": "section",
-         "text": {"type": "mrkdwn",
-                  "text": _join_fit("*Actions taken*", action_lines, _SECTION_MAX)}},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": _join_fit("*Actions taken*", action_lines, _SECTION_MAX),
+            },
+        },
     ]
     if recent:
         lines = [
@@ -656,9 +722,14 @@ def slack_body(
             f"{_fit(e.get('target', '?'), 200)}: {_fit(e.get('outcome', '?'), 100)}"
             for e in list(recent)[:_RECENT_MAX]
         ]
-        blocks.append({"type": "section",
-                       "text": {"type": "mrkdwn",
-                                "text": _join_fit("*Recent healing actions*", lines,
-                                                  _SECTION_MAX)}})
+        blocks.append(
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": _join_fit("*Recent healing actions*", lines, _SECTION_MAX),
+                },
+            }
+        )
     fallback = _fit(f"[{severity}] {title} ({policy}): {reason}", _SECTION_MAX)
     return {"text": fallback, "blocks": blocks}

@@ -260,8 +260,11 @@ class _FailOpenStorage(pybreaker.CircuitBreakerStorage):
             return fallback
         if self._retry_at is not None:
             self._retry_at = None
-            log.warning("circuit breaker %s: shared state is reachable again", self._breaker,
-                        extra={"breaker": self._breaker, "storage": self.name})
+            log.warning(
+                "circuit breaker %s: shared state is reachable again",
+                self._breaker,
+                extra={"breaker": self._breaker, "storage": self.name},
+            )
         return result
 
     def _failed(self, exc: Exception) -> None:
@@ -271,10 +274,12 @@ class _FailOpenStorage(pybreaker.CircuitBreakerStorage):
         log.warning(
             "circuit breaker %s: shared state %s (%s: %s); failing open (treated as closed), "
             "next try in %gs",
-            self._breaker, "still unavailable" if again else "unavailable",
-            type(exc).__name__, exc, self._retry_interval_s,
-            extra={"breaker": self._breaker, "storage": self.name,
-                   "error": type(exc).__name__},
+            self._breaker,
+            "still unavailable" if again else "unavailable",
+            type(exc).__name__,
+            exc,
+            self._retry_interval_s,
+            extra={"breaker": self._breaker, "storage": self.name, "error": type(exc).__name__},
         )
 
     @property
@@ -394,8 +399,7 @@ class AsyncBreaker:
         if not reset_timeout_s > 0:
             problems.append(f"reset_timeout_s: {reset_timeout_s!r}, expected > 0")
         if not storage_retry_interval_s > 0:
-            problems.append(
-                f"storage_retry_interval_s: {storage_retry_interval_s!r}, expected > 0")
+            problems.append(f"storage_retry_interval_s: {storage_retry_interval_s!r}, expected > 0")
         if problems:
             raise ConfigError(problems, source=f"breaker {name!r}")
         self.name = name
@@ -409,9 +413,11 @@ class AsyncBreaker:
         #: Requests admitted as if closed because the shared storage was unavailable.
         self.fail_open_total = 0
         self._storage = (
-            _FailOpenStorage(storage, breaker=name, clock=clock,
-                             retry_interval_s=storage_retry_interval_s)
-            if storage is not None else None
+            _FailOpenStorage(
+                storage, breaker=name, clock=clock, retry_interval_s=storage_retry_interval_s
+            )
+            if storage is not None
+            else None
         )
         self._cb = _ClockedCircuitBreaker(
             clock=clock,
@@ -474,8 +480,7 @@ class AsyncBreaker:
         if state == "open":
             opened_at = self.opened_at
             wait = (
-                opened_at + self._cb.reset_timeout - self._clock() if opened_at is not None
-                else 0.0
+                opened_at + self._cb.reset_timeout - self._clock() if opened_at is not None else 0.0
             )
             if wait > 0:
                 raise BreakerOpen(self.name, "open", wait)
@@ -637,7 +642,8 @@ def build_breakers(
         name = upstream.name
         storage = (
             _RedisStorage(client, namespace=f"mlwarden:{name}", owns_client=True)
-            if client is not None else None
+            if client is not None
+            else None
         )
         breakers[name] = AsyncBreaker(
             name,

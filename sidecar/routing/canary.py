@@ -65,10 +65,12 @@ PROMQL: dict[str, str] = {
     "error_rate": (
         'sum(rate(mlwarden_upstream_requests_total{upstream="$upstream",'
         'outcome=~"5xx|connect_error|timeout|reset"}[$window]))'
-        ' / sum(rate(mlwarden_upstream_requests_total{upstream="$upstream"}[$window]))'),
+        ' / sum(rate(mlwarden_upstream_requests_total{upstream="$upstream"}[$window]))'
+    ),
     "p99_latency_seconds": (
-        'histogram_quantile(0.99, sum by (le) (rate('
-        'mlwarden_upstream_request_duration_seconds_bucket{upstream="$upstream"}[$window])))'),
+        "histogram_quantile(0.99, sum by (le) (rate("
+        'mlwarden_upstream_request_duration_seconds_bucket{upstream="$upstream"}[$window])))'
+    ),
 }
 
 
@@ -77,8 +79,9 @@ class PrometheusFigures:
     verdict is the fleet's, not one sidecar's. A query that fails, times out or returns
     nothing gives None: the analysis is then inconclusive, never decided on missing data."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+    ) -> None:
         self.url = url.rstrip("/") + "/api/v1/query"
         self._owns = client is None
         self._client = client  # made on first use, in the loop that closes it
@@ -104,8 +107,9 @@ class PrometheusFigures:
             return None
         return value if math.isfinite(value) else None
 
-    async def figures(self, upstream: str, window_s: float) -> tuple[int, float | None,
-                                                                      float | None]:
+    async def figures(
+        self, upstream: str, window_s: float
+    ) -> tuple[int, float | None, float | None]:
         """(requests, error rate, p99 latency) of ``upstream`` over the window."""
         window = f"{max(1, math.ceil(window_s))}s"
         values = {}
@@ -113,8 +117,11 @@ class PrometheusFigures:
             promql = template.replace("$upstream", upstream).replace("$window", window)
             values[name] = await self.query(promql)
         requests = values["requests"]
-        return (round(requests) if requests is not None else 0, values["error_rate"],
-                values["p99_latency_seconds"])
+        return (
+            round(requests) if requests is not None else 0,
+            values["error_rate"],
+            values["p99_latency_seconds"],
+        )
 
     async def aclose(self) -> None:
         if self._owns and self._client is not None:
@@ -139,8 +146,13 @@ class CanaryVerdict:
     signals: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "verdict": self.verdict, "reason": self.reason,
-                "weight_percent": self.weight_percent, "signals": self.signals}
+        return {
+            "at": self.at,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "weight_percent": self.weight_percent,
+            "signals": self.signals,
+        }
 
 
 class CanaryController:
@@ -192,9 +204,11 @@ class CanaryController:
         self._conclusive_at = clock()
         self._guard_until: float | None = None
         self.listeners: list[Callable[[CanaryController], None]] = []
-        self.prometheus = (PrometheusFigures(config.prometheus_url)
-                           if config.source == "prometheus" and config.prometheus_url
-                           else None)
+        self.prometheus = (
+            PrometheusFigures(config.prometheus_url)
+            if config.source == "prometheus" and config.prometheus_url
+            else None
+        )
 
     # -- the split (request path) --------------------------------------------------------------
 
@@ -245,13 +259,17 @@ class CanaryController:
         n_c, err_c, p99_c = await self.prometheus.figures(self.candidate, window)
         n_s, err_s, p99_s = await self.prometheus.figures(self.stable, window)
         figures: Figures = {
-            "candidate_requests": float(n_c), "stable_requests": float(n_s),
-            "candidate_error_rate": err_c, "stable_error_rate": err_s,
-            "candidate_p99_latency_seconds": p99_c, "stable_p99_latency_seconds": p99_s,
+            "candidate_requests": float(n_c),
+            "stable_requests": float(n_s),
+            "candidate_error_rate": err_c,
+            "stable_error_rate": err_s,
+            "candidate_p99_latency_seconds": p99_c,
+            "stable_p99_latency_seconds": p99_s,
         }
         report = self._health_report(self.candidate)
-        figures["candidate_drift_score"] = (getattr(report, "drift_score", None)
-                                            if report is not None else None)
+        figures["candidate_drift_score"] = (
+            getattr(report, "drift_score", None) if report is not None else None
+        )
         return figures
 
     def tick(self, figures: Figures | None = None) -> CanaryVerdict | None:
@@ -297,8 +315,10 @@ class CanaryController:
             n_stable = int(figures.get("stable_requests") or 0)
         now = self._clock()
         if n_cand < c.min_requests or n_stable < c.min_requests:
-            reason = (f"too few requests to decide: candidate {n_cand}, stable {n_stable} "
-                      f"(min_requests {c.min_requests})")
+            reason = (
+                f"too few requests to decide: candidate {n_cand}, stable {n_stable} "
+                f"(min_requests {c.min_requests})"
+            )
             verdict = self._verdict("inconclusive", reason, signals)
             if now - self._conclusive_at >= c.inconclusive_deadline_s:
                 self._deadline(signals)
@@ -319,21 +339,30 @@ class CanaryController:
         if err is not None and err > c.max_error_rate:
             return f"candidate error rate {err:.3f} above max_error_rate {c.max_error_rate:g}"
         if err is not None and err > base + c.max_error_rate_increase:
-            return (f"candidate error rate {err:.3f} above the stable's {base:.3f} by more than "
-                    f"{c.max_error_rate_increase:g}")
+            return (
+                f"candidate error rate {err:.3f} above the stable's {base:.3f} by more than "
+                f"{c.max_error_rate_increase:g}"
+            )
         p99, base_p99 = s["candidate_p99_latency_seconds"], s["stable_p99_latency_seconds"]
-        if (p99 is not None and base_p99 is not None and math.isfinite(p99)
-                and p99 > base_p99 * c.max_latency_p99_ratio
-                and p99 - base_p99 > MIN_LATENCY_DIFFERENCE_S):
-            return (f"candidate p99 {p99 * 1e3:.1f} ms above {c.max_latency_p99_ratio:g}x the "
-                    f"stable's {base_p99 * 1e3:.1f} ms")
+        if (
+            p99 is not None
+            and base_p99 is not None
+            and math.isfinite(p99)
+            and p99 > base_p99 * c.max_latency_p99_ratio
+            and p99 - base_p99 > MIN_LATENCY_DIFFERENCE_S
+        ):
+            return (
+                f"candidate p99 {p99 * 1e3:.1f} ms above {c.max_latency_p99_ratio:g}x the "
+                f"stable's {base_p99 * 1e3:.1f} ms"
+            )
         drift = s["candidate_drift_score"]
         if c.max_drift_score is not None and drift is not None and drift > c.max_drift_score:
             return f"candidate drift score {drift:.3f} above max_drift_score {c.max_drift_score:g}"
         return None
 
-    def _verdict(self, verdict: str, reason: str,
-                 signals: dict[str, float | None]) -> CanaryVerdict:
+    def _verdict(
+        self, verdict: str, reason: str, signals: dict[str, float | None]
+    ) -> CanaryVerdict:
         previous = self.history[-1].verdict if self.history else None
         v = CanaryVerdict(time.time(), verdict, reason, self.weight, dict(signals))
         self.history.append(v)
@@ -342,8 +371,14 @@ class CanaryController:
         # Recorded when a run of inconclusive analyses starts, not every interval of it (the
         # metrics count each one): thin traffic must not flood the ledger.
         if verdict == "inconclusive" and previous != "inconclusive":
-            self._record(action="canary_inconclusive", target=self.candidate, reason=reason,
-                         signals=signals, outcome="pending", severity="info")
+            self._record(
+                action="canary_inconclusive",
+                target=self.candidate,
+                reason=reason,
+                signals=signals,
+                outcome="pending",
+                severity="info",
+            )
         self._notify()
         return v
 
@@ -356,8 +391,14 @@ class CanaryController:
         elif c.on_deadline == "promote":
             self.promote(why, signals)
         else:
-            self._record(action="canary_hold", target=self.candidate, reason=why,
-                         signals=signals, outcome="ok", severity="warning")
+            self._record(
+                action="canary_hold",
+                target=self.candidate,
+                reason=why,
+                signals=signals,
+                outcome="ok",
+                severity="warning",
+            )
 
     def _step_up(self, signals: dict[str, float | None]) -> None:
         steps = self.config.steps_percent
@@ -367,9 +408,14 @@ class CanaryController:
         self.step += 1
         before, self.weight = self.weight, steps[self.step]
         self._conclusive_at = self._clock()
-        self._record(action="set_weight", target=self.candidate,
-                     reason=f"analysis passed: weight {before:g}% -> {self.weight:g}%",
-                     signals=signals, outcome="ok", severity="info")
+        self._record(
+            action="set_weight",
+            target=self.candidate,
+            reason=f"analysis passed: weight {before:g}% -> {self.weight:g}%",
+            signals=signals,
+            outcome="ok",
+            severity="info",
+        )
         self._notify()
 
     def promote(self, reason: str, signals: Mapping[str, float | None] | None = None) -> None:
@@ -379,8 +425,14 @@ class CanaryController:
         self.state, self.weight = "promoted", 100.0
         self._guard_until = self._clock() + self.config.guard_s
         log.warning("canary %s promoted: %s", self.candidate, reason)
-        self._record(action="promotion", target=self.candidate, reason=reason,
-                     signals=dict(signals or {}), outcome="ok", severity="info")
+        self._record(
+            action="promotion",
+            target=self.candidate,
+            reason=reason,
+            signals=dict(signals or {}),
+            outcome="ok",
+            severity="info",
+        )
         self._notify()
 
     def _guard(self) -> CanaryVerdict | None:
@@ -393,11 +445,13 @@ class CanaryController:
         stats = self._windows.stats(self.candidate, c.interval_s)
         err = stats.error_rate
         signals = {"candidate_requests": float(stats.requests), "candidate_error_rate": err}
-        if (self._breaker_state(self.candidate) == "open"
-                or (stats.requests >= c.min_requests and err is not None
-                    and err > c.max_error_rate)):
-            reason = (f"promoted version failing within guard_s: error rate "
-                      f"{(err or 0):.3f}, breaker {self._breaker_state(self.candidate)}")
+        if self._breaker_state(self.candidate) == "open" or (
+            stats.requests >= c.min_requests and err is not None and err > c.max_error_rate
+        ):
+            reason = (
+                f"promoted version failing within guard_s: error rate "
+                f"{(err or 0):.3f}, breaker {self._breaker_state(self.candidate)}"
+            )
             verdict = self._verdict("fail", reason, signals)
             self.rollback(reason, signals)
             return verdict
@@ -414,9 +468,14 @@ class CanaryController:
             primary, *fallbacks = self._configured_order
             self._router.set_order(primary, fallbacks)
         log.warning("canary %s rolled back: %s", self.candidate, reason)
-        self._record(action="rollback", target=self.candidate, reason=reason,
-                     signals=dict(signals or {}), outcome="ok",
-                     severity="critical" if was == "promoted" else "warning")
+        self._record(
+            action="rollback",
+            target=self.candidate,
+            reason=reason,
+            signals=dict(signals or {}),
+            outcome="ok",
+            severity="critical" if was == "promoted" else "warning",
+        )
         self._notify()
 
     def _notify(self) -> None:
@@ -439,5 +498,7 @@ class CanaryController:
         }
 
     def __repr__(self) -> str:
-        return (f"CanaryController(candidate={self.candidate!r}, stable={self.stable!r}, "
-                f"state={self.state!r}, weight={self.weight:g})")
+        return (
+            f"CanaryController(candidate={self.candidate!r}, stable={self.stable!r}, "
+            f"state={self.state!r}, weight={self.weight:g})"
+        )

@@ -133,13 +133,20 @@ class HealthReportSummary:
         return {
             "status": self.status,
             "reasons": list(self.reasons),
-            "drift": {"detected": self.drift_detected,
-                      "drifted_features": list(self.drifted_features),
-                      "score": self.drift_score},
+            "drift": {
+                "detected": self.drift_detected,
+                "drifted_features": list(self.drifted_features),
+                "score": self.drift_score,
+            },
             "error_rate": self.error_rate,
             "p99_latency_seconds": self.p99_latency_seconds,
-            "quality": {"accuracy": self.accuracy, "f1": self.f1, "mae": self.mae,
-                        "rmse": self.rmse, "labelled_samples": self.labelled_samples},
+            "quality": {
+                "accuracy": self.accuracy,
+                "f1": self.f1,
+                "mae": self.mae,
+                "rmse": self.rmse,
+                "labelled_samples": self.labelled_samples,
+            },
         }
 
 
@@ -252,10 +259,12 @@ class UpstreamHealth:
             "last_reason": self.last_reason,
             "last_error": self.last_error,
             "last_report": self.last_report.to_dict() if self.last_report else None,
-            "last_duration_s": (None if self.last_duration_s is None
-                                else round(self.last_duration_s, 6)),
-            "seconds_since_check": (None if self.last_checked_at is None
-                                    else round(now - self.last_checked_at, 3)),
+            "last_duration_s": (
+                None if self.last_duration_s is None else round(self.last_duration_s, 6)
+            ),
+            "seconds_since_check": (
+                None if self.last_checked_at is None else round(now - self.last_checked_at, 3)
+            ),
             "transitions": [
                 {"healthy": t.healthy, "reason": t.reason, "seconds_ago": round(now - t.at, 3)}
                 for t in self.history
@@ -324,17 +333,21 @@ class HealthChecker:
         self._listeners: list[TransitionListener] = list(listeners)
         self._probe_listeners: list[ProbeListener] = []
         self._states: dict[str, UpstreamHealth] = {
-            name: UpstreamHealth(name, url, initial_healthy, history_size)
-            for name, url in targets
+            name: UpstreamHealth(name, url, initial_healthy, history_size) for name, url in targets
         }
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout_s),
-            limits=httpx.Limits(max_connections=2 * len(targets),
-                                max_keepalive_connections=len(targets)),
-            trust_env=False,
-            follow_redirects=False,
-            verify=verify,
+        self._client = (
+            client
+            if client is not None
+            else httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(
+                    max_connections=2 * len(targets), max_keepalive_connections=len(targets)
+                ),
+                trust_env=False,
+                follow_redirects=False,
+                verify=verify,
+            )
         )
 
     @classmethod
@@ -466,7 +479,10 @@ class HealthChecker:
         state.history.append(HealthTransition(self._clock(), state.name, healthy, reason))
         log.log(
             logging.INFO if healthy else logging.WARNING,
-            "upstream %s is %s (%s)", state.name, "healthy" if healthy else "unhealthy", reason,
+            "upstream %s is %s (%s)",
+            state.name,
+            "healthy" if healthy else "unhealthy",
+            reason,
             extra={"upstream": state.name, "healthy": healthy, "reason": reason},
         )
         for listener in self._listeners:

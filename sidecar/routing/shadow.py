@@ -114,21 +114,44 @@ COMPARISON_RESULTS = ("agree", "disagree", "incomparable")
 #: above ``max_body_bytes`` (or not captured by the proxy); ``primary_missing``: the primary's
 #: answer was not reported within ``primary_wait_s`` (or more than ``max_pending`` waited);
 #: ``dropped``: the mirror closed first.
-UNCOMPARED_REASONS = ("shadow_failed", "primary_failed", "too_large", "primary_missing",
-                      "dropped")
+UNCOMPARED_REASONS = ("shadow_failed", "primary_failed", "too_large", "primary_missing", "dropped")
 #: Sent on every copy so that the candidate can tell shadow traffic (no side effects, say).
 SHADOW_HEADER = b"x-mlwarden-shadow"
 #: Shadow exchanges: bounded by ``timeout_s`` (default 5 s).
 SHADOW_DURATION_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 # Never copied to the shadow: per-connection headers (RFC 9110 §7.6.1), the framing and host
 # the pool writes itself, and ``expect`` (the pool does not wait for 100-continue).
-_DROPPED_HEADERS = frozenset({
-    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"host", b"content-length", b"expect", b"x-mlwarden-upstream", SHADOW_HEADER,
-})
+_DROPPED_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-mlwarden-upstream",
+        SHADOW_HEADER,
+    }
+)
 _SHADOW_HEADER_VALUE = b"1"
 
 # States of either side of a copy.
@@ -166,8 +189,11 @@ class ShadowConfig:
         problems: list[str] = []
 
         def number(key: str, value: object) -> bool:
-            if isinstance(value, bool) or not isinstance(value, int | float) or (
-                    isinstance(value, float) and not math.isfinite(value)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or (isinstance(value, float) and not math.isfinite(value))
+            ):
                 problems.append(f"{key}={value!r}: must be a finite number")
                 return False
             return True
@@ -178,11 +204,16 @@ class ShadowConfig:
 
         if not isinstance(self.target, str) or not self.target:
             problems.append(f"target={self.target!r}: must be a non-empty upstream name")
-        if number("sample_percent", self.sample_percent) and not (
-                0 <= self.sample_percent <= 100):
+        if number("sample_percent", self.sample_percent) and not (0 <= self.sample_percent <= 100):
             problems.append(f"sample_percent={self.sample_percent!r}: must be within 0..100")
-        for key in ("max_concurrent", "max_queue", "max_body_bytes", "agreement_window",
-                    "min_comparisons", "max_pending"):
+        for key in (
+            "max_concurrent",
+            "max_queue",
+            "max_body_bytes",
+            "agreement_window",
+            "min_comparisons",
+            "max_pending",
+        ):
             integer(key, getattr(self, key), 1)
         for key in ("timeout_s", "agreement_window_s", "primary_wait_s"):
             value = getattr(self, key)
@@ -192,16 +223,22 @@ class ShadowConfig:
             value = getattr(self, key)
             if number(key, value) and value < 0:
                 problems.append(f"{key}={value!r}: must be 0 or more")
-        if (isinstance(self.min_comparisons, int) and isinstance(self.agreement_window, int)
-                and self.min_comparisons > self.agreement_window):
-            problems.append(f"min_comparisons={self.min_comparisons!r}: must not exceed "
-                            f"agreement_window={self.agreement_window!r}")
+        if (
+            isinstance(self.min_comparisons, int)
+            and isinstance(self.agreement_window, int)
+            and self.min_comparisons > self.agreement_window
+        ):
+            problems.append(
+                f"min_comparisons={self.min_comparisons!r}: must not exceed "
+                f"agreement_window={self.agreement_window!r}"
+            )
         if problems:
             raise ConfigError(problems)
 
 
-def compare_predictions(primary: Predictions, shadow: Predictions, *,
-                        abs_tol: float, rel_tol: float) -> str:
+def compare_predictions(
+    primary: Predictions, shadow: Predictions, *, abs_tol: float, rel_tol: float
+) -> str:
     """``agree``, ``disagree`` or ``incomparable``: the rules in the module docstring."""
     if not (primary.classes or primary.values) or not (shadow.classes or shadow.values):
         return "incomparable"
@@ -264,12 +301,25 @@ class ShadowCopy:
     is settled.
     """
 
-    __slots__ = ("_mirror", "_primary", "_primary_body", "_primary_status", "_shadow",
-                 "_shadow_body", "_shadow_status", "body", "headers", "method", "outcome",
-                 "result", "target")
+    __slots__ = (
+        "_mirror",
+        "_primary",
+        "_primary_body",
+        "_primary_status",
+        "_shadow",
+        "_shadow_body",
+        "_shadow_status",
+        "body",
+        "headers",
+        "method",
+        "outcome",
+        "result",
+        "target",
+    )
 
-    def __init__(self, mirror: ShadowMirror, method: str, target: bytes, headers: Headers,
-                 body: bytes) -> None:
+    def __init__(
+        self, mirror: ShadowMirror, method: str, target: bytes, headers: Headers, body: bytes
+    ) -> None:
         self._mirror = mirror
         self.method = method
         self.target = target
@@ -285,8 +335,10 @@ class ShadowCopy:
         self.result: str | None = None
 
     def __repr__(self) -> str:
-        return (f"<ShadowCopy {self.method} {self.target!r} outcome={self.outcome} "
-                f"result={self.result}>")
+        return (
+            f"<ShadowCopy {self.method} {self.target!r} outcome={self.outcome} "
+            f"result={self.result}>"
+        )
 
     @property
     def settled(self) -> bool:
@@ -362,8 +414,7 @@ class ShadowMirror:
         self._running = False
         self._closed = False
         self._in_flight = 0
-        self._window = _AgreementWindow(config.agreement_window, config.agreement_window_s,
-                                        clock)
+        self._window = _AgreementWindow(config.agreement_window, config.agreement_window_s, clock)
         self._requests = dict.fromkeys(SHADOW_OUTCOMES, 0)
         self._results = dict.fromkeys(COMPARISON_RESULTS + UNCOMPARED_REASONS, 0)
         self._sampled = 0
@@ -374,18 +425,21 @@ class ShadowMirror:
         self._m_duration: Any = None
         if metrics is not None:
             metrics.attach(self)
-            self._m_requests = {o: metrics.requests.labels(self.target, o)
-                                for o in SHADOW_OUTCOMES}
-            self._m_results = {r: metrics.comparisons.labels(self.target, r)
-                               for r in COMPARISON_RESULTS}
-            self._m_results.update({r: metrics.uncompared.labels(self.target, r)
-                                    for r in UNCOMPARED_REASONS})
+            self._m_requests = {o: metrics.requests.labels(self.target, o) for o in SHADOW_OUTCOMES}
+            self._m_results = {
+                r: metrics.comparisons.labels(self.target, r) for r in COMPARISON_RESULTS
+            }
+            self._m_results.update(
+                {r: metrics.uncompared.labels(self.target, r) for r in UNCOMPARED_REASONS}
+            )
             self._m_duration = metrics.duration.labels(self.target)
 
     def __repr__(self) -> str:
-        return (f"ShadowMirror(target={self.target!r}, sample_percent={self._percent}, "
-                f"running={self._running}, queued={self._queue.qsize()}, "
-                f"in_flight={self._in_flight})")
+        return (
+            f"ShadowMirror(target={self.target!r}, sample_percent={self._percent}, "
+            f"running={self._running}, queued={self._queue.qsize()}, "
+            f"in_flight={self._in_flight})"
+        )
 
     # -- the proxy's side ----------------------------------------------------------------------
 
@@ -396,13 +450,11 @@ class ShadowMirror:
 
     @sample_percent.setter
     def sample_percent(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                0 <= value <= 100):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= value <= 100):
             raise ValueError(f"sample_percent={value!r}: must be a number within 0..100")
         self._percent = float(value)
 
-    def offer(self, method: str, target: bytes, headers: Headers,
-              body: bytes) -> ShadowCopy | None:
+    def offer(self, method: str, target: bytes, headers: Headers, body: bytes) -> ShadowCopy | None:
         """Sample this request; if taken and there is room, queue a copy and return it.
 
         Synchronous, O(1) (one shallow copy of the header list) and never raises: a shed copy
@@ -414,8 +466,9 @@ class ShadowMirror:
             if percent <= 0.0 or (percent < 100.0 and self._rng.random() * 100.0 >= percent):
                 return None
             self._sampled += 1
-            if not self._running or (self._is_available is not None
-                                     and not self._is_available(self.target)):
+            if not self._running or (
+                self._is_available is not None and not self._is_available(self.target)
+            ):
                 self._count_request("shed")
                 return None
             copy = ShadowCopy(self, method, target, list(headers), body)
@@ -443,8 +496,10 @@ class ShadowMirror:
             return
         loop = asyncio.get_running_loop()
         name = f"mlwarden-shadow-{self.target}"
-        self._tasks = [loop.create_task(self._worker(), name=f"{name}-worker-{i}")
-                       for i in range(self.config.max_concurrent)]
+        self._tasks = [
+            loop.create_task(self._worker(), name=f"{name}-worker-{i}")
+            for i in range(self.config.max_concurrent)
+        ]
         self._tasks.append(loop.create_task(self._comparator(), name=f"{name}-comparator"))
         self._running = True
 
@@ -520,10 +575,13 @@ class ShadowMirror:
             "comparisons": {r: self._results[r] for r in COMPARISON_RESULTS},
             "uncompared": {r: self._results[r] for r in UNCOMPARED_REASONS},
             "agreement_rate": self.agreement_rate(),
-            "window": {"comparisons": total, "agreed": agreed,
-                       "max_comparisons": cfg.agreement_window,
-                       "max_age_s": cfg.agreement_window_s,
-                       "min_comparisons": cfg.min_comparisons},
+            "window": {
+                "comparisons": total,
+                "agreed": agreed,
+                "max_comparisons": cfg.agreement_window,
+                "max_age_s": cfg.agreement_window_s,
+                "min_comparisons": cfg.min_comparisons,
+            },
             "last_disagreement": self._last_disagreement,
         }
 
@@ -571,16 +629,25 @@ class ShadowMirror:
     async def _send(self, copy: ShadowCopy) -> tuple[str, int, bytes | None]:
         """(outcome, status, body or None when too large); never raises but cancellation."""
         cfg = self.config
-        named = {t.strip().lower() for n, v in copy.headers if n.lower() == b"connection"
-                 for t in v.split(b",")}
-        headers = [(n, v) for n, v in copy.headers
-                   if (lname := n.lower()) not in _DROPPED_HEADERS and lname not in named
-                   and not lname.startswith(b"proxy-")]
+        named = {
+            t.strip().lower()
+            for n, v in copy.headers
+            if n.lower() == b"connection"
+            for t in v.split(b",")
+        }
+        headers = [
+            (n, v)
+            for n, v in copy.headers
+            if (lname := n.lower()) not in _DROPPED_HEADERS
+            and lname not in named
+            and not lname.startswith(b"proxy-")
+        ]
         headers.append((SHADOW_HEADER, _SHADOW_HEADER_VALUE))
         try:
             async with asyncio.timeout(cfg.timeout_s):
-                response = await self.pool.request(copy.method, copy.target, headers, copy.body,
-                                                   timeout_s=cfg.timeout_s)
+                response = await self.pool.request(
+                    copy.method, copy.target, headers, copy.body, timeout_s=cfg.timeout_s
+                )
                 try:
                     status = response.status
                     if status >= 500:
@@ -620,7 +687,8 @@ class ShadowMirror:
         while held:
             first = next(iter(held))
             if held[first] >= oldest_allowed and len(held) + len(self._ready) < (
-                    self.config.max_pending):
+                self.config.max_pending
+            ):
                 break
             del held[first]
             self._settle(first, "primary_missing")
@@ -684,17 +752,22 @@ class ShadowMirror:
             except PayloadError:
                 result = "incomparable"
             else:
-                result = compare_predictions(primary, shadow, abs_tol=cfg.abs_tol,
-                                             rel_tol=cfg.rel_tol)
+                result = compare_predictions(
+                    primary, shadow, abs_tol=cfg.abs_tol, rel_tol=cfg.rel_tol
+                )
                 if result == "disagree":
                     self._last_disagreement = {
-                        "primary": _summary(primary), "shadow": _summary(shadow)}
+                        "primary": _summary(primary),
+                        "shadow": _summary(shadow),
+                    }
         elif p_status == s_status:
             result = "agree"
         else:
             result = "disagree"
-            self._last_disagreement = {"primary": {"status": p_status},
-                                       "shadow": {"status": s_status}}
+            self._last_disagreement = {
+                "primary": {"status": p_status},
+                "shadow": {"status": s_status},
+            }
         self._settle(copy, result)
 
     # -- counting ------------------------------------------------------------------------------
@@ -749,18 +822,21 @@ class _ShadowGauges(Collector):
         self._owner = owner
 
     def describe(self) -> list[Metric]:
-        return [GaugeMetricFamily("mlwarden_shadow_agreement_ratio", "", labels=["target"]),
-                GaugeMetricFamily("mlwarden_shadow_queue_depth", "", labels=["target"])]
+        return [
+            GaugeMetricFamily("mlwarden_shadow_agreement_ratio", "", labels=["target"]),
+            GaugeMetricFamily("mlwarden_shadow_queue_depth", "", labels=["target"]),
+        ]
 
     def collect(self) -> Iterator[Metric]:
         ratio = GaugeMetricFamily(
             "mlwarden_shadow_agreement_ratio",
             "Share of compared shadow answers that agreed with the primary's, over the "
             "recent window (absent below the minimum number of comparisons).",
-            labels=["target"])
+            labels=["target"],
+        )
         depth = GaugeMetricFamily(
-            "mlwarden_shadow_queue_depth", "Shadow copies waiting for a worker.",
-            labels=["target"])
+            "mlwarden_shadow_queue_depth", "Shadow copies waiting for a worker.", labels=["target"]
+        )
         for target, mirror in self._owner.mirrors():
             rate = mirror.agreement_rate()
             if rate is not None:
@@ -783,18 +859,26 @@ class ShadowMetrics:
         self.requests = FastCounter(
             "mlwarden_shadow_requests_total",
             "Requests sampled for the shadow target, by outcome: ok, error, timeout, shed "
-            "(not sent), dropped (discarded at shut-down).", ("target", "outcome"))
+            "(not sent), dropped (discarded at shut-down).",
+            ("target", "outcome"),
+        )
         self.comparisons = FastCounter(
             "mlwarden_shadow_comparisons_total",
             "Shadow answers compared with the primary's: agree, disagree, incomparable.",
-            ("target", "result"))
+            ("target", "result"),
+        )
         self.uncompared = FastCounter(
             "mlwarden_shadow_uncompared_total",
             "Shadow copies sent but not compared, by reason: shadow_failed, primary_failed, "
-            "too_large, primary_missing, dropped.", ("target", "reason"))
+            "too_large, primary_missing, dropped.",
+            ("target", "reason"),
+        )
         self.duration = FastHistogram(
-            "mlwarden_shadow_duration_seconds", "Time of each shadow exchange.",
-            ("target",), SHADOW_DURATION_BUCKETS)
+            "mlwarden_shadow_duration_seconds",
+            "Time of each shadow exchange.",
+            ("target",),
+            SHADOW_DURATION_BUCKETS,
+        )
         for family in (self.requests, self.comparisons, self.uncompared, self.duration):
             families.add(family)
         self._mirrors: dict[str, ShadowMirror] = {}
