@@ -1,7 +1,7 @@
 """The admin port (default :9901): metrics, liveness, readiness, status and two mutations.
 
-This module owns the admin HTTP surface of one :class:`~mlwarden.sidecar.proxy.ProxyApp`. It
-reads the proxy's router, breakers, health checker and retry budget and changes nothing of
+This module owns the admin HTTP surface of one :class:`~mlwarden.sidecar.app.Sidecar`. It
+reads the sidecar's router, breakers, health checker and retry budget and changes nothing of
 their rules.
 
 Routes:
@@ -35,16 +35,15 @@ import json
 import logging
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT
-from mlwarden.sidecar.metrics import SidecarMetrics
-from mlwarden.sidecar.proxy import ProxyApp
 
 __all__ = ["create_admin_app"]
 
@@ -66,10 +65,10 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 class _Admin:
-    """The handlers, bound to one proxy, one token and one registry."""
+    """The handlers, bound to one sidecar, one token and one registry."""
 
-    def __init__(self, proxy: ProxyApp, token: str, registry: CollectorRegistry) -> None:
-        self.proxy = proxy
+    def __init__(self, sidecar: Sidecar, token: str, registry: CollectorRegistry) -> None:
+        self.sidecar = sidecar
         self._token = token.encode()
         self.registry = registry
 
@@ -97,7 +96,7 @@ class _Admin:
             return _error(400, "since and until are epoch seconds, limit a whole number")
         if not 1 <= limit <= MAX_QUERY_LIMIT:
             return _error(400, f"limit must be 1-{MAX_QUERY_LIMIT}")
-        records = self.proxy.ledger.query(
+        records = self.sidecar.ledger.query(
             action=q.get("action"),
             target=q.get("target"),
             policy=q.get("policy"),
@@ -109,7 +108,7 @@ class _Admin:
         return JSONResponse({"events": [r.to_dict() for r in records], "count": len(records)})
 
     async def ready(self, request: Request) -> Response:
-        available = {name: self.proxy.is_available(name) for name in self.proxy.pools}
+        available = {name: self.sidecar.is_available(name) for name in self.sidecar.pools}
         if any(available.values()):
             return JSONResponse({"status": "ready", "available": available})
         return JSONResponse(
@@ -118,13 +117,13 @@ class _Admin:
         )
 
     async def status(self, request: Request) -> Response:
-        proxy = self.proxy
+        sidecar = self.sidecar
         upstreams = {}
-        for u in proxy.config.upstreams:
-            breaker = proxy.breakers[u.name]
+        for u in sidecar.config.upstreams:
+            breaker = sidecar.breakers[u.name]
             upstreams[u.name] = {
                 "url": u.url,
-                "available": proxy.is_available(u.name),
+                "available": sidecar.is_available(u.name),
                 "breaker": {
                     "state": breaker.state,
                     "fail_counter": breaker.fail_counter,
@@ -137,27 +136,27 @@ class _Admin:
                     ],
                 },
             }
-        routing = proxy.config.routing
+        routing = sidecar.config.routing
         return JSONResponse(
             {
                 "upstreams": upstreams,
-                "health": proxy.health.snapshot() if proxy.health is not None else None,
+                "health": sidecar.health.snapshot() if sidecar.health is not None else None,
                 "routing": {
                     "primary": routing.primary,
                     "fallbacks": list(routing.fallbacks),
-                    "forced": proxy.router.forced,
-                    "order": list(proxy.router.order),
-                    "candidates": proxy.router.candidates(),
+                    "forced": sidecar.router.forced,
+                    "order": list(sidecar.router.order),
+                    "candidates": sidecar.router.candidates(),
                 },
-                "retry_budget": proxy.policy.budget.snapshot(),
-                "in_flight": proxy.in_flight,
-                "canary": proxy.canary.snapshot() if proxy.canary is not None else None,
-                "shadow": proxy.shadow.snapshot() if proxy.shadow is not None else None,
-                "policies": proxy.policies.snapshot(),
+                "retry_budget": sidecar.retry_policy.budget.snapshot(),
+                "in_flight": sidecar.in_flight,
+                "canary": sidecar.canary.snapshot() if sidecar.canary is not None else None,
+                "shadow": sidecar.shadow.snapshot() if sidecar.shadow is not None else None,
+                "policies": sidecar.policies.snapshot(),
                 "limits": {
-                    "max_concurrent_requests": proxy.config.limits.max_concurrent_requests,
-                    "max_request_bytes": proxy.config.limits.max_request_bytes,
-                    "max_response_bytes": proxy.config.limits.max_response_bytes,
+                    "max_concurrent_requests": sidecar.config.limits.max_concurrent_requests,
+                    "max_request_bytes": sidecar.config.limits.max_request_bytes,
+                    "max_response_bytes": sidecar.config.limits.max_response_bytes,
                 },
             }
         )
@@ -193,11 +192,11 @@ class _Admin:
         ):
             return _error(400, 'expected a JSON body {"force": "<upstream>"} or {"force": null}')
         name = data["force"]
-        if name is not None and name not in self.proxy.pools:
-            return _error(404, "unknown upstream", known=list(self.proxy.pools))
-        before = self.proxy.router.forced
-        self.proxy.router.force(name)
-        self.proxy.record(
+        if name is not None and name not in self.sidecar.pools:
+            return _error(404, "unknown upstream", known=list(self.sidecar.pools))
+        before = self.sidecar.router.forced
+        self.sidecar.router.force(name)
+        self.sidecar.record(
             action="manual_route",
             target=name or "configured order",
             reason=f"forced by {_client(request)} (was {before})",
@@ -211,18 +210,18 @@ class _Admin:
             request.client.host if request.client else "unknown",
             extra={"action": "force_route", "target": name, "previous": before},
         )
-        return JSONResponse({"forced": name, "order": list(self.proxy.router.order)})
+        return JSONResponse({"forced": name, "order": list(self.sidecar.router.order)})
 
     async def reset_breaker(self, request: Request) -> Response:
         name = request.path_params["name"]
         if (refused := self._refuse(request, f"breaker reset of {name!r}")) is not None:
             return refused
-        breaker = self.proxy.breakers.get(name)
+        breaker = self.sidecar.breakers.get(name)
         if breaker is None:
-            return _error(404, "unknown upstream", known=list(self.proxy.breakers))
+            return _error(404, "unknown upstream", known=list(self.sidecar.breakers))
         before = breaker.state
         breaker.reset()
-        self.proxy.record(
+        self.sidecar.record(
             action="manual_breaker_reset",
             target=name,
             reason=f"reset by {_client(request)} (was {before})",
@@ -239,26 +238,20 @@ class _Admin:
         return JSONResponse({"upstream": name, "previous": before, "state": breaker.state})
 
 
-def create_admin_app(
-    proxy: ProxyApp,
-    *,
-    token: str | None = None,
-    registry: CollectorRegistry | None = None,
-    metrics: SidecarMetrics | None = None,
-) -> Starlette:
-    """The admin app of ``proxy``.
+def create_admin_app(sidecar: Sidecar, *, token: str | None = None) -> Starlette:
+    """The admin app of ``sidecar``, serving the metrics it was built with.
 
-    ``token`` defaults to ``proxy.config.admin.token`` ("" turns mutations off). The metrics
-    come from ``metrics`` when given (attached to ``proxy`` here), else from a new
-    :class:`SidecarMetrics` in ``registry`` (default: prometheus_client's global registry, so
-    its process metrics are served too). The app exposes them as ``app.state.metrics``.
+    ``token`` defaults to ``sidecar.config.admin.token`` ("" turns mutations off). The
+    sidecar must have metrics (``Sidecar(config, registry=...)``; the ``mlwarden sidecar``
+    command passes prometheus_client's global registry, so its process metrics are served
+    too). The app exposes them as ``app.state.metrics``.
     """
-    if metrics is not None and registry is not None and metrics.registry is not registry:
-        raise ValueError("pass either metrics or registry, not both")
+    metrics = sidecar.metrics
     if metrics is None:
-        metrics = SidecarMetrics(REGISTRY if registry is None else registry)
-    metrics.attach(proxy)
-    admin = _Admin(proxy, proxy.config.admin.token if token is None else token, metrics.registry)
+        raise ValueError("the sidecar has no metrics: build it with Sidecar(config, registry=...)")
+    admin = _Admin(
+        sidecar, sidecar.config.admin.token if token is None else token, metrics.registry
+    )
     app = Starlette(
         routes=[
             Route("/metrics", admin.metrics, methods=["GET"]),

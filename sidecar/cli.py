@@ -145,30 +145,32 @@ def _sidecar(path: Path, *, check: bool) -> int:
         )
         return 0
     import uvicorn
+    from prometheus_client import REGISTRY
 
     from mlwarden.sidecar.admin import create_admin_app
-    from mlwarden.sidecar.proxy import ProxyApp
+    from mlwarden.sidecar.app import Sidecar
     from mlwarden.sidecar.tracing import configure_tracing
 
     tracer_provider = configure_tracing(config.tracing, os.environ)
 
     async def serve() -> None:
-        proxy = ProxyApp(config, tracer_provider=tracer_provider)
-        # Started before serving, so the admin's metrics see the health checker from the first
-        # transition on; the proxy's own lifespan start-up is then a no-op.
-        await proxy.start()
+        sidecar = Sidecar(config, registry=REGISTRY, tracer_provider=tracer_provider)
+        # Started here, before serving, and stopped here: the proxy's server runs without
+        # lifespan so that the start and the stop happen once each.
+        await sidecar.start()
         try:
-            admin = create_admin_app(proxy)
-            common: dict[str, object] = {"lifespan": "on", "access_log": False, "log_level": "info"}
+            admin = create_admin_app(sidecar)
+            common: dict[str, object] = {"access_log": False, "log_level": "info"}
             # proxy_headers off: the proxy appends x-forwarded-for itself, and uvicorn would
             # otherwise replace the client's address with the value a client sent.
             servers = [
                 uvicorn.Server(
                     uvicorn.Config(
-                        proxy,
+                        sidecar.proxy,
                         host=config.listen.host,
                         port=config.listen.port,
                         proxy_headers=False,
+                        lifespan="off",
                         **common,
                     )
                 ),
@@ -185,7 +187,7 @@ def _sidecar(path: Path, *, check: bool) -> int:
             for task in done:
                 task.result()
         finally:
-            await proxy.aclose()
+            await sidecar.aclose()
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

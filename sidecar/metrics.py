@@ -5,7 +5,7 @@ This module owns the metric names and how their values are obtained. Values that
 in the sidecar's objects are read at scrape time by a collector (so they are right even when
 breaker state is shared through Redis); events that leave no trace in those objects are
 counted by listeners: :class:`ProxyMetrics` hears the proxy's
-:class:`~mlwarden.sidecar.proxy_events.ProxyEvents` on the request path and records them in
+:class:`~mlwarden.sidecar.listeners.Listener` on the request path and records them in
 the middleware's lean collectors (:mod:`mlwarden.middleware.fastmetrics`, one lock per call).
 The sidecar is one process: prometheus_client's multiprocess mode does not apply to it.
 
@@ -59,21 +59,37 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHistogram
-from mlwarden.sidecar.proxy_events import ProxyEvents, status_class
+from mlwarden.sidecar.listeners import Listener
+from mlwarden.sidecar.signals.outcomes import status_class
 
 if TYPE_CHECKING:
     from mlwarden.sidecar.healing.ledger import LedgerRecord
-    from mlwarden.sidecar.proxy import ProxyApp
     from mlwarden.sidecar.routing.health_checks import HealthChecker, ProbeResult
 
 __all__ = ["BREAKER_STATE_VALUES", "PROXY_LATENCY_BUCKETS", "ProxyMetrics", "SidecarMetrics"]
+
+
+class Observed(Protocol):
+    """What the metrics read of a sidecar (:class:`~mlwarden.sidecar.app.Sidecar`)."""
+
+    pools: Any
+    breakers: Any
+    health: Any
+    canary: Any
+    retry_policy: Any
+    ledger: Any
+
+    @property
+    def in_flight(self) -> int: ...
+    def add_events(self, listener: Listener) -> None: ...
+
 
 #: Proxy and upstream latencies: 0.5 ms (the proxy's own cost) to 30 s (the default deadline).
 PROXY_LATENCY_BUCKETS = (
@@ -105,7 +121,7 @@ _HEALTH_STATES = ("healthy", "unhealthy")
 
 
 class _ScrapeCollector(Collector):
-    """Reads breaker states, health and the retry budget of the attached proxy at scrape."""
+    """Reads breaker states, health and the retry budget of the attached sidecar at scrape."""
 
     def __init__(self, owner: SidecarMetrics) -> None:
         self._owner = owner
@@ -128,10 +144,10 @@ class _ScrapeCollector(Collector):
         ]
 
     def collect(self) -> Iterator[Metric]:
-        proxy = self._owner.proxy
-        if proxy is None:
+        sidecar = self._owner.sidecar
+        if sidecar is None:
             return
-        health = proxy.health
+        health = sidecar.health
         state = GaugeMetricFamily(
             "mlwarden_breaker_state",
             "Circuit breaker state per upstream: 0 closed, 1 half_open, 2 open.",
@@ -152,7 +168,7 @@ class _ScrapeCollector(Collector):
             "Attempts admitted without the breaker's shared state, which was unavailable.",
             labels=["upstream"],
         )
-        for name, breaker in proxy.breakers.items():
+        for name, breaker in sidecar.breakers.items():
             state.add_metric([name], BREAKER_STATE_VALUES[breaker.state])
             available.add_metric([name], 1.0 if breaker.storage_available else 0.0)
             errors.add_metric([name], float(breaker.storage_errors_total))
@@ -166,16 +182,16 @@ class _ScrapeCollector(Collector):
             "1 when the upstream's health checks keep it in rotation, else 0.",
             labels=["upstream"],
         )
-        for name in proxy.pools:
+        for name in sidecar.pools:
             in_rotation = health is None or name not in health.names or health.is_healthy(name)
             healthy.add_metric([name], 1.0 if in_rotation else 0.0)
         yield healthy
         yield GaugeMetricFamily(
             "mlwarden_proxy_requests_in_flight",
             "Client requests the proxy is serving now.",
-            value=float(proxy.in_flight),
+            value=float(sidecar.in_flight),
         )
-        canary = proxy.canary
+        canary = sidecar.canary
         if canary is not None:
             weight = GaugeMetricFamily(
                 "mlwarden_canary_weight_percent",
@@ -200,7 +216,7 @@ class _ScrapeCollector(Collector):
             for verdict, count in canary.verdicts.items():
                 analyses.add_metric([canary.candidate, verdict], float(count))
             yield analyses
-        budget = proxy.policy.budget
+        budget = sidecar.retry_policy.budget
         for metric, doc, value in (
             (
                 "mlwarden_retry_budget_requests",
@@ -221,8 +237,8 @@ class _ScrapeCollector(Collector):
             yield CounterMetricFamily(metric, doc, value=float(value))
 
 
-class ProxyMetrics(ProxyEvents):
-    """The proxy's per-request metrics: what :class:`ProxyEvents` hooks report, counted.
+class ProxyMetrics(Listener):
+    """The proxy's per-request metrics: what :class:`Listener` hooks report, counted.
 
     Children are cached per label set so that a hook costs a dict lookup and one locked add.
     """
@@ -324,15 +340,15 @@ class ProxyMetrics(ProxyEvents):
 
 
 class SidecarMetrics:
-    """The sidecar's metrics in ``registry``; :meth:`attach` one proxy to feed them.
+    """The sidecar's metrics in ``registry``; :meth:`attach` one sidecar to feed them.
 
     One instance per registry (a registry rejects the second set of names). Attaching a second
-    proxy is refused: the gauges would mix two proxies' upstreams.
+    sidecar is refused: the gauges would mix two sidecars' upstreams.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.proxy: ProxyApp | None = None
+        self.sidecar: Observed | None = None
         self._watched: HealthChecker | None = None
         self._lock = threading.Lock()
         self.breaker_transitions = Counter(
@@ -372,34 +388,31 @@ class SidecarMetrics:
         registry.register(families)
         registry.register(_ScrapeCollector(self))
 
-    def attach(self, proxy: ProxyApp) -> None:
-        """Register breaker and health listeners on ``proxy`` and read it at scrape time."""
+    def attach(self, sidecar: Observed) -> None:
+        """Listen to ``sidecar``'s proxy, ledger, breakers and health checks, and read it at
+        scrape time (the composition root calls this once)."""
         with self._lock:
-            if self.proxy is not None:
-                if self.proxy is proxy:
+            if self.sidecar is not None:
+                if self.sidecar is sidecar:
                     return
-                raise ValueError("SidecarMetrics is already attached to another proxy")
-            self.proxy = proxy
-        if proxy.config.shadow is not None and proxy.shadow_metrics is None:
-            from mlwarden.sidecar.routing.shadow import ShadowMetrics
-
-            proxy.shadow_metrics = ShadowMetrics(self.registry)  # the mirror is built at start
-        proxy.add_events(self.proxy_events)
-        self.proxy_events.prepare(list(proxy.pools))
+                raise ValueError("SidecarMetrics is already attached to another sidecar")
+            self.sidecar = sidecar
+        sidecar.add_events(self.proxy_events)
+        self.proxy_events.prepare(list(sidecar.pools))
         for action in ("breaker_opened", "rollback", "escalation", "fallback"):
             self.healing_actions.labels(action, "ok")
-        proxy.ledger.add_listener(self._recorded)
-        for name, breaker in proxy.breakers.items():
+        sidecar.ledger.add_listener(self._recorded)
+        for name, breaker in sidecar.breakers.items():
             # Series exist from the start (at 0), so rate() sees the first transition.
             for to in _BREAKER_STATES:
                 self.breaker_transitions.labels(name, to)
             for to in _HEALTH_STATES:
                 self.health_transitions.labels(name, to)
             breaker.add_listener(self._breaker_changed)
-        proxy.watch_health(self.watch_health)
+        self.watch_health(sidecar.health)
 
     def watch_health(self, health: HealthChecker | None) -> None:
-        """Listen to ``health`` (the attached proxy's checker) once it exists."""
+        """Listen to ``health`` (the attached sidecar's checker)."""
         if health is None or health is self._watched:
             return
         with self._lock:
@@ -427,10 +440,10 @@ class SidecarMetrics:
             self.breaker_transitions.labels(name, new).inc()
 
     def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
-        proxy = self.proxy
-        if proxy is not None and name in proxy.pools:
+        sidecar = self.sidecar
+        if sidecar is not None and name in sidecar.pools:
             self.health_transitions.labels(name, "healthy" if healthy else "unhealthy").inc()
 
     def __repr__(self) -> str:
-        attached = list(self.proxy.pools) if self.proxy is not None else None
+        attached = list(self.sidecar.pools) if self.sidecar is not None else None
         return f"SidecarMetrics(upstreams={attached!r})"

@@ -17,9 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mlwarden.sidecar.admin import create_admin_app
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.metrics import SidecarMetrics
-from mlwarden.sidecar.proxy import ProxyApp
 from tests.servers import serve_app
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -47,26 +46,26 @@ def make_config(primary: str, stable: str, *, token: str = "") -> SidecarConfig:
 
 
 @dataclass
-class Sidecar:
-    proxy: ProxyApp
+class Served:
+    proxy: Sidecar
     registry: CollectorRegistry
     client: httpx.Client  # the proxy port
     admin: httpx.Client  # the admin port
 
 
 @contextlib.contextmanager
-def sidecar(*, token: str = "") -> Iterator[Sidecar]:
+def sidecar(*, token: str = "") -> Iterator[Served]:
     registry = CollectorRegistry()
     with serve_app(version_app("primary")) as p, serve_app(version_app("stable")) as s:
-        proxy = ProxyApp(make_config(p.url, s.url, token=token))
-        admin_app = create_admin_app(proxy, registry=registry)
+        proxy = Sidecar(make_config(p.url, s.url, token=token), registry=registry)
+        admin_app = create_admin_app(proxy)
         with (
-            serve_app(proxy, proxy_headers=False) as served,
+            serve_app(proxy.proxy, proxy_headers=False) as served,
             serve_app(admin_app) as admin,
             httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
             httpx.Client(base_url=admin.url, trust_env=False, timeout=10) as admin_client,
         ):
-            yield Sidecar(proxy, registry, client, admin_client)
+            yield Served(proxy, registry, client, admin_client)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -174,10 +173,10 @@ def test_metrics_answer_openmetrics_when_asked() -> None:
 
 def test_health_transitions_are_counted_by_the_listener() -> None:
     registry = CollectorRegistry()
-    metrics = SidecarMetrics(registry)
     cfg = make_config("http://127.0.0.1:1", "http://127.0.0.1:2")
-    proxy = ProxyApp(cfg, health_checks=False)
-    metrics.attach(proxy)
+    proxy = Sidecar(cfg, health_checks=False, registry=registry)
+    metrics = proxy.metrics
+    assert metrics is not None
     metrics._health_changed("primary", False, "HTTP 503")
     metrics._health_changed("nobody", False, "not ours")  # unknown names make no series
     assert (
@@ -193,7 +192,7 @@ def test_health_transitions_are_counted_by_the_listener() -> None:
         is None
     )
     with pytest.raises(ValueError, match="already attached"):
-        metrics.attach(ProxyApp(cfg, health_checks=False))
+        metrics.attach(Sidecar(cfg, health_checks=False))
 
 
 @pytest.mark.parametrize("close_on_healthy", [True, False])
@@ -205,7 +204,7 @@ def test_health_checks_bringing_an_upstream_back_close_its_breaker(close_on_heal
         },
         environ={},
     )
-    proxy = ProxyApp(cfg, health_checks=False)
+    proxy = Sidecar(cfg, health_checks=False)
     breaker = proxy.breakers["stable"]
     breaker.force_open()
     proxy._health_changed("stable", False, "2 consecutive failed checks")
@@ -349,11 +348,11 @@ def test_the_ledger_file_keeps_every_record_across_a_restart(tmp_path) -> None:
         },
         environ={},
     )
-    first = ProxyApp(cfg, health_checks=False)
+    first = Sidecar(cfg, health_checks=False)
     first.breakers["primary"].force_open()
     first.ledger.close()
     lines = path.read_text().splitlines()
     assert len(lines) == 1 and '"action":"breaker_opened"' in lines[0].replace(" ", "")
-    second = ProxyApp(cfg, health_checks=False)
+    second = Sidecar(cfg, health_checks=False)
     assert [r.action for r in second.ledger.query()] == ["breaker_opened"]
     second.ledger.close()

@@ -2,7 +2,7 @@
 
 Redis is Debian's ``redis-server`` (scripts/test installs it), started directly so that its PID
 is the server's, on a free loopback port without persistence, and stopped by that PID. A
-"replica" is an AsyncBreaker (or a ProxyApp served by uvicorn) with its own Redis client; the
+"replica" is an AsyncBreaker (or a Sidecar served by uvicorn) with its own Redis client; the
 breakers' clock is a fake one shared by the replicas, so reset timeouts need no sleeping.
 """
 
@@ -26,8 +26,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mlwarden.middleware.errors import ConfigError
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.resilience.breaker import (
     AsyncBreaker,
     BreakerOpen,
@@ -454,7 +454,7 @@ def test_breakers_fail_open_while_redis_is_down_and_share_again_when_it_is_back(
 @contextlib.contextmanager
 def proxy_replicas(
     cfg: SidecarConfig, clock: FakeClock, n: int = 2
-) -> Iterator[list[tuple[ProxyApp, httpx.Client]]]:
+) -> Iterator[list[tuple[Sidecar, httpx.Client]]]:
     """``n`` ProxyApps served by uvicorn, each with breakers built from ``cfg``."""
     with contextlib.ExitStack() as stack:
         out = []
@@ -462,8 +462,8 @@ def proxy_replicas(
             breakers = build_breakers(cfg, clock=clock)
             for breaker in breakers.values():
                 stack.callback(breaker.close)  # after the server has stopped
-            app = ProxyApp(cfg, breakers=breakers, health_checks=False, wall_clock=clock)
-            served = stack.enter_context(serve_app(app, proxy_headers=False))
+            app = Sidecar(cfg, breakers=breakers, health_checks=False, wall_clock=clock)
+            served = stack.enter_context(serve_app(app.proxy, proxy_headers=False))
             client = stack.enter_context(
                 httpx.Client(base_url=served.url, trust_env=False, timeout=10)
             )
@@ -542,15 +542,13 @@ def test_the_proxy_builds_shared_breakers_from_redis_url_and_exports_their_stora
 ) -> None:
     from prometheus_client import CollectorRegistry
 
-    from mlwarden.sidecar.metrics import SidecarMetrics
-
     with upstreams() as (_, _, p_url, s_url):
         cfg = make_config(p_url, s_url, own_redis.url)
         registry = CollectorRegistry()
-        app = ProxyApp(cfg, health_checks=False)  # breakers from breaker.redis_url, closed by it
-        SidecarMetrics(registry).attach(app)
+        # breakers from breaker.redis_url, closed by it
+        app = Sidecar(cfg, health_checks=False, registry=registry)
         with (
-            serve_app(app, proxy_headers=False) as served,
+            serve_app(app.proxy, proxy_headers=False) as served,
             httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
         ):
             assert client.post("/predict", content=b"x").headers["x-mlwarden-upstream"] == (

@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.healing.signals import UpstreamWindows
-from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.routing.canary import CanaryController, sticky_bucket
 from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.signals.prometheus import PrometheusSignals
+from mlwarden.sidecar.signals.windows import UpstreamWindows, WindowSignals
 from tests.apps import FakeVersion
 from tests.servers import serve_app
 
@@ -67,7 +68,7 @@ class Rig:
         self.breaker = "closed"
         self.canary = CanaryController(
             cfg.canary,
-            windows=self.windows,
+            local=WindowSignals(self.windows),
             router=self.router,
             breaker_state=lambda name: self.breaker,
             record=lambda **kw: self.records.append(kw),
@@ -216,7 +217,7 @@ INTERVAL_S = 2.0
 
 
 @contextlib.contextmanager
-def canary_sidecar(candidate: FakeVersion, **canary: Any) -> Iterator[tuple[ProxyApp, str]]:
+def canary_sidecar(candidate: FakeVersion, **canary: Any) -> Iterator[tuple[Sidecar, str]]:
     stable = FakeVersion("stable", echo=True)
     with serve_app(stable) as s, serve_app(candidate) as c:
         cfg = SidecarConfig.from_mapping(
@@ -238,8 +239,8 @@ def canary_sidecar(candidate: FakeVersion, **canary: Any) -> Iterator[tuple[Prox
             },
             environ={},
         )
-        proxy = ProxyApp(cfg, health_checks=False)
-        with serve_app(proxy, proxy_headers=False) as served:
+        proxy = Sidecar(cfg, health_checks=False)
+        with serve_app(proxy.proxy, proxy_headers=False) as served:
             yield proxy, served.url
 
 
@@ -350,12 +351,12 @@ def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> N
                     },
                     environ={},
                 )
-                proxy = ProxyApp(cfg, health_checks=False)
-                admin_app = create_admin_app(proxy, registry=CollectorRegistry())
+                proxy = Sidecar(cfg, health_checks=False, registry=CollectorRegistry())
+                admin_app = create_admin_app(proxy)
                 admin_shell.router.routes.extend(admin_app.router.routes)
-                with serve_app(proxy, proxy_headers=False) as served:
+                with serve_app(proxy.proxy, proxy_headers=False) as served:
                     canary = proxy.canary
-                    assert canary is not None and canary.prometheus is not None
+                    assert canary is not None and isinstance(canary.fleet, PrometheusSignals)
                     answers = load(
                         served.url, until=lambda: canary.state == "rolled_back", max_s=40, workers=3
                     )
@@ -365,6 +366,6 @@ def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> N
                     # The figures came from Prometheus: rates, not this sidecar's counts.
                     # Every 4th attempt on the candidate fails: 25% from Prometheus' rates.
                     assert rollback.signals["candidate_error_rate"] == pytest.approx(0.25, abs=0.1)
-                    assert canary.prometheus.errors_total == 0
+                    assert canary.fleet.errors_total == 0
             finally:
                 prom.process.stop()

@@ -25,9 +25,9 @@ from starlette.routing import Route
 from dashboards import build
 from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.admin import create_admin_app
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.ledger import LedgerRecord
-from mlwarden.sidecar.proxy import ProxyApp
 from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir
 from tests.support import make_baseline, reference_rows
@@ -207,9 +207,12 @@ def sidecar() -> Any:
             },
             environ={},
         )
-        proxy = ProxyApp(cfg)
-        admin = create_admin_app(proxy, registry=CollectorRegistry())
-        with serve_app(proxy, proxy_headers=False) as served, serve_app(admin) as admin_served:
+        proxy = Sidecar(cfg, registry=CollectorRegistry())
+        admin = create_admin_app(proxy)
+        with (
+            serve_app(proxy.proxy, proxy_headers=False) as served,
+            serve_app(admin) as admin_served,
+        ):
             proxy.ledger.record(
                 LedgerRecord(
                     action="escalation",

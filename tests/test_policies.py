@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from mlwarden.middleware import InferenceMonitor
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.policies import default_policies
-from mlwarden.sidecar.proxy import ProxyApp
 from tests.apps import FakeVersion, starlette_app
 from tests.servers import serve_app
 from tests.support import make_baseline, reference_rows
@@ -55,7 +55,7 @@ def wait_for(what: Callable[[], Any], seconds: float = 15.0) -> Any:
 
 
 @contextlib.contextmanager
-def sidecar(upstreams: dict[str, str], **config: Any) -> Iterator[tuple[ProxyApp, httpx.Client]]:
+def sidecar(upstreams: dict[str, str], **config: Any) -> Iterator[tuple[Sidecar, httpx.Client]]:
     cfg = SidecarConfig.from_mapping(
         {
             "upstreams": upstreams,
@@ -65,15 +65,15 @@ def sidecar(upstreams: dict[str, str], **config: Any) -> Iterator[tuple[ProxyApp
         },
         environ={},
     )
-    proxy = ProxyApp(cfg)
+    proxy = Sidecar(cfg)
     with (
-        serve_app(proxy, proxy_headers=False) as served,
+        serve_app(proxy.proxy, proxy_headers=False) as served,
         httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
     ):
         yield proxy, client
 
 
-def actions(proxy: ProxyApp, policy: str | None = None) -> list[str]:
+def actions(proxy: Sidecar, policy: str | None = None) -> list[str]:
     return [r.action for r in reversed(proxy.ledger.query(policy=policy, limit=1000))]
 
 
@@ -221,7 +221,7 @@ def test_default_tiers_exist_without_written_policies() -> None:
     assert tiers["drift-small"].actions == ()
     assert [a.kind for a in tiers["drift-large"].actions] == ["route_to_fallback", "webhook"]
     assert [a.kind for a in tiers["errors-critical"].actions] == ["route_to_fallback", "escalate"]
-    proxy = ProxyApp(cfg, health_checks=False)
+    proxy = Sidecar(cfg, health_checks=False)
     assert [p.name for p in proxy.policies.policies] == list(tiers)
 
 
@@ -242,7 +242,7 @@ def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
             },
             environ={},
         )
-        proxy = ProxyApp(cfg, health_checks=False)
+        proxy = Sidecar(cfg, health_checks=False)
         assert proxy.policies.tick() == ["roll"]  # rolls the canary back
         assert proxy.canary is not None and proxy.canary.state == "rolled_back"
         for _ in range(3):

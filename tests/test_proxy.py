@@ -1,7 +1,7 @@
 """The proxy hot path and the router: real upstream apps and the proxy itself on loopback.
 
 Each upstream is a small raw ASGI app served by uvicorn; its ``mode`` makes it echo, answer
-503 or hang (a bounded sleep). The proxy is ``serve_app(ProxyApp(cfg))`` and the client is a
+503 or hang (a bounded sleep). The proxy is ``serve_app(Sidecar(cfg))`` and the client is a
 plain httpx client, so every byte crosses real sockets twice.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.routing.router import Router
 from tests.servers import LOOPBACK, free_port, relay_body, serve_app
 
@@ -143,11 +143,11 @@ def dead_url() -> str:
 
 
 @contextlib.contextmanager
-def proxied(cfg: SidecarConfig) -> Iterator[tuple[ProxyApp, httpx.Client]]:
-    app = ProxyApp(cfg)
+def proxied(cfg: SidecarConfig) -> Iterator[tuple[Sidecar, httpx.Client]]:
+    app = Sidecar(cfg)
     # uvicorn's proxy_headers would take the client address from x-forwarded-for itself.
     with (
-        serve_app(app, proxy_headers=False) as served,
+        serve_app(app.proxy, proxy_headers=False) as served,
         httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
     ):
         yield app, client
@@ -277,7 +277,7 @@ def test_header_injection_from_the_wire_is_refused_and_the_proxy_keeps_serving()
 def test_header_injection_inside_the_asgi_scope_gets_a_clean_400() -> None:
     """A server less strict than uvicorn could hand over CR/LF: the pool refuses, we say 400."""
     with two_upstreams() as (primary, _s, p_url, s_url):
-        app = ProxyApp(make_config(p_url, s_url), health_checks=False)
+        app = Sidecar(make_config(p_url, s_url), health_checks=False)
         sent: list[dict[str, Any]] = []
 
         async def run() -> None:
@@ -303,7 +303,7 @@ def test_header_injection_inside_the_asgi_scope_gets_a_clean_400() -> None:
                 "headers": [(b"host", b"x"), (b"x-a", b"a\r\nx-evil: 1")],
             }
             try:
-                await asyncio.wait_for(app(scope, receive, send), timeout=5)
+                await asyncio.wait_for(app.proxy(scope, receive, send), timeout=5)
             finally:
                 await app.aclose()
 
@@ -429,7 +429,7 @@ def test_client_disconnect_mid_response_counts_no_upstream_failure() -> None:
 
 def test_client_disconnect_mid_request_body_sends_nothing_upstream() -> None:
     with two_upstreams() as (primary, _s, p_url, s_url):
-        app = ProxyApp(make_config(p_url, s_url), health_checks=False)
+        app = Sidecar(make_config(p_url, s_url), health_checks=False)
         sent: list[dict[str, Any]] = []
 
         async def run() -> None:
@@ -455,7 +455,7 @@ def test_client_disconnect_mid_request_body_sends_nothing_upstream() -> None:
                 "headers": [(b"host", b"x")],
             }
             try:
-                await asyncio.wait_for(app(scope, receive, send), timeout=5)
+                await asyncio.wait_for(app.proxy(scope, receive, send), timeout=5)
             finally:
                 await app.aclose()
 
@@ -481,7 +481,7 @@ def test_open_breaker_sends_the_request_to_the_fallback_without_trying_the_prima
 
 
 def _trailers_exchange(extensions: dict[str, Any]) -> list[dict[str, Any]]:
-    """One request through ProxyApp, driven as an ASGI server would, in front of a real socket
+    """One request through Sidecar, driven as an ASGI server would, in front of a real socket
     upstream answering chunked with an announced trailer (uvicorn has no trailers extension,
     so the server side is played here)."""
     from tests.test_upstream import raw_server
@@ -498,7 +498,7 @@ def _trailers_exchange(extensions: dict[str, Any]) -> list[dict[str, Any]]:
 
     async def main() -> list[dict[str, Any]]:
         async with raw_server(upstream) as (url, _):
-            proxy = ProxyApp(make_config(url, dead_url()), health_checks=False)
+            proxy = Sidecar(make_config(url, dead_url()), health_checks=False)
             sent: list[dict[str, Any]] = []
             inbox = [{"type": "http.request", "body": b"", "more_body": False}]
 
@@ -522,7 +522,7 @@ def _trailers_exchange(extensions: dict[str, Any]) -> list[dict[str, Any]]:
                 "scheme": "http",
                 "extensions": extensions,
             }
-            await proxy(scope, receive, send)
+            await proxy.proxy(scope, receive, send)
             await proxy.aclose()
             return sent
 

@@ -16,16 +16,16 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.metrics import SidecarMetrics
-from mlwarden.sidecar.proxy import ProxyApp
-from mlwarden.sidecar.proxy_events import ProxyEvents, status_class
+from mlwarden.sidecar.listeners import Listener
+from mlwarden.sidecar.signals.outcomes import status_class
 from tests.servers import serve_app
 from tests.test_proxy import Upstream, dead_url, make_config, two_upstreams
 
 
 class Measured:
-    def __init__(self, proxy: ProxyApp, registry: CollectorRegistry, client: httpx.Client) -> None:
+    def __init__(self, proxy: Sidecar, registry: CollectorRegistry, client: httpx.Client) -> None:
         self.proxy = proxy
         self.registry = registry
         self.client = client
@@ -43,10 +43,9 @@ class Measured:
 @contextlib.contextmanager
 def measured(cfg: SidecarConfig, **kwargs: Any) -> Iterator[Measured]:
     registry = CollectorRegistry()
-    proxy = ProxyApp(cfg, **kwargs)
-    SidecarMetrics(registry).attach(proxy)
+    proxy = Sidecar(cfg, registry=registry, **kwargs)
     with (
-        serve_app(proxy, proxy_headers=False) as served,
+        serve_app(proxy.proxy, proxy_headers=False) as served,
         httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
     ):
         yield Measured(proxy, registry, client)
@@ -281,7 +280,7 @@ def test_an_upstream_response_above_max_response_bytes_is_not_passed_on(declared
             assert m.proxy.pools["primary"].idle_connections == 0
 
 
-class Raising(ProxyEvents):
+class Raising(Listener):
     def request_finished(self, upstream: str | None, status: int, duration_s: float) -> None:
         raise RuntimeError("a listener bug")
 

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.proxy import ProxyApp
 from tests.servers import serve_app
 from tests.test_proxy import make_config, two_upstreams
 
@@ -30,10 +30,10 @@ TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 @contextlib.contextmanager
 def traced(
     cfg: SidecarConfig, provider: TracerProvider | None
-) -> Iterator[tuple[ProxyApp, httpx.Client]]:
-    proxy = ProxyApp(cfg, health_checks=False, tracer_provider=provider)
+) -> Iterator[tuple[Sidecar, httpx.Client]]:
+    proxy = Sidecar(cfg, health_checks=False, tracer_provider=provider)
     with (
-        serve_app(proxy, proxy_headers=False) as served,
+        serve_app(proxy.proxy, proxy_headers=False) as served,
         httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
     ):
         yield proxy, client
@@ -43,7 +43,7 @@ def echoed(response: httpx.Response) -> dict[str, str]:
     return dict(json.loads(response.headers["x-echo-headers"]))
 
 
-def wait_for(proxy: ProxyApp) -> None:
+def wait_for(proxy: Sidecar) -> None:
     """Spans end just after the client has its answer."""
     for _ in range(200):
         if proxy.in_flight == 0:

@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from mlwarden.sidecar.admin import create_admin_app
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.proxy import ProxyApp
 from tests.apps import FakeVersion
 from tests.servers import serve_app
 
@@ -21,7 +20,7 @@ from tests.servers import serve_app
 @contextlib.contextmanager
 def shadowed(
     candidate: FakeVersion, **shadow: Any
-) -> Iterator[tuple[ProxyApp, httpx.Client, CollectorRegistry, FakeVersion]]:
+) -> Iterator[tuple[Sidecar, httpx.Client, CollectorRegistry, FakeVersion]]:
     primary = FakeVersion("primary", label="churn")
     with serve_app(primary) as p, serve_app(candidate) as c:
         cfg = SidecarConfig.from_mapping(
@@ -33,10 +32,9 @@ def shadowed(
         )
         assert cfg.routing.order == ("primary",)  # a shadow target is not a fallback
         registry = CollectorRegistry()
-        proxy = ProxyApp(cfg, health_checks=False)
-        create_admin_app(proxy, registry=registry)
+        proxy = Sidecar(cfg, health_checks=False, registry=registry)
         with (
-            serve_app(proxy, proxy_headers=False) as served,
+            serve_app(proxy.proxy, proxy_headers=False) as served,
             httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
         ):
             yield proxy, client, registry, primary
@@ -46,7 +44,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, {"target": "candidate", **labels}) or 0.0
 
 
-def settle(proxy: ProxyApp, registry: CollectorRegistry, total: int) -> None:
+def settle(proxy: Sidecar, registry: CollectorRegistry, total: int) -> None:
     """Wait (bounded) until ``total`` copies have an outcome."""
     for _ in range(300):  # at most 3 s
         done = sum(

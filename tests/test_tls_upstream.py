@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from mlwarden.middleware.errors import ConfigError
+from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.proxy import ProxyApp
 from tests.servers import LOOPBACK, serve_app
 from tests.test_proxy import Upstream
 
@@ -74,9 +74,9 @@ def config(url: str, stable: str, **upstream: object) -> SidecarConfig:
 def test_an_https_upstream_with_its_ca_file_is_proxied_and_health_checked(certificate) -> None:
     cert, _ = certificate
     with tls_upstream(certificate) as (primary, url), serve_app(Upstream()) as stable:
-        proxy = ProxyApp(config(url, stable.url, ca_file=str(cert)))
+        proxy = Sidecar(config(url, stable.url, ca_file=str(cert)))
         with (
-            serve_app(proxy, proxy_headers=False) as served,
+            serve_app(proxy.proxy, proxy_headers=False) as served,
             httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
         ):
             for i in range(3):
@@ -98,9 +98,9 @@ def test_an_https_upstream_with_its_ca_file_is_proxied_and_health_checked(certif
 
 def test_an_untrusted_certificate_is_a_connect_failure_and_traffic_falls_back(certificate) -> None:
     with tls_upstream(certificate) as (primary, url), serve_app(Upstream()) as stable_app:
-        proxy = ProxyApp(config(url, stable_app.url), health_checks=False)
+        proxy = Sidecar(config(url, stable_app.url), health_checks=False)
         with (
-            serve_app(proxy, proxy_headers=False) as served,
+            serve_app(proxy.proxy, proxy_headers=False) as served,
             httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
         ):
             response = client.post("/predict", content=b"{}")

@@ -42,14 +42,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mlwarden.sidecar.config import PolicyAction, PolicyConfig, SidecarConfig
+from mlwarden.sidecar.config import HealingConfig, PolicyAction, PolicyConfig, SidecarConfig
 from mlwarden.sidecar.healing.conditions import parse_condition
-from mlwarden.sidecar.healing.vocabulary import SIGNALS, function_specs
-
-if TYPE_CHECKING:
-    from mlwarden.sidecar.proxy import ProxyApp
+from mlwarden.sidecar.healing.ports import HealingPort
+from mlwarden.sidecar.healing.vocabulary import FUNCTIONS, SIGNALS, function_specs
 
 __all__ = ["PolicyEngine", "default_policies"]
 
@@ -122,41 +120,41 @@ class _State:
 
 
 class PolicyEngine:
-    """Evaluates the policies of one proxy; see the module docstring.
-
-    ``send_webhook(name, url, body, headers=..., on_result=...) -> bool`` delivers webhooks
-    (the sender's queue); without one webhooks are recorded as not sent.
-    """
+    """Evaluates ``policies`` every ``healing.interval_s``, acting through ``port``; see the
+    module docstring. Use :meth:`from_config` for the configured policies plus the defaults."""
 
     def __init__(
         self,
-        proxy: ProxyApp,
+        policies: tuple[PolicyConfig, ...],
+        healing: HealingConfig,
+        port: HealingPort,
         *,
-        send_webhook: Callable[..., bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        config = proxy.config
-        self.proxy = proxy
-        self.config = config
-        use_defaults = config.healing.default_policies
-        if use_defaults is None:
-            use_defaults = not config.policies
-        self.policies: tuple[PolicyConfig, ...] = (
-            *config.policies,
-            *(default_policies(config) if use_defaults else ()),
-        )
-        self._send = send_webhook
+        self.policies = policies
+        self.healing = healing
+        self.port = port
         self._clock = clock
         self._wall = wall_clock
         self._sleep = sleep
         self._states = {p.name: _State() for p in self.policies}
 
+    @classmethod
+    def from_config(cls, config: SidecarConfig, port: HealingPort, **runtime: Any) -> PolicyEngine:
+        """The configured policies, then the default tiers unless turned off (on by default
+        only when no policy is configured)."""
+        use_defaults = config.healing.default_policies
+        if use_defaults is None:
+            use_defaults = not config.policies
+        policies = (*config.policies, *(default_policies(config) if use_defaults else ()))
+        return cls(policies, config.healing, port, **runtime)
+
     async def run(self) -> None:
         """Evaluate every ``healing.interval_s`` until cancelled; a failing tick is logged."""
         while True:
-            await self._sleep(self.config.healing.interval_s)
+            await self._sleep(self.healing.interval_s)
             try:
                 self.tick()
             except Exception:
@@ -172,7 +170,7 @@ class PolicyEngine:
         signals: dict[tuple[str, float], Mapping[str, Any]] = {}
         for policy in self.policies:
             state = self._states[policy.name]
-            target = policy.target or self.proxy.router.primary
+            target = policy.target or self.port.routes.primary
             key = (target, policy.window_s)
             if key not in signals:
                 signals[key] = self._signals(target, policy.window_s)
@@ -197,44 +195,13 @@ class PolicyEngine:
         return fired
 
     def _signals(self, target: str, window_s: float) -> Mapping[str, Any]:
-        proxy = self.proxy
-        stats = proxy.windows.stats(target, window_s)
-        report = proxy.health_report(target)
-        return {
-            "requests": float(stats.requests),
-            "error_rate": stats.error_rate,
-            "p50_latency_seconds": stats.quantile(0.5),
-            "p95_latency_seconds": stats.quantile(0.95),
-            "p99_latency_seconds": stats.quantile(0.99),
-            "drift_score": report.drift_score if report else None,
-            "drift_detected": report.drift_detected if report else None,
-            "health_error_rate": report.error_rate if report else None,
-            "health_p99_latency_seconds": report.p99_latency_seconds if report else None,
-            "accuracy": report.accuracy if report else None,
-            "f1": report.f1 if report else None,
-            "mae": report.mae if report else None,
-            "rmse": report.rmse if report else None,
-            "labelled_samples": report.labelled_samples if report else None,
-            "shadow_agreement": proxy.shadow.agreement_rate() if proxy.shadow else None,
-            "canary_weight_percent": proxy.canary.weight if proxy.canary else None,
-        }
+        return self.port.read_signals(target, window_s)
 
     def _functions(self, window_s: float) -> Mapping[str, Callable[..., Any]]:
-        proxy = self.proxy
-
-        def healthy(name: str) -> bool | None:
-            health = proxy.health
-            return None if health is None else health.is_healthy(name)
-
-        def drift_score_of(name: str) -> float | None:
-            report = proxy.health_report(name)
-            return report.drift_score if report else None
-
+        read = self.port.read_signal
         return {
-            "breaker_open": lambda name: proxy.breakers[name].state == "open",
-            "healthy": healthy,
-            "error_rate_of": lambda name: proxy.windows.stats(name, window_s).error_rate,
-            "drift_score_of": drift_score_of,
+            function: (lambda name, signal=signal: read(signal, name, window_s))
+            for function, signal in FUNCTIONS.items()
         }
 
     # -- firing -------------------------------------------------------------------------------
@@ -250,11 +217,9 @@ class PolicyEngine:
             taken.append(action.kind)
             self._act(policy, state, action, target, reason, signals)
         wall = self._wall()
-        window = self.config.healing.escalation.window_s
-        fired = self.proxy.ledger.count_since(
-            wall - window, policy=policy.name, action="policy_fired"
-        )
-        threshold = self.config.healing.escalation.threshold
+        window = self.healing.escalation.window_s
+        fired = self.port.count_records(wall - window, policy=policy.name, action="policy_fired")
+        threshold = self.healing.escalation.threshold
         if policy.severity == "critical" and "escalate" not in taken:
             self._escalate(policy, f"critical policy fired: {reason}", signals, taken)
         elif fired > threshold and "escalate" not in taken:
@@ -274,12 +239,10 @@ class PolicyEngine:
         reason: str,
         signals: dict[str, Any],
     ) -> None:
-        proxy = self.proxy
+        port = self.port
         kind = action.kind
         if kind == "route_to_fallback":
-            to = next(
-                (n for n in proxy.router.order if n != target and proxy.is_available(n)), None
-            )
+            to = next((n for n in port.routes.order if n != target and port.is_available(n)), None)
             if to is None:
                 self._record(
                     policy,
@@ -291,16 +254,16 @@ class PolicyEngine:
                 )
                 self._escalate(policy, f"nowhere to route away from {target}", signals, [kind])
                 return
-            proxy.router.force(to)
+            port.routes.force(to)
             state.routed, state.false_since, state.failure_reported = (target, to), None, False
             self._record(
                 policy, "fallback", to, f"{reason}: traffic moved from {target} to {to}", signals
             )
         elif kind == "restore_primary":
-            proxy.router.force(None)
-            self._record(policy, "restore_primary", proxy.router.primary, reason, signals)
+            port.routes.force(None)
+            self._record(policy, "restore_primary", port.routes.primary, reason, signals)
         elif kind == "rollback_canary":
-            canary = proxy.canary
+            canary = port.canary
             if canary is not None and canary.state in ("analysing", "promoted"):
                 canary.rollback(f"policy {policy.name}: {reason}", signals)
                 state.rolled_back = True
@@ -326,7 +289,7 @@ class PolicyEngine:
                     policy, "rollback", target, f"{reason}: no canary running", signals, "skipped"
                 )
         elif kind == "set_weight":
-            canary = proxy.canary
+            canary = port.canary
             if canary is None or canary.state != "analysing":
                 self._record(
                     policy,
@@ -367,10 +330,10 @@ class PolicyEngine:
         report (once) and escalate a fallback that fails too; never route again."""
         assert state.routed is not None
         away, to = state.routed
-        if self.proxy.router.forced != to:
+        if self.port.routes.forced != to:
             state.routed = None  # restored or changed by a person or another policy
             return
-        if not self.proxy.is_available(to) and not state.failure_reported:
+        if not self.port.is_available(to) and not state.failure_reported:
             state.failure_reported = True
             reason = (
                 f"the fallback {to} is failing too, after policy {policy.name} moved "
@@ -386,7 +349,7 @@ class PolicyEngine:
         if state.false_since is None:
             state.false_since = now
         if policy.restore_after_s is not None and now - state.false_since >= policy.restore_after_s:
-            self.proxy.router.force(None)
+            self.port.routes.force(None)
             state.routed = None
             self._record(
                 policy,
@@ -401,13 +364,11 @@ class PolicyEngine:
     def _escalate(
         self, policy: PolicyConfig, reason: str, signals: dict[str, Any], actions: list[str]
     ) -> None:
-        esc = self.config.healing.escalation
+        esc = self.healing.escalation
         wall = self._wall()
-        if self.proxy.ledger.count_since(
-            wall - esc.window_s, policy=policy.name, action="escalation"
-        ):
+        if self.port.count_records(wall - esc.window_s, policy=policy.name, action="escalation"):
             return  # once per window
-        recent = [r.to_dict() for r in self.proxy.ledger.query(limit=ESCALATION_RECENT)]
+        recent = self.port.recent_records(ESCALATION_RECENT)
         url = esc.webhook_url
         self._record(
             policy,
@@ -461,7 +422,7 @@ class PolicyEngine:
                 details={"attempts": result.attempts, "status": result.status},
             )
 
-        if self._send is None or not self._send(
+        if not self.port.send_webhook(
             f"{policy.name}:{what}", url, body, headers=headers, on_result=done
         ):
             self._record(
@@ -485,7 +446,7 @@ class PolicyEngine:
         severity: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        self.proxy.record(
+        self.port.record(
             action=action,
             target=target,
             reason=reason,

@@ -1,8 +1,9 @@
-"""The words policy conditions may use: signal names and functions, with their kinds.
+"""The words policy conditions may use, derived from the signal sources, and the actions.
 
-Kept apart from the engine so that the configuration loader can check conditions at start-up
-without importing the proxy. A signal refers to the policy's ``target`` upstream (by default
-the current primary) over the policy's ``window_s``; functions name their upstream.
+Kept apart from the engine so that conditions can be checked at start-up without building
+anything. A signal refers to the policy's ``target`` upstream (by default the current
+primary) over the policy's ``window_s``; functions name their upstream. Each word exists
+because a source in :mod:`mlwarden.sidecar.signals` declares it.
 """
 
 from __future__ import annotations
@@ -10,31 +11,24 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from mlwarden.sidecar.healing.conditions import FunctionSpec, Kind
+from mlwarden.sidecar.signals.health import HealthSignals
+from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
+from mlwarden.sidecar.signals.source import Signal, declared
+from mlwarden.sidecar.signals.windows import WindowSignals
 
-__all__ = ["ACTION_KINDS", "SIGNALS", "function_specs"]
+__all__ = ["ACTION_KINDS", "FUNCTIONS", "SIGNALS", "VOCABULARY", "function_specs"]
 
-#: Signals of the policy's target upstream.
-SIGNALS: dict[str, Kind] = {
-    # from the sidecar's own windows of attempts
-    "requests": "number",  # attempts in the window
-    "error_rate": "number",  # 5xx and no-answer share of them
-    "p50_latency_seconds": "number",
-    "p95_latency_seconds": "number",
-    "p99_latency_seconds": "number",
-    # from the middleware's health report (the last probe)
-    "drift_score": "number",  # the largest PSI over the features
-    "drift_detected": "bool",
-    "health_error_rate": "number",  # the middleware's own window
-    "health_p99_latency_seconds": "number",
-    # live quality from ground-truth labels (the middleware's quality block)
-    "accuracy": "number",
-    "f1": "number",
-    "mae": "number",
-    "rmse": "number",
-    "labelled_samples": "number",  # how many labels the figures rest on
-    # from the rest of the loop
-    "shadow_agreement": "number",  # agreement rate of the shadow copies (0-1)
-    "canary_weight_percent": "number",
+#: Every signal of every source the policies read, by name.
+VOCABULARY: dict[str, Signal] = declared(
+    (WindowSignals, HealthSignals, BreakerSignals, ShadowSignals, CanarySignals)
+)
+
+#: Signals of the policy's target upstream, with their kinds.
+SIGNALS: dict[str, Kind] = {s.name: s.kind for s in VOCABULARY.values() if s.plain}
+
+#: ``function name -> signal``: ``error_rate_of("v2")`` reads ``error_rate`` of ``v2``.
+FUNCTIONS: dict[str, str] = {
+    s.function: s.name for s in VOCABULARY.values() if s.function is not None
 }
 
 #: The actions a policy may take (see :mod:`mlwarden.sidecar.healing.policies`).
@@ -60,8 +54,6 @@ def function_specs(upstreams: Collection[str]) -> dict[str, FunctionSpec]:
         return None
 
     return {
-        "breaker_open": FunctionSpec(("string",), "bool", check),
-        "healthy": FunctionSpec(("string",), "bool", check),
-        "error_rate_of": FunctionSpec(("string",), "number", check),
-        "drift_score_of": FunctionSpec(("string",), "number", check),
+        function: FunctionSpec(("string",), VOCABULARY[signal].kind, check)
+        for function, signal in FUNCTIONS.items()
     }

@@ -10,8 +10,9 @@ Two parts:
   candidate costs a client a retry, not an error.
 - **the analysis** (:meth:`CanaryController.tick`, every ``interval_s``): the candidate's
   attempts over the last interval against the stable version's, from the proxy's own windows
-  (:class:`~mlwarden.sidecar.healing.signals.UpstreamWindows`) or, with ``source:
-  prometheus``, from PromQL over every replica's metrics (:class:`PrometheusFigures`): error
+  (:class:`~mlwarden.sidecar.signals.windows.WindowSignals`) or, with ``source:
+  prometheus``, from PromQL over every replica's metrics
+  (:class:`~mlwarden.sidecar.signals.prometheus.PrometheusSignals`): error
   rate (absolute and above the stable's), p99 latency ratio, and the drift score of the
   candidate's health report where the middleware reports it. Fewer than ``min_requests``
   attempts for either version decide nothing ("inconclusive"); inconclusive for
@@ -39,13 +40,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from mlwarden.sidecar.config import CanaryConfig
-from mlwarden.sidecar.healing.signals import UpstreamWindows
 from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.signals.source import SignalSource
 
-__all__ = ["CanaryController", "CanaryVerdict", "PrometheusFigures", "sticky_bucket"]
+__all__ = ["CanaryController", "CanaryVerdict", "sticky_bucket"]
 
 log = logging.getLogger("mlwarden.sidecar.canary")
 
@@ -57,76 +56,6 @@ Record = Callable[..., Any]
 
 
 Figures = dict[str, float | None]
-
-#: PromQL of each figure; ``$upstream`` and ``$window`` are filled in. Errors are what the
-#: sidecar's own windows count: 5xx answers and attempts that got none.
-PROMQL: dict[str, str] = {
-    "requests": 'sum(increase(mlwarden_upstream_requests_total{upstream="$upstream"}[$window]))',
-    "error_rate": (
-        'sum(rate(mlwarden_upstream_requests_total{upstream="$upstream",'
-        'outcome=~"5xx|connect_error|timeout|reset"}[$window]))'
-        ' / sum(rate(mlwarden_upstream_requests_total{upstream="$upstream"}[$window]))'
-    ),
-    "p99_latency_seconds": (
-        "histogram_quantile(0.99, sum by (le) (rate("
-        'mlwarden_upstream_request_duration_seconds_bucket{upstream="$upstream"}[$window])))'
-    ),
-}
-
-
-class PrometheusFigures:
-    """The canary's figures from a Prometheus server that scrapes every replica, so the
-    verdict is the fleet's, not one sidecar's. A query that fails, times out or returns
-    nothing gives None: the analysis is then inconclusive, never decided on missing data."""
-
-    def __init__(
-        self, url: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
-    ) -> None:
-        self.url = url.rstrip("/") + "/api/v1/query"
-        self._owns = client is None
-        self._client = client  # made on first use, in the loop that closes it
-        self._timeout_s = timeout_s
-        self.errors_total = 0
-
-    async def query(self, promql: str) -> float | None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout_s, trust_env=False)
-        try:
-            response = await self._client.get(self.url, params={"query": promql})
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            self.errors_total += 1
-            log.warning("canary: Prometheus query failed (%s): %s", type(exc).__name__, promql)
-            return None
-        result = data.get("data", {}).get("result") if isinstance(data, dict) else None
-        if data.get("status") != "success" or not result:
-            return None
-        try:
-            value = float(result[0]["value"][1])
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
-        return value if math.isfinite(value) else None
-
-    async def figures(
-        self, upstream: str, window_s: float
-    ) -> tuple[int, float | None, float | None]:
-        """(requests, error rate, p99 latency) of ``upstream`` over the window."""
-        window = f"{max(1, math.ceil(window_s))}s"
-        values = {}
-        for name, template in PROMQL.items():
-            promql = template.replace("$upstream", upstream).replace("$window", window)
-            values[name] = await self.query(promql)
-        requests = values["requests"]
-        return (
-            round(requests) if requests is not None else 0,
-            values["error_rate"],
-            values["p99_latency_seconds"],
-        )
-
-    async def aclose(self) -> None:
-        if self._owns and self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 def sticky_bucket(key: bytes) -> float:
@@ -158,19 +87,21 @@ class CanaryVerdict:
 class CanaryController:
     """Runs one canary; see the module docstring.
 
-    ``breakers`` gives the candidate's breaker state (``.state``); ``health_report`` returns the
-    last health-report summary of an upstream (or None); ``record(action=, target=, reason=,
-    signals=, outcome=, severity=)`` writes the ledger.
+    ``local`` reads this sidecar's signals (its windows of attempts, and ``drift_score`` from
+    the health reports); ``fleet``, when given (``source: prometheus``), replaces it for the
+    analysis's traffic figures (``requests``, ``error_rate``, ``p99_latency_seconds``) and is
+    refreshed before each analysis. ``breaker_state(name)`` gives a breaker's state;
+    ``record(action=, target=, reason=, signals=, outcome=, severity=)`` writes the ledger.
     """
 
     def __init__(
         self,
         config: CanaryConfig,
         *,
-        windows: UpstreamWindows,
+        local: SignalSource,
+        fleet: SignalSource | None = None,
         router: Router,
         breaker_state: Callable[[str], str],
-        health_report: Callable[[str], Any] = lambda name: None,
         record: Record = lambda **kw: None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = asyncio.sleep,
@@ -180,10 +111,10 @@ class CanaryController:
         self.config = config
         self.candidate = config.candidate
         self.stable = config.stable
-        self._windows = windows
+        self.local = local
+        self.fleet = fleet
         self._router = router
         self._breaker_state = breaker_state
-        self._health_report = health_report
         self._record = record
         self._clock = clock
         self._sleep = sleep
@@ -204,11 +135,6 @@ class CanaryController:
         self._conclusive_at = clock()
         self._guard_until: float | None = None
         self.listeners: list[Callable[[CanaryController], None]] = []
-        self.prometheus = (
-            PrometheusFigures(config.prometheus_url)
-            if config.source == "prometheus" and config.prometheus_url
-            else None
-        )
 
     # -- the split (request path) --------------------------------------------------------------
 
@@ -245,38 +171,18 @@ class CanaryController:
         try:
             while self.state in ("analysing", "promoted"):
                 await self._sleep(self.config.interval_s)
-                figures = None
-                if self.prometheus is not None and self.state == "analysing":
-                    figures = await self._fleet_figures()
-                self.tick(figures)
+                if self.fleet is not None and self.state == "analysing":
+                    await self.fleet.refresh((self.candidate, self.stable), self.config.interval_s)
+                self.tick()
         finally:
-            if self.prometheus is not None:
-                await self.prometheus.aclose()
+            closing = getattr(self.fleet, "aclose", None)
+            if closing is not None:
+                await closing()
 
-    async def _fleet_figures(self) -> Figures:
-        assert self.prometheus is not None
-        window = self.config.interval_s
-        n_c, err_c, p99_c = await self.prometheus.figures(self.candidate, window)
-        n_s, err_s, p99_s = await self.prometheus.figures(self.stable, window)
-        figures: Figures = {
-            "candidate_requests": float(n_c),
-            "stable_requests": float(n_s),
-            "candidate_error_rate": err_c,
-            "stable_error_rate": err_s,
-            "candidate_p99_latency_seconds": p99_c,
-            "stable_p99_latency_seconds": p99_s,
-        }
-        report = self._health_report(self.candidate)
-        figures["candidate_drift_score"] = (
-            getattr(report, "drift_score", None) if report is not None else None
-        )
-        return figures
-
-    def tick(self, figures: Figures | None = None) -> CanaryVerdict | None:
-        """One analysis (or one guard check after promotion); ``figures`` replaces this
-        sidecar's own windows (the Prometheus source)."""
+    def tick(self) -> CanaryVerdict | None:
+        """One analysis (or one guard check after promotion)."""
         if self.state == "analysing":
-            return self._analyse(figures)
+            return self._analyse()
         if self.state == "promoted":
             return self._guard()
         return None
@@ -290,29 +196,23 @@ class CanaryController:
 
     def _figures(self) -> tuple[dict[str, float | None], int, int]:
         window = self.config.interval_s
-        cand = self._windows.stats(self.candidate, window)
-        stable = self._windows.stats(self.stable, window)
+        traffic = self.fleet if self.fleet is not None else self.local
+        cand = traffic.read(self.candidate, window)
+        stable = traffic.read(self.stable, window)
         signals: dict[str, float | None] = {
-            "candidate_requests": float(cand.requests),
-            "stable_requests": float(stable.requests),
-            "candidate_error_rate": cand.error_rate,
-            "stable_error_rate": stable.error_rate,
-            "candidate_p99_latency_seconds": cand.quantile(0.99),
-            "stable_p99_latency_seconds": stable.quantile(0.99),
+            "candidate_requests": cand["requests"],
+            "stable_requests": stable["requests"],
+            "candidate_error_rate": cand["error_rate"],
+            "stable_error_rate": stable["error_rate"],
+            "candidate_p99_latency_seconds": cand["p99_latency_seconds"],
+            "stable_p99_latency_seconds": stable["p99_latency_seconds"],
+            "candidate_drift_score": self.local.read(self.candidate, window).get("drift_score"),
         }
-        report = self._health_report(self.candidate)
-        drift = getattr(report, "drift_score", None) if report is not None else None
-        signals["candidate_drift_score"] = drift
-        return signals, cand.requests, stable.requests
+        return signals, int(cand["requests"] or 0), int(stable["requests"] or 0)
 
-    def _analyse(self, figures: Figures | None = None) -> CanaryVerdict:
+    def _analyse(self) -> CanaryVerdict:
         c = self.config
-        if figures is None:
-            signals, n_cand, n_stable = self._figures()
-        else:
-            signals = dict(figures)
-            n_cand = int(figures.get("candidate_requests") or 0)
-            n_stable = int(figures.get("stable_requests") or 0)
+        signals, n_cand, n_stable = self._figures()
         now = self._clock()
         if n_cand < c.min_requests or n_stable < c.min_requests:
             reason = (
@@ -442,11 +342,11 @@ class CanaryController:
             self.state = "done"
             self._notify()
             return None
-        stats = self._windows.stats(self.candidate, c.interval_s)
-        err = stats.error_rate
-        signals = {"candidate_requests": float(stats.requests), "candidate_error_rate": err}
+        figures = self.local.read(self.candidate, c.interval_s)
+        requests, err = figures["requests"] or 0.0, figures["error_rate"]
+        signals = {"candidate_requests": requests, "candidate_error_rate": err}
         if self._breaker_state(self.candidate) == "open" or (
-            stats.requests >= c.min_requests and err is not None and err > c.max_error_rate
+            requests >= c.min_requests and err is not None and err > c.max_error_rate
         ):
             reason = (
                 f"promoted version failing within guard_s: error rate "

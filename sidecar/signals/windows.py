@@ -1,6 +1,6 @@
-"""Windows of what each upstream did, from the proxy's own events: the healing loop's signals.
+"""Windows of what each upstream did, from the proxy's own events, and the signals read from them.
 
-:class:`UpstreamWindows` listens to the proxy (:class:`~mlwarden.sidecar.proxy_events.ProxyEvents`)
+:class:`UpstreamWindows` listens to the proxy (:class:`~mlwarden.sidecar.listeners.Listener`)
 and keeps, per upstream, one bucket per second over a bounded horizon: attempts, errors and a
 log-scaled latency histogram. Canary analysis and policies ask it for an upstream's request
 count, error rate and latency quantiles over the last ``window_s`` seconds.
@@ -21,13 +21,14 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from mlwarden.sidecar.proxy_events import ProxyEvents
+from mlwarden.sidecar.listeners import Listener
+from mlwarden.sidecar.signals.outcomes import ERROR_OUTCOMES
+from mlwarden.sidecar.signals.source import Signal, SignalSource
 
-__all__ = ["LATENCY_BOUNDS", "UpstreamWindows", "WindowStats"]
+__all__ = ["LATENCY_BOUNDS", "UpstreamWindows", "WindowSignals", "WindowStats"]
 
 #: Latency histogram bounds: 0.1 ms to ~100 s, 8 buckets per decade (quantiles within ~15%).
 LATENCY_BOUNDS: tuple[float, ...] = tuple(10 ** (e / 8) * 1e-4 for e in range(0, 8 * 6 + 1))
-_ERRORS = frozenset({"5xx", "connect_error", "timeout", "reset"})
 
 
 class WindowStats:
@@ -78,7 +79,7 @@ class _Bucket:
             self.latency[i] = 0
 
 
-class UpstreamWindows(ProxyEvents):
+class UpstreamWindows(Listener):
     """Per-upstream per-second buckets of attempts over ``horizon_s`` seconds (max window).
 
     ``upstreams`` bounds the names kept (others are ignored): label-like names come from the
@@ -114,7 +115,7 @@ class UpstreamWindows(ProxyEvents):
             if bucket.second != second:
                 bucket.reset(second)
             bucket.requests += 1
-            if outcome in _ERRORS:
+            if outcome in ERROR_OUTCOMES:
                 bucket.errors += 1
             bucket.latency_sum += duration_s
             bucket.latency[index] += 1
@@ -154,3 +155,30 @@ class UpstreamWindows(ProxyEvents):
 
     def __repr__(self) -> str:
         return f"UpstreamWindows(upstreams={list(self._rings)!r}, horizon_s={self.horizon_s})"
+
+
+class WindowSignals(SignalSource):
+    """The sidecar's own figures of an upstream: its attempts over the window."""
+
+    SIGNALS = (
+        Signal("requests", "number", "attempts in the window"),
+        Signal("error_rate", "number", "5xx and no-answer share of them", function="error_rate_of"),
+        Signal("p50_latency_seconds", "number", "median attempt latency"),
+        Signal("p95_latency_seconds", "number", "95th percentile attempt latency"),
+        Signal("p99_latency_seconds", "number", "99th percentile attempt latency"),
+    )
+
+    __slots__ = ("windows",)
+
+    def __init__(self, windows: UpstreamWindows) -> None:
+        self.windows = windows
+
+    def read(self, target: str, window_s: float) -> dict[str, float | None]:
+        stats = self.windows.stats(target, window_s)
+        return {
+            "requests": float(stats.requests),
+            "error_rate": stats.error_rate,
+            "p50_latency_seconds": stats.quantile(0.5),
+            "p95_latency_seconds": stats.quantile(0.95),
+            "p99_latency_seconds": stats.quantile(0.99),
+        }

@@ -1,0 +1,498 @@
+"""The composition root: builds every part of one sidecar, wires them, starts and stops them.
+
+:class:`Sidecar` is the only place that knows how the parts fit together. From one validated
+:class:`~mlwarden.sidecar.config.SidecarConfig` it builds, in this order:
+
+1. per upstream: a connection pool and a circuit breaker; the health checker; the
+   :class:`~mlwarden.sidecar.routing.availability.Availability` rule over both, and the router
+   that asks it; the one retry policy (its budget shared by every request);
+2. the windows of attempts, the healing ledger, and (with a ``registry``) the metrics;
+3. the shadow mirror, the signal board (:mod:`mlwarden.sidecar.signals`), the canary, the
+   healing policies (acting through :class:`_HealingAdapter`, a
+   :class:`~mlwarden.sidecar.healing.ports.HealingPort`), the tracer;
+4. the request path, :class:`~mlwarden.sidecar.proxy.ProxyApp`, handed what it needs.
+
+Listeners are wired here: breaker and health transitions become ledger records, a health
+check bringing an upstream back closes its breaker (``breaker.close_on_healthy``), the
+candidate's breaker opening rolls the canary back, and the metrics hear everything.
+
+:meth:`Sidecar.start` starts the background parts (ledger sink, shadow workers, webhook
+sender, policy loop, canary loop, health checks) and :meth:`Sidecar.aclose` stops them in
+the reverse order, then closes the pools, breakers and ledger it created. The proxy's ASGI
+lifespan calls both, so serving ``sidecar.proxy`` with uvicorn runs the whole sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
+
+from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.healing.ledger import Ledger
+from mlwarden.sidecar.healing.policies import PolicyEngine
+from mlwarden.sidecar.healing.ports import CanaryControl, RouteControl
+from mlwarden.sidecar.healing.vocabulary import VOCABULARY
+from mlwarden.sidecar.listeners import FanOut, Listener
+from mlwarden.sidecar.metrics import SidecarMetrics
+from mlwarden.sidecar.proxy import ProxyApp
+from mlwarden.sidecar.resilience.breaker import AsyncBreaker, build_breakers
+from mlwarden.sidecar.resilience.retry import (
+    ExponentialJitterBackoff,
+    RetryBudget,
+    RetryOn,
+    RetryPolicy,
+    StopAfterAttempts,
+    StopAfterDelay,
+)
+from mlwarden.sidecar.routing.availability import Availability
+from mlwarden.sidecar.routing.canary import CanaryController
+from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
+from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.routing.shadow import ShadowConfig, ShadowMetrics, ShadowMirror
+from mlwarden.sidecar.signals.health import HealthSignals
+from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
+from mlwarden.sidecar.signals.prometheus import PrometheusSignals
+from mlwarden.sidecar.signals.source import SignalBoard
+from mlwarden.sidecar.signals.windows import UpstreamWindows, WindowSignals
+from mlwarden.sidecar.tracing import ProxyTracer
+from mlwarden.sidecar.upstream import UpstreamPool
+
+__all__ = ["Sidecar", "build_retry_policy"]
+
+log = logging.getLogger("mlwarden.sidecar")
+
+
+def build_retry_policy(
+    config: SidecarConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> RetryPolicy:
+    """The proxy's one retry policy (budget shared by all requests) from ``config``."""
+    r = config.retry
+    return RetryPolicy(
+        retry_on=RetryOn(r.retry_on, retriable_status_codes=r.retriable_status_codes),
+        retriable_methods=r.retriable_methods,
+        backoff=ExponentialJitterBackoff(
+            base_interval_s=r.base_interval_s,
+            multiplier=r.backoff_multiplier,
+            max_interval_s=r.max_interval_s,
+        ),
+        stop=StopAfterAttempts(r.num_retries + 1) | StopAfterDelay(config.timeouts.total_timeout_s),
+        budget=RetryBudget(
+            budget_percent=r.budget_percent, min_retries_per_s=r.min_retries_per_s, clock=clock
+        ),
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+class Sidecar:
+    """One sidecar built from ``config``; see the module docstring.
+
+    Parts given (``pools``, ``breakers``, ``health``, ``retry_policy``) are used as they are
+    and not closed here; ``health_checks=False`` runs no checker at all (every upstream
+    counts as healthy). ``registry`` receives the sidecar's metrics (none without one).
+    ``clock`` (monotonic seconds) drives deadlines, windows and loops, ``wall_clock`` (epoch
+    seconds) the breakers and the ledger's times, ``sleep`` every wait. ``events`` hear each
+    request (more with :meth:`add_events`); ``tracer_provider`` (default: the global one)
+    receives a server span per request and a client span per attempt.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        pools: Mapping[str, UpstreamPool] | None = None,
+        breakers: Mapping[str, AsyncBreaker] | None = None,
+        health: HealthChecker | None = None,
+        health_checks: bool = True,
+        retry_policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        events: Listener | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self.config = config
+        names = [u.name for u in config.upstreams]
+        self._clock = clock
+        self._sleep = sleep
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+        # 1. upstreams, availability, routing, retries
+        self._owns_pools = pools is None
+        self.pools: dict[str, UpstreamPool] = (
+            dict(pools)
+            if pools is not None
+            else {
+                u.name: UpstreamPool(
+                    u.url,
+                    max_connections=u.max_connections,
+                    connect_timeout_s=u.connect_timeout_s,
+                    ssl_context=u.ssl_context(),
+                )
+                for u in config.upstreams
+            }
+        )
+        self._owns_breakers = breakers is None
+        self.breakers: dict[str, AsyncBreaker] = (
+            dict(breakers) if breakers is not None else build_breakers(config, clock=wall_clock)
+        )
+        self._runs_health = health is None and health_checks
+        self.health: HealthChecker | None = (
+            health if health is not None else HealthChecker.from_config(config)
+            if health_checks
+            else None
+        )  # fmt: skip
+        self.availability = Availability(self.breakers, self.health, wall_clock=wall_clock)
+        self.router = Router(
+            config.routing.primary,
+            config.routing.fallbacks,
+            is_available=self.availability.is_available,
+        )
+        self.retry_policy = (
+            retry_policy
+            if retry_policy is not None
+            else build_retry_policy(config, clock=clock, sleep=sleep)
+        )
+
+        # 2. what is counted and recorded
+        #: Per-upstream windows of attempts: the canary's and the policies' local signals.
+        self.windows = UpstreamWindows(names, clock=clock)
+        lc = config.ledger
+        #: The healing ledger: every decision, automatic or manual (file per ``ledger.path``).
+        self.ledger = Ledger(
+            lc.path, max_bytes=lc.max_bytes, backups=lc.backups, fsync=lc.fsync, recent=lc.recent
+        )
+        self._ledger_sink: Any = None
+        self.metrics = SidecarMetrics(registry) if registry is not None else None
+        self.shadow_metrics = (
+            ShadowMetrics(registry) if registry is not None and config.shadow else None
+        )
+
+        # 3. the healing loop's parts
+        self.shadow = self._build_shadow() if config.shadow is not None else None
+        self.canary: CanaryController | None = None
+        self.signals = SignalBoard(
+            [
+                WindowSignals(self.windows),
+                HealthSignals(self.health_report, self._healthy),
+                BreakerSignals(self.breakers),
+                ShadowSignals(self._shadow_agreement),
+                CanarySignals(lambda: self.canary.weight if self.canary is not None else None),
+            ],
+            vocabulary=VOCABULARY,
+        )
+        if config.canary is not None:
+            c = config.canary
+            self.canary = CanaryController(
+                c,
+                local=self.signals,
+                fleet=(
+                    PrometheusSignals(c.prometheus_url)
+                    if c.source == "prometheus" and c.prometheus_url
+                    else None
+                ),
+                router=self.router,
+                breaker_state=lambda name: self.breakers[name].state,
+                record=self.record,
+                clock=clock,
+                sleep=sleep,
+            )
+        #: Outgoing webhooks (policies, escalations): the sender is built at start-up.
+        self.webhooks: Any = None
+        self._webhook_callbacks: dict[str, Callable[[Any], None]] = {}
+        self._webhook_seq = 0
+        #: The healing policies (configured, or the tiered defaults), run from start-up.
+        self.policies = PolicyEngine.from_config(
+            config, _HealingAdapter(self), clock=clock, wall_clock=wall_clock, sleep=sleep
+        )
+        self.tracer = ProxyTracer(tracer_provider=tracer_provider)
+
+        # 4. the request path
+        #: Every listener of the request path (more with :meth:`add_events`).
+        self.events = FanOut([self.windows, *([events] if events is not None else [])])
+        self.proxy = ProxyApp(
+            pools=self.pools,
+            breakers=self.breakers,
+            router=self.router,
+            availability=self.availability,
+            retry_policy=self.retry_policy,
+            limits=config.limits,
+            timeouts=config.timeouts,
+            degraded_response=config.degraded_response,
+            events=self.events,
+            tracer=self.tracer,
+            canary=self.canary,
+            shadow=self.shadow,
+            shadow_capture_bytes=config.shadow.max_body_bytes if config.shadow else 0,
+            lifecycle=self,
+            clock=clock,
+            sleep=sleep,
+        )
+        self._wire()
+
+    def __repr__(self) -> str:
+        return f"Sidecar(upstreams={list(self.pools)!r}, router={self.router!r})"
+
+    # -- building --------------------------------------------------------------------------
+
+    def _build_shadow(self) -> ShadowMirror:
+        c = self.config.shadow
+        assert c is not None
+        u = self.config.upstream(c.target)
+        # Its own pool: shadow copies never take a connection a real request could use.
+        pool = UpstreamPool(
+            u.url,
+            max_connections=c.max_concurrent,
+            connect_timeout_s=u.connect_timeout_s,
+            ssl_context=u.ssl_context(),
+        )
+        return ShadowMirror(
+            pool,
+            ShadowConfig(
+                target=c.target,
+                sample_percent=c.sample_percent,
+                max_concurrent=c.max_concurrent,
+                max_queue=c.max_queue,
+                timeout_s=c.timeout_s,
+                max_body_bytes=c.max_body_bytes,
+                abs_tol=c.abs_tol,
+                rel_tol=c.rel_tol,
+            ),
+            is_available=self.availability.is_available,
+            metrics=self.shadow_metrics,
+        )
+
+    def _wire(self) -> None:
+        for breaker in self.breakers.values():
+            breaker.add_listener(self._breaker_changed)
+        if self.health is not None:
+            self.health.add_listener(self._health_changed)
+        if self.canary is not None:
+            self.breakers[self.canary.candidate].add_listener(self.canary.breaker_changed)
+        if self.metrics is not None:
+            self.metrics.attach(self)
+
+    def add_events(self, listener: Listener) -> None:
+        """Let ``listener`` hear every request from now on (a raising listener is logged)."""
+        self.events.add(listener)
+
+    # -- what the parts tell each other -------------------------------------------------------
+
+    def record(self, **fields: Any) -> None:
+        """One healing decision to the ledger (its errors logged, never raised into the
+        caller: healing goes on when its record cannot be written) and to the log."""
+        log.info(
+            "healing: %s %s: %s",
+            fields.get("action"),
+            fields.get("target"),
+            fields.get("reason"),
+            extra={"healing": fields},
+        )
+        try:
+            self.ledger.append(**fields)
+        except Exception:
+            log.exception("the healing ledger could not record %s", fields.get("action"))
+
+    def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
+        if new in ("open", "closed") and old != new:
+            self.record(
+                action="breaker_opened" if new == "open" else "breaker_closed",
+                target=name,
+                reason=reason,
+                severity="warning" if new == "open" else "info",
+                signals={"fail_counter": self.breakers[name].fail_counter},
+            )
+
+    def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
+        self.record(
+            action="upstream_healthy" if healthy else "upstream_unhealthy",
+            target=name,
+            reason=reason,
+            severity="info" if healthy else "warning",
+        )
+        breaker = self.breakers.get(name)
+        if (
+            healthy
+            and breaker is not None
+            and self.config.breaker.close_on_healthy
+            and breaker.state != "closed"
+        ):
+            breaker.reset("health_check_passed")  # recorded as breaker_closed by the listener
+
+    def health_report(self, name: str) -> HealthReportSummary | None:
+        """The last health report of ``name`` (None: no checker, unknown, or not a report)."""
+        health = self.health
+        if health is None or name not in health.names:
+            return None
+        return health.state(name).last_report
+
+    def _healthy(self, name: str) -> bool | None:
+        health = self.health
+        return None if health is None else health.is_healthy(name)
+
+    def _shadow_agreement(self) -> float | None:
+        return self.shadow.agreement_rate() if self.shadow is not None else None
+
+    def is_available(self, name: str) -> bool:
+        """Healthy (or unchecked) and its breaker not open within its reset timeout."""
+        return self.availability.is_available(name)
+
+    @property
+    def in_flight(self) -> int:
+        """Client requests being served now."""
+        return self.proxy.in_flight
+
+    def send_webhook(
+        self,
+        name: str,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+    ) -> bool:
+        """Queue one webhook delivery (False: not started, queue full or body too large);
+        ``on_result(WebhookResult)`` once it is delivered or given up."""
+        if self.webhooks is None:
+            return False
+        self._webhook_seq += 1
+        key = f"{name}#{self._webhook_seq}"
+        if on_result is not None:
+            self._webhook_callbacks[key] = on_result
+        if not self.webhooks.send(key, url, body, headers=headers):
+            self._webhook_callbacks.pop(key, None)
+            return False
+        return True
+
+    def _webhook_done(self, result: Any) -> None:
+        callback = self._webhook_callbacks.pop(result.name, None)
+        if callback is not None:
+            callback(result)
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background parts (each once; see the module docstring for the order)."""
+        self.tracer.pin()
+        lc = self.config.ledger
+        if lc.influx_url is not None and self._ledger_sink is None:
+            from mlwarden.middleware.influx import InfluxSettings
+            from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink
+
+            self._ledger_sink = InfluxLedgerSink(
+                InfluxSettings(
+                    url=lc.influx_url,
+                    bucket=lc.influx_bucket,
+                    org=lc.influx_org,
+                    token=lc.influx_token,
+                )
+            )
+            self.ledger.add_listener(self._ledger_sink)
+        if self.shadow is not None:
+            self.shadow.start()
+        if self.webhooks is None:
+            from mlwarden.sidecar.healing.webhooks import WebhookSender
+
+            self.webhooks = WebhookSender(on_result=self._webhook_done)
+            self.webhooks.start()
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.policies.policies:
+            loops.append(("policies", self.policies.run))
+        if self.canary is not None:
+            loops.append(("canary", self.canary.run))
+        if self._runs_health and self.health is not None:
+            loops.append(("health-checks", self.health.run))
+        loop = asyncio.get_running_loop()
+        for name, run in loops:
+            if name not in self._tasks:
+                self._tasks[name] = loop.create_task(run(), name=f"mlwarden-{name}")
+
+    async def aclose(self) -> None:
+        """Stop what :meth:`start` started, then close the parts this sidecar created (once:
+        a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.shadow is not None:
+            await self.shadow.aclose()
+            await self.shadow.pool.aclose()
+        tasks, self._tasks = self._tasks, {}
+        for name in ("canary", "policies", "health-checks"):
+            task = tasks.get(name)
+            if task is None:
+                continue
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
+            if name == "health-checks" and self.health is not None:
+                await self.health.aclose()
+        webhooks, self.webhooks = self.webhooks, None
+        if webhooks is not None:
+            await webhooks.aclose()
+        if self._owns_pools:
+            await asyncio.gather(*(pool.aclose() for pool in self.pools.values()))
+        if self._owns_breakers:
+            for breaker in self.breakers.values():
+                breaker.close()  # the shared-state client, when there is one
+        sink, self._ledger_sink = self._ledger_sink, None
+        if sink is not None:
+            await asyncio.to_thread(sink.close)
+        self.ledger.close()
+
+
+class _HealingAdapter:
+    """The :class:`~mlwarden.sidecar.healing.ports.HealingPort` over one sidecar's parts."""
+
+    __slots__ = ("_sidecar",)
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+
+    @property
+    def routes(self) -> RouteControl:
+        return self._sidecar.router
+
+    @property
+    def canary(self) -> CanaryControl | None:
+        return self._sidecar.canary
+
+    def is_available(self, name: str) -> bool:
+        return self._sidecar.availability.is_available(name)
+
+    def read_signals(self, target: str, window_s: float) -> Mapping[str, Any]:
+        return self._sidecar.signals.read(target, window_s)
+
+    def read_signal(self, name: str, upstream: str, window_s: float) -> Any:
+        return self._sidecar.signals.read_one(name, upstream, window_s)
+
+    def record(self, **fields: Any) -> None:
+        self._sidecar.record(**fields)
+
+    def count_records(self, since: float, **filters: str) -> int:
+        return self._sidecar.ledger.count_since(since, **filters)
+
+    def recent_records(self, limit: int) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self._sidecar.ledger.query(limit=limit)]
+
+    def send_webhook(
+        self,
+        name: str,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+    ) -> bool:
+        return self._sidecar.send_webhook(name, url, body, headers=headers, on_result=on_result)

@@ -1,0 +1,134 @@
+"""What the proxy changes in the messages it forwards: headers both ways, and its own answers.
+
+Hop-by-hop headers (RFC 9110 §7.6.1, ``proxy-*`` and whatever ``connection`` names) are
+never forwarded; ``host`` and ``content-length`` are the upstream pool's to write; the
+``x-forwarded-*`` headers get the client's values appended; the answer names the upstream
+that gave it in ``x-mlwarden-upstream``. The proxy's own answers (413, 502, 503, 400) are
+small JSON bodies made here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = [
+    "HOP_BY_HOP",
+    "OVERLOADED_HEADER",
+    "UPSTREAM_HEADER",
+    "header",
+    "json_response",
+    "request_headers",
+    "request_target",
+    "response_headers",
+    "send_whole",
+    "trailer_headers",
+]
+
+Headers = list[tuple[bytes, bytes]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus ``proxy-*``
+#: and whatever a ``connection`` header names.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+#: Names the upstream that answered, on every proxied response.
+UPSTREAM_HEADER = b"x-mlwarden-upstream"
+#: Set on the 503 of a request shed because ``limits.max_concurrent_requests`` were in flight.
+OVERLOADED_HEADER = b"x-mlwarden-overloaded"
+# Dropped from requests besides the hop-by-hop ones: the pool writes its own host and framing.
+_REQUEST_OWNED = frozenset({b"host", b"content-length"})
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    return {
+        t.strip().lower()
+        for n, v in headers
+        if n.lower() == b"connection"
+        for t in v.split(b",")
+        if t.strip()
+    }
+
+
+def _is_hop(name: bytes, named: set[bytes]) -> bool:
+    return name in HOP_BY_HOP or name in named or name.startswith(b"proxy-")
+
+
+def request_headers(scope: dict[str, Any]) -> Headers:
+    """The client's headers as the upstream gets them (see the module docstring)."""
+    raw: Headers = scope["headers"]
+    named = _connection_tokens(raw)
+    out: Headers = []
+    forwarded: dict[bytes, list[bytes]] = {n: [] for n in _FORWARDED}
+    host = b""
+    for name, value in raw:
+        name = name.lower()
+        if name == b"host":
+            host = value
+        if name in forwarded:
+            forwarded[name].append(value)
+        elif name not in _REQUEST_OWNED and not _is_hop(name, named):
+            out.append((name, value))
+    client = scope.get("client")
+    ours = {
+        b"x-forwarded-for": client[0].encode() if client else b"unknown",
+        b"x-forwarded-proto": scope.get("scheme", "http").encode(),
+        b"x-forwarded-host": host,
+    }
+    for name in _FORWARDED:
+        values = [*forwarded[name], ours[name]] if ours[name] else forwarded[name]
+        if values:
+            out.append((name, b", ".join(values)))
+    return out
+
+
+def request_target(scope: dict[str, Any]) -> bytes:
+    """The request target as the client sent it: raw path and query."""
+    path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query = scope.get("query_string", b"")
+    return path + b"?" + query if query else path
+
+
+def response_headers(headers: Headers, upstream_value: bytes) -> Headers:
+    """The upstream's response headers as the client gets them, naming the upstream."""
+    named = _connection_tokens(headers)
+    out = [(n, v) for n, v in headers if not _is_hop(n, named) and n != UPSTREAM_HEADER]
+    out.append((UPSTREAM_HEADER, upstream_value))
+    return out
+
+
+def trailer_headers(trailers: Headers) -> Headers:
+    """The upstream's trailers as the client gets them."""
+    named = _connection_tokens(trailers)
+    return [(n, v) for n, v in trailers if not _is_hop(n, named)]
+
+
+def header(headers: Headers, name: bytes) -> str | None:
+    """The first value of ``name`` (lower case), decoded as latin-1."""
+    for n, v in headers:
+        if n == name:
+            return v.decode("latin-1")
+    return None
+
+
+def json_response(
+    status: int, payload: dict[str, Any], *, overloaded: bool = False
+) -> tuple[int, Headers, bytes]:
+    """One of the proxy's own answers: status, headers and a JSON body."""
+    body = json.dumps(payload).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if overloaded:
+        headers.append((OVERLOADED_HEADER, b"true"))
+    return status, headers, body
+
+
+async def send_whole(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    """Send a complete answer in two ASGI messages."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
