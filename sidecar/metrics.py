@@ -28,7 +28,7 @@ Exported (label values are upstream names from the configuration and fixed words
 - ``mlwarden_health_checks_total{upstream,result}``: every probe, by result (ok, degraded,
   failing, bad_status, timeout, connect_error, error).
 - ``mlwarden_health_check_duration_seconds{upstream}``: histogram of the probes.
-- the shadow's (:class:`~mlwarden.sidecar.routing.shadow.ShadowMetrics`), when one is
+- the shadow's (:class:`~mlwarden.sidecar.routing.shadow_metrics.ShadowMetrics`), when one is
   configured: ``mlwarden_shadow_requests_total{target,outcome}``,
   ``mlwarden_shadow_comparisons_total{target,result}``, ``mlwarden_shadow_uncompared_total``,
   ``mlwarden_shadow_duration_seconds``, ``mlwarden_shadow_agreement_ratio``,
@@ -381,7 +381,7 @@ class SidecarMetrics:
                 raise ValueError("SidecarMetrics is already attached to another proxy")
             self.proxy = proxy
         if proxy.config.shadow is not None and proxy.shadow_metrics is None:
-            from mlwarden.sidecar.routing.shadow import ShadowMetrics
+            from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
 
             proxy.shadow_metrics = ShadowMetrics(self.registry)  # the mirror is built at start
         proxy.add_events(self.proxy_events)

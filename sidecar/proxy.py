@@ -86,7 +86,8 @@ from mlwarden.sidecar.resilience.retry import (
 from mlwarden.sidecar.routing.canary import CanaryController
 from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
 from mlwarden.sidecar.routing.router import Router
-from mlwarden.sidecar.routing.shadow import ShadowConfig, ShadowCopy, ShadowMetrics, ShadowMirror
+from mlwarden.sidecar.routing.shadow import ShadowCopy, ShadowMirror
+from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
 from mlwarden.sidecar.tracing import ProxyTracer
 from mlwarden.sidecar.upstream import (
     UpstreamConnectError,
@@ -531,20 +532,8 @@ class ProxyApp:
             connect_timeout_s=u.connect_timeout_s,
             ssl_context=u.ssl_context(),
         )
-        return ShadowMirror(
-            pool,
-            ShadowConfig(
-                target=c.target,
-                sample_percent=c.sample_percent,
-                max_concurrent=c.max_concurrent,
-                max_queue=c.max_queue,
-                timeout_s=c.timeout_s,
-                max_body_bytes=c.max_body_bytes,
-                abs_tol=c.abs_tol,
-                rel_tol=c.rel_tol,
-            ),
-            is_available=self.is_available,
-            metrics=self.shadow_metrics,
+        return ShadowMirror.from_config(
+            c, pool, is_available=self.is_available, metrics=self.shadow_metrics
         )
 
     async def aclose(self) -> None:
