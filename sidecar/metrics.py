@@ -69,7 +69,7 @@ from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHisto
 from mlwarden.sidecar.proxy_events import ProxyEvents, status_class
 
 if TYPE_CHECKING:
-    from mlwarden.sidecar.healing.ledger import LedgerRecord
+    from mlwarden.sidecar.healing.ledger_records import LedgerRecord
     from mlwarden.sidecar.proxy import ProxyApp
     from mlwarden.sidecar.routing.health_checks import HealthChecker, ProbeResult
 

@@ -26,7 +26,7 @@ from dashboards import build
 from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.admin import create_admin_app
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.healing.ledger import LedgerRecord
+from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from mlwarden.sidecar.proxy import ProxyApp
 from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.sidecar.healing.ledger import LedgerRecord
+from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from mlwarden.sidecar.healing.webhooks import (
     WebhookResult,
     WebhookSender,
