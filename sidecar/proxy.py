@@ -526,12 +526,7 @@ class ProxyApp:
         assert c is not None
         u = self.config.upstream(c.target)
         # Its own pool: shadow copies never take a connection a real request could use.
-        pool = UpstreamPool(
-            u.url,
-            max_connections=c.max_concurrent,
-            connect_timeout_s=u.connect_timeout_s,
-            ssl_context=u.ssl_context(),
-        )
+        pool = UpstreamPool.from_config(u, max_connections=c.max_concurrent)
         return ShadowMirror.from_config(
             c, pool, is_available=self.is_available, metrics=self.shadow_metrics
         )
