@@ -28,12 +28,8 @@ from redis.retry import Retry
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.proxy import ProxyApp
-from mlwarden.sidecar.resilience.breaker import (
-    AsyncBreaker,
-    BreakerOpen,
-    build_breakers,
-    redis_storage,
-)
+from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, build_breakers
+from mlwarden.sidecar.resilience.breaker_storage import redis_storage
 from tests.apps import FakeVersion
 from tests.servers import (
     LOOPBACK,
