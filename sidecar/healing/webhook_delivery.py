@@ -1,11 +1,17 @@
-"""How one webhook delivery is tried, and when it is tried again.
+"""One webhook delivery: how it is checked and encoded, tried, and when it is tried again.
 
-:func:`deliver` sends one queued delivery (the sender, :mod:`mlwarden.sidecar.healing.webhooks`,
-owns the queue and calls it once per delivery) under its :class:`DeliveryRules`:
+The sender (:mod:`mlwarden.sidecar.healing.webhooks`) owns the queue; for each webhook it
+calls :func:`prepare` when it is sent and :func:`deliver` when its turn comes.
 
-- Each attempt is a ``POST`` bounded by ``timeout_s`` as a whole, not per phase, so a receiver
-  that drips its answer cannot hold the queue. The response body is read (at most 64 KiB) and
-  thrown away. Redirects are not followed (the sender's client does not).
+- :func:`prepare` refuses, at once, a URL that is not ``http(s)://host/...``, a body that is
+  not JSON or above ``max_body_bytes`` and a header with CR, LF or a bad name; it encodes the
+  body (non-finite floats as ``"nan"``, ``"inf"``, ``"-inf"``) and sets the sender's own
+  headers: ``content-type: application/json``, ``user-agent: mlwarden-sidecar`` and
+  ``x-mlwarden-delivery-id``, the same on every attempt of one delivery.
+- :func:`deliver` follows its :class:`DeliveryRules`. Each attempt is a ``POST`` bounded by
+  ``timeout_s`` as a whole, not per phase, so a receiver that drips its answer cannot hold the
+  queue. The response body is read (at most 64 KiB) and thrown away. Redirects are not
+  followed (the sender's client does not).
 - Connect errors, resets, timeouts and the ``retry_statuses`` (by default
   :data:`DEFAULT_RETRY_STATUSES`) are retried within ``max_attempts``, after an
   :class:`~mlwarden.sidecar.resilience.retry.ExponentialJitterBackoff` wait, stretched to
@@ -22,10 +28,15 @@ bound, while a webhook wants a plain attempts bound and a capped ``Retry-After``
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import math
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -42,6 +53,7 @@ __all__ = [
     "DeliveryRules",
     "WebhookResult",
     "deliver",
+    "prepare",
     "result_of",
 ]
 
@@ -49,6 +61,19 @@ log = logging.getLogger("mlwarden.sidecar.webhooks")
 
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
 _MAX_RESPONSE_READ = 64 * 1024
+USER_AGENT = "mlwarden-sidecar"
+_OWNED_HEADERS = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "x-mlwarden-delivery-id",
+        "content-length",
+        "transfer-encoding",
+        "host",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII: no CR, LF or NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +118,71 @@ class DeliveryRules:
     max_attempts: int
     backoff: ExponentialJitterBackoff
     retry_statuses: frozenset[int]
+
+
+def prepare(
+    name: str,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None,
+    *,
+    max_body_bytes: int,
+) -> Delivery:
+    """A delivery of ``body`` as JSON to ``url``, checked now so that a bad one fails the send
+    rather than every attempt later; ``ValueError`` (its message never quotes the URL or a
+    header) when the URL, the body or a header is refused. The sender's own headers (content
+    type, user agent, delivery id, framing) win over ``headers``."""
+    # The messages of these errors are logged: they must not quote the URL or a header.
+    if not isinstance(url, str):
+        raise ValueError(f"url: expected a string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError("url: not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("url: expected http:// or https:// with a host")
+    if not isinstance(body, Mapping):
+        raise ValueError(f"body: expected a mapping, got {type(body).__name__}")
+    try:
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # non-finite floats: written as the ledger writes them
+        text = json.dumps(_finite_floats(body), separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, RecursionError) as exc:
+        raise ValueError(f"body: not JSON ({type(exc).__name__})") from None
+    data = text.encode("utf-8")
+    if len(data) > max_body_bytes:
+        raise ValueError(f"body: {len(data)} bytes, above max_body_bytes ({max_body_bytes})")
+    extra: list[tuple[str, str]] = []
+    for key, value in (headers or {}).items():
+        # checked here, so that a bad header fails send() rather than every attempt later
+        if not (
+            isinstance(key, str)
+            and _HEADER_NAME.fullmatch(key)
+            and isinstance(value, str)
+            and _HEADER_VALUE.fullmatch(value)
+        ):
+            raise ValueError("headers: invalid header name or value")
+        if key.lower() not in _OWNED_HEADERS:
+            extra.append((key, value))
+    delivery_id = uuid.uuid4().hex
+    all_headers = [
+        ("content-type", "application/json"),
+        ("user-agent", USER_AGENT),
+        ("x-mlwarden-delivery-id", delivery_id),
+        *extra,
+    ]
+    return Delivery(str(name), url, data, all_headers, delivery_id)
+
+
+def _finite_floats(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {k: _finite_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_floats(v) for v in value]
+    return value
 
 
 class _AttemptFailed(Exception):

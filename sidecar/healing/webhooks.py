@@ -30,17 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
-import re
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,6 +48,7 @@ from mlwarden.sidecar.healing.webhook_delivery import (
     DeliveryRules,
     WebhookResult,
     deliver,
+    prepare,
     result_of,
 )
 from mlwarden.sidecar.healing.webhook_redaction import install_httpx_filter, redact_url
@@ -62,19 +59,6 @@ __all__ = ["MAX_BODY_BYTES", "WebhookSender", "slack_body"]
 log = logging.getLogger("mlwarden.sidecar.webhooks")
 
 MAX_BODY_BYTES = 256 * 1024
-USER_AGENT = "mlwarden-sidecar"
-_OWNED_HEADERS = frozenset(
-    {
-        "content-type",
-        "user-agent",
-        "x-mlwarden-delivery-id",
-        "content-length",
-        "transfer-encoding",
-        "host",
-    }
-)
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII: no CR, LF or NUL
 
 # slack_body stays importable from here: the escalation (healing/policies.py) imports it so.
 
@@ -195,7 +179,7 @@ class WebhookSender:
         (content type, user agent, delivery id, framing) cannot be overridden.
         """
         try:
-            delivery = self._prepare(name, url, body, headers)
+            delivery = prepare(name, url, body, headers, max_body_bytes=self.max_body_bytes)
         except Exception as exc:
             self._count("rejected")
             log.warning("webhook %s to %s not sent: %s", name, redact_url(url), exc)
@@ -209,53 +193,6 @@ class WebhookSender:
             self._queue.append(delivery)
         self._wake()
         return True
-
-    def _prepare(
-        self, name: str, url: str, body: Mapping[str, Any], headers: Mapping[str, str] | None
-    ) -> Delivery:
-        # The messages of these errors are logged: they must not quote the URL or a header.
-        if not isinstance(url, str):
-            raise ValueError(f"url: expected a string, got {type(url).__name__}")
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - validates the port
-        except ValueError:
-            raise ValueError("url: not a valid URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url: expected http:// or https:// with a host")
-        if not isinstance(body, Mapping):
-            raise ValueError(f"body: expected a mapping, got {type(body).__name__}")
-        try:
-            text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except ValueError:  # non-finite floats: written as the ledger writes them
-            text = json.dumps(_finite_floats(body), separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, RecursionError) as exc:
-            raise ValueError(f"body: not JSON ({type(exc).__name__})") from None
-        data = text.encode("utf-8")
-        if len(data) > self.max_body_bytes:
-            raise ValueError(
-                f"body: {len(data)} bytes, above max_body_bytes ({self.max_body_bytes})"
-            )
-        extra: list[tuple[str, str]] = []
-        for key, value in (headers or {}).items():
-            # checked here, so that a bad header fails send() rather than every attempt later
-            if not (
-                isinstance(key, str)
-                and _HEADER_NAME.fullmatch(key)
-                and isinstance(value, str)
-                and _HEADER_VALUE.fullmatch(value)
-            ):
-                raise ValueError("headers: invalid header name or value")
-            if key.lower() not in _OWNED_HEADERS:
-                extra.append((key, value))
-        delivery_id = uuid.uuid4().hex
-        all_headers = [
-            ("content-type", "application/json"),
-            ("user-agent", USER_AGENT),
-            ("x-mlwarden-delivery-id", delivery_id),
-            *extra,
-        ]
-        return Delivery(str(name), url, data, all_headers, delivery_id)
 
     def _wake(self) -> None:
         loop, event = self._loop, self._wakeup
@@ -401,13 +338,3 @@ class WebhookSender:
             self._on_result(result)
         except Exception:
             log.error("webhook %s: on_result hook failed", result.name, exc_info=True)
-
-
-def _finite_floats(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Mapping):
-        return {k: _finite_floats(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_floats(v) for v in value]
-    return value
