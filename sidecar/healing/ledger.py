@@ -11,20 +11,10 @@ record that could not be written is still kept, passed on and counted (``write_e
 Start-up: the last ``recent`` records (from the current file, then the backups as needed) are
 loaded into a bounded deque, so that ``/-/events`` survives restarts.
 
-Escalation windows (:meth:`Ledger.count_since`) may span days, far more than the deque holds.
-The ledger therefore keeps a separate, compact index: the timestamps of the records per
-``(policy, action, target)`` key, at most ``index_max_per_key`` (10,000) per key, for at most
-4,096 keys, pruned to ``index_horizon_s`` (8 days by default). It is rebuilt at start-up from
-every retained file (the scan stops once it is past both the horizon and ``recent``), so
-counts survive restarts, and a query costs a pass over a few small deques, never a file scan.
-Limits of the answer, documented rather than hidden: records older than the horizon are never
-counted (``since`` is clamped to it, so the answer is the same before and after a restart);
-records rotated out of the retained files are not counted after a restart
-(:meth:`Ledger.coverage_start` says from when counts are complete); and a key holding more than
-``index_max_per_key`` timestamps in the window answers that cap (escalation thresholds are
-small numbers, so a saturated count still crosses them). The start-up scan reads at most
-``(backups + 1) * max_bytes`` (60 MiB by default: about a second, measured at 4 us a line, when
-all of it lies within the horizon; after a normal week it reads a few kilobytes).
+Escalation windows (:meth:`Ledger.count_since`) may span days, far more than the deque holds:
+they are counted from a compact index of record times per ``(policy, action, target)``, rebuilt
+at start-up, within ``index_horizon_s`` (8 days by default); what its answer covers, and where
+it stops being complete, is :mod:`~mlwarden.sidecar.healing.ledger_index`.
 """
 
 from __future__ import annotations
@@ -42,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlwarden.sidecar.healing.ledger_files import LedgerFile
+from mlwarden.sidecar.healing.ledger_index import WindowIndex
 from mlwarden.sidecar.healing.ledger_records import IndexKey, LedgerRecord, index_entry
 
 if TYPE_CHECKING:
@@ -53,8 +44,6 @@ log = logging.getLogger("mlwarden.sidecar.ledger")
 
 #: The most records :meth:`Ledger.query` returns.
 MAX_QUERY_LIMIT = 1000
-
-_INDEX_MAX_KEYS = 4096
 
 #: A listener gets every record after it is appended (on the appending thread).
 LedgerListener = Callable[[LedgerRecord], object]
@@ -111,14 +100,15 @@ class Ledger:
         self.backups = backups
         self.fsync = fsync
         self.index_horizon_s = float(index_horizon_s)
-        self._index_max_per_key = index_max_per_key
         self._clock = clock
         self._lock = threading.Lock()
         self._recent: deque[LedgerRecord] = deque(maxlen=recent)
-        self._index: dict[IndexKey, deque[float]] = {}
         self._listeners: list[LedgerListener] = []
         self._counts: Counter[tuple[str, str]] = Counter()
         self._stats: Counter[str] = Counter()
+        self._index = WindowIndex(
+            horizon_s=self.index_horizon_s, max_per_key=index_max_per_key, stats=self._stats
+        )
         self._run = os.urandom(6).hex()
         self._seq = 0
         self._file: LedgerFile | None = None
@@ -197,7 +187,7 @@ class Ledger:
                     break  # past the horizon and enough recent records
         self._recent.extend(reversed(recent))
         for key, at in reversed(stamps):
-            self._index_add(key, at)
+            self._index.add(key, at)
         self._stats["loaded"] = len(recent)
         if recent:
             log.info("mlwarden: loaded %d recent healing records from %s", len(recent), self.path)
@@ -268,7 +258,7 @@ class Ledger:
                 self._file.write(record.to_json().encode() + b"\n")
             self._recent.append(record)
             assert record.at is not None
-            self._index_add((record.policy, record.action, record.target), record.at)
+            self._index.add((record.policy, record.action, record.target), record.at)
             self._counts[(record.action, record.outcome)] += 1
             self._stats["appended"] += 1
             listeners = tuple(self._listeners)
@@ -284,22 +274,6 @@ class Ledger:
                     record.target,
                 )
         return record
-
-    def _index_add(self, key: IndexKey, at: float) -> None:
-        stamps = self._index.get(key)
-        if stamps is None:
-            if len(self._index) >= _INDEX_MAX_KEYS:
-                # Evict the key that has been quiet longest.
-                stale = min(
-                    self._index, key=lambda k: self._index[k][-1] if self._index[k] else -math.inf
-                )
-                del self._index[stale]
-                self._stats["index_keys_evicted"] += 1
-            stamps = self._index[key] = deque(maxlen=self._index_max_per_key)
-        stamps.append(at)
-        cutoff = at - self.index_horizon_s
-        while stamps and stamps[0] < cutoff:
-            stamps.popleft()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -355,22 +329,14 @@ class Ledger:
     ) -> int:
         """How many records match in ``since <= at < until``, from the window index.
 
-        Survives restarts and covers windows longer than the recent deque; see the module
-        docstring (and :meth:`coverage_start`) for where its answer stops being complete.
+        Survives restarts and covers windows longer than the recent deque; see
+        :mod:`~mlwarden.sidecar.healing.ledger_index` (and :meth:`coverage_start`) for where its
+        answer stops being complete.
         """
         # Clamped to the horizon, so that the answer is the same before and after a restart.
         since = max(since, self._clock() - self.index_horizon_s)
         with self._lock:
-            total = 0
-            for (p, a, t), stamps in self._index.items():
-                if (
-                    (policy is not None and p != policy)
-                    or (action is not None and a != action)
-                    or (target is not None and t != target)
-                ):
-                    continue
-                total += sum(1 for at in stamps if at >= since and (until is None or at < until))
-            return total
+            return self._index.count(since, until, policy=policy, action=action, target=target)
 
     def coverage_start(self) -> float:
         """From when :meth:`count_since` counts every record: the later of the index horizon
