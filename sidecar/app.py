@@ -55,7 +55,8 @@ from mlwarden.sidecar.routing.availability import Availability
 from mlwarden.sidecar.routing.canary import CanaryController
 from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
 from mlwarden.sidecar.routing.router import Router
-from mlwarden.sidecar.routing.shadow import ShadowConfig, ShadowMetrics, ShadowMirror
+from mlwarden.sidecar.routing.shadow import ShadowMirror
+from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
 from mlwarden.sidecar.signals.health import HealthSignals
 from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
 from mlwarden.sidecar.signals.prometheus import PrometheusSignals
@@ -134,15 +135,7 @@ class Sidecar:
         self.pools: dict[str, UpstreamPool] = (
             dict(pools)
             if pools is not None
-            else {
-                u.name: UpstreamPool(
-                    u.url,
-                    max_connections=u.max_connections,
-                    connect_timeout_s=u.connect_timeout_s,
-                    ssl_context=u.ssl_context(),
-                )
-                for u in config.upstreams
-            }
+            else {u.name: UpstreamPool.from_config(u) for u in config.upstreams}
         )
         self._owns_breakers = breakers is None
         self.breakers: dict[str, AsyncBreaker] = (
@@ -169,11 +162,8 @@ class Sidecar:
         # 2. what is counted and recorded
         #: Per-upstream windows of attempts: the canary's and the policies' local signals.
         self.windows = UpstreamWindows(names, clock=clock)
-        lc = config.ledger
         #: The healing ledger: every decision, automatic or manual (file per ``ledger.path``).
-        self.ledger = Ledger(
-            lc.path, max_bytes=lc.max_bytes, backups=lc.backups, fsync=lc.fsync, recent=lc.recent
-        )
+        self.ledger = Ledger.from_config(config.ledger)
         self._ledger_sink: Any = None
         self.metrics = SidecarMetrics(registry) if registry is not None else None
         self.shadow_metrics = (
@@ -252,26 +242,9 @@ class Sidecar:
         assert c is not None
         u = self.config.upstream(c.target)
         # Its own pool: shadow copies never take a connection a real request could use.
-        pool = UpstreamPool(
-            u.url,
-            max_connections=c.max_concurrent,
-            connect_timeout_s=u.connect_timeout_s,
-            ssl_context=u.ssl_context(),
-        )
-        return ShadowMirror(
-            pool,
-            ShadowConfig(
-                target=c.target,
-                sample_percent=c.sample_percent,
-                max_concurrent=c.max_concurrent,
-                max_queue=c.max_queue,
-                timeout_s=c.timeout_s,
-                max_body_bytes=c.max_body_bytes,
-                abs_tol=c.abs_tol,
-                rel_tol=c.rel_tol,
-            ),
-            is_available=self.availability.is_available,
-            metrics=self.shadow_metrics,
+        pool = UpstreamPool.from_config(u, max_connections=c.max_concurrent)
+        return ShadowMirror.from_config(
+            c, pool, is_available=self.availability.is_available, metrics=self.shadow_metrics
         )
 
     def _wire(self) -> None:

@@ -28,7 +28,7 @@ Exported (label values are upstream names from the configuration and fixed words
 - ``mlwarden_health_checks_total{upstream,result}``: every probe, by result (ok, degraded,
   failing, bad_status, timeout, connect_error, error).
 - ``mlwarden_health_check_duration_seconds{upstream}``: histogram of the probes.
-- the shadow's (:class:`~mlwarden.sidecar.routing.shadow.ShadowMetrics`), when one is
+- the shadow's (:class:`~mlwarden.sidecar.routing.shadow_metrics.ShadowMetrics`), when one is
   configured: ``mlwarden_shadow_requests_total{target,outcome}``,
   ``mlwarden_shadow_comparisons_total{target,result}``, ``mlwarden_shadow_uncompared_total``,
   ``mlwarden_shadow_duration_seconds``, ``mlwarden_shadow_agreement_ratio``,
@@ -70,7 +70,7 @@ from mlwarden.sidecar.listeners import Listener
 from mlwarden.sidecar.signals.outcomes import status_class
 
 if TYPE_CHECKING:
-    from mlwarden.sidecar.healing.ledger import LedgerRecord
+    from mlwarden.sidecar.healing.ledger_records import LedgerRecord
     from mlwarden.sidecar.routing.health_checks import HealthChecker, ProbeResult
 
 __all__ = ["BREAKER_STATE_VALUES", "PROXY_LATENCY_BUCKETS", "ProxyMetrics", "SidecarMetrics"]

@@ -14,20 +14,10 @@ Why not httpx or aiohttp: measured on these machines, httpx's pool costs a naive
 times its throughput, and aiohttp's client does far more per request (cookies, redirects, URL
 objects, multidicts) than a proxy needs. See ``benchmarks/upstream_client.py``.
 
-Errors (all derive from :class:`mlwarden.middleware.errors.MlwardenError`)::
-
-    UpstreamError                 one exchange failed; ``request_sent`` says whether any byte of
-    │                             the request was written, ``connection_reused`` whether the
-    │                             connection had served an earlier exchange
-    ├── UpstreamConnectError      refused, unresolvable or the connect deadline passed: nothing
-    │   │                         was sent, safe to retry with any method
-    │   └── UpstreamPoolTimeout   no connection became free before the connect deadline
-    ├── UpstreamTimeout           the per-try deadline passed while sending, or waiting for the
-    │                             head or the body
-    ├── UpstreamReset             the upstream closed the connection mid-exchange (also: a reused
-    │                             keep-alive connection it had just closed; ``connection_reused``
-    │                             and ``response_started`` tell the retry layer which)
-    └── UpstreamProtocolError     a malformed response, or a head above ``max_response_head_bytes``
+Errors: the tree in :mod:`mlwarden.sidecar.upstream_errors` (re-exported here), each saying how
+far the exchange got. The connection itself (writing, parsing with ``httptools``, flow control,
+the response body) is :mod:`mlwarden.sidecar.upstream_connection`; this module owns the pool:
+request heads, sending bodies, and lending, taking back and closing connections.
 
 Errors raised by a caller's request-body iterator are not translated: the connection is closed
 and the caller's exception propagates unchanged.
@@ -40,12 +30,21 @@ import collections
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httptools
+from mlwarden.sidecar.upstream_connection import Headers, UpstreamConnection, UpstreamResponse
+from mlwarden.sidecar.upstream_errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPoolTimeout,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 
-from mlwarden.middleware.errors import MlwardenError
+if TYPE_CHECKING:
+    from mlwarden.sidecar.config import UpstreamConfig
 
 __all__ = [
     "UpstreamConnectError",
@@ -58,412 +57,10 @@ __all__ = [
     "UpstreamTimeout",
 ]
 
-Headers = list[tuple[bytes, bytes]]
-
 # Request headers the client owns: framing and persistence are decided per connection here.
 _OWNED_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 _BODYLESS_METHODS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
 _WRITE_SLICE = 256 * 1024  # large bytes bodies go out in slices, draining between them
-_READ_HIGH_WATER = 256 * 1024  # response bytes buffered before the socket stops being read
-_READ_LOW_WATER = 64 * 1024
-
-
-class UpstreamError(MlwardenError):
-    """One exchange with an upstream failed; see the module docstring for the tree."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        request_sent: bool,
-        connection_reused: bool = False,
-        response_started: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.request_sent = request_sent
-        self.connection_reused = connection_reused
-        self.response_started = response_started
-
-
-class UpstreamConnectError(UpstreamError):
-    """No connection could be made; nothing was sent, so any method may be retried."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, request_sent=False)
-
-
-class UpstreamPoolTimeout(UpstreamConnectError):
-    """Every connection stayed busy until the connect deadline; nothing was sent."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The per-try deadline passed before the exchange finished."""
-
-
-class UpstreamReset(UpstreamError):
-    """The upstream dropped the connection before the response was complete."""
-
-
-class UpstreamProtocolError(UpstreamError):
-    """The upstream's response could not be parsed, or its head was too large."""
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; it carries at most one exchange at a time.
-
-    Also the callback object of ``httptools.HttpResponseParser`` (one parser per exchange, so
-    that a HEAD response, whose body the parser would otherwise expect, cannot desynchronise the
-    next one).
-    """
-
-    def __init__(self, pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> None:
-        self._pool = pool
-        self._loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.forgotten = False  # removed from the pool's count (exactly once)
-        self.exchanges = 0
-        self.idle_since = 0.0
-        self._lost: asyncio.Future[None] = loop.create_future()
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._read_paused = False
-        self._reset_exchange()
-
-    # --- exchange state ---------------------------------------------------------------------
-
-    def _reset_exchange(self) -> None:
-        self.parser: httptools.HttpResponseParser | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.error: UpstreamError | None = None
-        self.status = 0
-        self.headers: Headers = []
-        self.trailers: Headers = []
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.buffered = 0
-        self.head_bytes = 0  # bytes received before the head was complete
-        self.header_bytes = 0  # bytes of parsed header lines
-        self.head_done = False
-        self.message_done = False
-        self.keep_alive = False
-        self.is_head = False
-        self.interim = False
-        self.framed = False  # content-length or chunked: the body does not end at close
-        self.request_sent = False
-
-    def begin(self, is_head: bool, deadline: float | None) -> None:
-        self.exchanges += 1
-        self.is_head = is_head
-        self.parser = httptools.HttpResponseParser(self)
-        if deadline is not None:
-            self.timer = self._loop.call_at(deadline, self._on_deadline)
-
-    def end_exchange(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self._reset_exchange()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        waiter = self._loop.create_future()
-        self.waiter = waiter
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-
-    def fail(self, error: UpstreamError) -> None:
-        """Record the first error of this exchange, wake the reader, drop the connection."""
-        if self.error is None and not self.message_done:
-            error.connection_reused = self.exchanges > 1
-            error.response_started = self.status != 0 or self.head_bytes > 0
-            self.error = error
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self._wake()
-        self.abort()
-
-    def _on_deadline(self) -> None:
-        self.timer = None
-        self.fail(
-            UpstreamTimeout(
-                "the upstream did not complete the exchange within the deadline",
-                request_sent=self.request_sent,
-            )
-        )
-
-    def _reset_error(self, why: str) -> UpstreamReset:
-        return UpstreamReset(why, request_sent=self.request_sent)
-
-    # --- writing ------------------------------------------------------------------------------
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def drain(self) -> None:
-        while self._write_paused and not self.closed and self.error is None:
-            waiter = self._loop.create_future()
-            self._drain_waiter = waiter
-            self.waiter = waiter  # a deadline or a reset wakes the writer too
-            try:
-                await waiter
-            finally:
-                self._drain_waiter = None
-                self.waiter = None
-        if self.error is not None:
-            raise self.error
-        if self.closed:
-            raise self._reset_error("the upstream closed the connection while the request was sent")
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.request_sent = True
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    # --- protocol callbacks -------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None:
-            # Bytes on an idle connection belong to no request: the stream is out of step.
-            self.abort()
-            return
-        if not self.head_done:
-            self.head_bytes += len(data)
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail(
-                UpstreamProtocolError(
-                    "the upstream switched protocols, which the proxy does not support",
-                    request_sent=self.request_sent,
-                )
-            )
-            return
-        except httptools.HttpParserError as exc:
-            self.fail(
-                UpstreamProtocolError(
-                    f"malformed response from the upstream: {exc}", request_sent=self.request_sent
-                )
-            )
-            return
-        if not self.head_done and self.head_bytes > self._pool.max_response_head_bytes:
-            self.fail(
-                UpstreamProtocolError(
-                    f"response head above {self._pool.max_response_head_bytes} bytes",
-                    request_sent=self.request_sent,
-                )
-            )
-
-    def eof_received(self) -> bool:
-        # A body without content-length or chunked framing ends when the upstream closes.
-        if self.head_done and not self.message_done and not self.framed and self.error is None:
-            self.keep_alive = False
-            self.message_done = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            self._wake()
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.parser is not None and not self.message_done:
-            why = "the upstream closed the connection before the response was complete"
-            if exc is not None:
-                why = f"{why}: {exc}"
-            self.fail(self._reset_error(why))
-        self.resume_writing()
-        self._wake()
-        if not self._lost.done():
-            self._lost.set_result(None)
-        self._pool._forget(self)
-        self._pool._all.discard(self)
-
-    # --- parser callbacks ---------------------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if self.head_done:
-            self.trailers.append((name, value))
-            return
-        if name == b"content-length" or name == b"transfer-encoding":
-            self.framed = True
-        self.headers.append((name, value))
-        self.header_bytes += len(name) + len(value) + 4
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()  # type: ignore[union-attr]
-        if 100 <= status < 200:
-            # An interim response (100 Continue, 103 Early Hints): the real one follows.
-            self.interim = True
-            self.headers = []
-            self.framed = False
-            return
-        if self.header_bytes > self._pool.max_response_head_bytes:
-            # The head arrived in one read, so the check in data_received never saw it unfinished.
-            self.fail(
-                UpstreamProtocolError(
-                    f"response head above {self._pool.max_response_head_bytes} bytes",
-                    request_sent=self.request_sent,
-                )
-            )
-            return
-        self.status = status
-        self.head_done = True
-        if status == 204 or status == 304:
-            self.framed = True
-        if self.is_head:
-            # The parser cannot be told the request was HEAD: it would wait for a body that
-            # never comes and judge keep-alive by it, so decide both here.
-            self.framed = True
-            self.keep_alive = self._head_keep_alive()
-            self._complete()
-        self._wake()
-
-    def _head_keep_alive(self) -> bool:
-        tokens = b",".join(v for n, v in self.headers if n == b"connection").lower()
-        if self.parser.get_http_version() == "1.0":  # type: ignore[union-attr]
-            return b"keep-alive" in tokens
-        return b"close" not in tokens
-
-    def on_body(self, body: bytes) -> None:
-        if self.message_done:  # a HEAD response's announced body never comes
-            return
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > _READ_HIGH_WATER and not self._read_paused and self.transport:
-            self._read_paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        if self.message_done:
-            return
-        self.keep_alive = self.parser.should_keep_alive()  # type: ignore[union-attr]
-        self._complete()
-        self._wake()
-
-    def _complete(self) -> None:
-        self.message_done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def consumed(self, n: int) -> None:
-        self.buffered -= n
-        if self._read_paused and self.buffered <= _READ_LOW_WATER and self.transport:
-            self._read_paused = False
-            self.transport.resume_reading()
-
-    # --- lifetime -----------------------------------------------------------------------------
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def abort(self) -> None:
-        """Drop the connection now; the pool stops counting it at once."""
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
-        self._pool._forget(self)
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
-        self._pool._forget(self)
-
-
-class UpstreamResponse:
-    """The status and head of an upstream's response; the body is read with :meth:`iter_body`.
-
-    ``headers`` keeps the raw list (names lowercased, repeated headers in order). ``trailers``
-    fills once a chunked body has been read to its end. Always finish with :meth:`aclose` (or
-    ``async with``): the connection returns to the pool only if the body was read completely
-    and the upstream allows keep-alive; otherwise it is closed.
-    """
-
-    __slots__ = ("_chunks", "_conn", "_pool", "headers", "status", "trailers")
-
-    def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
-        self._pool = pool
-        self.status: int = conn.status
-        self.headers: Headers = conn.headers
-        self.trailers: Headers = conn.trailers
-        self._chunks = conn.chunks
-        self._conn: _Connection | None = conn
-        if conn.message_done:
-            # Small responses usually arrive whole with the head: free the connection now.
-            self._finish()
-
-    def __repr__(self) -> str:
-        return f"<UpstreamResponse status={self.status} headers={len(self.headers)}>"
-
-    async def iter_body(self) -> AsyncIterator[bytes]:
-        """Yield body chunks as they arrive; raises :class:`UpstreamError` if the body breaks."""
-        chunks = self._chunks
-        while True:
-            if chunks:
-                chunk = chunks.popleft()
-                conn = self._conn
-                if conn is not None:
-                    conn.consumed(len(chunk))
-                yield chunk
-                continue
-            conn = self._conn
-            if conn is None:
-                return
-            if conn.error is not None:
-                error = conn.error
-                self._finish()
-                raise error
-            if conn.message_done:
-                self._finish()
-                return
-            await conn.wait()
-
-    async def read(self) -> bytes:
-        """The whole body; for small responses such as health checks, never for proxying."""
-        return b"".join([chunk async for chunk in self.iter_body()])
-
-    def _finish(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        self._conn = None
-        if conn.message_done and conn.error is None and conn.keep_alive:
-            self._pool._release(conn)
-        else:
-            conn.end_exchange()
-            conn.abort()
-
-    async def aclose(self) -> None:
-        """Give the connection back (body fully read, keep-alive) or close it."""
-        self._finish()
-        self._chunks.clear()
-
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 class UpstreamPool:
@@ -534,11 +131,26 @@ class UpstreamPool:
         self._host_header = b"host: " + netloc.encode("idna") + b"\r\n"
         self._loop = loop
         self._clock = clock
-        self._idle: list[_Connection] = []
-        self._all: set[_Connection] = set()
-        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self._idle: list[UpstreamConnection] = []
+        self._all: set[UpstreamConnection] = set()
+        self._waiters: collections.deque[asyncio.Future[UpstreamConnection | None]] = (
+            collections.deque()
+        )
         self._count = 0  # connections open or opening
         self._closed = False
+
+    @classmethod
+    def from_config(
+        cls, block: UpstreamConfig, *, max_connections: int | None = None
+    ) -> UpstreamPool:
+        """The pool of a validated ``upstreams.<name>`` block. ``max_connections`` sizes a pool
+        kept for another use instead of the block's (the shadow's own: its ``max_concurrent``)."""
+        return cls(
+            block.url,
+            max_connections=block.max_connections if max_connections is None else max_connections,
+            connect_timeout_s=block.connect_timeout_s,
+            ssl_context=block.ssl_context(),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -659,7 +271,7 @@ class UpstreamPool:
 
     @staticmethod
     async def _send_stream(
-        conn: _Connection, body: AsyncIterator[bytes], declared: int | None
+        conn: UpstreamConnection, body: AsyncIterator[bytes], declared: int | None
     ) -> None:
         sent = 0
         async for chunk in body:
@@ -683,7 +295,7 @@ class UpstreamPool:
     def _now(self) -> float:
         return self._clock() if self._clock is not None else self._loop.time()  # type: ignore[union-attr]
 
-    def _take_idle(self) -> _Connection | None:
+    def _take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
         oldest_allowed = self._now() - self.idle_timeout_s
         while idle:
@@ -695,7 +307,7 @@ class UpstreamPool:
 
     async def _acquire(
         self, loop: asyncio.AbstractEventLoop, deadline: float | None
-    ) -> _Connection:
+    ) -> UpstreamConnection:
         connect_deadline = loop.time() + self.connect_timeout_s
         if deadline is not None and deadline < connect_deadline:
             connect_deadline = deadline
@@ -705,7 +317,7 @@ class UpstreamPool:
                 return conn
             if self._count < self.max_connections:
                 return await self._connect(loop, connect_deadline)
-            waiter: asyncio.Future[_Connection | None] = loop.create_future()
+            waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
             self._waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(connect_deadline):
@@ -723,7 +335,7 @@ class UpstreamPool:
                 return conn
             # A slot was freed: go round and open a connection in it.
 
-    def _rescue(self, waiter: asyncio.Future[_Connection | None]) -> None:
+    def _rescue(self, waiter: asyncio.Future[UpstreamConnection | None]) -> None:
         """A waiter gave up: pass on whatever it was handed meanwhile."""
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
@@ -734,9 +346,11 @@ class UpstreamPool:
             else:
                 self._wake_one_waiter(None)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> UpstreamConnection:
         self._count += 1
-        conn = _Connection(self, loop)
+        conn = UpstreamConnection(self, loop)
         self._all.add(conn)
         try:
             async with asyncio.timeout_at(deadline):
@@ -765,7 +379,7 @@ class UpstreamPool:
             raise RuntimeError("the upstream pool is closed")
         return conn
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: UpstreamConnection) -> None:
         """Take back a connection whose exchange is complete."""
         conn.end_exchange()
         if self._closed or not conn.usable:
@@ -776,7 +390,7 @@ class UpstreamPool:
         conn.idle_since = self._now()
         self._idle.append(conn)
 
-    def _wake_one_waiter(self, conn: _Connection | None) -> bool:
+    def _wake_one_waiter(self, conn: UpstreamConnection | None) -> bool:
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
@@ -785,7 +399,7 @@ class UpstreamPool:
                 return True
         return False
 
-    def _forget(self, conn: _Connection) -> None:
+    def _forget(self, conn: UpstreamConnection) -> None:
         """Stop counting a connection that is closed or closing (idempotent)."""
         if conn.forgotten:
             return

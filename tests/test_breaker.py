@@ -9,7 +9,9 @@ import pybreaker
 import pytest
 
 from mlwarden.middleware.errors import ConfigError, MlwardenError
-from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, redis_storage
+from mlwarden.sidecar.config import BreakerConfig
+from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen
+from mlwarden.sidecar.resilience.breaker_storage import redis_storage
 
 
 class FakeClock:
@@ -51,6 +53,14 @@ def test_opens_after_fail_max_consecutive_failures() -> None:
     asyncio.run(fail(breaker, 2))
     assert (breaker.state, breaker.fail_counter) == ("closed", 2)
     asyncio.run(fail(breaker, 1))
+    assert breaker.state == "open"
+
+
+def test_from_config_takes_the_breaker_blocks_thresholds() -> None:
+    block = BreakerConfig(consecutive_5xx=2, reset_timeout_s=7.0, failure_status_codes=(503,))
+    breaker = AsyncBreaker.from_config(block, "primary", clock=FakeClock())
+    assert (breaker.reset_timeout_s, breaker.failure_statuses) == (7.0, frozenset({503}))
+    asyncio.run(fail(breaker, 2))
     assert breaker.state == "open"
 
 

@@ -28,12 +28,8 @@ from redis.retry import Retry
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.resilience.breaker import (
-    AsyncBreaker,
-    BreakerOpen,
-    build_breakers,
-    redis_storage,
-)
+from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, build_breakers
+from mlwarden.sidecar.resilience.breaker_storage import redis_storage
 from tests.apps import FakeVersion
 from tests.servers import (
     LOOPBACK,
@@ -455,7 +451,7 @@ def test_breakers_fail_open_while_redis_is_down_and_share_again_when_it_is_back(
 def proxy_replicas(
     cfg: SidecarConfig, clock: FakeClock, n: int = 2
 ) -> Iterator[list[tuple[Sidecar, httpx.Client]]]:
-    """``n`` ProxyApps served by uvicorn, each with breakers built from ``cfg``."""
+    """``n`` sidecars served by uvicorn, each with breakers built from ``cfg``."""
     with contextlib.ExitStack() as stack:
         out = []
         for _ in range(n):

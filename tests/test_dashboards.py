@@ -27,7 +27,7 @@ from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.admin import create_admin_app
 from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
-from mlwarden.sidecar.healing.ledger import LedgerRecord
+from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir
 from tests.support import make_baseline, reference_rows

@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 
 from mlwarden.middleware.influx import InfluxSettings
-from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT, Ledger, LedgerRecord
+from mlwarden.sidecar.config import LedgerConfig
+from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT, Ledger
 from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink, record_line
+from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from tests.servers import LOOPBACK, VictoriaMetrics, free_port
 
 LOGGER = "mlwarden.sidecar.ledger"
@@ -185,6 +187,15 @@ def test_memory_only_ledger_keeps_records_without_a_file(tmp_path: Path) -> None
         assert ledger.query() == [b, a]
         assert ledger.stats()["path"] is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_from_config_shapes_the_file_as_the_ledger_block_says(tmp_path: Path) -> None:
+    block = LedgerConfig(path=str(tmp_path / "l.jsonl"), max_bytes=4096, backups=1, fsync=False)
+    with Ledger.from_config(block, clock=FakeClock()) as ledger:
+        for _ in range(60):
+            ledger.append("webhook", "ops", reason="x" * 100)
+        assert ledger.stats()["rotations"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.jsonl", "l.jsonl.1"]
 
 
 def test_ids_are_unique_across_restarts_and_ordered_within_a_run(tmp_path: Path) -> None:

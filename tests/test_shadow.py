@@ -9,6 +9,7 @@ report the primary's answer to the copy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import random
@@ -22,14 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.payloads import Predictions
-from mlwarden.sidecar.routing.shadow import (
-    SHADOW_HEADER,
-    ShadowConfig,
-    ShadowCopy,
-    ShadowMetrics,
-    ShadowMirror,
-    compare_predictions,
-)
+from mlwarden.sidecar.config import ShadowTrafficConfig
+from mlwarden.sidecar.routing.shadow import ShadowCopy, ShadowMirror
+from mlwarden.sidecar.routing.shadow_comparison import compare_predictions
+from mlwarden.sidecar.routing.shadow_exchange import SHADOW_HEADER
+from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
 from mlwarden.sidecar.upstream import UpstreamPool
 from tests.servers import LOOPBACK, free_port, serve_app
 
@@ -135,10 +133,18 @@ def uncompared(registry: CollectorRegistry, reason: str) -> float | None:
     return sample(registry, "mlwarden_shadow_uncompared_total", reason=reason)
 
 
-def config(**overrides: Any) -> ShadowConfig:
-    options: dict[str, Any] = {"target": TARGET, "sample_percent": 100, "timeout_s": 2.0}
-    options.update(overrides)
-    return ShadowConfig(**options)
+def block(**keys: Any) -> ShadowTrafficConfig:
+    """The ``shadow:`` block for the test's target: every copy sent, 2 s each."""
+    return ShadowTrafficConfig(
+        **{"target": TARGET, "sample_percent": 100, "timeout_s": 2.0, **keys}
+    )
+
+
+def options(**overrides: Any) -> dict[str, Any]:
+    """A mirror's keyword arguments: :func:`block`'s values (the block's defaults), then
+    ``overrides`` (block keys or the mirror's own bounds such as ``min_comparisons``)."""
+    b = block()
+    return {**{f.name: getattr(b, f.name) for f in dataclasses.fields(b)}, **overrides}
 
 
 async def forward(
@@ -178,7 +184,7 @@ def compare_once(
         async with (
             UpstreamPool(primary_url) as primary,
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, config(**overrides), metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **options(**overrides), metrics=ShadowMetrics(registry)) as mirror,
         ):
             copy = await forward(primary, mirror)
             await settled(mirror)
@@ -195,7 +201,7 @@ def test_copy_is_sent_without_waiting_for_the_primary(servers: tuple[str, str]) 
     _, shadow_url = servers
 
     async def scenario() -> tuple[str | None, str | None, dict[str, Any]]:
-        async with UpstreamPool(shadow_url) as pool, ShadowMirror(pool, config()) as mirror:
+        async with UpstreamPool(shadow_url) as pool, ShadowMirror(pool, **options()) as mirror:
             headers = [
                 *JSON_HEADERS,
                 (b"connection", b"x-hop"),
@@ -331,7 +337,7 @@ def test_primary_answer_reported_after_the_shadow_is_still_compared(
     async def scenario() -> tuple[ShadowCopy, dict[str, Any]]:
         async with (
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **options(), metrics=ShadowMetrics(registry)) as mirror,
         ):
             copy = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             assert copy is not None
@@ -355,7 +361,7 @@ def test_primary_failure_is_counted_and_not_compared(servers: tuple[str, str]) -
     async def scenario() -> list[ShadowCopy]:
         async with (
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **options(), metrics=ShadowMetrics(registry)) as mirror,
         ):
             before = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             after = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
@@ -390,7 +396,7 @@ def test_uncaptured_primary_body_is_not_compared(servers: tuple[str, str]) -> No
     async def scenario() -> ShadowCopy:
         async with (
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **options(), metrics=ShadowMetrics(registry)) as mirror,
         ):
             copy = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             assert copy is not None
@@ -414,11 +420,11 @@ def test_sampling_takes_exactly_the_seeded_share(servers: tuple[str, str]) -> No
     assert 90 <= expected <= 150  # roughly 30 %
 
     async def scenario() -> dict[str, Any]:
-        cfg = config(sample_percent=30, max_queue=offers, max_concurrent=8, max_pending=offers)
+        cfg = options(sample_percent=30, max_queue=offers, max_concurrent=8, max_pending=offers)
         async with (
             UpstreamPool(shadow_url, max_connections=8) as pool,
             ShadowMirror(
-                pool, cfg, metrics=ShadowMetrics(registry), rng=random.Random(seed)
+                pool, **cfg, metrics=ShadowMetrics(registry), rng=random.Random(seed)
             ) as mirror,
         ):
             taken = [
@@ -441,7 +447,7 @@ def test_zero_percent_sends_nothing(servers: tuple[str, str]) -> None:
     async def scenario() -> list[ShadowCopy | None]:
         async with (
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, config(sample_percent=0)) as mirror,
+            ShadowMirror(pool, **options(sample_percent=0)) as mirror,
         ):
             return [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(50)]
 
@@ -460,10 +466,10 @@ def test_hanging_shadow_sheds_copies_once_workers_and_queue_are_full(
     registry = CollectorRegistry()
 
     async def scenario() -> list[ShadowCopy | None]:
-        cfg = config(max_concurrent=2, max_queue=3, timeout_s=0.3)
+        cfg = options(max_concurrent=2, max_queue=3, timeout_s=0.3)
         async with (
             UpstreamPool(shadow_url, max_connections=2) as pool,
-            ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **cfg, metrics=ShadowMetrics(registry)) as mirror,
         ):
             first = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(2)]
             await wait_for(lambda: mirror.in_flight == 2)
@@ -500,7 +506,7 @@ def test_refused_connection_is_counted_as_an_error_and_nothing_raised(
         async with (
             UpstreamPool(primary_url) as primary,
             UpstreamPool(f"http://{LOOPBACK}:{free_port()}") as pool,
-            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **options(), metrics=ShadowMetrics(registry)) as mirror,
         ):
             copies = [await forward(primary, mirror) for _ in range(3)]
             await settled(mirror)
@@ -522,7 +528,7 @@ def test_unavailable_target_sheds_copies(servers: tuple[str, str]) -> None:
         async with (
             UpstreamPool(shadow_url) as pool,
             ShadowMirror(
-                pool, config(), metrics=ShadowMetrics(registry), is_available=healthy.__getitem__
+                pool, **options(), metrics=ShadowMetrics(registry), is_available=healthy.__getitem__
             ) as mirror,
         ):
             down = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
@@ -546,10 +552,10 @@ def test_offer_never_raises(servers: tuple[str, str]) -> None:
 
     async def scenario() -> list[ShadowCopy | None]:
         async with UpstreamPool(shadow_url) as pool:
-            stopped = ShadowMirror(pool, config())  # never started
+            stopped = ShadowMirror(pool, **options())  # never started
             result = [stopped.offer("POST", b"/predict", JSON_HEADERS, REQUEST)]
             async with ShadowMirror(
-                pool, config(), metrics=ShadowMetrics(registry), is_available=broken
+                pool, **options(), metrics=ShadowMetrics(registry), is_available=broken
             ) as mirror:
                 result.append(mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST))
             return result
@@ -562,7 +568,7 @@ def test_bad_request_header_fails_the_copy_only(servers: tuple[str, str]) -> Non
     _, shadow_url = servers
 
     async def scenario() -> ShadowCopy | None:
-        async with UpstreamPool(shadow_url) as pool, ShadowMirror(pool, config()) as mirror:
+        async with UpstreamPool(shadow_url) as pool, ShadowMirror(pool, **options()) as mirror:
             copy = mirror.offer("POST", b"/predict", [(b"x-bad", b"a\r\nb")], REQUEST)
             await settled(mirror)
             return copy
@@ -586,7 +592,7 @@ def test_aclose_drops_queued_and_in_flight_copies_and_leaves_no_task(
         pool = UpstreamPool(shadow_url)
         mirror = ShadowMirror(
             pool,
-            config(max_concurrent=1, max_queue=2, timeout_s=5.0),
+            **options(max_concurrent=1, max_queue=2, timeout_s=5.0),
             metrics=ShadowMetrics(registry),
         )
         mirror.start()
@@ -616,7 +622,7 @@ def test_aclose_settles_answers_still_waiting_for_their_primary(servers: tuple[s
     async def scenario() -> ShadowCopy | None:
         async with (
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, config(), metrics=ShadowMetrics(registry)) as mirror,
+            ShadowMirror(pool, **options(), metrics=ShadowMetrics(registry)) as mirror,
         ):
             copy = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             await settled(mirror)
@@ -634,10 +640,10 @@ def test_answers_whose_primary_never_reports_expire(servers: tuple[str, str]) ->
     clock = FakeClock()
 
     async def scenario() -> tuple[ShadowCopy | None, ShadowCopy | None]:
-        cfg = config(primary_wait_s=30.0, max_pending=5)
+        cfg = options(primary_wait_s=30.0, max_pending=5)
         async with (
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror,
+            ShadowMirror(pool, **cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror,
         ):
             forgotten = mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST)
             await settled(mirror)
@@ -664,7 +670,7 @@ def test_at_most_max_pending_answers_wait_for_their_primary(servers: tuple[str, 
         async with (
             UpstreamPool(shadow_url) as pool,
             ShadowMirror(
-                pool, config(max_pending=2, max_concurrent=1), metrics=ShadowMetrics(registry)
+                pool, **options(max_pending=2, max_concurrent=1), metrics=ShadowMetrics(registry)
             ) as mirror,
         ):
             copies = [mirror.offer("POST", b"/predict", JSON_HEADERS, REQUEST) for _ in range(3)]
@@ -687,12 +693,12 @@ def test_agreement_rate_needs_min_comparisons_and_forgets_old_ones(
     clock = FakeClock()
 
     async def scenario() -> list[float | None]:
-        cfg = config(min_comparisons=3, agreement_window=4, agreement_window_s=60.0)
+        cfg = options(min_comparisons=3, agreement_window=4, agreement_window_s=60.0)
         rates: list[float | None] = []
         async with (
             UpstreamPool(primary_url) as primary,
             UpstreamPool(shadow_url) as pool,
-            ShadowMirror(pool, cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror,
+            ShadowMirror(pool, **cfg, metrics=ShadowMetrics(registry), clock=clock) as mirror,
         ):
             for reply in (["cat"], ["cat"], ["dog"], ["cat"], ["cat"], ["cat"], ["cat"]):
                 SHADOW.answer(reply)
@@ -731,21 +737,39 @@ def test_snapshot_names_the_state_for_the_admin(servers: tuple[str, str]) -> Non
 # --------------------------------------------------------------------------- configuration
 
 
-def test_config_reports_every_problem_at_once() -> None:
+def test_the_shadow_block_reports_every_problem_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
-        ShadowConfig(
-            target="",
-            sample_percent=120,
-            max_queue=0,
-            timeout_s=0,
-            rel_tol=-1,
-            min_comparisons=50,
-            agreement_window=10,
-        )
-    assert len(caught.value.problems) == 6
+        ShadowTrafficConfig(target="", sample_percent=120, max_queue=0, timeout_s=0, rel_tol=-1)
+    assert len(caught.value.problems) == 5
     message = str(caught.value)
-    for key in ("target", "sample_percent", "max_queue", "timeout_s", "rel_tol", "min_comparisons"):
-        assert key in message
+    for key in ("target", "sample_percent", "max_queue", "timeout_s", "rel_tol"):
+        assert f"shadow.{key}" in message
+
+
+def test_from_config_takes_the_blocks_values(servers: tuple[str, str]) -> None:
+    _, shadow_url = servers
+
+    async def scenario() -> dict[str, Any]:
+        async with UpstreamPool(shadow_url) as pool:
+            mirror = ShadowMirror.from_config(block(max_queue=7, max_concurrent=3), pool)
+            await mirror.aclose()
+            return mirror.snapshot()
+
+    snapshot = run(scenario)
+    assert (snapshot["target"], snapshot["sample_percent"]) == (TARGET, 100.0)
+    assert (snapshot["max_queue"], snapshot["max_concurrent"]) == (7, 3)
+    assert snapshot["window"]["min_comparisons"] == 20  # the mirror's own bound
+
+
+def test_a_minimum_the_window_can_never_reach_is_refused(servers: tuple[str, str]) -> None:
+    _, shadow_url = servers
+
+    async def scenario() -> None:
+        async with UpstreamPool(shadow_url) as pool:
+            with pytest.raises(ValueError, match="min_comparisons"):
+                ShadowMirror(pool, **options(min_comparisons=50, agreement_window=10))
+
+    run(scenario)
 
 
 def test_one_mirror_per_target_per_registry(servers: tuple[str, str]) -> None:
@@ -754,10 +778,10 @@ def test_one_mirror_per_target_per_registry(servers: tuple[str, str]) -> None:
 
     async def scenario() -> None:
         async with UpstreamPool(shadow_url) as pool:
-            first = ShadowMirror(pool, config(), metrics=metrics)
+            first = ShadowMirror(pool, **options(), metrics=metrics)
             with pytest.raises(ValueError, match="already attached"):
-                ShadowMirror(pool, config(), metrics=metrics)
+                ShadowMirror(pool, **options(), metrics=metrics)
             await first.aclose()
-            await ShadowMirror(pool, config(), metrics=metrics).aclose()
+            await ShadowMirror(pool, **options(), metrics=metrics).aclose()
 
     run(scenario)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from mlwarden.sidecar.config import UpstreamConfig
 from mlwarden.sidecar.upstream import (
     UpstreamConnectError,
     UpstreamPool,
@@ -499,6 +500,14 @@ def test_cr_or_lf_in_a_header_is_refused_before_connecting():
 def test_invalid_base_urls_are_rejected(base_url):
     with pytest.raises(ValueError, match="base_url"):
         UpstreamPool(base_url)
+
+
+def test_from_config_takes_the_upstream_blocks_values_unless_sized_for_another_use():
+    block = UpstreamConfig(name="v1", url="http://127.0.0.1:1/m", max_connections=7)
+    pool = UpstreamPool.from_config(block)
+    assert (pool.base_url, pool.max_connections) == ("http://127.0.0.1:1/m", 7)
+    assert pool.connect_timeout_s == block.connect_timeout_s
+    assert UpstreamPool.from_config(block, max_connections=2).max_connections == 2
 
 
 def test_a_cancelled_request_closes_its_connection():

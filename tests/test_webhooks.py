@@ -17,13 +17,11 @@ import httpx
 import pytest
 
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.sidecar.healing.ledger import LedgerRecord
-from mlwarden.sidecar.healing.webhooks import (
-    WebhookResult,
-    WebhookSender,
-    redact_url,
-    slack_body,
-)
+from mlwarden.sidecar.healing.ledger_records import LedgerRecord
+from mlwarden.sidecar.healing.slack_messages import slack_body
+from mlwarden.sidecar.healing.webhook_delivery import WebhookResult
+from mlwarden.sidecar.healing.webhook_redaction import redact_url
+from mlwarden.sidecar.healing.webhooks import WebhookSender
 from mlwarden.sidecar.resilience.retry import ExponentialJitterBackoff
 from tests.servers import ServedApp, free_port, serve_app
 

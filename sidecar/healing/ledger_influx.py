@@ -55,7 +55,7 @@ from mlwarden.middleware.influx import (
     escape,
     status_of,
 )
-from mlwarden.sidecar.healing.ledger import LedgerRecord
+from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 
 __all__ = ["InfluxLedgerSink"]
 

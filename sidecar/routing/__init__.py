@@ -1,5 +1,6 @@
-"""Where the sidecar sends a request: health checks (``health_checks``), and next the router,
-the canary split and shadow traffic.
+"""Where the sidecar sends a request: the router (``router``), the health checks
+(``health_checks``), the canary split (``canary``) and shadow traffic (``shadow``, with
+``shadow_exchange``, ``shadow_comparison`` and ``shadow_metrics``).
 
 Import from the submodules, e.g.
 ``from mlwarden.sidecar.routing.health_checks import HealthChecker``; this package re-exports
