@@ -95,7 +95,7 @@ def build_retry_policy(
     )
 
 
-class Sidecar:
+class Sidecar(Listener):
     """One sidecar built from ``config``; see the module docstring.
 
     Parts given (``pools``, ``breakers``, ``health``, ``retry_policy``) are used as they are
@@ -249,11 +249,11 @@ class Sidecar:
 
     def _wire(self) -> None:
         for breaker in self.breakers.values():
-            breaker.add_listener(self._breaker_changed)
+            breaker.add_listener(self)
         if self.health is not None:
-            self.health.add_listener(self._health_changed)
+            self.health.add_listener(self)
         if self.canary is not None:
-            self.breakers[self.canary.candidate].add_listener(self.canary.breaker_changed)
+            self.breakers[self.canary.candidate].add_listener(self.canary)
         if self.metrics is not None:
             self.metrics.attach(self)
 
@@ -278,7 +278,8 @@ class Sidecar:
         except Exception:
             log.exception("the healing ledger could not record %s", fields.get("action"))
 
-    def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
+    def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
+        """A breaker opening or closing is a ledger record."""
         if new in ("open", "closed") and old != new:
             self.record(
                 action="breaker_opened" if new == "open" else "breaker_closed",
@@ -288,7 +289,9 @@ class Sidecar:
                 signals={"fail_counter": self.breakers[name].fail_counter},
             )
 
-    def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
+    def health_changed(self, name: str, healthy: bool, reason: str) -> None:
+        """A rotation change is a ledger record; back in rotation closes the breaker
+        (``breaker.close_on_healthy``)."""
         self.record(
             action="upstream_healthy" if healthy else "upstream_unhealthy",
             target=name,

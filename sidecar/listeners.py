@@ -87,11 +87,13 @@ class FanOut(Listener):
     listener while hooks run is safe.
     """
 
-    __slots__ = ("_hooks", "listeners")
+    __slots__ = ("_hooks", "errors", "listeners")
 
     def __init__(self, listeners: Iterable[Listener] = ()) -> None:
         self.listeners: tuple[Listener, ...] = ()
         self._hooks: dict[str, tuple[Callable[..., None], ...]] = dict.fromkeys(_HOOKS, ())
+        #: Hook calls that raised (logged and skipped).
+        self.errors = 0
         for listener in listeners:
             self.add(listener)
 
@@ -108,11 +110,22 @@ class FanOut(Listener):
                 hooks[name] = (*hooks[name], getattr(listener, name))
         self._hooks = hooks
 
+    def remove(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (nothing happens when it was not added)."""
+        if listener not in self.listeners:
+            return
+        kept = [known for known in self.listeners if known is not listener]
+        self.listeners = ()
+        self._hooks = dict.fromkeys(_HOOKS, ())
+        for known in kept:
+            self.add(known)
+
     def _each(self, hook: str, *args: object) -> None:
         for method in self._hooks[hook]:
             try:
                 method(*args)
             except Exception:
+                self.errors += 1
                 log.exception("listener %r failed in %s", getattr(method, "__self__", method), hook)
 
     def request_started(self) -> None:

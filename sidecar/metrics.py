@@ -339,7 +339,7 @@ class ProxyMetrics(Listener):
         return "ProxyMetrics()"
 
 
-class SidecarMetrics:
+class SidecarMetrics(Listener):
     """The sidecar's metrics in ``registry``; :meth:`attach` one sidecar to feed them.
 
     One instance per registry (a registry rejects the second set of names). Attaching a second
@@ -401,14 +401,14 @@ class SidecarMetrics:
         self.proxy_events.prepare(list(sidecar.pools))
         for action in ("breaker_opened", "rollback", "escalation", "fallback"):
             self.healing_actions.labels(action, "ok")
-        sidecar.ledger.add_listener(self._recorded)
+        sidecar.ledger.add_listener(self)
         for name, breaker in sidecar.breakers.items():
             # Series exist from the start (at 0), so rate() sees the first transition.
             for to in _BREAKER_STATES:
                 self.breaker_transitions.labels(name, to)
             for to in _HEALTH_STATES:
                 self.health_transitions.labels(name, to)
-            breaker.add_listener(self._breaker_changed)
+            breaker.add_listener(self)
         self.watch_health(sidecar.health)
 
     def watch_health(self, health: HealthChecker | None) -> None:
@@ -419,27 +419,26 @@ class SidecarMetrics:
             if health is self._watched:
                 return
             self._watched = health
-        health.add_listener(self._health_changed)
-        health.add_probe_listener(self._probed)
+        health.add_listener(self)
         for name in health.names:
             self.health_checks.labels(name, "ok")
             self.health_checks.labels(name, "connect_error")
             self.health_check_duration.labels(name)
 
-    def _recorded(self, record: LedgerRecord) -> None:
+    def recorded(self, record: LedgerRecord) -> None:
         self.healing_actions.labels(record.action, record.outcome).inc()  # type: ignore[attr-defined]
 
-    def _probed(self, name: str, result: ProbeResult) -> None:
+    def probe_finished(self, name: str, result: ProbeResult) -> None:
         self.health_checks.labels(name, result.outcome).inc()  # type: ignore[attr-defined]
         self.health_check_duration.labels(name).observe(  # type: ignore[attr-defined]
             result.duration_s
         )
 
-    def _breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
+    def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         if new in BREAKER_STATE_VALUES:
             self.breaker_transitions.labels(name, new).inc()
 
-    def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
+    def health_changed(self, name: str, healthy: bool, reason: str) -> None:
         sidecar = self.sidecar
         if sidecar is not None and name in sidecar.pools:
             self.health_transitions.labels(name, "healthy" if healthy else "unhealthy").inc()

@@ -177,8 +177,8 @@ def test_health_transitions_are_counted_by_the_listener() -> None:
     proxy = Sidecar(cfg, health_checks=False, registry=registry)
     metrics = proxy.metrics
     assert metrics is not None
-    metrics._health_changed("primary", False, "HTTP 503")
-    metrics._health_changed("nobody", False, "not ours")  # unknown names make no series
+    metrics.health_changed("primary", False, "HTTP 503")
+    metrics.health_changed("nobody", False, "not ours")  # unknown names make no series
     assert (
         registry.get_sample_value(
             "mlwarden_health_transitions_total", {"upstream": "primary", "to": "unhealthy"}
@@ -207,9 +207,9 @@ def test_health_checks_bringing_an_upstream_back_close_its_breaker(close_on_heal
     proxy = Sidecar(cfg, health_checks=False)
     breaker = proxy.breakers["stable"]
     breaker.force_open()
-    proxy._health_changed("stable", False, "2 consecutive failed checks")
+    proxy.health_changed("stable", False, "2 consecutive failed checks")
     assert breaker.state == "open"  # going out of rotation changes nothing
-    proxy._health_changed("stable", True, "2 consecutive passed checks")
+    proxy.health_changed("stable", True, "2 consecutive passed checks")
     if close_on_healthy:
         assert breaker.state == "closed"
         closed = proxy.ledger.query(action="breaker_closed", limit=5)
@@ -217,7 +217,7 @@ def test_health_checks_bringing_an_upstream_back_close_its_breaker(close_on_heal
     else:
         assert breaker.state == "open"
         assert proxy.ledger.query(action="breaker_closed", limit=5) == []
-    proxy._health_changed("primary", True, "passed")  # a closed breaker stays as it is
+    proxy.health_changed("primary", True, "passed")  # a closed breaker stays as it is
     assert proxy.breakers["primary"].state == "closed"
 
 

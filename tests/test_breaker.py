@@ -12,6 +12,7 @@ from mlwarden.middleware.errors import ConfigError, MlwardenError
 from mlwarden.sidecar.config import BreakerConfig
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen
 from mlwarden.sidecar.resilience.breaker_storage import redis_storage
+from tests.doubles import raising, recording
 
 
 class FakeClock:
@@ -272,7 +273,7 @@ def test_a_late_success_while_half_open_does_not_close_the_breaker() -> None:
 def test_listeners_get_every_transition_with_its_reason() -> None:
     clock = FakeClock()
     seen: list[tuple[str, str, str, str]] = []
-    breaker = make(clock, listeners=[lambda *change: seen.append(change)])
+    breaker = make(clock, listeners=[recording("breaker_changed", seen)])
     trip(breaker)
     clock.now += 10
     asyncio.run(fail(breaker, 1, "timeout"))
@@ -290,15 +291,12 @@ def test_listeners_get_every_transition_with_its_reason() -> None:
 def test_a_failing_listener_is_logged_and_does_not_break_the_breaker(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(*_: object) -> None:
-        raise RuntimeError("listener bug")
-
     breaker = make()
-    breaker.add_listener(broken)
-    with caplog.at_level(logging.WARNING, logger="mlwarden.sidecar.breaker"):
+    breaker.add_listener(raising("breaker_changed"))
+    with caplog.at_level(logging.WARNING, logger="mlwarden.sidecar"):
         trip(breaker)
     assert "closed -> open" in caplog.text
-    assert "state listener failed" in caplog.text
+    assert "failed in breaker_changed" in caplog.text
 
 
 def test_history_is_bounded_and_records_time_and_reason() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.listeners import Listener
 from mlwarden.sidecar.routing.canary import CanaryController, sticky_bucket
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.signals.prometheus import PrometheusSignals
@@ -270,9 +271,13 @@ def test_a_candidate_failing_10_percent_at_5_percent_is_rolled_back_and_no_clien
         canary = proxy.canary
         assert canary is not None and canary.weight == 5
         rolled: list[float] = []
-        canary.listeners.append(
-            lambda c: rolled.append(time.monotonic()) if c.state == "rolled_back" else None
-        )
+
+        class WhenRolledBack(Listener):
+            def canary_changed(self, c: Any) -> None:
+                if c.state == "rolled_back":
+                    rolled.append(time.monotonic())
+
+        canary.add_listener(WhenRolledBack())
         started = time.monotonic()
         answers = load(url, until=lambda: canary.state == "rolled_back", max_s=20)
         assert canary.state == "rolled_back", canary.snapshot()

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.sidecar.config import SidecarConfig, UpstreamConfig
 from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
+from tests.doubles import raising, recording
 from tests.servers import free_port, serve_app
 
 HANG_S = 3.0  # the hanging endpoint's bounded sleep: longer than any probe, shorter than a test
@@ -312,15 +313,11 @@ def test_connection_refused_counts_as_failure(holder: Holder) -> None:
 
 def test_listeners_are_called_once_per_transition(server_url: str, holder: Holder) -> None:
     calls: list[tuple[str, bool, str]] = []
-
-    def broken(name: str, healthy: bool, reason: str) -> None:
-        raise RuntimeError("a listener's bug must not stop health checks")
-
     checker = _checker(
         {"m": server_url},
         unhealthy_threshold=2,
         healthy_threshold=2,
-        listeners=[lambda *a: calls.append(a), broken],
+        listeners=[recording("health_changed", calls), raising("health_changed")],
     )
 
     async def go() -> None:

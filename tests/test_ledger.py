@@ -30,6 +30,7 @@ from mlwarden.sidecar.config import LedgerConfig
 from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT, Ledger
 from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink, record_line
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
+from mlwarden.sidecar.listeners import Listener
 from tests.servers import LOOPBACK, VictoriaMetrics, free_port
 
 LOGGER = "mlwarden.sidecar.ledger"
@@ -296,17 +297,22 @@ def test_listeners_get_each_record_and_cannot_break_an_append(
     ledger = Ledger(None)
     seen: list[LedgerRecord] = []
 
-    def broken(record: LedgerRecord) -> None:
-        raise RuntimeError("listener bug")
+    class Broken(Listener):
+        def recorded(self, record: LedgerRecord) -> None:
+            raise RuntimeError("listener bug")
 
-    ledger.add_listener(broken)
-    remove = ledger.add_listener(seen.append)
+    class Seen(Listener):
+        def recorded(self, record: LedgerRecord) -> None:
+            seen.append(record)
+
+    ledger.add_listener(Broken())
+    ledger.add_listener(listener := Seen())
     with caplog.at_level(logging.ERROR, LOGGER):
         rec = ledger.append("escalation", "ops", outcome="failed")
     assert seen == [rec]
     assert "listener bug" in caplog.text
     assert ledger.stats()["listener_errors"] == 1
-    remove()
+    ledger.remove_listener(listener)
     ledger.append("escalation", "ops")
     assert seen == [rec]
     assert ledger.counts() == {("escalation", "failed"): 1, ("escalation", "ok"): 1}
@@ -689,7 +695,8 @@ def test_influx_sink_never_blocks_or_raises_when_the_server_is_down() -> None:
         sink.close(timeout_s=1.0)
     stats = sink.stats()
     assert stats["dropped_shutdown"] == 3 and stats["buffered"] == 0
-    sink(LedgerRecord(action="fallback", target="p", at=T0))  # after close: counted, no raise
+    # after close: counted, no raise
+    sink.recorded(LedgerRecord(action="fallback", target="p", at=T0))
     assert sink.stats()["dropped_shutdown"] == 4
 
 

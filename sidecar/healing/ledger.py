@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 from mlwarden.sidecar.healing.ledger_files import LedgerFile
 from mlwarden.sidecar.healing.ledger_index import WindowIndex
 from mlwarden.sidecar.healing.ledger_records import IndexKey, LedgerRecord, index_entry
+from mlwarden.sidecar.listeners import FanOut, Listener
 
 if TYPE_CHECKING:
     from mlwarden.sidecar.config import LedgerConfig
 
-__all__ = ["MAX_QUERY_LIMIT", "Ledger", "LedgerListener"]
+__all__ = ["MAX_QUERY_LIMIT", "Ledger"]
 
 log = logging.getLogger("mlwarden.sidecar.ledger")
 
@@ -46,7 +47,6 @@ log = logging.getLogger("mlwarden.sidecar.ledger")
 MAX_QUERY_LIMIT = 1000
 
 #: A listener gets every record after it is appended (on the appending thread).
-LedgerListener = Callable[[LedgerRecord], object]
 
 
 class Ledger:
@@ -103,7 +103,7 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         self._recent: deque[LedgerRecord] = deque(maxlen=recent)
-        self._listeners: list[LedgerListener] = []
+        self._listeners = FanOut()
         self._counts: Counter[tuple[str, str]] = Counter()
         self._stats: Counter[str] = Counter()
         self._index = WindowIndex(
@@ -194,20 +194,18 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add_listener(self, fn: LedgerListener) -> Callable[[], None]:
-        """Call ``fn(record)`` after each append; returns a function that removes it.
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener.recorded(record)`` after each append.
 
         Listeners run on the appending thread, outside the ledger's lock, in the order added.
         One that raises is logged and counted (``listener_errors``); the append goes on.
         """
         with self._lock:
-            self._listeners.append(fn)
+            self._listeners.add(listener)
 
-        def remove() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(fn)
-
-        return remove
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.remove(listener)
 
     def append(
         self,
@@ -261,18 +259,7 @@ class Ledger:
             self._index.add((record.policy, record.action, record.target), record.at)
             self._counts[(record.action, record.outcome)] += 1
             self._stats["appended"] += 1
-            listeners = tuple(self._listeners)
-        for fn in listeners:
-            try:
-                fn(record)
-            except Exception:
-                with self._lock:
-                    self._stats["listener_errors"] += 1
-                log.exception(
-                    "mlwarden: a healing ledger listener failed on %s %s",
-                    record.action,
-                    record.target,
-                )
+        self._listeners.recorded(record)
         return record
 
     # -- reading -------------------------------------------------------------------------------
@@ -363,10 +350,10 @@ class Ledger:
                 "torn_bytes",
                 "invalid_lines",
                 "rotations",
-                "listener_errors",
                 "index_keys_evicted",
             )
             out: dict[str, Any] = {k: self._stats[k] for k in keys}
+            out["listener_errors"] = self._listeners.errors
             out.update(
                 path=None if self.path is None else str(self.path),
                 size_bytes=0 if self._file is None else self._file.size,

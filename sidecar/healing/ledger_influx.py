@@ -1,7 +1,7 @@
 """Healing ledger records as InfluxDB points, written in the background.
 
-:class:`InfluxLedgerSink` is a ledger listener (``ledger.add_listener(sink)``). Each record
-becomes one point::
+:class:`InfluxLedgerSink` is a ledger :class:`~mlwarden.sidecar.listeners.Listener`
+(``ledger.add_listener(sink)``). Each record becomes one point::
 
     mlwarden_healing,action=rollback,actor=auto,outcome=ok,policy=canary-errors,
         severity=critical,target=canary count=1i,signal_error_rate=0.12,signal_breaker_open=1i
@@ -56,6 +56,7 @@ from mlwarden.middleware.influx import (
     status_of,
 )
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
+from mlwarden.sidecar.listeners import Listener
 
 __all__ = ["InfluxLedgerSink"]
 
@@ -88,7 +89,7 @@ def record_line(record: LedgerRecord, measurement: str = "mlwarden_healing") -> 
     return f"{head} {','.join(fields)} {round(at * 1e6) * 1000}"
 
 
-class InfluxLedgerSink:
+class InfluxLedgerSink(Listener):
     """A ledger listener that writes records to InfluxDB from a bounded buffer, in a thread.
 
     Starts its writer thread on creation; call :meth:`close` (or use it as a context manager).
@@ -137,7 +138,7 @@ class InfluxLedgerSink:
 
     # -- the listener --------------------------------------------------------------------------
 
-    def __call__(self, record: LedgerRecord) -> None:
+    def recorded(self, record: LedgerRecord) -> None:
         """Buffer the record's point; never blocks on the network, never raises."""
         try:
             line = record_line(record, self.measurement)

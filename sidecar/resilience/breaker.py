@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pybreaker
 
 from mlwarden.middleware.errors import ConfigError, MlwardenError
+from mlwarden.sidecar.listeners import FanOut, Listener
 from mlwarden.sidecar.resilience.breaker_storage import (
     STORAGE_RETRY_INTERVAL_S,
     FailOpenStorage,
@@ -62,7 +63,6 @@ __all__ = [
     "BreakerOpen",
     "BreakerState",
     "StateChange",
-    "StateListener",
     "Trial",
     "build_breakers",
 ]
@@ -70,7 +70,6 @@ __all__ = [
 log = logging.getLogger("mlwarden.sidecar.breaker")
 
 BreakerState = Literal["closed", "open", "half_open"]
-StateListener = Callable[[str, BreakerState, BreakerState, str], None]
 
 _FROM_PYBREAKER: dict[str, BreakerState] = {
     pybreaker.STATE_CLOSED: "closed",
@@ -199,7 +198,7 @@ class AsyncBreaker:
         failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
         storage: pybreaker.CircuitBreakerStorage | None = None,
         clock: Callable[[], float] = time.time,
-        listeners: Iterable[StateListener] = (),
+        listeners: Iterable[Listener] = (),
         history_size: int = 100,
         storage_retry_interval_s: float = STORAGE_RETRY_INTERVAL_S,
     ) -> None:
@@ -222,7 +221,7 @@ class AsyncBreaker:
         self.half_open_max_calls = half_open_max_calls
         self.failure_statuses = frozenset(int(s) for s in failure_statuses)
         self._clock = clock
-        self._listeners: list[StateListener] = list(listeners)
+        self._listeners = FanOut(listeners)
         self.history: deque[StateChange] = deque(maxlen=history_size)
         self._trials_in_flight = 0
         self._reason = "observed_in_storage"
@@ -307,9 +306,10 @@ class AsyncBreaker:
         """False while the shared storage is failing and the breaker fails open."""
         return self._storage is None or self._storage.available
 
-    def add_listener(self, listener: StateListener) -> None:
-        """Call ``listener(name, old, new, reason)`` on each change; its errors are only logged."""
-        self._listeners.append(listener)
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener.breaker_changed(name, old, new, reason)`` on each change; its errors
+        are only logged."""
+        self._listeners.add(listener)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -429,11 +429,7 @@ class AsyncBreaker:
             change.reason,
             extra={"breaker": self.name, "old": old, "new": new, "reason": change.reason},
         )
-        for listener in self._listeners:
-            try:
-                listener(self.name, old, new, change.reason)
-            except Exception:
-                log.exception("circuit breaker %s: state listener failed", self.name)
+        self._listeners.breaker_changed(self.name, old, new, change.reason)
 
     def __repr__(self) -> str:
         return (

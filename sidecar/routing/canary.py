@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlwarden.sidecar.config import CanaryConfig
+from mlwarden.sidecar.listeners import FanOut, Listener
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.signals.source import SignalSource
 
@@ -84,7 +85,7 @@ class CanaryVerdict:
         }
 
 
-class CanaryController:
+class CanaryController(Listener):
     """Runs one canary; see the module docstring.
 
     ``local`` reads this sidecar's signals (its windows of attempts, and ``drift_score`` from
@@ -134,7 +135,7 @@ class CanaryController:
         self.verdicts: dict[str, int] = {"pass": 0, "fail": 0, "inconclusive": 0}
         self._conclusive_at = clock()
         self._guard_until: float | None = None
-        self.listeners: list[Callable[[CanaryController], None]] = []
+        self._listeners = FanOut()
 
     # -- the split (request path) --------------------------------------------------------------
 
@@ -187,8 +188,12 @@ class CanaryController:
             return self._guard()
         return None
 
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener.canary_changed(canary)`` after each step, promotion or rollback."""
+        self._listeners.add(listener)
+
     def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
-        """A breaker listener: the candidate's breaker opening rolls back at once."""
+        """As a breaker's listener: the candidate's breaker opening rolls back at once."""
         if name == self.candidate and new == "open" and self.state in ("analysing", "promoted"):
             self.rollback(f"breaker of {name} opened ({reason})", {"breaker_open": 1.0})
 
@@ -379,11 +384,7 @@ class CanaryController:
         self._notify()
 
     def _notify(self) -> None:
-        for listener in self.listeners:
-            try:
-                listener(self)
-            except Exception:
-                log.exception("canary listener failed")
+        self._listeners.canary_changed(self)
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready, for the admin ``/-/status``."""

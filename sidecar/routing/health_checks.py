@@ -45,6 +45,7 @@ import httpx
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.health import DEGRADED, FAILING, OK
 from mlwarden.sidecar.config import SidecarConfig, UpstreamConfig
+from mlwarden.sidecar.listeners import FanOut, Listener
 
 __all__ = [
     "MAX_REPORT_BYTES",
@@ -52,18 +53,13 @@ __all__ = [
     "HealthChecker",
     "HealthReportSummary",
     "HealthTransition",
-    "ProbeListener",
     "ProbeResult",
-    "TransitionListener",
     "UpstreamHealth",
 ]
 
 log = logging.getLogger("mlwarden.sidecar.health_checks")
 
 #: Listener of transitions: ``(upstream name, healthy, reason)``.
-TransitionListener = Callable[[str, bool, str], None]
-#: Listener of every probe: ``(upstream name, result)``.
-ProbeListener = Callable[[str, "ProbeResult"], None]
 #: A larger body is not read as a report (the status code decides): a health endpoint that
 #: streams megabytes is not the middleware's, and the checker's memory stays bounded.
 MAX_REPORT_BYTES = 256 * 1024
@@ -298,7 +294,7 @@ class HealthChecker:
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        listeners: Iterable[TransitionListener] = (),
+        listeners: Iterable[Listener] = (),
         history_size: int = 50,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
@@ -330,8 +326,7 @@ class HealthChecker:
         self.read_health_report = read_health_report
         self._clock = clock
         self._sleep = sleep
-        self._listeners: list[TransitionListener] = list(listeners)
-        self._probe_listeners: list[ProbeListener] = []
+        self._listeners = FanOut(listeners)
         self._states: dict[str, UpstreamHealth] = {
             name: UpstreamHealth(name, url, initial_healthy, history_size) for name, url in targets
         }
@@ -395,13 +390,10 @@ class HealthChecker:
             "upstreams": {name: s.to_dict(now) for name, s in self._states.items()},
         }
 
-    def add_listener(self, listener: TransitionListener) -> None:
-        """Call ``listener(name, healthy, reason)`` on each transition; its errors are logged."""
-        self._listeners.append(listener)
-
-    def add_probe_listener(self, listener: ProbeListener) -> None:
-        """Call ``listener(name, result)`` after every probe; its errors are logged."""
-        self._probe_listeners.append(listener)
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener.health_changed(name, healthy, reason)`` on each transition and
+        ``listener.probe_finished(name, result)`` after every probe; errors are logged."""
+        self._listeners.add(listener)
 
     # -- probing ------------------------------------------------------------------------------
 
@@ -455,11 +447,7 @@ class HealthChecker:
         state.last_error = result.error
         state.last_reason = result.reason
         state.last_duration_s = result.duration_s
-        for listener in self._probe_listeners:
-            try:
-                listener(state.name, result)
-            except Exception:
-                log.exception("health probe listener failed for upstream %s", state.name)
+        self._listeners.probe_finished(state.name, result)
         if result.passed:
             state.consecutive_successes += 1
             state.consecutive_failures = 0
@@ -485,11 +473,7 @@ class HealthChecker:
             reason,
             extra={"upstream": state.name, "healthy": healthy, "reason": reason},
         )
-        for listener in self._listeners:
-            try:
-                listener(state.name, healthy, reason)
-            except Exception:
-                log.exception("health check listener failed for upstream %s", state.name)
+        self._listeners.health_changed(state.name, healthy, reason)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
