@@ -18,6 +18,7 @@ from mlwarden.sidecar.config import (
     TimeoutsConfig,
     load_config,
 )
+from mlwarden.sidecar.settings import load_sidecar_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
 TWO = {"primary": "http://127.0.0.1:8001", "stable": "http://127.0.0.1:8002"}
@@ -83,7 +84,7 @@ def test_full_example_file_loads_with_its_values() -> None:
 
 def test_every_key_of_the_full_example_is_a_field() -> None:
     # The full example documents every setting: a new field must appear there too.
-    cfg = load_config(EXAMPLES / "sidecar-full.yaml", environ={})
+    cfg = load_sidecar_config(EXAMPLES / "sidecar-full.yaml", environ={})
     text = (EXAMPLES / "sidecar-full.yaml").read_text(encoding="utf-8")
     for block in (
         "listen",

@@ -44,8 +44,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlwarden.sidecar.config import PolicyAction, PolicyConfig, SidecarConfig
+from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.conditions import parse_condition
+from mlwarden.sidecar.healing.policy_config import PolicyAction, PolicyConfig
 from mlwarden.sidecar.healing.vocabulary import SIGNALS, function_specs
 
 if TYPE_CHECKING:

@@ -1,8 +1,9 @@
 """The words policy conditions may use: signal names and functions, with their kinds.
 
-Kept apart from the engine so that the configuration loader can check conditions at start-up
-without importing the proxy. A signal refers to the policy's ``target`` upstream (by default
-the current primary) over the policy's ``window_s``; functions name their upstream.
+Kept apart from the engine so that the policies of the file can be parsed at start-up
+(:mod:`~mlwarden.sidecar.healing.policy_config`) without importing the proxy. A signal refers
+to the policy's ``target`` upstream (by default the current primary) over the policy's
+``window_s``; functions name their upstream.
 """
 
 from __future__ import annotations
