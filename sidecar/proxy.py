@@ -72,17 +72,7 @@ from mlwarden.sidecar.resilience.breaker import (
     Trial,
     build_breakers,
 )
-from mlwarden.sidecar.resilience.retry import (
-    ExponentialJitterBackoff,
-    Outcome,
-    RetryAttempts,
-    RetryBudget,
-    RetryDecision,
-    RetryOn,
-    RetryPolicy,
-    StopAfterAttempts,
-    StopAfterDelay,
-)
+from mlwarden.sidecar.resilience.retry import Outcome, RetryAttempts, RetryDecision, RetryPolicy
 from mlwarden.sidecar.routing.canary import CanaryController
 from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
 from mlwarden.sidecar.routing.router import Router
@@ -96,7 +86,7 @@ from mlwarden.sidecar.upstream import (
     UpstreamTimeout,
 )
 
-__all__ = ["HOP_BY_HOP", "ProxyApp", "build_retry_policy"]
+__all__ = ["HOP_BY_HOP", "ProxyApp"]
 
 log = logging.getLogger("mlwarden.sidecar.proxy")
 
@@ -139,31 +129,6 @@ _FALLBACK_REASON = {
 }
 # The status recorded for a client that left before its answer was complete (nginx's word).
 CLIENT_CLOSED = 499
-
-
-def build_retry_policy(
-    config: SidecarConfig,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> RetryPolicy:
-    """The proxy's one retry policy (budget shared by all requests) from ``config``."""
-    r = config.retry
-    return RetryPolicy(
-        retry_on=RetryOn(r.retry_on, retriable_status_codes=r.retriable_status_codes),
-        retriable_methods=r.retriable_methods,
-        backoff=ExponentialJitterBackoff(
-            base_interval_s=r.base_interval_s,
-            multiplier=r.backoff_multiplier,
-            max_interval_s=r.max_interval_s,
-        ),
-        stop=StopAfterAttempts(r.num_retries + 1) | StopAfterDelay(config.timeouts.total_timeout_s),
-        budget=RetryBudget(
-            budget_percent=r.budget_percent, min_retries_per_s=r.min_retries_per_s, clock=clock
-        ),
-        clock=clock,
-        sleep=sleep,
-    )
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:
@@ -282,7 +247,9 @@ class ProxyApp:
         self._run_health = health is None and health_checks
         self._health_task: asyncio.Task[None] | None = None
         self.policy = (
-            policy if policy is not None else build_retry_policy(config, clock=clock, sleep=sleep)
+            policy
+            if policy is not None
+            else RetryPolicy.from_config(config.retry, config.timeouts, clock=clock, sleep=sleep)
         )
         self.router = Router(
             config.routing.primary, config.routing.fallbacks, is_available=self.is_available
