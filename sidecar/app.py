@@ -43,14 +43,7 @@ from mlwarden.sidecar.listeners import FanOut, Listener
 from mlwarden.sidecar.metrics import SidecarMetrics
 from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, build_breakers
-from mlwarden.sidecar.resilience.retry import (
-    ExponentialJitterBackoff,
-    RetryBudget,
-    RetryOn,
-    RetryPolicy,
-    StopAfterAttempts,
-    StopAfterDelay,
-)
+from mlwarden.sidecar.resilience.retry import RetryPolicy
 from mlwarden.sidecar.routing.availability import Availability
 from mlwarden.sidecar.routing.canary import CanaryController
 from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
@@ -65,34 +58,9 @@ from mlwarden.sidecar.signals.windows import UpstreamWindows, WindowSignals
 from mlwarden.sidecar.tracing import ProxyTracer
 from mlwarden.sidecar.upstream import UpstreamPool
 
-__all__ = ["Sidecar", "build_retry_policy"]
+__all__ = ["Sidecar"]
 
 log = logging.getLogger("mlwarden.sidecar")
-
-
-def build_retry_policy(
-    config: SidecarConfig,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> RetryPolicy:
-    """The proxy's one retry policy (budget shared by all requests) from ``config``."""
-    r = config.retry
-    return RetryPolicy(
-        retry_on=RetryOn(r.retry_on, retriable_status_codes=r.retriable_status_codes),
-        retriable_methods=r.retriable_methods,
-        backoff=ExponentialJitterBackoff(
-            base_interval_s=r.base_interval_s,
-            multiplier=r.backoff_multiplier,
-            max_interval_s=r.max_interval_s,
-        ),
-        stop=StopAfterAttempts(r.num_retries + 1) | StopAfterDelay(config.timeouts.total_timeout_s),
-        budget=RetryBudget(
-            budget_percent=r.budget_percent, min_retries_per_s=r.min_retries_per_s, clock=clock
-        ),
-        clock=clock,
-        sleep=sleep,
-    )
 
 
 class Sidecar(Listener):
@@ -156,7 +124,9 @@ class Sidecar(Listener):
         self.retry_policy = (
             retry_policy
             if retry_policy is not None
-            else build_retry_policy(config, clock=clock, sleep=sleep)
+            else RetryPolicy.from_config(
+                config.retry, config.timeouts, clock=clock, wall_clock=wall_clock, sleep=sleep
+            )
         )
 
         # 2. what is counted and recorded

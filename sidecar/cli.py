@@ -130,9 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sidecar(path: Path, *, check: bool) -> int:
-    from mlwarden.sidecar.config import load_config
+    from mlwarden.sidecar.settings import load_sidecar_config
 
-    config = load_config(path)
+    config = load_sidecar_config(path)
     if check:
         from mlwarden.sidecar.tracing import otlp_traces_url
 

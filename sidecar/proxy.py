@@ -24,8 +24,10 @@ Per request:
    failure (attempts or budget spent), move to the next candidate with a fresh attempt count,
    inside the same total deadline. A retriable status that is the last word (no candidate
    left) is passed to the client as the upstream sent it.
-4. Once the response head has gone to the client nothing is retried; an upstream failure
-   mid-body ends the client's response early (uvicorn closes the connection). A response
+4. The answer is relayed by :func:`~mlwarden.sidecar.exchange.relay` (headers rewritten by
+   :mod:`~mlwarden.sidecar.forwarding`). Once its head has gone to the client nothing is
+   retried; an upstream failure mid-body ends the client's response early (uvicorn closes the
+   connection). A response
    above ``limits.max_response_bytes`` is refused with 502 when its ``content-length`` says so,
    else cut where it crosses the limit. Trailers are relayed when the server offers ASGI's
    ``http.response.trailers`` extension and the upstream announced them (``trailer``

@@ -12,15 +12,7 @@ from mlwarden.middleware.errors import ConfigError, MlwardenError
 from mlwarden.sidecar.config import BreakerConfig
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen
 from mlwarden.sidecar.resilience.breaker_storage import redis_storage
-from tests.doubles import raising, recording
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.doubles import FakeClock, raising, recording
 
 
 class UpstreamDown(Exception):
@@ -30,7 +22,7 @@ class UpstreamDown(Exception):
 def make(clock: FakeClock | None = None, **kwargs: object) -> AsyncBreaker:
     kwargs.setdefault("fail_max", 3)
     kwargs.setdefault("reset_timeout_s", 10.0)
-    return AsyncBreaker("primary", clock=clock or FakeClock(), **kwargs)  # type: ignore[arg-type]
+    return AsyncBreaker("primary", clock=clock or FakeClock(1_800_000_000.0), **kwargs)  # type: ignore[arg-type]
 
 
 async def fail(breaker: AsyncBreaker, times: int = 1, reason: str = "connect_error") -> None:
@@ -59,7 +51,7 @@ def test_opens_after_fail_max_consecutive_failures() -> None:
 
 def test_from_config_takes_the_breaker_blocks_thresholds() -> None:
     block = BreakerConfig(consecutive_5xx=2, reset_timeout_s=7.0, failure_status_codes=(503,))
-    breaker = AsyncBreaker.from_config(block, "primary", clock=FakeClock())
+    breaker = AsyncBreaker.from_config(block, "primary", clock=FakeClock(1_800_000_000.0))
     assert (breaker.reset_timeout_s, breaker.failure_statuses) == (7.0, frozenset({503}))
     asyncio.run(fail(breaker, 2))
     assert breaker.state == "open"
@@ -78,7 +70,7 @@ def test_a_success_resets_the_consecutive_failure_count() -> None:
 
 
 def test_fast_fails_while_open_without_running_the_block() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock)
     trip(breaker)
     clock.now += 4.0
@@ -98,7 +90,7 @@ def test_fast_fails_while_open_without_running_the_block() -> None:
 
 
 def test_half_opens_after_the_reset_timeout_on_the_injected_clock() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock)
     trip(breaker)
     clock.now += 9.99
@@ -111,7 +103,7 @@ def test_half_opens_after_the_reset_timeout_on_the_injected_clock() -> None:
 
 
 def test_closes_when_the_trial_succeeds() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock)
     trip(breaker)
     clock.now += 10
@@ -120,7 +112,7 @@ def test_closes_when_the_trial_succeeds() -> None:
 
 
 def test_reopens_when_the_trial_fails_and_waits_a_full_timeout_again() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock)
     trip(breaker)
     clock.now += 10
@@ -134,7 +126,7 @@ def test_reopens_when_the_trial_fails_and_waits_a_full_timeout_again() -> None:
 
 
 def test_exactly_half_open_max_calls_trials_among_50_concurrent_callers() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock, half_open_max_calls=3)
     trip(breaker)
     clock.now += 10
@@ -167,7 +159,7 @@ def test_exactly_half_open_max_calls_trials_among_50_concurrent_callers() -> Non
 
 
 def test_success_threshold_needs_that_many_trial_successes() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock, half_open_max_calls=2, success_threshold=2)
     trip(breaker)
     clock.now += 10
@@ -178,7 +170,7 @@ def test_success_threshold_needs_that_many_trial_successes() -> None:
 
 
 def test_cancelled_requests_are_not_failures_and_free_their_trial_slot() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock)
 
     async def hang() -> None:
@@ -256,7 +248,7 @@ def test_a_late_outcome_while_open_is_ignored() -> None:
 
 
 def test_a_late_success_while_half_open_does_not_close_the_breaker() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock, fail_max=1)
     slow = breaker.acquire()  # admitted while closed
     trip(breaker)
@@ -271,7 +263,7 @@ def test_a_late_success_while_half_open_does_not_close_the_breaker() -> None:
 
 
 def test_listeners_get_every_transition_with_its_reason() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     seen: list[tuple[str, str, str, str]] = []
     breaker = make(clock, listeners=[recording("breaker_changed", seen)])
     trip(breaker)
@@ -300,7 +292,7 @@ def test_a_failing_listener_is_logged_and_does_not_break_the_breaker(
 
 
 def test_history_is_bounded_and_records_time_and_reason() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     breaker = make(clock, fail_max=1, history_size=4)
     for _ in range(5):
         trip(breaker)
@@ -329,7 +321,7 @@ def test_manual_reset_and_force_open_are_recorded() -> None:
 
 
 def test_state_is_read_from_shared_storage_written_by_another_replica() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
     here = make(clock, storage=storage)
     there = make(clock, storage=storage)

@@ -31,6 +31,7 @@ from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, build_breakers
 from mlwarden.sidecar.resilience.breaker_storage import redis_storage
 from tests.apps import FakeVersion
+from tests.doubles import FakeClock
 from tests.servers import (
     LOOPBACK,
     Process,
@@ -139,14 +140,6 @@ def own_redis() -> Iterator[RedisServer]:
 # --------------------------------------------------------------------------- helpers
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @contextlib.contextmanager
 def replicas(url: str, clock: FakeClock, n: int = 2, **kwargs: Any) -> Iterator[list[AsyncBreaker]]:
     """``n`` breakers named ``primary``, each with its own Redis client (its own replica)."""
@@ -241,7 +234,7 @@ def test_build_breakers_refuses_a_url_redis_cannot_use_without_echoing_it() -> N
 
 
 def test_redis_down_at_start_up_does_not_stop_the_breakers_from_being_built() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     cfg = make_config(
         "http://127.0.0.1:1", "http://127.0.0.1:2", f"redis://{LOOPBACK}:{free_port()}/0"
     )  # nothing listens there
@@ -258,7 +251,7 @@ def test_redis_down_at_start_up_does_not_stop_the_breakers_from_being_built() ->
 
 
 def test_a_redis_that_never_answers_costs_one_short_timeout_per_retry_interval() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with socket.socket() as blackhole:  # accepts connections (kernel backlog), never answers
         blackhole.bind((LOOPBACK, 0))
         blackhole.listen(16)
@@ -294,7 +287,7 @@ def test_a_redis_that_never_answers_costs_one_short_timeout_per_retry_interval()
 def test_failures_recorded_through_one_replica_open_the_breaker_for_the_other(
     redis_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with replicas(redis_url, clock) as (a, b):
         fail(a, 2)
         fail(b, 1)  # the consecutive-failure count is shared too
@@ -312,7 +305,7 @@ def test_failures_recorded_through_one_replica_open_the_breaker_for_the_other(
 
 @servers
 def test_replica_b_sees_the_open_breaker_replica_a_tripped(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with replicas(redis_url, clock) as (a, b):
         fail(a, 3)
         with pytest.raises(BreakerOpen) as info:
@@ -328,7 +321,7 @@ def test_replica_b_sees_the_open_breaker_replica_a_tripped(redis_url: str) -> No
 def test_after_the_reset_timeout_a_trial_on_one_replica_closes_the_breaker_for_both(
     redis_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with replicas(redis_url, clock) as (a, b):
         fail(a, 3)
         clock.now += 10.0
@@ -347,7 +340,7 @@ def test_after_the_reset_timeout_a_trial_on_one_replica_closes_the_breaker_for_b
 def test_a_failed_trial_on_one_replica_reopens_for_both_for_a_full_timeout(
     redis_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with replicas(redis_url, clock) as (a, b):
         fail(a, 3)
         clock.now += 10.0
@@ -377,7 +370,7 @@ def test_opened_at_keeps_fractions_of_a_second_for_short_reset_timeouts(
 def test_half_open_trials_are_bounded_per_replica_not_across_replicas(redis_url: str) -> None:
     # By design: a shared bound would need a distributed semaphore whose slots leak when a
     # replica dies mid-trial. With N replicas, up to N * half_open_max_calls trials run.
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with replicas(redis_url, clock, half_open_max_calls=1) as (a, b):
         fail(a, 3)
         clock.now += 10.0
@@ -410,7 +403,7 @@ def test_breakers_fail_open_while_redis_is_down_and_share_again_when_it_is_back(
     own_redis: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with replicas(own_redis.url, clock) as (a, b), caplog.at_level(logging.WARNING, LOG):
         fail(a, 3)
         assert b.state == "open"
@@ -480,7 +473,7 @@ def upstreams() -> Iterator[tuple[FakeVersion, FakeVersion, str, str]]:
 def test_replica_b_goes_straight_to_stable_once_replica_a_opened_the_primary(
     redis_url: str,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with upstreams() as (primary, stable, p_url, s_url):
         cfg = make_config(p_url, s_url, redis_url)
         with proxy_replicas(cfg, clock) as [(app_a, a), (app_b, b)]:
@@ -503,7 +496,7 @@ def test_proxies_keep_serving_when_redis_stops_mid_run_and_count_it(
     own_redis: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000.0)
     with upstreams() as (primary, stable, p_url, s_url), caplog.at_level(logging.WARNING, LOG):
         cfg = make_config(p_url, s_url, own_redis.url)
         with proxy_replicas(cfg, clock) as [(app_a, a), (app_b, b)]:

@@ -24,15 +24,8 @@ from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.signals.prometheus import PrometheusSignals
 from mlwarden.sidecar.signals.windows import UpstreamWindows, WindowSignals
 from tests.apps import FakeVersion
+from tests.doubles import FakeClock
 from tests.servers import serve_app
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def canary_config(**canary: Any) -> SidecarConfig:
@@ -60,7 +53,7 @@ class Rig:
     def __init__(self, **canary: Any) -> None:
         cfg = canary_config(**canary)
         assert cfg.canary is not None
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.windows = UpstreamWindows(["stable", "fallback", "candidate"], clock=self.clock)
         self.router = Router(
             cfg.routing.primary, cfg.routing.fallbacks, is_available=lambda name: True

@@ -63,12 +63,12 @@ def test_a_model_retrained_on_shifted_inputs_has_a_baseline_of_the_new_inputs():
 
 
 def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
-    from mlwarden.sidecar.config import SidecarConfig
     from mlwarden.sidecar.demo.story import TIME_SCALE, default_tiers_scaled
     from mlwarden.sidecar.healing.policies import default_policies
+    from mlwarden.sidecar.settings import sidecar_config_from_mapping
 
     tiers = default_tiers_scaled("http://127.0.0.1:9/retrain")
-    config = SidecarConfig.from_mapping(
+    config = sidecar_config_from_mapping(
         {
             "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
             "healing": {"retrain_webhook_url": "http://127.0.0.1:9/retrain"},
@@ -82,7 +82,7 @@ def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
         assert tier["for_s"] * TIME_SCALE == original.for_s
         assert tier["cooldown_s"] * TIME_SCALE == original.cooldown_s
     # Written back as a config, they load as policies with the same actions.
-    loaded = SidecarConfig.from_mapping(
+    loaded = sidecar_config_from_mapping(
         {"upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"}, "policies": tiers},
         environ={},
     ).policies

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mlwarden.sidecar.config import load_config
+from mlwarden.sidecar.settings import load_sidecar_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -209,7 +209,7 @@ def test_the_configmap_config_passes_the_sidecar_check(tmp_path):
 
 
 def test_the_configmap_config_matches_the_pod_it_runs_in(tmp_path):
-    config = load_config(_embedded_config(tmp_path), environ={})
+    config = load_sidecar_config(_embedded_config(tmp_path), environ={})
     assert {u.name: u.url for u in config.upstreams} == {
         "primary": "http://127.0.0.1:8000",
         "stable": "http://model-stable:8000",

@@ -31,18 +31,11 @@ from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT, Ledger
 from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink, record_line
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from mlwarden.sidecar.listeners import Listener
+from tests.doubles import FakeClock
 from tests.servers import LOOPBACK, VictoriaMetrics, free_port
 
 LOGGER = "mlwarden.sidecar.ledger"
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def lines_of(path: Path) -> list[str]:
@@ -165,7 +158,7 @@ def test_record_is_read_only() -> None:
 
 def test_append_writes_one_line_and_reads_back_after_reopening(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    clock = FakeClock()
+    clock = FakeClock(T0)
     with Ledger(path, clock=clock) as ledger:
         rec = ledger.append(
             "breaker_opened",
@@ -182,7 +175,7 @@ def test_append_writes_one_line_and_reads_back_after_reopening(tmp_path: Path) -
 
 
 def test_memory_only_ledger_keeps_records_without_a_file(tmp_path: Path) -> None:
-    with Ledger(None, clock=FakeClock()) as ledger:
+    with Ledger(None, clock=FakeClock(T0)) as ledger:
         a = ledger.append("fallback", "primary")
         b = ledger.append("restore_primary", "primary")
         assert ledger.query() == [b, a]
@@ -192,7 +185,7 @@ def test_memory_only_ledger_keeps_records_without_a_file(tmp_path: Path) -> None
 
 def test_from_config_shapes_the_file_as_the_ledger_block_says(tmp_path: Path) -> None:
     block = LedgerConfig(path=str(tmp_path / "l.jsonl"), max_bytes=4096, backups=1, fsync=False)
-    with Ledger.from_config(block, clock=FakeClock()) as ledger:
+    with Ledger.from_config(block, clock=FakeClock(T0)) as ledger:
         for _ in range(60):
             ledger.append("webhook", "ops", reason="x" * 100)
         assert ledger.stats()["rotations"] > 0
@@ -211,7 +204,7 @@ def test_ids_are_unique_across_restarts_and_ordered_within_a_run(tmp_path: Path)
 
 
 def test_query_is_newest_first_and_filters_by_every_field() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     ledger = Ledger(None, clock=clock)
     recs = []
     for i, (action, target, policy, severity) in enumerate(
@@ -514,7 +507,7 @@ def test_concurrent_appends_from_threads_write_whole_lines_only(tmp_path: Path) 
 
 def test_restart_reloads_the_most_recent_records_across_backups(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    clock = FakeClock()
+    clock = FakeClock(T0)
     with Ledger(path, max_bytes=1000, backups=10, fsync=False, clock=clock) as ledger:
         for i in range(60):
             clock.now = T0 + i
@@ -530,7 +523,7 @@ def test_count_since_covers_windows_longer_than_memory_and_survives_restarts(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "ledger.jsonl"
-    clock = FakeClock()
+    clock = FakeClock(T0)
     day = 86400.0
     with Ledger(path, recent=5, fsync=False, clock=clock) as ledger:
         for i in range(30):  # one rollback a day of canary-errors, one fallback of another
@@ -554,7 +547,7 @@ def test_count_since_covers_windows_longer_than_memory_and_survives_restarts(
 def test_coverage_start_is_the_oldest_retained_record_when_younger_than_the_horizon(
     tmp_path: Path,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     with Ledger(tmp_path / "l.jsonl", max_bytes=400, backups=1, fsync=False, clock=clock) as ledger:
         for i in range(10):
             clock.now = T0 + i

@@ -14,8 +14,8 @@ import pytest
 
 from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.app import Sidecar
-from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.policies import default_policies
+from mlwarden.sidecar.settings import sidecar_config_from_mapping
 from tests.apps import FakeVersion, starlette_app
 from tests.servers import serve_app
 from tests.support import make_baseline, reference_rows
@@ -56,7 +56,7 @@ def wait_for(what: Callable[[], Any], seconds: float = 15.0) -> Any:
 
 @contextlib.contextmanager
 def sidecar(upstreams: dict[str, str], **config: Any) -> Iterator[tuple[Sidecar, httpx.Client]]:
-    cfg = SidecarConfig.from_mapping(
+    cfg = sidecar_config_from_mapping(
         {
             "upstreams": upstreams,
             "health_checks": {"interval_s": 0.2, "timeout_s": 0.15, "unhealthy_threshold": 1},
@@ -191,7 +191,7 @@ def test_a_fallback_that_fails_too_is_recorded_and_escalated_not_routed_again() 
 
 def test_conditions_are_checked_at_start_up_with_the_policy_name_and_column() -> None:
     with pytest.raises(Exception) as info:
-        SidecarConfig.from_mapping(
+        sidecar_config_from_mapping(
             {
                 "upstreams": {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"},
                 "policies": [
@@ -209,7 +209,7 @@ def test_conditions_are_checked_at_start_up_with_the_policy_name_and_column() ->
 
 
 def test_default_tiers_exist_without_written_policies() -> None:
-    cfg = SidecarConfig.from_mapping(
+    cfg = sidecar_config_from_mapping(
         {
             "upstreams": {"a": "http://127.0.0.1:1", "b": "http://127.0.0.1:2"},
             "healing": {"retrain_webhook_url": "http://127.0.0.1:3/retrain"},
@@ -227,7 +227,7 @@ def test_default_tiers_exist_without_written_policies() -> None:
 
 def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
     with serve_app(FakeVersion(label=0)) as primary, serve_app(FakeVersion(label=0)) as candidate:
-        cfg = SidecarConfig.from_mapping(
+        cfg = sidecar_config_from_mapping(
             {
                 "upstreams": {"primary": primary.url, "candidate": candidate.url},
                 "canary": {"candidate": "candidate"},

@@ -10,7 +10,9 @@ from email.utils import format_datetime
 import pytest
 
 from mlwarden.middleware.errors import ConfigError, MlwardenError
+from mlwarden.sidecar.config import RetryConfig, TimeoutsConfig
 from mlwarden.sidecar.resilience.retry import (
+    DEFAULT_RETRIABLE_METHODS,
     ConstantBackoff,
     ExponentialJitterBackoff,
     Outcome,
@@ -22,16 +24,9 @@ from mlwarden.sidecar.resilience.retry import (
     StopAfterDelay,
     parse_retry_after,
 )
+from tests.doubles import FakeClock
 
 WALL_NOW = 1_800_000_000.0  # a fixed epoch second for HTTP-date Retry-After values
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeSleep:
@@ -117,11 +112,13 @@ def test_combined_stop_stops_on_either_and_keeps_the_smaller_time_left() -> None
 # --- retry condition -------------------------------------------------------------------------
 
 
-def test_default_retry_on_labels_errors_and_configured_statuses() -> None:
+def test_default_retry_on_is_the_configurations_connect_failure_reset_and_gateway_error() -> None:
     retry_on = RetryOn()
+    assert retry_on.conditions == set(RetryConfig().retry_on)
     assert retry_on.classify(Outcome(error="connect_error")) == "connect_error"
     assert retry_on.classify(Outcome(error="reset")) == "reset"
-    assert retry_on.classify(Outcome(error="timeout")) == "timeout"
+    # Not a timeout: a slow model would get more load exactly when it is slow (README).
+    assert retry_on.classify(Outcome(error="timeout")) is None
     assert retry_on.classify(Outcome(status=503)) == "status_503"
     assert retry_on.classify(Outcome(status=500)) is None
     assert retry_on.classify(Outcome(status=429)) is None
@@ -175,9 +172,13 @@ def test_status_given_as_httpstatus_is_classified_like_an_int() -> None:
 
 
 def test_unknown_retry_on_words_are_rejected_with_the_allowed_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown 5xy.*allowed: 5xx"):
+    with pytest.raises(
+        ConfigError, match=r"retry_on: unknown '5xy' \(did you mean '5xx'\?\); allowed: 5xx, "
+    ):
         RetryOn(["5xy"])
-    with pytest.raises(ConfigError, match="retriable_status_codes"):
+    with pytest.raises(
+        ConfigError, match="retriable_status_codes: expected status codes 100-599, got 99"
+    ):
         RetryOn(retriable_status_codes=[99])
 
 
@@ -292,7 +293,7 @@ def test_post_is_retried_by_default_and_can_be_configured_off() -> None:
 def test_connect_failure_is_retried_whatever_the_method() -> None:
     p = policy(FakeClock(), retriable_methods=["GET"])
     assert p.begin(method="PATCH").next(Outcome(error="connect_error")).retry
-    assert p.begin(method="PATCH").next(Outcome(error="timeout")).give_up == "method"
+    assert p.begin(method="PATCH").next(Outcome(error="reset")).give_up == "method"
 
 
 def test_retry_after_longer_than_backoff_is_waited() -> None:
@@ -327,9 +328,9 @@ def test_stop_after_delay_bounds_total_time_by_default() -> None:
     p = policy(clock, stop=StopAfterAttempts(100) | StopAfterDelay(1.0))
     attempts = p.begin(method="GET")
     clock.now = 0.95  # a 0.1 s wait would end past the 1 s bound
-    assert attempts.next(Outcome(error="timeout")).give_up == "deadline"
+    assert attempts.next(Outcome(error="reset")).give_up == "deadline"
     clock.now = 1.2
-    assert attempts.next(Outcome(error="timeout")).give_up == "deadline"
+    assert attempts.next(Outcome(error="reset")).give_up == "deadline"
 
 
 def test_budget_is_consulted_last_and_gives_up_when_spent() -> None:
@@ -385,3 +386,76 @@ def test_run_returns_the_last_failure_when_attempts_are_spent() -> None:
 def test_policy_repr_names_its_parts() -> None:
     text = repr(policy(FakeClock(), budget=RetryBudget()))
     assert "RetryOn(" in text and "ConstantBackoff" in text and "RetryBudget" in text
+
+
+# --- one default and one rule per setting: the configuration's ---------------------------------
+
+
+def test_every_default_of_a_directly_built_strategy_is_the_configurations() -> None:
+    retry, timeouts = RetryConfig(), TimeoutsConfig()
+    assert set(retry.retriable_methods) == DEFAULT_RETRIABLE_METHODS
+    assert "TRACE" not in DEFAULT_RETRIABLE_METHODS
+    backoff = ExponentialJitterBackoff()
+    assert (backoff.base_interval_s, backoff.multiplier, backoff.max_interval_s) == (
+        retry.base_interval_s,
+        retry.backoff_multiplier,
+        retry.max_interval_s,
+    )
+    budget = RetryBudget()
+    assert (budget.budget_percent, budget.min_retries_per_s) == (
+        retry.budget_percent,
+        retry.min_retries_per_s,
+    )
+    stop = RetryPolicy(retry_on=RetryOn()).stop
+    assert repr(stop) == (
+        f"StopAfterAttempts({retry.num_retries + 1}) | StopAfterDelay({timeouts.total_timeout_s})"
+    )
+    assert RetryOn().retriable_status_codes == set(retry.retriable_status_codes)
+
+
+def test_from_config_builds_the_policy_from_the_retry_and_timeouts_blocks() -> None:
+    clock = FakeClock(0.0)
+    sleep = FakeSleep(clock)
+    retry = RetryConfig(
+        num_retries=1,
+        retry_on=("5xx",),
+        retriable_methods=("GET",),
+        base_interval_s=0.5,
+        max_interval_s=2.0,
+        backoff_multiplier=3.0,
+        budget_percent=50.0,
+        min_retries_per_s=0.0,
+    )
+    p = RetryPolicy.from_config(
+        retry, TimeoutsConfig(per_try_timeout_s=5.0, total_timeout_s=7.0), clock=clock, sleep=sleep
+    )
+    assert (p.clock, p.sleep) == (clock, sleep)
+    assert p.retry_on.conditions == {"5xx"}
+    assert p.retriable_methods == {"GET"}
+    assert isinstance(p.backoff, ExponentialJitterBackoff)
+    assert (p.backoff.base_interval_s, p.backoff.multiplier, p.backoff.max_interval_s) == (
+        0.5,
+        3.0,
+        2.0,
+    )
+    assert repr(p.stop) == "StopAfterAttempts(2) | StopAfterDelay(7.0)"
+    assert p.budget is not None
+    assert (p.budget.budget_percent, p.budget.min_retries_per_s) == (50.0, 0.0)
+    assert p.begin(method="POST").next(Outcome(status=500)).give_up == "method"
+
+
+def test_a_bad_argument_is_named_as_the_configuration_names_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        ExponentialJitterBackoff(base_interval_s=0)
+    assert info.value.problems == (
+        "base_interval_s: expected a number of seconds > 0 and <= 60, got 0",
+    )
+    with pytest.raises(ConfigError) as info:
+        ExponentialJitterBackoff(base_interval_s=1, max_interval_s=0.5)
+    assert info.value.problems == ("max_interval_s: must be >= base_interval_s (1), got 0.5",)
+    with pytest.raises(ConfigError) as info:
+        RetryBudget(budget_percent=150)
+    assert info.value.problems == ("budget_percent: expected a number >= 0 and <= 100, got 150",)
+    with pytest.raises(ConfigError) as info:
+        StopAfterAttempts(0)
+    assert info.value.problems == ("max_attempts: expected a whole number >= 1, got 0",)

@@ -29,6 +29,7 @@ from mlwarden.sidecar.routing.shadow_comparison import compare_predictions
 from mlwarden.sidecar.routing.shadow_exchange import SHADOW_HEADER
 from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
 from mlwarden.sidecar.upstream import UpstreamPool
+from tests.doubles import FakeClock
 from tests.servers import LOOPBACK, free_port, serve_app
 
 T = TypeVar("T")
@@ -103,14 +104,6 @@ def fresh_models() -> Iterator[None]:
     yield
     PRIMARY.release.set()
     SHADOW.release.set()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:

@@ -40,6 +40,24 @@ def test_sidecar_check_names_bad_keys(tmp_path):
     assert "upstreams.primary" in result.stderr and "num_retrys" in result.stderr
 
 
+def test_sidecar_check_names_a_bad_policy_with_the_other_problems(tmp_path):
+    cfg = tmp_path / "bad-policy.yaml"
+    cfg.write_text(
+        "upstreams:\n  primary: http://127.0.0.1:8001\n  stable: http://127.0.0.1:8002\n"
+        "retry:\n  num_retrys: 2\n"
+        "policies:\n  - when: 'error_rate >> 0.1'\n    actions: [route_to_fallback]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "retry.num_retrys: unknown key" in result.stderr
+    assert "policies[0].when: column" in result.stderr
+
+
 def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
     workdir = temp_workdir("sidecar")
     down_port = free_port()  # nothing listens there

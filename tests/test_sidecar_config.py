@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.sidecar.config import (
@@ -18,8 +22,11 @@ from mlwarden.sidecar.config import (
     TimeoutsConfig,
     load_config,
 )
+from mlwarden.sidecar.healing.vocabulary import SIGNALS, function_specs
+from mlwarden.sidecar.settings import load_sidecar_config, sidecar_config_from_mapping
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+FULL = EXAMPLES / "sidecar-full.yaml"
 TWO = {"primary": "http://127.0.0.1:8001", "stable": "http://127.0.0.1:8002"}
 TOKEN = "s3cret-token-0123456789"
 
@@ -81,34 +88,67 @@ def test_full_example_file_loads_with_its_values() -> None:
     assert cfg.degraded_response.status == 503
 
 
-def test_every_key_of_the_full_example_is_a_field() -> None:
-    # The full example documents every setting: a new field must appear there too.
-    cfg = load_config(EXAMPLES / "sidecar-full.yaml", environ={})
-    text = (EXAMPLES / "sidecar-full.yaml").read_text(encoding="utf-8")
-    for block in (
-        "listen",
-        "admin",
-        "timeouts",
-        "retry",
-        "breaker",
-        "health_checks",
-        "limits",
-        "tracing",
-        "degraded_response",
-        "canary",
-        "shadow",
-        "ledger",
-        "healing",
-    ):
-        for f in dataclasses.fields(getattr(cfg, block)):
-            assert f"{f.name}:" in text, f"{block}.{f.name} missing from sidecar-full.yaml"
-    for f in dataclasses.fields(cfg.healing.escalation):
-        assert f"{f.name}:" in text, f"healing.escalation.{f.name} missing"
-    [policy] = cfg.policies
-    for f in dataclasses.fields(policy):
-        assert f.name == "condition" or f"{f.name}:" in text, f"policies[].{f.name} missing"
-    for f in dataclasses.fields(cfg.upstream("v2")):
-        assert f.name == "name" or f"{f.name}:" in text, f"upstreams.*.{f.name} missing"
+def _full_example() -> tuple[dict[str, Any], SidecarConfig]:
+    written = yaml.safe_load(FULL.read_text(encoding="utf-8"))
+    return written, load_sidecar_config(FULL, environ={})
+
+
+def _written_blocks() -> Iterator[tuple[str, dict[str, Any], Any, set[str]]]:
+    """(key path, the mapping the example writes, the block loaded from it, keys that are not
+    settings) of every block of the configuration."""
+    written, cfg = _full_example()
+    for f in dataclasses.fields(SidecarConfig):
+        if f.name not in ("upstreams", "policies"):
+            yield f.name, written[f.name], getattr(cfg, f.name), set()
+    yield "healing.escalation", written["healing"]["escalation"], cfg.healing.escalation, set()
+    yield "upstreams.v2", written["upstreams"]["v2"], cfg.upstream("v2"), {"name"}
+    yield "policies[0]", written["policies"][0], cfg.policies[0], {"condition"}
+
+
+def test_the_full_example_writes_out_every_key_of_every_block() -> None:
+    # The full example documents every setting: a new key must appear there too.
+    written, _ = _full_example()
+    assert set(written) == {f.name for f in dataclasses.fields(SidecarConfig)}
+    for path, block, loaded, not_keys in _written_blocks():
+        keys = {f.name for f in dataclasses.fields(loaded)} - not_keys
+        assert set(block) == keys, f"{path}: missing {keys - set(block)}, extra {set(block) - keys}"
+
+
+#: Keys with a default that the full example sets to show how they are written.
+EXAMPLE_VALUES = {"policies[0].actions"}  # default: none, the policy only records
+
+
+def test_every_value_of_the_full_example_is_the_default() -> None:
+    # Keys without a default (URLs, the canary's candidate, ...) carry an example instead.
+    written, cfg = _full_example()
+    for path, block, loaded, _ in _written_blocks():
+        if path == "routing":
+            continue  # its defaults derive from the upstreams: below
+        for f in dataclasses.fields(loaded):
+            if f.default is dataclasses.MISSING or f"{path}.{f.name}" in EXAMPLE_VALUES:
+                continue
+            # As the block reads it (lists become tuples, 5 becomes 5.0); a loaded value may be
+            # derived (canary.stable: the primary).
+            check = f.metadata.get("check")
+            value = check(block[f.name]) if check else getattr(loaded, f.name)
+            assert value == f.default, f"{path}.{f.name}: {value!r} is not the default"
+    # routing's defaults derive from the upstreams
+    derived = sidecar_config_from_mapping(
+        {k: v for k, v in written.items() if k != "routing"}, environ={}
+    )
+    assert cfg.routing == derived.routing
+
+
+def test_every_key_of_the_full_example_says_what_it_does() -> None:
+    for number, line in enumerate(FULL.read_text(encoding="utf-8").splitlines(), 1):
+        if re.match(r"\s*-?\s*[a-z0-9_]+:", line):
+            assert "#" in line, f"sidecar-full.yaml line {number} has no comment: {line!r}"
+
+
+def test_the_full_example_names_every_signal_and_function_of_the_policies() -> None:
+    text = FULL.read_text(encoding="utf-8")
+    for name in [*SIGNALS, *function_specs(["v1"])]:
+        assert re.search(rf"\b{name}\b", text), f"{name} is not in sidecar-full.yaml"
 
 
 def test_routing_primary_alone_makes_the_others_its_fallbacks_in_order() -> None:
@@ -478,3 +518,77 @@ def test_huge_value_is_rejected_and_quoted_short() -> None:
     )
     assert p.endswith("...")
     assert len(p) < 200
+
+
+# --------------------------------------------------------------------------- policies
+
+
+def test_policy_problems_are_listed_with_every_other_problem_of_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        upstreams:
+          v1: http://127.0.0.1:8001
+          v2: http://127.0.0.1:8002
+        retry: {num_retries: -1}
+        policies:
+          - when: error_rate >
+            actions: [route_to_fallback]
+          - name: slow
+            when: p99_latency_seconds > 1
+            actions: [route_to_fallbak]
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_sidecar_config(path, environ={})
+    keys = [p.split(":")[0] for p in info.value.problems]
+    assert keys == [
+        "retry.num_retries",
+        "policies[0].name",
+        "policies[0].when",
+        "policies.slow.actions[0]",
+    ]
+    assert "did you mean 'route_to_fallback'?" in info.value.problems[-1]
+    assert str(info.value).startswith(f"invalid configuration {path}:\n  - retry.num_retries")
+
+
+def test_policies_are_parsed_with_the_files_defaults() -> None:
+    cfg = sidecar_config_from_mapping(
+        {"upstreams": dict(TWO), "policies": [{"name": "p", "when": "error_rate > 0.5"}]},
+        environ={},
+    )
+    [policy] = cfg.policies
+    assert (policy.severity, policy.for_s, policy.cooldown_s, policy.window_s) == (
+        "warning",
+        0.0,
+        300.0,
+        60.0,
+    )
+    assert (policy.actions, policy.target, policy.restore_after_s) == ((), None, None)
+
+
+def test_without_the_healing_layer_policies_stay_as_written_once_their_list_is_checked() -> None:
+    entry = {"name": "p", "when": "error_rate > 0.5"}
+    assert config(policies=[entry]).policies == (entry,)
+    assert problems(policies={"name": "p"}) == [
+        "policies: expected a list of policies, got {'name': 'p'}"
+    ]
+
+
+def test_the_configuration_package_imports_nothing_from_the_healing_layer() -> None:
+    # Type-only imports included: the layers point one way (healing -> config).
+    package = Path(__file__).resolve().parent.parent / "sidecar" / "config"
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                assert not name.startswith("mlwarden.sidecar.healing"), f"{module.name}: {name}"
+                assert name.startswith(("mlwarden.middleware", "mlwarden.sidecar.config")) or (
+                    not name.startswith("mlwarden")
+                ), f"{module.name} imports {name}"

@@ -126,10 +126,10 @@ def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[di
     Same names, conditions, severities and actions as :func:`default_policies` gives a sidecar
     with ``healing.retrain_webhook_url`` set; only the clock runs faster.
     """
-    from mlwarden.sidecar.config import SidecarConfig
     from mlwarden.sidecar.healing.policies import default_policies
+    from mlwarden.sidecar.settings import sidecar_config_from_mapping
 
-    config = SidecarConfig.from_mapping(
+    config = sidecar_config_from_mapping(
         {
             "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
             "healing": {"retrain_webhook_url": retrain_url},

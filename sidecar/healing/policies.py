@@ -44,8 +44,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlwarden.sidecar.config import HealingConfig, PolicyAction, PolicyConfig, SidecarConfig
+from mlwarden.sidecar.config import HealingConfig, SidecarConfig
 from mlwarden.sidecar.healing.conditions import parse_condition
+from mlwarden.sidecar.healing.policy_config import PolicyAction, PolicyConfig
 from mlwarden.sidecar.healing.ports import HealingPort
 from mlwarden.sidecar.healing.vocabulary import FUNCTIONS, SIGNALS, function_specs
 
@@ -145,6 +146,12 @@ class PolicyEngine:
     def from_config(cls, config: SidecarConfig, port: HealingPort, **runtime: Any) -> PolicyEngine:
         """The configured policies, then the default tiers unless turned off (on by default
         only when no policy is configured)."""
+        raw = [p for p in config.policies if not isinstance(p, PolicyConfig)]
+        if raw:
+            raise TypeError(
+                "the configuration's policies are not parsed: load it with "
+                "mlwarden.sidecar.settings (load_sidecar_config, sidecar_config_from_mapping)"
+            )
         use_defaults = config.healing.default_policies
         if use_defaults is None:
             use_defaults = not config.policies

@@ -1,9 +1,10 @@
 """The words policy conditions may use, derived from the signal sources, and the actions.
 
-Kept apart from the engine so that conditions can be checked at start-up without building
-anything. A signal refers to the policy's ``target`` upstream (by default the current
-primary) over the policy's ``window_s``; functions name their upstream. Each word exists
-because a source in :mod:`mlwarden.sidecar.signals` declares it.
+Kept apart from the engine so that the policies of the file can be parsed at start-up
+(:mod:`~mlwarden.sidecar.healing.policy_config`) without building anything. A signal refers
+to the policy's ``target`` upstream (by default the current primary) over the policy's
+``window_s``; functions name their upstream. Each word exists because a source in
+:mod:`mlwarden.sidecar.signals` declares it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Which upstreams a request is offered to, in which order: the primary, then its fallbacks.
 
 This module owns the order only. Whether an upstream is *available* (its health check passes,
-its breaker is not open) is asked through the ``is_available`` callable, so the router stays a
-small pure object that tests drive without a network, and the proxy decides what availability
-means. The canary split and shadow traffic come next and will wrap this order, not replace it.
+its breaker is not open) is asked through the ``is_available`` callable
+(:class:`~mlwarden.sidecar.routing.availability.Availability`), so the router stays a small
+pure object that tests drive without a network. The canary split and the shadow copy wrap
+this order in the proxy; they do not replace it.
 
 Rules of :meth:`Router.candidates`:
 
