@@ -4,9 +4,9 @@ breakers, health checks, the retry budget.
 This module owns the metric names and how their values are obtained. Values that already live
 in the sidecar's objects are read at scrape time by a collector (so they are right even when
 breaker state is shared through Redis); events that leave no trace in those objects are
-counted by listeners: :class:`ProxyMetrics` hears the proxy's
-:class:`~mlwarden.sidecar.listeners.Listener` on the request path and records them in
-the middleware's lean collectors (:mod:`mlwarden.middleware.fastmetrics`, one lock per call).
+counted by listeners: :class:`~mlwarden.sidecar.proxy_metrics.ProxyMetrics` hears the
+proxy's hooks on the request path and records them in the middleware's lean collectors
+(:mod:`mlwarden.middleware.fastmetrics`, one lock per call).
 The sidecar is one process: prometheus_client's multiprocess mode does not apply to it.
 
 Exported (label values are upstream names from the configuration and fixed words only;
@@ -67,13 +67,13 @@ from prometheus_client.registry import Collector
 
 from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHistogram
 from mlwarden.sidecar.listeners import Listener
-from mlwarden.sidecar.signals.outcomes import status_class
+from mlwarden.sidecar.proxy_metrics import ProxyMetrics
 
 if TYPE_CHECKING:
     from mlwarden.sidecar.healing.ledger_records import LedgerRecord
     from mlwarden.sidecar.routing.health_checks import HealthChecker, ProbeResult
 
-__all__ = ["BREAKER_STATE_VALUES", "PROXY_LATENCY_BUCKETS", "ProxyMetrics", "SidecarMetrics"]
+__all__ = ["BREAKER_STATE_VALUES", "SidecarMetrics"]
 
 
 class Observed(Protocol):
@@ -91,27 +91,8 @@ class Observed(Protocol):
     def add_events(self, listener: Listener) -> None: ...
 
 
-#: Proxy and upstream latencies: 0.5 ms (the proxy's own cost) to 30 s (the default deadline).
-PROXY_LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 #: Health probes: bounded by their timeout, default 1 s.
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-_SELF = "none"
 CANARY_STATES = ("analysing", "promoted", "done", "rolled_back")
 
 #: The value of ``mlwarden_breaker_state`` for each state.
@@ -235,108 +216,6 @@ class _ScrapeCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(metric, doc, value=float(value))
-
-
-class ProxyMetrics(Listener):
-    """The proxy's per-request metrics: what :class:`Listener` hooks report, counted.
-
-    Children are cached per label set so that a hook costs a dict lookup and one locked add.
-    """
-
-    def __init__(self, families: FastFamilies) -> None:
-        self.requests = FastCounter(
-            "mlwarden_proxy_requests_total",
-            "Client requests by the upstream that answered ('none': the sidecar itself) and "
-            "the status class sent.",
-            ("upstream", "code"),
-        )
-        self.duration = FastHistogram(
-            "mlwarden_proxy_request_duration_seconds",
-            "Client request time in the sidecar, arrival to last byte, retries and fallbacks "
-            "included.",
-            ("upstream",),
-            PROXY_LATENCY_BUCKETS,
-        )
-        self.attempts = FastCounter(
-            "mlwarden_upstream_requests_total",
-            "Requests sent to each upstream (every attempt), by outcome: the status class, "
-            "or connect_error, timeout, reset.",
-            ("upstream", "outcome"),
-        )
-        self.attempt_duration = FastHistogram(
-            "mlwarden_upstream_request_duration_seconds",
-            "Time of each attempt on an upstream, from sending to the last byte relayed or "
-            "the decision to retry.",
-            ("upstream",),
-            PROXY_LATENCY_BUCKETS,
-        )
-        self.retries = FastCounter(
-            "mlwarden_retries_total",
-            "Retries on the same upstream, by the retriable outcome that caused them.",
-            ("upstream", "reason"),
-        )
-        self.fallbacks = FastCounter(
-            "mlwarden_fallbacks_total",
-            "Requests moved on from one upstream to the next, and why.",
-            ("from", "to", "reason"),
-        )
-        for family in (
-            self.requests,
-            self.duration,
-            self.attempts,
-            self.attempt_duration,
-            self.retries,
-            self.fallbacks,
-        ):
-            families.add(family)
-        self._children: dict[tuple[str, ...], object] = {}
-
-    def prepare(self, upstreams: list[str]) -> None:
-        """Create the common series at 0, so that ``rate()`` sees their first increase."""
-        for name in upstreams:
-            for code in ("2xx", "4xx", "5xx"):
-                self.requests.labels(name, code)
-            self.duration.labels(name)
-            for outcome in ("2xx", "5xx", "connect_error", "timeout"):
-                self.attempts.labels(name, outcome)
-            self.attempt_duration.labels(name)
-        self.requests.labels(_SELF, "5xx")
-
-    def request_finished(self, upstream: str | None, status: int, duration_s: float) -> None:
-        who = upstream or _SELF
-        cache = self._children
-        key = ("r", who, status_class(status))
-        counter = cache.get(key)
-        if counter is None:
-            counter = cache[key] = self.requests.labels(who, key[2])
-        counter.inc()  # type: ignore[attr-defined]
-        key = ("d", who)
-        histogram = cache.get(key)
-        if histogram is None:
-            histogram = cache[key] = self.duration.labels(who)
-        histogram.observe(duration_s)  # type: ignore[attr-defined]
-
-    def attempt_finished(self, upstream: str, outcome: str, duration_s: float) -> None:
-        cache = self._children
-        key = ("a", upstream, outcome)
-        counter = cache.get(key)
-        if counter is None:
-            counter = cache[key] = self.attempts.labels(upstream, outcome)
-        counter.inc()  # type: ignore[attr-defined]
-        key = ("ad", upstream)
-        histogram = cache.get(key)
-        if histogram is None:
-            histogram = cache[key] = self.attempt_duration.labels(upstream)
-        histogram.observe(duration_s)  # type: ignore[attr-defined]
-
-    def retried(self, upstream: str, reason: str) -> None:
-        self.retries.labels(upstream, reason).inc()  # type: ignore[attr-defined]
-
-    def fell_back(self, source: str, target: str, reason: str) -> None:
-        self.fallbacks.labels(source, target, reason).inc()  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        return "ProxyMetrics()"
 
 
 class SidecarMetrics(Listener):

@@ -64,7 +64,7 @@ def test_a_model_retrained_on_shifted_inputs_has_a_baseline_of_the_new_inputs():
 
 def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
     from mlwarden.sidecar.demo.story import TIME_SCALE, default_tiers_scaled
-    from mlwarden.sidecar.healing.policies import default_policies
+    from mlwarden.sidecar.healing.default_policies import default_policies
     from mlwarden.sidecar.settings import sidecar_config_from_mapping
 
     tiers = default_tiers_scaled("http://127.0.0.1:9/retrain")

@@ -60,12 +60,22 @@ def test_floor_constraints_pin_the_lower_bounds_of_the_middleware_dependencies()
 
 
 def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
-    """A regular (not editable) install must carry every subpackage: the quick start uses one."""
+    """A regular (not editable) install must carry every subpackage, and nothing else: the
+    quick start uses one. Built from a copy without build outputs, so that a stale ``build/``
+    (a module since moved) cannot slip into the wheel or hide a missing package."""
     import sys
     import zipfile
 
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "results"
+        ),
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -78,6 +88,8 @@ def test_the_wheel_holds_every_module_of_both_halves(tmp_path):
         for path in (ROOT / folder).rglob("*.py")
     }
     assert expected and expected <= names, sorted(expected - names)
+    modules = {n for n in names if n.startswith("mlwarden/") and n.endswith(".py")}
+    assert modules <= expected, sorted(modules - expected)
 
 
 def test_the_image_installs_this_version_with_the_sidecar_extra():

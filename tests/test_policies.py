@@ -14,7 +14,7 @@ import pytest
 
 from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.app import Sidecar
-from mlwarden.sidecar.healing.policies import default_policies
+from mlwarden.sidecar.healing.default_policies import default_policies
 from mlwarden.sidecar.settings import sidecar_config_from_mapping
 from tests.apps import FakeVersion, starlette_app
 from tests.servers import serve_app

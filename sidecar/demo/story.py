@@ -126,7 +126,7 @@ def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[di
     Same names, conditions, severities and actions as :func:`default_policies` gives a sidecar
     with ``healing.retrain_webhook_url`` set; only the clock runs faster.
     """
-    from mlwarden.sidecar.healing.policies import default_policies
+    from mlwarden.sidecar.healing.default_policies import default_policies
     from mlwarden.sidecar.settings import sidecar_config_from_mapping
 
     config = sidecar_config_from_mapping(

@@ -20,19 +20,18 @@ Actions:
   under ``"mlwarden"``) with retries; the delivery's outcome is recorded;
 - ``escalate``: escalate now (once per window, as any escalation).
 
-Escalation: a policy that fired more than ``escalation.threshold`` times within
-``escalation.window_s``, or a critical one, escalates **once per window**: an ``escalation``
-record and a Slack-compatible body to ``escalation.webhook_url``, naming the policy, the
-signals, the actions taken and the recent ledger entries.
+Escalation (:mod:`~mlwarden.sidecar.healing.escalation`): a policy that fired more than
+``escalation.threshold`` times within ``escalation.window_s``, or a critical one, escalates
+**once per window**.
 
 Never looping: while a policy's remediation is in place it is not fired again; its fallback
 is watched instead, and a fallback that also fails is recorded (``remediation_failed``) and
 escalated, not routed around again. A policy whose condition holds again after it rolled the
 canary back records ``remediation_ineffective`` and escalates.
 
-Tiered defaults (without ``policies``, unless ``healing.default_policies`` is false): small
-error increase or drift → recorded only; large → route to the stable version and, with
-``healing.retrain_webhook_url``, ask for retraining; critical → route away and escalate.
+Tiered defaults (:mod:`~mlwarden.sidecar.healing.default_policies`) apply without
+``policies``, unless ``healing.default_policies`` is false. The engine acts through a
+:class:`~mlwarden.sidecar.healing.ports.HealingPort`, never on the sidecar itself.
 """
 
 from __future__ import annotations
@@ -45,69 +44,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlwarden.sidecar.config import HealingConfig, SidecarConfig
-from mlwarden.sidecar.healing.conditions import parse_condition
+from mlwarden.sidecar.healing.default_policies import default_policies
+from mlwarden.sidecar.healing.escalation import Escalation
 from mlwarden.sidecar.healing.policy_config import PolicyAction, PolicyConfig
 from mlwarden.sidecar.healing.ports import HealingPort
-from mlwarden.sidecar.healing.vocabulary import FUNCTIONS, SIGNALS, function_specs
+from mlwarden.sidecar.healing.vocabulary import FUNCTIONS
 
-__all__ = ["PolicyEngine", "default_policies"]
+__all__ = ["PolicyEngine"]
 
 log = logging.getLogger("mlwarden.sidecar.healing")
-
-#: Ledger entries an escalation carries.
-ESCALATION_RECENT = 10
-
-
-def default_policies(config: SidecarConfig) -> tuple[PolicyConfig, ...]:
-    """The tiers a new user gets without writing a policy (see the module docstring)."""
-    names = [u.name for u in config.upstreams]
-    functions = function_specs(names)
-    retrain = config.healing.retrain_webhook_url
-    large: list[PolicyAction] = [PolicyAction("route_to_fallback")]
-    if retrain is not None:
-        large.append(PolicyAction("webhook", url=retrain, body={"reason": "retrain"}))
-
-    def policy(
-        name: str, when: str, severity: str, actions: list[PolicyAction], **timing: float
-    ) -> PolicyConfig:
-        return PolicyConfig(
-            name=name,
-            when=when,
-            severity=severity,
-            actions=tuple(actions),
-            condition=parse_condition(when, signals=SIGNALS, functions=functions),
-            restore_after_s=300.0 if actions else None,
-            **timing,
-        )
-
-    return (
-        policy(
-            "errors-small",
-            "requests >= 50 and error_rate > 0.02",
-            "info",
-            [],
-            for_s=60,
-            cooldown_s=900,
-        ),
-        policy("drift-small", "drift_score > 0.1", "info", [], for_s=60, cooldown_s=900),
-        policy(
-            "errors-large",
-            "requests >= 50 and error_rate > 0.1",
-            "warning",
-            large,
-            for_s=30,
-            cooldown_s=600,
-        ),
-        policy("drift-large", "drift_score > 0.25", "warning", large, for_s=60, cooldown_s=600),
-        policy(
-            "errors-critical",
-            "requests >= 50 and error_rate > 0.5",
-            "critical",
-            [PolicyAction("route_to_fallback"), PolicyAction("escalate")],
-            for_s=10,
-            cooldown_s=600,
-        ),
-    )
 
 
 @dataclass(slots=True)
@@ -141,6 +86,7 @@ class PolicyEngine:
         self._wall = wall_clock
         self._sleep = sleep
         self._states = {p.name: _State() for p in self.policies}
+        self.escalation = Escalation(healing.escalation, port, wall_clock=wall_clock)
 
     @classmethod
     def from_config(cls, config: SidecarConfig, port: HealingPort, **runtime: Any) -> PolicyEngine:
@@ -218,24 +164,17 @@ class PolicyEngine:
     ) -> None:
         reason = f"{policy.when} held for {policy.for_s:g}s on {target}"
         log.warning("policy %s fired: %s %s", policy.name, reason, signals)
-        self._record(policy, "policy_fired", target, reason, signals)
+        self.escalation.record(policy, "policy_fired", target, reason, signals)
         taken = []
         for action in policy.actions:
             taken.append(action.kind)
             self._act(policy, state, action, target, reason, signals)
-        wall = self._wall()
-        window = self.healing.escalation.window_s
-        fired = self.port.count_records(wall - window, policy=policy.name, action="policy_fired")
-        threshold = self.healing.escalation.threshold
-        if policy.severity == "critical" and "escalate" not in taken:
-            self._escalate(policy, f"critical policy fired: {reason}", signals, taken)
-        elif fired > threshold and "escalate" not in taken:
-            self._escalate(
-                policy,
-                f"fired {fired} times within {window:g}s (more than {threshold}): {reason}",
-                signals,
-                taken,
-            )
+        if "escalate" in taken:
+            return
+        if policy.severity == "critical":
+            self.escalation.escalate(policy, f"critical policy fired: {reason}", signals, taken)
+        elif (repeated := self.escalation.repeated(policy)) is not None:
+            self.escalation.escalate(policy, f"{repeated}: {reason}", signals, taken)
 
     def _act(
         self,
@@ -251,7 +190,7 @@ class PolicyEngine:
         if kind == "route_to_fallback":
             to = next((n for n in port.routes.order if n != target and port.is_available(n)), None)
             if to is None:
-                self._record(
+                self.escalation.record(
                     policy,
                     "fallback",
                     target,
@@ -259,16 +198,18 @@ class PolicyEngine:
                     signals,
                     "failed",
                 )
-                self._escalate(policy, f"nowhere to route away from {target}", signals, [kind])
+                self.escalation.escalate(
+                    policy, f"nowhere to route away from {target}", signals, [kind]
+                )
                 return
             port.routes.force(to)
             state.routed, state.false_since, state.failure_reported = (target, to), None, False
-            self._record(
+            self.escalation.record(
                 policy, "fallback", to, f"{reason}: traffic moved from {target} to {to}", signals
             )
         elif kind == "restore_primary":
             port.routes.force(None)
-            self._record(policy, "restore_primary", port.routes.primary, reason, signals)
+            self.escalation.record(policy, "restore_primary", port.routes.primary, reason, signals)
         elif kind == "rollback_canary":
             canary = port.canary
             if canary is not None and canary.state in ("analysing", "promoted"):
@@ -281,7 +222,7 @@ class PolicyEngine:
                     return
                 state.failure_reported = True
                 why = f"{reason}: still true after this policy's rollback"
-                self._record(
+                self.escalation.record(
                     policy,
                     "remediation_ineffective",
                     target,
@@ -290,15 +231,15 @@ class PolicyEngine:
                     "failed",
                     severity="critical",
                 )
-                self._escalate(policy, why, signals, [kind])
+                self.escalation.escalate(policy, why, signals, [kind])
             else:
-                self._record(
+                self.escalation.record(
                     policy, "rollback", target, f"{reason}: no canary running", signals, "skipped"
                 )
         elif kind == "set_weight":
             canary = port.canary
             if canary is None or canary.state != "analysing":
-                self._record(
+                self.escalation.record(
                     policy,
                     "set_weight",
                     target,
@@ -308,7 +249,7 @@ class PolicyEngine:
                 )
             else:
                 before, canary.weight = canary.weight, float(action.weight_percent or 0.0)
-                self._record(
+                self.escalation.record(
                     policy,
                     "set_weight",
                     canary.candidate,
@@ -326,11 +267,11 @@ class PolicyEngine:
                     "signals": signals,
                 },
             }
-            self._webhook(
+            self.escalation.webhook(
                 policy, action.url or "", body, dict(action.headers or {}), "webhook", signals
             )
         elif kind == "escalate":
-            self._escalate(policy, reason, signals, [a.kind for a in policy.actions])
+            self.escalation.escalate(policy, reason, signals, [a.kind for a in policy.actions])
 
     def _watch(self, policy: PolicyConfig, state: _State, holds: bool, now: float) -> None:
         """A remediation in place: restore when the condition has cleared for long enough;
@@ -346,10 +287,10 @@ class PolicyEngine:
                 f"the fallback {to} is failing too, after policy {policy.name} moved "
                 f"traffic from {away}"
             )
-            self._record(
+            self.escalation.record(
                 policy, "remediation_failed", to, reason, {}, "failed", severity="critical"
             )
-            self._escalate(policy, reason, {}, ["route_to_fallback"])
+            self.escalation.escalate(policy, reason, {}, ["route_to_fallback"])
         if holds:
             state.false_since = None
             return
@@ -358,111 +299,13 @@ class PolicyEngine:
         if policy.restore_after_s is not None and now - state.false_since >= policy.restore_after_s:
             self.port.routes.force(None)
             state.routed = None
-            self._record(
+            self.escalation.record(
                 policy,
                 "restore_primary",
                 away,
                 f"{policy.when} false for {policy.restore_after_s:g}s: traffic back to {away}",
                 {},
             )
-
-    # -- escalation and webhooks --------------------------------------------------------------
-
-    def _escalate(
-        self, policy: PolicyConfig, reason: str, signals: dict[str, Any], actions: list[str]
-    ) -> None:
-        esc = self.healing.escalation
-        wall = self._wall()
-        if self.port.count_records(wall - esc.window_s, policy=policy.name, action="escalation"):
-            return  # once per window
-        recent = self.port.recent_records(ESCALATION_RECENT)
-        url = esc.webhook_url
-        self._record(
-            policy,
-            "escalation",
-            _host(url) if url else "log",
-            reason,
-            signals,
-            "ok" if url is None else "pending",
-            severity="critical",
-        )
-        if url is None:
-            return
-        from mlwarden.sidecar.healing.webhooks import slack_body
-
-        body = slack_body(
-            title=f"mlwarden: policy {policy.name} escalated",
-            severity=policy.severity,
-            policy=policy.name,
-            reason=reason,
-            signals=signals,
-            actions=actions,
-            recent=recent,
-        )
-        self._webhook(policy, url, body, {}, "escalation_webhook", signals)
-
-    def _webhook(
-        self,
-        policy: PolicyConfig,
-        url: str,
-        body: dict[str, Any],
-        headers: dict[str, str],
-        what: str,
-        signals: dict[str, Any],
-    ) -> None:
-        host = _host(url)
-
-        def done(result: Any) -> None:
-            self._record(
-                policy,
-                "webhook",
-                host,
-                f"{what} to {host}: "
-                + (
-                    f"HTTP {result.status}"
-                    if result.ok
-                    else f"failed after {result.attempts} attempt(s)"
-                    f" ({result.error or result.status})"
-                ),
-                signals,
-                "ok" if result.ok else "failed",
-                details={"attempts": result.attempts, "status": result.status},
-            )
-
-        if not self.port.send_webhook(
-            f"{policy.name}:{what}", url, body, headers=headers, on_result=done
-        ):
-            self._record(
-                policy,
-                "webhook",
-                host,
-                f"{what} to {host} not sent (no sender, or its queue is full)",
-                signals,
-                "failed",
-            )
-
-    def _record(
-        self,
-        policy: PolicyConfig,
-        action: str,
-        target: str,
-        reason: str,
-        signals: Mapping[str, Any],
-        outcome: str = "ok",
-        *,
-        severity: str | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.port.record(
-            action=action,
-            target=target,
-            reason=reason,
-            signals=dict(signals),
-            outcome=outcome,
-            policy=policy.name,
-            severity=severity or policy.severity,
-            details=details,
-        )
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-ready, for ``/-/status``."""
@@ -483,14 +326,3 @@ class PolicyEngine:
             }
             for p in self.policies
         }
-
-
-def _host(url: str | None) -> str:
-    """The host of a URL, for records and logs (a webhook URL may carry a secret path)."""
-    from urllib.parse import urlsplit
-
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return host if parts.port is None else f"{host}:{parts.port}"
