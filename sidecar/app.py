@@ -93,8 +93,6 @@ class Sidecar(Listener):
     ) -> None:
         self.config = config
         names = [u.name for u in config.upstreams]
-        self._clock = clock
-        self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 from starlette.applications import Starlette
@@ -92,6 +93,47 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
         finally:
             proc.stop()
         assert proc.proc.returncode is not None
+
+
+def test_the_shadows_metrics_on_the_admin_port_count_what_the_status_shows():
+    """Started by the real command, the shadow's families have samples: its metrics are built
+    with the sidecar, before the mirror that feeds them."""
+    workdir = temp_workdir("sidecar-shadow")
+    with serve_app(version_app("v1")) as primary, serve_app(version_app("v1")) as candidate:
+        port, admin_port = free_port(), free_port()
+        cfg = workdir / "sidecar.yaml"
+        cfg.write_text(
+            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
+            f"upstreams:\n  primary: {primary.url}\n  candidate: {candidate.url}\n"
+            "routing: {primary: primary, fallbacks: []}\n"
+            "shadow: {target: candidate, sample_percent: 100}\n"
+        )
+        proc = Process(
+            [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
+            name="sidecar",
+            workdir=workdir,
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                for i in range(20):
+                    assert client.post("/predict", json={"i": i}).status_code == 200
+            with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    agreed = admin.get("/-/status").json()["shadow"]["comparisons"].get("agree", 0)
+                    if agreed >= 20:
+                        break
+                    time.sleep(0.1)
+                assert agreed >= 20
+                metrics = admin.get("/metrics").text
+            line = 'mlwarden_shadow_comparisons_total{result="agree",target="candidate"}'
+            assert any(
+                m.startswith(line) and float(m.split()[-1]) == agreed for m in metrics.splitlines()
+            ), [m for m in metrics.splitlines() if m.startswith("mlwarden_shadow")]
+        finally:
+            proc.stop()
 
 
 class OtlpReceiver:
