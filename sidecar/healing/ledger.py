@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlwarden.sidecar.config import LedgerConfig
 from mlwarden.sidecar.healing.ledger_files import LedgerFile
 from mlwarden.sidecar.healing.ledger_index import WindowIndex
 from mlwarden.sidecar.healing.ledger_records import IndexKey, LedgerRecord, index_entry
@@ -47,6 +48,10 @@ log = logging.getLogger("mlwarden.sidecar.ledger")
 MAX_QUERY_LIMIT = 1000
 
 #: A listener gets every record after it is appended (on the appending thread).
+
+
+# One default per key: the ``ledger:`` block's, also when a ledger is built directly.
+_BLOCK = LedgerConfig()
 
 
 class Ledger:
@@ -67,10 +72,10 @@ class Ledger:
         self,
         path: Path | str | None,
         *,
-        max_bytes: int = 10 * 1024 * 1024,
-        backups: int = 5,
-        fsync: bool = True,
-        recent: int = 1000,
+        max_bytes: int = _BLOCK.max_bytes,
+        backups: int = _BLOCK.backups,
+        fsync: bool = _BLOCK.fsync,
+        recent: int = _BLOCK.recent,
         index_horizon_s: float = 8 * 86400.0,
         index_max_per_key: int = 10_000,
         clock: Callable[[], float] = time.time,

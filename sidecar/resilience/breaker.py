@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pybreaker
 
 from mlwarden.middleware.errors import ConfigError, MlwardenError
+from mlwarden.sidecar.config import BreakerConfig
 from mlwarden.sidecar.listeners import FanOut, Listener
 from mlwarden.sidecar.resilience.breaker_storage import (
     STORAGE_RETRY_INTERVAL_S,
@@ -56,7 +57,7 @@ from mlwarden.sidecar.resilience.breaker_storage import (
 )
 
 if TYPE_CHECKING:
-    from mlwarden.sidecar.config import BreakerConfig, SidecarConfig
+    from mlwarden.sidecar.config import SidecarConfig
 
 __all__ = [
     "AsyncBreaker",
@@ -76,7 +77,9 @@ _FROM_PYBREAKER: dict[str, BreakerState] = {
     pybreaker.STATE_OPEN: "open",
     pybreaker.STATE_HALF_OPEN: "half_open",
 }
-DEFAULT_FAILURE_STATUSES: frozenset[int] = frozenset({500, 502, 503, 504})
+# One default per key: the ``breaker:`` block's, also when a breaker is built directly.
+_BLOCK = BreakerConfig()
+DEFAULT_FAILURE_STATUSES: frozenset[int] = frozenset(_BLOCK.failure_status_codes)
 
 
 class BreakerOpen(MlwardenError):
@@ -191,9 +194,9 @@ class AsyncBreaker:
         self,
         name: str,
         *,
-        fail_max: int = 5,
-        reset_timeout_s: float = 30.0,
-        half_open_max_calls: int = 1,
+        fail_max: int = _BLOCK.consecutive_5xx,
+        reset_timeout_s: float = _BLOCK.reset_timeout_s,
+        half_open_max_calls: int = _BLOCK.half_open_max_calls,
         success_threshold: int = 1,
         failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
         storage: pybreaker.CircuitBreakerStorage | None = None,
