@@ -28,6 +28,7 @@ import numpy as np
 from mlwarden.middleware.baseline import BaselineProfile, CategoricalProfile
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.features import CategoricalCounts, FeatureWindows, NumericTable
+from mlwarden.middleware.health_report import DriftVerdict, FeatureScores
 
 __all__ = [
     "CORRECTIONS",
@@ -362,20 +363,24 @@ class FeatureDrift:
     # method -> p-value after the correction across every test of the evaluation
     adjusted_pvalues: dict[str, float] = field(default_factory=dict)
 
+    def for_report(self) -> FeatureScores:
+        """The feature's entry in the health report: finite floats only, None where undefined."""
+        return FeatureScores(
+            name=self.name,
+            kind=self.kind,
+            rows=self.rows,
+            mean=_finite_or_none(self.mean),
+            null_ratio=_finite_or_none(self.null_ratio),
+            scores={k: _finite_or_none(v) for k, v in self.scores.items()},
+            pvalues={k: _finite_or_none(v) for k, v in self.pvalues.items()},
+            adjusted_pvalues={k: _finite_or_none(v) for k, v in self.adjusted_pvalues.items()},
+            drifted=self.drifted,
+            flagged_by=self.flagged_by,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: finite floats only, None where a value is undefined."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "rows": self.rows,
-            "mean": _finite_or_none(self.mean),
-            "null_ratio": _finite_or_none(self.null_ratio),
-            "scores": {k: _finite_or_none(v) for k, v in self.scores.items()},
-            "pvalues": {k: _finite_or_none(v) for k, v in self.pvalues.items()},
-            "adjusted_pvalues": {k: _finite_or_none(v) for k, v in self.adjusted_pvalues.items()},
-            "drifted": self.drifted,
-            "flagged_by": list(self.flagged_by),
-        }
+        return self.for_report().to_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,8 +400,20 @@ class DriftReport:
     def drift_detected(self) -> bool:
         return any(f.drifted for f in self.features)
 
+    def verdict(self) -> DriftVerdict:
+        """The health report's ``drift`` block (which computes the drift score)."""
+        return DriftVerdict(
+            evaluated=True,
+            detected=self.drift_detected,
+            drifted_features=self.drifted_features,
+            evaluated_at=self.evaluated_at,
+            rows=self.rows,
+            enough_data=self.enough_data,
+            features=tuple(f.for_report() for f in self.features),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (for the health report): finite floats only, None where undefined."""
+        """JSON-ready: finite floats only, None where undefined."""
         return {
             "evaluated_at": self.evaluated_at,
             "rows": self.rows,

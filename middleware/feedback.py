@@ -27,9 +27,11 @@ from typing import Any
 import orjson
 
 from mlwarden.middleware.errors import PayloadError
+from mlwarden.middleware.health_report import LiveQuality
 from mlwarden.middleware.quality import (
     LabelStatus,
     PredictionMemory,
+    QualitySnapshot,
     QualityWindow,
     parse_label,
 )
@@ -67,6 +69,7 @@ class FeedbackResult(dict[str, int]):
 
 
 _QUALITY_FIGURES = ("accuracy", "precision", "recall", "f1", "calibration_error", "mae", "rmse")
+_NO_FIGURES = QualitySnapshot()  # every figure None: no window yet
 
 
 class Feedback:
@@ -249,23 +252,30 @@ class Feedback:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> LiveQuality:
         """The health report's ``quality`` block (also refreshes the gauges)."""
         snap = self.publish()
         memory = self.memory
         decided = memory.labelled + memory.evicted_unlabelled
-        out: dict[str, Any] = {
-            "task": self.window.task if self.window is not None else None,
-            "labelled_samples": snap.samples if snap is not None else 0,
-            "remembered": len(memory),
-            "unlabelled_ratio": (memory.evicted_unlabelled / decided) if decided else None,
-            "labels": dict(self.totals),
-        }
-        for name in (*_QUALITY_FIGURES, "delay_p50_s", "delay_p90_s"):
-            out[name] = getattr(snap, name) if snap is not None else None
-        return out
+        figures = snap if snap is not None else _NO_FIGURES
+        return LiveQuality(
+            task=self.window.task if self.window is not None else None,
+            labelled_samples=snap.samples if snap is not None else 0,
+            remembered=len(memory),
+            unlabelled_ratio=(memory.evicted_unlabelled / decided) if decided else None,
+            labels=dict(self.totals),
+            accuracy=figures.accuracy,
+            precision=figures.precision,
+            recall=figures.recall,
+            f1=figures.f1,
+            calibration_error=figures.calibration_error,
+            mae=figures.mae,
+            rmse=figures.rmse,
+            delay_p50_s=figures.delay_p50_s,
+            delay_p90_s=figures.delay_p90_s,
+        )
 
-    def publish(self) -> Any:
+    def publish(self) -> QualitySnapshot | None:
         """Set the quality gauges from a fresh snapshot; the snapshot (None: no window yet)."""
         memory = self.memory
         metrics = self._metrics

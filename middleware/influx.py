@@ -60,6 +60,7 @@ from urllib.parse import urlsplit
 
 from mlwarden.middleware.drift import DriftReport
 from mlwarden.middleware.errors import ConfigError
+from mlwarden.middleware.health_report import InfluxStatus
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.throttle import Throttle
 
@@ -494,17 +495,17 @@ class InfluxShipper:
         """Points waiting to be written, the batch being written included."""
         return len(self._buffer) + self._inflight
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-ready summary for the health report (no secrets, no NaN)."""
-        return {
-            "buffered_points": self.buffered,
-            "max_buffer_points": self.settings.max_buffer_points,
-            "write_in_flight": self._inflight_fut is not None,
-            "consecutive_failures": self._failures,
-            "last_success_at": self._last_success_at,
-            "last_error": self._last_error,
-            "last_error_at": self._last_error_at,
-        }
+    def status(self) -> InfluxStatus:
+        """The health report's ``influx`` block (no secrets)."""
+        return InfluxStatus(
+            buffered_points=self.buffered,
+            max_buffer_points=self.settings.max_buffer_points,
+            write_in_flight=self._inflight_fut is not None,
+            consecutive_failures=self._failures,
+            last_success_at=self._last_success_at,
+            last_error=self._last_error,
+            last_error_at=self._last_error_at,
+        )
 
     # -- producer side (event loop) ------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from mlwarden.middleware.evaluation import DriftWorker
 from mlwarden.middleware.features import FeatureWindows
 from mlwarden.middleware.feedback import Feedback, RequestIds
 from mlwarden.middleware.health import FAILING, HealthWindow, health_report
+from mlwarden.middleware.health_report import HealthReport
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.options import MonitorOptions
@@ -416,9 +417,8 @@ class InferenceMonitor:
 
     async def _serve_health(self, scope: Scope, receive: Receive, send: Send) -> None:
         report = self.health_report()
-        status = 503 if report["status"] == FAILING else 200
-        body = json.dumps(report, allow_nan=False, separators=(",", ":")).encode()
-        await _respond(send, status, body, b"application/json", scope["method"])
+        status = 503 if report.status == FAILING else 200
+        await _respond(send, status, report.to_json(), b"application/json", scope["method"])
 
     async def _serve_feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         feedback = self.feedback
@@ -460,15 +460,10 @@ class InferenceMonitor:
         self.drain()
         return dict(self.feedback.record(entries))
 
-    def health_report(self) -> dict[str, Any]:
-        """The health report as served at ``/-/health``."""
+    def health_report(self) -> HealthReport:
+        """The health report as served at ``/-/health`` (:meth:`HealthReport.to_json`)."""
         self.drain()
         o = self.options
-        extra: dict[str, Any] = {}
-        if self.shipper is not None:
-            extra["influx"] = self.shipper.status()
-        if self.feedback is not None:
-            extra["quality"] = self.feedback.report()
         return health_report(
             model=o.model_name,
             version=o.model_version,
@@ -476,7 +471,8 @@ class InferenceMonitor:
             drift=self.worker.latest if self.worker is not None else None,
             thresholds=o.health,
             started_at=self._started_at,
-            extra=extra,
+            influx=self.shipper.status() if self.shipper is not None else None,
+            quality=self.feedback.report() if self.feedback is not None else None,
         )
 
     # -- lifespan and background tasks ----------------------------------------------------------

@@ -513,7 +513,9 @@ class ProxyApp:
                 self.canary.run(), name="mlwarden-canary"
             )
         if self._run_health and self._health_task is None:
-            self.health = HealthChecker.from_config(self.config)
+            self.health = HealthChecker.from_config(
+                self.config.health_checks, self.config.upstreams
+            )
             for watcher in self._health_watchers:
                 watcher(self.health)
             self._health_task = asyncio.get_running_loop().create_task(

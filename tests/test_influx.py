@@ -734,7 +734,7 @@ def test_a_batch_the_server_calls_bad_is_dropped_as_rejected(status: int) -> Non
             await r.shipper.flush()
             assert (r.dropped("rejected"), r.errors, r.written) == (3, 0, 0)
             assert (r.shipper.buffered, r.gauge) == (0, 0)
-            assert r.shipper.status()["last_error"].startswith(f"HTTP {status}")
+            assert str(r.shipper.status().last_error).startswith(f"HTTP {status}")
             await r.shipper.aclose()
 
     run(main())
@@ -749,9 +749,9 @@ def test_other_http_errors_keep_the_points_for_the_next_attempt(status: int) -> 
             await r.shipper.flush()
             assert (r.errors, r.shipper.buffered, r.gauge, r.dropped("rejected")) == (1, 3, 3, 0)
             info = r.shipper.status()
-            assert (info["buffered_points"], info["consecutive_failures"]) == (3, 1)
-            assert info["last_error"].startswith(f"HTTP {status}")
-            json.dumps(info, allow_nan=False)  # served in the health report as is
+            assert (info.buffered_points, info.consecutive_failures) == (3, 1)
+            assert info.last_error is not None and info.last_error.startswith(f"HTTP {status}")
+            json.dumps(info.to_dict(), allow_nan=False)  # served in the health report as is
             stub.status[0] = 204
             await r.shipper.flush()
             assert (r.written, r.shipper.buffered, r.gauge) == (3, 0, 0)
@@ -847,7 +847,7 @@ def test_run_writes_one_batch_per_interval_and_aclose_stops_it() -> None:
             assert [len(req.body.split("\n")) for req in stub.requests] == [2, 1]
             await r.shipper.aclose()
             assert await asyncio.wait_for(runner, 5) is None  # returned, not cancelled
-            assert r.shipper.status()["buffered_points"] == 0
+            assert r.shipper.status().buffered_points == 0
 
     run(main())
 
