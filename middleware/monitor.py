@@ -31,7 +31,8 @@ from mlwarden.middleware.health_report import HealthReport
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.options import MonitorOptions
-from mlwarden.middleware.payloads import PayloadParser, PredictionReader
+from mlwarden.middleware.payloads import PayloadParser
+from mlwarden.middleware.predictions import PredictionReader
 from mlwarden.middleware.routes import RouteLabels
 from mlwarden.middleware.throttle import Throttle
 from mlwarden.middleware.tracing import RequestSpan, RequestTracer

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.middleware.payloads import Predictions
+from mlwarden.middleware.predictions import Predictions
 from mlwarden.sidecar.routing.shadow import (
     SHADOW_HEADER,
     ShadowConfig,
