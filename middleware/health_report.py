@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -72,31 +72,44 @@ MAX_TEXT = 300
 _MAX_COUNTS = 20
 
 
+class _Block:
+    """A block of the report: on the wire, its fields in their order, JSON-ready."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [v.to_dict() if isinstance(v, _Block) else v for v in value]
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, _Block):
+                value = value.to_dict()
+            out[f.name] = value
+        return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ModelIdentity:
+class ModelIdentity(_Block):
     """The model name and version the report is about (``model``)."""
 
     name: str | None = None
     version: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LatencyQuantiles:
+class LatencyQuantiles(_Block):
     """Nearest-rank latency quantiles in seconds (``window.latency_seconds``)."""
 
     p50: float | None = None
     p90: float | None = None
     p99: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"p50": self.p50, "p90": self.p90, "p99": self.p99}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestWindow:
+class RequestWindow(_Block):
     """The recent model requests the verdict looked at (``window``); None: none or unknown."""
 
     seconds: float | None = None
@@ -106,19 +119,9 @@ class RequestWindow:
     latency_seconds: LatencyQuantiles = LatencyQuantiles()
     mean_confidence: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seconds": self.seconds,
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": self.error_rate,
-            "latency_seconds": self.latency_seconds.to_dict(),
-            "mean_confidence": self.mean_confidence,
-        }
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FeatureScores:
+class FeatureScores(_Block):
     """One feature's statistics and verdict (``drift.features[i]``); None where undefined.
 
     ``scores`` maps a method (``psi``, ``ks``, ``chi2``) to its statistic, ``pvalues`` and
@@ -135,20 +138,6 @@ class FeatureScores:
     adjusted_pvalues: Mapping[str, float | None] = field(default_factory=dict)
     drifted: bool = False
     flagged_by: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "rows": self.rows,
-            "mean": self.mean,
-            "null_ratio": self.null_ratio,
-            "scores": dict(self.scores),
-            "pvalues": dict(self.pvalues),
-            "adjusted_pvalues": dict(self.adjusted_pvalues),
-            "drifted": self.drifted,
-            "flagged_by": list(self.flagged_by),
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,7 +181,7 @@ class DriftVerdict:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LiveQuality:
+class LiveQuality(_Block):
     """Live model quality from labels sent back (``quality``); a figure is None if undefined.
 
     ``labels`` counts the labels received by outcome (accepted, unknown, expired, duplicate,
@@ -214,27 +203,9 @@ class LiveQuality:
     delay_p50_s: float | None = None
     delay_p90_s: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "labelled_samples": self.labelled_samples,
-            "remembered": self.remembered,
-            "unlabelled_ratio": self.unlabelled_ratio,
-            "labels": dict(self.labels),
-            "accuracy": self.accuracy,
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "calibration_error": self.calibration_error,
-            "mae": self.mae,
-            "rmse": self.rmse,
-            "delay_p50_s": self.delay_p50_s,
-            "delay_p90_s": self.delay_p90_s,
-        }
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class InfluxStatus:
+class InfluxStatus(_Block):
     """The feature-statistics shipper's state (``influx``): no secrets, times are wall clock."""
 
     buffered_points: int | None = None
@@ -244,17 +215,6 @@ class InfluxStatus:
     last_success_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "buffered_points": self.buffered_points,
-            "max_buffer_points": self.max_buffer_points,
-            "write_in_flight": self.write_in_flight,
-            "consecutive_failures": self.consecutive_failures,
-            "last_success_at": self.last_success_at,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
