@@ -3,7 +3,7 @@
 Every scored request gets a request id: the client's ``x-request-id`` when it is a safe one
 (at most 128 characters of ``[A-Za-z0-9._:-]``), else a generated one; the response carries
 it. After the response, the prediction is remembered under it (bounded by count and age:
-:class:`~mlwarden.middleware.quality.PredictionMemory`). A batch answer of N predictions is
+:class:`~mlwarden.middleware.memory.PredictionMemory`). A batch answer of N predictions is
 remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
 
 Labels come later, through ``POST /-/feedback`` (one ``{"request_id": ..., "label": ...}``,
@@ -28,13 +28,8 @@ import orjson
 
 from mlwarden.middleware.errors import PayloadError
 from mlwarden.middleware.health_report import LiveQuality
-from mlwarden.middleware.quality import (
-    LabelStatus,
-    PredictionMemory,
-    QualitySnapshot,
-    QualityWindow,
-    parse_label,
-)
+from mlwarden.middleware.memory import LabelStatus, PredictionMemory
+from mlwarden.middleware.quality import QualitySnapshot, QualityWindow, parse_label
 
 __all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult", "RequestIds"]
 

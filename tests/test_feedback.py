@@ -285,7 +285,7 @@ def test_a_refused_label_does_not_use_the_prediction_up() -> None:
 
 def _feedback() -> Any:
     from mlwarden.middleware.feedback import Feedback
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     return Feedback(model="fraud", version="1", memory=PredictionMemory(), task="classification")
 
@@ -315,7 +315,7 @@ def test_a_label_id_outside_latin_1_is_unknown_not_an_error() -> None:
 
 def test_a_label_for_a_prediction_still_staged_is_joined_with_its_delay() -> None:
     from mlwarden.middleware.feedback import Feedback
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     now = [100.0]
     memory = PredictionMemory(clock=lambda: now[0])

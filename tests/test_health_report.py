@@ -23,8 +23,8 @@ from mlwarden.middleware.health_report import (
     HealthReport,
     InfluxStatus,
 )
+from mlwarden.middleware.memory import PredictionMemory
 from mlwarden.middleware.payloads import FeatureBatch
-from mlwarden.middleware.quality import PredictionMemory
 
 pytestmark = pytest.mark.floor
 

@@ -15,13 +15,11 @@ import numpy as np
 import pytest
 
 from mlwarden.middleware.errors import ConfigError, PayloadError
+from mlwarden.middleware.memory import LabelStatus, PredictionMemory, Remembered
 from mlwarden.middleware.quality import (
     LABEL_REJECTIONS,
-    LabelStatus,
-    PredictionMemory,
     QualitySnapshot,
     QualityWindow,
-    Remembered,
     parse_label,
 )
 
