@@ -58,9 +58,9 @@ def remember_ns(items: int, calls: int, repeats: int) -> float:
 
 def request_path_ns(items: int, calls: int, repeats: int) -> float:
     """Median ns per request of what the feature adds: id, response header, remembering."""
+    from mlwarden.middleware.exchange import Exchange
     from mlwarden.middleware.feedback import Feedback, RequestIds
     from mlwarden.middleware.memory import PredictionMemory
-    from mlwarden.middleware.monitor import _Exchange
 
     headers = [
         (b"host", b"model:8000"),
@@ -85,7 +85,7 @@ def request_path_ns(items: int, calls: int, repeats: int) -> float:
         for _ in range(items):  # full: every request below also evicts one
             feedback.remember(ids.for_request(headers), ["ok"], [], [0.9])
         len(feedback.memory)  # nothing staged
-        exchange = _Exchange(send, send, model=True, max_request=1, max_response=1)  # type: ignore[arg-type]
+        exchange = Exchange(send, send, model=True, max_request=1, max_response=1)  # type: ignore[arg-type]
         exchange.request_id_header = ids.header
         started = time.perf_counter_ns()
         for _ in range(calls):
