@@ -1,7 +1,8 @@
 """Active health checks of the upstreams: which model versions are in rotation, and why.
 
 This module owns the probing of every upstream's health endpoint, the verdict of one probe, and
-the thresholds that move an upstream out of and back into rotation. It reads nothing else of the
+the thresholds that move an upstream out of and back into rotation (what it keeps of each
+upstream is :mod:`~mlwarden.sidecar.routing.health_state`). It reads nothing else of the
 sidecar's state and routes nothing: the router asks :meth:`HealthChecker.is_healthy` and the
 admin app shows :meth:`HealthChecker.snapshot`.
 
@@ -35,17 +36,23 @@ import asyncio
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
 
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.middleware.health_report import DEGRADED, FAILING, MAX_REPORT_BYTES, HealthReport
+from mlwarden.middleware.health_report import FAILING, MAX_REPORT_BYTES, HealthReport
 from mlwarden.sidecar.config import HealthChecksConfig, UpstreamConfig
+from mlwarden.sidecar.routing.health_state import (
+    HISTORY_SIZE,
+    PROBE_OUTCOMES,
+    HealthTransition,
+    ProbeResult,
+    UpstreamHealth,
+)
 
 __all__ = [
     "MAX_REPORT_BYTES",
@@ -64,9 +71,8 @@ log = logging.getLogger("mlwarden.sidecar.health_checks")
 #: Listener of transitions: ``(upstream name, healthy, reason)``.
 TransitionListener = Callable[[str, bool, str], None]
 #: Listener of every probe: ``(upstream name, result)``.
-ProbeListener = Callable[[str, "ProbeResult"], None]
+ProbeListener = Callable[[str, ProbeResult], None]
 _HEADERS = {"accept": "application/json", "user-agent": "mlwarden-health-check"}
-_HISTORY_SIZE = 50
 # The plain constructor's defaults are the configuration's (one default per key).
 _DEFAULTS = HealthChecksConfig()
 _HEALTH_PATH = next(f.default for f in fields(UpstreamConfig) if f.name == "health_path")
@@ -74,102 +80,6 @@ _HEALTH_PATH = next(f.default for f in fields(UpstreamConfig) if f.name == "heal
 #: What the checker keeps of an upstream's answer: the middleware's typed report, read with
 #: :meth:`HealthReport.from_json` (tolerant and bounded). The name the sidecar has used.
 HealthReportSummary = HealthReport
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """The outcome of one probe of one upstream."""
-
-    passed: bool
-    reason: str
-    status_code: int | None = None
-    report: HealthReport | None = None
-    error: str | None = None
-    duration_s: float = 0.0
-
-    @property
-    def outcome(self) -> str:
-        """One bounded word for metrics: ``ok``, ``degraded`` (both pass); ``failing`` (the
-        report said so), ``bad_status``, ``timeout``, ``connect_error``, ``error``."""
-        if self.passed:
-            degraded = self.report is not None and self.report.status == DEGRADED
-            return "degraded" if degraded else "ok"
-        if self.status_code is not None:
-            failing = self.report is not None and self.report.status == FAILING
-            return "failing" if failing else "bad_status"
-        if self.error == "timeout":
-            return "timeout"
-        if self.error is not None and self.error.startswith("connect error"):
-            return "connect_error"
-        return "error"
-
-
-#: Every value of :attr:`ProbeResult.outcome`.
-PROBE_OUTCOMES = ("ok", "degraded", "failing", "bad_status", "timeout", "connect_error", "error")
-
-
-@dataclass(frozen=True, slots=True)
-class HealthTransition:
-    """One entry of an upstream's history: at (clock seconds), the new state and why."""
-
-    at: float
-    name: str
-    healthy: bool
-    reason: str
-
-
-@dataclass(slots=True)
-class UpstreamHealth:
-    """The checker's view of one upstream; mutated only by :class:`HealthChecker`."""
-
-    name: str
-    url: str
-    healthy: bool
-    history_size: int = _HISTORY_SIZE
-    consecutive_successes: int = 0
-    consecutive_failures: int = 0
-    checks: int = 0
-    last_status_code: int | None = None
-    last_report: HealthReport | None = None
-    last_error: str | None = None
-    last_reason: str | None = None
-    last_checked_at: float | None = None
-    last_duration_s: float | None = None
-    history: deque[HealthTransition] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.history = deque(maxlen=self.history_size)
-
-    @property
-    def degraded(self) -> bool:
-        """In rotation, but its last report says degraded (drift, slow, erroring)."""
-        return self.last_report is not None and self.last_report.status == DEGRADED
-
-    def to_dict(self, now: float) -> dict[str, Any]:
-        """JSON-ready; times are ages in seconds, since the clock is monotonic."""
-        return {
-            "url": self.url,
-            "healthy": self.healthy,
-            "checked": self.checks > 0,
-            "degraded": self.degraded,
-            "checks": self.checks,
-            "consecutive_successes": self.consecutive_successes,
-            "consecutive_failures": self.consecutive_failures,
-            "last_status_code": self.last_status_code,
-            "last_reason": self.last_reason,
-            "last_error": self.last_error,
-            "last_report": _summary(self.last_report) if self.last_report else None,
-            "last_duration_s": (
-                None if self.last_duration_s is None else round(self.last_duration_s, 6)
-            ),
-            "seconds_since_check": (
-                None if self.last_checked_at is None else round(now - self.last_checked_at, 3)
-            ),
-            "transitions": [
-                {"healthy": t.healthy, "reason": t.reason, "seconds_ago": round(now - t.at, 3)}
-                for t in self.history
-            ],
-        }
 
 
 class HealthChecker:
@@ -202,7 +112,7 @@ class HealthChecker:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         listeners: Iterable[TransitionListener] = (),
-        history_size: int = _HISTORY_SIZE,
+        history_size: int = HISTORY_SIZE,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         problems: list[str] = []
@@ -276,7 +186,7 @@ class HealthChecker:
             clock=clock,
             sleep=sleep,
             listeners=listeners,
-            history_size=_HISTORY_SIZE,
+            history_size=HISTORY_SIZE,
             verify=verify,
         )
         return checker
@@ -467,29 +377,6 @@ class HealthChecker:
             f"unhealthy_threshold={self.unhealthy_threshold}, "
             f"read_health_report={self.read_health_report})"
         )
-
-
-def _summary(report: HealthReport) -> dict[str, Any]:
-    """What the admin's ``/-/status`` shows of a report: the verdict and the figures the
-    policies read, not every feature's statistics."""
-    return {
-        "status": report.status,
-        "reasons": list(report.reasons),
-        "drift": {
-            "detected": report.drift_detected,
-            "drifted_features": list(report.drifted_features),
-            "score": report.drift_score,
-        },
-        "error_rate": report.error_rate,
-        "p99_latency_seconds": report.p99_latency_seconds,
-        "quality": {
-            "accuracy": report.accuracy,
-            "f1": report.f1,
-            "mae": report.mae,
-            "rmse": report.rmse,
-            "labelled_samples": report.labelled_samples,
-        },
-    }
 
 
 def _verdict(code: int, report: HealthReport | None) -> tuple[bool, str]:
