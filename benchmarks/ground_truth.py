@@ -38,7 +38,7 @@ __all__ = ["main", "memory_per_item", "remember_ns"]
 
 def remember_ns(items: int, calls: int, repeats: int) -> float:
     """Median ns per ``remember`` on a full memory of ``items`` (each call evicts one)."""
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     ids = [str(uuid.uuid4()).encode() for _ in range(items + calls)]
     results = []
@@ -58,9 +58,9 @@ def remember_ns(items: int, calls: int, repeats: int) -> float:
 
 def request_path_ns(items: int, calls: int, repeats: int) -> float:
     """Median ns per request of what the feature adds: id, response header, remembering."""
+    from mlwarden.middleware.exchange import Exchange
     from mlwarden.middleware.feedback import Feedback, RequestIds
-    from mlwarden.middleware.monitor import _Exchange
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     headers = [
         (b"host", b"model:8000"),
@@ -85,7 +85,7 @@ def request_path_ns(items: int, calls: int, repeats: int) -> float:
         for _ in range(items):  # full: every request below also evicts one
             feedback.remember(ids.for_request(headers), ["ok"], [], [0.9])
         len(feedback.memory)  # nothing staged
-        exchange = _Exchange(send, send, model=True, max_request=1, max_response=1)  # type: ignore[arg-type]
+        exchange = Exchange(send, send, model=True, max_request=1, max_response=1)  # type: ignore[arg-type]
         exchange.request_id_header = ids.header
         started = time.perf_counter_ns()
         for _ in range(calls):
@@ -104,7 +104,7 @@ def memory_per_item(items: int, prediction: object, *, turned_over: bool = False
     ``turned_over``: after ``items`` more, each evicting one (the index's dict has grown to
     its steady size; the evicted ids kept for ``expired`` labels are counted too).
     """
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     gc.collect()
     tracemalloc.start()

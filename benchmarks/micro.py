@@ -115,7 +115,8 @@ def run_micro(
     *, rows: int, repeats: int, drift_repeats: int, progress: Callable[[str], None] = print
 ) -> MicroResult:
     from mlwarden.middleware.drift import DriftThresholds, evaluate_drift
-    from mlwarden.middleware.payloads import PayloadParser, PredictionReader
+    from mlwarden.middleware.payloads import PayloadParser
+    from mlwarden.middleware.predictions import PredictionReader
 
     result = MicroResult()
     for per_batch in (1, 10):

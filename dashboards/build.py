@@ -653,7 +653,7 @@ def sidecar_panels() -> list[Panel]:
 
 # -- feature statistics in InfluxDB (InfluxQL) ------------------------------------------------
 
-# The default measurement names of middleware/influx.py (influx.measurement renames both).
+# The default measurement names of middleware/influx/lines.py (influx.measurement renames both).
 FEATURE = '"mlwarden_feature"'
 SUMMARY = '"mlwarden_feature_summary"'
 MV_IQL = '"model" =~ /^$model$/ AND "version" =~ /^$version$/'

@@ -3,7 +3,7 @@
 Every scored request gets a request id: the client's ``x-request-id`` when it is a safe one
 (at most 128 characters of ``[A-Za-z0-9._:-]``), else a generated one; the response carries
 it. After the response, the prediction is remembered under it (bounded by count and age:
-:class:`~mlwarden.middleware.quality.PredictionMemory`). A batch answer of N predictions is
+:class:`~mlwarden.middleware.memory.PredictionMemory`). A batch answer of N predictions is
 remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
 
 Labels come later, through ``POST /-/feedback`` (one ``{"request_id": ..., "label": ...}``,
@@ -27,12 +27,9 @@ from typing import Any
 import orjson
 
 from mlwarden.middleware.errors import PayloadError
-from mlwarden.middleware.quality import (
-    LabelStatus,
-    PredictionMemory,
-    QualityWindow,
-    parse_label,
-)
+from mlwarden.middleware.health_report import LiveQuality
+from mlwarden.middleware.memory import LabelStatus, PredictionMemory
+from mlwarden.middleware.quality import QualitySnapshot, QualityWindow, parse_label
 
 __all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult", "RequestIds"]
 
@@ -67,6 +64,7 @@ class FeedbackResult(dict[str, int]):
 
 
 _QUALITY_FIGURES = ("accuracy", "precision", "recall", "f1", "calibration_error", "mae", "rmse")
+_NO_FIGURES = QualitySnapshot()  # every figure None: no window yet
 
 
 class Feedback:
@@ -249,23 +247,30 @@ class Feedback:
 
     # -- reporting ----------------------------------------------------------------------------
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> LiveQuality:
         """The health report's ``quality`` block (also refreshes the gauges)."""
         snap = self.publish()
         memory = self.memory
         decided = memory.labelled + memory.evicted_unlabelled
-        out: dict[str, Any] = {
-            "task": self.window.task if self.window is not None else None,
-            "labelled_samples": snap.samples if snap is not None else 0,
-            "remembered": len(memory),
-            "unlabelled_ratio": (memory.evicted_unlabelled / decided) if decided else None,
-            "labels": dict(self.totals),
-        }
-        for name in (*_QUALITY_FIGURES, "delay_p50_s", "delay_p90_s"):
-            out[name] = getattr(snap, name) if snap is not None else None
-        return out
+        figures = snap if snap is not None else _NO_FIGURES
+        return LiveQuality(
+            task=self.window.task if self.window is not None else None,
+            labelled_samples=snap.samples if snap is not None else 0,
+            remembered=len(memory),
+            unlabelled_ratio=(memory.evicted_unlabelled / decided) if decided else None,
+            labels=dict(self.totals),
+            accuracy=figures.accuracy,
+            precision=figures.precision,
+            recall=figures.recall,
+            f1=figures.f1,
+            calibration_error=figures.calibration_error,
+            mae=figures.mae,
+            rmse=figures.rmse,
+            delay_p50_s=figures.delay_p50_s,
+            delay_p90_s=figures.delay_p90_s,
+        )
 
-    def publish(self) -> Any:
+    def publish(self) -> QualitySnapshot | None:
         """Set the quality gauges from a fresh snapshot; the snapshot (None: no window yet)."""
         memory = self.memory
         metrics = self._metrics

@@ -1,7 +1,10 @@
-"""The model's health verdict, served as JSON at ``/-/health`` and read by the sidecar.
+"""The model's health verdict: thresholds, the window of recent requests, and the report.
 
 The window of recent model requests is a bounded ring (by count and by age); quantiles and
-rates are computed when the report is asked for, not per request.
+rates are computed when the report is asked for, not per request. :func:`health_report` turns
+the window, the latest drift evaluation and the thresholds into a
+:class:`~mlwarden.middleware.health_report.HealthReport`, the typed contract that the monitor
+serves at ``/-/health`` and the sidecar reads.
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ from typing import Any
 
 from mlwarden.middleware.drift import DriftReport
 from mlwarden.middleware.errors import ConfigError
+from mlwarden.middleware.health_report import (
+    DEGRADED,
+    FAILING,
+    OK,
+    DriftVerdict,
+    HealthReport,
+    InfluxStatus,
+    LatencyQuantiles,
+    LiveQuality,
+    ModelIdentity,
+    RequestWindow,
+)
 
 __all__ = ["DEGRADED", "FAILING", "OK", "HealthThresholds", "HealthWindow", "health_report"]
-
-OK, DEGRADED, FAILING = "ok", "degraded", "failing"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,24 +135,24 @@ class HealthWindow:
     def record_confidence(self, mean_confidence: float) -> None:
         self._confidences.append((self._clock(), mean_confidence))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RequestWindow:
         horizon = self._clock() - self.max_age_s
         recent = [(lat, err) for t, lat, err in self._requests if t >= horizon]
         confidences = [c for t, c in self._confidences if t >= horizon]
         errors = sum(1 for _, err in recent if err)
         latencies = sorted(lat for lat, _ in recent)
-        return {
-            "seconds": self.max_age_s,
-            "requests": len(recent),
-            "errors": errors,
-            "error_rate": errors / len(recent) if recent else None,
-            "latency_seconds": {
-                "p50": _quantile(latencies, 0.50),
-                "p90": _quantile(latencies, 0.90),
-                "p99": _quantile(latencies, 0.99),
-            },
-            "mean_confidence": sum(confidences) / len(confidences) if confidences else None,
-        }
+        return RequestWindow(
+            seconds=self.max_age_s,
+            requests=len(recent),
+            errors=errors,
+            error_rate=errors / len(recent) if recent else None,
+            latency_seconds=LatencyQuantiles(
+                p50=_quantile(latencies, 0.50),
+                p90=_quantile(latencies, 0.90),
+                p99=_quantile(latencies, 0.99),
+            ),
+            mean_confidence=sum(confidences) / len(confidences) if confidences else None,
+        )
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:
@@ -157,13 +170,14 @@ def health_report(
     drift: DriftReport | None,
     thresholds: HealthThresholds,
     started_at: float,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The health report (a JSON-ready dict) with its verdict and the reasons for it."""
+    influx: InfluxStatus | None = None,
+    quality: LiveQuality | None = None,
+) -> HealthReport:
+    """The health report with its verdict and the reasons for it."""
     summary = window.summary()
     reasons: list[tuple[str, str]] = []  # (status, why)
     t = thresholds
-    enough = summary["requests"] >= t.min_requests
+    enough = (summary.requests or 0) >= t.min_requests
 
     def check(
         value: float | None,
@@ -182,48 +196,40 @@ def health_report(
                 return
 
     if enough:
-        check(summary["error_rate"], t.error_rate_degraded, t.error_rate_failing, "error rate")
+        check(summary.error_rate, t.error_rate_degraded, t.error_rate_failing, "error rate")
         check(
-            summary["latency_seconds"]["p99"],
+            summary.latency_seconds.p99,
             t.p99_latency_degraded_s,
             t.p99_latency_failing_s,
             "p99 latency (s)",
         )
         check(
-            summary["mean_confidence"],
+            summary.mean_confidence,
             t.mean_confidence_degraded,
             t.mean_confidence_failing,
             "mean confidence",
             below=True,
         )
-    drift_block: dict[str, Any] = {"evaluated": False, "detected": False, "drifted_features": []}
-    if drift is not None:
-        drift_block = {"evaluated": True, **drift.to_dict()}
-        drift_block["detected"] = drift.drift_detected
-        drift_block["drifted_features"] = list(drift.drifted_features)
-        names = drift.drifted_features
-        if names:
-            why = "drift in " + ", ".join(names)
-            if t.drifted_features_failing is not None and len(names) >= t.drifted_features_failing:
-                reasons.append((FAILING, why))
-            elif (
-                t.drifted_features_degraded is not None
-                and len(names) >= t.drifted_features_degraded
-            ):
-                reasons.append((DEGRADED, why))
+    verdict = drift.verdict() if drift is not None else DriftVerdict()
+    names = verdict.drifted_features
+    if names:
+        why = "drift in " + ", ".join(names)
+        if t.drifted_features_failing is not None and len(names) >= t.drifted_features_failing:
+            reasons.append((FAILING, why))
+        elif t.drifted_features_degraded is not None and len(names) >= t.drifted_features_degraded:
+            reasons.append((DEGRADED, why))
     status = OK
     if any(level == FAILING for level, _ in reasons):
         status = FAILING
     elif reasons:
         status = DEGRADED
-    report: dict[str, Any] = {
-        "status": status,
-        "reasons": [why for _, why in reasons],
-        "model": {"name": model, "version": version},
-        "window": summary,
-        "drift": drift_block,
-        "uptime_s": round(time.monotonic() - started_at, 3),
-    }
-    if extra:
-        report.update(extra)
-    return report
+    return HealthReport(
+        status=status,
+        reasons=tuple(why for _, why in reasons),
+        model=ModelIdentity(name=model, version=version),
+        window=summary,
+        drift=verdict,
+        uptime_s=round(time.monotonic() - started_at, 3),
+        influx=influx,
+        quality=quality,
+    )

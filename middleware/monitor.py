@@ -1,36 +1,40 @@
 """``InferenceMonitor``: the pure ASGI middleware that watches a model server.
 
 Each HTTP request runs the same order: guard (own endpoints, which requests are model
-endpoints), wrap ``receive``/``send`` in a per-request :class:`_Exchange`, delegate to the app,
-record in ``finally``. Nothing request-scoped is kept on the middleware. The request body is
-teed as the app reads it (never read ahead), so the app sees exactly the messages it would
-see without us; payloads and predictions are parsed after the response's last byte is sent.
-Anything that goes wrong in here is counted and logged, never raised into the request.
+endpoints), wrap ``receive``/``send`` in a per-request
+:class:`~mlwarden.middleware.exchange.Exchange`, delegate to the app, record in ``finally``.
+Nothing request-scoped is kept on the middleware. The request body is teed as the app reads
+it (never read ahead), so the app sees exactly the messages it would see without us; payloads
+and predictions are read after the response's last byte is sent, in batches, by the
+:class:`~mlwarden.middleware.reading.ExchangeReader`. Anything that goes wrong in here is
+counted and logged, never raised into the request. This module owns the request path and the
+lifecycle (lifespan, background drift evaluation and shipping); the endpoints it mounts are
+:mod:`mlwarden.middleware.endpoints`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import REGISTRY
-from prometheus_client.exposition import choose_encoder
 
-from mlwarden.middleware.errors import ConfigError, PayloadError
+from mlwarden.middleware.endpoints import FeedbackEndpoint, HealthEndpoint, MetricsEndpoint, header
+from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.evaluation import DriftWorker
+from mlwarden.middleware.exchange import Exchange
 from mlwarden.middleware.features import FeatureWindows
 from mlwarden.middleware.feedback import Feedback, RequestIds
-from mlwarden.middleware.health import FAILING, HealthWindow, health_report
+from mlwarden.middleware.health import HealthWindow, health_report
+from mlwarden.middleware.health_report import HealthReport
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.options import MonitorOptions
-from mlwarden.middleware.payloads import PayloadParser, PredictionReader
+from mlwarden.middleware.reading import ExchangeReader
 from mlwarden.middleware.routes import RouteLabels
 from mlwarden.middleware.throttle import Throttle
 from mlwarden.middleware.tracing import RequestSpan, RequestTracer
@@ -47,7 +51,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-_JSON_TYPES = (b"application/json", b"text/json")
 # Model exchanges are read in batches of this many, or sooner once their bodies add up to this
 # many bytes (the memory bound of the queue), and always before statistics are used.
 _READ_BATCH = 64
@@ -80,11 +83,6 @@ class InferenceMonitor:
         )
         m, mv = self.metrics, (o.model_name, o.model_version)
         self._in_flight = m.requests_in_flight.labels(*mv)
-        self._rows_scored = m.rows_scored.labels(*mv)
-        self._unknown_features = m.unknown_features.labels(*mv)
-        self._prediction_values = m.predictions.labels(*mv)
-        self._confidence = m.confidence.labels(*mv)
-        self._classes = {c: m.predicted_classes.labels(*mv, c) for c in o.prediction_classes}
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
         self._is_suffix = tuple(o.endpoint_suffixes)
@@ -92,15 +90,6 @@ class InferenceMonitor:
         self._endpoint_methods = frozenset(x.upper() for x in o.endpoint_methods)
         self._routes = RouteLabels(app)
         self._tracer = RequestTracer(tracer_provider=o.tracer_provider) if o.tracing else None
-        # Without a baseline the parser still counts rows and payload errors.
-        self._parser = PayloadParser(
-            features=o.feature_names, extractor=o.feature_extractor, max_rows=o.max_rows
-        )
-        self._reader = PredictionReader(
-            prediction_path=o.prediction_path,
-            confidence_path=o.confidence_path,
-            max_items=o.max_rows,
-        )
         self.health_window = HealthWindow(
             max_requests=o.health.max_requests, max_age_s=o.health.window_s
         )
@@ -130,8 +119,8 @@ class InferenceMonitor:
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         self._feedback_path: str | None = None
         for path, endpoint in (
-            (o.health_path, self._serve_health),
-            (o.metrics_path, self._serve_metrics),
+            (o.health_path, HealthEndpoint(self.health_report)),
+            (o.metrics_path, MetricsEndpoint(self.registry, before=self._refresh)),
         ):
             if not path:
                 continue
@@ -142,6 +131,7 @@ class InferenceMonitor:
         # Ground truth: ids on scored requests, their predictions remembered, labels joined.
         self._request_ids: RequestIds | None = None
         self.feedback: Feedback | None = None
+        self._serve_feedback: FeedbackEndpoint | None = None
         if o.request_id_header is not None:
             self._request_ids = RequestIds(o.request_id_header)
             self.feedback = Feedback.from_options(o, metrics=m)
@@ -152,8 +142,18 @@ class InferenceMonitor:
                     )
                 else:
                     self._feedback_path = o.feedback_path
+                    self._serve_feedback = FeedbackEndpoint(self.feedback, before=self.drain)
+        # Bound once: the request path and drain() call it without a lookup on the reader.
+        self._read_exchange = ExchangeReader(
+            o,
+            m,
+            health_window=self.health_window,
+            windows=self.windows,
+            worker=self.worker,
+            feedback=self.feedback,
+        ).read
         self._internal_errors = m.internal_errors
-        self._pending: list[_Exchange] = []
+        self._pending: list[Exchange] = []
         self._pending_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
@@ -174,6 +174,7 @@ class InferenceMonitor:
                 await own(scope, receive, send)
                 return
             if path == self._feedback_path and scope["method"] == "POST":
+                assert self._serve_feedback is not None
                 await self._serve_feedback(scope, receive, send)
                 return
             model = scope["method"] in self._endpoint_methods and (
@@ -187,7 +188,7 @@ class InferenceMonitor:
 
     async def _observe(self, scope: Scope, receive: Receive, send: Send, model: bool) -> None:
         o = self.options
-        exchange = _Exchange(
+        exchange = Exchange(
             receive,
             send,
             model=model,
@@ -227,7 +228,7 @@ class InferenceMonitor:
         self,
         scope: Scope,
         root_path: str,
-        ex: _Exchange,
+        ex: Exchange,
         span: RequestSpan | None,
         model: bool,
         error: BaseException | None,
@@ -255,7 +256,7 @@ class InferenceMonitor:
         if model:
             failed = error is not None or status is None or status >= 500
             self.health_window.record(end - ex.start, failed)
-            ex.request_type = _header(scope, b"content-type")
+            ex.request_type = header(scope, b"content-type")
             ex.status = status
             if span is None:
                 self._defer(ex)
@@ -285,7 +286,7 @@ class InferenceMonitor:
             self._children[key] = children
         return children
 
-    def _defer(self, ex: _Exchange) -> None:
+    def _defer(self, ex: Exchange) -> None:
         """Queue a model exchange; read queued ones together once enough have gathered.
 
         Reading a few dozen payloads in one go keeps the parser's code and data warm in the
@@ -307,147 +308,19 @@ class InferenceMonitor:
             except Exception:
                 self._internal_error("reading a payload")
 
-    def _read_exchange(self, ex: _Exchange, attributes: dict[str, Any] | None) -> None:
-        self._read_payload(ex, attributes)
-        if ex.status is not None and 200 <= ex.status < 300:
-            self._read_predictions(ex, attributes)
-
-    def _payload_error(self, reason: str) -> None:
-        o = self.options
-        self.metrics.payload_errors.labels(o.model_name, o.model_version, reason).inc()
-
-    def _read_payload(self, ex: _Exchange, attributes: dict[str, Any] | None) -> None:
-        if ex.request_overflow:
-            reason = "too_large"
-        elif not ex.request_complete:
-            reason = "body_not_read"
-        else:
-            body = b"".join(ex.request_chunks)
-            try:
-                batch = self._parser.parse(body, ex.request_type)
-            except PayloadError as exc:
-                reason = exc.reason
-            else:
-                self._rows_scored.inc(batch.rows)
-                if batch.unknown_features:
-                    self._unknown_features.inc(batch.unknown_features)
-                if attributes is not None:
-                    attributes["mlwarden.payload.rows"] = batch.rows
-                    attributes["mlwarden.payload.format"] = batch.format
-                if self.windows is not None and batch.rows:
-                    self.windows.add(batch)
-                    assert self.worker is not None
-                    self.worker.rows_added(batch.rows)
-                return
-        self._payload_error(reason)
-        if attributes is not None:
-            attributes["mlwarden.payload.error"] = reason
-
-    def _read_predictions(self, ex: _Exchange, attributes: dict[str, Any] | None) -> None:
-        o = self.options
-        reason = None
-        body = b""
-        if ex.response_overflow:
-            reason = "too_large"
-        elif not ex.response_json:
-            reason = "not_json"
-        else:
-            body = b"".join(ex.response_chunks)
-            if ex.response_encoding:
-                body, reason = _decode(body, ex.response_encoding, o.max_response_bytes)
-        if reason is None:
-            try:
-                predictions = self._reader.read(body, "application/json")
-            except PayloadError as exc:
-                reason = exc.reason
-        if reason is not None:
-            self.metrics.predictions_skipped.labels(o.model_name, o.model_version, reason).inc()
-            if attributes is not None:
-                attributes["mlwarden.prediction.skipped"] = reason
-            return
-        values, classes, confidences = (
-            predictions.values,
-            predictions.classes,
-            predictions.confidences,
-        )
-        observe = self._prediction_values.observe
-        for value in values:
-            observe(value)
-        if classes:
-            other = None
-            for cls in classes:
-                child = self._classes.get(cls)
-                if child is None:
-                    other = other or self.metrics.predicted_classes.labels(
-                        o.model_name, o.model_version, "other"
-                    )
-                    child = other
-                child.inc()
-        if confidences:
-            observe = self._confidence.observe
-            for confidence in confidences:
-                observe(confidence)
-            mean_confidence = sum(confidences) / len(confidences)
-            self.health_window.record_confidence(mean_confidence)
-            if attributes is not None:
-                attributes["mlwarden.prediction.mean_confidence"] = mean_confidence
-        if attributes is not None:
-            attributes["mlwarden.prediction.count"] = predictions.count
-            if values:
-                attributes["mlwarden.prediction.mean"] = sum(values) / len(values)
-        if ex.request_id is not None and self.feedback is not None:
-            self.feedback.remember(ex.request_id, classes, values, confidences)
-
     def _internal_error(self, what: str) -> None:
         o = self.options
         self._internal_errors.labels(o.model_name, o.model_version).inc()
         if self._internal_log.ready():
             log.exception("mlwarden: internal error while %s (the request was not affected)", what)
 
-    # -- our own endpoints --------------------------------------------------------------------
+    # -- what our own endpoints serve --------------------------------------------------------
 
-    async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _refresh(self) -> None:
+        """Before metrics are served: queued exchanges read, quality gauges set."""
         self.drain()
         if self.feedback is not None:
             self.feedback.publish()
-        encoder, content_type = choose_encoder(_header(scope, b"accept") or "")
-        body = encoder(self.registry)
-        await _respond(send, 200, body, content_type.encode("latin-1"), scope["method"])
-
-    async def _serve_health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        report = self.health_report()
-        status = 503 if report["status"] == FAILING else 200
-        body = json.dumps(report, allow_nan=False, separators=(",", ":")).encode()
-        await _respond(send, status, body, b"application/json", scope["method"])
-
-    async def _serve_feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
-        feedback = self.feedback
-        assert feedback is not None
-        if not feedback.authorized(_header(scope, b"authorization")):
-            await _respond(
-                send, 401, b'{"error":"missing or wrong bearer token"}', b"application/json", "POST"
-            )
-            return
-        body, too_large = await _read_body(receive, feedback.max_body_bytes)
-        if too_large:
-            await _respond(
-                send,
-                413,
-                json.dumps({"error": f"body above {feedback.max_body_bytes} bytes"}).encode(),
-                b"application/json",
-                "POST",
-            )
-            return
-        try:
-            entries = feedback.parse(body)
-        except ValueError as exc:
-            await _respond(
-                send, 400, json.dumps({"error": str(exc)}).encode(), b"application/json", "POST"
-            )
-            return
-        self.drain()  # predictions answered a moment ago may still be queued
-        result = feedback.record(entries)
-        await _respond(send, 200, json.dumps(result).encode(), b"application/json", "POST")
 
     def record_labels(self, entries: Any) -> dict[str, int]:
         """Labels from Python (a batch job joining them): ``[{"request_id", "label"}, ...]``;
@@ -460,15 +333,10 @@ class InferenceMonitor:
         self.drain()
         return dict(self.feedback.record(entries))
 
-    def health_report(self) -> dict[str, Any]:
-        """The health report as served at ``/-/health``."""
+    def health_report(self) -> HealthReport:
+        """The health report as served at ``/-/health`` (:meth:`HealthReport.to_json`)."""
         self.drain()
         o = self.options
-        extra: dict[str, Any] = {}
-        if self.shipper is not None:
-            extra["influx"] = self.shipper.status()
-        if self.feedback is not None:
-            extra["quality"] = self.feedback.report()
         return health_report(
             model=o.model_name,
             version=o.model_version,
@@ -476,7 +344,8 @@ class InferenceMonitor:
             drift=self.worker.latest if self.worker is not None else None,
             thresholds=o.health,
             started_at=self._started_at,
-            extra=extra,
+            influx=self.shipper.status() if self.shipper is not None else None,
+            quality=self.feedback.report() if self.feedback is not None else None,
         )
 
     # -- lifespan and background tasks ----------------------------------------------------------
@@ -524,178 +393,3 @@ class InferenceMonitor:
             self.worker.evaluate_now()
         if self.shipper is not None:
             await self.shipper.aclose()
-
-
-class _Exchange:
-    """One request/response pair: timings, status and bounded copies of the bodies."""
-
-    __slots__ = (
-        "_max_request",
-        "_max_response",
-        "_model",
-        "_receive",
-        "_send",
-        "first_byte",
-        "last_byte",
-        "request_chunks",
-        "request_complete",
-        "request_id",
-        "request_id_header",
-        "request_overflow",
-        "request_size",
-        "request_type",
-        "response_chunks",
-        "response_encoding",
-        "response_json",
-        "response_overflow",
-        "response_size",
-        "start",
-        "status",
-    )
-
-    def __init__(
-        self, receive: Receive, send: Send, *, model: bool, max_request: int, max_response: int
-    ) -> None:
-        self.start = time.perf_counter()
-        self._receive, self._send, self._model = receive, send, model
-        self._max_request, self._max_response = max_request, max_response
-        self.status: int | None = None
-        self.first_byte: float | None = None
-        self.last_byte: float | None = None
-        self.request_chunks: list[bytes] = []
-        self.request_size = 0
-        self.request_complete = False
-        self.request_overflow = False
-        self.response_chunks: list[bytes] = []
-        self.response_size = 0
-        self.response_json = False
-        self.response_encoding: bytes | None = None
-        self.response_overflow = False
-        self.request_type: str | None = None
-        self.request_id: bytes | None = None
-        self.request_id_header = b""
-
-    def release(self) -> None:
-        """Drop the server's callables: a queued exchange keeps only what is to be read."""
-        self._receive = self._send = None  # type: ignore[assignment]
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "http.request" and not self.request_complete:
-            body = message.get("body", b"")
-            if body and not self.request_overflow:
-                self.request_size += len(body)
-                if self.request_size > self._max_request:
-                    self.request_overflow = True
-                    self.request_chunks = []
-                else:
-                    self.request_chunks.append(body)
-            if not message.get("more_body", False):
-                self.request_complete = True
-        return message
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.body":
-            if self._model and self.response_json and not self.response_overflow:
-                body = message.get("body", b"")
-                if body:
-                    self.response_size += len(body)
-                    if self.response_size > self._max_response:
-                        self.response_overflow = True
-                        self.response_chunks = []
-                    else:
-                        self.response_chunks.append(body)
-            if not message.get("more_body", False):
-                await self._send(message)
-                self.last_byte = time.perf_counter()
-                return
-        elif kind == "http.response.start":
-            self.first_byte = time.perf_counter()
-            self.status = message["status"]
-            if self.request_id is not None:
-                message = self._with_request_id(message)
-            if self._model:
-                for name, value in message.get("headers", ()):
-                    name = name.lower()
-                    if name == b"content-type":
-                        self.response_json = value.lower().startswith(_JSON_TYPES) or (
-                            b"+json" in value.lower()
-                        )
-                    elif name == b"content-encoding":
-                        encoding = value.strip().lower()
-                        self.response_encoding = None if encoding == b"identity" else encoding
-        await self._send(message)
-
-    def _with_request_id(self, message: Message) -> Message:
-        """The start message with the request id; an id the app set itself is adopted.
-
-        ASGI requires lower-case header names in responses, so names are compared as sent.
-        The app's message and header list are copied, never changed: an app may reuse them.
-        """
-        wanted = self.request_id_header
-        headers = message.get("headers", ())
-        for name, value in headers:
-            if name == wanted:
-                self.request_id = value if 0 < len(value) <= 128 else None
-                return message
-        copy = dict(message)
-        copy["headers"] = [*headers, (wanted, self.request_id)]
-        return copy
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """The whole request body, or (b"", True) once it is above ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"", False
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return b"", True
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts), False
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def _decode(body: bytes, encoding: bytes, limit: int) -> tuple[bytes, str | None]:
-    """Undo gzip/deflate within ``limit`` bytes; other encodings are not read."""
-    if encoding in (b"gzip", b"x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == b"deflate":
-        wbits = zlib.MAX_WBITS
-    else:
-        return b"", "encoded"
-    try:
-        decoder = zlib.decompressobj(wbits)
-        out = decoder.decompress(body, limit)
-    except zlib.error:
-        return b"", "encoded"
-    if decoder.unconsumed_tail:
-        return b"", "too_large"
-    return out, None
-
-
-async def _respond(send: Send, status: int, body: bytes, content_type: bytes, method: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})

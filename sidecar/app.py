@@ -8,8 +8,8 @@
    that asks it; the one retry policy (its budget shared by every request);
 2. the windows of attempts, the healing ledger, and (with a ``registry``) the metrics;
 3. the shadow mirror, the signal board (:mod:`mlwarden.sidecar.signals`), the canary, the
-   healing policies (acting through :class:`_HealingAdapter`, a
-   :class:`~mlwarden.sidecar.healing.ports.HealingPort`), the tracer;
+   healing policies (acting through a :class:`~mlwarden.sidecar.healing.ports.PartsPort`
+   over the router, canary, signals, ledger and webhooks), the tracer;
 4. the request path, :class:`~mlwarden.sidecar.proxy.ProxyApp`, handed what it needs.
 
 Listeners are wired here: breaker and health transitions become ledger records, a health
@@ -34,10 +34,11 @@ from typing import Any
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from mlwarden.middleware.health_report import HealthReport
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.policies import PolicyEngine
-from mlwarden.sidecar.healing.ports import CanaryControl, RouteControl
+from mlwarden.sidecar.healing.ports import PartsPort
 from mlwarden.sidecar.healing.vocabulary import VOCABULARY
 from mlwarden.sidecar.listeners import FanOut, Listener
 from mlwarden.sidecar.metrics import SidecarMetrics
@@ -46,7 +47,7 @@ from mlwarden.sidecar.resilience.breaker import AsyncBreaker, build_breakers
 from mlwarden.sidecar.resilience.retry import RetryPolicy
 from mlwarden.sidecar.routing.availability import Availability
 from mlwarden.sidecar.routing.canary import CanaryController
-from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
+from mlwarden.sidecar.routing.health_checks import HealthChecker
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.routing.shadow import ShadowMirror
 from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
@@ -108,11 +109,9 @@ class Sidecar(Listener):
             dict(breakers) if breakers is not None else build_breakers(config, clock=wall_clock)
         )
         self._runs_health = health is None and health_checks
-        self.health: HealthChecker | None = (
-            health if health is not None else HealthChecker.from_config(config)
-            if health_checks
-            else None
-        )  # fmt: skip
+        if health is None and health_checks:
+            health = HealthChecker.from_config(config.health_checks, config.upstreams)
+        self.health: HealthChecker | None = health
         self.availability = Availability(self.breakers, self.health, wall_clock=wall_clock)
         self.router = Router(
             config.routing.primary,
@@ -173,7 +172,19 @@ class Sidecar(Listener):
         self._webhook_seq = 0
         #: The healing policies (configured, or the tiered defaults), run from start-up.
         self.policies = PolicyEngine.from_config(
-            config, _HealingAdapter(self), clock=clock, wall_clock=wall_clock, sleep=sleep
+            config,
+            PartsPort(
+                routes=self.router,
+                canary=self.canary,
+                is_available=self.availability.is_available,
+                signals=self.signals,
+                ledger=self.ledger,
+                record=self.record,
+                send_webhook=self.send_webhook,
+            ),
+            clock=clock,
+            wall_clock=wall_clock,
+            sleep=sleep,
         )
         self.tracer = ProxyTracer(tracer_provider=tracer_provider)
 
@@ -275,7 +286,7 @@ class Sidecar(Listener):
         ):
             breaker.reset("health_check_passed")  # recorded as breaker_closed by the listener
 
-    def health_report(self, name: str) -> HealthReportSummary | None:
+    def health_report(self, name: str) -> HealthReport | None:
         """The last health report of ``name`` (None: no checker, unknown, or not a report)."""
         health = self.health
         if health is None or name not in health.names:
@@ -394,49 +405,3 @@ class Sidecar(Listener):
         if sink is not None:
             await asyncio.to_thread(sink.close)
         self.ledger.close()
-
-
-class _HealingAdapter:
-    """The :class:`~mlwarden.sidecar.healing.ports.HealingPort` over one sidecar's parts."""
-
-    __slots__ = ("_sidecar",)
-
-    def __init__(self, sidecar: Sidecar) -> None:
-        self._sidecar = sidecar
-
-    @property
-    def routes(self) -> RouteControl:
-        return self._sidecar.router
-
-    @property
-    def canary(self) -> CanaryControl | None:
-        return self._sidecar.canary
-
-    def is_available(self, name: str) -> bool:
-        return self._sidecar.availability.is_available(name)
-
-    def read_signals(self, target: str, window_s: float) -> Mapping[str, Any]:
-        return self._sidecar.signals.read(target, window_s)
-
-    def read_signal(self, name: str, upstream: str, window_s: float) -> Any:
-        return self._sidecar.signals.read_one(name, upstream, window_s)
-
-    def record(self, **fields: Any) -> None:
-        self._sidecar.record(**fields)
-
-    def count_records(self, since: float, **filters: str) -> int:
-        return self._sidecar.ledger.count_since(since, **filters)
-
-    def recent_records(self, limit: int) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in self._sidecar.ledger.query(limit=limit)]
-
-    def send_webhook(
-        self,
-        name: str,
-        url: str,
-        body: Mapping[str, Any],
-        *,
-        headers: Mapping[str, str] | None = None,
-        on_result: Callable[[Any], None] | None = None,
-    ) -> bool:
-        return self._sidecar.send_webhook(name, url, body, headers=headers, on_result=on_result)

@@ -5,6 +5,7 @@ Every process started here is stopped by its PID; every wait has a deadline.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
@@ -25,10 +26,20 @@ import uvicorn
 LOOPBACK = "127.0.0.1"
 
 
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=256)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and not one handed out lately: the OS may give the same
+    free port twice in a row (seen: a sidecar's admin and proxy ports collided)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def wait_http(url: str, *, timeout: float = 15.0, expect: int = 200) -> None:

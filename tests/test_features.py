@@ -15,16 +15,9 @@ from mlwarden.middleware.features import (
     to_float64,
 )
 from mlwarden.middleware.payloads import FeatureBatch, FeatureRow
+from tests.doubles import FakeClock
 
 pytestmark = pytest.mark.floor
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _batch(**columns: list[object]) -> FeatureBatch:

@@ -200,9 +200,9 @@ def test_a_batch_of_10000_labels_from_python_and_memory_stays_bounded() -> None:
     result = monitor.record_labels(entries)
     assert result["accepted"] == 150 and result["unknown"] == 10_000 - 150
     assert len(monitor.feedback.memory) == 150
-    report = monitor.health_report()["quality"]
-    assert report["labelled_samples"] == 150
-    assert report["accuracy"] == pytest.approx(
+    report = monitor.health_report().quality
+    assert report is not None and report.labelled_samples == 150
+    assert report.accuracy == pytest.approx(
         sum(answers[i][0] == "ok" for i in range(50, 200)) / 150
     )
 
@@ -285,7 +285,7 @@ def test_a_refused_label_does_not_use_the_prediction_up() -> None:
 
 def _feedback() -> Any:
     from mlwarden.middleware.feedback import Feedback
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     return Feedback(model="fraud", version="1", memory=PredictionMemory(), task="classification")
 
@@ -315,7 +315,7 @@ def test_a_label_id_outside_latin_1_is_unknown_not_an_error() -> None:
 
 def test_a_label_for_a_prediction_still_staged_is_joined_with_its_delay() -> None:
     from mlwarden.middleware.feedback import Feedback
-    from mlwarden.middleware.quality import PredictionMemory
+    from mlwarden.middleware.memory import PredictionMemory
 
     now = [100.0]
     memory = PredictionMemory(clock=lambda: now[0])
@@ -327,4 +327,4 @@ def test_a_label_for_a_prediction_still_staged_is_joined_with_its_delay() -> Non
     assert feedback.record([{"request_id": "r1", "label": "fraud"}])["accepted"] == 1
     snapshot = feedback.window.snapshot() if feedback.window is not None else None
     assert snapshot is not None and (snapshot.samples, snapshot.delay_p50_s) == (1, 42.0)
-    assert feedback.report()["remembered"] == 1
+    assert feedback.report().remembered == 1

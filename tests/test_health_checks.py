@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlwarden.middleware.errors import ConfigError
+from mlwarden.middleware.health_report import HealthReport
 from mlwarden.sidecar.config import SidecarConfig, UpstreamConfig
-from mlwarden.sidecar.routing.health_checks import HealthChecker, HealthReportSummary
+from mlwarden.sidecar.routing.health_checks import HealthChecker
 from tests.doubles import raising, recording
 from tests.servers import free_port, serve_app
 
@@ -406,7 +407,7 @@ def test_from_config_uses_each_upstreams_health_path(server_url: str, holder: Ho
             "health_checks": {"interval_s": 2, "timeout_s": 0.5, "unhealthy_threshold": 1},
         }
     )
-    checker = HealthChecker.from_config(config)
+    checker = HealthChecker.from_config(config.health_checks, config.upstreams)
     assert checker.unhealthy_threshold == 1 and checker.timeout_s == 0.5
     assert checker.state("m").url == server_url + "/plain"
     assert checker.state("s").url == server_url + "/-/health"
@@ -450,13 +451,13 @@ def test_the_summary_keeps_the_largest_psi_and_the_window_figures() -> None:
             },
         }
     ).encode()
-    summary = HealthReportSummary.parse(body)
+    summary = HealthReport.from_json(body)
     assert summary is not None
     assert (summary.drift_score, summary.error_rate, summary.p99_latency_seconds) == (
         0.61,
         0.02,
         0.3,
     )
-    bare = HealthReportSummary.parse(b'{"status": "ok", "window": {"error_rate": "x"}}')
+    bare = HealthReport.from_json(b'{"status": "ok", "window": {"error_rate": "x"}}')
     assert bare is not None
     assert (bare.drift_score, bare.error_rate, bare.p99_latency_seconds) == (None, None, None)

@@ -35,6 +35,7 @@ from mlwarden.middleware.drift import DriftReport, FeatureDrift
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.influx import TOKEN_ENV, InfluxSettings, InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
+from tests.doubles import FakeClock
 from tests.servers import LOOPBACK, VictoriaMetrics, free_port, start_victoria_metrics, temp_workdir
 
 LOGGER = "mlwarden.influx"
@@ -307,14 +308,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -734,7 +727,7 @@ def test_a_batch_the_server_calls_bad_is_dropped_as_rejected(status: int) -> Non
             await r.shipper.flush()
             assert (r.dropped("rejected"), r.errors, r.written) == (3, 0, 0)
             assert (r.shipper.buffered, r.gauge) == (0, 0)
-            assert r.shipper.status()["last_error"].startswith(f"HTTP {status}")
+            assert str(r.shipper.status().last_error).startswith(f"HTTP {status}")
             await r.shipper.aclose()
 
     run(main())
@@ -749,9 +742,9 @@ def test_other_http_errors_keep_the_points_for_the_next_attempt(status: int) -> 
             await r.shipper.flush()
             assert (r.errors, r.shipper.buffered, r.gauge, r.dropped("rejected")) == (1, 3, 3, 0)
             info = r.shipper.status()
-            assert (info["buffered_points"], info["consecutive_failures"]) == (3, 1)
-            assert info["last_error"].startswith(f"HTTP {status}")
-            json.dumps(info, allow_nan=False)  # served in the health report as is
+            assert (info.buffered_points, info.consecutive_failures) == (3, 1)
+            assert info.last_error is not None and info.last_error.startswith(f"HTTP {status}")
+            json.dumps(info.to_dict(), allow_nan=False)  # served in the health report as is
             stub.status[0] = 204
             await r.shipper.flush()
             assert (r.written, r.shipper.buffered, r.gauge) == (3, 0, 0)
@@ -762,7 +755,7 @@ def test_other_http_errors_keep_the_points_for_the_next_attempt(status: int) -> 
 
 
 def test_failures_are_logged_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
 
     async def main() -> None:
         with stub_influx(503) as stub:
@@ -770,8 +763,8 @@ def test_failures_are_logged_at_most_once_a_minute(caplog: pytest.LogCaptureFixt
             r.shipper.submit(make_report())
             for _ in range(3):
                 await r.shipper.flush()
-                clock.t += 10.0  # three intervals of 10 s: one warning
-            clock.t += 31.0
+                clock.now += 10.0  # three intervals of 10 s: one warning
+            clock.now += 31.0
             await r.shipper.flush()  # a minute after the first: the next warning
             assert r.errors == 4
             stub.status[0] = 204
@@ -847,7 +840,7 @@ def test_run_writes_one_batch_per_interval_and_aclose_stops_it() -> None:
             assert [len(req.body.split("\n")) for req in stub.requests] == [2, 1]
             await r.shipper.aclose()
             assert await asyncio.wait_for(runner, 5) is None  # returned, not cancelled
-            assert r.shipper.status()["buffered_points"] == 0
+            assert r.shipper.status().buffered_points == 0
 
     run(main())
 

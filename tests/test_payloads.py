@@ -1,4 +1,4 @@
-"""mlwarden.middleware.payloads: request payloads → feature columns, responses → predictions."""
+"""mlwarden.middleware.payloads: request payloads → feature columns, format by format."""
 
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ from mlwarden.middleware.errors import PayloadError
 from mlwarden.middleware.payloads import (
     PAYLOAD_ERROR_REASONS,
     PAYLOAD_FORMATS,
-    PREDICTION_SKIP_REASONS,
     FeatureBatch,
     FeatureRow,
     PayloadParser,
-    PredictionReader,
-    Predictions,
 )
 
 FEATURES = ("age", "income", "city")
@@ -50,17 +47,6 @@ def parse_error(payload: Any, content_type: str | None = "application/json", **o
     return payload_error(lambda: parser(**options).parse(body, content_type)).reason
 
 
-def read(payload: Any, content_type: str | None = "application/json", **options: Any):
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return PredictionReader(**options).read(body, content_type)
-
-
-def read_error(payload: Any, content_type: str | None = "application/json", **options: Any):
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    reader = PredictionReader(**options)
-    return payload_error(lambda: reader.read(body, content_type), PREDICTION_SKIP_REASONS).reason
-
-
 # -- the contract ------------------------------------------------------------------------------
 
 
@@ -83,25 +69,11 @@ def test_payload_error_reasons_are_the_fixed_label_set():
     assert len(set(PAYLOAD_ERROR_REASONS)) == len(PAYLOAD_ERROR_REASONS)
 
 
-def test_prediction_skip_reasons_are_the_fixed_label_set():
-    assert {
-        "not_json",
-        "invalid_json",
-        "encoded",
-        "too_large",
-        "no_predictions",
-        "reader_error",
-        "streaming",
-    } <= set(PREDICTION_SKIP_REASONS)
-    assert len(PREDICTION_SKIP_REASONS) <= 10
-
-
-def test_feature_batch_and_predictions_are_frozen():
+def test_feature_batch_is_frozen():
     batch = FeatureBatch(rows=1, columns={"a": [1]}, format="object")
     with pytest.raises(AttributeError):
         batch.rows = 2  # type: ignore[misc]
     assert batch.unknown_features == 0
-    assert Predictions(values=[1.0], classes=["a", "b"], confidences=[]).count == 2
 
 
 @pytest.mark.parametrize(
@@ -120,23 +92,8 @@ def test_parser_rejects_invalid_options_with_value_error(options):
         PayloadParser(**options)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"prediction_path": ""},
-        {"prediction_path": "a..b"},
-        {"confidence_path": 3},
-        {"max_items": 0},
-    ],
-)
-def test_reader_rejects_invalid_options_with_value_error(options):
-    with pytest.raises(ValueError):
-        PredictionReader(**options)
-
-
-def test_parser_and_reader_have_readable_reprs():
+def test_parser_has_a_readable_repr():
     assert "max_rows=5" in repr(parser(max_rows=5))
-    assert "'result.scores'" in repr(PredictionReader(prediction_path="result.scores"))
 
 
 # -- JSON objects and lists ----------------------------------------------------------------
@@ -631,146 +588,6 @@ def test_exactly_max_rows_is_accepted():
 def test_error_detail_is_bounded():
     error = payload_error(lambda: parser().parse(b'{"age": 1' + b" " * 10_000 + b"x", None))
     assert len(str(error)) < 300
-
-
-# -- predictions ---------------------------------------------------------------------------
-
-
-def test_kserve_predictions_of_numbers_are_values():
-    assert read({"predictions": [0.5, 2, -3.25]}) == Predictions([0.5, 2.0, -3.25], [], [])
-
-
-def test_predictions_of_strings_and_bools_are_classes():
-    assert read({"predictions": ["cat", "dog"]}).classes == ["cat", "dog"]
-    assert read({"predictions": [True, False]}).classes == ["true", "false"]
-
-
-def test_probability_vectors_give_max_confidence_and_argmax_class():
-    found = read({"predictions": [[0.1, 0.7, 0.2], [0.9, 0.1, 0.0]]})
-    assert found == Predictions([], ["1", "0"], [0.7, 0.9])
-
-
-def test_single_element_rows_are_scalar_predictions():
-    assert read({"predictions": [[0.7], [0.2]]}).values == [0.7, 0.2]
-
-
-def test_dict_items_give_label_and_score():
-    found = read([{"label": "POSITIVE", "score": 0.98}, {"label": "NEGATIVE", "score": 0.6}])
-    assert found == Predictions([], ["POSITIVE", "NEGATIVE"], [0.98, 0.6])
-
-
-def test_dict_items_with_a_probability_map_give_argmax_key_and_max():
-    found = read({"predictions": [{"probabilities": {"cat": 0.2, "dog": 0.8}}]})
-    assert found == Predictions([], ["dog"], [0.8])
-
-
-def test_dict_items_with_numeric_prediction_and_probability():
-    found = read({"predictions": [{"prediction": 3.5, "probability": 0.4}]})
-    assert found == Predictions([3.5], [], [0.4])
-
-
-def test_top_level_dict_is_a_single_prediction():
-    assert read({"predicted_class": "spam", "confidence": 0.91}) == Predictions(
-        [], ["spam"], [0.91]
-    )
-
-
-def test_top_level_list_is_old_mlflow_predictions():
-    assert read([1, 2, 3]).values == [1.0, 2.0, 3.0]
-
-
-def test_top_level_number_and_string_are_single_predictions():
-    assert read(b"0.25").values == [0.25]
-    assert read(b'"cat"').classes == ["cat"]
-
-
-def test_oip_outputs_first_tensor_is_the_prediction():
-    body = {
-        "model_name": "m",
-        "outputs": [tensor("predict", [3], [1, 0, 1], "INT64"), tensor("other", [3], [9, 9, 9])],
-    }
-    assert read(body) == Predictions([1.0, 0.0, 1.0], [], [])
-
-
-def test_oip_probabilities_output_gives_row_max_confidences():
-    body = {
-        "outputs": [
-            tensor("label", [2], ["cat", "dog"], "BYTES"),
-            tensor("probabilities", [2, 3], [0.2, 0.5, 0.3, 0.9, 0.05, 0.05]),
-        ]
-    }
-    assert read(body) == Predictions([], ["cat", "dog"], [0.5, 0.9])
-
-
-def test_oip_only_probabilities_give_classes_and_confidences():
-    body = {"outputs": [tensor("proba", [2, 2], [[0.3, 0.7], [0.6, 0.4]])]}
-    assert read(body) == Predictions([], ["1", "0"], [0.7, 0.6])
-
-
-def test_oip_output_not_matching_its_shape_is_no_predictions():
-    assert read_error({"outputs": [tensor("predict", [3], [1, 2])]}) == "no_predictions"
-
-
-def test_prediction_path_with_list_index():
-    body = {"outputs": [{"data": [0.1, 0.2]}], "meta": 1}
-    assert read(body, prediction_path="outputs.0.data").values == [0.1, 0.2]
-
-
-def test_prediction_path_to_a_nested_list():
-    body = {"result": {"scores": [5, 6]}}
-    assert read(body, prediction_path="result.scores").values == [5.0, 6.0]
-
-
-def test_prediction_path_not_found_is_no_predictions():
-    assert read_error({"result": {}}, prediction_path="result.scores") == "no_predictions"
-
-
-def test_prediction_path_callable():
-    body = {"r": [{"y": 1.5}, {"y": 2.5}]}
-    found = read(body, prediction_path=lambda doc: [item["y"] for item in doc["r"]])
-    assert found.values == [1.5, 2.5]
-
-
-def test_prediction_path_callable_that_raises_is_reader_error():
-    assert read_error({"r": []}, prediction_path=lambda doc: doc["missing"]) == "reader_error"
-
-
-def test_confidence_path_replaces_confidences_from_the_items():
-    body = {"predictions": [[0.1, 0.9]], "confidence": [0.55]}
-    found = read(body, confidence_path="confidence")
-    assert found == Predictions([], ["1"], [0.55])
-
-
-def test_confidences_out_of_range_or_not_finite_are_dropped():
-    body = (
-        b'[{"label": "a", "score": 1.5}, {"label": "b", "score": NaN}, {"label": "c", "score": 1}]'
-    )
-    assert read(body) == Predictions([], ["a", "b", "c"], [1.0])
-
-
-def test_non_finite_numeric_predictions_are_dropped():
-    assert read(b'{"predictions": [1.0, NaN, Infinity, -Infinity, 2]}').values == [1.0, 2.0]
-
-
-def test_predictions_are_capped_at_max_items():
-    assert read({"predictions": list(range(100))}, max_items=10).values == [
-        float(i) for i in range(10)
-    ]
-
-
-@pytest.mark.parametrize("content_type", ["text/html", "application/octet-stream"])
-def test_non_json_response_is_not_json(content_type):
-    assert read_error(b"<html></html>", content_type) == "not_json"
-
-
-@pytest.mark.parametrize("body", [b"{", b'{"predictions": [1,]}', b'"\xff"', b"[" * 100_000])
-def test_unreadable_json_response_is_invalid_json(body):
-    assert read_error(body) == "invalid_json"
-
-
-@pytest.mark.parametrize("body", [b"", b"null", b'{"predictions": []}', b'{"status": "ok"}'])
-def test_response_without_predictions_is_no_predictions(body):
-    assert read_error(body) == "no_predictions"
 
 
 @pytest.mark.parametrize(

@@ -15,27 +15,18 @@ import numpy as np
 import pytest
 
 from mlwarden.middleware.errors import ConfigError, PayloadError
+from mlwarden.middleware.memory import LabelStatus, PredictionMemory, Remembered
 from mlwarden.middleware.quality import (
     LABEL_REJECTIONS,
-    LabelStatus,
-    PredictionMemory,
     QualitySnapshot,
     QualityWindow,
-    Remembered,
     parse_label,
 )
+from tests.doubles import FakeClock
 
 pytestmark = pytest.mark.floor
 
 TOL = 1e-9
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --------------------------------------------------------------------------- references

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.middleware.payloads import Predictions
+from mlwarden.middleware.predictions import Predictions
 from mlwarden.sidecar.config import ShadowTrafficConfig
 from mlwarden.sidecar.routing.shadow import ShadowCopy, ShadowMirror
 from mlwarden.sidecar.routing.shadow_comparison import compare_predictions

@@ -1,16 +1,17 @@
 """What the healing policies may read and do: the port they act through.
 
-The policy engine never holds the sidecar: it is given a :class:`HealingPort`, which the
-composition root (:mod:`mlwarden.sidecar.app`) implements over the router, the canary, the
-signal board, the ledger and the webhook sender. Tests implement it with plain objects.
+The policy engine never holds the sidecar: it is given a :class:`HealingPort`. The
+composition root (:mod:`mlwarden.sidecar.app`) gives it a :class:`PartsPort` over the router,
+the canary, the signal board, the ledger and the webhook sender; tests may give plain objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["CanaryControl", "HealingPort", "RouteControl"]
+__all__ = ["CanaryControl", "HealingPort", "PartsPort", "RouteControl"]
 
 
 class RouteControl(Protocol):
@@ -78,3 +79,38 @@ class HealingPort(Protocol):
     ) -> bool:
         """Queue a delivery (False: not queued); ``on_result`` once delivered or given up."""
         ...
+
+
+class _Board(Protocol):
+    def read(self, target: str, window_s: float) -> Mapping[str, Any]: ...
+    def read_one(self, name: str, target: str, window_s: float) -> Any: ...
+
+
+class _Records(Protocol):
+    def count_since(self, since: float, **filters: Any) -> int: ...
+    def query(self, *, limit: int) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PartsPort:
+    """A :class:`HealingPort` over the parts themselves (no part holds another)."""
+
+    routes: RouteControl
+    canary: CanaryControl | None
+    is_available: Callable[[str], bool]
+    signals: _Board
+    ledger: _Records
+    record: Callable[..., None]
+    send_webhook: Callable[..., bool]
+
+    def read_signals(self, target: str, window_s: float) -> Mapping[str, Any]:
+        return self.signals.read(target, window_s)
+
+    def read_signal(self, name: str, upstream: str, window_s: float) -> Any:
+        return self.signals.read_one(name, upstream, window_s)
+
+    def count_records(self, since: float, **filters: str) -> int:
+        return self.ledger.count_since(since, **filters)
+
+    def recent_records(self, limit: int) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.ledger.query(limit=limit)]

@@ -1,15 +1,18 @@
 """Active health checks of the upstreams: which model versions are in rotation, and why.
 
 This module owns the probing of every upstream's health endpoint, the verdict of one probe, and
-the thresholds that move an upstream out of and back into rotation. It reads nothing else of the
+the thresholds that move an upstream out of and back into rotation (what it keeps of each
+upstream is :mod:`~mlwarden.sidecar.routing.health_state`). It reads nothing else of the
 sidecar's state and routes nothing: the router asks :meth:`HealthChecker.is_healthy` and the
 admin app shows :meth:`HealthChecker.snapshot`.
 
 The verdict of one probe (``GET <base url><health_path>``):
 
 - a body that is the middleware's health report (JSON with a ``status`` of ``ok``, ``degraded``
-  or ``failing``) decides: ``failing`` fails (whatever the HTTP status, normally 503); ``ok`` and
-  ``degraded`` pass if the HTTP status is 2xx. ``degraded`` passes because the version is still
+  or ``failing``, read into the typed and bounded
+  :class:`~mlwarden.middleware.health_report.HealthReport`) decides: ``failing`` fails
+  (whatever the HTTP status, normally 503); ``ok`` and ``degraded`` pass if the HTTP status is
+  2xx. ``degraded`` passes because the version is still
   serving; the report (reasons, drift) is kept so that routing policies can act on it.
 - any other body (plain text, another JSON health format such as ``{"status": "UP"}``, too
   large): the HTTP status decides, 2xx passes, anything else (3xx included) fails.
@@ -30,28 +33,32 @@ while an upstream has never been checked), so start-up is not delayed by
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import fields
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
 
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.middleware.health import DEGRADED, FAILING, OK
-from mlwarden.sidecar.config import SidecarConfig, UpstreamConfig
+from mlwarden.middleware.health_report import FAILING, MAX_REPORT_BYTES, HealthReport
+from mlwarden.sidecar.config import HealthChecksConfig, UpstreamConfig
 from mlwarden.sidecar.listeners import FanOut, Listener
+from mlwarden.sidecar.routing.health_state import (
+    HISTORY_SIZE,
+    PROBE_OUTCOMES,
+    HealthTransition,
+    ProbeResult,
+    UpstreamHealth,
+)
 
 __all__ = [
     "MAX_REPORT_BYTES",
     "PROBE_OUTCOMES",
     "HealthChecker",
-    "HealthReportSummary",
     "HealthTransition",
     "ProbeResult",
     "UpstreamHealth",
@@ -59,213 +66,10 @@ __all__ = [
 
 log = logging.getLogger("mlwarden.sidecar.health_checks")
 
-#: Listener of transitions: ``(upstream name, healthy, reason)``.
-#: A larger body is not read as a report (the status code decides): a health endpoint that
-#: streams megabytes is not the middleware's, and the checker's memory stays bounded.
-MAX_REPORT_BYTES = 256 * 1024
-_REPORT_STATUSES = frozenset({OK, DEGRADED, FAILING})
-# Bounds on what one report may put into the snapshot (the admin page is read by people).
-_MAX_REASONS = 20
-_MAX_FEATURES = 100
-_MAX_TEXT = 300
 _HEADERS = {"accept": "application/json", "user-agent": "mlwarden-health-check"}
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReportSummary:
-    """What the checker keeps of the middleware's report: its verdict, why, and drift."""
-
-    status: str
-    reasons: tuple[str, ...] = ()
-    drift_detected: bool = False
-    drifted_features: tuple[str, ...] = ()
-    #: The largest PSI over the report's features (None: no drift evaluated or no PSI).
-    drift_score: float | None = None
-    #: The middleware's window: error rate and p99 latency (None when not reported).
-    error_rate: float | None = None
-    p99_latency_seconds: float | None = None
-    #: Live quality from labels (the middleware's ``quality`` block), when reported.
-    accuracy: float | None = None
-    f1: float | None = None
-    mae: float | None = None
-    rmse: float | None = None
-    labelled_samples: float | None = None
-
-    @classmethod
-    def parse(cls, body: bytes) -> HealthReportSummary | None:
-        """The summary of a middleware report, or None when ``body`` is not one."""
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-            return None
-        if not isinstance(data, dict) or data.get("status") not in _REPORT_STATUSES:
-            return None
-        reasons = data.get("reasons")
-        drift = data.get("drift")
-        drift = drift if isinstance(drift, dict) else {}
-        features = drift.get("drifted_features")
-        window = data.get("window")
-        window = window if isinstance(window, dict) else {}
-        quality = data.get("quality")
-        quality = quality if isinstance(quality, dict) else {}
-        latency = window.get("latency_seconds")
-        latency = latency if isinstance(latency, dict) else {}
-        return cls(
-            status=data["status"],
-            reasons=_texts(reasons, _MAX_REASONS),
-            drift_detected=drift.get("detected") is True,
-            drifted_features=_texts(features, _MAX_FEATURES),
-            drift_score=_max_psi(drift.get("features")),
-            error_rate=_number_or_none(window.get("error_rate")),
-            p99_latency_seconds=_number_or_none(latency.get("p99")),
-            accuracy=_number_or_none(quality.get("accuracy")),
-            f1=_number_or_none(quality.get("f1")),
-            mae=_number_or_none(quality.get("mae")),
-            rmse=_number_or_none(quality.get("rmse")),
-            labelled_samples=_number_or_none(quality.get("labelled_samples")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "reasons": list(self.reasons),
-            "drift": {
-                "detected": self.drift_detected,
-                "drifted_features": list(self.drifted_features),
-                "score": self.drift_score,
-            },
-            "error_rate": self.error_rate,
-            "p99_latency_seconds": self.p99_latency_seconds,
-            "quality": {
-                "accuracy": self.accuracy,
-                "f1": self.f1,
-                "mae": self.mae,
-                "rmse": self.rmse,
-                "labelled_samples": self.labelled_samples,
-            },
-        }
-
-
-def _number_or_none(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if value == value and abs(value) != float("inf") else None
-
-
-def _max_psi(features: Any) -> float | None:
-    """The largest ``scores.psi`` of a report's feature list (bounded: the first 100)."""
-    if not isinstance(features, list):
-        return None
-    scores = []
-    for feature in features[:_MAX_FEATURES]:
-        if isinstance(feature, dict) and isinstance(feature.get("scores"), dict):
-            psi = _number_or_none(feature["scores"].get("psi"))
-            if psi is not None:
-                scores.append(psi)
-    return max(scores) if scores else None
-
-
-def _texts(value: Any, limit: int) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        return ()
-    return tuple(str(v)[:_MAX_TEXT] for v in value[:limit])
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """The outcome of one probe of one upstream."""
-
-    passed: bool
-    reason: str
-    status_code: int | None = None
-    report: HealthReportSummary | None = None
-    error: str | None = None
-    duration_s: float = 0.0
-
-    @property
-    def outcome(self) -> str:
-        """One bounded word for metrics: ``ok``, ``degraded`` (both pass); ``failing`` (the
-        report said so), ``bad_status``, ``timeout``, ``connect_error``, ``error``."""
-        if self.passed:
-            degraded = self.report is not None and self.report.status == DEGRADED
-            return "degraded" if degraded else "ok"
-        if self.status_code is not None:
-            failing = self.report is not None and self.report.status == FAILING
-            return "failing" if failing else "bad_status"
-        if self.error == "timeout":
-            return "timeout"
-        if self.error is not None and self.error.startswith("connect error"):
-            return "connect_error"
-        return "error"
-
-
-#: Every value of :attr:`ProbeResult.outcome`.
-PROBE_OUTCOMES = ("ok", "degraded", "failing", "bad_status", "timeout", "connect_error", "error")
-
-
-@dataclass(frozen=True, slots=True)
-class HealthTransition:
-    """One entry of an upstream's history: at (clock seconds), the new state and why."""
-
-    at: float
-    name: str
-    healthy: bool
-    reason: str
-
-
-@dataclass(slots=True)
-class UpstreamHealth:
-    """The checker's view of one upstream; mutated only by :class:`HealthChecker`."""
-
-    name: str
-    url: str
-    healthy: bool
-    history_size: int = 50
-    consecutive_successes: int = 0
-    consecutive_failures: int = 0
-    checks: int = 0
-    last_status_code: int | None = None
-    last_report: HealthReportSummary | None = None
-    last_error: str | None = None
-    last_reason: str | None = None
-    last_checked_at: float | None = None
-    last_duration_s: float | None = None
-    history: deque[HealthTransition] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.history = deque(maxlen=self.history_size)
-
-    @property
-    def degraded(self) -> bool:
-        """In rotation, but its last report says degraded (drift, slow, erroring)."""
-        return self.last_report is not None and self.last_report.status == DEGRADED
-
-    def to_dict(self, now: float) -> dict[str, Any]:
-        """JSON-ready; times are ages in seconds, since the clock is monotonic."""
-        return {
-            "url": self.url,
-            "healthy": self.healthy,
-            "checked": self.checks > 0,
-            "degraded": self.degraded,
-            "checks": self.checks,
-            "consecutive_successes": self.consecutive_successes,
-            "consecutive_failures": self.consecutive_failures,
-            "last_status_code": self.last_status_code,
-            "last_reason": self.last_reason,
-            "last_error": self.last_error,
-            "last_report": self.last_report.to_dict() if self.last_report else None,
-            "last_duration_s": (
-                None if self.last_duration_s is None else round(self.last_duration_s, 6)
-            ),
-            "seconds_since_check": (
-                None if self.last_checked_at is None else round(now - self.last_checked_at, 3)
-            ),
-            "transitions": [
-                {"healthy": t.healthy, "reason": t.reason, "seconds_ago": round(now - t.at, 3)}
-                for t in self.history
-            ],
-        }
+# The plain constructor's defaults are the configuration's (one default per key).
+_DEFAULTS = HealthChecksConfig()
+_HEALTH_PATH = next(f.default for f in fields(UpstreamConfig) if f.name == "health_path")
 
 
 class HealthChecker:
@@ -278,24 +82,27 @@ class HealthChecker:
     proxy variables (the upstreams are local). ``clock`` and ``sleep`` are injectable so that
     tests step the loop without waiting. ``verify`` is the TLS verification of https
     upstreams (``from_config`` adds the upstreams' ``ca_file`` to the system's trust store).
+
+    The sidecar builds it with :meth:`from_config` from its validated blocks; the constructor
+    checks the options it is given by hand (tests), with the configuration's defaults.
     """
 
     def __init__(
         self,
         upstreams: Mapping[str, str | UpstreamConfig] | Iterable[UpstreamConfig],
         *,
-        interval_s: float = 5.0,
-        timeout_s: float = 1.0,
-        healthy_threshold: int = 2,
-        unhealthy_threshold: int = 3,
-        read_health_report: bool = True,
-        health_path: str = "/-/health",
+        interval_s: float = _DEFAULTS.interval_s,
+        timeout_s: float = _DEFAULTS.timeout_s,
+        healthy_threshold: int = _DEFAULTS.healthy_threshold,
+        unhealthy_threshold: int = _DEFAULTS.unhealthy_threshold,
+        read_health_report: bool = _DEFAULTS.read_health_report,
+        health_path: str = _HEALTH_PATH,
         initial_healthy: bool = True,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         listeners: Iterable[Listener] = (),
-        history_size: int = 50,
+        history_size: int = HISTORY_SIZE,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         problems: list[str] = []
@@ -319,6 +126,79 @@ class HealthChecker:
         targets = _targets(upstreams, health_path, problems)
         if problems:
             raise ConfigError(problems, source="health checks")
+        self._setup(
+            targets,
+            interval_s=interval_s,
+            timeout_s=timeout_s,
+            healthy_threshold=healthy_threshold,
+            unhealthy_threshold=unhealthy_threshold,
+            read_health_report=read_health_report,
+            initial_healthy=initial_healthy,
+            client=client,
+            clock=clock,
+            sleep=sleep,
+            listeners=listeners,
+            history_size=history_size,
+            verify=verify,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        health_checks: HealthChecksConfig,
+        upstreams: Iterable[UpstreamConfig],
+        *,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        listeners: Iterable[Listener] = (),
+    ) -> Self:
+        """A checker of ``upstreams`` (each at its own ``health_path``) as ``health_checks``
+        says; both blocks are validated already and trusted: nothing is checked again."""
+        upstreams = tuple(upstreams)
+        verify: ssl.SSLContext | bool = True
+        ca_files = [u.ca_file for u in upstreams if u.ca_file is not None]
+        if ca_files:
+            # One client probes every upstream: it trusts the system's CAs and each private one.
+            verify = ssl.create_default_context()
+            for ca_file in dict.fromkeys(ca_files):
+                verify.load_verify_locations(cafile=ca_file)
+        checker = cls.__new__(cls)  # not __init__: that one validates hand-given options
+        checker._setup(
+            [(u.name, u.url.rstrip("/") + u.health_path) for u in upstreams],
+            interval_s=health_checks.interval_s,
+            timeout_s=health_checks.timeout_s,
+            healthy_threshold=health_checks.healthy_threshold,
+            unhealthy_threshold=health_checks.unhealthy_threshold,
+            read_health_report=health_checks.read_health_report,
+            initial_healthy=True,
+            client=client,
+            clock=clock,
+            sleep=sleep,
+            listeners=listeners,
+            history_size=HISTORY_SIZE,
+            verify=verify,
+        )
+        return checker
+
+    def _setup(
+        self,
+        targets: list[tuple[str, str]],
+        *,
+        interval_s: float,
+        timeout_s: float,
+        healthy_threshold: int,
+        unhealthy_threshold: int,
+        read_health_report: bool,
+        initial_healthy: bool,
+        client: httpx.AsyncClient | None,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[Any]],
+        listeners: Iterable[Listener],
+        history_size: int,
+        verify: ssl.SSLContext | bool,
+    ) -> None:
+        """Set the checker up for ``targets``, (name, health URL) pairs, as given."""
         self.interval_s = float(interval_s)
         self.timeout_s = float(timeout_s)
         self.healthy_threshold = healthy_threshold
@@ -344,26 +224,6 @@ class HealthChecker:
                 verify=verify,
             )
         )
-
-    @classmethod
-    def from_config(cls, config: SidecarConfig, **kwargs: Any) -> Self:
-        """A checker for every upstream of ``config`` with its ``health_checks`` block."""
-        hc = config.health_checks
-        options: dict[str, Any] = {
-            "interval_s": hc.interval_s,
-            "timeout_s": hc.timeout_s,
-            "healthy_threshold": hc.healthy_threshold,
-            "unhealthy_threshold": hc.unhealthy_threshold,
-            "read_health_report": hc.read_health_report,
-        }
-        ca_files = [u.ca_file for u in config.upstreams if u.ca_file is not None]
-        if ca_files:
-            # One client probes every upstream: it trusts the system's CAs and each private one.
-            context = ssl.create_default_context()
-            for ca_file in dict.fromkeys(ca_files):
-                context.load_verify_locations(cafile=ca_file)
-            options["verify"] = context
-        return cls(config.upstreams, **{**options, **kwargs})
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -434,7 +294,7 @@ class HealthChecker:
         except Exception as exc:  # a health checker that dies stops healing; record, go on
             log.exception("health check of %s failed unexpectedly", url)
             return failed("error", f"{type(exc).__name__}: {exc}")
-        report = HealthReportSummary.parse(body) if body is not None else None
+        report = HealthReport.from_json(body) if body is not None else None
         passed, reason = _verdict(code, report)
         return ProbeResult(passed, reason, code, report, duration_s=self._clock() - started)
 
@@ -497,7 +357,7 @@ class HealthChecker:
         )
 
 
-def _verdict(code: int, report: HealthReportSummary | None) -> tuple[bool, str]:
+def _verdict(code: int, report: HealthReport | None) -> tuple[bool, str]:
     """Pass or fail of one answered probe, and why."""
     ok_code = 200 <= code < 300
     if report is None:

@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
-from mlwarden.middleware.payloads import PredictionReader
+from mlwarden.middleware.predictions import PredictionReader
 from mlwarden.sidecar.routing.shadow_comparison import AgreementWindow, judge
 from mlwarden.sidecar.routing.shadow_exchange import Headers, send_copy
 from mlwarden.sidecar.routing.shadow_metrics import ShadowTally

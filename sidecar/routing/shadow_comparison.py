@@ -7,7 +7,7 @@ a pair of answers is ready and calls :func:`judge` once per pair, off the client
 Comparison rules (what :func:`judge` returns; the mirror settles a failed primary, a 5xx or a
 failed shadow before asking, as *uncompared*):
 
-- both 2xx: both bodies are read with the :class:`~mlwarden.middleware.payloads.PredictionReader`
+- both 2xx: both bodies are read with the :class:`~mlwarden.middleware.predictions.PredictionReader`
   as JSON. Class labels agree when equal; numeric predictions agree when
   ``|a - b| <= abs_tol`` or ``|a - b| <= rel_tol * |a|`` (``a`` the primary's). A response
   with several predictions (a batch) is one comparison: it agrees only when every element
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlwarden.middleware.errors import PayloadError
-from mlwarden.middleware.payloads import PredictionReader, Predictions
+from mlwarden.middleware.predictions import PredictionReader, Predictions
 
 __all__ = ["COMPARISON_RESULTS", "AgreementWindow", "compare_predictions", "judge"]
 
