@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 from starlette.applications import Starlette
@@ -14,6 +16,31 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.servers import Process, free_port, serve_app, temp_workdir, wait_http
+
+
+@contextlib.contextmanager
+def cli_sidecar(name: str, config: str) -> Iterator[tuple[int, int]]:
+    """``mlwarden sidecar`` run with ``config`` (YAML without listen/admin, which are added on
+    free ports) until the block ends; yields (proxy port, admin port)."""
+    workdir = temp_workdir(name)
+    port, admin_port = free_port(), free_port()
+    cfg = workdir / "sidecar.yaml"
+    cfg.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n" + config
+    )
+    proc = Process(
+        [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
+        name="sidecar",
+        workdir=workdir,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
+        wait_http(f"http://127.0.0.1:{port}/-/health", timeout=20)
+        yield port, admin_port
+    finally:
+        proc.stop()
+    assert proc.proc.returncode is not None
 
 
 def version_app(name: str) -> Starlette:
@@ -60,80 +87,57 @@ def test_sidecar_check_names_a_bad_policy_with_the_other_problems(tmp_path):
 
 
 def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
-    workdir = temp_workdir("sidecar")
     down_port = free_port()  # nothing listens there
-    with serve_app(version_app("stable")) as stable:
-        port, admin_port = free_port(), free_port()
-        cfg = workdir / "sidecar.yaml"
-        cfg.write_text(
-            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
+    with (
+        serve_app(version_app("stable")) as stable,
+        cli_sidecar(
+            "sidecar",
             f"upstreams:\n  primary: http://127.0.0.1:{down_port}\n  stable: {stable.url}\n"
-            "timeouts: {per_try_timeout_s: 1, total_timeout_s: 3}\n"
-        )
-        proc = Process(
-            [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
-            name="sidecar",
-            workdir=workdir,
-        )
-        try:
-            wait_http(f"http://127.0.0.1:{port}/-/health", timeout=20)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                for i in range(5):
-                    r = client.post("/predict", json={"i": i})
-                    assert r.status_code == 200, r.text
-                    assert r.headers["x-mlwarden-upstream"] == "stable"
-                    assert json.loads(r.content)["body"] == {"i": i}
-            wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
-            with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
-                assert admin.get("/-/ready").status_code == 200
-                status = admin.get("/-/status").json()
-                assert status["routing"]["order"] == ["primary", "stable"]
-                assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in admin.get("/metrics").text
-        finally:
-            proc.stop()
-        assert proc.proc.returncode is not None
+            "timeouts: {per_try_timeout_s: 1, total_timeout_s: 3}\n",
+        ) as (port, admin_port),
+    ):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for i in range(5):
+                r = client.post("/predict", json={"i": i})
+                assert r.status_code == 200, r.text
+                assert r.headers["x-mlwarden-upstream"] == "stable"
+                assert json.loads(r.content)["body"] == {"i": i}
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
+            assert admin.get("/-/ready").status_code == 200
+            status = admin.get("/-/status").json()
+            assert status["routing"]["order"] == ["primary", "stable"]
+            assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in admin.get("/metrics").text
 
 
 def test_the_shadows_metrics_on_the_admin_port_count_what_the_status_shows():
     """Started by the real command, the shadow's families have samples: its metrics are built
     with the sidecar, before the mirror that feeds them."""
-    workdir = temp_workdir("sidecar-shadow")
-    with serve_app(version_app("v1")) as primary, serve_app(version_app("v1")) as candidate:
-        port, admin_port = free_port(), free_port()
-        cfg = workdir / "sidecar.yaml"
-        cfg.write_text(
-            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
+    with (
+        serve_app(version_app("v1")) as primary,
+        serve_app(version_app("v1")) as candidate,
+        cli_sidecar(
+            "sidecar-shadow",
             f"upstreams:\n  primary: {primary.url}\n  candidate: {candidate.url}\n"
             "routing: {primary: primary, fallbacks: []}\n"
-            "shadow: {target: candidate, sample_percent: 100}\n"
-        )
-        proc = Process(
-            [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
-            name="sidecar",
-            workdir=workdir,
-        )
-        try:
-            wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                for i in range(20):
-                    assert client.post("/predict", json={"i": i}).status_code == 200
-            with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    agreed = admin.get("/-/status").json()["shadow"]["comparisons"].get("agree", 0)
-                    if agreed >= 20:
-                        break
-                    time.sleep(0.1)
-                assert agreed >= 20
-                metrics = admin.get("/metrics").text
-            line = 'mlwarden_shadow_comparisons_total{result="agree",target="candidate"}'
-            assert any(
-                m.startswith(line) and float(m.split()[-1]) == agreed for m in metrics.splitlines()
-            ), [m for m in metrics.splitlines() if m.startswith("mlwarden_shadow")]
-        finally:
-            proc.stop()
+            "shadow: {target: candidate, sample_percent: 100}\n",
+        ) as (port, admin_port),
+    ):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for i in range(20):
+                assert client.post("/predict", json={"i": i}).status_code == 200
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                agreed = admin.get("/-/status").json()["shadow"]["comparisons"].get("agree", 0)
+                if agreed >= 20:
+                    break
+                time.sleep(0.1)
+            assert agreed >= 20
+            metrics = admin.get("/metrics").text
+        line = 'mlwarden_shadow_comparisons_total{result="agree",target="candidate"}'
+        assert any(
+            m.startswith(line) and float(m.split()[-1]) == agreed for m in metrics.splitlines()
+        ), [m for m in metrics.splitlines() if m.startswith("mlwarden_shadow")]
 
 
 class OtlpReceiver:
