@@ -54,6 +54,7 @@ from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
 from mlwarden.sidecar.signals.health import HealthSignals
 from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
 from mlwarden.sidecar.signals.prometheus import PrometheusSignals
+from mlwarden.sidecar.signals.samples import IntervalSamples
 from mlwarden.sidecar.signals.source import SignalBoard
 from mlwarden.sidecar.signals.windows import UpstreamWindows, WindowSignals
 from mlwarden.sidecar.tracing import ProxyTracer
@@ -150,11 +151,15 @@ class Sidecar(Listener):
             ],
             vocabulary=VOCABULARY,
         )
+        self.canary_samples: IntervalSamples | None = None
         if config.canary is not None:
             c = config.canary
+            assert c.stable is not None  # filled in by the configuration loader
+            self.canary_samples = IntervalSamples((c.candidate, c.stable))
             self.canary = CanaryController(
                 c,
                 local=self.signals,
+                samples=self.canary_samples,
                 fleet=(
                     PrometheusSignals(c.prometheus_url)
                     if c.source == "prometheus" and c.prometheus_url
@@ -190,7 +195,13 @@ class Sidecar(Listener):
 
         # 4. the request path
         #: Every listener of the request path (more with :meth:`add_events`).
-        self.events = FanOut([self.windows, *([events] if events is not None else [])])
+        self.events = FanOut(
+            [
+                self.windows,
+                *([self.canary_samples] if self.canary_samples is not None else []),
+                *([events] if events is not None else []),
+            ]
+        )
         self.proxy = ProxyApp(
             pools=self.pools,
             breakers=self.breakers,

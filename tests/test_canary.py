@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from mlwarden.sidecar.listeners import Listener
 from mlwarden.sidecar.routing.canary import CanaryController, sticky_bucket
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.signals.prometheus import PrometheusSignals
+from mlwarden.sidecar.signals.samples import IntervalSamples
 from mlwarden.sidecar.signals.windows import UpstreamWindows, WindowSignals
 from tests.apps import FakeVersion
 from tests.doubles import FakeClock
@@ -60,9 +62,12 @@ class Rig:
         )
         self.records: list[dict[str, Any]] = []
         self.breaker = "closed"
+        self.samples = IntervalSamples(["stable", "candidate"])
+        self.rng = random.Random(7)
         self.canary = CanaryController(
             cfg.canary,
             local=WindowSignals(self.windows),
+            samples=self.samples,
             router=self.router,
             breaker_state=lambda name: self.breaker,
             record=lambda **kw: self.records.append(kw),
@@ -70,8 +75,12 @@ class Rig:
         )
 
     def traffic(self, upstream: str, n: int, errors: int = 0, latency_s: float = 0.01) -> None:
+        """``n`` attempts, the first ``errors`` of them 5xx, latencies ``latency_s`` ± 20%."""
         for i in range(n):
-            self.windows.attempt_finished(upstream, "5xx" if i < errors else "2xx", latency_s)
+            outcome = "5xx" if i < errors else "2xx"
+            duration = latency_s * (0.8 + 0.4 * self.rng.random())
+            self.windows.attempt_finished(upstream, outcome, duration)
+            self.samples.attempt_finished(upstream, outcome, duration)
 
     def interval(self) -> Any:
         """The analysis at the end of a 10 s interval whose traffic was sent at its start."""
@@ -94,8 +103,8 @@ def test_passing_analyses_step_the_weight_up_then_promote_and_the_guard_ends() -
     rig = Rig()
     assert rig.canary.weight == 5
     for expected in (50, None):
-        rig.traffic("stable", 100)
-        rig.traffic("candidate", 30)
+        rig.traffic("stable", 400)
+        rig.traffic("candidate", 150)
         assert rig.interval().verdict == "pass"
         if expected is not None:
             assert rig.canary.weight == expected
@@ -108,35 +117,91 @@ def test_passing_analyses_step_the_weight_up_then_promote_and_the_guard_ends() -
     assert rig.router.order == ("candidate", "stable", "fallback")
 
 
-def test_an_erroring_candidate_is_rolled_back_at_once_with_its_figures() -> None:
+def test_an_erroring_candidate_is_rolled_back_after_failure_limit_failed_analyses() -> None:
     rig = Rig()
-    rig.traffic("stable", 200)
-    rig.traffic("candidate", 30, errors=3)  # 10%
-    verdict = rig.interval()
-    assert verdict.verdict == "fail"
-    assert "max_error_rate" in verdict.reason
+    for _ in range(2):
+        rig.traffic("stable", 200)
+        rig.traffic("candidate", 30, errors=3)  # 10%
+        verdict = rig.interval()
+        assert verdict.verdict == "fail"
+        assert "max_error_rate" in verdict.reason and "Fisher p=" in verdict.reason
+    assert rig.canary.failures == 2
     assert (rig.canary.state, rig.canary.weight) == ("rolled_back", 0.0)
     [rollback] = rig.records
     assert rollback["action"] == "rollback" and rollback["target"] == "candidate"
+    assert "2 failed analyses in a row (failure_limit 2)" in rollback["reason"]
     assert rollback["signals"]["candidate_error_rate"] == pytest.approx(0.1)
     assert rollback["signals"]["stable_error_rate"] == 0.0
+    errors = rollback["details"]["evidence"][0]
+    assert errors["test"] == "fisher_exact" and errors["failed"] is True
+    assert (errors["n_candidate"], errors["n_stable"]) == (60, 400)  # the step's two intervals
+    assert 0 < errors["p_value"] < 0.01
     assert not rig.canary.routes([])
     assert rig.canary.tick() is None  # over
 
 
+def test_one_failed_analysis_holds_the_weight_and_a_pass_clears_it() -> None:
+    rig = Rig(steps_percent=[5, 50, 80])
+    rig.traffic("stable", 200)
+    rig.traffic("candidate", 30, errors=3)
+    assert rig.interval().verdict == "fail"
+    assert (rig.canary.state, rig.canary.weight, rig.canary.failures) == ("analysing", 5, 1)
+    rig.traffic("stable", 2000)
+    rig.traffic("candidate", 1500)  # the step's samples: 3 errors in 1,530 now
+    assert rig.interval().verdict == "pass"
+    assert (rig.canary.weight, rig.canary.failures) == (50, 0)
+
+
+def test_an_error_rate_beyond_any_noise_rolls_back_at_once() -> None:
+    rig = Rig()
+    rig.traffic("stable", 200)
+    rig.traffic("candidate", 60, errors=30)  # 50%
+    verdict = rig.interval()
+    assert verdict.verdict == "fail"
+    assert rig.canary.state == "rolled_back"
+    assert "beyond any noise" in rig.records[-1]["reason"]
+
+
 def test_a_small_error_increase_over_the_stable_fails_too() -> None:
     rig = Rig(max_error_rate=0.5, max_error_rate_increase=0.02)
-    rig.traffic("stable", 100, errors=1)
-    rig.traffic("candidate", 50, errors=3)  # 6% vs 1%
-    assert rig.interval().verdict == "fail"
+    rig.traffic("stable", 400, errors=4)
+    rig.traffic("candidate", 100, errors=8)  # 8% vs 1%
+    verdict = rig.interval()
+    assert verdict.verdict == "fail" and "increase" in verdict.reason
 
 
-def test_a_slow_candidate_fails_on_its_p99() -> None:
+def test_a_few_more_errors_than_the_stable_within_noise_are_no_failure() -> None:
+    rig = Rig()
+    rig.traffic("stable", 400, errors=4)
+    rig.traffic("candidate", 40, errors=1)  # 2.5% vs 1%: not significant on 40
+    verdict = rig.interval()
+    assert verdict.verdict == "inconclusive" and "not enough evidence yet" in verdict.reason
+    assert rig.canary.failures == 0
+    rig.traffic("stable", 400, errors=4)
+    rig.traffic("candidate", 400, errors=4)  # the same rate as the stable, on more samples
+    assert rig.interval().verdict == "pass"
+
+
+def test_a_slow_candidate_fails_on_its_median_with_the_rank_test() -> None:
     rig = Rig()
     rig.traffic("stable", 100, latency_s=0.01)
-    rig.traffic("candidate", 30, latency_s=0.2)
+    rig.traffic("candidate", 30, latency_s=0.02)  # twice as slow
     verdict = rig.interval()
-    assert verdict.verdict == "fail" and "p99" in verdict.reason
+    assert verdict.verdict == "fail" and "median ratio" in verdict.reason
+    latency = next(e for e in verdict.evidence if e.metric == "latency")
+    assert latency.test == "mann_whitney_u" and latency.p_value < 1e-6
+    assert latency.interval is not None and latency.interval[0] > 1.25
+    assert verdict.to_dict()["evidence"][1]["effect"] == "median ratio"
+
+
+def test_a_candidate_as_fast_as_the_stable_passes_despite_a_few_slow_outliers() -> None:
+    rig = Rig()
+    rig.traffic("stable", 400, latency_s=0.01)
+    rig.traffic("candidate", 200, latency_s=0.01)
+    for _ in range(2):  # a GC pause: two attempts at 30 ms
+        rig.samples.attempt_finished("candidate", "2xx", 0.03)
+        rig.windows.attempt_finished("candidate", "2xx", 0.03)
+    assert rig.interval().verdict == "pass"
 
 
 def test_too_few_requests_are_inconclusive_then_the_deadline_decides() -> None:
@@ -171,8 +236,8 @@ def test_the_candidates_breaker_opening_rolls_back_without_waiting_for_a_tick() 
 
 def test_a_promoted_version_that_fails_within_the_guard_goes_back_to_the_pinned_stable() -> None:
     rig = Rig(steps_percent=[50])
-    rig.traffic("stable", 100)
-    rig.traffic("candidate", 30)
+    rig.traffic("stable", 400)
+    rig.traffic("candidate", 150)
     rig.interval()
     assert rig.canary.state == "promoted"
     rig.traffic("candidate", 40, errors=10)

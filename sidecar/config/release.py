@@ -50,8 +50,13 @@ def _percent_steps(value: Any) -> tuple[float, ...]:
 class CanaryConfig(Block):
     """A candidate version on a growing share of traffic, analysed against the stable one
     every ``interval_s``: passed, the weight steps up to the next of ``steps_percent`` (each
-    below 100) and passing the last one promotes the candidate; failed (or its breaker
-    open), it is rolled back to weight 0 at once. Too few requests (``min_requests`` per
+    below 100) and passing the last one promotes the candidate; ``failure_limit`` failed
+    analyses in a row (or its breaker opening, or an error rate beyond any noise) roll it
+    back to weight 0. An analysis fails on errors (Fisher's exact test, p < ``alpha``, and the
+    rate above the stable's by ``max_error_rate_increase`` or above ``max_error_rate``) or on
+    latency (Mann-Whitney U, p < ``alpha``, and the 95% interval of the median ratio above
+    ``max_latency_ratio`` or of the p99 ratio above ``max_latency_p99_ratio``). Too few
+    requests (``min_requests`` per
     version per interval) decide nothing: "inconclusive", and ``on_deadline`` decides after
     ``inconclusive_deadline_s``. ``source: prometheus`` takes the figures from PromQL over
     every replica's metrics at ``prometheus_url`` (a fleet-wide verdict) instead of this
@@ -69,6 +74,9 @@ class CanaryConfig(Block):
     max_error_rate: float = setting(0.05, number(float, ge=0, le=1))
     max_error_rate_increase: float = setting(0.01, number(float, ge=0, le=1))
     max_latency_p99_ratio: float = setting(1.5, number(float, ge=1, le=1000))
+    max_latency_ratio: float = setting(1.25, number(float, ge=1, le=1000))
+    alpha: float = setting(0.01, number(float, gt=0, lt=0.5))
+    failure_limit: int = setting(2, number(int, ge=1, le=100))
     max_drift_score: float | None = setting(None, optional(number(float, ge=0)))
     inconclusive_deadline_s: float = setting(600.0, seconds(gt=0, le=30 * 86_400))
     on_deadline: str = setting("rollback", one_of(("rollback", "promote", "hold")))

@@ -40,9 +40,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mlwarden.sidecar.config import CanaryConfig
 from mlwarden.sidecar.listeners import FanOut, Listener
+from mlwarden.sidecar.routing.canary_judge import Evidence, judge_errors, judge_latency
 from mlwarden.sidecar.routing.router import Router
+from mlwarden.sidecar.signals.samples import IntervalSamples
 from mlwarden.sidecar.signals.source import SignalSource
 
 __all__ = ["CanaryController", "CanaryVerdict", "sticky_bucket"]
@@ -57,6 +61,15 @@ Record = Callable[..., Any]
 
 
 Figures = dict[str, float | None]
+
+
+def _details(evidence: tuple[Evidence, ...]) -> dict[str, Any] | None:
+    """The tests' evidence as a ledger record's details."""
+    return {"evidence": [e.to_dict() for e in evidence]} if evidence else None
+
+
+def _quantile(values: np.ndarray, q: float) -> float | None:
+    return float(np.quantile(values, q)) if len(values) else None
 
 
 def sticky_bucket(key: bytes) -> float:
@@ -74,6 +87,8 @@ class CanaryVerdict:
     reason: str
     weight_percent: float
     signals: dict[str, float | None] = field(default_factory=dict)
+    #: Each test's evidence (metric, test, statistic, p-value, sample sizes, effect size).
+    evidence: tuple[Evidence, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +97,7 @@ class CanaryVerdict:
             "reason": self.reason,
             "weight_percent": self.weight_percent,
             "signals": self.signals,
+            "evidence": [e.to_dict() for e in self.evidence],
         }
 
 
@@ -100,6 +116,7 @@ class CanaryController(Listener):
         config: CanaryConfig,
         *,
         local: SignalSource,
+        samples: IntervalSamples | None = None,
         fleet: SignalSource | None = None,
         router: Router,
         breaker_state: Callable[[str], str],
@@ -113,6 +130,7 @@ class CanaryController(Listener):
         self.candidate = config.candidate
         self.stable = config.stable
         self.local = local
+        self.samples = samples
         self.fleet = fleet
         self._router = router
         self._breaker_state = breaker_state
@@ -136,6 +154,9 @@ class CanaryController(Listener):
         self._conclusive_at = clock()
         self._guard_until: float | None = None
         self._listeners = FanOut()
+        #: Failed analyses in a row (a pass starts again at 0; inconclusive ones do not count).
+        self.failures = 0
+        self._bootstrap = np.random.default_rng()
 
     # -- the split (request path) --------------------------------------------------------------
 
@@ -199,25 +220,75 @@ class CanaryController(Listener):
 
     # -- decisions -------------------------------------------------------------------------
 
-    def _figures(self) -> tuple[dict[str, float | None], int, int]:
-        window = self.config.interval_s
+    def _figures(self) -> tuple[dict[str, float | None], int, int, tuple[Evidence, ...]]:
+        """The analysis's figures, their sample sizes and the tests' evidence."""
+        c = self.config
+        window = c.interval_s
+        drift = self.local.read(self.candidate, window).get("drift_score")
+        if self.samples is not None and self.fleet is None:
+            cand, stable = self.samples.read(self.candidate), self.samples.read(self.stable)
+            n_c, n_s = cand.attempts, stable.attempts
+            errors_c, errors_s = cand.errors, stable.errors
+            evidence: list[Evidence] = []
+            if n_c >= c.min_requests and n_s >= c.min_requests:
+                evidence.append(self._judge_errors(errors_c, n_c, errors_s, n_s))
+                evidence.append(
+                    judge_latency(
+                        cand.latencies_s,
+                        stable.latencies_s,
+                        alpha=c.alpha,
+                        max_latency_ratio=c.max_latency_ratio,
+                        max_latency_p99_ratio=c.max_latency_p99_ratio,
+                        rng=self._bootstrap,
+                    )
+                )
+            signals: dict[str, float | None] = {
+                "candidate_requests": float(n_c),
+                "stable_requests": float(n_s),
+                "candidate_error_rate": errors_c / n_c if n_c else None,
+                "stable_error_rate": errors_s / n_s if n_s else None,
+                "candidate_median_latency_seconds": _quantile(cand.latencies_s, 0.5),
+                "stable_median_latency_seconds": _quantile(stable.latencies_s, 0.5),
+                "candidate_p99_latency_seconds": _quantile(cand.latencies_s, 0.99),
+                "stable_p99_latency_seconds": _quantile(stable.latencies_s, 0.99),
+                "candidate_drift_score": drift,
+            }
+            return signals, n_c, n_s, tuple(evidence)
+        # The fleet's figures (PromQL): counts for the error test; latency from histograms.
         traffic = self.fleet if self.fleet is not None else self.local
-        cand = traffic.read(self.candidate, window)
-        stable = traffic.read(self.stable, window)
-        signals: dict[str, float | None] = {
-            "candidate_requests": cand["requests"],
-            "stable_requests": stable["requests"],
-            "candidate_error_rate": cand["error_rate"],
-            "stable_error_rate": stable["error_rate"],
-            "candidate_p99_latency_seconds": cand["p99_latency_seconds"],
-            "stable_p99_latency_seconds": stable["p99_latency_seconds"],
-            "candidate_drift_score": self.local.read(self.candidate, window).get("drift_score"),
+        cand_f, stable_f = traffic.read(self.candidate, window), traffic.read(self.stable, window)
+        n_c, n_s = int(cand_f["requests"] or 0), int(stable_f["requests"] or 0)
+        signals = {
+            "candidate_requests": float(n_c),
+            "stable_requests": float(n_s),
+            "candidate_error_rate": cand_f["error_rate"],
+            "stable_error_rate": stable_f["error_rate"],
+            "candidate_p99_latency_seconds": cand_f["p99_latency_seconds"],
+            "stable_p99_latency_seconds": stable_f["p99_latency_seconds"],
+            "candidate_drift_score": drift,
         }
-        return signals, int(cand["requests"] or 0), int(stable["requests"] or 0)
+        evidence = []
+        if n_c >= c.min_requests and n_s >= c.min_requests:
+            errors_c = round((cand_f["error_rate"] or 0.0) * n_c)
+            errors_s = round((stable_f["error_rate"] or 0.0) * n_s)
+            evidence.append(self._judge_errors(errors_c, n_c, errors_s, n_s))
+        return signals, n_c, n_s, tuple(evidence)
+
+    def _judge_errors(self, errors_c: int, n_c: int, errors_s: int, n_s: int) -> Evidence:
+        c = self.config
+        return judge_errors(
+            errors_c,
+            n_c,
+            errors_s,
+            n_s,
+            alpha=c.alpha,
+            max_error_rate=c.max_error_rate,
+            max_error_rate_increase=c.max_error_rate_increase,
+        )
 
     def _analyse(self) -> CanaryVerdict:
         c = self.config
-        signals, n_cand, n_stable = self._figures()
+        signals, n_cand, n_stable, evidence = self._figures()
         now = self._clock()
         if n_cand < c.min_requests or n_stable < c.min_requests:
             reason = (
@@ -228,26 +299,48 @@ class CanaryController(Listener):
             if now - self._conclusive_at >= c.inconclusive_deadline_s:
                 self._deadline(signals)
             return verdict
-        self._conclusive_at = now
-        failure = self._failure(signals)
-        if failure is not None:
-            verdict = self._verdict("fail", failure, signals)
-            self.rollback(failure, signals)
+        failures = [e for e in evidence if e.failed]
+        other = self._failure(signals)
+        if failures or other is not None:
+            self._conclusive_at = now
+            self.failures += 1
+            reason = "; ".join([*(e.reason for e in failures), *([other] if other else [])])
+            verdict = self._verdict("fail", reason, signals, evidence)
+            unmistakable = any(e.unmistakable for e in failures)
+            if unmistakable or self.failures >= c.failure_limit:
+                why = (
+                    "beyond any noise"
+                    if unmistakable and self.failures < c.failure_limit
+                    else f"{self.failures} failed analyses in a row "
+                    f"(failure_limit {c.failure_limit})"
+                )
+                self.rollback(f"{reason} ({why})", signals, evidence)
             return verdict
-        verdict = self._verdict("pass", "within every bound", signals)
-        self._step_up(signals)
+        if evidence and not all(e.passed for e in evidence):
+            # Neither test failed, but the samples do not yet show the candidate is within the
+            # tolerances: keep them (and the failure count) and look again next interval.
+            reason = "not enough evidence yet: " + "; ".join(
+                e.reason for e in evidence if not e.passed
+            )
+            verdict = self._verdict("inconclusive", reason, signals, evidence)
+            if now - self._conclusive_at >= c.inconclusive_deadline_s:
+                self._deadline(signals)
+            return verdict
+        self._conclusive_at = now
+        self.failures = 0
+        verdict = self._verdict("pass", "within every bound", signals, evidence)
+        self._step_up(signals, evidence)
         return verdict
 
     def _failure(self, s: Mapping[str, float | None]) -> str | None:
+        """What fails the candidate besides the tests: its drift, and (the fleet's figures,
+        without samples to rank) a p99 above ``max_latency_p99_ratio`` times the stable's."""
         c = self.config
-        err, base = s["candidate_error_rate"], s["stable_error_rate"] or 0.0
-        if err is not None and err > c.max_error_rate:
-            return f"candidate error rate {err:.3f} above max_error_rate {c.max_error_rate:g}"
-        if err is not None and err > base + c.max_error_rate_increase:
-            return (
-                f"candidate error rate {err:.3f} above the stable's {base:.3f} by more than "
-                f"{c.max_error_rate_increase:g}"
-            )
+        drift = s["candidate_drift_score"]
+        if c.max_drift_score is not None and drift is not None and drift > c.max_drift_score:
+            return f"candidate drift score {drift:.3f} above max_drift_score {c.max_drift_score:g}"
+        if self.samples is not None and self.fleet is None:
+            return None
         p99, base_p99 = s["candidate_p99_latency_seconds"], s["stable_p99_latency_seconds"]
         if (
             p99 is not None
@@ -260,16 +353,17 @@ class CanaryController(Listener):
                 f"candidate p99 {p99 * 1e3:.1f} ms above {c.max_latency_p99_ratio:g}x the "
                 f"stable's {base_p99 * 1e3:.1f} ms"
             )
-        drift = s["candidate_drift_score"]
-        if c.max_drift_score is not None and drift is not None and drift > c.max_drift_score:
-            return f"candidate drift score {drift:.3f} above max_drift_score {c.max_drift_score:g}"
         return None
 
     def _verdict(
-        self, verdict: str, reason: str, signals: dict[str, float | None]
+        self,
+        verdict: str,
+        reason: str,
+        signals: dict[str, float | None],
+        evidence: tuple[Evidence, ...] = (),
     ) -> CanaryVerdict:
         previous = self.history[-1].verdict if self.history else None
-        v = CanaryVerdict(time.time(), verdict, reason, self.weight, dict(signals))
+        v = CanaryVerdict(time.time(), verdict, reason, self.weight, dict(signals), evidence)
         self.history.append(v)
         self.verdicts[verdict] += 1
         log.info("canary %s at %g%%: %s (%s)", self.candidate, self.weight, verdict, reason)
@@ -305,10 +399,16 @@ class CanaryController(Listener):
                 severity="warning",
             )
 
-    def _step_up(self, signals: dict[str, float | None]) -> None:
+    def _step_up(
+        self, signals: dict[str, float | None], evidence: tuple[Evidence, ...] = ()
+    ) -> None:
+        if self.samples is not None:
+            self.samples.reset()  # the next step is judged on its own samples
         steps = self.config.steps_percent
         if self.step + 1 >= len(steps):
-            self.promote(f"passed the analysis at every step up to {steps[-1]:g}%", signals)
+            self.promote(
+                f"passed the analysis at every step up to {steps[-1]:g}%", signals, evidence
+            )
             return
         self.step += 1
         before, self.weight = self.weight, steps[self.step]
@@ -320,10 +420,16 @@ class CanaryController(Listener):
             signals=signals,
             outcome="ok",
             severity="info",
+            details=_details(evidence),
         )
         self._notify()
 
-    def promote(self, reason: str, signals: Mapping[str, float | None] | None = None) -> None:
+    def promote(
+        self,
+        reason: str,
+        signals: Mapping[str, float | None] | None = None,
+        evidence: tuple[Evidence, ...] = (),
+    ) -> None:
         """Make the candidate the primary, the stable version its first fallback; guard it."""
         others = [n for n in self._configured_order if n not in (self.candidate, self.stable)]
         self._router.set_order(self.candidate, [self.stable, *others])
@@ -337,6 +443,7 @@ class CanaryController(Listener):
             signals=dict(signals or {}),
             outcome="ok",
             severity="info",
+            details=_details(evidence),
         )
         self._notify()
 
@@ -362,7 +469,12 @@ class CanaryController(Listener):
             return verdict
         return None
 
-    def rollback(self, reason: str, signals: Mapping[str, float | None] | None = None) -> None:
+    def rollback(
+        self,
+        reason: str,
+        signals: Mapping[str, float | None] | None = None,
+        evidence: tuple[Evidence, ...] = (),
+    ) -> None:
         """Weight 0 and the configured order back, at once (idempotent)."""
         if self.state not in ("analysing", "promoted"):
             return
@@ -380,6 +492,7 @@ class CanaryController(Listener):
             signals=dict(signals or {}),
             outcome="ok",
             severity="critical" if was == "promoted" else "warning",
+            details=_details(evidence),
         )
         self._notify()
 
