@@ -195,7 +195,7 @@ def run_once(name: str, workdir: Path) -> Outcome:
                         str(p),
                         str(spec["delay_ms"]),
                         str(spec["error_share"]),
-                    ],  # fmt: skip
+                    ],
                 )
             )
         for p in (stable_port, cand_port):
