@@ -1,8 +1,8 @@
 """Ground truth arriving late: request ids, remembered predictions, and ``POST /-/feedback``.
 
-Every scored request gets a request id: the client's ``x-request-id`` when it is a safe one
-(at most 128 characters of ``[A-Za-z0-9._:-]``), else a generated one; the response carries
-it. After the response, the prediction is remembered under it (bounded by count and age:
+Every scored request gets a request id (:mod:`mlwarden.middleware.request_ids`: the client's
+when safe, else 96 random bits); the response carries it. After the response, the prediction
+is remembered under it (bounded by count and age:
 :class:`~mlwarden.middleware.memory.PredictionMemory`). A batch answer of N predictions is
 remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
 
@@ -17,9 +17,6 @@ time); body size and batch length are capped.
 from __future__ import annotations
 
 import hmac
-import itertools
-import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -31,32 +28,11 @@ from mlwarden.middleware.health_report import LiveQuality
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory
 from mlwarden.middleware.quality import QualitySnapshot, QualityWindow, parse_label
 
-__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult", "RequestIds"]
+__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult"]
 
 #: Predictions of one answer remembered at most (a larger batch is not remembered).
 MAX_REMEMBERED_BATCH = 100
-_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _RESULTS = ("accepted", "unknown", "expired", "duplicate", "invalid")
-
-
-class RequestIds:
-    """The id of each scored request: the client's when safe, else ``<run prefix>-<seq>``."""
-
-    __slots__ = ("_counter", "_prefix", "header")
-
-    def __init__(self, header: str) -> None:
-        self.header = header.lower().encode("latin-1")
-        self._prefix = os.urandom(6).hex().encode() + b"-"
-        self._counter = itertools.count(1)
-
-    def for_request(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-        wanted = self.header
-        for name, value in headers:
-            if name == wanted:
-                if _SAFE_ID.fullmatch(value):
-                    return value
-                break  # unsafe (too long, odd characters): not echoed, not remembered
-        return self._prefix + b"%x" % next(self._counter)
 
 
 class FeedbackResult(dict[str, int]):

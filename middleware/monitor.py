@@ -28,13 +28,14 @@ from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.evaluation import DriftWorker
 from mlwarden.middleware.exchange import Exchange
 from mlwarden.middleware.features import FeatureWindows
-from mlwarden.middleware.feedback import Feedback, RequestIds
+from mlwarden.middleware.feedback import Feedback
 from mlwarden.middleware.health import HealthWindow, health_report
 from mlwarden.middleware.health_report import HealthReport
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.reading import ExchangeReader
+from mlwarden.middleware.request_ids import RequestIds
 from mlwarden.middleware.routes import RouteLabels
 from mlwarden.middleware.throttle import Throttle
 from mlwarden.middleware.tracing import RequestSpan, RequestTracer

@@ -1,0 +1,124 @@
+"""Ground truth that cannot be poisoned and is timed right (issue 16), over real HTTP.
+
+Real Starlette and FastAPI model servers under uvicorn with the middleware added as a team
+adds it; clients are httpx. Each test is one promise: ids nobody can guess, labels only with
+a credential, label delays and expiry counted from the answer (whatever the scrapes do),
+batch answers remembered whole, the monitor reachable from the app, probabilities scored as
+classes, confidences read where the answer puts them. The sidecar's side (the model's
+operational paths not forwarded) is ``tests/test_operational_paths.py``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mlwarden.middleware import InferenceMonitor
+from mlwarden.middleware import request_ids as request_ids_module
+from mlwarden.middleware.request_ids import ID_BITS, RequestIds
+from tests.servers import serve_app
+
+pytestmark = pytest.mark.floor
+
+TOKEN = "labelling-job-token-0123"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+MV = {"model": "m", "version": "1"}
+
+
+def model(answer: Any = None, **options: Any) -> tuple[Starlette, CollectorRegistry]:
+    """A model server answering ``answer(payload)`` (default: the payload's ``p`` as a
+    probability-like number), with the middleware; its own registry."""
+    registry = CollectorRegistry()
+
+    async def predict(request: StarletteRequest) -> JSONResponse:
+        payload = await request.json()
+        return JSONResponse(answer(payload) if answer else {"predictions": [payload["p"]]})
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
+    app.add_middleware(
+        InferenceMonitor,
+        model_name="m",
+        model_version="1",
+        registry=registry,
+        **{"feedback_token": TOKEN, **options},
+    )
+    return app, registry
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[httpx.Client]:
+    with serve_app(app) as s, httpx.Client(base_url=s.url, trust_env=False, timeout=10) as c:
+        yield c
+
+
+def label(client: httpx.Client, request_id: str, value: Any) -> dict[str, Any]:
+    r = client.post("/-/feedback", json={"request_id": request_id, "label": value}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# -- request ids ----------------------------------------------------------------------------
+
+
+def test_generated_request_ids_are_96_random_bits_and_a_guessed_neighbour_labels_nothing() -> None:
+    app, registry = model()
+    with served(app) as client:
+        ids = [client.post("/predict", json={"p": 0.5}).headers["x-request-id"] for _ in range(300)]
+        # A client guessing from its own id: the ids next to it, as numbers and as a counter.
+        mine = ids[-1]
+        guesses = [format(int(mine, 16) + d, "024x") for d in (-2, -1, 1, 2)]
+        guesses += [mine[:-1] + c for c in "0123456789abcdef" if c != mine[-1]]
+        result = client.post(
+            "/-/feedback", json=[{"request_id": g, "label": 1} for g in guesses], headers=AUTH
+        ).json()
+    assert all(len(i) == ID_BITS // 4 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+    # No shared prefix (the old ids were one per-process prefix plus a counter): the first
+    # 8 hex digits of 300 random ids are all different but for a 1e-5 chance.
+    assert len({i[:8] for i in ids}) == len(ids)
+    # Each hex digit is used about as often as the others in every position.
+    for position in (0, 11, 23):
+        counts = [sum(i[position] == c for i in ids) for c in "0123456789abcdef"]
+        assert max(counts) < 50, (position, counts)  # 300 / 16 = 19 expected; 50 is p < 1e-9
+    assert result["accepted"] == 0 and result["unknown"] == len(guesses)
+    assert registry.get_sample_value("mlwarden_model_quality_samples", MV) == 0
+
+
+def test_each_generated_id_uses_its_own_bits_from_the_os_random_source(monkeypatch) -> None:
+    drawn = []
+
+    def urandom(n: int) -> bytes:
+        block = bytes((len(drawn) * 7 + i) % 256 for i in range(n))
+        drawn.append(block)
+        return block
+
+    monkeypatch.setattr(request_ids_module.os, "urandom", urandom)
+    ids = RequestIds("x-request-id")
+    made = [ids.for_request([]) for _ in range(1025)]
+    assert len(drawn) == 3  # 512 ids a draw
+    whole = binascii.hexlify(b"".join(drawn))
+    assert b"".join(made) == whole[: 24 * 1025]  # every id its own 12 bytes, none reused
+    request_ids_module._discard_after_fork()  # a forked child draws afresh
+    ids.for_request([])
+    assert len(drawn) == 4
+
+
+def test_a_safe_client_id_is_honoured_and_an_unsafe_one_replaced() -> None:
+    app, _ = model()
+    with served(app) as client:
+        kept = client.post("/predict", json={"p": 0.2}, headers={"x-request-id": "order-42"})
+        replaced = client.post("/predict", json={"p": 0.2}, headers={"x-request-id": "a b"})
+        result = label(client, "order-42", 0.25)
+    assert kept.headers["x-request-id"] == "order-42"
+    assert len(replaced.headers["x-request-id"]) == 24
+    assert result["accepted"] == 1
