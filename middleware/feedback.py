@@ -9,9 +9,11 @@ remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
 Labels come later, through ``POST /-/feedback`` (one ``{"request_id": ..., "label": ...}``,
 a list of them, or ``{"labels": [...]}``) or :meth:`Feedback.record`. Each label is joined with
 its prediction and added to the live quality window; unknown, expired, duplicate and invalid
-ids are counted and reported back, never an error that loses the rest of a batch. With a
-token configured the endpoint wants ``Authorization: Bearer <token>`` (compared in constant
-time); body size and batch length are capped.
+ids are counted and reported back, never an error that loses the rest of a batch.
+
+The endpoint wants ``Authorization: Bearer <token>`` (compared in constant time): a wrong or
+missing one is a 401. Without a token configured it refuses every label (403), unless
+anonymous labels were asked for. Body size and batch length are capped.
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ from mlwarden.middleware.health_report import LiveQuality
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory
 from mlwarden.middleware.quality import QualitySnapshot, QualityWindow, parse_label
 
-__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult"]
+__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackRefusal", "FeedbackResult"]
 
 #: Predictions of one answer remembered at most (a larger batch is not remembered).
 MAX_REMEMBERED_BATCH = 100
 _RESULTS = ("accepted", "unknown", "expired", "duplicate", "invalid")
+
+
+class FeedbackRefusal(Exception):
+    """Why a feedback call is refused before its body is read: an HTTP status and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class FeedbackResult(dict[str, int]):
@@ -50,6 +61,8 @@ class Feedback:
     remembered prediction is (a class or a number). ``metrics`` (the middleware's
     :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label counts, the
     delays, and at :meth:`publish` the quality gauges.
+
+    ``token`` guards the endpoint; without one it refuses labels unless ``anonymous``.
     """
 
     def __init__(
@@ -63,11 +76,14 @@ class Feedback:
         window_s: float = 3600.0,
         max_samples: int = 10_000,
         token: str | None = None,
+        anonymous: bool = False,
         max_body_bytes: int = 16 * 2**20,
         max_batch: int = 10_000,
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if token and anonymous:
+            raise ValueError("anonymous: not with a token (choose one)")
         self.model = model
         self.version = version
         self.memory = memory
@@ -77,6 +93,7 @@ class Feedback:
         if task is not None:
             self.window = self._make_window(task)
         self._token = token.encode() if token else None
+        self.anonymous = anonymous
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
         self._clock = clock
@@ -90,7 +107,7 @@ class Feedback:
 
     @classmethod
     def from_options(cls, o: Any, *, metrics: Any = None) -> Feedback:
-        """From the middleware's options."""
+        """From the middleware's options (the token already read from the environment)."""
         return cls(
             model=o.model_name,
             version=o.model_version,
@@ -102,6 +119,7 @@ class Feedback:
             window_s=o.quality_window_s,
             max_samples=o.quality_max_samples,
             token=o.feedback_token,
+            anonymous=o.feedback_anonymous,
             max_body_bytes=o.feedback_max_body_bytes,
             max_batch=o.feedback_max_batch,
             metrics=metrics,
@@ -155,13 +173,29 @@ class Feedback:
 
     # -- labels ---------------------------------------------------------------------------
 
-    def authorized(self, authorization: str | None) -> bool:
+    @property
+    def has_token(self) -> bool:
+        """A token guards the endpoint."""
+        return self._token is not None
+
+    def refusal(self, authorization: str | None) -> FeedbackRefusal | None:
+        """Why a call with this ``Authorization`` header is refused (None: it is not).
+
+        403 without a token configured (and anonymous labels not asked for), 401 for a
+        missing or wrong bearer token (compared in constant time).
+        """
         if self._token is None:
-            return True
+            if self.anonymous:
+                return None
+            return FeedbackRefusal(
+                403,
+                "labels refused: no feedback token configured (set feedback_token or "
+                "MLWARDEN_FEEDBACK_TOKEN)",
+            )
         scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self._token
-        )
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):
+            return None
+        return FeedbackRefusal(401, "missing or wrong bearer token")
 
     def parse(self, body: bytes) -> list[Any]:
         """The label entries of a feedback body; ValueError with a message for the client."""

@@ -143,7 +143,9 @@ class InferenceMonitor:
                     )
                 else:
                     self._feedback_path = o.feedback_path
-                    self._serve_feedback = FeedbackEndpoint(self.feedback, before=self.drain)
+                    self._serve_feedback = FeedbackEndpoint(
+                        self.feedback, path=o.feedback_path, before=self.drain
+                    )
         # Bound once: the request path and drain() call it without a lookup on the reader.
         self._read_exchange = ExchangeReader(
             o,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +24,9 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mlwarden.middleware import InferenceMonitor
+from mlwarden.middleware import ConfigError, InferenceMonitor
 from mlwarden.middleware import request_ids as request_ids_module
+from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.request_ids import ID_BITS, RequestIds
 from tests.servers import serve_app
 
@@ -59,6 +61,13 @@ def model(answer: Any = None, **options: Any) -> tuple[Starlette, CollectorRegis
 def served(app: Any) -> Iterator[httpx.Client]:
     with serve_app(app) as s, httpx.Client(base_url=s.url, trust_env=False, timeout=10) as c:
         yield c
+
+
+def monitor_of(app: Starlette) -> InferenceMonitor:
+    node = app.middleware_stack
+    while not isinstance(node, InferenceMonitor):
+        node = node.app  # type: ignore[union-attr]
+    return node
 
 
 def label(client: httpx.Client, request_id: str, value: Any) -> dict[str, Any]:
@@ -122,3 +131,74 @@ def test_a_safe_client_id_is_honoured_and_an_unsafe_one_replaced() -> None:
     assert kept.headers["x-request-id"] == "order-42"
     assert len(replaced.headers["x-request-id"]) == 24
     assert result["accepted"] == 1
+
+
+# -- the credential ---------------------------------------------------------------------------
+
+
+def test_without_a_token_the_endpoint_refuses_labels_but_record_labels_works(
+    monkeypatch, caplog
+) -> None:
+    monkeypatch.delenv("MLWARDEN_FEEDBACK_TOKEN", raising=False)
+    app, _ = model(feedback_token=None)
+    with caplog.at_level(logging.INFO, logger="mlwarden.middleware"), served(app) as client:
+        rid = client.post("/predict", json={"p": 0.9}).headers["x-request-id"]
+        refused = client.post(
+            "/-/feedback", json={"request_id": rid, "label": 1}, headers={"authorization": "x"}
+        )
+        result = monitor_of(app).record_labels([{"request_id": rid, "label": 1}])
+    assert refused.status_code == 403
+    assert "feedback_token" in refused.json()["error"]
+    assert "MLWARDEN_FEEDBACK_TOKEN" in refused.json()["error"]
+    assert result["accepted"] == 1
+    assert any("refuses labels until a token is set" in r.message for r in caplog.records)
+
+
+def test_the_token_can_come_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("MLWARDEN_FEEDBACK_TOKEN", "from-the-environment-0123")
+    app, _ = model(feedback_token=None)
+    with served(app) as client:
+        rid = client.post("/predict", json={"p": 0.9}).headers["x-request-id"]
+        entry = {"request_id": rid, "label": 1}
+        missing = client.post("/-/feedback", json=entry)
+        wrong = client.post("/-/feedback", json=entry, headers=AUTH)
+        right = client.post(
+            "/-/feedback",
+            json=entry,
+            headers={"authorization": "Bearer from-the-environment-0123"},
+        )
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert right.json()["accepted"] == 1
+
+
+def test_anonymous_labels_only_when_spelled_out_and_warned_at_start_up(monkeypatch, caplog) -> None:
+    monkeypatch.delenv("MLWARDEN_FEEDBACK_TOKEN", raising=False)
+    app, _ = model(feedback_token=None, feedback_anonymous=True)
+    with caplog.at_level(logging.WARNING, logger="mlwarden.middleware"), served(app) as client:
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        rid = client.post("/predict", json={"p": 0.9}).headers["x-request-id"]
+        result = client.post("/-/feedback", json={"request_id": rid, "label": 1}).json()
+    assert result["accepted"] == 1
+    assert any("without a token (feedback_anonymous=True)" in r.message for r in warned)
+
+
+@pytest.mark.parametrize(
+    ("options", "environ", "problem"),
+    [
+        ({}, {"MLWARDEN_FEEDBACK_TOKEN": "short"}, "MLWARDEN_FEEDBACK_TOKEN: at least 16"),
+        ({"feedback_token": "t" * 16, "feedback_anonymous": True}, {}, "feedback_anonymous:"),
+        (
+            {"feedback_anonymous": True},
+            {"MLWARDEN_FEEDBACK_TOKEN": "t" * 16},
+            "feedback_anonymous: not with a feedback token (MLWARDEN_FEEDBACK_TOKEN is set)",
+        ),
+        ({"feedback_anonymous": "yes"}, {}, "feedback_anonymous: expected true or false"),
+    ],
+)
+def test_ambiguous_or_bad_credential_options_are_named(
+    options: dict[str, Any], environ: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        MonitorOptions.from_kwargs({"model_name": "m", **options}, environ=environ)
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
