@@ -1,10 +1,11 @@
-"""Ground truth arriving late: request ids, remembered predictions, and ``POST /-/feedback``.
+"""Ground truth arriving late: remembered predictions, labels, and ``POST /-/feedback``.
 
 Every scored request gets a request id (:mod:`mlwarden.middleware.request_ids`: the client's
-when safe, else 96 random bits); the response carries it. After the response, the prediction
-is remembered under it (bounded by count and age:
+when safe, else 96 random bits); the response carries it. After the response, its predictions
+are remembered under it with the time the response ended (bounded by count and age:
 :class:`~mlwarden.middleware.memory.PredictionMemory`). A batch answer of N predictions is
-remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
+remembered as ``<id>#0`` … ``<id>#N-1`` (N is at most ``max_rows``: the answer's reader reads
+no more).
 
 Labels come later, through ``POST /-/feedback`` (one ``{"request_id": ..., "label": ...}``,
 a list of them, or ``{"labels": [...]}``) or :meth:`Feedback.record`. Each label is joined with
@@ -30,10 +31,8 @@ from mlwarden.middleware.health_report import LiveQuality
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory
 from mlwarden.middleware.quality import QualitySnapshot, QualityWindow, parse_label
 
-__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackRefusal", "FeedbackResult"]
+__all__ = ["Feedback", "FeedbackRefusal", "FeedbackResult"]
 
-#: Predictions of one answer remembered at most (a larger batch is not remembered).
-MAX_REMEMBERED_BATCH = 100
 _RESULTS = ("accepted", "unknown", "expired", "duplicate", "invalid")
 
 
@@ -60,7 +59,8 @@ class Feedback:
     The window's task (classification or regression) is ``task``, or else what the first
     remembered prediction is (a class or a number). ``metrics`` (the middleware's
     :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label counts, the
-    delays, and at :meth:`publish` the quality gauges.
+    delays, and at :meth:`publish` the quality gauges. ``clock`` is the memory's (monotonic
+    seconds).
 
     ``token`` guards the endpoint; without one it refuses labels unless ``anonymous``.
     """
@@ -128,38 +128,43 @@ class Feedback:
     # -- remembering (after the response, off the request path) -------------------------------
 
     def remember(
-        self, request_id: bytes, classes: list[str], values: list[float], confidences: list[float]
+        self,
+        request_id: bytes,
+        classes: list[str],
+        values: list[float],
+        confidences: list[float],
+        *,
+        ended: float | None = None,
     ) -> int:
         """Remember an answer's predictions; how many were remembered.
 
-        Ids are kept as the header's bytes (a label's id is encoded to look one up): no
-        decoding per request.
+        ``ended`` is when the response ended, a :func:`time.perf_counter` reading (None: now):
+        the predictions' age and their labels' delay count from it, however late they are
+        remembered. Classes are remembered when the answer has them, else numbers. Ids are
+        kept as the header's bytes (a label's id is encoded to look one up): no decoding per
+        request.
         """
-        predictions: list[str] | list[float] = classes or values
-        n = len(predictions)
-        if n == 1 and self.window is not None:  # the common case, kept short
-            self.memory.remember(
-                request_id, predictions[0], confidences[0] if confidences else None, self.version
-            )
-            return 1
-        if not n or n > MAX_REMEMBERED_BATCH:
+        predictions: list[str] | list[float]
+        if classes:
+            predictions = classes
+        elif values:
+            predictions = values
+        else:
             return 0
         if self.window is None:
             self.window = self._make_window("classification" if classes else "regression")
-        version = self.version
-        if n == 1:
-            self.memory.remember(
-                request_id, predictions[0], confidences[0] if confidences else None, version
-            )
-            return 1
+        at = None if ended is None else self._clock() - (time.perf_counter() - ended)
+        remember, version = self.memory.remember, self.version
+        n = len(predictions)
         with_conf = len(confidences) == n
+        if n == 1:
+            remember(request_id, predictions[0], confidences[0] if with_conf else None, version, at)
+            return 1
         for i, prediction in enumerate(predictions):
-            self.memory.remember(
-                b"%s#%d" % (request_id, i),
-                prediction,
-                confidences[i] if with_conf else None,
-                version,
-            )
+            remember(
+                b"%s#%d" % (request_id, i), prediction, confidences[i] if with_conf else None,
+                version, at,
+            )  # fmt: skip
         return n
 
     def _make_window(self, task: str) -> QualityWindow:
@@ -250,6 +255,7 @@ class Feedback:
         try:
             window.add(taken.prediction, label, taken.confidence, taken.delay_s)
         except (PayloadError, ValueError):
+            self.memory.untake(key)  # the prediction waits for a label that can be scored
             return "invalid"
         if self._metrics is not None:
             self._m_delay.observe(taken.delay_s)

@@ -247,7 +247,9 @@ class InferenceMonitor:
         duration_child, ttfb_child, exceptions_child = self._children_for(
             route, method, status_class
         )
-        end = ex.last_byte or end
+        if ex.last_byte is None:  # no last body message: the response ended when the app did
+            ex.last_byte = end
+        end = ex.last_byte
         trace_id = span.trace_id if span is not None else None
         exemplar = {"trace_id": trace_id} if trace_id else None
         duration_child.observe(end - ex.start, exemplar)

@@ -13,6 +13,9 @@ from __future__ import annotations
 import binascii
 import contextlib
 import logging
+import random
+import statistics
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,3 +205,77 @@ def test_ambiguous_or_bad_credential_options_are_named(
     with pytest.raises(ConfigError) as caught:
         MonitorOptions.from_kwargs({"model_name": "m", **options}, environ=environ)
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+def test_label_delays_count_from_the_answer_whatever_the_scrape_timing() -> None:
+    """Predictions, scrapes and labels interleaved on one timeline, the scrapes at random
+    times: the delay histogram's mean and the health report's median match what the client
+    measured within 10 %."""
+    rng = random.Random(16)
+    app, registry = model()
+    events: list[tuple[float, str, int]] = []
+    n = 24
+    for i in range(n):
+        at = 0.03 * i
+        events.append((at, "predict", i))
+        events.append((at + rng.uniform(0.8, 1.5), "label", i))  # after every prediction
+    events += [(rng.uniform(0, 2.2), "scrape", -1) for _ in range(6)]
+    events.sort()
+    answered: dict[int, float] = {}
+    ids: dict[int, str] = {}
+    measured = []
+    with served(app) as client:
+        start = time.monotonic()
+        for at, kind, i in events:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            if kind == "predict":
+                ids[i] = client.post("/predict", json={"p": 0.7}).headers["x-request-id"]
+                answered[i] = time.monotonic()
+            elif kind == "label":
+                measured.append(time.monotonic() - answered[i])
+                assert label(client, ids[i], 1)["accepted"] == 1
+            else:
+                client.get("/metrics")
+        quality = client.get("/-/health").json()["quality"]
+    count = registry.get_sample_value("mlwarden_label_delay_seconds_count", MV)
+    total = registry.get_sample_value("mlwarden_label_delay_seconds_sum", MV)
+    assert count == n
+    assert total / n == pytest.approx(statistics.mean(measured), rel=0.10)
+    ordered = sorted(measured)
+    assert quality["delay_p50_s"] == pytest.approx(ordered[n // 2 - 1], rel=0.10)
+
+
+def test_a_label_after_remember_max_age_s_is_expired_whatever_the_scrape_timing() -> None:
+    app, _ = model(remember_max_age_s=0.5)
+    with served(app) as client:
+        old = client.post("/predict", json={"p": 0.7}).headers["x-request-id"]
+        old_scraped = client.post("/predict", json={"p": 0.7}).headers["x-request-id"]
+        time.sleep(0.3)
+        client.get("/metrics")  # a scrape between prediction and label changes nothing
+        time.sleep(0.35)
+        fresh = client.post("/predict", json={"p": 0.7}).headers["x-request-id"]
+        outcomes = [label(client, rid, 1) for rid in (old, old_scraped, fresh)]
+    assert [o["expired"] for o in outcomes] == [1, 1, 0]
+    assert outcomes[2]["accepted"] == 1
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+def test_a_batch_answer_is_remembered_whole_up_to_max_rows() -> None:
+    def answer(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"predictions": [0.25] * payload["n"]}
+
+    app, registry = model(answer, max_rows=3_000)
+    with served(app) as client:
+        big = client.post("/predict", json={"n": 2_500}).headers["x-request-id"]
+        over = client.post("/predict", json={"n": 3_500}).headers["x-request-id"]
+        entries = [{"request_id": f"{big}#{k}", "label": 0.5} for k in range(2_500)]
+        entries += [{"request_id": f"{over}#{k}", "label": 0.5} for k in (0, 2_999, 3_000)]
+        result = client.post("/-/feedback", json=entries, headers=AUTH).json()
+    # The answer's reader reads max_rows predictions; those are remembered, no more.
+    assert result["accepted"] == 2_502 and result["unknown"] == 1
+    assert registry.get_sample_value("mlwarden_model_quality_samples", MV) == 2_502

@@ -460,6 +460,33 @@ def test_predictions_older_than_max_age_expire() -> None:
     assert (len(memory), memory.pending, memory.replaced) == (1, 0, 0)
 
 
+def test_a_prediction_remembered_late_counts_its_age_and_delay_from_its_own_time() -> None:
+    """The middleware remembers in batches, after the answers: ``at`` is when each was
+    answered, so a record may sit behind a younger one; it still expires by its own age."""
+    clock = FakeClock()
+    memory = PredictionMemory(max_age_s=10, clock=clock)
+    memory.remember("young", "a", None, "v1", at=clock.now - 1)
+    memory.remember("answered-first", "a", None, "v1", at=clock.now - 8)  # remembered after
+    memory.remember("fresh", "a", None, "v1", at=clock.now - 8)
+    clock.now += 3  # "answered-first" and "fresh" are 11 s old, "young" 4 s
+    assert memory.take("answered-first") is LabelStatus.EXPIRED
+    got = memory.take("young")
+    assert isinstance(got, Remembered) and got.delay_s == 4 and got.remembered_at == 999.0
+    assert memory.take("fresh") is LabelStatus.EXPIRED  # asked twice: still expired
+    assert memory.take("fresh") is LabelStatus.EXPIRED
+    assert memory.labelled == 1
+
+
+def test_untake_puts_a_prediction_back_for_a_label_that_can_be_scored() -> None:
+    memory = PredictionMemory(clock=FakeClock())
+    memory.remember("r1", 0.8, None, "v1")
+    assert isinstance(memory.take("r1"), Remembered)
+    memory.untake("r1")
+    memory.untake("never-seen")  # nothing to undo: nothing happens
+    assert (memory.labelled, memory.pending) == (0, 1)
+    assert isinstance(memory.take("r1"), Remembered)
+
+
 def test_expire_evicts_old_predictions_without_traffic() -> None:
     clock = FakeClock()
     memory = PredictionMemory(max_age_s=10, clock=clock)
