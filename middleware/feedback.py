@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from mlwarden.middleware.decision import DecisionThreshold
 from mlwarden.middleware.errors import PayloadError
 from mlwarden.middleware.health_report import LiveQuality
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory
@@ -57,10 +58,12 @@ class Feedback:
     """Remembered predictions, the quality window of this model version, and the labels.
 
     The window's task (classification or regression) is ``task``, or else what the first
-    remembered prediction is (a class or a number). ``metrics`` (the middleware's
-    :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label counts, the
-    delays, and at :meth:`publish` the quality gauges. ``clock`` is the memory's (monotonic
-    seconds).
+    remembered prediction is (a class or a number). With ``task="classification"`` a numeric
+    prediction is a probability, scored as a class by ``decision_threshold``
+    (:class:`~mlwarden.middleware.decision.DecisionThreshold`). ``metrics`` (the
+    middleware's :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label
+    counts, the delays, and at :meth:`publish` the quality gauges. ``clock`` is the memory's
+    (monotonic seconds).
 
     ``token`` guards the endpoint; without one it refuses labels unless ``anonymous``.
     """
@@ -73,6 +76,7 @@ class Feedback:
         memory: PredictionMemory,
         task: str | None = None,
         positive_class: str | None = None,
+        decision_threshold: float = 0.5,
         window_s: float = 3600.0,
         max_samples: int = 10_000,
         token: str | None = None,
@@ -92,6 +96,12 @@ class Feedback:
         self._window_options = {"window_s": window_s, "max_samples": max_samples, "clock": clock}
         if task is not None:
             self.window = self._make_window(task)
+        #: Numeric predictions of a classifier are probabilities: how they become classes.
+        self.decision: DecisionThreshold | None = (
+            DecisionThreshold(decision_threshold, positive_class)
+            if task == "classification"
+            else None
+        )
         self._token = token.encode() if token else None
         self.anonymous = anonymous
         self.max_body_bytes = max_body_bytes
@@ -116,6 +126,7 @@ class Feedback:
             ),
             task=o.quality_task,
             positive_class=o.positive_class,
+            decision_threshold=o.decision_threshold,
             window_s=o.quality_window_s,
             max_samples=o.quality_max_samples,
             token=o.feedback_token,
@@ -140,15 +151,18 @@ class Feedback:
 
         ``ended`` is when the response ended, a :func:`time.perf_counter` reading (None: now):
         the predictions' age and their labels' delay count from it, however late they are
-        remembered. Classes are remembered when the answer has them, else numbers. Ids are
-        kept as the header's bytes (a label's id is encoded to look one up): no decoding per
-        request.
+        remembered. Classes are remembered when the answer has them, else numbers; a
+        classifier's answer of confidences only (``{"probability": 0.83}``) is remembered as
+        those probabilities. Ids are kept as the header's bytes (a label's id is encoded to
+        look one up): no decoding per request.
         """
         predictions: list[str] | list[float]
         if classes:
             predictions = classes
         elif values:
             predictions = values
+        elif confidences and self.decision is not None:
+            predictions, confidences = confidences, []
         else:
             return 0
         if self.window is None:
@@ -252,8 +266,15 @@ class Feedback:
         if isinstance(taken, LabelStatus):
             return taken.value  # unknown, expired, duplicate
         assert window is not None  # made with the first remembered prediction
+        prediction, confidence = taken.prediction, taken.confidence
+        decision = self.decision
         try:
-            window.add(taken.prediction, label, taken.confidence, taken.delay_s)
+            if decision is not None and prediction.__class__ is float:
+                prediction, confidence = decision.predicted(prediction)  # type: ignore[arg-type]
+                label = decision.truth(label)
+                if window.positive_class is None:  # F1 of a probability is the positive's
+                    window.positive_class = decision.positive
+            window.add(prediction, label, confidence, taken.delay_s)
         except (PayloadError, ValueError):
             self.memory.untake(key)  # the prediction waits for a label that can be scored
             return "invalid"

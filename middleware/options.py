@@ -50,7 +50,7 @@ class MonitorOptions:
     # Reading payloads and predictions.
     feature_extractor: Callable[[Any], Any] | None = None
     prediction_path: str | Callable[[Any], Any] | None = None
-    confidence_path: str | None = None
+    confidence_path: str | Callable[[Any], Any] | None = None
     prediction_classes: tuple[str, ...] = ()
     prediction_buckets: tuple[float, ...] = PREDICTION_BUCKETS
     max_body_bytes: int = 4 * _MiB
@@ -86,6 +86,7 @@ class MonitorOptions:
     feedback_max_batch: int = 10_000
     quality_task: str | None = None  # "classification" | "regression"; None: from the answers
     positive_class: str | None = None  # None: F1 etc. macro-averaged over the classes seen
+    decision_threshold: float = 0.5  # classification: a probability >= it predicts positive
     quality_window_s: float = 3600.0
     quality_max_samples: int = 10_000
     remember_max_predictions: int = 100_000
@@ -123,6 +124,11 @@ class MonitorOptions:
                     problems.extend(exc.problems)
                     values.pop(key)
         _feedback_credential(values, environ, problems)
+        if "decision_threshold" in options and options.get("quality_task") != "classification":
+            problems.append(
+                "decision_threshold: only with quality_task='classification' (a probability "
+                "output is scored as a regression otherwise)"
+            )
         for key in (
             "endpoint_suffixes",
             "endpoint_paths",
@@ -169,10 +175,12 @@ class MonitorOptions:
                 f"{self.prediction_path!r}"
             )
         if self.confidence_path is not None and not (
-            isinstance(self.confidence_path, str) and self.confidence_path
+            callable(self.confidence_path)
+            or (isinstance(self.confidence_path, str) and self.confidence_path)
         ):
             problems.append(
-                f"confidence_path: expected a dotted path, got {self.confidence_path!r}"
+                f"confidence_path: expected a dotted path or a callable, got "
+                f"{self.confidence_path!r}"
             )
         classes = self.prediction_classes
         if not isinstance(classes, tuple) or not all(isinstance(c, str) for c in classes):
@@ -236,6 +244,16 @@ class MonitorOptions:
             problems.append(
                 "feedback_anonymous: not with a feedback token (a token is wanted, or labels "
                 "are anonymous: choose one)"
+            )
+        threshold = self.decision_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 < threshold < 1
+        ):
+            problems.append(
+                f"decision_threshold: expected a probability between 0 and 1 (exclusive), "
+                f"got {threshold!r}"
             )
         _check_positive("drift_interval_s", self.drift_interval_s, problems)
         if self.window_seconds is not None:

@@ -11,6 +11,7 @@ operational paths not forwarded) is ``tests/test_operational_paths.py``.
 from __future__ import annotations
 
 import binascii
+import bisect
 import contextlib
 import logging
 import random
@@ -197,9 +198,15 @@ def test_anonymous_labels_only_when_spelled_out_and_warned_at_start_up(monkeypat
             "feedback_anonymous: not with a feedback token (MLWARDEN_FEEDBACK_TOKEN is set)",
         ),
         ({"feedback_anonymous": "yes"}, {}, "feedback_anonymous: expected true or false"),
+        ({"decision_threshold": 0.7}, {}, "decision_threshold: only with quality_task"),
+        (
+            {"quality_task": "classification", "decision_threshold": 1.0},
+            {},
+            "decision_threshold: expected a probability between 0 and 1",
+        ),
     ],
 )
-def test_ambiguous_or_bad_credential_options_are_named(
+def test_ambiguous_or_bad_ground_truth_options_are_named(
     options: dict[str, Any], environ: dict[str, str], problem: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -279,3 +286,73 @@ def test_a_batch_answer_is_remembered_whole_up_to_max_rows() -> None:
     # The answer's reader reads max_rows predictions; those are remembered, no more.
     assert result["accepted"] == 2_502 and result["unknown"] == 1
     assert registry.get_sample_value("mlwarden_model_quality_samples", MV) == 2_502
+
+
+# -- probabilities as classes, confidences where the answer puts them -------------------------
+
+
+def test_probability_outputs_are_classes_by_the_decision_threshold_and_keep_calibration() -> None:
+    rng = random.Random(7)
+    truths = {i: rng.choice(["churned", "stayed"]) for i in range(200)}
+    probs = {i: round(rng.uniform(0.55, 1.0) if truths[i] == "churned" else rng.uniform(0, 0.8), 3)
+             for i in truths}  # fmt: skip
+    app, registry = model(
+        quality_task="classification", positive_class="churned", decision_threshold=0.6
+    )
+    with served(app) as client:
+        ids = {i: client.post("/predict", json={"p": probs[i]}).headers["x-request-id"]
+               for i in truths}  # fmt: skip
+        entries = [{"request_id": ids[i], "label": truths[i]} for i in truths]
+        result = client.post("/-/feedback", json=entries, headers=AUTH).json()
+        quality = client.get("/-/health").json()["quality"]
+    predicted = {i: "churned" if probs[i] >= 0.6 else "stayed" for i in truths}
+    tp = sum(predicted[i] == truths[i] == "churned" for i in truths)
+    p = sum(predicted[i] == "churned" for i in truths)
+    t = sum(truths[i] == "churned" for i in truths)
+    accuracy = sum(predicted[i] == truths[i] for i in truths) / len(truths)
+    # Expected calibration error over the top-label confidences (p or 1 - p), 10 bins.
+    # Bins (k/10, (k+1)/10], a confidence of 0 in the first.
+    bins: dict[int, list[tuple[float, bool]]] = {}
+    edges = [k / 10 for k in range(11)]
+    for i in truths:
+        confidence = probs[i] if predicted[i] == "churned" else 1 - probs[i]
+        b = min(9, max(0, bisect.bisect_left(edges, confidence) - 1))
+        bins.setdefault(b, []).append((confidence, predicted[i] == truths[i]))
+    ece = sum(abs(sum(c for c, _ in v) - sum(ok for _, ok in v)) for v in bins.values()) / len(
+        truths
+    )
+    assert result["accepted"] == 200 and quality["task"] == "classification"
+    assert quality["accuracy"] == pytest.approx(accuracy)
+    assert quality["f1"] == pytest.approx(2 * tp / (p + t))
+    assert quality["calibration_error"] == pytest.approx(ece, abs=1e-9)
+    assert registry.get_sample_value("mlwarden_model_quality", {**MV, "metric": "f1"}) > 0
+
+
+def test_a_probability_without_positive_class_takes_1_and_0_and_refuses_other_labels() -> None:
+    app, _ = model(
+        answer=lambda payload: [{"probability": payload["p"]}], quality_task="classification"
+    )
+    with served(app) as client:
+        high = client.post("/predict", json={"p": 0.83}).headers["x-request-id"]
+        low = client.post("/predict", json={"p": 0.2}).headers["x-request-id"]
+        refused = label(client, high, "churned")
+        accepted = [label(client, high, True), label(client, low, 0)]
+        quality = client.get("/-/health").json()["quality"]
+    assert refused["invalid"] == 1  # which class is 0.83 the probability of? unknown
+    assert [a["accepted"] for a in accepted] == [1, 1]  # the refused label used nothing up
+    assert quality["accuracy"] == 1.0 and quality["mae"] is None
+
+
+def test_confidences_next_to_the_predictions_and_a_callable_confidence_path_are_read() -> None:
+    def answer(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"predictions": ["churned"], "confidence": [0.9], "extra": {"p": [0.65]}}
+
+    sibling, sibling_registry = model(answer)
+    called, called_registry = model(answer, confidence_path=lambda doc: doc["extra"]["p"])
+    for app in (sibling, called):
+        with served(app) as client:
+            client.post("/predict", json={})
+            client.get("/metrics")
+    for registry, expected in ((sibling_registry, 0.9), (called_registry, 0.65)):
+        assert registry.get_sample_value("mlwarden_prediction_confidence_count", MV) == 1
+        assert registry.get_sample_value("mlwarden_prediction_confidence_sum", MV) == expected

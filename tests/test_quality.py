@@ -10,10 +10,12 @@ import math
 import random
 import tracemalloc
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
+from mlwarden.middleware.decision import DecisionThreshold
 from mlwarden.middleware.errors import ConfigError, PayloadError
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory, Remembered
 from mlwarden.middleware.quality import (
@@ -858,3 +860,41 @@ def test_an_id_back_after_its_record_aged_out_is_new_not_a_replacement() -> None
     )
     taken = memory.take("a")
     assert isinstance(taken, Remembered) and (taken.prediction, taken.delay_s) == ("y", 0.0)
+
+
+# --------------------------------------------------------------------------- decision threshold
+
+
+def test_a_probability_at_the_threshold_predicts_the_positive_class() -> None:
+    decision = DecisionThreshold(0.6, "churned")
+    assert decision.predicted(0.6) == ("churned", 0.6)
+    assert decision.predicted(0.25) == ("not churned", 0.75)
+    assert [decision.truth(x) for x in ("churned", "stayed", 0)] == ["churned"] + [
+        "not churned"
+    ] * 2
+
+
+def test_without_a_positive_class_labels_are_1_and_0() -> None:
+    decision = DecisionThreshold()
+    assert decision.predicted(0.5)[0] == "1" and decision.predicted(0.49)[0] == "0"
+    assert [decision.truth(x) for x in (1, "1", True, "true", 1.0, 0, "false")] == [
+        *["1"] * 5,
+        "0",
+        "0",
+    ]
+    with pytest.raises(PayloadError) as caught:
+        decision.truth("churned")
+    assert caught.value.reason == "label_not_binary" and "positive_class" in str(caught.value)
+
+
+@pytest.mark.parametrize("probability", [-0.1, 1.5, float("nan")])
+def test_a_number_outside_0_1_is_not_a_probability(probability: float) -> None:
+    with pytest.raises(PayloadError) as caught:
+        DecisionThreshold().predicted(probability)
+    assert caught.value.reason == "prediction_invalid"
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 1.5, True, "0.5"])
+def test_a_threshold_outside_0_1_is_refused(threshold: Any) -> None:
+    with pytest.raises(ValueError, match="decision_threshold"):
+        DecisionThreshold(threshold)
