@@ -66,6 +66,8 @@ class InferenceMonitor:
     Invalid options never raise here (Starlette builds middleware lazily, inside the server's
     lifespan, where an exception would be mistaken for "lifespan unsupported"): they fail the
     lifespan start-up with a message naming each problem, and are raised on any request.
+    Once the app has started, the instance is ``app.state.mlwarden_monitor`` and
+    :func:`~mlwarden.middleware.lookup.find_monitor` finds it.
     """
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
@@ -330,6 +332,8 @@ class InferenceMonitor:
     def record_labels(self, entries: Any) -> dict[str, int]:
         """Labels from Python (a batch job joining them): ``[{"request_id", "label"}, ...]``;
         counts of accepted, unknown, expired, duplicate and invalid, as the endpoint answers."""
+        if self.startup_error is not None:
+            raise self.startup_error
         if self.feedback is None:
             raise RuntimeError(
                 "request ids are off (request_id_header=None): no predictions "
@@ -356,6 +360,10 @@ class InferenceMonitor:
     # -- lifespan and background tasks ----------------------------------------------------------
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A handle for the app's code, set before its start-up runs (the outermost monitor's).
+        state = getattr(scope.get("app"), "state", None)
+        if state is not None and not hasattr(state, "mlwarden_monitor"):
+            state.mlwarden_monitor = self
         if self.startup_error is not None:
             message = await receive()
             if message["type"] == "lifespan.startup":

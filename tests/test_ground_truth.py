@@ -22,13 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mlwarden.middleware import ConfigError, InferenceMonitor
+from mlwarden.middleware import ConfigError, InferenceMonitor, find_monitor
 from mlwarden.middleware import request_ids as request_ids_module
 from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.request_ids import ID_BITS, RequestIds
@@ -65,13 +67,6 @@ def model(answer: Any = None, **options: Any) -> tuple[Starlette, CollectorRegis
 def served(app: Any) -> Iterator[httpx.Client]:
     with serve_app(app) as s, httpx.Client(base_url=s.url, trust_env=False, timeout=10) as c:
         yield c
-
-
-def monitor_of(app: Starlette) -> InferenceMonitor:
-    node = app.middleware_stack
-    while not isinstance(node, InferenceMonitor):
-        node = node.app  # type: ignore[union-attr]
-    return node
 
 
 def label(client: httpx.Client, request_id: str, value: Any) -> dict[str, Any]:
@@ -150,7 +145,7 @@ def test_without_a_token_the_endpoint_refuses_labels_but_record_labels_works(
         refused = client.post(
             "/-/feedback", json={"request_id": rid, "label": 1}, headers={"authorization": "x"}
         )
-        result = monitor_of(app).record_labels([{"request_id": rid, "label": 1}])
+        result = find_monitor(app).record_labels([{"request_id": rid, "label": 1}])
     assert refused.status_code == 403
     assert "feedback_token" in refused.json()["error"]
     assert "MLWARDEN_FEEDBACK_TOKEN" in refused.json()["error"]
@@ -286,6 +281,47 @@ def test_a_batch_answer_is_remembered_whole_up_to_max_rows() -> None:
     # The answer's reader reads max_rows predictions; those are remembered, no more.
     assert result["accepted"] == 2_502 and result["unknown"] == 1
     assert registry.get_sample_value("mlwarden_model_quality_samples", MV) == 2_502
+
+
+# -- the monitor from the app -----------------------------------------------------------------
+
+
+def test_find_monitor_and_app_state_reach_the_monitor_added_with_add_middleware() -> None:
+    registry = CollectorRegistry()
+    app = FastAPI()
+    seen: dict[str, Any] = {}
+
+    @app.post("/predict")
+    async def predict(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"predictions": [{"label": "churned", "probability": 0.8}]}
+
+    @app.post("/labels")
+    async def labels(request: Request) -> dict[str, int]:
+        monitor = find_monitor(request.app)
+        seen["state"] = request.app.state.mlwarden_monitor
+        seen["monitor"] = monitor
+        return monitor.record_labels(await request.json())
+
+    app.add_middleware(InferenceMonitor, model_name="m", registry=registry)
+    app.add_middleware(GZipMiddleware)  # one more layer to walk through
+    with pytest.raises(LookupError, match="builds its middleware when it starts"):
+        find_monitor(app)
+    with served(app) as client:
+        rid = client.post("/predict", json={}).headers["x-request-id"]
+        result = client.post("/labels", json=[{"request_id": rid, "label": "churned"}]).json()
+    assert result["accepted"] == 1
+    assert seen["state"] is seen["monitor"] and isinstance(seen["monitor"], InferenceMonitor)
+    with pytest.raises(LookupError, match="for model 'other'"):
+        find_monitor(app, model_name="other")
+
+
+def test_find_monitor_picks_a_model_by_name() -> None:
+    inner = InferenceMonitor(
+        Starlette(), model_name="a", registry=CollectorRegistry(), tracing=False
+    )
+    outer = InferenceMonitor(inner, model_name="b", registry=CollectorRegistry(), tracing=False)
+    assert find_monitor(outer) is outer
+    assert find_monitor(outer, model_name="a") is inner
 
 
 # -- probabilities as classes, confidences where the answer puts them -------------------------
