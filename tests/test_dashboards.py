@@ -250,6 +250,8 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
                 model.post("/boom/predict", json={"instances": batch})
             for _ in range(3):
                 side.post("/predict", content=b'{"x": 1}', headers={"x-user": f"u{i}-{_}"})
+            if i % 10 == 0:  # refused by the sidecar, counted by path
+                side.post("/-/feedback", json=labels)
             time.sleep(0.02)
 
 

@@ -254,10 +254,10 @@ def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
 
 
 def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> None:
-    """Labels sent back through the sidecar (with the model's feedback token) make the
-    primary's accuracy 0.8; the policy
-    ``accuracy < 0.9 and labelled_samples >= 50`` moves traffic to the stable version and the
-    ledger names the accuracy and the sample count that caused it."""
+    """Labels sent back through the sidecar (configured to forward ``/-/feedback``, with the
+    model's feedback token) make the primary's accuracy 0.8; the policy ``accuracy < 0.9 and
+    labelled_samples >= 50`` moves traffic to the stable version and the ledger names the
+    accuracy and the sample count that caused it."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -278,10 +278,11 @@ def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> 
             "when": "accuracy < 0.9 and labelled_samples >= 50",
             "actions": ["route_to_fallback"],
         }
-        with sidecar({"primary": primary.url, "stable": stable.url}, policies=[policy]) as (
-            proxy,
-            client,
-        ):
+        with sidecar(
+            {"primary": primary.url, "stable": stable.url},
+            policies=[policy],
+            routing={"forward_operational_paths": ["/-/feedback"]},
+        ) as (proxy, client):
             ids = {}
             for i in range(100):
                 r = client.post("/predict", json={"i": i})
