@@ -8,8 +8,9 @@ it understands ``{"predictions": [...]}`` (KServe v1, MLflow, TF-serving), ``{"o
 numbers, labels, probability vectors (max → confidence, argmax → class) or objects with keys
 such as ``label``, ``prediction``, ``score``; confidences may also sit next to
 ``predictions`` (``confidences``, ``probabilities``, ``scores``, ...). ``prediction_path`` /
-``confidence_path`` (dotted paths or callables) point elsewhere. A response body is as
-hostile as a request's: bounded by ``max_items``, never recursive.
+``confidence_path`` (dotted paths or callables: :mod:`mlwarden.middleware.answer_paths`)
+point elsewhere. A response body is as hostile as a request's: bounded by ``max_items``,
+never recursive.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlwarden.middleware.answer_paths import compile_source, describe, resolve
 from mlwarden.middleware.bodies import (
     JSON,
     MISSING,
@@ -77,8 +79,6 @@ _SIBLING_CONFIDENCE_KEYS = (
     "scores",
     "score",
 )
-
-_PathPart = tuple[str, int | None]  # the key, and the list index when it is a number
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,42 +223,6 @@ def _label(value: object) -> str:
     return text if len(text) <= _MAX_LABEL else text[:_MAX_LABEL]  # type: ignore[return-value]
 
 
-def _compile_path(path: str, option: str) -> tuple[_PathPart, ...]:
-    parts = path.split(".")
-    if not path or any(not p for p in parts):
-        raise ValueError(f"{option} must be a dotted path like 'result.scores', got {path!r}")
-    return tuple((p, int(p) if p.lstrip("-").isdigit() else None) for p in parts)
-
-
-def _source(
-    path: str | Callable[[Any], Any] | None, option: str
-) -> tuple[_PathPart, ...] | Callable[[Any], Any] | None:
-    """A prediction or confidence source: a compiled dotted path, a callable, or None."""
-    if path is None or callable(path):
-        return path
-    if isinstance(path, str):
-        return _compile_path(path, option)
-    raise ValueError(f"{option} must be a dotted path, a callable or None, got {path!r}")
-
-
-def _follow(document: Any, parts: tuple[_PathPart, ...]) -> Any:
-    """The node at ``parts``, or ``MISSING``; numeric parts index lists (and match dict keys)."""
-    node = document
-    for key, index in parts:
-        if node.__class__ is dict:
-            node = node.get(key, MISSING)
-            if node is MISSING:
-                return MISSING
-        elif node.__class__ is list and index is not None:
-            try:
-                node = node[index]
-            except IndexError:
-                return MISSING
-        else:
-            return MISSING
-    return node
-
-
 class PredictionReader:
     """Reads what a model answered from its response body, for prediction and confidence metrics.
 
@@ -279,21 +243,16 @@ class PredictionReader:
         confidence_path: str | Callable[[Any], Any] | None = None,
         max_items: int = 10_000,
     ) -> None:
-        self._prediction_path = _source(prediction_path, "prediction_path")
-        self._confidence_path = _source(confidence_path, "confidence_path")
+        self._prediction_path = compile_source(prediction_path, "prediction_path")
+        self._confidence_path = compile_source(confidence_path, "confidence_path")
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be a positive int, got {max_items!r}")
         self._max_items = max_items
 
     def __repr__(self) -> str:
-        def show(path: object) -> str:
-            if isinstance(path, tuple):
-                return repr(".".join(key for key, _ in path))
-            return repr(path)
-
         return (
-            f"PredictionReader(prediction_path={show(self._prediction_path)}, "
-            f"confidence_path={show(self._confidence_path)}, max_items={self._max_items})"
+            f"PredictionReader(prediction_path={describe(self._prediction_path)}, "
+            f"confidence_path={describe(self._confidence_path)}, max_items={self._max_items})"
         )
 
     def read(self, body: bytes, content_type: str | None) -> Predictions:
@@ -314,39 +273,16 @@ class PredictionReader:
         if self._prediction_path is None:
             self._read_default(document, found)
         else:
-            self._read_items(self._at(document, self._prediction_path, "prediction_path"), found)
+            node = resolve(document, self._prediction_path, missing="prediction_path")
+            self._read_items(node, found)
         if self._confidence_path is not None:
             found.confidences = []
-            node = self._at(document, self._confidence_path, None)
+            node = resolve(document, self._confidence_path)
             if node is not MISSING:
                 self._read_confidences(node, found)
         if not (found.values or found.classes or found.confidences):
             raise payload_error("no_predictions", "nothing readable as a prediction")
         return Predictions(found.values, found.classes, found.confidences)
-
-    def _at(
-        self, document: Any, path: tuple[_PathPart, ...] | Callable[[Any], Any], missing: str | None
-    ) -> Any:
-        """The node a path or callable points at; MISSING (or, with ``missing``, the error
-        naming that option) when a path is not in the document."""
-        if callable(path):
-            try:
-                node = path(document)
-            except Exception as exc:
-                raise payload_error("reader_error", f"{type(exc).__name__}: {exc}") from exc
-            tolist = getattr(node, "tolist", None)
-            if callable(tolist) and not isinstance(node, list):  # a numpy array
-                try:
-                    node = tolist()
-                except Exception as exc:
-                    raise payload_error("reader_error", f"{type(exc).__name__}: {exc}") from exc
-            elif isinstance(node, tuple):
-                node = list(node)
-            return node
-        node = _follow(document, path)
-        if node is MISSING and missing is not None:
-            raise payload_error("no_predictions", f"{missing} not found in the response")
-        return node
 
     def _read_default(self, document: Any, found: _Collector) -> None:
         if document.__class__ is dict:
