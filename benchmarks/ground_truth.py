@@ -59,8 +59,9 @@ def remember_ns(items: int, calls: int, repeats: int) -> float:
 def request_path_ns(items: int, calls: int, repeats: int) -> float:
     """Median ns per request of what the feature adds: id, response header, remembering."""
     from mlwarden.middleware.exchange import Exchange
-    from mlwarden.middleware.feedback import Feedback, RequestIds
+    from mlwarden.middleware.feedback import Feedback
     from mlwarden.middleware.memory import PredictionMemory
+    from mlwarden.middleware.request_ids import RequestIds
 
     headers = [
         (b"host", b"model:8000"),

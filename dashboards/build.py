@@ -503,6 +503,19 @@ def sidecar_panels() -> list[Panel]:
             ],
         ),
         Panel(
+            "Operational paths refused",
+            "reqps",
+            "Client requests for the model's /metrics, /-/health, /-/feedback or other /-/ "
+            "paths, answered 404 by the sidecar instead of forwarded (a client probing them, "
+            "or one that should be configured in routing.forward_operational_paths).",
+            [
+                (
+                    f"sum by (path) (rate(mlwarden_proxy_paths_refused_total[{RI}]))",
+                    "{{path}}",
+                )
+            ],
+        ),
+        Panel(
             "Health checks by result",
             "short",
             "Health probes per second, by result.",

@@ -9,6 +9,7 @@ serves at construction: the registry, the health report, the feedback; the monit
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -24,6 +25,10 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+_CHALLENGE = ((b"www-authenticate", b"Bearer"),)
+
+log = logging.getLogger("mlwarden.middleware")
 
 
 class MetricsEndpoint:
@@ -57,19 +62,42 @@ class HealthEndpoint:
 
 
 class FeedbackEndpoint:
-    """``POST /-/feedback``: labels joined with remembered predictions, counts answered."""
+    """``POST /-/feedback``: labels joined with remembered predictions, counts answered.
+
+    The credential is checked before the body is read: 401 (with ``WWW-Authenticate:
+    Bearer``) for a missing or wrong token, 403 when no token is configured.
+    """
 
     __slots__ = ("_before", "_feedback")
 
-    def __init__(self, feedback: Feedback, *, before: Callable[[], None]) -> None:
+    def __init__(self, feedback: Feedback, *, path: str, before: Callable[[], None]) -> None:
         self._feedback = feedback
         self._before = before
+        # Built at start-up: say who may post labels (anonymous labelling is a warning).
+        if feedback.anonymous:
+            log.warning(
+                "mlwarden: POST %s accepts labels without a token (feedback_anonymous=True): "
+                "anyone who can reach it can label this model's predictions",
+                path,
+            )
+        elif not feedback.has_token:
+            log.info(
+                "mlwarden: POST %s refuses labels until a token is set (feedback_token or "
+                "MLWARDEN_FEEDBACK_TOKEN); record_labels() needs none",
+                path,
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         feedback = self._feedback
-        if not feedback.authorized(header(scope, b"authorization")):
+        refusal = feedback.refusal(header(scope, b"authorization"))
+        if refusal is not None:
             await respond(
-                send, 401, b'{"error":"missing or wrong bearer token"}', b"application/json", "POST"
+                send,
+                refusal.status,
+                json.dumps({"error": refusal.message}).encode(),
+                b"application/json",
+                "POST",
+                _CHALLENGE if refusal.status == 401 else (),
             )
             return
         body, too_large = await _read_body(receive, feedback.max_body_bytes)
@@ -118,7 +146,14 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def respond(send: Send, status: int, body: bytes, content_type: bytes, method: str) -> None:
+async def respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    method: str,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -127,6 +162,7 @@ async def respond(send: Send, status: int, body: bytes, content_type: bytes, met
                 (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),
+                *extra,
             ],
         }
     )

@@ -1,62 +1,49 @@
-"""Ground truth arriving late: request ids, remembered predictions, and ``POST /-/feedback``.
+"""Ground truth arriving late: remembered predictions, labels, and ``POST /-/feedback``.
 
-Every scored request gets a request id: the client's ``x-request-id`` when it is a safe one
-(at most 128 characters of ``[A-Za-z0-9._:-]``), else a generated one; the response carries
-it. After the response, the prediction is remembered under it (bounded by count and age:
+Every scored request gets a request id (:mod:`mlwarden.middleware.request_ids`: the client's
+when safe, else 96 random bits); the response carries it. After the response, its predictions
+are remembered under it with the time the response ended (bounded by count and age:
 :class:`~mlwarden.middleware.memory.PredictionMemory`). A batch answer of N predictions is
-remembered as ``<id>#0`` … ``<id>#N-1`` (up to :data:`MAX_REMEMBERED_BATCH`).
+remembered as ``<id>#0`` … ``<id>#N-1`` (N is at most ``max_rows``: the answer's reader reads
+no more).
 
 Labels come later, through ``POST /-/feedback`` (one ``{"request_id": ..., "label": ...}``,
 a list of them, or ``{"labels": [...]}``) or :meth:`Feedback.record`. Each label is joined with
 its prediction and added to the live quality window; unknown, expired, duplicate and invalid
-ids are counted and reported back, never an error that loses the rest of a batch. With a
-token configured the endpoint wants ``Authorization: Bearer <token>`` (compared in constant
-time); body size and batch length are capped.
+ids are counted and reported back, never an error that loses the rest of a batch.
+
+The endpoint wants ``Authorization: Bearer <token>`` (compared in constant time): a wrong or
+missing one is a 401. Without a token configured it refuses every label (403), unless
+anonymous labels were asked for. Body size and batch length are capped.
 """
 
 from __future__ import annotations
 
 import hmac
-import itertools
-import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from mlwarden.middleware.decision import DecisionThreshold
 from mlwarden.middleware.errors import PayloadError
 from mlwarden.middleware.health_report import LiveQuality
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory
 from mlwarden.middleware.quality import QualitySnapshot, QualityWindow, parse_label
 
-__all__ = ["MAX_REMEMBERED_BATCH", "Feedback", "FeedbackResult", "RequestIds"]
+__all__ = ["Feedback", "FeedbackRefusal", "FeedbackResult"]
 
-#: Predictions of one answer remembered at most (a larger batch is not remembered).
-MAX_REMEMBERED_BATCH = 100
-_SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _RESULTS = ("accepted", "unknown", "expired", "duplicate", "invalid")
 
 
-class RequestIds:
-    """The id of each scored request: the client's when safe, else ``<run prefix>-<seq>``."""
+class FeedbackRefusal(Exception):
+    """Why a feedback call is refused before its body is read: an HTTP status and a message."""
 
-    __slots__ = ("_counter", "_prefix", "header")
-
-    def __init__(self, header: str) -> None:
-        self.header = header.lower().encode("latin-1")
-        self._prefix = os.urandom(6).hex().encode() + b"-"
-        self._counter = itertools.count(1)
-
-    def for_request(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-        wanted = self.header
-        for name, value in headers:
-            if name == wanted:
-                if _SAFE_ID.fullmatch(value):
-                    return value
-                break  # unsafe (too long, odd characters): not echoed, not remembered
-        return self._prefix + b"%x" % next(self._counter)
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class FeedbackResult(dict[str, int]):
@@ -71,9 +58,14 @@ class Feedback:
     """Remembered predictions, the quality window of this model version, and the labels.
 
     The window's task (classification or regression) is ``task``, or else what the first
-    remembered prediction is (a class or a number). ``metrics`` (the middleware's
-    :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label counts, the
-    delays, and at :meth:`publish` the quality gauges.
+    remembered prediction is (a class or a number). With ``task="classification"`` a numeric
+    prediction is a probability, scored as a class by ``decision_threshold``
+    (:class:`~mlwarden.middleware.decision.DecisionThreshold`). ``metrics`` (the
+    middleware's :class:`~mlwarden.middleware.metrics.MonitorMetrics`) receives the label
+    counts, the delays, and at :meth:`publish` the quality gauges. ``clock`` is the memory's
+    (monotonic seconds).
+
+    ``token`` guards the endpoint; without one it refuses labels unless ``anonymous``.
     """
 
     def __init__(
@@ -84,14 +76,18 @@ class Feedback:
         memory: PredictionMemory,
         task: str | None = None,
         positive_class: str | None = None,
+        decision_threshold: float = 0.5,
         window_s: float = 3600.0,
         max_samples: int = 10_000,
         token: str | None = None,
+        anonymous: bool = False,
         max_body_bytes: int = 16 * 2**20,
         max_batch: int = 10_000,
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if token and anonymous:
+            raise ValueError("anonymous: not with a token (choose one)")
         self.model = model
         self.version = version
         self.memory = memory
@@ -100,7 +96,14 @@ class Feedback:
         self._window_options = {"window_s": window_s, "max_samples": max_samples, "clock": clock}
         if task is not None:
             self.window = self._make_window(task)
+        #: Numeric predictions of a classifier are probabilities: how they become classes.
+        self.decision: DecisionThreshold | None = (
+            DecisionThreshold(decision_threshold, positive_class)
+            if task == "classification"
+            else None
+        )
         self._token = token.encode() if token else None
+        self.anonymous = anonymous
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
         self._clock = clock
@@ -114,7 +117,7 @@ class Feedback:
 
     @classmethod
     def from_options(cls, o: Any, *, metrics: Any = None) -> Feedback:
-        """From the middleware's options."""
+        """From the middleware's options (the token already read from the environment)."""
         return cls(
             model=o.model_name,
             version=o.model_version,
@@ -123,9 +126,11 @@ class Feedback:
             ),
             task=o.quality_task,
             positive_class=o.positive_class,
+            decision_threshold=o.decision_threshold,
             window_s=o.quality_window_s,
             max_samples=o.quality_max_samples,
             token=o.feedback_token,
+            anonymous=o.feedback_anonymous,
             max_body_bytes=o.feedback_max_body_bytes,
             max_batch=o.feedback_max_batch,
             metrics=metrics,
@@ -134,38 +139,46 @@ class Feedback:
     # -- remembering (after the response, off the request path) -------------------------------
 
     def remember(
-        self, request_id: bytes, classes: list[str], values: list[float], confidences: list[float]
+        self,
+        request_id: bytes,
+        classes: list[str],
+        values: list[float],
+        confidences: list[float],
+        *,
+        ended: float | None = None,
     ) -> int:
         """Remember an answer's predictions; how many were remembered.
 
-        Ids are kept as the header's bytes (a label's id is encoded to look one up): no
-        decoding per request.
+        ``ended`` is when the response ended, a :func:`time.perf_counter` reading (None: now):
+        the predictions' age and their labels' delay count from it, however late they are
+        remembered. Classes are remembered when the answer has them, else numbers; a
+        classifier's answer of confidences only (``{"probability": 0.83}``) is remembered as
+        those probabilities. Ids are kept as the header's bytes (a label's id is encoded to
+        look one up): no decoding per request.
         """
-        predictions: list[str] | list[float] = classes or values
-        n = len(predictions)
-        if n == 1 and self.window is not None:  # the common case, kept short
-            self.memory.remember(
-                request_id, predictions[0], confidences[0] if confidences else None, self.version
-            )
-            return 1
-        if not n or n > MAX_REMEMBERED_BATCH:
+        predictions: list[str] | list[float]
+        if classes:
+            predictions = classes
+        elif values:
+            predictions = values
+        elif confidences and self.decision is not None:
+            predictions, confidences = confidences, []
+        else:
             return 0
         if self.window is None:
             self.window = self._make_window("classification" if classes else "regression")
-        version = self.version
-        if n == 1:
-            self.memory.remember(
-                request_id, predictions[0], confidences[0] if confidences else None, version
-            )
-            return 1
+        at = None if ended is None else self._clock() - (time.perf_counter() - ended)
+        remember, version = self.memory.remember, self.version
+        n = len(predictions)
         with_conf = len(confidences) == n
+        if n == 1:
+            remember(request_id, predictions[0], confidences[0] if with_conf else None, version, at)
+            return 1
         for i, prediction in enumerate(predictions):
-            self.memory.remember(
-                b"%s#%d" % (request_id, i),
-                prediction,
-                confidences[i] if with_conf else None,
-                version,
-            )
+            remember(
+                b"%s#%d" % (request_id, i), prediction, confidences[i] if with_conf else None,
+                version, at,
+            )  # fmt: skip
         return n
 
     def _make_window(self, task: str) -> QualityWindow:
@@ -179,13 +192,29 @@ class Feedback:
 
     # -- labels ---------------------------------------------------------------------------
 
-    def authorized(self, authorization: str | None) -> bool:
+    @property
+    def has_token(self) -> bool:
+        """A token guards the endpoint."""
+        return self._token is not None
+
+    def refusal(self, authorization: str | None) -> FeedbackRefusal | None:
+        """Why a call with this ``Authorization`` header is refused (None: it is not).
+
+        403 without a token configured (and anonymous labels not asked for), 401 for a
+        missing or wrong bearer token (compared in constant time).
+        """
         if self._token is None:
-            return True
+            if self.anonymous:
+                return None
+            return FeedbackRefusal(
+                403,
+                "labels refused: no feedback token configured (set feedback_token or "
+                "MLWARDEN_FEEDBACK_TOKEN)",
+            )
         scheme, _, given = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self._token
-        )
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token):
+            return None
+        return FeedbackRefusal(401, "missing or wrong bearer token")
 
     def parse(self, body: bytes) -> list[Any]:
         """The label entries of a feedback body; ValueError with a message for the client."""
@@ -237,9 +266,17 @@ class Feedback:
         if isinstance(taken, LabelStatus):
             return taken.value  # unknown, expired, duplicate
         assert window is not None  # made with the first remembered prediction
+        prediction, confidence = taken.prediction, taken.confidence
+        decision = self.decision
         try:
-            window.add(taken.prediction, label, taken.confidence, taken.delay_s)
+            if decision is not None and prediction.__class__ is float:
+                prediction, confidence = decision.predicted(prediction)  # type: ignore[arg-type]
+                label = decision.truth(label)
+                if window.positive_class is None:  # F1 of a probability is the positive's
+                    window.positive_class = decision.positive
+            window.add(prediction, label, confidence, taken.delay_s)
         except (PayloadError, ValueError):
+            self.memory.untake(key)  # the prediction waits for a label that can be scored
             return "invalid"
         if self._metrics is not None:
             self._m_delay.observe(taken.delay_s)

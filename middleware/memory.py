@@ -90,9 +90,14 @@ class PredictionMemory:
 
     The records live column by column in a ring of ``max_items`` slots (ids, predictions and
     versions in lists, times and confidences in float arrays, a labelled flag in a bytearray)
-    plus one dict from id to slot. The ring is filled in arrival order, so the oldest record
-    is always at its head: count eviction reuses the head's slots and age eviction advances
-    the head while it is older than ``max_age_s``, each record at most once (amortised O(1)).
+    plus one dict from id to slot. The ring is filled in the order predictions are remembered,
+    so the first remembered is always at its head: count eviction reuses the head's slots and
+    age eviction advances the head while it is older than ``max_age_s``, each record at most
+    once (amortised O(1)). A prediction's time is its ``at`` (when it was answered: the
+    middleware remembers it later, in batches), so times in the ring may be a little out of
+    order; one remembered after a younger one waits for it to be evicted, and :meth:`take`
+    checks its own age, so that a label is ``expired`` exactly when its prediction is older
+    than ``max_age_s``.
 
     ``remember`` only checks its arguments, reads the clock and appends to a staging list of at
     most 256 predictions (never more than ``max_items``); the staged predictions go into the
@@ -100,7 +105,7 @@ class PredictionMemory:
     ``expire``, ``len``, the counters), with C-level bulk operations: one ``setdefault`` a
     prediction into the index (mapped), slice writes into the columns, the slots they reuse
     evicted together. Every reader therefore sees what remembering them one by one would have
-    left (same records, times, statuses and counters, for a clock that never goes back): a
+    left (same records, times, statuses and counters, for times in the order remembered): a
     staged batch that replaces an id (held, or twice in the batch) or spans more than
     ``max_age_s`` goes in one by one. What is left per prediction is mostly two cache-missing
     dict operations (insert the new id, delete the evicted one). ``benchmarks/ground_truth.py``
@@ -272,11 +277,14 @@ class PredictionMemory:
         prediction: str | float,
         confidence: float | None,
         version: str,
+        at: float | None = None,
     ) -> None:
         """Hold ``prediction`` until a label for ``request_id`` comes (or it is evicted).
 
         ``confidence`` is the model's probability of ``prediction``; None or NaN when unknown.
-        A bad id (unhashable) or confidence raises here, and nothing is remembered.
+        ``at`` is when it was predicted, on the memory's clock (None: now); its age and a
+        label's delay are counted from it. A bad id (unhashable) or confidence raises here,
+        and nothing is remembered.
         """
         if confidence is None:
             confidence = _NAN
@@ -284,7 +292,7 @@ class PredictionMemory:
             confidence = float(confidence)
         hash(request_id)  # raises now rather than in a later flush; cached by str and bytes
         staged = self._staged
-        staged += (request_id, prediction, confidence, version, self._clock())
+        staged += (request_id, prediction, confidence, version, self._clock() if at is None else at)
         if len(staged) >= self._stage_size:
             self._flush()
 
@@ -305,9 +313,11 @@ class PredictionMemory:
             return LabelStatus.DUPLICATE if labelled else LabelStatus.EXPIRED
         if self._labelled[slot]:
             return LabelStatus.DUPLICATE
+        at = self._times[slot]
+        if now - at > self.max_age_s:  # remembered after a younger one: not evicted yet
+            return LabelStatus.EXPIRED
         self._labelled[slot] = 1
         self.labelled += 1
-        at = self._times[slot]
         confidence = self._confidences[slot]
         return Remembered(
             request_id,
@@ -315,8 +325,15 @@ class PredictionMemory:
             None if confidence != confidence else confidence,
             self._versions[slot],  # type: ignore[arg-type]
             at,
-            now - at,
+            now - at if now > at else 0.0,
         )
+
+    def untake(self, request_id: str | bytes) -> None:
+        """Undo :meth:`take` for a label refused after it: the prediction waits again."""
+        slot = self._index.get(request_id)
+        if slot is not None and self._labelled[slot]:
+            self._labelled[slot] = 0
+            self.labelled -= 1
 
     def expire(self) -> None:
         """Evict every record older than ``max_age_s`` now (else done on a flush or take)."""

@@ -28,13 +28,14 @@ from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.evaluation import DriftWorker
 from mlwarden.middleware.exchange import Exchange
 from mlwarden.middleware.features import FeatureWindows
-from mlwarden.middleware.feedback import Feedback, RequestIds
+from mlwarden.middleware.feedback import Feedback
 from mlwarden.middleware.health import HealthWindow, health_report
 from mlwarden.middleware.health_report import HealthReport
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.reading import ExchangeReader
+from mlwarden.middleware.request_ids import RequestIds
 from mlwarden.middleware.routes import RouteLabels
 from mlwarden.middleware.throttle import Throttle
 from mlwarden.middleware.tracing import RequestSpan, RequestTracer
@@ -65,6 +66,8 @@ class InferenceMonitor:
     Invalid options never raise here (Starlette builds middleware lazily, inside the server's
     lifespan, where an exception would be mistaken for "lifespan unsupported"): they fail the
     lifespan start-up with a message naming each problem, and are raised on any request.
+    Once the app has started, the instance is ``app.state.mlwarden_monitor`` and
+    :func:`~mlwarden.middleware.lookup.find_monitor` finds it.
     """
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
@@ -142,7 +145,9 @@ class InferenceMonitor:
                     )
                 else:
                     self._feedback_path = o.feedback_path
-                    self._serve_feedback = FeedbackEndpoint(self.feedback, before=self.drain)
+                    self._serve_feedback = FeedbackEndpoint(
+                        self.feedback, path=o.feedback_path, before=self.drain
+                    )
         # Bound once: the request path and drain() call it without a lookup on the reader.
         self._read_exchange = ExchangeReader(
             o,
@@ -244,7 +249,9 @@ class InferenceMonitor:
         duration_child, ttfb_child, exceptions_child = self._children_for(
             route, method, status_class
         )
-        end = ex.last_byte or end
+        if ex.last_byte is None:  # no last body message: the response ended when the app did
+            ex.last_byte = end
+        end = ex.last_byte
         trace_id = span.trace_id if span is not None else None
         exemplar = {"trace_id": trace_id} if trace_id else None
         duration_child.observe(end - ex.start, exemplar)
@@ -325,6 +332,8 @@ class InferenceMonitor:
     def record_labels(self, entries: Any) -> dict[str, int]:
         """Labels from Python (a batch job joining them): ``[{"request_id", "label"}, ...]``;
         counts of accepted, unknown, expired, duplicate and invalid, as the endpoint answers."""
+        if self.startup_error is not None:
+            raise self.startup_error
         if self.feedback is None:
             raise RuntimeError(
                 "request ids are off (request_id_header=None): no predictions "
@@ -351,6 +360,10 @@ class InferenceMonitor:
     # -- lifespan and background tasks ----------------------------------------------------------
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A handle for the app's code, set before its start-up runs (the outermost monitor's).
+        state = getattr(scope.get("app"), "state", None)
+        if state is not None and not hasattr(state, "mlwarden_monitor"):
+            state.mlwarden_monitor = self
         if self.startup_error is not None:
             message = await receive()
             if message["type"] == "lifespan.startup":

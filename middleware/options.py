@@ -23,7 +23,11 @@ from mlwarden.middleware.health import HealthThresholds
 from mlwarden.middleware.influx import InfluxSettings
 from mlwarden.middleware.metrics import PREDICTION_BUCKETS
 
-__all__ = ["DEFAULT_ENDPOINT_SUFFIXES", "MonitorOptions"]
+__all__ = ["DEFAULT_ENDPOINT_SUFFIXES", "FEEDBACK_TOKEN_VARIABLE", "MonitorOptions"]
+
+#: The environment variable the feedback token is read from when ``feedback_token`` is None.
+FEEDBACK_TOKEN_VARIABLE = "MLWARDEN_FEEDBACK_TOKEN"
+_MIN_TOKEN_CHARS = 16
 
 DEFAULT_ENDPOINT_SUFFIXES = ("/predict", "/invocations", "/infer", ":predict")
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -46,7 +50,7 @@ class MonitorOptions:
     # Reading payloads and predictions.
     feature_extractor: Callable[[Any], Any] | None = None
     prediction_path: str | Callable[[Any], Any] | None = None
-    confidence_path: str | None = None
+    confidence_path: str | Callable[[Any], Any] | None = None
     prediction_classes: tuple[str, ...] = ()
     prediction_buckets: tuple[float, ...] = PREDICTION_BUCKETS
     max_body_bytes: int = 4 * _MiB
@@ -74,19 +78,29 @@ class MonitorOptions:
     # Ground truth: request ids, remembered predictions, labels at /-/feedback, live quality.
     request_id_header: str | None = "x-request-id"  # None: no ids, nothing remembered
     feedback_path: str | None = "/-/feedback"
+    # None: from MLWARDEN_FEEDBACK_TOKEN (read by from_kwargs); without either the endpoint
+    # refuses labels (403) unless feedback_anonymous is spelled out.
     feedback_token: str | None = field(default=None, repr=False)
+    feedback_anonymous: bool = False
     feedback_max_body_bytes: int = 16 * _MiB
     feedback_max_batch: int = 10_000
     quality_task: str | None = None  # "classification" | "regression"; None: from the answers
     positive_class: str | None = None  # None: F1 etc. macro-averaged over the classes seen
+    decision_threshold: float = 0.5  # classification: a probability >= it predicts positive
     quality_window_s: float = 3600.0
     quality_max_samples: int = 10_000
     remember_max_predictions: int = 100_000
     remember_max_age_s: float = 7 * 86_400.0
 
     @classmethod
-    def from_kwargs(cls, options: Mapping[str, Any]) -> MonitorOptions:
-        """Build from ``add_middleware`` keyword arguments; raise one ``ConfigError`` for all."""
+    def from_kwargs(
+        cls, options: Mapping[str, Any], *, environ: Mapping[str, str] = os.environ
+    ) -> MonitorOptions:
+        """Build from ``add_middleware`` keyword arguments; raise one ``ConfigError`` for all.
+
+        Without a ``feedback_token``, the token is read from ``MLWARDEN_FEEDBACK_TOKEN`` in
+        ``environ``.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         problems: list[str] = []
         for key in options:
@@ -109,6 +123,12 @@ class MonitorOptions:
                 except ConfigError as exc:
                     problems.extend(exc.problems)
                     values.pop(key)
+        _feedback_credential(values, environ, problems)
+        if "decision_threshold" in options and options.get("quality_task") != "classification":
+            problems.append(
+                "decision_threshold: only with quality_task='classification' (a probability "
+                "output is scored as a regression otherwise)"
+            )
         for key in (
             "endpoint_suffixes",
             "endpoint_paths",
@@ -155,10 +175,12 @@ class MonitorOptions:
                 f"{self.prediction_path!r}"
             )
         if self.confidence_path is not None and not (
-            isinstance(self.confidence_path, str) and self.confidence_path
+            callable(self.confidence_path)
+            or (isinstance(self.confidence_path, str) and self.confidence_path)
         ):
             problems.append(
-                f"confidence_path: expected a dotted path, got {self.confidence_path!r}"
+                f"confidence_path: expected a dotted path or a callable, got "
+                f"{self.confidence_path!r}"
             )
         classes = self.prediction_classes
         if not isinstance(classes, tuple) or not all(isinstance(c, str) for c in classes):
@@ -210,8 +232,29 @@ class MonitorOptions:
                 problems.append(f"{key}: expected a non-empty string or None")
         if self.quality_task == "regression" and self.positive_class is not None:
             problems.append("positive_class: only for quality_task 'classification'")
-        if isinstance(self.feedback_token, str) and len(self.feedback_token) < 16:
-            problems.append("feedback_token: at least 16 characters (it guards the labels)")
+        if isinstance(self.feedback_token, str) and len(self.feedback_token) < _MIN_TOKEN_CHARS:
+            problems.append(
+                f"feedback_token: at least {_MIN_TOKEN_CHARS} characters (it guards the labels)"
+            )
+        if not isinstance(self.feedback_anonymous, bool):
+            problems.append(
+                f"feedback_anonymous: expected true or false, got {self.feedback_anonymous!r}"
+            )
+        elif self.feedback_anonymous and self.feedback_token is not None:
+            problems.append(
+                "feedback_anonymous: not with a feedback token (a token is wanted, or labels "
+                "are anonymous: choose one)"
+            )
+        threshold = self.decision_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0 < threshold < 1
+        ):
+            problems.append(
+                f"decision_threshold: expected a probability between 0 and 1 (exclusive), "
+                f"got {threshold!r}"
+            )
         _check_positive("drift_interval_s", self.drift_interval_s, problems)
         if self.window_seconds is not None:
             _check_positive("window_seconds", self.window_seconds, problems)
@@ -264,6 +307,26 @@ def _check_positive(key: str, value: object, problems: list[str]) -> None:
         or value <= 0
     ):
         problems.append(f"{key}: expected a number > 0, got {value!r}")
+
+
+def _feedback_credential(
+    values: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+) -> None:
+    """The feedback token from the environment when the options name none."""
+    if values.get("feedback_token") is None:
+        token = environ.get(FEEDBACK_TOKEN_VARIABLE, "")
+        if token and len(token) < _MIN_TOKEN_CHARS:
+            problems.append(
+                f"{FEEDBACK_TOKEN_VARIABLE}: at least {_MIN_TOKEN_CHARS} characters "
+                f"(it guards the labels)"
+            )
+        elif token and values.get("feedback_anonymous") is True:
+            problems.append(
+                f"feedback_anonymous: not with a feedback token ({FEEDBACK_TOKEN_VARIABLE} is "
+                f"set): a token is wanted, or labels are anonymous, choose one"
+            )
+        elif token:
+            values["feedback_token"] = token
 
 
 def _baseline(value: Any) -> BaselineProfile | None:

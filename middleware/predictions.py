@@ -6,9 +6,11 @@ it understands ``{"predictions": [...]}`` (KServe v1, MLflow, TF-serving), ``{"o
 [...]}`` (the Open Inference Protocol v2: the first output predicts, one named like
 "probabilities" gives confidences), a top-level list and a bare number or string; items may be
 numbers, labels, probability vectors (max → confidence, argmax → class) or objects with keys
-such as ``label``, ``prediction``, ``score``. ``prediction_path`` / ``confidence_path`` point
-elsewhere. A response body is as hostile as a request's: bounded by ``max_items``, never
-recursive.
+such as ``label``, ``prediction``, ``score``; confidences may also sit next to
+``predictions`` (``confidences``, ``probabilities``, ``scores``, ...). ``prediction_path`` /
+``confidence_path`` (dotted paths or callables: :mod:`mlwarden.middleware.answer_paths`)
+point elsewhere. A response body is as hostile as a request's: bounded by ``max_items``,
+never recursive.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlwarden.middleware.answer_paths import compile_source, describe, resolve
 from mlwarden.middleware.bodies import (
     JSON,
     MISSING,
@@ -65,7 +68,17 @@ _VALUE_KEYS = ("prediction", "predicted_value", "value")
 _CONFIDENCE_KEYS = ("score", "confidence", "probability", "proba")
 _VECTOR_KEYS = ("probabilities", "probas", "scores")
 
-_PathPart = tuple[str, int | None]  # the key, and the list index when it is a number
+# Read as the confidences of the predictions when next to "predictions" (the first found).
+_SIBLING_CONFIDENCE_KEYS = (
+    "confidences",
+    "confidence",
+    "probabilities",
+    "probability",
+    "probas",
+    "proba",
+    "scores",
+    "score",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,38 +223,15 @@ def _label(value: object) -> str:
     return text if len(text) <= _MAX_LABEL else text[:_MAX_LABEL]  # type: ignore[return-value]
 
 
-def _compile_path(path: str, option: str) -> tuple[_PathPart, ...]:
-    parts = path.split(".")
-    if not path or any(not p for p in parts):
-        raise ValueError(f"{option} must be a dotted path like 'result.scores', got {path!r}")
-    return tuple((p, int(p) if p.lstrip("-").isdigit() else None) for p in parts)
-
-
-def _follow(document: Any, parts: tuple[_PathPart, ...]) -> Any:
-    """The node at ``parts``, or ``MISSING``; numeric parts index lists (and match dict keys)."""
-    node = document
-    for key, index in parts:
-        if node.__class__ is dict:
-            node = node.get(key, MISSING)
-            if node is MISSING:
-                return MISSING
-        elif node.__class__ is list and index is not None:
-            try:
-                node = node[index]
-            except IndexError:
-                return MISSING
-        else:
-            return MISSING
-    return node
-
-
 class PredictionReader:
     """Reads what a model answered from its response body, for prediction and confidence metrics.
 
-    Out of the box it understands ``{"predictions": [...]}`` (KServe v1, MLflow, TF-serving),
+    Out of the box it understands ``{"predictions": [...]}`` (KServe v1, MLflow, TF-serving;
+    confidences next to it under ``confidences``, ``probabilities``, ``scores``, ...),
     ``{"outputs": [...]}`` (OIP v2), a top-level list and a bare number or string;
-    ``prediction_path`` / ``confidence_path`` point elsewhere (a dotted path, or a callable for
-    predictions). A dedicated confidence source replaces confidences found in the predictions.
+    ``prediction_path`` / ``confidence_path`` point elsewhere (each a dotted path, or a
+    callable given the parsed document). A dedicated confidence source replaces confidences
+    found in the predictions.
     """
 
     __slots__ = ("_confidence_path", "_max_items", "_prediction_path")
@@ -250,36 +240,19 @@ class PredictionReader:
         self,
         *,
         prediction_path: str | Callable[[Any], Any] | None = None,
-        confidence_path: str | None = None,
+        confidence_path: str | Callable[[Any], Any] | None = None,
         max_items: int = 10_000,
     ) -> None:
-        self._prediction_path: tuple[_PathPart, ...] | Callable[[Any], Any] | None
-        if prediction_path is None or callable(prediction_path):
-            self._prediction_path = prediction_path
-        elif isinstance(prediction_path, str):
-            self._prediction_path = _compile_path(prediction_path, "prediction_path")
-        else:
-            raise ValueError(
-                f"prediction_path must be a str, a callable or None, got {prediction_path!r}"
-            )
-        if confidence_path is not None and not isinstance(confidence_path, str):
-            raise ValueError(f"confidence_path must be a str or None, got {confidence_path!r}")
-        self._confidence_path = (
-            None if confidence_path is None else _compile_path(confidence_path, "confidence_path")
-        )
+        self._prediction_path = compile_source(prediction_path, "prediction_path")
+        self._confidence_path = compile_source(confidence_path, "confidence_path")
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be a positive int, got {max_items!r}")
         self._max_items = max_items
 
     def __repr__(self) -> str:
-        def show(path: object) -> str:
-            if isinstance(path, tuple):
-                return repr(".".join(key for key, _ in path))
-            return repr(path)
-
         return (
-            f"PredictionReader(prediction_path={show(self._prediction_path)}, "
-            f"confidence_path={show(self._confidence_path)}, max_items={self._max_items})"
+            f"PredictionReader(prediction_path={describe(self._prediction_path)}, "
+            f"confidence_path={describe(self._confidence_path)}, max_items={self._max_items})"
         )
 
     def read(self, body: bytes, content_type: str | None) -> Predictions:
@@ -300,41 +273,29 @@ class PredictionReader:
         if self._prediction_path is None:
             self._read_default(document, found)
         else:
-            self._read_items(self._predictions_at(document), found)
+            node = resolve(document, self._prediction_path, missing="prediction_path")
+            self._read_items(node, found)
         if self._confidence_path is not None:
             found.confidences = []
-            node = _follow(document, self._confidence_path)
+            node = resolve(document, self._confidence_path)
             if node is not MISSING:
                 self._read_confidences(node, found)
         if not (found.values or found.classes or found.confidences):
             raise payload_error("no_predictions", "nothing readable as a prediction")
         return Predictions(found.values, found.classes, found.confidences)
 
-    def _predictions_at(self, document: Any) -> Any:
-        path = self._prediction_path
-        if callable(path):
-            try:
-                node = path(document)
-            except Exception as exc:
-                raise payload_error("reader_error", f"{type(exc).__name__}: {exc}") from exc
-            tolist = getattr(node, "tolist", None)
-            if callable(tolist) and not isinstance(node, list):  # a numpy array
-                try:
-                    node = tolist()
-                except Exception as exc:
-                    raise payload_error("reader_error", f"{type(exc).__name__}: {exc}") from exc
-            elif isinstance(node, tuple):
-                node = list(node)
-            return node
-        node = _follow(document, path)  # type: ignore[arg-type]
-        if node is MISSING:
-            raise payload_error("no_predictions", "prediction_path not found in the response")
-        return node
-
     def _read_default(self, document: Any, found: _Collector) -> None:
         if document.__class__ is dict:
             if "predictions" in document:
                 self._read_items(document["predictions"], found)
+                # {"predictions": [...], "probabilities": [...]}: a confidence source of its
+                # own, next to the predictions, replaces what their items carried.
+                for key in _SIBLING_CONFIDENCE_KEYS:
+                    node = document.get(key)
+                    if node is not None:
+                        found.confidences = []
+                        self._read_confidences(node, found)
+                        break
                 return
             outputs = document.get("outputs")
             if outputs.__class__ is list and outputs and all(map(is_tensor, outputs)):

@@ -42,6 +42,7 @@ LABEL_REJECTIONS = (
     "label_not_a_class",  # a list, dict, … given as a class label
     "label_not_a_number",  # regression: a bool, a non-numeric string or another object
     "label_not_finite",  # regression: ±inf (NaN is missing)
+    "label_not_binary",  # a probability output's label that is neither 1/0 nor positive_class
     "prediction_invalid",  # the remembered prediction itself cannot be scored
 )
 

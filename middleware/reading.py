@@ -4,8 +4,9 @@
 statistics: the request payload (:mod:`mlwarden.middleware.payloads`) into the rows-scored and
 unknown-feature counters, the feature windows and the drift worker; the response's
 predictions (:mod:`mlwarden.middleware.predictions`) into the prediction, class and confidence
-metrics, the health window's mean confidence and the remembered predictions. Why a payload or
-an answer could not be read is counted by reason. The monitor calls it in batches off the
+metrics, the health window's mean confidence and the remembered predictions (timed by when the
+response ended, not by when it is read). Why a payload or an answer could not be read is
+counted by reason. The monitor calls it in batches off the
 request path, or at once when a span wants the figures before it ends.
 """
 
@@ -166,4 +167,4 @@ class ExchangeReader:
             if values:
                 attributes["mlwarden.prediction.mean"] = sum(values) / len(values)
         if ex.request_id is not None and self._feedback is not None:
-            self._feedback.remember(ex.request_id, classes, values, confidences)
+            self._feedback.remember(ex.request_id, classes, values, confidences, ended=ex.last_byte)

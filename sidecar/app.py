@@ -42,6 +42,7 @@ from mlwarden.sidecar.healing.ports import PartsPort
 from mlwarden.sidecar.healing.vocabulary import VOCABULARY
 from mlwarden.sidecar.listeners import FanOut, Listener
 from mlwarden.sidecar.metrics import SidecarMetrics
+from mlwarden.sidecar.operational_paths import OperationalPaths
 from mlwarden.sidecar.proxy import ProxyApp
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, build_breakers
 from mlwarden.sidecar.resilience.retry import RetryPolicy
@@ -216,6 +217,7 @@ class Sidecar(Listener):
             canary=self.canary,
             shadow=self.shadow,
             shadow_capture_bytes=config.shadow.max_body_bytes if config.shadow else 0,
+            operational_paths=OperationalPaths.from_config(config.routing),
             lifecycle=self,
             clock=clock,
             sleep=sleep,

@@ -55,6 +55,10 @@ class Listener:
         """The request moved on from ``source`` to ``target`` for one of
         :data:`~mlwarden.sidecar.signals.outcomes.FALLBACK_REASONS`."""
 
+    def path_refused(self, path: str) -> None:
+        """A request for one of the model's operational paths was answered 404, not
+        forwarded (``path``: one of :data:`~mlwarden.sidecar.operational_paths.REFUSED_LABELS`)."""
+
     # -- the parts' state ---------------------------------------------------------------------
 
     def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
@@ -142,6 +146,9 @@ class FanOut(Listener):
 
     def fell_back(self, source: str, target: str, reason: str) -> None:
         self._each("fell_back", source, target, reason)
+
+    def path_refused(self, path: str) -> None:
+        self._each("path_refused", path)
 
     def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         self._each("breaker_changed", name, old, new, reason)

@@ -8,6 +8,9 @@ retry rule, breaker rule or health verdict itself: those live in ``resilience/``
 
 Per request:
 
+0. The model's operational paths (``/metrics``, ``/-/health``, ``/-/feedback``, any ``/-/``
+   path) are answered 404 JSON here, not forwarded, unless configured
+   (:mod:`~mlwarden.sidecar.operational_paths`).
 1. The request body is read **whole into memory**, up to ``limits.max_request_bytes`` (larger:
    413 JSON, judged from ``content-length`` before reading when present). Model payloads are
    small, and a body held in memory can be replayed on a retry or a fallback; a streamed body
@@ -79,6 +82,7 @@ from mlwarden.sidecar.forwarding import (
     send_whole,
 )
 from mlwarden.sidecar.listeners import Listener
+from mlwarden.sidecar.operational_paths import REFUSAL, OperationalPaths
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, Trial
 from mlwarden.sidecar.resilience.retry import Outcome, RetryAttempts, RetryDecision, RetryPolicy
 from mlwarden.sidecar.routing.availability import Availability
@@ -164,6 +168,7 @@ class ProxyApp:
         canary: CanaryController | None = None,
         shadow: ShadowMirror | None = None,
         shadow_capture_bytes: int = 0,
+        operational_paths: OperationalPaths | None = None,
         lifecycle: Lifecycle | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -188,6 +193,9 @@ class ProxyApp:
         self._max_response = limits.max_response_bytes
         self._max_concurrent = limits.max_concurrent_requests
         self._shadow_capture = shadow_capture_bytes
+        self._operational = (
+            operational_paths if operational_paths is not None else OperationalPaths()
+        )
         self._per_try_s = timeouts.per_try_timeout_s
         self._total_s = timeouts.total_timeout_s
         self._upstream_values = {n: n.encode("ascii") for n in pools}
@@ -272,6 +280,12 @@ class ProxyApp:
                 self._in_flight -= 1  # last: in_flight == 0 means every request was reported
 
     async def _serve(self, scope: Scope, receive: Receive, ex: Exchange) -> None:
+        refused = self._operational.refused(scope["path"])
+        if refused is not None:
+            ex.status = 404
+            self.events.path_refused(refused)
+            await send_whole(ex.send, *REFUSAL)
+            return
         try:
             body = await self._read_body(scope, receive)
         except ClientGone:

@@ -4,7 +4,8 @@
 and records them in the middleware's lean collectors (:mod:`mlwarden.middleware.fastmetrics`):
 ``mlwarden_proxy_requests_total``, ``mlwarden_proxy_request_duration_seconds``,
 ``mlwarden_upstream_requests_total``, ``mlwarden_upstream_request_duration_seconds``,
-``mlwarden_retries_total`` and ``mlwarden_fallbacks_total`` (see
+``mlwarden_retries_total``, ``mlwarden_fallbacks_total`` and
+``mlwarden_proxy_paths_refused_total`` (see
 :mod:`mlwarden.sidecar.metrics` for every name the sidecar exports).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHistogram
 from mlwarden.sidecar.listeners import Listener
+from mlwarden.sidecar.operational_paths import REFUSED_LABELS
 from mlwarden.sidecar.signals.outcomes import status_class
 
 __all__ = ["PROXY_LATENCY_BUCKETS", "ProxyMetrics"]
@@ -80,7 +82,14 @@ class ProxyMetrics(Listener):
             "Requests moved on from one upstream to the next, and why.",
             ("from", "to", "reason"),
         )
+        self.refused = FastCounter(
+            "mlwarden_proxy_paths_refused_total",
+            "Requests for the model's operational paths (/metrics, /-/health, /-/feedback, "
+            "other /-/ paths) answered 404 on the public port instead of forwarded.",
+            ("path",),
+        )
         for family in (
+            self.refused,
             self.requests,
             self.duration,
             self.attempts,
@@ -101,6 +110,8 @@ class ProxyMetrics(Listener):
                 self.attempts.labels(name, outcome)
             self.attempt_duration.labels(name)
         self.requests.labels(_SELF, "5xx")
+        for path in REFUSED_LABELS:
+            self.refused.labels(path)
 
     def request_finished(self, upstream: str | None, status: int, duration_s: float) -> None:
         who = upstream or _SELF
@@ -128,6 +139,9 @@ class ProxyMetrics(Listener):
         if histogram is None:
             histogram = cache[key] = self.attempt_duration.labels(upstream)
         histogram.observe(duration_s)  # type: ignore[attr-defined]
+
+    def path_refused(self, path: str) -> None:
+        self.refused.labels(path).inc()  # type: ignore[attr-defined]
 
     def retried(self, upstream: str, reason: str) -> None:
         self.retries.labels(upstream, reason).inc()  # type: ignore[attr-defined]

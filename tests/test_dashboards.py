@@ -116,6 +116,8 @@ def test_every_documented_metric_is_on_a_panel_and_every_queried_one_is_document
 # -- live --------------------------------------------------------------------------------------
 
 MODEL = "churn"
+FEEDBACK_TOKEN = "dashboard-labeller-token-0123"
+LABELLER = {"authorization": f"Bearer {FEEDBACK_TOKEN}"}
 
 
 async def predict(request: Request) -> Response:
@@ -155,6 +157,7 @@ def model_app(influx_url: str) -> Any:
         baseline=make_baseline(),
         prediction_classes=("yes", "no"),
         drift_every_rows=50,
+        feedback_token=FEEDBACK_TOKEN,
         remember_max_predictions=200,  # unlabelled rows are evicted: the unlabelled counter
         drift_interval_s=0.5,
         tracing=False,
@@ -240,13 +243,15 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
             rid = r.headers.get("x-request-id", "")
             labels = [{"request_id": f"{rid}#{k}", "label": "yes"} for k in range(5)]
             labels.append({"request_id": "never-seen", "label": "no"})
-            model.post("/-/feedback", json=labels)
+            model.post("/-/feedback", json=labels, headers=LABELLER)
             if i % 5 == 0:
                 model.post("/predict", content=b"{not json")
                 model.post("/text/predict", json={"instances": batch})
                 model.post("/boom/predict", json={"instances": batch})
             for _ in range(3):
                 side.post("/predict", content=b'{"x": 1}', headers={"x-user": f"u{i}-{_}"})
+            if i % 10 == 0:  # refused by the sidecar, counted by path
+                side.post("/-/feedback", json=labels)
             time.sleep(0.02)
 
 

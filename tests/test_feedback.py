@@ -25,6 +25,8 @@ from tests.servers import serve_app
 pytestmark = pytest.mark.floor
 
 TOKEN = "feedback-token-0123456789"
+#: What a labelling client sends with its labels.
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 def classifier(answers: dict[int, tuple[str, float]]) -> Starlette:
@@ -50,7 +52,7 @@ def classifier(answers: dict[int, tuple[str, float]]) -> Starlette:
 def monitored(
     app: Starlette, version: str, registry: CollectorRegistry, **options: Any
 ) -> Starlette:
-    options = {"positive_class": "fraud", **options}
+    options = {"positive_class": "fraud", "feedback_token": TOKEN, **options}
     app.add_middleware(
         InferenceMonitor, model_name="fraud", model_version=version, registry=registry, **options
     )
@@ -110,7 +112,7 @@ def test_two_versions_live_accuracy_and_f1_match_a_direct_computation() -> None:
                 r = client.post("/predict", json={"i": i})
                 ids[i] = r.headers["x-request-id"]
             labels = [{"request_id": ids[i], "label": truths[i]} for i in reversed(answers)]
-            result = client.post("/-/feedback", json=labels).json()
+            result = client.post("/-/feedback", json=labels, headers=AUTH).json()
             health = client.get("/-/health").json()
             client.get("/metrics")
         assert result == {"accepted": 400, "unknown": 0, "expired": 0, "duplicate": 0, "invalid": 0}
@@ -153,6 +155,7 @@ def test_request_ids_are_kept_when_safe_made_otherwise_and_adopted_from_the_app(
                     {"request_id": "app-made-id", "label": 1.0},
                 ]
             },
+            headers=AUTH,
         ).json()
     assert mine.headers["x-request-id"] == "order-42.a"
     assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
@@ -177,7 +180,7 @@ def test_unknown_duplicate_expired_and_invalid_labels_are_counted_not_fatal() ->
             {"request_id": ids[-2]},  # no label
             "not an object",
         ]
-        result = client.post("/-/feedback", json=batch).json()
+        result = client.post("/-/feedback", json=batch, headers=AUTH).json()
         monitor = monitor_of(app)
     assert result == {"accepted": 10, "expired": 20, "duplicate": 1, "unknown": 1, "invalid": 2}
     assert len(monitor.feedback.memory) <= 10
@@ -213,7 +216,6 @@ def test_the_feedback_endpoint_wants_the_token_and_caps_body_and_batch() -> None
         classifier({0: ("ok", 0.9)}),
         "1",
         registry,
-        feedback_token=TOKEN,
         feedback_max_body_bytes=2048,
         feedback_max_batch=3,
     )
@@ -222,19 +224,12 @@ def test_the_feedback_endpoint_wants_the_token_and_caps_body_and_batch() -> None
         label = {"request_id": rid, "label": "ok"}
         without = client.post("/-/feedback", json=label)
         wrong = client.post("/-/feedback", json=label, headers={"authorization": "Bearer x"})
-        big = client.post(
-            "/-/feedback",
-            content=b"[" + b" " * 5000 + b"]",
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
-        many = client.post(
-            "/-/feedback", json=[label] * 4, headers={"authorization": f"Bearer {TOKEN}"}
-        )
-        garbage = client.post(
-            "/-/feedback", content=b"{not json", headers={"authorization": f"Bearer {TOKEN}"}
-        )
-        ok = client.post("/-/feedback", json=label, headers={"authorization": f"Bearer {TOKEN}"})
+        big = client.post("/-/feedback", content=b"[" + b" " * 5000 + b"]", headers=AUTH)
+        many = client.post("/-/feedback", json=[label] * 4, headers=AUTH)
+        garbage = client.post("/-/feedback", content=b"{not json", headers=AUTH)
+        ok = client.post("/-/feedback", json=label, headers=AUTH)
     assert [without.status_code, wrong.status_code] == [401, 401]
+    assert without.headers["www-authenticate"] == "Bearer"
     assert big.status_code == 413
     assert many.status_code == 400 and "at most 3" in many.json()["error"]
     assert garbage.status_code == 400
@@ -254,7 +249,9 @@ def test_regression_quality_is_mae_and_rmse() -> None:
             i: client.post("/predict", json={"x": 2 * i}).headers["x-request-id"] for i in truths
         }
         client.post(
-            "/-/feedback", json=[{"request_id": ids[i], "label": truths[i]} for i in truths]
+            "/-/feedback",
+            json=[{"request_id": ids[i], "label": truths[i]} for i in truths],
+            headers=AUTH,
         )
         quality = client.get("/-/health").json()["quality"]
     errors = [0 - 1.0, 4 - 5.0, 8 - 10.0]
@@ -278,8 +275,10 @@ def test_a_refused_label_does_not_use_the_prediction_up() -> None:
     )
     with served(app) as client:
         rid = client.post("/predict", json={}).headers["x-request-id"]
-        first = client.post("/-/feedback", json={"request_id": rid, "label": "n/a"}).json()
-        second = client.post("/-/feedback", json={"request_id": rid, "label": 2.5}).json()
+        label = {"request_id": rid, "label": "n/a"}
+        first = client.post("/-/feedback", json=label, headers=AUTH).json()
+        label = {"request_id": rid, "label": 2.5}
+        second = client.post("/-/feedback", json=label, headers=AUTH).json()
     assert first["invalid"] == 1 and second["accepted"] == 1
 
 

@@ -254,9 +254,10 @@ def test_a_rollback_that_did_not_help_is_recorded_and_escalated_once() -> None:
 
 
 def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> None:
-    """Labels sent back through the sidecar make the primary's accuracy 0.8; the policy
-    ``accuracy < 0.9 and labelled_samples >= 50`` moves traffic to the stable version and the
-    ledger names the accuracy and the sample count that caused it."""
+    """Labels sent back through the sidecar (configured to forward ``/-/feedback``, with the
+    model's feedback token) make the primary's accuracy 0.8; the policy ``accuracy < 0.9 and
+    labelled_samples >= 50`` moves traffic to the stable version and the ledger names the
+    accuracy and the sample count that caused it."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -267,17 +268,21 @@ def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> 
         return JSONResponse({"predictions": ["fraud" if i % 5 == 0 else "ok"]})
 
     primary_app = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
-    primary_app.add_middleware(InferenceMonitor, model_name="fraud", model_version="2")
+    token = "labelling-job-token-0123"
+    primary_app.add_middleware(
+        InferenceMonitor, model_name="fraud", model_version="2", feedback_token=token
+    )
     with serve_app(primary_app) as primary, serve_app(FakeVersion(label=0)) as stable:
         policy = {
             "name": "accuracy-floor",
             "when": "accuracy < 0.9 and labelled_samples >= 50",
             "actions": ["route_to_fallback"],
         }
-        with sidecar({"primary": primary.url, "stable": stable.url}, policies=[policy]) as (
-            proxy,
-            client,
-        ):
+        with sidecar(
+            {"primary": primary.url, "stable": stable.url},
+            policies=[policy],
+            routing={"forward_operational_paths": ["/-/feedback"]},
+        ) as (proxy, client):
             ids = {}
             for i in range(100):
                 r = client.post("/predict", json={"i": i})
@@ -288,7 +293,9 @@ def test_live_accuracy_below_the_policy_bound_routes_the_primary_to_stable() -> 
                 i: "fraud" if i % 5 == 0 or i % 10 == 1 or i % 10 == 3 else "ok" for i in range(100)
             }
             result = client.post(
-                "/-/feedback", json=[{"request_id": ids[i], "label": truth[i]} for i in range(100)]
+                "/-/feedback",
+                json=[{"request_id": ids[i], "label": truth[i]} for i in range(100)],
+                headers={"authorization": f"Bearer {token}"},
             ).json()
             assert result["accepted"] == 100
             assert wait_for(lambda: proxy.router.forced == "stable"), actions(proxy)

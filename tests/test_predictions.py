@@ -210,3 +210,42 @@ def test_unreadable_json_response_is_invalid_json(body):
 @pytest.mark.parametrize("body", [b"", b"null", b'{"predictions": []}', b'{"status": "ok"}'])
 def test_response_without_predictions_is_no_predictions(body):
     assert read_error(body) == "no_predictions"
+
+
+# -- confidences next to the predictions, and callables ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "confidences"),
+    [
+        ({"predictions": ["a", "b"], "confidence": [0.9, 0.6]}, [0.9, 0.6]),
+        ({"predictions": ["a"], "probabilities": [[0.1, 0.9]]}, [0.9]),
+        ({"predictions": ["a"], "scores": [{"a": 0.7, "b": 0.3}]}, [0.7]),
+        # A confidence source of its own replaces what the items carried.
+        ({"predictions": [{"label": "a", "score": 0.2}], "confidences": [0.8]}, [0.8]),
+        ({"predictions": [{"label": "a", "score": 0.2}]}, [0.2]),
+    ],
+)
+def test_confidences_next_to_the_predictions_are_read(payload, confidences):
+    got = read(payload)
+    assert got.classes and got.confidences == confidences
+
+
+def test_a_callable_confidence_path_is_given_the_document():
+    got = read(
+        {"out": {"cls": ["x", "y"], "p": (0.4, 0.9)}},
+        prediction_path="out.cls",
+        confidence_path=lambda doc: doc["out"]["p"],
+    )
+    assert (got.classes, got.confidences) == (["x", "y"], [0.4, 0.9])
+
+
+def test_a_raising_confidence_path_is_a_reader_error():
+    assert read_error({"predictions": ["a"]}, confidence_path=lambda doc: doc["missing"]) == (
+        "reader_error"
+    )
+
+
+def test_a_confidence_path_neither_str_nor_callable_is_refused():
+    with pytest.raises(ValueError, match="confidence_path must be a dotted path, a callable"):
+        PredictionReader(confidence_path=3)  # type: ignore[arg-type]

@@ -10,10 +10,12 @@ import math
 import random
 import tracemalloc
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
+from mlwarden.middleware.decision import DecisionThreshold
 from mlwarden.middleware.errors import ConfigError, PayloadError
 from mlwarden.middleware.memory import LabelStatus, PredictionMemory, Remembered
 from mlwarden.middleware.quality import (
@@ -460,6 +462,33 @@ def test_predictions_older_than_max_age_expire() -> None:
     assert (len(memory), memory.pending, memory.replaced) == (1, 0, 0)
 
 
+def test_a_prediction_remembered_late_counts_its_age_and_delay_from_its_own_time() -> None:
+    """The middleware remembers in batches, after the answers: ``at`` is when each was
+    answered, so a record may sit behind a younger one; it still expires by its own age."""
+    clock = FakeClock()
+    memory = PredictionMemory(max_age_s=10, clock=clock)
+    memory.remember("young", "a", None, "v1", at=clock.now - 1)
+    memory.remember("answered-first", "a", None, "v1", at=clock.now - 8)  # remembered after
+    memory.remember("fresh", "a", None, "v1", at=clock.now - 8)
+    clock.now += 3  # "answered-first" and "fresh" are 11 s old, "young" 4 s
+    assert memory.take("answered-first") is LabelStatus.EXPIRED
+    got = memory.take("young")
+    assert isinstance(got, Remembered) and got.delay_s == 4 and got.remembered_at == 999.0
+    assert memory.take("fresh") is LabelStatus.EXPIRED  # asked twice: still expired
+    assert memory.take("fresh") is LabelStatus.EXPIRED
+    assert memory.labelled == 1
+
+
+def test_untake_puts_a_prediction_back_for_a_label_that_can_be_scored() -> None:
+    memory = PredictionMemory(clock=FakeClock())
+    memory.remember("r1", 0.8, None, "v1")
+    assert isinstance(memory.take("r1"), Remembered)
+    memory.untake("r1")
+    memory.untake("never-seen")  # nothing to undo: nothing happens
+    assert (memory.labelled, memory.pending) == (0, 1)
+    assert isinstance(memory.take("r1"), Remembered)
+
+
 def test_expire_evicts_old_predictions_without_traffic() -> None:
     clock = FakeClock()
     memory = PredictionMemory(max_age_s=10, clock=clock)
@@ -831,3 +860,41 @@ def test_an_id_back_after_its_record_aged_out_is_new_not_a_replacement() -> None
     )
     taken = memory.take("a")
     assert isinstance(taken, Remembered) and (taken.prediction, taken.delay_s) == ("y", 0.0)
+
+
+# --------------------------------------------------------------------------- decision threshold
+
+
+def test_a_probability_at_the_threshold_predicts_the_positive_class() -> None:
+    decision = DecisionThreshold(0.6, "churned")
+    assert decision.predicted(0.6) == ("churned", 0.6)
+    assert decision.predicted(0.25) == ("not churned", 0.75)
+    assert [decision.truth(x) for x in ("churned", "stayed", 0)] == ["churned"] + [
+        "not churned"
+    ] * 2
+
+
+def test_without_a_positive_class_labels_are_1_and_0() -> None:
+    decision = DecisionThreshold()
+    assert decision.predicted(0.5)[0] == "1" and decision.predicted(0.49)[0] == "0"
+    assert [decision.truth(x) for x in (1, "1", True, "true", 1.0, 0, "false")] == [
+        *["1"] * 5,
+        "0",
+        "0",
+    ]
+    with pytest.raises(PayloadError) as caught:
+        decision.truth("churned")
+    assert caught.value.reason == "label_not_binary" and "positive_class" in str(caught.value)
+
+
+@pytest.mark.parametrize("probability", [-0.1, 1.5, float("nan")])
+def test_a_number_outside_0_1_is_not_a_probability(probability: float) -> None:
+    with pytest.raises(PayloadError) as caught:
+        DecisionThreshold().predicted(probability)
+    assert caught.value.reason == "prediction_invalid"
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 1.5, True, "0.5"])
+def test_a_threshold_outside_0_1_is_refused(threshold: Any) -> None:
+    with pytest.raises(ValueError, match="decision_threshold"):
+        DecisionThreshold(threshold)

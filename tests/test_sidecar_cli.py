@@ -97,16 +97,22 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
         ) as (port, admin_port),
     ):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            # The model's own paths are the sidecar's to refuse, not to forward.
+            assert client.get("/-/health").status_code == 404
             for i in range(5):
                 r = client.post("/predict", json={"i": i})
                 assert r.status_code == 200, r.text
                 assert r.headers["x-mlwarden-upstream"] == "stable"
                 assert json.loads(r.content)["body"] == {"i": i}
+            labels = client.post("/-/feedback", json={"request_id": "x", "label": 1})
+            assert labels.status_code == 404 and "x-mlwarden-upstream" not in labels.headers
         with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
             assert admin.get("/-/ready").status_code == 200
             status = admin.get("/-/status").json()
             assert status["routing"]["order"] == ["primary", "stable"]
-            assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in admin.get("/metrics").text
+            metrics = admin.get("/metrics").text
+            assert 'mlwarden_breaker_state{upstream="stable"} 0.0' in metrics
+            assert 'mlwarden_proxy_paths_refused_total{path="/-/feedback"} 1.0' in metrics
 
 
 def test_the_shadows_metrics_on_the_admin_port_count_what_the_status_shows():

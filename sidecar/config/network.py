@@ -24,6 +24,7 @@ from mlwarden.sidecar.config.checks import (
     port_number,
     seconds,
     secret_token,
+    sequence,
     show,
     text,
     upstream_names,
@@ -41,6 +42,7 @@ __all__ = [
     "UpstreamConfig",
     "load_routing",
     "load_upstreams",
+    "operational_path",
 ]
 
 # Names become metric labels, header values and env-variable segments.
@@ -108,13 +110,63 @@ class UpstreamConfig(Block):
         return []
 
 
+def operational_path(path: str) -> str | None:
+    """``path`` as a model server would route it (repeated slashes and dot segments
+    resolved, lower case) when it is one of the model's operational paths: ``/metrics``
+    (and below it) or any ``/-/`` path; else None.
+
+    These are the middleware's endpoints (``/-/health``, ``/-/feedback``, ``/metrics``) and
+    the like: for the sidecar and Prometheus, not for the sidecar's clients.
+    """
+    lowered = path.lower()
+    if "/-" not in lowered and "/metrics" not in lowered:  # the common case, one scan each
+        return None
+    segments: list[str] = []
+    for segment in lowered.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    if not segments or segments[0] not in ("-", "metrics"):
+        return None
+    return "/" + "/".join(segments)
+
+
+def operational_paths(value: Any) -> tuple[str, ...]:
+    """A list of operational paths (see :func:`operational_path`), each normalised once."""
+    items = sequence(value, "paths")
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not item.startswith("/"):
+            raise Bad(f"expected paths starting with '/', got {show(item)}")
+        normal = operational_path(item)
+        if normal is None:
+            raise Bad(
+                f"{show(item)} is not an operational path: only /metrics and /-/... paths are "
+                f"held back, every other path is forwarded already"
+            )
+        if normal not in out:
+            out.append(normal)
+    return tuple(out)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RoutingConfig(Block):
-    """Which upstream takes traffic first, and where it goes, in order, when that one cannot."""
+    """Which upstream takes traffic first, and where it goes, in order, when that one cannot.
+
+    The model's operational paths (``/metrics``, ``/-/health``, ``/-/feedback``, any ``/-/``
+    path) are answered 404 on the public port, never forwarded: a client must not read the
+    model's metrics or post labels through the sidecar. ``forward_operational_paths`` lists
+    those to forward anyway (e.g. ``[/-/feedback]`` when labelling clients only reach the
+    sidecar; the model still wants its feedback token). The sidecar's own health checks go to
+    each upstream directly and are not affected.
+    """
 
     _key: ClassVar[str] = "routing"
     primary: str = setting(check=text)
     fallbacks: tuple[str, ...] = setting((), upstream_names)
+    forward_operational_paths: tuple[str, ...] = setting((), operational_paths)
 
     @property
     def order(self) -> tuple[str, ...]:
