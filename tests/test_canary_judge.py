@@ -10,6 +10,7 @@ from mlwarden.sidecar.routing.canary_judge import (
     fisher_greater,
     judge_errors,
     judge_latency,
+    judge_latency_binned,
     mann_whitney_greater,
 )
 
@@ -77,3 +78,27 @@ def test_errors_within_noise_pass_and_a_clear_excess_fails():
 def test_the_same_error_rate_as_the_stable_never_fails_whatever_the_rate():
     # The stable itself fails 20%: the candidate doing the same is no reason to roll back.
     assert not judge_errors(20, 100, 80, 400, **ERRORS).failed
+
+
+BOUNDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, float("inf")]
+
+
+def test_the_fleets_histograms_of_identical_versions_pass():
+    rng = np.random.default_rng(6)
+    counts = [0, 10, 200, 400, 300, 60, 20, 10, 0]
+    evidence = judge_latency_binned(
+        BOUNDS, counts, [4 * c for c in counts], alpha=0.01, max_latency_ratio=1.25, rng=rng
+    )
+    assert not evidence.failed and evidence.passed
+    assert evidence.interval is not None and evidence.interval[1] < 1.25
+
+
+def test_the_fleets_histograms_of_a_slower_candidate_fail():
+    rng = np.random.default_rng(7)
+    stable = [0, 10, 200, 400, 300, 60, 20, 10, 0]
+    slower = [0, 0, 20, 100, 350, 400, 100, 30, 0]  # its mass one bucket up or more
+    evidence = judge_latency_binned(
+        BOUNDS, slower, [4 * c for c in stable], alpha=0.01, max_latency_ratio=1.25, rng=rng
+    )
+    assert evidence.failed and evidence.p_value < 1e-6
+    assert evidence.interval is not None and evidence.interval[0] > 1.25

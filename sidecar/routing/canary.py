@@ -44,7 +44,12 @@ import numpy as np
 
 from mlwarden.sidecar.config import CanaryConfig
 from mlwarden.sidecar.listeners import FanOut, Listener
-from mlwarden.sidecar.routing.canary_judge import Evidence, judge_errors, judge_latency
+from mlwarden.sidecar.routing.canary_judge import (
+    Evidence,
+    judge_errors,
+    judge_latency,
+    judge_latency_binned,
+)
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.signals.samples import IntervalSamples
 from mlwarden.sidecar.signals.source import SignalSource
@@ -272,6 +277,19 @@ class CanaryController(Listener):
             errors_c = round((cand_f["error_rate"] or 0.0) * n_c)
             errors_s = round((stable_f["error_rate"] or 0.0) * n_s)
             evidence.append(self._judge_errors(errors_c, n_c, errors_s, n_s))
+            bounds_c, counts_c = cand_f.get("latency_histogram") or ([], [])
+            bounds_s, counts_s = stable_f.get("latency_histogram") or ([], [])
+            if bounds_c and bounds_c == bounds_s:
+                evidence.append(
+                    judge_latency_binned(
+                        bounds_c,
+                        counts_c,
+                        counts_s,
+                        alpha=c.alpha,
+                        max_latency_ratio=c.max_latency_ratio,
+                        rng=self._bootstrap,
+                    )
+                )
         return signals, n_c, n_s, tuple(evidence)
 
     def _judge_errors(self, errors_c: int, n_c: int, errors_s: int, n_s: int) -> Evidence:
@@ -341,6 +359,8 @@ class CanaryController(Listener):
             return f"candidate drift score {drift:.3f} above max_drift_score {c.max_drift_score:g}"
         if self.samples is not None and self.fleet is None:
             return None
+        if self.fleet is not None:
+            return None  # the fleet's histograms are ranked (judge_latency_binned)
         p99, base_p99 = s["candidate_p99_latency_seconds"], s["stable_p99_latency_seconds"]
         if (
             p99 is not None

@@ -42,6 +42,15 @@ PROMQL: dict[str, str] = {
 }
 
 
+#: The fleet's latency histogram of an upstream over the window: cumulative counts by ``le``.
+HISTOGRAM_PROMQL = (
+    "sum by (le) (increase("
+    'mlwarden_upstream_request_duration_seconds_bucket{upstream="$upstream"}[$window]))'
+)
+#: At most this many buckets are kept from an answer (the sidecar exports 15).
+MAX_BUCKETS = 64
+
+
 class PrometheusSignals(SignalSource):
     """Fleet-wide figures of an upstream from the Prometheus at ``url``.
 
@@ -81,21 +90,63 @@ class PrometheusSignals(SignalSource):
             return None
         return value if math.isfinite(value) else None
 
+    async def query_vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of an instant vector (labels, value); [] when the query fails."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout_s, trust_env=False)
+        try:
+            response = await self._client.get(self.url, params={"query": promql})
+            data = response.json()
+            result = data["data"]["result"] if data.get("status") == "success" else []
+            out = []
+            for item in result[:MAX_BUCKETS]:
+                value = float(item["value"][1])
+                if math.isfinite(value):
+                    out.append((dict(item["metric"]), value))
+            return out
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+            self.errors_total += 1
+            log.warning("Prometheus query failed (%s): %s", type(exc).__name__, promql)
+            return []
+
+    async def histogram(self, target: str, window: str) -> tuple[list[float], list[float]]:
+        """(upper bounds, counts per bucket) of ``target``'s attempt latencies, from the
+        fleet's cumulative buckets; empty when unknown."""
+        promql = HISTOGRAM_PROMQL.replace("$upstream", target).replace("$window", window)
+        pairs = []
+        for labels, value in await self.query_vector(promql):
+            try:
+                pairs.append((float(labels["le"]), value))
+            except (KeyError, ValueError):
+                continue
+        pairs.sort()
+        bounds, counts, previous = [], [], 0.0
+        for bound, cumulative in pairs:
+            bounds.append(bound)
+            counts.append(max(0.0, cumulative - previous))
+            previous = max(previous, cumulative)
+        return bounds, counts
+
     async def refresh(self, targets: Iterable[str], window_s: float) -> None:
         window = f"{max(1, math.ceil(window_s))}s"
-        fetched = {}
+        fetched: dict[tuple[str, float], dict[str, Any]] = {}
         for target in targets:
-            values: dict[str, float | None] = {}
+            values: dict[str, Any] = {}
             for name, template in PROMQL.items():
                 promql = template.replace("$upstream", target).replace("$window", window)
                 values[name] = await self.query(promql)
             requests = values["requests"]
             values["requests"] = float(round(requests)) if requests is not None else 0.0
+            values["latency_histogram"] = await self.histogram(target, window)
             fetched[(target, window_s)] = values
         self._fetched = fetched  # bounded: the targets of the last refresh only
 
     def read(self, target: str, window_s: float) -> dict[str, Any]:
-        return dict(self._fetched.get((target, window_s)) or dict.fromkeys(PROMQL))
+        """The figures of the last refresh (``latency_histogram``: bounds and counts)."""
+        return dict(
+            self._fetched.get((target, window_s))
+            or {**dict.fromkeys(PROMQL), "latency_histogram": ([], [])}
+        )
 
     async def aclose(self) -> None:
         if self._owns and self._client is not None:
