@@ -430,5 +430,8 @@ def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> N
                     # Every 4th attempt on the candidate fails: 25% from Prometheus' rates.
                     assert rollback.signals["candidate_error_rate"] == pytest.approx(0.25, abs=0.1)
                     assert canary.fleet.errors_total == 0
+                    # Judged by the same tests on the fleet's figures, with their evidence.
+                    tests = {e["test"] for e in rollback.details["evidence"]}
+                    assert tests == {"fisher_exact", "mann_whitney_u"}, rollback.details
             finally:
                 prom.process.stop()
