@@ -36,7 +36,8 @@ def cli_sidecar(name: str, config: str) -> Iterator[tuple[int, int]]:
     )
     try:
         wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
-        wait_http(f"http://127.0.0.1:{port}/-/health", timeout=20)
+        # Up: the model's own paths are the sidecar's to refuse (404), not to forward.
+        wait_http(f"http://127.0.0.1:{port}/-/health", timeout=20, expect=404)
         yield port, admin_port
     finally:
         proc.stop()
