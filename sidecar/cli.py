@@ -14,11 +14,21 @@ from mlwarden.middleware.errors import ConfigError
 __all__ = ["main"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlwarden")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlwarden",
         description="Keeps model-serving endpoints healthy without a person in the loop.",
     )
+    parser.add_argument("--version", action="version", version=f"mlwarden {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

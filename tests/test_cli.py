@@ -81,3 +81,14 @@ def test_baseline_build_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
         == 2
     )
     assert "nope.csv" in capsys.readouterr().err
+
+
+def test_version_names_the_installed_distribution(capsys):
+    import tomllib
+    from pathlib import Path
+
+    expected = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mlwarden {expected['project']['version']}"
