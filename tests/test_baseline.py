@@ -189,6 +189,80 @@ def test_build_rejects_bad_input_naming_the_key(
     assert any(p.startswith(key) for p in info.value.problems), info.value.problems
 
 
+# --------------------------------------------------------------------------- leaving columns out
+
+
+def _table_with_label(rows: int = 400) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {
+        "customer_id": np.arange(rows, dtype=np.float64),
+        "age": rng.normal(40, 10, rows),
+        "plan": np.array(["basic", "pro"])[rng.integers(0, 2, rows)].astype(object),
+        "churned": rng.integers(0, 2, rows).astype(np.float64),
+    }
+
+
+def test_target_and_excluded_columns_are_not_profiled() -> None:
+    columns = _table_with_label()
+    profile = build_baseline(columns, target="churned", exclude=["customer_id"])
+    assert profile.names == ("age", "plan")
+    kept = {name: columns[name] for name in ("age", "plan")}
+    assert profile.features == build_baseline(kept).features
+    assert profile.rows == 400
+
+
+def test_the_saved_file_holds_only_the_remaining_columns(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("id,x,label\n1,0.5,0\n2,1.5,1\n3,2.5,0\n")
+    profile = build_baseline_file(path, tmp_path / "out.json", target="label", exclude=("id",))
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert [f["name"] for f in saved["features"]] == ["x"]
+    assert load_baseline(tmp_path / "out.json") == profile
+
+
+def test_left_out_columns_are_not_checked() -> None:
+    # A timestamp dtype and an all-missing label would each fail the build as features.
+    columns = {
+        "x": [1.0, 2.0, 3.0],
+        "seen_at": np.array(["2024-01-01", "2024-01-02", "2024-01-03"], dtype="datetime64[D]"),
+        "y": [math.nan, math.nan, math.nan],
+    }
+    with pytest.raises(BaselineError):
+        build_baseline(columns)
+    assert build_baseline(columns, exclude=["seen_at"], target="y").names == ("x",)
+
+
+def test_a_name_both_excluded_and_the_target_is_left_out_once() -> None:
+    profile = build_baseline(_table_with_label(), exclude=["churned", "churned"], target="churned")
+    assert profile.names == ("customer_id", "age", "plan")
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"exclude": ["x", "nope"]}, "exclude: names columns that do not exist: ['nope']"),
+        ({"target": "nope"}, "target: names a column that does not exist: 'nope'"),
+        (
+            {"exclude": ["c"], "categorical": ["c"]},
+            "exclude: names columns that categorical also names: ['c']",
+        ),
+        (
+            {"target": "c", "categorical": ["c"]},
+            "target: names a column that categorical also names: 'c'",
+        ),
+        ({"exclude": "x"}, "exclude: must be a collection of column names, got 'x'"),
+        ({"target": ""}, "target: must be a non-empty column name, got ''"),
+        ({"exclude": ["x"], "target": "c"}, "columns: no column left to profile"),
+    ],
+)
+def test_leaving_out_rejects_bad_names_naming_the_key(
+    options: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(BaselineError) as info:
+        build_baseline({"x": [1.0, 2.0], "c": [1, 2]}, **options)
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
 # --------------------------------------------------------------------------- round trips
 
 

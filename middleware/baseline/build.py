@@ -5,6 +5,9 @@ PSI edges picked from a grid of quantiles (so that every PSI bin is a union of K
 cells), the reference ECDF at each grid point, and the top categories with one "other"
 share. :func:`build_baseline_file` reads a table (:mod:`mlwarden.middleware.baseline.tables`)
 and saves the profile: ``mlwarden baseline build DATA --out baseline.json``.
+
+The label and columns such as ids and timestamps are left out (``target``, ``exclude``):
+requests never carry them, so as features they would report as missing for ever.
 """
 
 from __future__ import annotations
@@ -124,6 +127,41 @@ def _categorical_profile(
     )
 
 
+def _left_out(
+    columns: Mapping[str, Any],
+    forced: set[str],
+    exclude: Collection[str],
+    target: str | None,
+    problems: list[str],
+) -> set[str]:
+    """The columns not to profile; names that match no column are problems, not no-ops."""
+    left_out: set[str] = set()
+    if isinstance(exclude, str):
+        # A bare string would be read as its letters.
+        problems.append(f"exclude: must be a collection of column names, got {exclude!r}")
+    else:
+        excluded = set(exclude)
+        unknown = sorted(excluded - set(columns), key=str)
+        if unknown:
+            problems.append(f"exclude: names columns that do not exist: {unknown}")
+        both = sorted(excluded & forced, key=str)
+        if both:
+            problems.append(f"exclude: names columns that categorical also names: {both}")
+        left_out |= excluded
+    if target is not None:
+        if not isinstance(target, str) or not target:
+            problems.append(f"target: must be a non-empty column name, got {target!r}")
+        else:
+            if target not in columns:
+                problems.append(f"target: names a column that does not exist: {target!r}")
+            if target in forced:
+                problems.append(f"target: names a column that categorical also names: {target!r}")
+            left_out.add(target)
+    if columns and not set(columns) - left_out:
+        problems.append("columns: no column left to profile once exclude and target are left out")
+    return left_out
+
+
 def build_baseline(
     columns: Mapping[str, Any],
     *,
@@ -131,6 +169,8 @@ def build_baseline(
     quantiles: int = 101,
     max_categories: int = 50,
     categorical: Collection[str] | None = None,
+    exclude: Collection[str] = (),
+    target: str | None = None,
     source: str | None = None,
 ) -> BaselineProfile:
     """Profile reference data given by column.
@@ -140,6 +180,9 @@ def build_baseline(
     handle those; strings, booleans and mixed objects are categorical. Name a column in
     ``categorical`` to profile numeric codes as categories. NaN, None and ``""`` are missing;
     ±inf count in the PSI end bins but not in mean, std or quantiles.
+
+    ``target`` (the label) and the columns in ``exclude`` are not profiled and not checked:
+    requests never carry them, so the live windows would see them missing on every request.
     """
     problems: list[str] = []
     for key, value, minimum in (
@@ -156,8 +199,11 @@ def build_baseline(
         problems.append(f"categorical: names columns that do not exist: {unknown}")
     if not columns:
         problems.append("columns: no column to profile")
+    left_out = _left_out(columns, forced, exclude, target, problems)
     arrays: dict[str, np.ndarray] = {}
     for name, column in columns.items():
+        if name in left_out:
+            continue
         if not isinstance(name, str) or not name:
             problems.append(f"columns: a column name must be a non-empty string, got {name!r}")
             continue
@@ -207,10 +253,18 @@ def build_baseline(
 
 
 def build_baseline_file(
-    data_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **options: Any
+    data_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    exclude: Collection[str] = (),
+    target: str | None = None,
+    **options: Any,
 ) -> BaselineProfile:
-    """Read a table, profile it and save the profile (``mlwarden baseline build``)."""
+    """Read a table, profile it and save the profile (``mlwarden baseline build``).
+
+    ``exclude``, ``target`` and ``options`` are :func:`build_baseline`'s.
+    """
     options.setdefault("source", Path(data_path).name)
-    profile = build_baseline(read_table(data_path), **options)
+    profile = build_baseline(read_table(data_path), exclude=exclude, target=target, **options)
     profile.save(out_path)
     return profile
