@@ -98,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--categorical", default="", help="comma-separated columns to treat as categorical"
     )
+    build.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="COLS",
+        help="comma-separated columns not to profile, such as ids and timestamps (repeatable)",
+    )
+    build.add_argument(
+        "--target",
+        metavar="COL",
+        help="the label column, not profiled: requests never carry it",
+    )
     build.add_argument("--bins", type=int, default=10, help="quantile bins for PSI (default: 10)")
     build.add_argument(
         "--max-categories",
@@ -230,19 +242,49 @@ def _require_otlp_exporter() -> None:
         ) from None
 
 
+# Column names that usually hold the label (compared case-insensitively). Kept short on
+# purpose: the warning is a hint for the common mistake, not a guess at every label.
+_LABEL_LIKE_NAMES = ("target", "label", "y", "class", "outcome")
+
+
+def _names(values: Sequence[str]) -> list[str]:
+    """Comma-separated names from one or more options, in order, each once."""
+    names = (n.strip() for value in values for n in value.split(","))
+    return list(dict.fromkeys(n for n in names if n))
+
+
 def _baseline_build(args: argparse.Namespace) -> int:
     from mlwarden.middleware.baseline import build_baseline_file
 
-    categorical = [c.strip() for c in args.categorical.split(",") if c.strip()]
+    categorical = _names([args.categorical])
+    exclude = _names(args.exclude)
     profile = build_baseline_file(
         args.data,
         args.out,
         bins=args.bins,
         max_categories=args.max_categories,
         categorical=categorical or None,
+        exclude=exclude,
+        target=args.target,
     )
     kinds = ", ".join(f"{f.name} ({f.kind})" for f in profile.features)
-    print(f"wrote {args.out}: {profile.rows} rows, {len(profile.features)} features: {kinds}")
+    numeric = sum(f.kind == "numeric" for f in profile.features)
+    counts = f"{numeric} numeric, {len(profile.features) - numeric} categorical"
+    skipped = [f"{args.target} (target)"] if args.target is not None else []
+    skipped += [f"{name} (excluded)" for name in exclude if name != args.target]
+    print(
+        f"wrote {args.out}: {profile.rows} rows, {len(profile.features)} features ({counts}): "
+        f"{kinds}; skipped: {', '.join(skipped) or 'none'}"
+    )
+    if args.target is None:
+        for name in profile.names:
+            if name.lower() in _LABEL_LIKE_NAMES:
+                print(
+                    f"mlwarden baseline build: warning: column {name!r} looks like a label and "
+                    "was profiled as a feature; requests never carry the label, so it would "
+                    f"report as missing on every request; pass --target {name} if it is the label",
+                    file=sys.stderr,
+                )
     return 0
 
 

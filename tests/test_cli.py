@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,6 +67,99 @@ def test_baseline_build_from_parquet(tmp_path):
     pq.write_table(pa.table({"a": [float(i) for i in range(200)], "b": ["x", "y"] * 100}), data)
     assert main(["baseline", "build", str(data), "--out", str(out)]) == 0
     assert load_baseline(out).names == ("a", "b")
+
+
+def write_labelled_csv(path, label: str = "churned", rows: int = 300) -> None:
+    rng = np.random.default_rng(3)
+    lines = [f"customer_id,age,plan,signup_ts,{label}"]
+    for i in range(rows):
+        plan = rng.choice(["basic", "pro"])
+        lines.append(f"{i},{rng.normal(40, 10):.3f},{plan},2024-01-{i % 28 + 1:02d},{i % 2}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_build(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed command line, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlwarden.sidecar.cli", "baseline", "build", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_baseline_build_skips_the_target_and_excluded_columns_and_says_so(tmp_path):
+    data, out = tmp_path / "train.csv", tmp_path / "b.json"
+    write_labelled_csv(data)
+    result = run_build(
+        str(data),
+        "--out",
+        str(out),
+        "--target",
+        "churned",
+        "--exclude",
+        "customer_id",
+        "--exclude",
+        "signup_ts",
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_baseline(out).names == ("age", "plan")
+    assert result.stdout.strip() == (
+        f"wrote {out}: 300 rows, 2 features (1 numeric, 1 categorical): age (numeric), "
+        "plan (categorical); skipped: churned (target), customer_id (excluded), "
+        "signup_ts (excluded)"
+    )
+    assert result.stderr == ""
+
+
+def test_baseline_build_takes_comma_separated_exclusions(tmp_path):
+    data, out = tmp_path / "train.csv", tmp_path / "b.json"
+    write_labelled_csv(data)
+    result = run_build(str(data), "--out", str(out), "--exclude", "customer_id, signup_ts,churned")
+    assert result.returncode == 0, result.stderr
+    assert load_baseline(out).names == ("age", "plan")
+    assert "skipped: customer_id (excluded), signup_ts (excluded), churned (excluded)" in (
+        result.stdout
+    )
+
+
+def test_baseline_build_without_exclusions_says_nothing_was_skipped(tmp_path, capsys):
+    data, out = tmp_path / "train.csv", tmp_path / "b.json"
+    write_csv(data)
+    assert main(["baseline", "build", str(data), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("; skipped: none")
+
+
+def test_baseline_build_rejects_unknown_names_naming_the_option(tmp_path):
+    data, out = tmp_path / "train.csv", tmp_path / "b.json"
+    write_labelled_csv(data)
+    result = run_build(str(data), "--out", str(out), "--exclude", "id,nope", "--target", "y")
+    assert result.returncode == 2
+    assert "exclude: names columns that do not exist: ['id', 'nope']" in result.stderr
+    assert "target: names a column that does not exist: 'y'" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("label", ["label", "Target", "y", "class", "outcome"])
+def test_baseline_build_warns_when_a_label_like_column_is_profiled(tmp_path, label):
+    data, out = tmp_path / "train.csv", tmp_path / "b.json"
+    write_labelled_csv(data, label=label)
+    result = run_build(str(data), "--out", str(out), "--exclude", "customer_id,signup_ts")
+    assert result.returncode == 0, result.stderr
+    assert label in load_baseline(out).names  # a warning, not a failure
+    assert f"warning: column {label!r} looks like a label" in result.stderr
+    assert f"--target {label}" in result.stderr
+
+
+def test_baseline_build_does_not_warn_once_the_target_is_named(tmp_path):
+    # "class" is a feature here (a customer class); naming the target settles the question.
+    data, out = tmp_path / "train.csv", tmp_path / "b.json"
+    data.write_text("class,age,churned\n" + "".join(f"{i % 3},{i},{i % 2}\n" for i in range(60)))
+    result = run_build(str(data), "--out", str(out), "--target", "churned")
+    assert result.returncode == 0, result.stderr
+    assert load_baseline(out).names == ("class", "age")
+    assert result.stderr == ""
 
 
 def test_baseline_check_names_the_bad_key(tmp_path, capsys):
