@@ -240,10 +240,16 @@ def inference_panels() -> list[Panel]:
         Panel(
             "Rows scored",
             "short",
-            "Rows received by model endpoints per second, and payload values whose names "
-            "the baseline does not know.",
+            "Rows of model requests answered 2xx per second (the rows the drift window "
+            "sees), rows of requests not answered 2xx (kept out of it) by status class, and "
+            "payload values whose names the baseline does not know.",
             [
                 (f"sum by ({MVB}) ({rate('mlwarden_rows_scored_total', MV)})", "rows " + MVL),
+                (
+                    f"sum by ({MVB}, status_class) "
+                    f"({rate('mlwarden_feature_rows_skipped_total', MV)})",
+                    "skipped " + MVL + " {{status_class}}",
+                ),
                 (
                     f"sum by ({MVB}) ({rate('mlwarden_unknown_features_total', MV)})",
                     "unknown features " + MVL,

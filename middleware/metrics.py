@@ -172,8 +172,14 @@ class MonitorMetrics:
         )
         self.rows_scored = counter(
             "mlwarden_rows_scored_total",
-            "Feature rows (instances) received by model endpoints.",
+            "Feature rows (instances) of model requests answered 2xx: the rows the model scored.",
             _MV,
+        )
+        self.rows_skipped = counter(
+            "mlwarden_feature_rows_skipped_total",
+            "Feature rows of model requests not answered 2xx, kept out of the drift window, by "
+            "status class (none: no response was started).",
+            (*_MV, "status_class"),
         )
         self.unknown_features = Counter(
             "mlwarden_unknown_features_total",

@@ -8,6 +8,11 @@ metrics, the health window's mean confidence and the remembered predictions (tim
 response ended, not by when it is read). Why a payload or an answer could not be read is
 counted by reason. The monitor calls it in batches off the
 request path, or at once when a span wants the figures before it ends.
+
+Only the rows of requests answered 2xx are scored and enter the windows: a request the app
+rejected (a 422 for a malformed row), failed or never answered says nothing about the traffic
+the model serves, and a burst of them would pass for drift. Their rows are counted by status
+class instead; their payload errors and unknown features are counted as for any other.
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ from mlwarden.middleware.predictions import PredictionReader
 
 __all__ = ["ExchangeReader"]
 
+# Status classes whose rows are skipped: every class but 2xx, and "none" (no response started:
+# the app raised first, or the client left). Out-of-range codes fall in the nearest class.
+_SKIPPED_CLASSES = ("1xx", "3xx", "4xx", "5xx", "none")
+_BY_HUNDREDS = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def _status_class(status: int | None) -> str:
+    if status is None:
+        return "none"
+    return _BY_HUNDREDS[min(max(status // 100, 1), 5) - 1]
+
 
 class ExchangeReader:
     """Reads finished model exchanges of one monitor into its metrics and windows."""
@@ -43,6 +59,7 @@ class ExchangeReader:
         "_prediction_values",
         "_reader",
         "_rows_scored",
+        "_rows_skipped",
         "_unknown_features",
         "_windows",
         "_worker",
@@ -62,6 +79,8 @@ class ExchangeReader:
         mv = self._mv = (o.model_name, o.model_version)
         self._metrics = metrics
         self._rows_scored = metrics.rows_scored.labels(*mv)
+        # Every class up front: a fixed set of series, whatever the app answers.
+        self._rows_skipped = {c: metrics.rows_skipped.labels(*mv, c) for c in _SKIPPED_CLASSES}
         self._unknown_features = metrics.unknown_features.labels(*mv)
         self._prediction_values = metrics.predictions.labels(*mv)
         self._confidence = metrics.confidence.labels(*mv)
@@ -83,14 +102,17 @@ class ExchangeReader:
 
     def read(self, ex: Exchange, attributes: dict[str, Any] | None) -> None:
         """Read one finished exchange; ``attributes`` (the span's, or None) get its figures."""
-        self._read_payload(ex, attributes)
-        if ex.status is not None and 200 <= ex.status < 300:
+        answered = ex.status is not None and 200 <= ex.status < 300
+        self._read_payload(ex, answered, attributes)
+        if answered:
             self._read_predictions(ex, attributes)
 
     def _payload_error(self, reason: str) -> None:
         self._metrics.payload_errors.labels(*self._mv, reason).inc()
 
-    def _read_payload(self, ex: Exchange, attributes: dict[str, Any] | None) -> None:
+    def _read_payload(
+        self, ex: Exchange, answered: bool, attributes: dict[str, Any] | None
+    ) -> None:
         if ex.request_overflow:
             reason = "too_large"
         elif not ex.request_complete:
@@ -102,12 +124,16 @@ class ExchangeReader:
             except PayloadError as exc:
                 reason = exc.reason
             else:
-                self._rows_scored.inc(batch.rows)
                 if batch.unknown_features:
                     self._unknown_features.inc(batch.unknown_features)
                 if attributes is not None:
                     attributes["mlwarden.payload.rows"] = batch.rows
                     attributes["mlwarden.payload.format"] = batch.format
+                if not answered:
+                    if batch.rows:
+                        self._rows_skipped[_status_class(ex.status)].inc(batch.rows)
+                    return
+                self._rows_scored.inc(batch.rows)
                 if self._windows is not None and batch.rows:
                     self._windows.add(batch)
                     assert self._worker is not None
