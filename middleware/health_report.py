@@ -11,8 +11,11 @@ wire format is written down once, here::
                 "latency_seconds": {"p50", "p90", "p99"}, "mean_confidence"},
      "drift": {"evaluated": false, "detected": false, "drifted_features": []}
            or {"evaluated": true, "evaluated_at", "rows", "enough_data", "drift_detected",
-               "drifted_features", "features": [{"name", "kind", "rows", "mean", "null_ratio",
-               "scores", "pvalues", "adjusted_pvalues", "drifted", "flagged_by"}, ...],
+               "drifted_features", "scales", "alpha_per_test", "expected_run_rows",
+               "features": [{"name", "kind", "rows", "mean", "null_ratio", "scores", "pvalues",
+                             "tests": [{"test", "rows", "statistic", "threshold", "ratio",
+                                        "fired"}, ...],
+                             "drifted", "flagged_by"}, ...],
                "detected"},
      "uptime_s",
      "influx": {...}    (only with an InfluxDB shipper)
@@ -47,6 +50,7 @@ __all__ = [
     "MAX_TEXT",
     "OK",
     "STATUSES",
+    "DriftTest",
     "DriftVerdict",
     "FeatureScores",
     "HealthReport",
@@ -121,11 +125,26 @@ class RequestWindow(_Block):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DriftTest(_Block):
+    """One drift test of a feature (``drift.features[i].tests[j]``), on the window scale
+    (``rows``) where it came closest to firing: it fires when ``ratio`` (``|statistic| /
+    threshold``, the threshold calibrated for that many rows) reaches 1."""
+
+    test: str | None = None  # location | spread | shape | chi2
+    rows: int | None = None
+    statistic: float | None = None
+    threshold: float | None = None
+    ratio: float | None = None
+    fired: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FeatureScores(_Block):
     """One feature's statistics and verdict (``drift.features[i]``); None where undefined.
 
-    ``scores`` maps a method (``psi``, ``ks``, ``chi2``) to its statistic, ``pvalues`` and
-    ``adjusted_pvalues`` (after the correction across the evaluation) to its p-values.
+    ``scores`` maps a method (``psi``, ``ks``, ``chi2``) to its statistic over the whole
+    window and ``pvalues`` to its textbook p-value: familiar figures that do not decide.
+    ``tests`` hold what decides: each calibrated test, and ``flagged_by`` those that fired.
     """
 
     name: str | None = None
@@ -135,7 +154,7 @@ class FeatureScores(_Block):
     null_ratio: float | None = None
     scores: Mapping[str, float | None] = field(default_factory=dict)
     pvalues: Mapping[str, float | None] = field(default_factory=dict)
-    adjusted_pvalues: Mapping[str, float | None] = field(default_factory=dict)
+    tests: tuple[DriftTest, ...] = ()
     drifted: bool = False
     flagged_by: tuple[str, ...] = ()
 
@@ -154,6 +173,9 @@ class DriftVerdict:
     evaluated_at: float | None = None  # wall-clock time of the evaluation
     rows: int | None = None  # rows in the window evaluated
     enough_data: bool | None = None  # False: too few rows for a verdict
+    scales: tuple[int, ...] = ()  # the window scales tested this time
+    alpha_per_test: float | None = None  # the level every test was calibrated to
+    expected_run_rows: int | None = None  # the false-alarm budget that level comes from
     features: tuple[FeatureScores, ...] = ()
     score: float | None = field(init=False)
 
@@ -175,6 +197,9 @@ class DriftVerdict:
             "enough_data": self.enough_data,
             "drift_detected": self.detected,
             "drifted_features": list(self.drifted_features),
+            "scales": list(self.scales),
+            "alpha_per_test": self.alpha_per_test,
+            "expected_run_rows": self.expected_run_rows,
             "features": [f.to_dict() for f in self.features],
             "detected": self.detected,
         }
@@ -385,6 +410,9 @@ def _drift(drift: Mapping[str, Any]) -> DriftVerdict:
         evaluated_at=_number(drift.get("evaluated_at")),
         rows=_count(drift.get("rows")),
         enough_data=_flag(drift.get("enough_data")),
+        scales=tuple(n for n in (_count(v) for v in _list(drift.get("scales"))[:MAX_SCORES]) if n),
+        alpha_per_test=_number(drift.get("alpha_per_test")),
+        expected_run_rows=_count(drift.get("expected_run_rows")),
         features=tuple(_feature(f) for f in features[:MAX_FEATURES] if isinstance(f, dict))
         if isinstance(features, list)
         else (),
@@ -400,9 +428,26 @@ def _feature(value: Mapping[str, Any]) -> FeatureScores:
         null_ratio=_number(value.get("null_ratio")),
         scores=_scores(value.get("scores")),
         pvalues=_scores(value.get("pvalues")),
-        adjusted_pvalues=_scores(value.get("adjusted_pvalues")),
+        tests=tuple(
+            _test(t) for t in _list(value.get("tests"))[:MAX_SCORES] if isinstance(t, dict)
+        ),
         drifted=value.get("drifted") is True,
         flagged_by=_texts(value.get("flagged_by"), MAX_SCORES),
+    )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _test(value: Mapping[str, Any]) -> DriftTest:
+    return DriftTest(
+        test=_text(value.get("test")),
+        rows=_count(value.get("rows")),
+        statistic=_number(value.get("statistic")),
+        threshold=_number(value.get("threshold")),
+        ratio=_number(value.get("ratio")),
+        fired=value.get("fired") is True,
     )
 
 

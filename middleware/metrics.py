@@ -229,16 +229,25 @@ class MonitorMetrics:
         )
         self.feature_drift_score = Gauge(
             "mlwarden_feature_drift_score",
-            "Drift score of a feature against the baseline (psi: index; ks: statistic D; "
-            "chi2: statistic).",
+            "Drift score of a feature over the whole window (psi: index; ks: statistic D; "
+            "chi2: statistic); reported, not deciding.",
             (*_MV, "feature", "method"),
             registry=r,
             multiprocess_mode="mostrecent",
         )
         self.feature_drift_pvalue = Gauge(
             "mlwarden_feature_drift_pvalue",
-            "p-value of a feature's drift test (ks, chi2) before multiple-testing correction.",
+            "Textbook p-value of a feature's ks or chi2 statistic over the whole window; "
+            "reported, not deciding.",
             (*_MV, "feature", "method"),
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.feature_drift_ratio = Gauge(
+            "mlwarden_feature_drift_ratio",
+            "A feature's drift test statistic over its calibrated threshold, on the window "
+            "scale closest to firing (location, spread, shape, chi2): the test fires at 1.",
+            (*_MV, "feature", "test"),
             registry=r,
             multiprocess_mode="mostrecent",
         )

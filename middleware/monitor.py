@@ -115,6 +115,7 @@ class InferenceMonitor:
                 version=o.model_version,
                 interval_s=o.drift_interval_s,
                 every_rows=o.drift_every_rows,
+                min_interval_s=o.drift_min_interval_s,
                 shipper=self.shipper,
                 before=self.drain,
             )

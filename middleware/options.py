@@ -70,7 +70,8 @@ class MonitorOptions:
     window_rows: int = 10_000
     window_seconds: float | None = 600.0
     drift_interval_s: float = 10.0
-    drift_every_rows: int = 2_000
+    drift_every_rows: int | None = None  # None: a fifth of the smallest scale (50 rows)
+    drift_min_interval_s: float = 0.2
     drift: DriftThresholds = field(default_factory=DriftThresholds)
     health: HealthThresholds = field(default_factory=HealthThresholds)
     influx: InfluxSettings | None = None
@@ -205,7 +206,6 @@ class MonitorOptions:
             ("max_response_bytes", 1024),
             ("max_rows", 1),
             ("window_rows", 10),
-            ("drift_every_rows", 1),
             ("feedback_max_body_bytes", 1024),
             ("feedback_max_batch", 1),
             ("quality_max_samples", 10),
@@ -256,6 +256,18 @@ class MonitorOptions:
                 f"got {threshold!r}"
             )
         _check_positive("drift_interval_s", self.drift_interval_s, problems)
+        _check_positive("drift_min_interval_s", self.drift_min_interval_s, problems)
+        if self.drift_every_rows is not None:
+            _check_int("drift_every_rows", self.drift_every_rows, 1, problems)
+        if (
+            isinstance(self.drift, DriftThresholds)
+            and isinstance(self.window_rows, int)
+            and self.drift.largest_scale > self.window_rows
+        ):
+            problems.append(
+                f"drift.scales: the largest scale ({self.drift.largest_scale}) must fit in "
+                f"window_rows ({self.window_rows})"
+            )
         if self.window_seconds is not None:
             _check_positive("window_seconds", self.window_seconds, problems)
         for key in ("metrics_path", "health_path", "feedback_path"):

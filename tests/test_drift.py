@@ -248,36 +248,6 @@ def twenty() -> BaselineProfile:
     return build_baseline(_twenty_features(np.random.default_rng(1234), 20_000))
 
 
-def test_a_correction_can_turn_a_flag_off(twenty: BaselineProfile) -> None:
-    rng = np.random.default_rng(99)
-    columns = _twenty_features(rng, 2_000)
-    # A shift whose raw KS p-value is small but not small enough for 20 tests at once.
-    target = 0.02
-    base = twenty.feature("normal0")
-    assert isinstance(base, NumericProfile)
-    for shift in np.linspace(0.0, 0.3, 61):
-        moved = dict(columns, normal0=columns["normal0"] + shift * base.std)
-        report = evaluate_drift(
-            _windows(twenty, moved), DriftThresholds(ks_min_statistic=0.0, psi=10.0)
-        )
-        if report.features[0].pvalues["ks"] < target:
-            break
-    else:
-        pytest.fail("no shift reached the target p-value")
-    windows = _windows(twenty, moved)
-    loose = evaluate_drift(
-        windows, DriftThresholds(correction="none", ks_min_statistic=0.0, psi=10.0)
-    )
-    strict = evaluate_drift(
-        windows, DriftThresholds(correction="bonferroni", ks_min_statistic=0.0, psi=10.0)
-    )
-    assert "normal0" in loose.drifted_features
-    assert "normal0" not in strict.drifted_features
-    assert strict.features[0].adjusted_pvalues["ks"] == pytest.approx(
-        min(1.0, loose.features[0].pvalues["ks"] * 20)
-    )
-
-
 # --------------------------------------------------------------------------- verdicts
 
 
@@ -318,7 +288,9 @@ def test_traffic_drawn_from_the_baseline_raises_no_drift(
 
 
 @pytest.mark.parametrize("name", ["normal1", "lognormal2", "uniform0", "integer3"])
-def test_a_one_std_mean_shift_flags_that_feature_only(twenty: BaselineProfile, name: str) -> None:
+def test_a_one_std_mean_shift_flags_that_feature_only_by_location(
+    twenty: BaselineProfile, name: str
+) -> None:
     columns = _twenty_features(np.random.default_rng(7), 1_500)
     profile = twenty.feature(name)
     assert isinstance(profile, NumericProfile)
@@ -326,27 +298,48 @@ def test_a_one_std_mean_shift_flags_that_feature_only(twenty: BaselineProfile, n
     report = evaluate_drift(_windows(twenty, columns), DriftThresholds())
     assert report.drifted_features == (name,)
     flagged = next(f for f in report.features if f.name == name)
-    assert set(flagged.flagged_by) == {"psi", "ks"}
+    assert "location" in flagged.flagged_by
+    assert flagged.tests["location"].ratio > 1 and flagged.tests["location"].statistic > 0
 
 
-def test_a_category_mix_shift_is_flagged_by_chi2_and_psi(twenty: BaselineProfile) -> None:
+def test_a_wider_spread_at_the_same_mean_is_flagged_by_spread() -> None:
+    rng = np.random.default_rng(21)
+    profile = build_baseline({"x": rng.normal(size=20_000), "y": rng.normal(size=20_000)})
+    windows = _windows(profile, {"x": rng.normal(0, 1.5, 1_000), "y": rng.normal(size=1_000)})
+    report = evaluate_drift(windows, DriftThresholds())
+    assert report.drifted_features == ("x",)
+    x = report.features[0]
+    assert "spread" in x.flagged_by and "location" not in x.flagged_by
+    assert x.tests["spread"].statistic > 0
+
+
+def test_a_narrower_spread_is_flagged_too() -> None:
+    rng = np.random.default_rng(22)
+    profile = build_baseline({"x": rng.normal(size=20_000)})
+    report = evaluate_drift(_windows(profile, {"x": rng.normal(0, 0.6, 1_000)}), DriftThresholds())
+    assert "spread" in report.features[0].flagged_by
+    assert report.features[0].tests["spread"].statistic < 0
+
+
+def test_a_change_of_shape_with_the_same_mean_and_sd_is_flagged_by_shape() -> None:
+    rng = np.random.default_rng(23)
+    profile = build_baseline({"x": rng.normal(size=20_000)})
+    # Two bumps at +-0.8 with sd 0.6: mean 0 and variance 1, like the baseline.
+    bimodal = rng.choice([-0.8, 0.8], 4_000) + rng.normal(0, 0.6, 4_000)
+    report = evaluate_drift(_windows(profile, {"x": bimodal}), DriftThresholds())
+    x = report.features[0]
+    assert x.drifted and "shape" in x.flagged_by
+    assert "location" not in x.flagged_by
+
+
+def test_a_category_mix_shift_is_flagged_by_chi2(twenty: BaselineProfile) -> None:
     columns = _twenty_features(np.random.default_rng(8), 1_500)
     columns["category1"] = np.array(list("abcd"))[
         np.random.default_rng(9).choice(4, 1_500, p=[0.4, 0.3, 0.2, 0.1])
     ]
     report = evaluate_drift(_windows(twenty, columns), DriftThresholds())
     assert report.drifted_features == ("category1",)
-    assert report.features[4 + 5].flagged_by == ("psi", "chi2")
-
-
-def test_huge_windows_do_not_flag_trivial_shifts() -> None:
-    rng = np.random.default_rng(10)
-    profile = build_baseline({"x": rng.normal(size=50_000)})
-    windows = _windows(profile, {"x": rng.normal(0.06, 1, 50_000)})
-    feature = evaluate_drift(windows, DriftThresholds()).features[0]
-    assert feature.adjusted_pvalues["ks"] < 1e-6  # significant...
-    assert feature.scores["ks"] < 0.1  # ...but too small to matter
-    assert not feature.drifted
+    assert report.features[4 + 5].flagged_by == ("chi2",)
 
 
 def test_nothing_is_flagged_below_min_rows() -> None:
@@ -358,6 +351,7 @@ def test_nothing_is_flagged_below_min_rows() -> None:
     assert not few.enough_data and few.drifted_features == ()
     assert few.features[0].scores["psi"] > 1  # still scored, just not flagged
     assert enough.enough_data and enough.drifted_features == ("x",)
+    assert enough.scales == (250,)  # a partial window, on the smallest scale only
 
 
 def test_a_feature_with_too_few_values_present_is_not_flagged() -> None:
@@ -371,17 +365,18 @@ def test_a_feature_with_too_few_values_present_is_not_flagged() -> None:
     assert report.enough_data
     assert report.drifted_features == ()
     assert report.features[1].null_ratio == pytest.approx(0.9)
+    assert report.features[1].tests == {}
 
 
-def test_methods_can_be_switched_off(twenty: BaselineProfile) -> None:
+def test_tests_can_be_switched_off(twenty: BaselineProfile) -> None:
     columns = _twenty_features(np.random.default_rng(13), 1_500)
     columns["normal0"] = columns["normal0"] + 2
     report = evaluate_drift(
-        _windows(twenty, columns), DriftThresholds(numeric_methods=("ks",), categorical_methods=())
+        _windows(twenty, columns), DriftThresholds(numeric_tests=("shape",), categorical_tests=())
     )
-    assert report.features[0].flagged_by == ("ks",)
-    assert set(report.features[0].scores) == {"ks"}
-    assert report.features[4].scores == {} and report.features[4].pvalues == {}
+    assert report.features[0].flagged_by == ("shape",)
+    assert set(report.features[0].tests) == {"shape"}
+    assert report.features[4].tests == {}
 
 
 def test_report_to_dict_is_strict_json_with_none_where_undefined() -> None:
@@ -389,52 +384,64 @@ def test_report_to_dict_is_strict_json_with_none_where_undefined() -> None:
     report = evaluate_drift(_windows(profile, {"x": []}), DriftThresholds())
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     x = data["features"][0]
-    assert data["rows"] == 0 and data["enough_data"] is False
-    assert x["mean"] is None and x["null_ratio"] is None
+    assert data["rows"] == 0 and data["enough_data"] is False and data["scales"] == []
+    assert x["mean"] is None and x["null_ratio"] is None and x["tests"] == []
     assert x["scores"] == {"psi": None, "ks": None} and x["pvalues"] == {"ks": None}
     assert data["features"][1]["scores"] == {"psi": None, "chi2": None}
 
 
-def test_report_to_dict_carries_scores_and_verdict(twenty: BaselineProfile) -> None:
+def test_report_shows_the_scale_that_fired_and_its_threshold(twenty: BaselineProfile) -> None:
     columns = _twenty_features(np.random.default_rng(14), 1_000)
     columns["uniform2"] = columns["uniform2"] + 3
     data = evaluate_drift(_windows(twenty, columns), DriftThresholds()).to_dict()
     assert data["drift_detected"] is True and data["drifted_features"] == ["uniform2"]
+    assert data["scales"] == [250, 1000]  # 4,000 rows are not there yet
+    assert 0 < data["alpha_per_test"] < 1e-4 and data["expected_run_rows"] == 200_000
     feature = next(f for f in data["features"] if f["name"] == "uniform2")
-    assert feature["flagged_by"] == ["psi", "ks"] and feature["scores"]["psi"] > 0.2
-    assert 0 <= feature["pvalues"]["ks"] <= feature["adjusted_pvalues"]["ks"] <= 1
+    assert "location" in feature["flagged_by"]
+    tests = {t["test"]: t for t in feature["tests"]}
+    assert set(tests) == {"location", "spread", "shape"}
+    location = tests["location"]
+    assert location["fired"] is True and location["rows"] in (250, 1000)
+    assert location["ratio"] == pytest.approx(abs(location["statistic"]) / location["threshold"])
+    calm = next(f for f in data["features"] if f["name"] == "normal0")
+    assert all(not t["fired"] and t["ratio"] < 1 for t in calm["tests"])
 
 
-# --------------------------------------------------------------------------- thresholds
+# --------------------------------------------------------------------------- settings
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"psi": -1}, "drift.psi: must be > 0, got -1"),
-        ({"ks_pvalue": 1.0}, "drift.ks_pvalue: must be between 0 and 1"),
-        ({"chi2_pvalue": 0}, "drift.chi2_pvalue: must be between 0 and 1"),
-        ({"ks_min_statistic": 1.5}, "drift.ks_min_statistic: must be between 0 and 1"),
-        ({"min_rows": 0}, "drift.min_rows: must be an integer >= 1"),
-        ({"min_rows": 10.5}, "drift.min_rows: must be an integer >= 1"),
-        ({"correction": "fdr"}, "drift.correction: must be one of holm, bonferroni, bh, none"),
-        ({"numeric_methods": ("psi", "chi2")}, "drift.numeric_methods: must be a list"),
-        ({"categorical_methods": ("chi2", "chi2")}, "drift.categorical_methods: must be a list"),
+        ({"scales": ()}, "drift.scales: must be a list of increasing integers"),
+        ({"scales": (500, 250)}, "drift.scales: must be a list of increasing integers"),
+        ({"scales": (50, 500)}, "drift.scales: the smallest scale must be >= min_rows (100)"),
+        ({"expected_run_rows": 10}, "drift.expected_run_rows: must be an integer >= 1000"),
+        ({"min_rows": 5}, "drift.min_rows: must be an integer >= 20"),
+        ({"min_rows": 100.5}, "drift.min_rows: must be an integer >= 20"),
+        ({"numeric_tests": ("location", "chi2")}, "drift.numeric_tests: must be a list"),
+        ({"categorical_tests": ("chi2", "chi2")}, "drift.categorical_tests: must be a list"),
     ],
 )
-def test_thresholds_reject_bad_values_naming_the_key(options: dict, message: str) -> None:
+def test_settings_reject_bad_values_naming_the_key(options: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         DriftThresholds(**options)
     assert any(p.startswith(message) for p in info.value.problems), info.value.problems
 
 
-def test_thresholds_from_mapping_rejects_unknown_keys_with_the_rest() -> None:
+def test_settings_from_mapping_rejects_unknown_and_retired_keys_with_the_rest() -> None:
     with pytest.raises(ConfigError) as info:
-        DriftThresholds.from_mapping({"psi": 0, "ks_p": 0.01})
-    assert [p.split(":")[0] for p in info.value.problems] == ["drift.ks_p", "drift.psi"]
+        DriftThresholds.from_mapping({"ks_min_statistic": 0.1, "scale": [1], "min_rows": 1})
+    problems = info.value.problems
+    assert [p.split(":")[0] for p in problems] == [
+        "drift.ks_min_statistic",
+        "drift.scale",
+        "drift.min_rows",
+    ]
+    assert "no longer an option (thresholds are calibrated per window size" in problems[0]
 
 
-def test_thresholds_from_mapping_accepts_yaml_lists() -> None:
-    thresholds = DriftThresholds.from_mapping({"numeric_methods": ["ks"], "min_rows": 500})
-    assert thresholds.numeric_methods == ("ks",)
-    assert thresholds.min_rows == 500
+def test_settings_from_mapping_accepts_yaml_lists() -> None:
+    settings = DriftThresholds.from_mapping({"scales": [200, 2000], "numeric_tests": ["shape"]})
+    assert settings.scales == (200, 2000) and settings.numeric_tests == ("shape",)

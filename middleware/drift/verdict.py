@@ -1,128 +1,36 @@
-"""The drift verdict: the thresholds, and what one evaluation of the windows found.
+"""The drift verdict: several window scales, calibrated tests, one report.
 
-:func:`evaluate_drift` reads a window's counts, scores every feature
-(:mod:`~mlwarden.middleware.drift.scores`) and decides:
-
-- every p-value of one evaluation (KS per numeric feature, chi-square per categorical one) is
-  one family, corrected with ``correction`` (Holm by default): twenty features tested every
-  few seconds would otherwise raise false alarms all day;
-- a significant p-value is not enough. With 10,000 rows a shift of no practical consequence
-  is "significant", so KS also needs ``D >= ks_min_statistic`` and chi-square needs the total
-  variation distance (the largest difference in probability of any set of categories, the
-  categorical analogue of D) ``>= chi2_min_distance``;
-- PSI, a distance without a p-value, flags above ``psi``;
-- nothing is flagged with fewer than ``min_rows`` rows in the window, nor for a feature with
-  fewer than ``min_rows`` values present.
+:class:`DriftEvaluator` judges a :class:`~mlwarden.middleware.features.FeatureWindows`
+again and again, as the middleware does: each scale (the last 250, 1,000 and 4,000 rows by
+default) is tested once a fifth of its rows are new, and its last results stand in between,
+so that frequent evaluations cost little and add no false alarms. A feature drifts when any
+of its tests fires on any scale; the thresholds come from
+:mod:`~mlwarden.middleware.drift.calibration`. The report also carries the whole window's
+familiar figures (:mod:`~mlwarden.middleware.drift.descriptive`). :func:`evaluate_drift` is
+one evaluation of every scale.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from mlwarden.middleware.baseline import BaselineProfile, CategoricalProfile
-from mlwarden.middleware.drift.scores import (
-    CORRECTIONS,
-    EPS,
-    adjust_pvalues,
-    chi2_test,
-    ks_pvalue,
-    psi,
-    total_variation,
+from mlwarden.middleware.baseline import CategoricalProfile, NumericProfile
+from mlwarden.middleware.drift.calibration import (
+    EVALUATIONS_PER_SCALE,
+    Calibration,
+    alpha_per_test,
 )
-from mlwarden.middleware.errors import ConfigError
-from mlwarden.middleware.features import CategoricalCounts, FeatureWindows, NumericTable
-from mlwarden.middleware.health_report import DriftVerdict, FeatureScores
+from mlwarden.middleware.drift.descriptive import describe
+from mlwarden.middleware.drift.scale_tests import TestOutcome, run_scale
+from mlwarden.middleware.drift.settings import DriftThresholds
+from mlwarden.middleware.features import FeatureWindows
+from mlwarden.middleware.health_report import DriftTest, DriftVerdict, FeatureScores
 
-__all__ = ["DriftReport", "DriftThresholds", "FeatureDrift", "evaluate_drift"]
-
-_NUMERIC_METHODS = ("psi", "ks")
-_CATEGORICAL_METHODS = ("psi", "chi2")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass(frozen=True, slots=True)
-class DriftThresholds:
-    """When a feature counts as drifted; validated on creation (keys named ``drift.*``)."""
-
-    psi: float = 0.2
-    ks_pvalue: float = 0.05
-    chi2_pvalue: float = 0.05
-    ks_min_statistic: float = 0.1
-    chi2_min_distance: float = 0.1
-    min_rows: int = 100
-    correction: str = "holm"
-    numeric_methods: tuple[str, ...] = _NUMERIC_METHODS
-    categorical_methods: tuple[str, ...] = _CATEGORICAL_METHODS
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not _is_number(self.psi) or self.psi <= 0:
-            problems.append(f"drift.psi: must be > 0, got {self.psi!r}")
-        for key in ("ks_pvalue", "chi2_pvalue"):
-            value = getattr(self, key)
-            if not _is_number(value) or not 0 < value < 1:
-                problems.append(f"drift.{key}: must be between 0 and 1 (exclusive), got {value!r}")
-        for key in ("ks_min_statistic", "chi2_min_distance"):
-            value = getattr(self, key)
-            if not _is_number(value) or not 0 <= value <= 1:
-                problems.append(f"drift.{key}: must be between 0 and 1, got {value!r}")
-        if (
-            not isinstance(self.min_rows, int)
-            or isinstance(self.min_rows, bool)
-            or self.min_rows < 1
-        ):
-            problems.append(f"drift.min_rows: must be an integer >= 1, got {self.min_rows!r}")
-        if self.correction not in CORRECTIONS:
-            problems.append(
-                f"drift.correction: must be one of {', '.join(CORRECTIONS)}, "
-                f"got {self.correction!r}"
-            )
-        for key, allowed in (
-            ("numeric_methods", _NUMERIC_METHODS),
-            ("categorical_methods", _CATEGORICAL_METHODS),
-        ):
-            value = getattr(self, key)
-            if isinstance(value, list):
-                value = tuple(value)
-                object.__setattr__(self, key, value)
-            if (
-                not isinstance(value, tuple)
-                or not all(m in allowed for m in value)
-                or len(set(value)) != len(value)
-            ):
-                problems.append(
-                    f"drift.{key}: must be a list of distinct methods from "
-                    f"{', '.join(allowed)}, got {value!r}"
-                )
-        if problems:
-            raise ConfigError(problems)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> DriftThresholds:
-        """Build from a config block; unknown keys and bad values are reported together."""
-        allowed = [f.name for f in fields(cls)]
-        problems = [
-            f"drift.{key}: unknown key (allowed: {', '.join(allowed)})"
-            for key in data
-            if key not in allowed
-        ]
-        known = {k: v for k, v in data.items() if k in allowed}
-        try:
-            thresholds = cls(**known)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        if problems:
-            raise ConfigError(problems)
-        return thresholds
+__all__ = ["DriftEvaluator", "DriftReport", "FeatureDrift", "evaluate_drift"]
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -131,19 +39,19 @@ def _finite_or_none(value: float | None) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class FeatureDrift:
-    """One feature's statistics and drift verdict over the window."""
+    """One feature's figures and drift verdict."""
 
     name: str
     kind: str  # "numeric" | "categorical"
     rows: int  # rows of this feature in the window (nulls included)
     mean: float | None  # numeric only, over finite values; None when no value
     null_ratio: float
-    scores: dict[str, float] = field(default_factory=dict)  # method -> statistic (psi, ks, chi2)
-    pvalues: dict[str, float] = field(default_factory=dict)  # method -> raw p-value (ks, chi2)
+    scores: dict[str, float] = field(default_factory=dict)  # whole window: psi, ks | chi2
+    pvalues: dict[str, float] = field(default_factory=dict)  # whole window: ks | chi2
     drifted: bool = False
-    flagged_by: tuple[str, ...] = ()
-    # method -> p-value after the correction across every test of the evaluation
-    adjusted_pvalues: dict[str, float] = field(default_factory=dict)
+    flagged_by: tuple[str, ...] = ()  # the tests that fired
+    # test -> its outcome on the scale where it came closest to firing
+    tests: dict[str, TestOutcome] = field(default_factory=dict)
 
     def for_report(self) -> FeatureScores:
         """The feature's entry in the health report: finite floats only, None where undefined."""
@@ -155,7 +63,17 @@ class FeatureDrift:
             null_ratio=_finite_or_none(self.null_ratio),
             scores={k: _finite_or_none(v) for k, v in self.scores.items()},
             pvalues={k: _finite_or_none(v) for k, v in self.pvalues.items()},
-            adjusted_pvalues={k: _finite_or_none(v) for k, v in self.adjusted_pvalues.items()},
+            tests=tuple(
+                DriftTest(
+                    test=t.test,
+                    rows=t.rows,
+                    statistic=_finite_or_none(t.statistic),
+                    threshold=_finite_or_none(t.threshold),
+                    ratio=_finite_or_none(t.ratio),
+                    fired=t.fired,
+                )
+                for t in self.tests.values()
+            ),
             drifted=self.drifted,
             flagged_by=self.flagged_by,
         )
@@ -173,6 +91,9 @@ class DriftReport:
     rows: int  # rows in the window
     enough_data: bool  # False: too few rows for any verdict (nothing flagged)
     features: tuple[FeatureDrift, ...]
+    scales: tuple[int, ...] = ()  # the scales whose results the verdict holds
+    alpha_per_test: float | None = None
+    expected_run_rows: int | None = None
 
     @property
     def drifted_features(self) -> tuple[str, ...]:
@@ -191,163 +112,156 @@ class DriftReport:
             evaluated_at=self.evaluated_at,
             rows=self.rows,
             enough_data=self.enough_data,
+            scales=self.scales,
+            alpha_per_test=self.alpha_per_test,
+            expected_run_rows=self.expected_run_rows,
             features=tuple(f.for_report() for f in self.features),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: finite floats only, None where undefined."""
-        return {
-            "evaluated_at": self.evaluated_at,
-            "rows": self.rows,
-            "enough_data": self.enough_data,
-            "drift_detected": self.drift_detected,
-            "drifted_features": list(self.drifted_features),
-            "features": [f.to_dict() for f in self.features],
-        }
+        return self.verdict().to_dict()
+
+
+# One calibration per windows and settings: evaluate_drift may be called in a loop.
+_CALIBRATIONS: weakref.WeakKeyDictionary[FeatureWindows, dict[DriftThresholds, Calibration]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def calibration_for(windows: FeatureWindows, settings: DriftThresholds) -> Calibration:
+    """The calibration of ``windows``' baseline under ``settings`` (made once, then shared)."""
+    by_settings = _CALIBRATIONS.setdefault(windows, {})
+    found = by_settings.get(settings)
+    if found is None:
+        features = windows.baseline.features
+        numeric = sum(isinstance(f, NumericProfile) for f in features)
+        categorical = sum(isinstance(f, CategoricalProfile) for f in features)
+        alpha = alpha_per_test(
+            expected_run_rows=settings.expected_run_rows,
+            tests_per_evaluation=settings.tests_per_evaluation(numeric, categorical),
+            scales=settings.scales,
+        )
+        found = by_settings[settings] = Calibration(
+            windows.baseline, alpha=alpha, scales=settings.scales, min_rows=settings.min_rows
+        )
+    return found
 
 
 @dataclass(slots=True)
-class _Pending:
-    """A feature's scores before the family of p-values is corrected."""
-
-    name: str
-    kind: str
-    rows: int
-    present: int  # values the tests ran on (KS: finite ones)
-    mean: float | None
-    null_ratio: float
-    scores: dict[str, float]
-    pvalues: dict[str, float]
-    effect: dict[str, float]  # method -> effect size gated on (KS: D, chi2: TVD)
+class _ScaleState:
+    added: int  # the windows' row count when this scale was last tested
+    numeric: list[dict[str, TestOutcome]]
+    categorical: list[dict[str, TestOutcome]]
 
 
-def _numeric(
-    table: NumericTable, baseline: BaselineProfile, rows: int, methods: tuple[str, ...]
-) -> dict[str, _Pending]:
-    """PSI and KS of every numeric feature at once, on the padded table.
+class DriftEvaluator:
+    """Evaluates one windows object again and again, each scale when it has new rows."""
 
-    The same arithmetic as :func:`psi` and :func:`ks_statistic_binned` (the tests hold the
-    two paths equal), without a dozen small numpy calls per feature.
-    """
-    features = len(table.names)
-    scores: list[dict[str, float]] = [{} for _ in range(features)]
-    pvalues: list[dict[str, float]] = [{} for _ in range(features)]
-    effect: list[dict[str, float]] = [{} for _ in range(features)]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if "psi" in methods and features:
-            present = table.bins.sum(axis=1)
-            q = np.maximum(table.bins / present[:, None], EPS)
-            p = np.maximum(table.reference_proportions, EPS)
-            values = np.where(present > 0, np.sum((q - p) * np.log(q / p), axis=1), np.nan)
-            for i, value in enumerate(values.tolist()):
-                scores[i]["psi"] = value
-        if "ks" in methods and features:
-            window_cdf = np.cumsum(table.grid, axis=1) / table.finite[:, None]
-            distances = np.max(np.abs(window_cdf - table.reference_cdf), axis=1)
-            distances = np.where(table.finite > 0, distances, np.nan)
-            for i, (d, n) in enumerate(zip(distances.tolist(), table.finite.tolist(), strict=True)):
-                profile = baseline.feature(table.names[i])
-                scores[i]["ks"] = effect[i]["ks"] = d
-                pvalues[i]["ks"] = ks_pvalue(d, n, profile.count)
-    out = {}
-    for i, name in enumerate(table.names):
-        finite = int(table.finite[i])
-        out[name] = _Pending(
-            name=name,
-            kind="numeric",
-            rows=rows,
-            present=finite,
-            mean=float(table.totals[i]) / finite if finite else None,
-            null_ratio=int(table.nulls[i]) / rows if rows else math.nan,
-            scores=scores[i],
-            pvalues=pvalues[i],
-            effect=effect[i],
+    def __init__(self, windows: FeatureWindows, settings: DriftThresholds) -> None:
+        self.windows = windows
+        self.settings = settings
+        self.calibration = calibration_for(windows, settings)
+        self._state: dict[int, _ScaleState] = {}
+        baseline = windows.baseline
+        self._numeric_names = tuple(
+            f.name for f in baseline.features if isinstance(f, NumericProfile)
         )
-    return out
+        self._categorical_names = tuple(
+            f.name for f in baseline.features if isinstance(f, CategoricalProfile)
+        )
 
+    def step(self, scale: int) -> int:
+        """New rows after which ``scale`` is tested again."""
+        return max(1, math.ceil(scale / EVALUATIONS_PER_SCALE))
 
-def _categorical(
-    counts: CategoricalCounts, profile: CategoricalProfile, methods: tuple[str, ...]
-) -> _Pending:
-    scores: dict[str, float] = {}
-    pvalues: dict[str, float] = {}
-    effect: dict[str, float] = {}
-    if "psi" in methods:
-        scores["psi"] = psi(profile.proportions, counts.counts)
-    if "chi2" in methods:
-        result = chi2_test(profile.proportions, counts.counts)
-        scores["chi2"] = result.statistic
-        pvalues["chi2"] = result.pvalue
-        effect["chi2"] = total_variation(profile.proportions, counts.counts)
-    rows = counts.rows
-    return _Pending(
-        name=counts.name,
-        kind="categorical",
-        rows=rows,
-        present=rows - counts.nulls,
-        mean=None,
-        null_ratio=counts.nulls / rows if rows else math.nan,
-        scores=scores,
-        pvalues=pvalues,
-        effect=effect,
-    )
+    def rows_until_due(self) -> int:
+        """New rows needed before the smallest scale is tested again (0: due now)."""
+        smallest = self.settings.scales[0]
+        state = self._state.get(smallest)
+        if state is None:
+            return 0
+        return max(0, self.step(smallest) - (self.windows.added - state.added))
+
+    def evaluate(self, now: float | None = None, *, every_scale: bool = False) -> DriftReport:
+        """Test the scales that are due (all with ``every_scale``) and report on all.
+
+        ``now`` is a reading of the windows' clock (for the age bound); the report's
+        ``evaluated_at`` is always wall-clock time.
+        """
+        s = self.settings
+        added = self.windows.added
+        due = [
+            scale
+            for scale in s.scales
+            if every_scale
+            or (state := self._state.get(scale)) is None
+            or added - state.added >= self.step(scale)
+        ]
+        rows, recent = self.windows.recent(due, self.calibration.numeric.cells, now)
+        active: list[int] = []
+        for scale in s.scales:
+            if not (rows >= scale or (scale == s.scales[0] and rows >= s.min_rows)):
+                self._state.pop(scale, None)
+                continue
+            active.append(scale)
+            if scale in recent:
+                numeric, categorical = run_scale(
+                    recent[scale],
+                    self.calibration,
+                    numeric_tests=s.numeric_tests,
+                    categorical_tests=s.categorical_tests,
+                    min_rows=s.min_rows,
+                )
+                self._state[scale] = _ScaleState(added, numeric, categorical)
+        return self._report(rows, active, now)
+
+    def _report(self, rows: int, active: list[int], now: float | None) -> DriftReport:
+        best: dict[str, dict[str, TestOutcome]] = {}
+        for scale in active:
+            state = self._state[scale]
+            for names, outcomes in (
+                (self._numeric_names, state.numeric),
+                (self._categorical_names, state.categorical),
+            ):
+                for name, by_test in zip(names, outcomes, strict=True):
+                    mine = best.setdefault(name, {})
+                    for test, outcome in by_test.items():
+                        held = mine.get(test)
+                        if held is None or outcome.ratio > held.ratio:
+                            mine[test] = outcome
+        snapshot = self.windows.snapshot(now)
+        features = []
+        for d in describe(snapshot, self.windows.baseline):
+            tests = best.get(d.name, {})
+            fired = tuple(test for test, outcome in tests.items() if outcome.fired)
+            features.append(
+                FeatureDrift(
+                    name=d.name,
+                    kind=d.kind,
+                    rows=d.rows,
+                    mean=d.mean,
+                    null_ratio=d.null_ratio,
+                    scores=d.scores,
+                    pvalues=d.pvalues,
+                    drifted=bool(fired),
+                    flagged_by=fired,
+                    tests=tests,
+                )
+            )
+        return DriftReport(
+            evaluated_at=time.time(),
+            rows=snapshot.rows,
+            enough_data=bool(active),
+            features=tuple(features),
+            scales=tuple(active),
+            alpha_per_test=self.calibration.alpha,
+            expected_run_rows=self.settings.expected_run_rows,
+        )
 
 
 def evaluate_drift(
     windows: FeatureWindows, thresholds: DriftThresholds, *, now: float | None = None
 ) -> DriftReport:
-    """Score every feature's window against the baseline and decide which ones drifted.
-
-    ``now`` is a reading of the windows' clock (for the age bound); the report's
-    ``evaluated_at`` is always wall-clock time.
-    """
-    t = thresholds
-    snapshot = windows.snapshot(now)
-    baseline = windows.baseline
-    numeric = _numeric(snapshot.numeric, baseline, snapshot.rows, t.numeric_methods)
-    pending: list[_Pending] = []
-    for counts in snapshot.features:
-        if isinstance(counts, CategoricalCounts):
-            profile = baseline.feature(counts.name)
-            assert isinstance(profile, CategoricalProfile)
-            pending.append(_categorical(counts, profile, t.categorical_methods))
-        else:
-            pending.append(numeric[counts.name])
-
-    family = [(i, method, p) for i, f in enumerate(pending) for method, p in f.pvalues.items()]
-    adjusted = adjust_pvalues([p for _, _, p in family], t.correction)
-    corrected: list[dict[str, float]] = [{} for _ in pending]
-    for (i, method, _), value in zip(family, adjusted, strict=True):
-        corrected[i][method] = float(value)
-
-    enough = snapshot.rows >= t.min_rows
-    limits = {"ks": (t.ks_pvalue, t.ks_min_statistic), "chi2": (t.chi2_pvalue, t.chi2_min_distance)}
-    features = []
-    for f, adj in zip(pending, corrected, strict=True):
-        flagged: list[str] = []
-        if enough and f.present >= t.min_rows:
-            for method, score in f.scores.items():
-                if method == "psi":
-                    if score > t.psi:
-                        flagged.append(method)
-                    continue
-                alpha, min_effect = limits[method]
-                if adj[method] < alpha and f.effect[method] >= min_effect:
-                    flagged.append(method)
-        features.append(
-            FeatureDrift(
-                name=f.name,
-                kind=f.kind,
-                rows=f.rows,
-                mean=f.mean,
-                null_ratio=f.null_ratio,
-                scores=f.scores,
-                pvalues=f.pvalues,
-                drifted=bool(flagged),
-                flagged_by=tuple(flagged),
-                adjusted_pvalues=adj,
-            )
-        )
-    return DriftReport(
-        evaluated_at=time.time(), rows=snapshot.rows, enough_data=enough, features=tuple(features)
-    )
+    """Test every scale of the windows once and report (no state kept between calls)."""
+    return DriftEvaluator(windows, thresholds).evaluate(now, every_scale=True)

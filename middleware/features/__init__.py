@@ -11,6 +11,7 @@ from mlwarden.middleware.features.counts import (
     CategoricalCounts,
     NumericCounts,
     NumericTable,
+    RecentCounts,
     WindowSnapshot,
 )
 from mlwarden.middleware.features.storage import to_float64
@@ -21,6 +22,7 @@ __all__ = [
     "FeatureWindows",
     "NumericCounts",
     "NumericTable",
+    "RecentCounts",
     "WindowSnapshot",
     "to_float64",
 ]

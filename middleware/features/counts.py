@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CategoricalCounts", "NumericCounts", "NumericTable", "WindowSnapshot"]
+__all__ = [
+    "CategoricalCounts",
+    "NumericCounts",
+    "NumericTable",
+    "RecentCounts",
+    "WindowSnapshot",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +95,19 @@ class WindowSnapshot:
     rows: int
     features: tuple[NumericCounts | CategoricalCounts, ...]
     numeric: NumericTable
+
+
+@dataclass(frozen=True, slots=True)
+class RecentCounts:
+    """The most recent ``rows`` rows of the window, as the drift tests count them.
+
+    ``numeric[i, j]``: values of numeric feature ``i`` (baseline order) in grid cell ``j``,
+    ``-inf`` in the first cell and ``+inf`` in the one above the last point; ``present[i]``
+    their number (nulls are left out). ``categorical[k][j]``: values of the ``k``-th
+    categorical feature in category ``j``, "other" last.
+    """
+
+    rows: int
+    numeric: np.ndarray
+    present: np.ndarray
+    categorical: tuple[np.ndarray, ...]

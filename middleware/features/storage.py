@@ -124,6 +124,9 @@ class NumericBlock:
             table_lut[i, lut.size :] = lut[-1]  # padding cells: always empty
             table_lut[i] += i * self.bin_width
         self.table_lut = table_lut.ravel()
+        # For cell_counts: each feature's codes offset into one bincount, and its top cell.
+        self.code_offsets = (np.arange(len(profiles), dtype=np.intp) * (self.null + 1))[:, None]
+        self.above = np.array([len(p) for p in self.points], dtype=np.intp)
 
     def cells(self, values: np.ndarray) -> np.ndarray:
         """Per value, the number of grid points below it (``searchsorted(side="left")``)."""
@@ -196,6 +199,25 @@ class NumericBlock:
         ]
         return table, per_feature
 
+    def cell_counts(self, segments: list[slice], cells: int) -> np.ndarray:
+        """Values per grid cell and feature, ``(features, cells)``, for the drift tests.
+
+        ``-inf`` counts in the first cell and ``+inf`` in the one above the last point; nulls
+        are left out. One ``bincount`` over every feature's codes, offset per feature.
+        """
+        features = len(self.names)
+        stride = self.null + 1
+        total = np.zeros(features * stride, dtype=np.int64)
+        for segment in segments:
+            block = self.codes[:, segment].astype(np.intp)
+            block += self.code_offsets
+            total += np.bincount(block.ravel(), minlength=features * stride)
+        counts = total.reshape(features, stride)
+        out = counts[:, :cells].copy()
+        out[:, 0] += counts[:, self.neg_inf]
+        out[np.arange(features), self.above] += counts[:, self.pos_inf]
+        return out
+
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.codes, self.values)
@@ -233,6 +255,10 @@ class CategoricalRing:
 
     def write(self, column: Sequence[object], start: int) -> None:
         put(self.codes, np.array(self.encode(column), dtype=self.codes.dtype), start)
+
+    def category_counts(self, segments: list[slice]) -> np.ndarray:
+        """Values per category, "other" last; nulls left out (for the drift tests)."""
+        return _bincount(self.codes, segments, self.null + 1)[: self.null]
 
     def counts(self, segments: list[slice], rows: int) -> CategoricalCounts:
         counts = _bincount(self.codes, segments, self.null + 1)

@@ -22,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from mlwarden.middleware.baseline import BaselineProfile, CategoricalProfile, NumericProfile
-from mlwarden.middleware.features.counts import CategoricalCounts, NumericCounts, WindowSnapshot
+from mlwarden.middleware.features.counts import (
+    CategoricalCounts,
+    NumericCounts,
+    RecentCounts,
+    WindowSnapshot,
+)
 from mlwarden.middleware.features.storage import (
     CategoricalRing,
     NumericBlock,
@@ -102,6 +107,7 @@ class FeatureWindows:
         self._placed = 0  # stage columns filled
         self._staged = 0  # rows staged: placed + singles
         self._lock = threading.Lock()
+        self._added = 0  # rows written to the rings so far (staged ones not yet)
         self._row_names: tuple[str, ...] | None = None
         self._row_take: Any = False
 
@@ -233,6 +239,34 @@ class FeatureWindows:
         with self._lock:
             self._flush_locked()
 
+    @property
+    def added(self) -> int:
+        """Rows added since the windows were made (staged rows included); never decreases."""
+        with self._lock:
+            return self._added + self._staged
+
+    def recent(
+        self, sizes: Sequence[int], cells: int, now: float | None = None
+    ) -> tuple[int, dict[int, RecentCounts]]:
+        """The rows in the window, and the counts of its last ``min(size, rows)`` rows per size.
+
+        ``cells`` is the width of the numeric counts (the longest grid plus one).
+        """
+        with self._lock:
+            self._flush_locked()
+            segments, rows = self._window(self._clock() if now is None else now)
+            out = {}
+            for size in sizes:
+                tail = _last(segments, min(size, rows))
+                numeric = self._numeric.cell_counts(tail, cells)
+                out[size] = RecentCounts(
+                    rows=min(size, rows),
+                    numeric=numeric,
+                    present=numeric.sum(axis=1),
+                    categorical=tuple(r.category_counts(tail) for r in self._categorical),
+                )
+            return rows, out
+
     def snapshot(self, now: float | None = None) -> WindowSnapshot:
         """Counts of every feature over the window at ``now`` (the windows' clock)."""
         with self._lock:
@@ -326,6 +360,7 @@ class FeatureWindows:
             column, ring.pending = ring.pending, []
             ring.write(column[skip:] if skip else column, start)
         put(self._times, stamps[skip:], start)
+        self._added += total
         self._head = (start + keep) % self._max_rows
         self._filled = min(self._filled + keep, self._max_rows)
 
@@ -355,6 +390,20 @@ class FeatureWindows:
                 expired = 0
             segments = kept
         return segments, sum(s.stop - s.start for s in segments)
+
+
+def _last(segments: list[slice], rows: int) -> list[slice]:
+    """The slices holding the last ``rows`` rows of ``segments`` (oldest first)."""
+    kept: list[slice] = []
+    for segment in reversed(segments):
+        if rows <= 0:
+            break
+        length = segment.stop - segment.start
+        take = min(length, rows)
+        kept.append(slice(segment.stop - take, segment.stop))
+        rows -= take
+    kept.reverse()
+    return kept
 
 
 def _fit(column: Sequence[object] | None, rows: int) -> list[object]:

@@ -6,9 +6,10 @@ field ``f`` becomes the series ``m_f`` and tags become labels):
 ``{measurement}`` (default ``mlwarden_feature``), one point per feature and report
     tags ``feature``, ``kind``, ``model``, ``version``; fields ``rows`` (int), ``null_ratio``,
     ``mean`` (numeric features with a value), one field per drift score named after its method
-    (``psi``, ``ks``, ``chi2``), ``ks_pvalue`` / ``chi2_pvalue`` (raw) and
-    ``ks_pvalue_adjusted`` / ``chi2_pvalue_adjusted`` (after the multiple-testing correction,
-    the one the verdict compares) where a test gives them, ``drifted`` (int 0/1).
+    (``psi``, ``ks``, ``chi2``, over the whole window), ``ks_pvalue`` / ``chi2_pvalue`` (their
+    textbook p-values), one ``{test}_ratio`` per calibrated test (``location_ratio``,
+    ``spread_ratio``, ``shape_ratio``, ``chi2_ratio``: statistic over threshold, the test fires
+    at 1: what the verdict decides on), ``drifted`` (int 0/1).
 ``{measurement}_summary``, one point per report
     tags ``model``, ``version``; fields ``rows``, ``features``, ``drifted_features``,
     ``drift_detected`` (0/1), ``enough_data`` (0/1), all ints.
@@ -96,11 +97,11 @@ class LineBuilder:
         return series
 
     def _field_keys(self, method: str) -> tuple[str, str, str]:
-        """The field keys of a method's score, raw p-value and adjusted p-value."""
+        """The field keys of a method's score and p-value, and of a test's ratio."""
         keys = self._keys.get(method)
         if keys is None:
             m = escape(method)
-            keys = (f",{m}=", f",{m}_pvalue=", f",{m}_pvalue_adjusted=")
+            keys = (f",{m}=", f",{m}_pvalue=", f",{m}_ratio=")
             if len(self._keys) < _CACHE_MAX:
                 self._keys[method] = keys
         return keys
@@ -128,10 +129,10 @@ class LineBuilder:
                 value = _float(p)
                 if value is not None:
                     fv += keys(method)[1] + value
-            for method, p in f.adjusted_pvalues.items():
-                value = _float(p)
+            for test, outcome in f.tests.items():
+                value = _float(outcome.ratio)
                 if value is not None:
-                    fv += keys(method)[2] + value
+                    fv += keys(test)[2] + value
             if f.drifted:
                 drifted += 1
                 fv += ",drifted=1i"
