@@ -264,10 +264,24 @@ class MonitorOptions:
             and isinstance(self.window_rows, int)
             and self.drift.largest_scale > self.window_rows
         ):
-            problems.append(
-                f"drift.scales: the largest scale ({self.drift.largest_scale}) must fit in "
-                f"window_rows ({self.window_rows})"
-            )
+            if self.drift.scales == DriftThresholds().scales:
+                # The default scales, in a smaller window: the window is the largest scale.
+                fitted = [s for s in self.drift.scales if s < self.window_rows]
+                scales = (*fitted, self.window_rows)
+                if scales[0] >= self.drift.min_rows:
+                    object.__setattr__(
+                        self, "drift", dataclasses.replace(self.drift, scales=scales)
+                    )
+                else:
+                    problems.append(
+                        f"window_rows: must be >= drift.min_rows ({self.drift.min_rows}) "
+                        f"to judge drift, got {self.window_rows}"
+                    )
+            else:
+                problems.append(
+                    f"drift.scales: the largest scale ({self.drift.largest_scale}) must fit in "
+                    f"window_rows ({self.window_rows})"
+                )
         if self.window_seconds is not None:
             _check_positive("window_seconds", self.window_seconds, problems)
         for key in ("metrics_path", "health_path", "feedback_path"):

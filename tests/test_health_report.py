@@ -70,11 +70,12 @@ def test_the_wire_format_has_the_documented_keys() -> None:
     ]
     assert list(data["drift"]) == [
         *("evaluated", "evaluated_at", "rows", "enough_data", "drift_detected"),
-        *("drifted_features", "features", "detected"),
+        *("drifted_features", "scales", "alpha_per_test", "expected_run_rows", "features"),
+        "detected",
     ]
     assert list(data["drift"]["features"][0]) == [
         *("name", "kind", "rows", "mean", "null_ratio", "scores", "pvalues"),
-        *("adjusted_pvalues", "drifted", "flagged_by"),
+        *("tests", "drifted", "flagged_by"),
     ]
     assert data["status"] == "degraded" and "drift in x" in data["reasons"]
 

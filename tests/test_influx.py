@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from mlwarden.middleware.drift import DriftReport, FeatureDrift
+from mlwarden.middleware.drift import DriftReport, FeatureDrift, TestOutcome
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.influx import TOKEN_ENV, InfluxSettings, InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
@@ -62,9 +62,9 @@ def numeric(name: str = "age", **kw: Any) -> FeatureDrift:
         null_ratio=0.02,
         scores={"psi": 0.31, "ks": 0.205},
         pvalues={"ks": 0.00125},
-        adjusted_pvalues={"ks": 0.0025},
+        tests={"location": TestOutcome("location", 250, 5.0, 4.0)},
         drifted=True,
-        flagged_by=("psi",),
+        flagged_by=("location",),
     )
     values.update(kw)
     return FeatureDrift(name=name, **values)
@@ -78,7 +78,7 @@ def categorical(name: str = "country", **kw: Any) -> FeatureDrift:
         null_ratio=0.0,
         scores={"chi2": 3.5},
         pvalues={"chi2": 0.62},
-        adjusted_pvalues={"chi2": 1.0},
+        tests={"chi2": TestOutcome("chi2", 250, 3.5, 14.0)},
         drifted=False,
     )
     values.update(kw)
@@ -458,9 +458,9 @@ def test_points_are_line_protocol_with_explicit_ns_timestamps_and_auth() -> None
             assert req.body.split("\n") == [
                 f"mlwarden_feature,feature=age,kind=numeric,model={m},version=v1 rows=500i,"
                 f"null_ratio=0.02,mean=41.25,psi=0.31,ks=0.205,ks_pvalue=0.00125,"
-                f"ks_pvalue_adjusted=0.0025,drifted=1i {ts}",
+                f"location_ratio=1.25,drifted=1i {ts}",
                 f"mlwarden_feature,feature=country,kind=categorical,model={m},version=v1 "
-                f"rows=500i,null_ratio=0,chi2=3.5,chi2_pvalue=0.62,chi2_pvalue_adjusted=1,"
+                f"rows=500i,null_ratio=0,chi2=3.5,chi2_pvalue=0.62,chi2_ratio=0.25,"
                 f"drifted=0i {ts}",
                 f"mlwarden_feature_summary,model={m},version=v1 rows=500i,features=2i,"
                 f"drifted_features=1i,drift_detected=1i,enough_data=1i {ts}",
@@ -478,7 +478,7 @@ def test_non_finite_and_missing_values_are_left_out_and_numpy_scalars_are_number
             null_ratio=math.inf,
             scores={"psi": np.float64(0.5), "ks": -math.inf},
             pvalues={"ks": math.nan},
-            adjusted_pvalues={"ks": math.nan},
+            tests={"shape": TestOutcome("shape", 250, math.nan, 0.1)},
             drifted=False,
         ),
         numeric(
@@ -487,11 +487,9 @@ def test_non_finite_and_missing_values_are_left_out_and_numpy_scalars_are_number
             mean=np.float32(2.5),
             scores={"ks": 1 / 3},
             pvalues={"ks": 1e-300},
-            adjusted_pvalues={},
+            tests={},
         ),
-        numeric(
-            "c", mean=None, null_ratio=None, scores={"psi": "n/a"}, pvalues={}, adjusted_pvalues={}
-        ),
+        numeric("c", mean=None, null_ratio=None, scores={"psi": "n/a"}, pvalues={}, tests={}),
     )
 
     async def main() -> None:
@@ -552,7 +550,7 @@ def test_points_arrive_in_victoria_metrics_with_exact_values_labels_and_times(
             mean=None,
             scores={"psi": math.nan, "ks": 0.0},
             pvalues={"ks": 1.0},
-            adjusted_pvalues={},
+            tests={},
             drifted=False,
             null_ratio=1.0,
             rows=3,
@@ -586,13 +584,13 @@ def test_points_arrive_in_victoria_metrics_with_exact_values_labels_and_times(
         ("mlwarden_feature_psi", age): 0.31,
         ("mlwarden_feature_ks", age): 0.205,
         ("mlwarden_feature_ks_pvalue", age): 0.00125,
-        ("mlwarden_feature_ks_pvalue_adjusted", age): 0.0025,
+        ("mlwarden_feature_location_ratio", age): 1.25,
         ("mlwarden_feature_drifted", age): 1,
         ("mlwarden_feature_rows", width): 500,
         ("mlwarden_feature_null_ratio", width): 0,
         ("mlwarden_feature_chi2", width): 3.5,
         ("mlwarden_feature_chi2_pvalue", width): 0.62,
-        ("mlwarden_feature_chi2_pvalue_adjusted", width): 1,
+        ("mlwarden_feature_chi2_ratio", width): 0.25,
         ("mlwarden_feature_drifted", width): 0,
         ("mlwarden_feature_rows", income): 3,
         ("mlwarden_feature_null_ratio", income): 1,

@@ -9,7 +9,7 @@ one :class:`TestOutcome` per test. The numeric tests run on every numeric featur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,16 +35,16 @@ class TestOutcome:
     rows: int  # the rows of the scale it ran on
     statistic: float
     threshold: float
+    ratio: float = field(init=False)  # read often: computed once
+    fired: bool = field(init=False)
 
-    @property
-    def ratio(self) -> float:
-        if not math.isfinite(self.threshold) or self.threshold <= 0:
-            return 0.0
-        return abs(self.statistic) / self.threshold
-
-    @property
-    def fired(self) -> bool:
-        return self.ratio >= 1.0
+    def __post_init__(self) -> None:
+        finite = math.isfinite(self.threshold) and self.threshold > 0
+        ratio = abs(self.statistic) / self.threshold if finite else 0.0
+        if ratio != ratio:  # NaN statistic: no figure, nothing fired
+            ratio = 0.0
+        object.__setattr__(self, "ratio", ratio)
+        object.__setattr__(self, "fired", ratio >= 1.0)
 
 
 def _standardised(

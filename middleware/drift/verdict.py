@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from mlwarden.middleware.drift.calibration import (
     Calibration,
     alpha_per_test,
 )
-from mlwarden.middleware.drift.descriptive import describe
+from mlwarden.middleware.drift.descriptive import Description, describe
 from mlwarden.middleware.drift.scale_tests import TestOutcome, run_scale
 from mlwarden.middleware.drift.settings import DriftThresholds
 from mlwarden.middleware.features import FeatureWindows
@@ -158,11 +159,23 @@ class _ScaleState:
 class DriftEvaluator:
     """Evaluates one windows object again and again, each scale when it has new rows."""
 
-    def __init__(self, windows: FeatureWindows, settings: DriftThresholds) -> None:
+    #: The whole window's familiar figures are refreshed at most this often (seconds): they
+    #: cost several times the tests, and do not decide.
+    describe_every_s = 1.0
+
+    def __init__(
+        self,
+        windows: FeatureWindows,
+        settings: DriftThresholds,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.windows = windows
         self.settings = settings
         self.calibration = calibration_for(windows, settings)
+        self._clock = clock
         self._state: dict[int, _ScaleState] = {}
+        self._described: tuple[float, list[Description]] | None = None
         baseline = windows.baseline
         self._numeric_names = tuple(
             f.name for f in baseline.features if isinstance(f, NumericProfile)
@@ -214,9 +227,18 @@ class DriftEvaluator:
                     min_rows=s.min_rows,
                 )
                 self._state[scale] = _ScaleState(added, numeric, categorical)
-        return self._report(rows, active, now)
+        return self._report(rows, active, now, fresh=every_scale)
 
-    def _report(self, rows: int, active: list[int], now: float | None) -> DriftReport:
+    def _describe(self, now: float | None, fresh: bool) -> list[Description]:
+        at = self._clock()
+        if fresh or self._described is None or at - self._described[0] >= self.describe_every_s:
+            snapshot = self.windows.snapshot(now)
+            self._described = (at, describe(snapshot, self.windows.baseline))
+        return self._described[1]
+
+    def _report(
+        self, rows: int, active: list[int], now: float | None, *, fresh: bool
+    ) -> DriftReport:
         best: dict[str, dict[str, TestOutcome]] = {}
         for scale in active:
             state = self._state[scale]
@@ -230,9 +252,8 @@ class DriftEvaluator:
                         held = mine.get(test)
                         if held is None or outcome.ratio > held.ratio:
                             mine[test] = outcome
-        snapshot = self.windows.snapshot(now)
         features = []
-        for d in describe(snapshot, self.windows.baseline):
+        for d in self._describe(now, fresh):
             tests = best.get(d.name, {})
             fired = tuple(test for test, outcome in tests.items() if outcome.fired)
             features.append(
@@ -251,7 +272,7 @@ class DriftEvaluator:
             )
         return DriftReport(
             evaluated_at=time.time(),
-            rows=snapshot.rows,
+            rows=rows,
             enough_data=bool(active),
             features=tuple(features),
             scales=tuple(active),

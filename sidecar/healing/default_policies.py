@@ -45,7 +45,8 @@ def default_policies(config: SidecarConfig) -> tuple[PolicyConfig, ...]:
             for_s=60,
             cooldown_s=900,
         ),
-        policy("drift-small", "drift_score > 0.1", "info", [], for_s=60, cooldown_s=900),
+        # The middleware's verdict decides (calibrated for the window's size); PSI sizes it.
+        policy("drift-small", "drift_detected", "info", [], for_s=60, cooldown_s=900),
         policy(
             "errors-large",
             "requests >= 50 and error_rate > 0.1",
@@ -54,7 +55,14 @@ def default_policies(config: SidecarConfig) -> tuple[PolicyConfig, ...]:
             for_s=30,
             cooldown_s=600,
         ),
-        policy("drift-large", "drift_score > 0.25", "warning", large, for_s=60, cooldown_s=600),
+        policy(
+            "drift-large",
+            "drift_detected and drift_score > 0.25",
+            "warning",
+            large,
+            for_s=60,
+            cooldown_s=600,
+        ),
         policy(
             "errors-critical",
             "requests >= 50 and error_rate > 0.5",
