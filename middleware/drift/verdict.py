@@ -176,6 +176,7 @@ class DriftEvaluator:
         self._clock = clock
         self._state: dict[int, _ScaleState] = {}
         self._described: tuple[float, list[Description]] | None = None
+        self.last_tested: tuple[int, ...] = ()  # the scales the last evaluation tested
         baseline = windows.baseline
         self._numeric_names = tuple(
             f.name for f in baseline.features if isinstance(f, NumericProfile)
@@ -183,6 +184,13 @@ class DriftEvaluator:
         self._categorical_names = tuple(
             f.name for f in baseline.features if isinstance(f, CategoricalProfile)
         )
+
+    def fired_by_scale(self) -> dict[int, bool]:
+        """Per active scale, whether any test fired in its latest evaluation."""
+        return {
+            scale: any(o.fired for by in (*st.numeric, *st.categorical) for o in by.values())
+            for scale, st in self._state.items()
+        }
 
     def step(self, scale: int) -> int:
         """New rows after which ``scale`` is tested again."""
@@ -213,6 +221,7 @@ class DriftEvaluator:
         ]
         rows, recent = self.windows.recent(due, self.calibration.numeric.cells, now)
         active: list[int] = []
+        tested: list[int] = []
         for scale in s.scales:
             if not (rows >= scale or (scale == s.scales[0] and rows >= s.min_rows)):
                 self._state.pop(scale, None)
@@ -227,6 +236,8 @@ class DriftEvaluator:
                     min_rows=s.min_rows,
                 )
                 self._state[scale] = _ScaleState(added, numeric, categorical)
+                tested.append(scale)
+        self.last_tested = tuple(tested)
         return self._report(rows, active, now, fresh=every_scale)
 
     def _describe(self, now: float | None, fresh: bool) -> list[Description]:
