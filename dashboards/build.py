@@ -36,6 +36,8 @@ class Panel:
     kind: str = "timeseries"
     thresholds: list[tuple[float | None, str]] = field(default_factory=lambda: [(None, "green")])
     mappings: list[dict] = field(default_factory=list)
+    # Draw the thresholds as lines (a timeseries whose threshold is a decision, e.g. 1).
+    threshold_lines: bool = False
 
 
 def rate(metric: str, sel: str) -> str:
@@ -161,34 +163,26 @@ def inference_panels() -> list[Panel]:
             ],
         ),
         Panel(
-            "Drift score per feature",
-            "short",
-            "PSI, KS statistic and chi-square statistic per feature over the drift window; "
-            "PSI above 0.2 is drift by default.",
+            "Drift ratio by test (statistic / calibrated threshold; fires at 1)",
+            "none",
+            "What the verdict decides on: per feature, each calibrated test (location, "
+            "spread, shape for numeric features, chi2 for categorical ones) as its statistic "
+            "over the threshold calibrated for its window size, on the scale (the last 250, "
+            "1,000 or 4,000 rows) where it is closest to firing. A test fires at 1.",
             [
                 (
-                    f"max by (feature, method) (mlwarden_feature_drift_score{{{MV}}})",
-                    "{{feature}} {{method}}",
+                    f"max by (feature, test) (mlwarden_feature_drift_ratio{{{MV}}})",
+                    "{{feature}} {{test}}",
                 )
             ],
-            thresholds=[(None, "green"), (0.1, "orange"), (0.2, "red")],
-        ),
-        Panel(
-            "Drift p-values",
-            "short",
-            "Raw p-values of the KS and chi-square tests (before the multiple-testing correction).",
-            [
-                (
-                    f"min by (feature, method) (mlwarden_feature_drift_pvalue{{{MV}}})",
-                    "{{feature}} {{method}}",
-                )
-            ],
-            thresholds=[(None, "red"), (0.05, "green")],
+            thresholds=[(None, "green"), (1, "red")],
+            threshold_lines=True,
         ),
         Panel(
             "Drifted features",
             "short",
-            "1 while a feature drifts; the model-level flag is mlwarden_drift_detected.",
+            "1 while a feature drifts (one of its calibrated tests fired on one of the window "
+            "scales); the model-level flag is mlwarden_drift_detected.",
             [
                 (f"max by (feature) (mlwarden_feature_drifted{{{MV}}})", "{{feature}}"),
                 (f"max by ({MVB}) (mlwarden_drift_detected{{{MV}}})", "any " + MVL),
@@ -206,9 +200,40 @@ def inference_panels() -> list[Panel]:
             ],
         ),
         Panel(
+            "Drift score per feature (whole window)",
+            "short",
+            "PSI, KS statistic and chi-square statistic per feature over the whole drift "
+            "window: reported, not deciding (a fixed threshold ignores the window's size; "
+            "the verdict comes from the calibrated tests). PSI bands as usual: 0.1 "
+            "moderate, 0.2 large; the default drift-large policy acts on a drift verdict "
+            "with drift_score (the largest PSI) above 0.25.",
+            [
+                (
+                    f"max by (feature, method) (mlwarden_feature_drift_score{{{MV}}})",
+                    "{{feature}} {{method}}",
+                )
+            ],
+            thresholds=[(None, "green"), (0.1, "orange"), (0.2, "red")],
+        ),
+        Panel(
+            "Drift p-values (whole window)",
+            "short",
+            "Textbook p-values of the whole window's KS and chi-square statistics: reported, "
+            "not deciding (over thousands of rows they fall below 0.05 for shifts too small to "
+            "matter, and over many features some do by chance).",
+            [
+                (
+                    f"min by (feature, method) (mlwarden_feature_drift_pvalue{{{MV}}})",
+                    "{{feature}} {{method}}",
+                )
+            ],
+            thresholds=[(None, "red"), (0.05, "green")],
+        ),
+        Panel(
             "Drift window rows",
             "short",
-            "Rows in the drift window; nothing is flagged below min_rows (100).",
+            "Rows in the drift window: no verdict below min_rows (100); a window scale "
+            "(the last 250, 1,000, 4,000 rows) is tested once the window holds that many.",
             [(f"sum by ({MVB}) (mlwarden_drift_window_rows{{{MV}}})", MVL)],
             thresholds=[(None, "orange"), (100, "green")],
         ),
@@ -725,8 +750,8 @@ def influx_panels() -> list[Panel]:
         Panel(
             "Feature drift state",
             "short",
-            "1 while a feature drifts (field drifted): its adjusted p-value is below the "
-            "threshold with a large enough statistic, or its PSI is above 0.2 by default.",
+            "1 while a feature drifts (field drifted): one of its calibrated tests fired "
+            "(its *_ratio field reached 1) on one of the window scales.",
             [(per_feature('max("drifted")'), FEATURE_ALIAS)],
             kind="state-timeline",
             thresholds=[(None, "green"), (1, "red")],
@@ -736,14 +761,17 @@ def influx_panels() -> list[Panel]:
             "Features that drifted in the time range",
             "short",
             "Per feature over the whole time range: drifted is 1 if the feature drifted at "
-            "any report, with its highest PSI, KS and chi-square statistics, its lowest "
-            "adjusted p-values and its highest null ratio.",
+            "any report, with the highest ratio of each calibrated test (statistic over "
+            "threshold: 1 or more fired), the highest whole-window PSI, KS and chi-square "
+            "statistics (reported, not deciding) and the highest null ratio.",
             [
                 (
-                    f'SELECT max("drifted") AS "drifted", max("psi") AS "max PSI", '
+                    f'SELECT max("drifted") AS "drifted", '
+                    f'max("location_ratio") AS "max location ratio", '
+                    f'max("spread_ratio") AS "max spread ratio", '
+                    f'max("shape_ratio") AS "max shape ratio", '
+                    f'max("chi2_ratio") AS "max chi2 ratio", max("psi") AS "max PSI", '
                     f'max("ks") AS "max KS", max("chi2") AS "max chi-square", '
-                    f'min("ks_pvalue_adjusted") AS "min KS p (adjusted)", '
-                    f'min("chi2_pvalue_adjusted") AS "min chi-square p (adjusted)", '
                     f'max("null_ratio") AS "max null ratio" '
                     f'FROM {FEATURE} WHERE {MVF_IQL} AND $timeFilter GROUP BY "feature", "kind"',
                     "",
@@ -753,49 +781,56 @@ def influx_panels() -> list[Panel]:
             thresholds=[(None, "green"), (1, "red")],
         ),
         Panel(
+            "Drift ratio by test (statistic / calibrated threshold; fires at 1)",
+            "none",
+            "What the verdict decides on (fields location_ratio, spread_ratio, shape_ratio "
+            "of numeric features, chi2_ratio of categorical ones): each test's statistic "
+            "over the threshold calibrated for its window size, on the scale (the last 250, "
+            "1,000 or 4,000 rows) where it is closest to firing. A test fires at 1.",
+            [
+                (per_feature(f'max("{test}_ratio")'), f"{test} " + FEATURE_ALIAS)
+                for test in ("location", "spread", "shape", "chi2")
+            ],
+            thresholds=[(None, "green"), (1, "red")],
+            threshold_lines=True,
+        ),
+        Panel(
             "Drift score (PSI) per feature",
             "short",
-            "Population stability index of each feature's window against the baseline "
-            "(field psi); 0.1 is a moderate shift, above 0.2 is drift by default.",
+            "Population stability index of each feature's whole window against the baseline "
+            "(field psi): reported, not deciding. 0.1 is a moderate shift, 0.2 a large one "
+            "by the usual rule; the default drift-large policy acts on a drift verdict with "
+            "drift_score (the largest PSI) above 0.25.",
             [(per_feature('max("psi")'), FEATURE_ALIAS)],
             thresholds=[(None, "green"), (0.1, "orange"), (0.2, "red")],
         ),
         Panel(
             "KS statistic per numeric feature",
             "short",
-            "Kolmogorov-Smirnov distance of each numeric feature's window from the baseline "
-            "(field ks); a KS drift also needs it above ks_min_statistic (0.1).",
+            "Kolmogorov-Smirnov distance of each numeric feature's whole window from the "
+            "baseline (field ks): reported, not deciding; the shape test judges the KS "
+            "distance of each window scale against a bound for that many rows (shape_ratio).",
             [(per_feature('max("ks")'), FEATURE_ALIAS)],
-            thresholds=[(None, "green"), (0.1, "red")],
         ),
         Panel(
             "Chi-square statistic per categorical feature",
             "short",
             "Chi-square statistic of each categorical feature's window against the baseline "
-            "frequencies (field chi2); it grows with the window's rows, so read the "
-            "adjusted p-values for the verdict.",
+            "frequencies over the whole window (field chi2): reported, not deciding; it "
+            "grows with the window's rows, so read chi2_ratio (the calibrated test) for the "
+            "verdict.",
             [(per_feature('max("chi2")'), FEATURE_ALIAS)],
         ),
         Panel(
-            "Drift p-values (raw)",
+            "Drift p-values (whole window)",
             "short",
-            "KS and chi-square p-values before the multiple-testing correction (fields "
-            "ks_pvalue and chi2_pvalue).",
+            "Textbook p-values of the whole window's KS and chi-square statistics (fields "
+            "ks_pvalue and chi2_pvalue): reported, not deciding (over thousands of rows they "
+            "fall below 0.05 for shifts too small to matter, and over many features some do "
+            "by chance).",
             [
                 (per_feature('min("ks_pvalue")'), "KS " + FEATURE_ALIAS),
                 (per_feature('min("chi2_pvalue")'), "chi-square " + FEATURE_ALIAS),
-            ],
-            thresholds=[(None, "red"), (0.05, "green")],
-        ),
-        Panel(
-            "Drift p-values (adjusted)",
-            "short",
-            "KS and chi-square p-values after the multiple-testing correction (fields "
-            "ks_pvalue_adjusted and chi2_pvalue_adjusted): the ones the verdict compares "
-            "with 0.05 by default.",
-            [
-                (per_feature('min("ks_pvalue_adjusted")'), "KS " + FEATURE_ALIAS),
-                (per_feature('min("chi2_pvalue_adjusted")'), "chi-square " + FEATURE_ALIAS),
             ],
             thresholds=[(None, "red"), (0.05, "green")],
         ),
@@ -934,6 +969,11 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int, source: Source = PRO
                 "unit": panel.unit,
                 "mappings": panel.mappings,
                 "thresholds": {"mode": "absolute", "steps": steps},
+                **(
+                    {"custom": {"thresholdsStyle": {"mode": "line"}}}
+                    if panel.threshold_lines
+                    else {}
+                ),
             },
             "overrides": [],
         },
@@ -944,7 +984,7 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int, source: Source = PRO
         out["options"] = {"calculate": False, "yAxis": {"unit": panel.unit}}
     if panel.kind == "table":
         out["options"] = {"showHeader": True, "cellHeight": "sm"}
-        # a cell turns red where a feature drifted
+        # red cells: where a feature drifted, and where a test's ratio reached 1 (it fired)
         out["fieldConfig"]["defaults"]["custom"] = {"cellOptions": {"type": "auto"}}
         out["fieldConfig"]["overrides"] = [
             {
@@ -953,7 +993,16 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int, source: Source = PRO
                     {"id": "mappings", "value": DRIFT_STATES},
                     {"id": "custom.cellOptions", "value": {"type": "color-background"}},
                 ],
-            }
+            },
+            {
+                "matcher": {
+                    "id": "byRegexp",
+                    "options": "^max (location|spread|shape|chi2) ratio$",
+                },
+                "properties": [
+                    {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+                ],
+            },
         ]
     return out
 

@@ -394,18 +394,24 @@ def test_every_panel_and_variable_query_returns_what_the_middleware_wrote(influx
             if pending:
                 time.sleep(0.3)
 
+        # The table of drifted features shows what the drifted traffic did. The verdict can
+        # come first: its tests read the last 250 rows, while the whole window's PSI and
+        # chi-square are refreshed at most once a second; wait for a report that has both.
+        (table,) = [p for p in board["panels"] if p["type"] == "table"]
+        table_query = substitute(table["targets"][0]["query"], ".*")
+        rows_by_feature = drifted_table(influxd, bucket, table_query)
+        while not whole_window_shows_drift(rows_by_feature) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            rows_by_feature = drifted_table(influxd, bucket, table_query)
+
     assert relay.statuses and set(relay.statuses) == {204}, relay.statuses
     missing = "\n".join(sorted(pending))
     assert not pending, f"{len(pending)} of {len(queries)} queries got no data:\n{missing}"
-
-    # The table of drifted features shows what the drifted traffic did.
-    (table,) = [p for p in board["panels"] if p["type"] == "table"]
-    result = influxd.query(bucket, substitute(table["targets"][0]["query"], ".*"))
-    rows_by_feature = {
-        s["tags"]["feature"]: dict(zip(s["columns"], s["values"][0], strict=True))
-        for s in result["series"]
-    }
     assert {f for f, row in rows_by_feature.items() if row["drifted"] == 1} >= {"f0", "plan"}
+    # the tests that decided: f0's location test and plan's chi-square test fired
+    assert rows_by_feature["f0"]["max location ratio"] >= 1
+    assert rows_by_feature["plan"]["max chi2 ratio"] >= 1
+    assert rows_by_feature["plan"]["max location ratio"] is None  # numeric tests only
     assert rows_by_feature["f0"]["max PSI"] > 0.2
     assert rows_by_feature["plan"]["max chi-square"] > 0
     assert rows_by_feature["f1"]["max null ratio"] > 0.2
@@ -424,6 +430,22 @@ def test_every_panel_and_variable_query_returns_what_the_middleware_wrote(influx
         queried[measurement][0].update(fields)
         queried[measurement][1].update(tags)
     assert queried == written
+
+
+def drifted_table(influxd: Influxd, bucket: str, query: str) -> dict[str, dict[str, Any]]:
+    """The table panel's answer: feature → its row (column name → value)."""
+    result = influxd.query(bucket, query)
+    return {
+        s["tags"]["feature"]: dict(zip(s["columns"], s["values"][0], strict=True))
+        for s in result.get("series", [])
+    }
+
+
+def whole_window_shows_drift(rows_by_feature: dict[str, dict[str, Any]]) -> bool:
+    """The whole window's figures of a report on drifted rows: f0's PSI, f1's nulls."""
+    psi = rows_by_feature.get("f0", {}).get("max PSI")
+    nulls = rows_by_feature.get("f1", {}).get("max null ratio")
+    return psi is not None and psi > 0.2 and nulls is not None and nulls > 0.2
 
 
 def tag_values(result: dict, column: int = -1) -> list[str]:
