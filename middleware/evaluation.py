@@ -42,7 +42,7 @@ class DriftWorker:
         version: str,
         interval_s: float,
         every_rows: int | None = None,
-        min_interval_s: float = 0.2,
+        min_interval_s: float = 0.1,
         shipper: InfluxShipper | None = None,
         before: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,

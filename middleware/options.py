@@ -71,7 +71,7 @@ class MonitorOptions:
     window_seconds: float | None = 600.0
     drift_interval_s: float = 10.0
     drift_every_rows: int | None = None  # None: a fifth of the smallest scale (50 rows)
-    drift_min_interval_s: float = 0.2
+    drift_min_interval_s: float = 0.1
     drift: DriftThresholds = field(default_factory=DriftThresholds)
     health: HealthThresholds = field(default_factory=HealthThresholds)
     influx: InfluxSettings | None = None

@@ -23,6 +23,7 @@ budget across features, tests, window scales and evaluations.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,6 +231,8 @@ class Calibration:
         self.normal_critical = normal_isf(alpha / 2)
         self._chi2_critical: dict[tuple[float, float], float] = {}
         self._cache: OrderedDict[int, ScaleThresholds] = OrderedDict()
+        # prepare() runs in a thread at start-up; an evaluation may ask meanwhile.
+        self._lock = threading.Lock()
         self.scales = tuple(scales)
         self.min_rows = min_rows
 
@@ -254,15 +257,16 @@ class Calibration:
     def thresholds(self, rows: int) -> ScaleThresholds:
         """The thresholds for ``size_for(rows)`` rows (cached, least recently used out)."""
         rows = self.size_for(rows)
-        found = self._cache.get(rows)
-        if found is not None:
-            self._cache.move_to_end(rows)
-            return found
-        made = self._compute(rows)
-        self._cache[rows] = made
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return made
+        with self._lock:
+            found = self._cache.get(rows)
+            if found is not None:
+                self._cache.move_to_end(rows)
+                return found
+            made = self._compute(rows)
+            self._cache[rows] = made
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return made
 
     def adjust(self, critical: np.ndarray, rows: int, present: np.ndarray) -> np.ndarray:
         """Thresholds for ``present`` values instead of ``rows`` (features with nulls).
