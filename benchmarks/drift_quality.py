@@ -11,7 +11,7 @@ Every run starts a fresh server, sends 5,000 undrifted rows at 1,000 rows/s (the
 then one scenario's rows at the scenario's rate until the health report first says drift
 (``drift.detected``) or the scenario's row cap. Recorded: the rows sent since the shift began
 when drift was first reported, the features the report named, and how many health reads
-reported drift while nothing had drifted (the warm-ups and the ``none`` scenario). Scenarios
+reported drift while nothing had drifted (the warm-ups, ``none`` and ``fresh``). Scenarios
 (one feature of 21 changed, the others as in training):
 
 - ``shift-0.5sd``, ``shift-0.25sd``: the mean of ``f3`` up 0.5 or 0.25 standard deviations;
@@ -88,9 +88,19 @@ class Scenario:
     scale: float = 1.0
     shares: tuple[float, ...] = SHARES
     rejected: bool = False  # the changed rows go in 422-answered requests
+    warmup: bool = True  # False: a fresh server, the scenario's rows from the first one
+    slow_rate: int | None = None  # below FAST_RATE, this rate instead of the setting's
 
     def cap(self, rate: int) -> int:
         return self.caps[0] if rate >= FAST_RATE else self.caps[1]
+
+    def rate_at(self, rate: int) -> int:
+        return self.slow_rate if self.slow_rate is not None and rate < FAST_RATE else rate
+
+    @property
+    def undrifted(self) -> bool:
+        """Every health read of its phase is a read on undrifted traffic."""
+        return self.shifted is None
 
 
 SCENARIOS = {
@@ -119,6 +129,15 @@ SCENARIOS = {
             rejected=True,
         ),
         Scenario("none", "no change", (3_000, 1_000), None, None),
+        Scenario(
+            "fresh",
+            "fresh server, no warm-up, no change (20 rows/s at the slow setting)",
+            (3_000, 600),
+            None,
+            None,
+            warmup=False,
+            slow_rate=20,
+        ),
     )
 }
 
@@ -449,8 +468,9 @@ async def run_once(
 
     outcome = Outcome(scenario.name, rate, run)
     rng = np.random.default_rng([run, list(SCENARIOS).index(scenario.name) + 1, rate])
-    per_request = max(1, rate // 100)
     cap = scenario.cap(rate)
+    rate = scenario.rate_at(rate)
+    per_request = max(1, rate // 100)
     warm_slots = _slots(rows(rng, WARMUP_ROWS), WARMUP_RATE // 100, None)
     changed = rows(rng, cap, mean_shift=scenario.mean_shift, scale=scenario.scale,
                    shares=scenario.shares)  # fmt: skip
@@ -477,15 +497,16 @@ async def run_once(
             limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=32)
             async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
                 await _ready(client, port, proc)
-                await _drive(
-                    client,
-                    port,
-                    warm_slots,
-                    (WARMUP_RATE // 100) / WARMUP_RATE,
-                    WARMUP_ROWS / WARMUP_RATE * 1.5 + 10,
-                    outcome.warmup,
-                    stop_on_alarm=False,
-                )
+                if scenario.warmup:
+                    await _drive(
+                        client,
+                        port,
+                        warm_slots,
+                        (WARMUP_RATE // 100) / WARMUP_RATE,
+                        WARMUP_ROWS / WARMUP_RATE * 1.5 + 10,
+                        outcome.warmup,
+                        stop_on_alarm=False,
+                    )
                 warmup.release()  # the next run may start its server and warm-up now
                 holding = False
                 outcome.capped_by_time = await _drive(
@@ -495,7 +516,7 @@ async def run_once(
                     interval_s,
                     cap / rate * 1.5 + 10,
                     outcome.phase,
-                    stop_on_alarm=scenario.name != "none",  # none: every read counts
+                    stop_on_alarm=not scenario.undrifted,  # undrifted: every read counts
                 )
         except Exception as exc:  # a run that fails is reported, the others go on
             tail = log_path.read_text(errors="replace")[-500:]
@@ -544,7 +565,7 @@ def estimate_s(rates: Sequence[int], scenarios: Sequence[Scenario], runs: int, j
     warm = STARTUP_S + WARMUP_ROWS / WARMUP_RATE + 0.5
     total = runs * 1.5  # a baseline per run
     for rate in rates:
-        phases = [s.cap(rate) / rate for s in scenarios]
+        phases = [s.cap(rate) / s.rate_at(rate) for s in scenarios]
         serial = runs * (len(scenarios) * warm + sum(phases))
         parallel = _jobs(rate, jobs)
         if parallel == 1:
@@ -564,7 +585,7 @@ def _line(o: Outcome) -> str:
         if o.flagged
         else f"not flagged in {p.counted:,} rows"
     )
-    if o.scenario == "none":
+    if SCENARIOS[o.scenario].undrifted:
         found += f", {p.alarms} of {p.reads} reads"
     return (
         f"run {o.run + 1:2d} {o.rate:5d} rows/s {o.scenario:12s} {found} | warm-up: "
@@ -674,7 +695,7 @@ def _false_alarms(outcomes: list[Outcome]) -> tuple[int, int]:
             continue
         alarms += o.warmup.alarms
         reads += o.warmup.reads
-        if o.scenario == "none":
+        if SCENARIOS[o.scenario].undrifted:
             alarms += o.phase.alarms
             reads += o.phase.reads
     return alarms, reads
@@ -758,7 +779,7 @@ def render(
         failed_reads = sum(o.warmup.failed_reads + o.phase.failed_reads for o in mine)
         capped = sum(o.capped_by_time for o in mine)
         out += [
-            f"False alarms while nothing had drifted (warm-ups and `none`): {alarms} of "
+            f"False alarms while nothing had drifted (warm-ups, `none`, `fresh`): {alarms} of "
             f"{reads:,} health reads ({share:.1%}). Client: largest send lag "
             f"{lag * 1000:.0f} ms, {unexpected} unexpected answers, {failed_reads} failed "
             f"health reads, {capped} run(s) stopped by the time cap.",
