@@ -3,11 +3,17 @@
 Run ``python3 -m dashboards.build`` (or ``python3 dashboards/build.py``) and commit the
 output: ``mlwarden-inference.json``, ``mlwarden-sidecar.json`` (Prometheus) and
 ``mlwarden-influxdb.json`` (the feature statistics the middleware ships to InfluxDB, queried in
-InfluxQL). Each panel is one :class:`Panel` (title, unit, description, queries);
-:func:`dashboard` turns a list of them into Grafana's JSON with the datasource's import input
-(``DS_PROMETHEUS`` or ``DS_INFLUXDB``), a datasource variable first and chained variables
-(``label_values`` or ``SHOW TAG VALUES``), ``$__rate_interval`` in every ``rate()``,
-``$timeFilter`` and ``$__interval`` in every InfluxQL query, and a fixed ``uid``.
+InfluxQL). Each panel is one :class:`Panel` (title, unit, description, queries), and each
+group of panels starts with a :class:`Row`; :func:`dashboard` turns a list of them into
+Grafana's JSON with the datasource's import input (``DS_PROMETHEUS`` or ``DS_INFLUXDB``), a
+datasource variable first and chained variables (``label_values`` or ``SHOW TAG VALUES``),
+``$__rate_interval`` in every ``rate()`` of a graph and ``$__range`` in a stat (a count over
+the dashboard's time range), ``$timeFilter`` and ``$__interval`` in every InfluxQL query, and a
+fixed ``uid``.
+
+The Prometheus dashboards select one deployment at a time: every selector carries
+``job="$job"`` and ``namespace=~"$namespace"`` (:data:`JN`), so a sum by upstream or by model
+never adds up two deployments' "primary".
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ HERE = Path(__file__).resolve().parent
 # import input (``DS_PROMETHEUS`` / ``DS_INFLUXDB``), so one choice at import sets both.
 DS = "${datasource}"
 RI = "$__rate_interval"
+# A stat's count over the dashboard's time range (an instant query at its end).
+RANGE = "$__range"
+# One deployment: a job (single choice), in a namespace or in all of them. All is ".*", which
+# also matches series without a namespace label (a Prometheus outside Kubernetes).
+JN = 'job="$job", namespace=~"$namespace"'
 TAGS = ["mlwarden"]
 WIDTH = {"timeseries": 12, "heatmap": 12, "state-timeline": 12, "stat": 6, "table": 24}
 
@@ -38,6 +49,13 @@ class Panel:
     mappings: list[dict] = field(default_factory=list)
     # Draw the thresholds as lines (a timeseries whose threshold is a decision, e.g. 1).
     threshold_lines: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of the dashboard: the panels after it, up to the next row, are its group."""
+
+    title: str
 
 
 def rate(metric: str, sel: str) -> str:
@@ -57,15 +75,16 @@ def quantiles(metric: str, sel: str, by: str, qs=(0.5, 0.95, 0.99)) -> list[tupl
 
 # -- the model server (the middleware) ---------------------------------------------------------
 
-MV = 'model=~"$model", version=~"$version"'
+MV = JN + ', model=~"$model", version=~"$version"'
 MVB = "model, version"
 MVL = "{{model}} {{version}}"
 MV_5XX = MV + ', status_class="5xx"'
 
 
-def inference_panels() -> list[Panel]:
+def inference_panels() -> list[Panel | Row]:
     req = "mlwarden_request_duration_seconds"
     return [
+        Row("Traffic and latency"),
         Panel(
             "Request rate",
             "reqps",
@@ -126,6 +145,7 @@ def inference_panels() -> list[Panel]:
             ],
             thresholds=[(None, "green"), (0.01, "red")],
         ),
+        Row("Predictions"),
         Panel(
             "Prediction values",
             "short",
@@ -162,6 +182,7 @@ def inference_panels() -> list[Panel]:
                 )
             ],
         ),
+        Row("Drift"),
         Panel(
             "Drift ratio by test (statistic / calibrated threshold; fires at 1)",
             "none",
@@ -237,6 +258,7 @@ def inference_panels() -> list[Panel]:
             [(f"sum by ({MVB}) (mlwarden_drift_window_rows{{{MV}}})", MVL)],
             thresholds=[(None, "orange"), (100, "green")],
         ),
+        Row("Features and payloads"),
         Panel(
             "Feature means",
             "short",
@@ -281,6 +303,7 @@ def inference_panels() -> list[Panel]:
                 ),
             ],
         ),
+        Row("Live quality and labels"),
         Panel(
             "Live quality",
             "short",
@@ -329,6 +352,7 @@ def inference_panels() -> list[Panel]:
             ],
             thresholds=[(None, "green"), (0.2, "orange"), (0.5, "red")],
         ),
+        Row("InfluxDB shipping"),
         Panel(
             "InfluxDB points",
             "short",
@@ -361,6 +385,7 @@ def inference_panels() -> list[Panel]:
             "Duration of one write to InfluxDB.",
             quantiles("mlwarden_influx_write_duration_seconds", MV, MVB, (0.99,)),
         ),
+        Row("Middleware internals"),
         Panel(
             "Internal errors",
             "short",
@@ -392,10 +417,13 @@ def inference_panels() -> list[Panel]:
 
 # -- the sidecar (its admin port) --------------------------------------------------------------
 
-UP = 'upstream=~"$upstream"'
+UP = JN + ', upstream=~"$upstream"'
+# The sidecar's own answers carry upstream="none".
+UP_NONE = JN + ', upstream=~"$upstream|none"'
+TARGET = JN + ', target=~"$upstream"'
 
 
-def sidecar_panels() -> list[Panel]:
+def sidecar_panels() -> list[Panel | Row]:
     breaker_states = [
         {
             "type": "value",
@@ -407,6 +435,7 @@ def sidecar_panels() -> list[Panel]:
         }
     ]
     return [
+        Row("Traffic"),
         Panel(
             "Traffic by upstream",
             "reqps",
@@ -414,8 +443,7 @@ def sidecar_panels() -> list[Panel]:
             "and the status class sent.",
             [
                 (
-                    "sum by (upstream, code) ("
-                    f'rate(mlwarden_proxy_requests_total{{upstream=~"$upstream|none"}}[{RI}]))',
+                    f"sum by (upstream, code) ({rate('mlwarden_proxy_requests_total', UP_NONE)})",
                     "{{upstream}} {{code}}",
                 )
             ],
@@ -424,9 +452,7 @@ def sidecar_panels() -> list[Panel]:
             "Client latency p50 / p95 / p99",
             "s",
             "Arrival to the last byte, retries and fallbacks included.",
-            quantiles(
-                "mlwarden_proxy_request_duration_seconds", 'upstream=~"$upstream|none"', "upstream"
-            ),
+            quantiles("mlwarden_proxy_request_duration_seconds", UP_NONE, "upstream"),
             thresholds=[(None, "green"), (1.0, "orange"), (5.0, "red")],
         ),
         Panel(
@@ -451,19 +477,38 @@ def sidecar_panels() -> list[Panel]:
             "Requests in flight",
             "short",
             "Client requests the sidecar is serving now.",
-            [("sum(mlwarden_proxy_requests_in_flight)", "in flight")],
+            [(f"sum(mlwarden_proxy_requests_in_flight{{{JN}}})", "in flight")],
         ),
+        Panel(
+            "Operational paths refused",
+            "reqps",
+            "Client requests for the model's /metrics, /-/health, /-/feedback or other /-/ "
+            "paths, answered 404 by the sidecar instead of forwarded (a client probing them, "
+            "or one that should be configured in routing.forward_operational_paths).",
+            [
+                (
+                    f"sum by (path) ({rate('mlwarden_proxy_paths_refused_total', JN)})",
+                    "{{path}}",
+                )
+            ],
+        ),
+        Row("Canary"),
         Panel(
             "Canary weight",
             "percent",
             "Share of requests that try the canary candidate first.",
-            [("max by (candidate) (mlwarden_canary_weight_percent)", "{{candidate}}")],
+            [(f"max by (candidate) (mlwarden_canary_weight_percent{{{JN}}})", "{{candidate}}")],
         ),
         Panel(
             "Canary state",
             "short",
             "The canary's current state (1 for analysing, promoted, done or rolled_back).",
-            [("max by (candidate, state) (mlwarden_canary_state)", "{{candidate}} {{state}}")],
+            [
+                (
+                    f"max by (candidate, state) (mlwarden_canary_state{{{JN}}})",
+                    "{{candidate}} {{state}}",
+                )
+            ],
             kind="state-timeline",
             thresholds=[(None, "transparent"), (1, "blue")],
         ),
@@ -473,11 +518,13 @@ def sidecar_panels() -> list[Panel]:
             "Canary analyses by verdict.",
             [
                 (
-                    f"sum by (candidate, verdict) (increase(mlwarden_canary_analyses_total[{RI}]))",
+                    "sum by (candidate, verdict) "
+                    f"(increase(mlwarden_canary_analyses_total{{{JN}}}[{RI}]))",
                     "{{candidate}} {{verdict}}",
                 )
             ],
         ),
+        Row("Breakers, retries and fallbacks"),
         Panel(
             "Breaker states",
             "short",
@@ -500,6 +547,27 @@ def sidecar_panels() -> list[Panel]:
             ],
         ),
         Panel(
+            "Breaker shared storage",
+            "short",
+            "Whether the breakers' shared state (Redis) answers, its failed accesses and "
+            "the attempts admitted without it (fail open).",
+            [
+                (
+                    f"min by (upstream) (mlwarden_breaker_storage_available{{{UP}}})",
+                    "available {{upstream}}",
+                ),
+                (
+                    f"sum by (upstream) ({rate('mlwarden_breaker_storage_errors_total', UP)})",
+                    "errors/s {{upstream}}",
+                ),
+                (
+                    f"sum by (upstream) ({rate('mlwarden_breaker_fail_open_total', UP)})",
+                    "fail open/s {{upstream}}",
+                ),
+            ],
+            thresholds=[(None, "red"), (1, "green")],
+        ),
+        Panel(
             "Retries by reason",
             "reqps",
             "Retries granted, by the retriable reason.",
@@ -515,9 +583,9 @@ def sidecar_panels() -> list[Panel]:
             "reqps",
             "Requests the retry budget counted, retries it granted and retries it refused.",
             [
-                (f"sum(rate(mlwarden_retry_budget_requests_total[{RI}]))", "requests"),
-                (f"sum(rate(mlwarden_retry_budget_retries_total[{RI}]))", "retries"),
-                (f"sum(rate(mlwarden_retry_budget_exhausted_total[{RI}]))", "refused"),
+                (f"sum({rate('mlwarden_retry_budget_requests_total', JN)})", "requests"),
+                (f"sum({rate('mlwarden_retry_budget_retries_total', JN)})", "retries"),
+                (f"sum({rate('mlwarden_retry_budget_exhausted_total', JN)})", "refused"),
             ],
             thresholds=[(None, "green"), (0.01, "red")],
         ),
@@ -528,24 +596,12 @@ def sidecar_panels() -> list[Panel]:
             [
                 (
                     "sum by (from, to, reason) "
-                    f'(rate(mlwarden_fallbacks_total{{from=~"$upstream"}}[{RI}]))',
+                    f'(rate(mlwarden_fallbacks_total{{{JN}, from=~"$upstream"}}[{RI}]))',
                     "{{from}} → {{to}} {{reason}}",
                 )
             ],
         ),
-        Panel(
-            "Operational paths refused",
-            "reqps",
-            "Client requests for the model's /metrics, /-/health, /-/feedback or other /-/ "
-            "paths, answered 404 by the sidecar instead of forwarded (a client probing them, "
-            "or one that should be configured in routing.forward_operational_paths).",
-            [
-                (
-                    f"sum by (path) (rate(mlwarden_proxy_paths_refused_total[{RI}]))",
-                    "{{path}}",
-                )
-            ],
-        ),
+        Row("Health checks"),
         Panel(
             "Health checks by result",
             "short",
@@ -593,14 +649,14 @@ def sidecar_panels() -> list[Panel]:
                 )
             ],
         ),
+        Row("Shadow traffic"),
         Panel(
             "Shadow copies",
             "reqps",
             "Shadow copies by outcome.",
             [
                 (
-                    "sum by (target, outcome) "
-                    f'(rate(mlwarden_shadow_requests_total{{target=~"$upstream"}}[{RI}]))',
+                    f"sum by (target, outcome) ({rate('mlwarden_shadow_requests_total', TARGET)})",
                     "{{target}} {{outcome}}",
                 )
             ],
@@ -612,12 +668,11 @@ def sidecar_panels() -> list[Panel]:
             [
                 (
                     "sum by (target, result) "
-                    f'(rate(mlwarden_shadow_comparisons_total{{target=~"$upstream"}}[{RI}]))',
+                    f"({rate('mlwarden_shadow_comparisons_total', TARGET)})",
                     "{{target}} {{result}}",
                 ),
                 (
-                    "sum by (target, reason) "
-                    f'(rate(mlwarden_shadow_uncompared_total{{target=~"$upstream"}}[{RI}]))',
+                    f"sum by (target, reason) ({rate('mlwarden_shadow_uncompared_total', TARGET)})",
                     "{{target}} uncompared {{reason}}",
                 ),
             ],
@@ -628,7 +683,7 @@ def sidecar_panels() -> list[Panel]:
             "Agreement of the shadow with the primary over the recent comparisons.",
             [
                 (
-                    'min by (target) (mlwarden_shadow_agreement_ratio{target=~"$upstream"})',
+                    f"min by (target) (mlwarden_shadow_agreement_ratio{{{TARGET}}})",
                     "{{target}}",
                 )
             ],
@@ -638,22 +693,24 @@ def sidecar_panels() -> list[Panel]:
             "Shadow duration p99",
             "s",
             "One shadow exchange, p99.",
-            quantiles("mlwarden_shadow_duration_seconds", 'target=~"$upstream"', "target", (0.99,)),
+            quantiles("mlwarden_shadow_duration_seconds", TARGET, "target", (0.99,)),
         ),
         Panel(
             "Shadow queue",
             "short",
             "Shadow copies waiting to be sent.",
-            [('max by (target) (mlwarden_shadow_queue_depth{target=~"$upstream"})', "{{target}}")],
+            [(f"max by (target) (mlwarden_shadow_queue_depth{{{TARGET}}})", "{{target}}")],
             thresholds=[(None, "green"), (50, "orange")],
         ),
+        Row("Healing"),
         Panel(
             "Healing actions",
             "short",
             "Healing-ledger records, by action and outcome.",
             [
                 (
-                    f"sum by (action, outcome) (increase(mlwarden_healing_actions_total[{RI}]))",
+                    "sum by (action, outcome) "
+                    f"(increase(mlwarden_healing_actions_total{{{JN}}}[{RI}]))",
                     "{{action}} {{outcome}}",
                 )
             ],
@@ -661,36 +718,17 @@ def sidecar_panels() -> list[Panel]:
         Panel(
             "Escalations",
             "short",
-            'Healing actions that escalated to people (action="escalation").',
+            'Healing actions that escalated to people (action="escalation") over the '
+            "dashboard's time range.",
             [
                 (
-                    f'sum(increase(mlwarden_healing_actions_total{{action="escalation"}}[{RI}]))',
+                    "sum(increase(mlwarden_healing_actions_total"
+                    f'{{{JN}, action="escalation"}}[{RANGE}]))',
                     "escalations",
                 )
             ],
             kind="stat",
             thresholds=[(None, "green"), (1, "red")],
-        ),
-        Panel(
-            "Breaker shared storage",
-            "short",
-            "Whether the breakers' shared state (Redis) answers, its failed accesses and "
-            "the attempts admitted without it (fail open).",
-            [
-                (
-                    f"min by (upstream) (mlwarden_breaker_storage_available{{{UP}}})",
-                    "available {{upstream}}",
-                ),
-                (
-                    f"sum by (upstream) ({rate('mlwarden_breaker_storage_errors_total', UP)})",
-                    "errors/s {{upstream}}",
-                ),
-                (
-                    f"sum by (upstream) ({rate('mlwarden_breaker_fail_open_total', UP)})",
-                    "fail open/s {{upstream}}",
-                ),
-            ],
-            thresholds=[(None, "red"), (1, "green")],
         ),
     ]
 
@@ -735,8 +773,9 @@ DRIFT_STATES = [
 ]
 
 
-def influx_panels() -> list[Panel]:
+def influx_panels() -> list[Panel | Row]:
     return [
+        Row("Drift verdicts"),
         Panel(
             "Drift verdict",
             "short",
@@ -780,6 +819,7 @@ def influx_panels() -> list[Panel]:
             kind="table",
             thresholds=[(None, "green"), (1, "red")],
         ),
+        Row("Drift statistics"),
         Panel(
             "Drift ratio by test (statistic / calibrated threshold; fires at 1)",
             "none",
@@ -834,6 +874,7 @@ def influx_panels() -> list[Panel]:
             ],
             thresholds=[(None, "red"), (0.05, "green")],
         ),
+        Row("Features"),
         Panel(
             "Feature means",
             "short",
@@ -855,6 +896,7 @@ def influx_panels() -> list[Panel]:
             [(per_feature('last("rows")'), FEATURE_ALIAS)],
             thresholds=[(None, "orange"), (100, "green")],
         ),
+        Row("Per model"),
         Panel(
             "Drifted features per model",
             "short",
@@ -905,6 +947,8 @@ def prometheus_target(panel: Panel, i: int, expr: str, legend: str) -> dict:
         "legendFormat": legend,
         "refId": chr(ord("A") + i),
         **({"format": "heatmap"} if panel.kind == "heatmap" else {}),
+        # A stat shows one number: its query over $__range, evaluated once at the range's end.
+        **({"instant": True, "range": False} if panel.kind == "stat" else {}),
     }
 
 
@@ -982,6 +1026,13 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int, source: Source = PRO
     }
     if panel.kind == "heatmap":
         out["options"] = {"calculate": False, "yAxis": {"unit": panel.unit}}
+    if panel.kind == "stat":
+        out["options"] = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "none",
+            "textMode": "auto",
+        }
     if panel.kind == "table":
         out["options"] = {"showHeader": True, "cellHeight": "sm"}
         # red cells: where a feature drifted, and where a test's ratio reached 1 (it fired)
@@ -1007,9 +1058,27 @@ def panel_json(panel: Panel, panel_id: int, x: int, y: int, source: Source = PRO
     return out
 
 
-def layout(panels: list[Panel], source: Source = PROMETHEUS) -> list[dict]:
+def row_json(row: Row, panel_id: int, y: int) -> dict:
+    return {
+        "id": panel_id,
+        "type": "row",
+        "title": row.title,
+        "collapsed": False,
+        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+        "panels": [],
+    }
+
+
+def layout(panels: list[Panel | Row], source: Source = PROMETHEUS) -> list[dict]:
+    # (x, y) is where the next panel goes; a panel row is 8 high, a dashboard row 1.
     out, x, y = [], 0, 0
     for panel_id, panel in enumerate(panels, start=1):
+        if isinstance(panel, Row):
+            if x:
+                x, y = 0, y + 8
+            out.append(row_json(panel, panel_id, y))
+            y += 1
+            continue
         width = WIDTH[panel.kind]
         if x + width > 24:
             x, y = 0, y + 8
@@ -1018,7 +1087,9 @@ def layout(panels: list[Panel], source: Source = PROMETHEUS) -> list[dict]:
     return out
 
 
-def query_variable(name: str, label: str, query: str) -> dict:
+def query_variable(
+    name: str, label: str, query: str, *, multi: bool = True, include_all: bool = True
+) -> dict:
     return {
         "name": name,
         "label": label,
@@ -1027,13 +1098,31 @@ def query_variable(name: str, label: str, query: str) -> dict:
         "query": {"query": query, "refId": f"{name}-variable"},
         "definition": query,
         "refresh": 2,
-        "multi": True,
-        "includeAll": True,
-        "allValue": ".*",
+        "multi": multi,
+        "includeAll": include_all,
+        **({"allValue": ".*"} if include_all else {}),
         "current": {},
         "options": [],
         "sort": 1,
     }
+
+
+def deployment_variables(metric: str) -> list[dict]:
+    """``namespace`` then ``job``, read from ``metric``, a series every deployment exports.
+
+    One namespace or All (".*": it also matches series without the label, as in a Prometheus
+    outside Kubernetes, where the list is empty and All is what remains), then one job in it.
+    """
+    return [
+        query_variable("namespace", "Namespace", f"label_values({metric}, namespace)", multi=False),
+        query_variable(
+            "job",
+            "Job",
+            f'label_values({metric}{{namespace=~"$namespace"}}, job)',
+            multi=False,
+            include_all=False,
+        ),
+    ]
 
 
 def influx_variable(name: str, label: str, query: str) -> dict:
@@ -1059,7 +1148,7 @@ def influx_variable(name: str, label: str, query: str) -> dict:
 def dashboard(
     uid: str,
     title: str,
-    panels: list[Panel],
+    panels: list[Panel | Row],
     variables: list[dict],
     source: Source = PROMETHEUS,
     description: str | None = None,
@@ -1127,13 +1216,14 @@ def dashboards() -> dict[str, dict]:
             "mlwarden / inference",
             inference_panels(),
             [
+                *deployment_variables("mlwarden_requests_in_flight"),
                 query_variable(
-                    "model", "Model", "label_values(mlwarden_requests_in_flight, model)"
+                    "model", "Model", f"label_values(mlwarden_requests_in_flight{{{JN}}}, model)"
                 ),
                 query_variable(
                     "version",
                     "Version",
-                    'label_values(mlwarden_requests_in_flight{model=~"$model"}, version)',
+                    f'label_values(mlwarden_requests_in_flight{{{JN}, model=~"$model"}}, version)',
                 ),
             ],
         ),
@@ -1142,9 +1232,12 @@ def dashboards() -> dict[str, dict]:
             "mlwarden / sidecar",
             sidecar_panels(),
             [
+                *deployment_variables("mlwarden_upstream_healthy"),
                 query_variable(
-                    "upstream", "Upstream", "label_values(mlwarden_upstream_healthy, upstream)"
-                )
+                    "upstream",
+                    "Upstream",
+                    f"label_values(mlwarden_upstream_healthy{{{JN}}}, upstream)",
+                ),
             ],
         ),
         "mlwarden-influxdb.json": dashboard(

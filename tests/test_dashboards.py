@@ -45,8 +45,13 @@ def load(name: str) -> dict:
     return json.loads((ROOT / "dashboards" / name).read_text(encoding="utf-8"))
 
 
+def panels(board: dict) -> list[dict]:
+    """The panels that query (the rows only group them)."""
+    return [p for p in board["panels"] if p["type"] != "row"]
+
+
 def exprs(board: dict) -> list[str]:
-    return [t["expr"] for p in board["panels"] for t in p["targets"]]
+    return [t["expr"] for p in panels(board) for t in p["targets"]]
 
 
 def documented_metrics() -> set[str]:
@@ -81,19 +86,74 @@ def test_every_panel_has_a_unit_a_description_and_the_datasource_input(name: str
     assert variables[0]["current"]["value"] == "${DS_PROMETHEUS}"
     for var in variables[1:]:
         assert var["query"]["query"].startswith("label_values(")
-        assert var["multi"] and var["includeAll"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
-    for panel in board["panels"]:
+    for panel in panels(board):
         assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
         assert panel["description"], panel["title"]
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]
         assert {t["datasource"]["uid"] for t in panel["targets"]} == {"${datasource}"}
         assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"], panel["title"]
+    for panel in panels(board):
+        # A graph's rates over $__rate_interval; a stat's count over the dashboard's range.
+        expected = "$__range" if panel["type"] == "stat" else "$__rate_interval"
+        for target in panel["targets"]:
+            for window in re.findall(r"\[([^\]]+)\]", target["expr"]):
+                assert window == expected, (panel["title"], target["expr"])
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_namespace_then_job_select_one_deployment_in_every_selector(name: str) -> None:
+    board = load(name)
+    namespace, job, *others = board["templating"]["list"][1:]
+    # namespace: one or All (".*" also matches series without the label: no Kubernetes)
+    assert (namespace["name"], namespace["multi"], namespace["includeAll"]) == (
+        "namespace",
+        False,
+        True,
+    )
+    assert namespace["allValue"] == ".*"
+    # job: exactly one, so sums by upstream or model never merge two deployments
+    assert (job["name"], job["multi"], job["includeAll"]) == ("job", False, False)
+    assert job["query"]["query"].endswith('{namespace=~"$namespace"}, job)')
+    for var in others:
+        assert var["multi"] and var["includeAll"], var["name"]
+        assert 'job="$job", namespace=~"$namespace"' in var["query"]["query"], var["name"]
     for expr in exprs(board):
-        for window in re.findall(r"\[([^\]]+)\]", expr):
-            assert window == "$__rate_interval", expr
+        selectors = re.findall(r"mlwarden_[a-z0-9_]+(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for selector in selectors:
+            assert selector.startswith('{job="$job", namespace=~"$namespace"'), expr
+
+
+@pytest.mark.parametrize("name", [*DASHBOARDS, "mlwarden-influxdb.json"])
+def test_rows_group_the_panels_and_nothing_overlaps(name: str) -> None:
+    board = load(name)
+    kinds = [p["type"] for p in board["panels"]]
+    assert kinds[0] == "row" and kinds[-1] != "row"
+    assert "row,row" not in ",".join(kinds), "an empty row"
+    cells = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+
+
+def test_stats_count_over_the_dashboard_range_with_an_instant_query() -> None:
+    stats = [p for p in panels(load("mlwarden-sidecar.json")) if p["type"] == "stat"]
+    assert [p["title"] for p in stats] == ["Escalations"]
+    for stat in stats:
+        assert stat["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
+        for target in stat["targets"]:
+            assert target["instant"] is True and target["range"] is False
+            assert "increase(" in target["expr"] and "[$__range]" in target["expr"]
 
 
 def test_the_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
@@ -255,14 +315,32 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
             time.sleep(0.02)
 
 
+# The scrape job of tests.servers.start_prometheus; no namespace label outside Kubernetes.
+JOB = "mlwarden"
+
+
 def substitute(expr: str) -> str:
+    """What Grafana sends: one job, namespace All (".*"), model, every version and upstream."""
     return (
         expr.replace("$model", MODEL)
         .replace("$version", ".*")
         .replace("$upstream", ".*")
+        .replace("$namespace", ".*")
+        .replace("$job", JOB)
         .replace("$__rate_interval", "15s")
         .replace("$__interval", "15s")
+        .replace("$__range", "1h")
     )
+
+
+def label_values(prom_url: str, variable: str) -> list[str]:
+    """A ``label_values(selector, label)`` variable evaluated as Grafana does (label API)."""
+    selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable).groups()
+    query = urllib.parse.urlencode({"match[]": substitute(selector)})
+    with urllib.request.urlopen(f"{prom_url}/api/v1/label/{label}/values?{query}", timeout=5) as r:
+        body = json.load(r)
+    assert body["status"] == "success", (variable, body)
+    return body["data"]
 
 
 def instant(prom_url: str, promql: str) -> list[dict]:
@@ -287,6 +365,12 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(victoria_metrics)
             while pending and time.monotonic() < deadline:
                 pending = {q for q in pending if not instant(prom.url, q)}
                 time.sleep(1)
+            # The variables list the job, and no namespace (All remains, as substituted).
+            found = {
+                (name, v["name"]): label_values(prom.url, v["query"]["query"])
+                for name in DASHBOARDS
+                for v in load(name)["templating"]["list"][1:]
+            }
         finally:
             stop.set()
             loader.join(timeout=15)
@@ -294,3 +378,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(victoria_metrics)
             shutil.rmtree(workdir, ignore_errors=True)
     missing = "\n".join(sorted(pending))
     assert not pending, f"{len(pending)} of {len(queries)} panel queries got no data:\n{missing}"
+    for name in DASHBOARDS:
+        assert found[name, "namespace"] == [], name
+        assert found[name, "job"] == [JOB], name
+    assert found["mlwarden-inference.json", "model"] == [MODEL]
+    assert "primary" in found["mlwarden-sidecar.json", "upstream"]
