@@ -22,7 +22,14 @@ from mlwarden.sidecar.settings import load_sidecar_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"
-MANIFESTS = ("configmap.yaml", "deployment.yaml", "secret.example.yaml", "service.yaml")
+MANIFESTS = (
+    "admin-service.yaml",
+    "configmap.yaml",
+    "deployment.yaml",
+    "networkpolicy.yaml",
+    "secret.example.yaml",
+    "service.yaml",
+)
 # Native sidecar containers (initContainers with restartPolicy: Always) are on by default from
 # Kubernetes 1.29.
 OLDEST_KUBERNETES = "1.29.0"
@@ -37,8 +44,12 @@ def _objects() -> list[dict[str, Any]]:
     return objects
 
 
-def _one(kind: str) -> dict[str, Any]:
-    (found,) = [o for o in _objects() if o["kind"] == kind]
+def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [
+        o
+        for o in _objects()
+        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     return found
 
 
@@ -127,15 +138,18 @@ def test_the_sidecar_is_a_native_sidecar_reading_the_configmap():
     assert "emptyDir" in volumes[mounts["/var/lib/mlwarden"]["name"]]
 
 
-def test_the_model_container_is_probed_on_the_middleware_without_restarts_on_its_verdict():
+def test_the_model_container_is_probed_on_health_endpoints_without_restarts_on_its_verdict():
     model = _model()
     assert model["image"] == "registry.example/churn-model:3"
     assert [p["containerPort"] for p in model["ports"]] == [8000]
-    # Not the health report: a failing verdict must not take the sidecar out with the pod.
-    assert _probe(model, "readinessProbe") == ("/metrics", 8000)
+    # Started: the middleware's report answers (the sidecar's health checks read it).
     assert _probe(model, "startupProbe") == ("/-/health", 8000)
-    # A drifting model answers /-/health with 503 when failing: liveness must not read it.
-    assert _probe(model, "livenessProbe") == ("/metrics", 8000)
+    # Not the health report: a failing verdict must not take the sidecar out with the pod,
+    # nor restart a drifting model; and never /metrics (a scrape is no probe).
+    assert _probe(model, "readinessProbe") == ("/v2/health/ready", 8000)
+    assert _probe(model, "livenessProbe") == ("/v2/health/live", 8000)
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert _probe(model, kind)[0] != "/metrics", kind
 
 
 def test_the_sidecar_is_probed_on_its_admin_port():
@@ -148,11 +162,15 @@ def test_the_sidecar_is_probed_on_its_admin_port():
 
 
 @pytest.mark.parametrize("container", [_sidecar, _model], ids=["sidecar", "model"])
-def test_each_container_has_resource_requests_and_limits(container):
+def test_each_container_requests_cpu_and_memory_and_limits_memory(container):
     resources = container()["resources"]
-    for key in ("requests", "limits"):
-        assert resources[key].keys() == {"cpu", "memory"}, key
+    assert resources["requests"].keys() == {"cpu", "memory"}
+    assert "memory" in resources["limits"]
     assert _mebibytes(resources["requests"]["memory"]) <= _mebibytes(resources["limits"]["memory"])
+
+
+def test_the_sidecar_has_no_cpu_limit_to_throttle_the_proxy():
+    assert _sidecar()["resources"]["limits"].keys() == {"memory"}
 
 
 @pytest.mark.parametrize("container", [_sidecar, _model], ids=["sidecar", "model"])
@@ -176,11 +194,39 @@ def test_the_admin_token_comes_from_an_optional_secret_whose_example_leaves_it_e
     assert "EXAMPLE" in (KUBE / "secret.example.yaml").read_text(encoding="utf-8")
 
 
-def test_the_service_sends_clients_to_the_sidecar_and_never_to_the_model():
-    service, pod, sidecar = _one("Service"), _pod(), _sidecar()
+def test_the_client_service_reaches_the_proxy_port_only():
+    service, pod, sidecar = _one("Service", "churn-model"), _pod(), _sidecar()
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     ports = {p["name"]: _port(sidecar, p["targetPort"]) for p in service["spec"]["ports"]}
-    assert ports == {"http": 8080, "admin": 9901}
+    assert ports == {"http": 8080}  # neither the admin port nor the model's
+
+
+def test_the_admin_port_has_its_own_headless_service():
+    service, pod, sidecar = _one("Service", "churn-model-admin"), _pod(), _sidecar()
+    assert service["spec"]["clusterIP"] == "None"  # every pod an endpoint, no random pod
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"]: _port(sidecar, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"admin": 9901}
+    assert service["metadata"]["labels"]["app.kubernetes.io/component"] == "mlwarden-admin"
+
+
+def test_the_network_policy_opens_the_proxy_to_clients_and_metrics_to_monitoring_only():
+    policy, pod = _one("NetworkPolicy")["spec"], _pod()
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    containers = {p["name"]: c for c in (_sidecar(), _model()) for p in c["ports"]}
+
+    def ports(rule: dict) -> set[int]:
+        return {_port(containers[p["port"]], p["port"]) for p in rule["ports"]}
+
+    anyone, monitoring = policy["ingress"]
+    assert "from" not in anyone and ports(anyone) == {8080}
+    (source,) = monitoring["from"]
+    assert source == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    # the sidecar's metrics and the model's; the model's port to nobody else
+    assert ports(monitoring) == {9901, 8000}
 
 
 def test_pod_annotations_point_prometheus_at_the_sidecar_metrics():
