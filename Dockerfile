@@ -1,20 +1,31 @@
 # mlwarden: the sidecar proxy by default (`docker run -v ./sidecar.yaml:/etc/mlwarden/sidecar.yaml
-# mlwarden`); `docker run mlwarden demo` runs the demo instead. Multi-stage: wheels are built in
-# the first stage, the final image has no build tools and runs as a non-root user.
-FROM python:3.11-slim AS build
+# mlwarden`); `docker run mlwarden demo` runs the demo instead. Multi-stage: the build stage
+# installs mlwarden into a virtual environment, and the final image copies only that
+# environment (no wheels, no sources, no build tools in any of its layers) and runs as a
+# non-root user.
+#
+# BASE is any image with Python 3.11+ and its venv module at the same path in both stages:
+# the official slim image by default, or one made from distribution packages where that
+# cannot be pulled (`--build-arg BASE=localhost/...`; tests/test_image.py makes one from
+# Debian's python3 and python3-venv).
+ARG BASE=python:3.11-slim
+
+FROM ${BASE} AS build
+RUN python3 -m venv /opt/mlwarden
+ENV PATH=/opt/mlwarden/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY middleware ./middleware
 COPY sidecar ./sidecar
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[sidecar]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[sidecar]' \
+    && pip install --no-cache-dir --no-index --find-links /wheels 'mlwarden[sidecar]==0.1.0'
 
-FROM python:3.11-slim
+FROM ${BASE}
 RUN useradd --create-home --uid 10001 mlwarden \
     && mkdir -p /etc/mlwarden /var/lib/mlwarden \
     && chown 10001 /var/lib/mlwarden
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels 'mlwarden[sidecar]==0.1.0' \
-    && rm -rf /wheels
+COPY --from=build /opt/mlwarden /opt/mlwarden
+ENV PATH=/opt/mlwarden/bin:$PATH
 USER 10001
 WORKDIR /home/mlwarden
 # The proxy port and the admin port (metrics, health, status, events).
