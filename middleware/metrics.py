@@ -229,11 +229,29 @@ class MonitorMetrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
-        self.feature_drift_score = Gauge(
-            "mlwarden_feature_drift_score",
-            "Drift score of a feature over the whole window (psi: index; ks: statistic D; "
-            "chi2: statistic); reported, not deciding.",
-            (*_MV, "feature", "method"),
+        # The whole window's descriptive statistics, one name each (their scales differ: no
+        # one threshold fits all three); the decision is feature_drift_ratio's.
+        self.feature_psi = Gauge(
+            "mlwarden_feature_psi",
+            "Population stability index of a feature's whole window against the baseline; "
+            "reported, not deciding.",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.feature_ks_distance = Gauge(
+            "mlwarden_feature_ks_distance",
+            "Kolmogorov-Smirnov distance D (0 to 1) of a numeric feature's whole window from "
+            "the baseline; reported, not deciding.",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.feature_chi2_statistic = Gauge(
+            "mlwarden_feature_chi2_statistic",
+            "Chi-square statistic of a categorical feature's whole window against the "
+            "baseline's category shares; reported, not deciding.",
+            (*_MV, "feature"),
             registry=r,
             multiprocess_mode="mostrecent",
         )
