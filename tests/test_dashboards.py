@@ -30,7 +30,7 @@ from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir
-from tests.support import make_baseline, reference_rows
+from tests.support import make_baseline, reference_rows, segment
 from tests.test_proxy import dead_url
 
 pytestmark = pytest.mark.servers
@@ -154,7 +154,7 @@ def model_app(influx_url: str) -> Any:
         model_name=MODEL,
         model_version="1",
         registry=CollectorRegistry(),
-        baseline=make_baseline(),
+        baseline=make_baseline(segments=True),  # a categorical feature: the chi-square panel
         prediction_classes=("yes", "no"),
         drift_every_rows=50,
         feedback_token=FEEDBACK_TOKEN,
@@ -238,7 +238,10 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
         for i in range(2000):
             if stop.is_set() or time.monotonic() > deadline:
                 return
-            batch = [dict(r, extra_feature=1.0) for r in rows[(i * 10) % 490 :][:10]]
+            batch = [
+                dict(r, extra_feature=1.0, segment=segment(i + k))
+                for k, r in enumerate(rows[(i * 10) % 490 :][:10])
+            ]
             r = model.post("/predict", json={"instances": batch})
             rid = r.headers.get("x-request-id", "")
             labels = [{"request_id": f"{rid}#{k}", "label": "yes"} for k in range(5)]
