@@ -73,6 +73,25 @@ def quantiles(metric: str, sel: str, by: str, qs=(0.5, 0.95, 0.99)) -> list[tupl
     ]
 
 
+def build_panel(processes: str, own_series: str) -> Panel:
+    """Processes per mlwarden build, counted over the processes that export ``own_series``
+    (``mlwarden_build_info`` has no labels of its own to select by)."""
+    return Panel(
+        "mlwarden builds",
+        "short",
+        f"{processes} per mlwarden version and Python version (mlwarden_build_info): a "
+        "rollout shows as two builds side by side.",
+        [
+            (
+                f"count by (version, python_version) (mlwarden_build_info{{{JN}}}"
+                f" and on (instance) {own_series})",
+                "mlwarden {{version}} · Python {{python_version}}",
+            )
+        ],
+        kind="stat",
+    )
+
+
 # -- the model server (the middleware) ---------------------------------------------------------
 
 MV = JN + ', model=~"$model", version=~"$version"'
@@ -221,20 +240,32 @@ def inference_panels() -> list[Panel | Row]:
             ],
         ),
         Panel(
-            "Drift score per feature (whole window)",
+            "PSI per feature (whole window)",
             "short",
-            "PSI, KS statistic and chi-square statistic per feature over the whole drift "
-            "window: reported, not deciding (a fixed threshold ignores the window's size; "
-            "the verdict comes from the calibrated tests). PSI bands as usual: 0.1 "
-            "moderate, 0.2 large; the default drift-large policy acts on a drift verdict "
-            "with drift_score (the largest PSI) above 0.25.",
-            [
-                (
-                    f"max by (feature, method) (mlwarden_feature_drift_score{{{MV}}})",
-                    "{{feature}} {{method}}",
-                )
-            ],
+            "Population stability index of each feature's whole drift window against the "
+            "baseline: reported, not deciding (the verdict comes from the calibrated tests). "
+            "PSI bands as usual: 0.1 moderate, 0.2 large; the default drift-large policy "
+            "acts on a drift verdict with drift_score (the largest PSI) above 0.25.",
+            [(f"max by (feature) (mlwarden_feature_psi{{{MV}}})", "{{feature}}")],
             thresholds=[(None, "green"), (0.1, "orange"), (0.2, "red")],
+        ),
+        Panel(
+            "KS distance per numeric feature (whole window)",
+            "none",
+            "Kolmogorov-Smirnov distance D (0 to 1) of each numeric feature's whole window "
+            "from the baseline: reported, not deciding. No fixed line: what D means depends "
+            "on the rows behind it; the shape test judges D per window scale against a "
+            "bound for that many rows (its drift ratio).",
+            [(f"max by (feature) (mlwarden_feature_ks_distance{{{MV}}})", "{{feature}}")],
+        ),
+        Panel(
+            "Chi-square statistic per categorical feature (whole window)",
+            "none",
+            "Chi-square statistic of each categorical feature's whole window against the "
+            "baseline's category shares: reported, not deciding. It grows with the rows and "
+            "the categories, so no fixed line; the chi2 test judges it per window scale "
+            "against a calibrated threshold (its drift ratio).",
+            [(f"max by (feature) (mlwarden_feature_chi2_statistic{{{MV}}})", "{{feature}}")],
         ),
         Panel(
             "Drift p-values (whole window)",
@@ -412,6 +443,7 @@ def inference_panels() -> list[Panel | Row]:
                 *quantiles("mlwarden_drift_evaluation_duration_seconds", MV, MVB, (0.99,)),
             ],
         ),
+        build_panel("Model servers", f"mlwarden_requests_in_flight{{{MV}}}"),
     ]
 
 
@@ -495,9 +527,9 @@ def sidecar_panels() -> list[Panel | Row]:
         Row("Canary"),
         Panel(
             "Canary weight",
-            "percent",
+            "percentunit",
             "Share of requests that try the canary candidate first.",
-            [(f"max by (candidate) (mlwarden_canary_weight_percent{{{JN}}})", "{{candidate}}")],
+            [(f"max by (candidate) (mlwarden_canary_weight_ratio{{{JN}}})", "{{candidate}}")],
         ),
         Panel(
             "Canary state",
@@ -730,6 +762,8 @@ def sidecar_panels() -> list[Panel | Row]:
             kind="stat",
             thresholds=[(None, "green"), (1, "red")],
         ),
+        Row("Sidecar processes"),
+        build_panel("Sidecars", f"mlwarden_proxy_requests_in_flight{{{JN}}}"),
     ]
 
 

@@ -87,13 +87,17 @@ class DriftWorker:
             }
             for f in features
         }
+        # One gauge per statistic (PSI, KS distance, chi-square), by the method's name.
+        statistic = {
+            "psi": metrics.feature_psi,
+            "ks": metrics.feature_ks_distance,
+            "chi2": metrics.feature_chi2_statistic,
+        }
         self._score: dict[str, dict[str, Any]] = {}
         self._pvalue: dict[str, dict[str, Any]] = {}
         for f in features:
             methods = ("psi", "ks") if f.kind == "numeric" else ("psi", "chi2")
-            self._score[f.name] = {
-                m: metrics.feature_drift_score.labels(*mv, f.name, m) for m in methods
-            }
+            self._score[f.name] = {m: statistic[m].labels(*mv, f.name) for m in methods}
             self._pvalue[f.name] = {
                 m: metrics.feature_drift_pvalue.labels(*mv, f.name, m)
                 for m in methods

@@ -3,9 +3,15 @@
 prometheus_client's metric objects validate and lock per call and walk every bucket of a
 histogram with two locked increments (measured: about 1.3 µs an observation, 0.5 µs an
 increment); a model request records seven of them. These keep the same ``labels(...)`` /
-``inc`` / ``observe`` interface and the same exposition, at a fraction of the cost: one lock
-per call and a binary search for the bucket. They are exposed through one collector per
-registry, whose ``describe`` lets the registry reject duplicate names as it does for its own.
+``inc`` / ``observe`` interface and exactly the same exposition (the same samples in the same
+order, ``_created`` included, as prometheus_client's ``Counter``, ``Gauge`` and ``Histogram``
+for the same observations), at a fraction of the cost: one lock per call and a binary search
+for the bucket. Each family is a collector of its own, registered where prometheus_client's
+metric would be, so that a registry lists them in the same order and rejects duplicate names
+as it does for its own; :class:`FastFamilies` registers several at once.
+
+``_created`` samples follow prometheus_client's switch (``PROMETHEUS_DISABLE_CREATED_SERIES``
+or ``disable_created_metrics()``), read at every scrape as prometheus_client does.
 
 Under prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) values must
 live in its shared files, so :func:`multiprocess_mode` tells the caller to use
@@ -20,14 +26,11 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import metrics as _client_metrics
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["FastCounter", "FastFamilies", "FastGauge", "FastHistogram", "multiprocess_mode"]
 
@@ -38,7 +41,13 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(old_name))
 
 
-class _Family:
+def _created_series() -> bool:
+    # prometheus_client's own switch (a module global, set from the environment at import and
+    # by disable_created_metrics()); read per scrape, as its metrics do.
+    return bool(getattr(_client_metrics, "_use_created", True))
+
+
+class _Family(Collector):
     """A metric name, its help and label names, and its children by label values."""
 
     kind = ""
@@ -49,6 +58,10 @@ class _Family:
         self.labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], object] = {}
         self._lock = threading.Lock()
+        if not self.labelnames:
+            # As prometheus_client does: a metric without labels has its one series from the
+            # start (at 0, created now).
+            self._children[()] = self._child()
 
     def labels(self, *values: str) -> object:
         if len(values) != len(self.labelnames):
@@ -57,7 +70,9 @@ class _Family:
         child = self._children.get(key)
         if child is None:
             with self._lock:
-                child = self._children.setdefault(key, self._child())
+                child = self._children.get(key)
+                if child is None:
+                    child = self._children[key] = self._child()
         return child
 
     def _child(self) -> object:
@@ -67,22 +82,23 @@ class _Family:
         with self._lock:
             return list(self._children.items())
 
-    def describe(self) -> Metric:
-        return self._family()
+    def _metric(self) -> Metric:
+        return Metric(self.name, self.documentation, self.kind)
 
-    def _family(self) -> Metric:
-        raise NotImplementedError
+    def describe(self) -> list[Metric]:
+        return [self._metric()]
 
-    def collect(self) -> Metric:
+    def collect(self) -> list[Metric]:
         raise NotImplementedError
 
 
 class _CounterChild:
-    __slots__ = ("_lock", "_value")
+    __slots__ = ("_lock", "_value", "created")
 
     def __init__(self) -> None:
         self._value = 0.0
         self._lock = threading.Lock()
+        self.created = time.time()
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
@@ -100,17 +116,21 @@ class FastCounter(_Family):
     def _child(self) -> _CounterChild:
         return _CounterChild()
 
-    def _family(self) -> CounterMetricFamily:
-        # CounterMetricFamily adds "_total" itself; the name is given without it.
-        return CounterMetricFamily(
-            self.name.removesuffix("_total"), self.documentation, labels=self.labelnames
-        )
+    def _metric(self) -> Metric:
+        # As prometheus_client's Counter: the family is named without "_total", its samples
+        # are "<name>_total" and "<name>_created".
+        return Metric(self.name.removesuffix("_total"), self.documentation, self.kind)
 
-    def collect(self) -> CounterMetricFamily:
-        family = self._family()
+    def collect(self) -> list[Metric]:
+        metric = self._metric()
+        total, created = metric.name + "_total", metric.name + "_created"
+        with_created = _created_series()
         for values, child in self._items():
-            family.add_metric(values, child.get())  # type: ignore[attr-defined]
-        return family
+            labels = dict(zip(self.labelnames, values, strict=True))
+            metric.add_sample(total, labels, child.get())  # type: ignore[attr-defined]
+            if with_created:
+                metric.add_sample(created, dict(labels), child.created)  # type: ignore[attr-defined]
+        return [metric]
 
 
 class _GaugeChild:
@@ -141,18 +161,16 @@ class FastGauge(_Family):
     def _child(self) -> _GaugeChild:
         return _GaugeChild()
 
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> GaugeMetricFamily:
-        family = self._family()
+    def collect(self) -> list[Metric]:
+        metric = self._metric()
         for values, child in self._items():
-            family.add_metric(values, child.get())  # type: ignore[attr-defined]
-        return family
+            labels = dict(zip(self.labelnames, values, strict=True))
+            metric.add_sample(self.name, labels, child.get())  # type: ignore[attr-defined]
+        return [metric]
 
 
 class _HistogramChild:
-    __slots__ = ("_bounds", "_counts", "_exemplars", "_lock", "_sum")
+    __slots__ = ("_bounds", "_counts", "_exemplars", "_lock", "_sum", "created")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds  # finite upper bounds; the last bucket (+Inf) is implicit
@@ -160,13 +178,16 @@ class _HistogramChild:
         self._exemplars: list[Exemplar | None] = [None] * (len(bounds) + 1)
         self._sum = 0.0
         self._lock = threading.Lock()
+        self.created = time.time()
 
     def observe(self, value: float, exemplar: dict[str, str] | None = None) -> None:
         # bisect_left: the first bound >= value, as Prometheus buckets count value <= le.
         index = bisect_left(self._bounds, value)
         with self._lock:
-            self._counts[index] += 1
             self._sum += value
+            if value != value:  # NaN: in the sum, in no bucket (as prometheus_client)
+                return
+            self._counts[index] += 1
             if exemplar:
                 self._exemplars[index] = Exemplar(exemplar, value, time.time())
 
@@ -181,39 +202,42 @@ class FastHistogram(_Family):
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        super().__init__(name, documentation, labelnames)
         bounds = tuple(float(b) for b in buckets if b != float("inf"))
         if list(bounds) != sorted(set(bounds)) or not bounds:
             raise ValueError(f"{name}: buckets must be increasing, got {buckets!r}")
         self.bounds = bounds
-        self._les = [_le(b) for b in bounds] + ["+Inf"]
+        # The same spelling prometheus_client gives its own buckets ("0.005", "1.0", "1e+07").
+        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+        # prometheus_client leaves out the sum when buckets go below 0 (it would not be a
+        # counter).
+        self._with_sum = bounds[0] >= 0
+        super().__init__(name, documentation, labelnames)
 
     def _child(self) -> _HistogramChild:
         return _HistogramChild(self.bounds)
 
-    def _family(self) -> HistogramMetricFamily:
-        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> HistogramMetricFamily:
-        family = self._family()
+    def collect(self) -> list[Metric]:
+        metric = self._metric()
+        name = self.name
+        with_created = _created_series()
         for values, child in self._items():
             counts, total, exemplars = child.snapshot()  # type: ignore[attr-defined]
-            buckets: list[tuple] = []
-            cumulative = 0
+            series = list(zip(self.labelnames, values, strict=True))
+            cumulative = 0.0
             for le, count, exemplar in zip(self._les, counts, exemplars, strict=True):
                 cumulative += count
-                buckets.append((le, cumulative, exemplar) if exemplar else (le, cumulative))
-            family.add_metric(values, buckets, total)
-        return family
-
-
-def _le(bound: float) -> str:
-    # The same spelling prometheus_client gives its own buckets ("0.005", "1.0", "10.0").
-    return repr(float(bound))
+                labels = dict([*series, ("le", le)])
+                metric.add_sample(name + "_bucket", labels, cumulative, None, exemplar)
+            metric.add_sample(name + "_count", dict(series), cumulative)
+            if self._with_sum:
+                metric.add_sample(name + "_sum", dict(series), total)
+            if with_created:
+                metric.add_sample(name + "_created", dict(series), child.created)  # type: ignore[attr-defined]
+        return [metric]
 
 
 class FastFamilies(Collector):
-    """The collector that exposes a registry's fast families."""
+    """One collector for several fast families (registered once they are all added)."""
 
     def __init__(self) -> None:
         self._families: list[_Family] = []
@@ -223,8 +247,8 @@ class FastFamilies(Collector):
 
     def describe(self) -> Iterator[Metric]:
         for family in self._families:
-            yield family.describe()
+            yield from family.describe()
 
     def collect(self) -> Iterator[Metric]:
         for family in self._families:
-            yield family.collect()
+            yield from family.collect()

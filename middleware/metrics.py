@@ -14,9 +14,9 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from mlwarden.middleware.build_info import register_build_info
 from mlwarden.middleware.fastmetrics import (
     FastCounter,
-    FastFamilies,
     FastGauge,
     FastHistogram,
     multiprocess_mode,
@@ -104,23 +104,25 @@ class MonitorMetrics:
         r = registry
         route = (*_MV, "route", "method")
         # The metrics every request touches use the lean implementations, unless values must
-        # be shared between processes (prometheus_client's multiprocess mode).
-        fast = None if multiprocess_mode() else FastFamilies()
+        # be shared between processes (prometheus_client's multiprocess mode). Each is
+        # registered where prometheus_client's would be: the exposition is the same, in order.
+        fast = not multiprocess_mode()
+        register_build_info(r)
 
         def histogram(
             name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
         ) -> Any:
-            if fast is None:
+            if not fast:
                 return Histogram(name, doc, labels, buckets=buckets, registry=r)
             family = FastHistogram(name, doc, labels, buckets)
-            fast.add(family)
+            r.register(family)
             return family
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Any:
-            if fast is None:
+            if not fast:
                 return Counter(name, doc, labels, registry=r)
             family = FastCounter(name, doc, labels)
-            fast.add(family)
+            r.register(family)
             return family
 
         # Requests: every request the app serves, model endpoint or not.
@@ -136,7 +138,7 @@ class MonitorMetrics:
             (*route, "status_class"),
             LATENCY_BUCKETS,
         )
-        if fast is None:
+        if not fast:
             self.requests_in_flight: Any = Gauge(
                 "mlwarden_requests_in_flight",
                 "Requests being served right now.",
@@ -148,7 +150,7 @@ class MonitorMetrics:
             self.requests_in_flight = FastGauge(
                 "mlwarden_requests_in_flight", "Requests being served right now.", _MV
             )
-            fast.add(self.requests_in_flight)
+            r.register(self.requests_in_flight)
         self.request_exceptions = Counter(
             "mlwarden_request_exceptions_total",
             "Requests in which the app raised an exception.",
@@ -227,11 +229,29 @@ class MonitorMetrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
-        self.feature_drift_score = Gauge(
-            "mlwarden_feature_drift_score",
-            "Drift score of a feature over the whole window (psi: index; ks: statistic D; "
-            "chi2: statistic); reported, not deciding.",
-            (*_MV, "feature", "method"),
+        # The whole window's descriptive statistics, one name each (their scales differ: no
+        # one threshold fits all three); the decision is feature_drift_ratio's.
+        self.feature_psi = Gauge(
+            "mlwarden_feature_psi",
+            "Population stability index of a feature's whole window against the baseline; "
+            "reported, not deciding.",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.feature_ks_distance = Gauge(
+            "mlwarden_feature_ks_distance",
+            "Kolmogorov-Smirnov distance D (0 to 1) of a numeric feature's whole window from "
+            "the baseline; reported, not deciding.",
+            (*_MV, "feature"),
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.feature_chi2_statistic = Gauge(
+            "mlwarden_feature_chi2_statistic",
+            "Chi-square statistic of a categorical feature's whole window against the "
+            "baseline's category shares; reported, not deciding.",
+            (*_MV, "feature"),
             registry=r,
             multiprocess_mode="mostrecent",
         )
@@ -368,5 +388,3 @@ class MonitorMetrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
-        if fast is not None:
-            registry.register(fast)

@@ -272,7 +272,6 @@ class InferenceMonitor:
                 self._read_exchange(ex, attributes)
         if span is not None:
             span.finish(
-                method=method,
                 route=route,
                 status=status,
                 error=error,

@@ -20,7 +20,7 @@ from mlwarden.middleware.baseline import BaselineProfile, load_baseline
 from mlwarden.middleware.drift import DriftThresholds
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.health import HealthThresholds
-from mlwarden.middleware.influx import InfluxSettings
+from mlwarden.middleware.influx import InfluxSettings, missing_client
 from mlwarden.middleware.metrics import PREDICTION_BUCKETS
 
 __all__ = ["DEFAULT_ENDPOINT_SUFFIXES", "FEEDBACK_TOKEN_VARIABLE", "MonitorOptions"]
@@ -292,6 +292,8 @@ class MonitorOptions:
             problems.append(
                 "influx: needs a baseline (the statistics shipped are the baseline features')"
             )
+        if self.influx is not None and (problem := missing_client("influx")) is not None:
+            problems.append(problem)
         if self.metrics_path is not None and self.metrics_path == self.health_path:
             problems.append("health_path: must differ from metrics_path")
         if not isinstance(self.tracing, bool):

@@ -356,8 +356,12 @@ class Sidecar(Listener):
         self.tracer.pin()
         lc = self.config.ledger
         if lc.influx_url is not None and self._ledger_sink is None:
-            from mlwarden.middleware.influx import InfluxSettings
+            from mlwarden.middleware.errors import ConfigError
+            from mlwarden.middleware.influx import InfluxSettings, missing_client
             from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink
+
+            if (problem := missing_client("ledger.influx_url")) is not None:
+                raise ConfigError([problem])
 
             self._ledger_sink = InfluxLedgerSink(
                 InfluxSettings(

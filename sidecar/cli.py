@@ -1,4 +1,10 @@
-"""The ``mlwarden`` command line: ``sidecar``, ``demo``, ``baseline build``, ``baseline check``."""
+"""The ``mlwarden`` command line: ``sidecar``, ``demo``, ``baseline build``, ``baseline check``.
+
+The entry point is installed with the middleware alone, where ``baseline`` and ``--version``
+must work: this module imports only the middleware and the standard library at import time;
+``sidecar`` and ``demo`` import their parts when they run, after checking that the ``sidecar``
+extra is there.
+"""
 
 from __future__ import annotations
 
@@ -124,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("sidecar", "demo") and (missing := _missing_sidecar_packages()):
+        print(
+            f"mlwarden {args.command} needs the sidecar extra: pip install 'mlwarden[sidecar]' "
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.command == "sidecar":
             return _sidecar(args.config, check=args.check)
@@ -151,6 +164,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+# The distributions the sidecar and the demo import whatever their configuration, by the module
+# they provide. The optional ones (OTLP, Redis, InfluxDB, uvloop) are checked where a setting
+# asks for them, with a message naming the setting.
+_SIDECAR_MODULES = {
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "httpx": "httpx",
+    "httptools": "httptools",
+    "pybreaker": "pybreaker",
+    "yaml": "pyyaml",
+}
+
+
+def _missing_sidecar_packages() -> list[str]:
+    """The sidecar's required distributions that are not installed (found without importing)."""
+    from importlib.util import find_spec
+
+    return [dist for module, dist in _SIDECAR_MODULES.items() if find_spec(module) is None]
+
+
 def _sidecar(path: Path, *, check: bool) -> int:
     from mlwarden.sidecar.settings import load_sidecar_config
 
@@ -160,6 +193,11 @@ def _sidecar(path: Path, *, check: bool) -> int:
 
         if otlp_traces_url(config.tracing, os.environ) is not None:
             _require_otlp_exporter()
+        if config.ledger.influx_url is not None:
+            from mlwarden.middleware.influx import missing_client
+
+            if (problem := missing_client("ledger.influx_url")) is not None:
+                raise ConfigError([problem])
         order = " → ".join(config.routing.order)
         print(
             f"{path}: valid; routing {order}; listening on "

@@ -39,7 +39,6 @@ log = logging.getLogger("mlwarden.sidecar.proxy")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
-Scope = dict[str, Any]
 
 # The status recorded for a client that left before its answer was complete (nginx's word).
 CLIENT_CLOSED = 499
@@ -54,7 +53,8 @@ class Exchange:
     headers, body, deadline), the client's side (``send``, the disconnect ``watcher``), and
     what the client was sent: by which upstream (None: the proxy itself) and the status; the
     server span when traced; whether the server can send trailers; the shadow copy and the
-    primary's body captured for it (bounded); the upstreams tried."""
+    primary's body captured for it (bounded); the upstreams tried and how many times the
+    request was sent (retries and fallbacks alike: the next attempt's resend count)."""
 
     __slots__ = (
         "body",
@@ -63,6 +63,7 @@ class Exchange:
         "headers",
         "method",
         "send",
+        "sent",
         "shadow",
         "span",
         "status",
@@ -82,6 +83,7 @@ class Exchange:
         self.shadow: ShadowCopy | None = None
         self.captured: list[bytes] | None = None
         self.tried: list[str] = []
+        self.sent = 0
         self.method = ""
         self.target = b""
         self.headers: Headers = []
@@ -197,13 +199,16 @@ def report_to_shadow(ex: Exchange) -> None:
     copy.primary_answered(ex.status, b"".join(captured) if captured is not None else None)
 
 
-def end_server_span(span: RequestSpan, scope: Scope, ex: Exchange) -> None:
+def end_server_span(span: RequestSpan, ex: Exchange, error: BaseException | None = None) -> None:
+    """End the proxy's server span. A client that left got no status we could name (499 is
+    the metrics' word for it): the span says ``client_closed`` instead."""
     span.detach()
+    gone = ex.status == CLIENT_CLOSED
     span.finish(
-        method=scope["method"],
         route=None,
-        status=ex.status,
-        error=None,
+        status=None if gone else ex.status,
+        error=error,
         attributes={"mlwarden.upstream": ex.upstream or "none"},
         end_time_ns=None,
+        failure="client_closed" if gone and error is None else None,
     )

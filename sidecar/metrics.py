@@ -34,10 +34,12 @@ Exported (label values are upstream names from the configuration and fixed words
   ``mlwarden_shadow_duration_seconds``, ``mlwarden_shadow_agreement_ratio``,
   ``mlwarden_shadow_queue_depth``.
 - ``mlwarden_healing_actions_total{action,outcome}``: the healing ledger's records.
-- ``mlwarden_canary_weight_percent{candidate}``, ``mlwarden_canary_state{candidate,state}``
+- ``mlwarden_canary_weight_ratio{candidate}`` (0 to 1), ``mlwarden_canary_state{candidate,state}``
   (1 for the current one of analysing, promoted, done, rolled_back) and
   ``mlwarden_canary_analyses_total{candidate,verdict}`` (pass, fail, inconclusive), when a
   canary is configured.
+- ``mlwarden_build_info{version,revision,python_version}``: 1
+  (:mod:`mlwarden.middleware.build_info`).
 
 - ``mlwarden_breaker_state{upstream}``: gauge, 0 closed, 1 half_open, 2 open (ordered by how
   little traffic the upstream gets, so ``max()`` over upstreams means "the worst").
@@ -65,6 +67,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mlwarden.middleware.build_info import register_build_info
 from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHistogram
 from mlwarden.sidecar.listeners import Listener
 from mlwarden.sidecar.proxy_metrics import ProxyMetrics
@@ -116,7 +119,7 @@ class _ScrapeCollector(Collector):
             CounterMetricFamily("mlwarden_breaker_fail_open", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_upstream_healthy", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_proxy_requests_in_flight", ""),
-            GaugeMetricFamily("mlwarden_canary_weight_percent", "", labels=["candidate"]),
+            GaugeMetricFamily("mlwarden_canary_weight_ratio", "", labels=["candidate"]),
             GaugeMetricFamily("mlwarden_canary_state", "", labels=["candidate", "state"]),
             CounterMetricFamily("mlwarden_canary_analyses", "", labels=["candidate", "verdict"]),
             CounterMetricFamily("mlwarden_retry_budget_requests", ""),
@@ -175,11 +178,12 @@ class _ScrapeCollector(Collector):
         canary = sidecar.canary
         if canary is not None:
             weight = GaugeMetricFamily(
-                "mlwarden_canary_weight_percent",
-                "Share of requests that try the canary candidate first, in percent.",
+                "mlwarden_canary_weight_ratio",
+                "Share of requests that try the canary candidate first (0 to 1).",
                 labels=["candidate"],
             )
-            weight.add_metric([canary.candidate], canary.weight)
+            # The controller keeps percent (steps_percent); Prometheus wants the base unit.
+            weight.add_metric([canary.candidate], canary.weight / 100.0)
             yield weight
             state = GaugeMetricFamily(
                 "mlwarden_canary_state",
@@ -230,6 +234,7 @@ class SidecarMetrics(Listener):
         self.sidecar: Observed | None = None
         self._watched: HealthChecker | None = None
         self._lock = threading.Lock()
+        register_build_info(registry)
         self.breaker_transitions = Counter(
             "mlwarden_breaker_transitions_total",
             "Circuit breaker state changes per upstream, by the state entered.",

@@ -64,6 +64,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mlwarden.middleware.tracing import error_type
 from mlwarden.sidecar.config import DegradedResponseConfig, LimitsConfig, TimeoutsConfig
 from mlwarden.sidecar.exchange import (
     CLIENT_CLOSED,
@@ -263,18 +264,22 @@ class ProxyApp:
                     overloaded=True,
                 ),
             )
+            if ex.span is not None:
+                end_server_span(ex.span, ex)
             events.request_finished(None, 503, self._clock() - started)
             return
         self._in_flight += 1
+        error: Exception | None = None
         try:
             await self._serve(scope, receive, ex)
-        except Exception:
+        except Exception as exc:
             ex.status = 500  # a fault of ours; the server answers 500 if it still can
+            error = exc
             raise
         finally:
             try:
                 if ex.span is not None:
-                    end_server_span(ex.span, scope, ex)
+                    end_server_span(ex.span, ex, error)
                 events.request_finished(ex.upstream, ex.status, self._clock() - started)
             finally:
                 self._in_flight -= 1  # last: in_flight == 0 means every request was reported
@@ -435,14 +440,8 @@ class ProxyApp:
         headers = ex.headers
         client_span = None
         if ex.span is not None:
-            client_span, headers = self.tracer.attempt(
-                ex.span,
-                name,
-                ex.method,
-                pool.base_url.rstrip("/") + ex.target.decode("latin-1"),
-                attempts.attempt,
-                headers,
-            )
+            client_span, headers = self.tracer.attempt(ex, name, pool)
+        ex.sent += 1
         try:
             response = await pool.request(
                 ex.method, ex.target, headers, ex.body, timeout_s=timeout_s
@@ -461,7 +460,7 @@ class ProxyApp:
                 trial.failure(kind)
             log.debug("upstream %s: %s (%s)", name, kind, exc)
             if client_span is not None:
-                self.tracer.end_attempt(client_span, kind, None)
+                self.tracer.end_attempt(client_span, None, kind)
             events.attempt_finished(name, kind, self._clock() - started)
             decision = attempts.next(Outcome(error=kind))
             if decision.retry:
@@ -472,7 +471,7 @@ class ProxyApp:
             # upstream, is at fault, and no upstream will take it.
             trial.discard()
             if client_span is not None:
-                self.tracer.end_attempt(client_span, "refused", None)
+                self.tracer.end_attempt(client_span, None, "refused")
             ex.status = 400
             await send_whole(
                 ex.send,
@@ -490,12 +489,13 @@ class ProxyApp:
                 give_up = decision.give_up
                 if decision.retry or (give_up in _FALL_BACK_ON and not last_candidate):
                     if client_span is not None:
-                        self.tracer.end_attempt(client_span, outcome_label, response.status)
+                        self.tracer.end_attempt(client_span, response.status, None)
                     events.attempt_finished(name, outcome_label, self._clock() - started)
                     if decision.retry:
                         events.retried(name, decision.reason or outcome_label)
                     return _decide(decision, f"status {response.status} from {name}", error=False)
             ex.upstream = name
+            failure: str | None = None
             try:
                 if not await relay(
                     ex,
@@ -505,10 +505,16 @@ class ProxyApp:
                     shadow_capture_bytes=self._shadow_capture,
                     upstream_value=self._upstream_values[name],
                 ):
-                    outcome_label = "reset"
+                    outcome_label = failure = "reset"
+            except ClientGone:
+                failure = "client_gone"
+                raise
+            except BaseException as exc:
+                failure = error_type(exc)
+                raise
             finally:
                 if client_span is not None:
-                    self.tracer.end_attempt(client_span, outcome_label, response.status)
+                    self.tracer.end_attempt(client_span, response.status, failure)
                 events.attempt_finished(name, outcome_label, self._clock() - started)
             return None
         finally:

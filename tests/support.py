@@ -25,9 +25,22 @@ def reference_rows(n: int, seed: int = 0, shift: dict[str, float] | None = None)
     return [{name: float(cols[name][i]) for name in FEATURES} for i in range(n)]
 
 
-def make_baseline(n: int = 20_000, seed: int = 12345) -> BaselineProfile:
+#: A categorical feature for the tests that need one (the chi-square statistic), in shares
+#: of 5, 3 and 2 tenths.
+SEGMENTS = ("retail",) * 5 + ("business",) * 3 + ("public",) * 2
+
+
+def segment(i: int) -> str:
+    """The ``i``-th row's segment: every ten rows hold the baseline's shares."""
+    return SEGMENTS[i % len(SEGMENTS)]
+
+
+def make_baseline(n: int = 20_000, seed: int = 12345, *, segments: bool = False) -> BaselineProfile:
+    """The numeric features ``f0``…``f4``; with ``segments``, a categorical ``segment`` too."""
     rng = np.random.default_rng(seed)
-    columns = {name: rng.normal(MEANS[name], STDS[name], n) for name in FEATURES}
+    columns: dict = {name: rng.normal(MEANS[name], STDS[name], n) for name in FEATURES}
+    if segments:
+        columns["segment"] = np.array([segment(i) for i in range(n)], dtype=object)
     return build_baseline(columns, source="tests")
 
 

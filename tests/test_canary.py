@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.config import SidecarConfig
@@ -269,6 +270,17 @@ def test_a_sticky_cookie_is_read_from_the_cookie_header() -> None:
     assert not rig.canary.routes([(b"cookie", f"session={outside}".encode())])
 
 
+def test_the_canary_weight_is_exported_as_a_ratio() -> None:
+    registry = CollectorRegistry()
+    proxy = Sidecar(canary_config(), health_checks=False, registry=registry)
+    assert proxy.canary is not None
+    labels = {"candidate": "candidate"}
+    assert registry.get_sample_value("mlwarden_canary_weight_ratio", labels) == 0.05
+    proxy.canary.weight = 50
+    assert registry.get_sample_value("mlwarden_canary_weight_ratio", labels) == 0.5
+    assert registry.get_sample_value("mlwarden_canary_weight_percent", labels) is None
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -377,7 +389,6 @@ def test_a_healthy_candidate_is_promoted_through_the_steps() -> None:
 @pytest.mark.servers
 def test_with_the_prometheus_source_the_fleet_figures_decide_the_rollback() -> None:
     """A real Prometheus scrapes the sidecar's admin port; the analysis reads PromQL."""
-    from prometheus_client import CollectorRegistry
     from starlette.applications import Starlette
 
     from mlwarden.sidecar.admin import create_admin_app

@@ -30,7 +30,7 @@ from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir
-from tests.support import make_baseline, reference_rows
+from tests.support import make_baseline, reference_rows, segment
 from tests.test_proxy import dead_url
 
 pytestmark = pytest.mark.servers
@@ -146,14 +146,21 @@ def test_rows_group_the_panels_and_nothing_overlaps(name: str) -> None:
         cells |= area
 
 
-def test_stats_count_over_the_dashboard_range_with_an_instant_query() -> None:
-    stats = [p for p in panels(load("mlwarden-sidecar.json")) if p["type"] == "stat"]
-    assert [p["title"] for p in stats] == ["Escalations"]
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_stats_are_one_instant_query_and_counts_are_over_the_dashboard_range(name: str) -> None:
+    stats = [p for p in panels(load(name)) if p["type"] == "stat"]
+    assert stats
     for stat in stats:
         assert stat["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
         for target in stat["targets"]:
             assert target["instant"] is True and target["range"] is False
-            assert "increase(" in target["expr"] and "[$__range]" in target["expr"]
+            # a count of events: over the range shown, not the last $__rate_interval
+            if "_total" in target["expr"]:
+                assert "increase(" in target["expr"] and "[$__range]" in target["expr"]
+    titles = [p["title"] for p in stats]
+    assert "mlwarden builds" in titles
+    if name == "mlwarden-sidecar.json":
+        assert "Escalations" in titles
 
 
 def test_the_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
@@ -214,7 +221,7 @@ def model_app(influx_url: str) -> Any:
         model_name=MODEL,
         model_version="1",
         registry=CollectorRegistry(),
-        baseline=make_baseline(),
+        baseline=make_baseline(segments=True),  # a categorical feature: the chi-square panel
         prediction_classes=("yes", "no"),
         drift_every_rows=50,
         feedback_token=FEEDBACK_TOKEN,
@@ -298,7 +305,10 @@ def traffic(model_url: str, sidecar_url: str, stop: threading.Event, max_s: floa
         for i in range(2000):
             if stop.is_set() or time.monotonic() > deadline:
                 return
-            batch = [dict(r, extra_feature=1.0) for r in rows[(i * 10) % 490 :][:10]]
+            batch = [
+                dict(r, extra_feature=1.0, segment=segment(i + k))
+                for k, r in enumerate(rows[(i * 10) % 490 :][:10])
+            ]
             r = model.post("/predict", json={"instances": batch})
             rid = r.headers.get("x-request-id", "")
             labels = [{"request_id": f"{rid}#{k}", "label": "yes"} for k in range(5)]

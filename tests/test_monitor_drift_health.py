@@ -76,12 +76,12 @@ def test_shifting_one_feature_flags_that_feature_only():
     for name in FEATURES:
         flagged = registry.get_sample_value("mlwarden_feature_drifted", {**MV, "feature": name})
         assert flagged == (1 if name == "f2" else 0), name
-    assert (
-        registry.get_sample_value(
-            "mlwarden_feature_drift_score", {**MV, "feature": "f2", "method": "psi"}
-        )
-        > 0.2
-    )
+    assert registry.get_sample_value("mlwarden_feature_psi", {**MV, "feature": "f2"}) > 0.2
+    ks = {
+        name: registry.get_sample_value("mlwarden_feature_ks_distance", {**MV, "feature": name})
+        for name in FEATURES
+    }
+    assert max(ks, key=lambda name: ks[name]) == "f2" and 0 < ks["f2"] <= 1
 
 
 def test_drift_is_evaluated_in_the_background_every_n_rows():

@@ -86,7 +86,7 @@ def test_prometheus_scrapes_latency_drift_and_exemplars():
                 "mlwarden_request_duration_seconds_bucket[10s])))",
             )
             assert 0 < float(p99[0]["value"][1]) <= 10
-            drift = poll(prom.url, 'mlwarden_feature_drift_score{method="psi",feature="f0"}')
+            drift = poll(prom.url, 'mlwarden_feature_psi{feature="f0"}')
             assert float(drift[0]["value"][1]) < 0.2
             now = time.time()
             exemplars = query(

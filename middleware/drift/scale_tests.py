@@ -39,9 +39,11 @@ class TestOutcome:
     fired: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        finite = math.isfinite(self.threshold) and self.threshold > 0
-        ratio = abs(self.statistic) / self.threshold if finite else 0.0
-        if ratio != ratio:  # NaN statistic: no figure, nothing fired
+        if self.statistic != self.statistic:  # NaN: no figure (reported as such), no fire
+            ratio = math.nan
+        elif math.isfinite(self.threshold) and self.threshold > 0:
+            ratio = abs(self.statistic) / self.threshold
+        else:  # a threshold no window of this size can reach
             ratio = 0.0
         object.__setattr__(self, "ratio", ratio)
         object.__setattr__(self, "fired", ratio >= 1.0)

@@ -261,7 +261,7 @@ class DriftEvaluator:
                     mine = best.setdefault(name, {})
                     for test, outcome in by_test.items():
                         held = mine.get(test)
-                        if held is None or outcome.ratio > held.ratio:
+                        if held is None or outcome.ratio > held.ratio or held.ratio != held.ratio:
                             mine[test] = outcome
         features = []
         for d in self._describe(now, fresh):

@@ -8,7 +8,12 @@
 - :mod:`~mlwarden.middleware.influx.shipper`: the bounded buffer and the background writer.
 """
 
-from mlwarden.middleware.influx.client import REJECTED_STATUSES, InfluxWriteClient, status_of
+from mlwarden.middleware.influx.client import (
+    REJECTED_STATUSES,
+    InfluxWriteClient,
+    missing_client,
+    status_of,
+)
 from mlwarden.middleware.influx.lines import escape
 from mlwarden.middleware.influx.settings import TOKEN_ENV, InfluxSettings
 from mlwarden.middleware.influx.shipper import InfluxShipper
@@ -20,5 +25,6 @@ __all__ = [
     "InfluxShipper",
     "InfluxWriteClient",
     "escape",
+    "missing_client",
     "status_of",
 ]

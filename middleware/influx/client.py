@@ -5,20 +5,32 @@ opened on the first write (the import takes about half a second, which a model s
 not spend on its event loop), with no retries of its own. :func:`status_of` and
 :data:`REJECTED_STATUSES` tell a server that refused the points (never worth retrying) from
 one that failed. Shared by the feature-statistics shipper and the sidecar's ledger sink.
+``influxdb_client`` is an extra (``mlwarden[influx]``): :func:`missing_client` lets start-up
+fail on a setting that needs it, instead of every write failing later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from importlib.util import find_spec
 from typing import Any
 
 from mlwarden.middleware.influx.settings import InfluxSettings
 
-__all__ = ["REJECTED_STATUSES", "InfluxWriteClient", "describe", "status_of"]
+__all__ = ["REJECTED_STATUSES", "InfluxWriteClient", "describe", "missing_client", "status_of"]
 
 #: Statuses that say the points themselves are bad: retrying them can never succeed.
 REJECTED_STATUSES = frozenset({400, 422})
+
+
+def missing_client(key: str) -> str | None:
+    """The configuration problem of setting ``key`` when ``influxdb_client`` is not installed,
+    else None. Looked up without importing it: the import is slow, and happens in the writer
+    thread on the first write."""
+    if find_spec("influxdb_client") is not None:
+        return None
+    return f"{key}: writing to InfluxDB needs influxdb-client: pip install 'mlwarden[influx]'"
 
 
 def status_of(exc: BaseException) -> int | None:
