@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.loopback import free_port, serve
+
 INTERVAL_S = 1.0
 RATE_PER_S = 250
 MAX_S = 30.0
@@ -82,25 +84,10 @@ def model_app(delay_ms: float, error_share: float):  # type: ignore[no-untyped-d
 
 
 def _serve(port: int, delay_ms: float, error_share: float) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        model_app(delay_ms, error_share),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    serve(model_app(delay_ms, error_share), port)
 
 
 # -- one run -----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(port: int, timeout_s: float = 20.0) -> None:
@@ -163,7 +150,7 @@ async def _load(port: int, admin_port: int, max_s: float) -> tuple[str, int, int
 
 
 def run_once(name: str, workdir: Path) -> Outcome:
-    stable_port, cand_port, port, admin_port = (_free_port() for _ in range(4))
+    stable_port, cand_port, port, admin_port = (free_port() for _ in range(4))
     config = {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin_port},

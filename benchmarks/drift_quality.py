@@ -53,6 +53,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
+from benchmarks.loopback import free_port, serve
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -304,27 +306,10 @@ def model_app(baseline: str) -> Any:
 
 
 def _serve(port: int, baseline: str) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        model_app(baseline),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    serve(model_app(baseline), port)
 
 
 # -- one run ----------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -479,7 +464,7 @@ async def run_once(
     else:
         slots = _slots(changed, per_request, None)
     interval_s = per_request / rate
-    port = _free_port()
+    port = free_port()
     log_path = workdir / f"server-{scenario.name}-{rate}-{run}.log"
     await warmup.acquire()  # one server start and warm-up at a time
     holding = True

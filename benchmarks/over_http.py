@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import workload
+from benchmarks.loopback import free_port
 
 __all__ = ["HttpResult", "WrkRun", "pinning", "run_http"]
 
@@ -66,12 +66,6 @@ def pinning() -> tuple[list[str], list[str]]:
     if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         return ["taskset", "-c", "0"], ["taskset", "-c", "1"]
     return [], []
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _lua_script(bodies: list[bytes], directory: Path) -> Path:
@@ -137,7 +131,7 @@ class _Server:
 
     def __init__(self, name: str, prefix: list[str], directory: Path) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = directory / f"server-{name}.log"
         self._log = self.log_path.open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")

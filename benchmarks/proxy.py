@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from benchmarks.loopback import free_port
 
 if TYPE_CHECKING:
     from benchmarks.over_http import WrkRun
@@ -94,12 +95,6 @@ class ProxyResult:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -279,7 +274,7 @@ def _uvicorn(
 
 
 def _start_upstream(name: str, prefix: list[str], directory: Path) -> _Process:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_UPSTREAM_NAME=name)
     return _Process(
         f"upstream-{name}",
@@ -291,7 +286,7 @@ def _start_upstream(name: str, prefix: list[str], directory: Path) -> _Process:
 
 
 def _start_naive(kind: str, upstream: _Process, prefix: list[str], directory: Path) -> _Process:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_UPSTREAM_URL=upstream.url)
     target = f"benchmarks.naive_proxies:{kind}_proxy"
     return _Process(
@@ -314,7 +309,7 @@ def _start_sidecar(
     name: str, primary: _Process, stable: _Process, prefix: list[str], directory: Path
 ) -> tuple[_Process, int]:
     """The sidecar with its defaults, started as users start it; returns it and its admin port."""
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     config = directory / f"{name}.yaml"
     config.write_text(
         "# Every resilience feature at its default: retries and retry budget, breakers,\n"
@@ -340,7 +335,7 @@ def _nginx_version() -> str:
 def _start_nginx(upstream: _Process, prefix: list[str], directory: Path) -> _Process:
     if shutil.which("nginx") is None:
         raise RuntimeError("nginx is not installed (apt-get install -y nginx-light)")
-    port = _free_port()
+    port = free_port()
     root = directory / "nginx"
     root.mkdir()
     conf = root / "nginx.conf"
