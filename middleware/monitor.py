@@ -119,18 +119,14 @@ class InferenceMonitor:
                 shipper=self.shipper,
                 before=self.drain,
             )
-        # Our endpoints never shadow a route the app has at the same path.
+        # Our endpoints never shadow what the app answers at the same path (see _may_serve).
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         self._feedback_path: str | None = None
-        for path, endpoint in (
-            (o.health_path, HealthEndpoint(self.health_report)),
-            (o.metrics_path, MetricsEndpoint(self.registry, before=self._refresh)),
+        for path, option, endpoint in (
+            (o.health_path, "health_path", HealthEndpoint(self.health_report)),
+            (o.metrics_path, "metrics_path", MetricsEndpoint(self.registry, before=self._refresh)),
         ):
-            if not path:
-                continue
-            if self._routes.serves(path):
-                log.warning("mlwarden: the app serves %s itself; not mounting a second one", path)
-            else:
+            if path and self._may_serve(path, option):
                 self._own[path] = endpoint
         # Ground truth: ids on scored requests, their predictions remembered, labels joined.
         self._request_ids: RequestIds | None = None
@@ -139,16 +135,11 @@ class InferenceMonitor:
         if o.request_id_header is not None:
             self._request_ids = RequestIds(o.request_id_header)
             self.feedback = Feedback.from_options(o, metrics=m)
-            if o.feedback_path:
-                if self._routes.serves(o.feedback_path):
-                    log.warning(
-                        "mlwarden: the app serves %s itself; not mounting feedback", o.feedback_path
-                    )
-                else:
-                    self._feedback_path = o.feedback_path
-                    self._serve_feedback = FeedbackEndpoint(
-                        self.feedback, path=o.feedback_path, before=self.drain
-                    )
+            if o.feedback_path and self._may_serve(o.feedback_path, "feedback_path"):
+                self._feedback_path = o.feedback_path
+                self._serve_feedback = FeedbackEndpoint(
+                    self.feedback, path=o.feedback_path, before=self.drain
+                )
         # Bound once: the request path and drain() call it without a lookup on the reader.
         self._read_exchange = ExchangeReader(
             o,
@@ -164,6 +155,34 @@ class InferenceMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.monotonic()
         self._internal_log = Throttle(time.monotonic, 60.0)
+
+    def _may_serve(self, path: str, option: str) -> bool:
+        """Whether our endpoint may answer ``path``: never over one the app has (or may have).
+
+        The rule is :mod:`~mlwarden.middleware.route_table`'s: a route at the path, a mounted
+        app or a route object we cannot read is left alone; a template with parameters that
+        merely matches, or an app without a readable routing table, is answered in front of.
+        Whatever the app has there is named in a warning.
+        """
+        claim = self._routes.claim(path)
+        if claim is None:
+            return True
+        if claim.owns:
+            log.warning(
+                "mlwarden: %s answers %s; mlwarden does not serve its own there (%s)",
+                claim.describe(),
+                path,
+                option,
+            )
+            return False
+        log.warning(
+            "mlwarden: mlwarden answers %s in front of %s (set %s to another path, or None, "
+            "to leave it to the app)",
+            path,
+            claim.describe(),
+            option,
+        )
+        return True
 
     # -- ASGI entry point -------------------------------------------------------------------
 

@@ -2,40 +2,57 @@
 
 A label must never be the raw path (a hostile client could create a series per path), so a
 request is labelled with the template of the route that served it, or with one of two fixed
-values when no route did.
+values when no route did. The table itself is read by :mod:`~mlwarden.middleware.route_table`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
+
+from mlwarden.middleware.route_table import PathClaim, RouteEntry, claims, walk_routes
 
 __all__ = ["UNMATCHED", "UNROUTED", "RouteLabels", "walk_routes"]
 
 UNMATCHED = "__unmatched__"  # the app answered 404 without a route
 UNROUTED = "__unrouted__"  # the app answered without a routing table we can read
 
-_MAX_DEPTH = 32
+
+class _Tables:
+    """The app's routes by what a finished request's scope holds: its route, its endpoint."""
+
+    __slots__ = ("by_endpoint", "moved")
+
+    def __init__(self, entries: list[RouteEntry]) -> None:
+        self.by_endpoint: dict[int, list[RouteEntry]] = {}
+        # Routes whose own ``path`` is not their template: those of an included router on
+        # recent FastAPI (0.165), where ``scope["route"]`` is the original without prefixes.
+        self.moved: dict[int, tuple[Any, list[RouteEntry]]] = {}
+        for entry in entries:
+            endpoint = getattr(entry.route, "endpoint", None)
+            if endpoint is not None:
+                self.by_endpoint.setdefault(id(endpoint), []).append(entry)
+            if entry.original is not entry.route:
+                key = id(entry.original)
+                self.moved.setdefault(key, (entry.original, []))[1].append(entry)
+        # An original that only ever appears at its own path is not moved at all.
+        for key, (original, found) in list(self.moved.items()):
+            if all(e.relative == getattr(original, "path", None) for e in found):
+                del self.moved[key]
 
 
-def walk_routes(app: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
-    """(template, route) for every route reachable from ``app`` through middleware and mounts."""
-    seen = 0
-    while app is not None and depth < _MAX_DEPTH and seen < _MAX_DEPTH:
-        seen += 1
-        routes = getattr(app, "routes", None)
-        if isinstance(routes, list):
-            for route in routes:
-                path = getattr(route, "path", None)
-                if not isinstance(path, str):
-                    continue
-                yield prefix + path, route
-                child = getattr(route, "app", None)
-                if getattr(route, "routes", None) is not None or hasattr(child, "routes"):
-                    yield from walk_routes(child, prefix + path, depth + 1)
-            return
-        app = getattr(app, "app", None) or getattr(app, "router", None)
+def _matching(entries: list[RouteEntry], scope: MutableMapping[str, Any]) -> RouteEntry | None:
+    """The entry whose route matches the request (several routes share an endpoint)."""
+    partial = None
+    for entry in entries:
+        with contextlib.suppress(Exception):
+            name = getattr(entry.route.matches(scope)[0], "name", "")
+            if name == "FULL":
+                return entry
+            if name == "PARTIAL" and partial is None:
+                partial = entry
+    return partial
 
 
 class RouteLabels:
@@ -43,7 +60,7 @@ class RouteLabels:
 
     def __init__(self, app: Any) -> None:
         self._app = app
-        self._by_endpoint: dict[int, list[tuple[str, Any]]] | None = None
+        self._tables: _Tables | None = None
 
     def label(self, scope: MutableMapping[str, Any], root_path: str, status: int | None) -> str:
         route = scope.get("route")
@@ -52,28 +69,43 @@ class RouteLabels:
             # Mounts extend root_path by their prefix while routing: put it back in front.
             mounted = scope.get("root_path", "")
             prefix = mounted[len(root_path) :] if mounted.startswith(root_path) else ""
+            moved = self._read().moved.get(id(route))
+            if moved is not None and moved[0] is route:
+                entries = moved[1]
+                entry = entries[0] if len(entries) == 1 else _matching(entries, scope)
+                if entry is not None:
+                    return prefix + entry.relative
             return prefix + path
         endpoint = scope.get("endpoint")
         if endpoint is not None:  # Starlette before scope["route"]: find it by its endpoint
-            candidates = self._endpoint_templates().get(id(endpoint), ())
+            candidates = self._read().by_endpoint.get(id(endpoint), [])
             if len(candidates) == 1:
-                return candidates[0][0]
-            for template, candidate in candidates:  # one endpoint behind several routes
-                with contextlib.suppress(Exception):
-                    if getattr(candidate.matches(scope)[0], "name", "") == "FULL":
-                        return template
+                return candidates[0].template
+            entry = _matching(candidates, scope)
+            if entry is not None:
+                return entry.template
         return UNMATCHED if status == 404 else UNROUTED
 
     def serves(self, path: str) -> bool:
-        """Whether the app has a route at exactly ``path`` (for not shadowing its /metrics)."""
-        return any(template == path for template, _ in walk_routes(self._app))
+        """Whether the app answers ``path`` itself (or may): then it is never shadowed."""
+        claim = self.claim(path)
+        return claim is not None and claim.owns
 
-    def _endpoint_templates(self) -> dict[int, list[tuple[str, Any]]]:
-        if self._by_endpoint is None:
-            found: dict[int, list[tuple[str, Any]]] = {}
-            for template, route in walk_routes(self._app):
-                endpoint = getattr(route, "endpoint", None)
-                if endpoint is not None:
-                    found.setdefault(id(endpoint), []).append((template, route))
-            self._by_endpoint = found
-        return self._by_endpoint
+    def claim(self, path: str) -> PathClaim | None:
+        """The strongest claim the app has on ``path``: its own first, then a pattern."""
+        try:
+            found = claims(self._app, path)
+        except Exception as exc:  # reading must never stop the app: assume the worst
+            return PathClaim("unknown", f"{type(exc).__name__} while reading the routes")
+        owned = [c for c in found if c.owns]
+        return (owned or found or [None])[0]
+
+    def _read(self) -> _Tables:
+        # Read once, at the first finished request: the app's routes are in place by then.
+        if self._tables is None:
+            try:
+                entries = list(walk_routes(self._app))
+            except Exception:  # labels fall back to the route's own path, or UNROUTED
+                entries = []
+            self._tables = _Tables(entries)
+        return self._tables
