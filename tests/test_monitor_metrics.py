@@ -97,6 +97,28 @@ def test_rows_and_predictions_are_counted_from_a_kserve_batch():
     assert registry.get_sample_value("mlwarden_prediction_confidence_count", MV) == 7
 
 
+def test_kserve_rows_as_lists_and_columns_inside_an_instance_are_scored():
+    registry = CollectorRegistry()
+    as_lists = {"instances": [[0.5, -0.7, 1.0, 2.0, 3.0], [0.1, 0.2, 0.3, 0.4, 0.5]]}
+    columns = {"instances": [{name: [0.5, -0.7, 1.5] for name in FEATURES}]}
+    ragged = {"instances": [{"f0": [0.5, -0.7], "f1": [1.0]}]}
+    with (
+        serve_app(monitored(starlette_app, registry, baseline=make_baseline())) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        for payload in [as_lists] * 10 + [columns] * 10 + [ragged]:
+            assert client.post("/v1/models/m:predict", json=payload).status_code == 200
+    assert registry.get_sample_value("mlwarden_rows_scored_total", MV) == 10 * 2 + 10 * 3
+    errors = {
+        s.labels["reason"]: s.value
+        for metric in registry.collect()
+        if metric.name == "mlwarden_payload_errors"
+        for s in metric.samples
+        if s.name == "mlwarden_payload_errors_total"
+    }
+    assert errors == {"shape_mismatch": 1}  # the ragged one, counted, not read as Nones
+
+
 def test_app_that_never_reads_the_body_is_counted_not_broken():
     registry = CollectorRegistry()
     with (

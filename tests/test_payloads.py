@@ -60,6 +60,7 @@ def test_payload_error_reasons_are_the_fixed_label_set():
         "unsupported_content_type",
         "unsupported_format",
         "shape_mismatch",
+        "nested_value",
         "too_many_rows",
         "no_known_features",
         "extractor_error",
@@ -123,9 +124,24 @@ def test_unknown_names_are_counted_never_kept():
     assert batch.unknown_features == 2
 
 
-def test_container_where_a_scalar_is_expected_becomes_none():
-    batch = parse({"age": [1, 2], "income": {"nested": 1}, "city": "Oslo"})
-    assert batch.columns == {"age": [None], "income": [None], "city": ["Oslo"]}
+def test_lists_mixed_with_single_values_are_a_nested_value_not_a_row_of_nones():
+    assert parse_error({"age": [1, 2], "income": {"nested": 1}, "city": "Oslo"}) == "nested_value"
+    assert parse_error({"age": [1, 2], "city": "Oslo"}) == "nested_value"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [{"age": [1], "income": 2.0}],  # a record's cell
+        [[1, [2.0], "a"]],  # a positional row's cell
+        {"age": [[1], [2]], "income": [1.0, 2.0]},  # a column's cell
+        {"dataframe_records": [{"age": {"v": 1}}]},
+        {"dataframe_split": {"columns": ["age"], "data": [[[1]]]}},
+        {"inputs": [{"name": "age", "shape": [2], "datatype": "FP64", "data": [[1], [2]]}]},
+    ],
+)
+def test_a_container_where_a_cell_is_expected_is_a_nested_value(payload):
+    assert parse_error(payload) == "nested_value"
 
 
 def test_bool_and_str_values_are_kept_raw():
@@ -217,6 +233,62 @@ def test_instances_of_objects():
 def test_instances_of_lists_are_positional():
     batch = parse({"instances": [[1, 2.0, "a"], [2, 3.0, "b"]], "parameters": {"x": 1}})
     assert batch.columns == {"age": [1, 2], "income": [2.0, 3.0], "city": ["a", "b"]}
+
+
+def test_instances_as_lists_of_the_baseline_width_are_positional_rows():
+    batch = parse({"instances": [[0.5, 1.0, "a"], [-0.7, 2.0, "b"]]})
+    assert batch.rows == 2
+    assert batch.columns == {"age": [0.5, -0.7], "income": [1.0, 2.0], "city": ["a", "b"]}
+    assert parse_error({"instances": [[0.5, 1.0], [-0.7, 2.0]]}) == "shape_mismatch"
+
+
+def test_columns_inside_an_instance_are_that_many_rows():
+    batch = parse({"instances": [{"age": [0.5, -0.7], "city": ["a", "b"], "extra": [1, 2]}]})
+    assert batch.format == "kserve_v1"
+    assert batch.rows == 2
+    assert batch.columns == {"age": [0.5, -0.7], "income": [None, None], "city": ["a", "b"]}
+    assert batch.unknown_features == 2  # "extra" in each of the two rows
+
+
+def test_instances_of_columns_and_of_single_values_follow_each_other():
+    batch = parse({"instances": [{"age": [1, 2]}, {"age": 3, "city": "c"}, {"other": 0}]})
+    assert batch.columns == {
+        "age": [1, 2, 3, None],
+        "income": [None, None, None, None],
+        "city": [None, None, "c", None],
+    }
+    assert batch.unknown_features == 1
+
+
+def test_columns_of_different_lengths_inside_an_instance_are_a_shape_mismatch():
+    assert parse_error({"instances": [{"age": [0.5, -0.7], "city": ["a"]}]}) == "shape_mismatch"
+
+
+def test_columns_mixed_with_single_values_inside_an_instance_are_a_nested_value():
+    assert parse_error({"instances": [{"age": [0.5, -0.7], "city": "a"}]}) == "nested_value"
+
+
+def test_columns_inside_instances_are_bounded_by_max_rows_across_instances():
+    payload = {"instances": [{"age": [1, 2, 3]}, {"age": [4, 5, 6]}]}
+    assert parse(payload, max_rows=6).rows == 6
+    assert parse_error(payload, max_rows=5) == "too_many_rows"
+
+
+def test_instances_that_are_lists_of_records_give_one_row_per_record():
+    batch = parse({"instances": [[{"age": 1}, {"age": 2, "x": 0}], [{"city": "c"}]]})
+    assert batch.rows == 3
+    assert batch.columns == {"age": [1, 2, None], "income": [None] * 3, "city": [None, None, "c"]}
+    assert batch.unknown_features == 1
+    assert parse_error({"instances": [[{"age": 1}], [1, 2, 3]]}) == "shape_mismatch"
+
+
+def test_index_columns_with_different_row_labels_are_a_shape_mismatch():
+    assert parse_error({"age": {"0": 1}, "city": {"0": "a", "1": "b"}}) == "shape_mismatch"
+
+
+def test_two_envelopes_in_one_body_are_unsupported_not_guessed():
+    both = {"instances": [[1, 2.0, "a"]], "inputs": [[3, 4.0, "b"]]}
+    assert parse_error(both) == "unsupported_format"
 
 
 def test_instances_of_scalars_fill_a_single_feature():

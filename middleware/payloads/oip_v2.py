@@ -1,7 +1,10 @@
 """The Open Inference Protocol v2 (KServe v2, Triton): ``{"inputs": [tensor, ...]}``.
 
 Each tensor is ``{"name", "shape", "datatype", "data"}`` with ``data`` flat or nested as the
-shape says (checked and flattened by :mod:`mlwarden.middleware.tensors`). Two layouts:
+shape says (checked and flattened by :mod:`mlwarden.middleware.tensors`); what sits at the
+depth of the shape is a cell, so a list there (data nested deeper than its shape) is
+``nested_value``. ``BYTES`` data are strings, read as they are; request and tensor
+``parameters`` do not change the layout. Two layouts:
 
 - one tensor per feature, named like the baseline's features, each of shape ``[N]`` or
   ``[N, 1]`` and all with the same ``N``; other tensors count as unknown features;

@@ -15,7 +15,9 @@ reads that format:
 - CSV bodies: :mod:`~mlwarden.middleware.payloads.csv`;
 - with an extractor, every body: :mod:`~mlwarden.middleware.payloads.extractor`.
 
-A protocol key that is also a baseline feature is read as that feature, not as an envelope.
+A protocol key that is also a baseline feature is read as that feature, not as an envelope;
+a body with two envelopes (``instances`` and ``inputs``) is ``unsupported_format``, as the
+protocols disagree on which one counts.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ from mlwarden.middleware.tensors import is_tensor
 
 __all__ = ["PAYLOAD_ERROR_REASONS", "PAYLOAD_FORMATS", "PayloadParser"]
 
-#: Why a request payload yielded no features. A Prometheus label value: fixed and small.
-#: ``too_large`` and ``body_not_read`` are assigned by the middleware, not by the parser.
+#: Why a request payload yielded no features. A Prometheus label value: fixed and small, and
+#: listed with what each means in the README. ``shape_mismatch``: lengths disagree (rows,
+#: columns, tensors and their shapes, positional rows and the baseline's features);
+#: ``nested_value``: a list or object where one feature value is expected. ``too_large`` and
+#: ``body_not_read`` are assigned by the middleware, not by the parser.
 PAYLOAD_ERROR_REASONS: tuple[str, ...] = (
     "empty_body",
     "not_utf8",
@@ -54,6 +59,7 @@ PAYLOAD_ERROR_REASONS: tuple[str, ...] = (
     "unsupported_content_type",
     "unsupported_format",
     "shape_mismatch",
+    "nested_value",
     "too_many_rows",
     "no_known_features",
     "extractor_error",
@@ -155,10 +161,14 @@ class PayloadParser(BatchBuilder):
     def _from_dict(self, obj: dict[str, Any]) -> FeatureBatch | FeatureRow:
         for key in self._envelopes:
             if key in obj:
-                return self._from_envelope(key, obj[key])
+                return self._from_envelope(key, obj)
         return from_object(self, obj, "object")
 
-    def _from_envelope(self, key: str, inner: Any) -> FeatureBatch:
+    def _from_envelope(self, key: str, obj: dict[str, Any]) -> FeatureBatch:
+        found = [k for k in self._envelopes if k in obj]
+        if len(found) > 1:  # KServe would read "inputs", MLflow refuse: neither is a guess
+            raise payload_error("unsupported_format", f"several envelopes: {', '.join(found)}")
+        inner = obj[key]
         if key == "instances":
             return from_instances(self, inner, "kserve_v1")
         if key == "inputs":

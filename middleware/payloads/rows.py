@@ -2,11 +2,19 @@
 
 :class:`FeatureBatch` (by column) and :class:`FeatureRow` (one object of named features, the
 common request) are what the parser hands to the feature windows. :class:`BatchBuilder` holds
-the baseline's feature names and the row limit, and builds batches from the shapes that every
+the baseline's features and the row limit, and builds batches from the shapes that every
 format carries inside its envelope: a list of objects (records), a list of positional rows,
 pandas columns (``{"f1": [..]}`` or ``{"f1": {"0": ..}}``), or one object as one row. Columns
 are named only by the baseline, never by the payload, and row counts are checked before any
 column is built.
+
+How an object is read is decided by the values of the baseline's features in it (other names
+are only counted): all single values, one row; all lists of one length, that many rows; all
+index objects with the same keys, one row per key in the first one's order. Lists of different
+lengths or index objects with different keys are ``shape_mismatch``; a mix of lists and single
+values is ``nested_value``. A cell, wherever it is, must be a single value (a JSON scalar or
+null): a list or an object where one value is expected is counted as ``nested_value``, never
+read as a missing value.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from mlwarden.middleware.bodies import (
 )
 
 __all__ = ["BatchBuilder", "FeatureBatch", "FeatureRow", "clean", "column_length"]
+
+#: Values that hold other values: never a feature's value (``nested_value``).
+_CONTAINERS = frozenset({list, tuple, dict})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +88,17 @@ class FeatureRow:
 
 
 def _coerce(value: object) -> object:
-    """A non-plain value → a plain scalar, or None (containers, missing, unknown types)."""
-    if value.__class__ in (list, dict, tuple, Missing):
+    """A non-plain value → a plain scalar, or None (missing, unknown types); a container is
+    ``nested_value``: a list where one value is expected is not a missing value."""
+    if value.__class__ is Missing:
         return None
+    if value.__class__ in _CONTAINERS or (
+        isinstance(value, Mapping | Sequence | np.ndarray)
+        and not isinstance(value, str | bytes | bytearray)
+    ):
+        raise payload_error(
+            "nested_value", f"a {type(value).__name__} where a single feature value is expected"
+        )
     if isinstance(value, np.generic):  # numpy scalars from a user extractor
         value = value.item()
         return value if value.__class__ in SCALAR_TYPES else None
@@ -93,7 +112,8 @@ def _coerce(value: object) -> object:
 
 
 def clean(column: Sequence[object]) -> list[object]:
-    """A column of plain scalars: other values coerced (numpy scalars) or None (containers)."""
+    """A column of plain scalars: other values coerced (numpy scalars), missing ones None;
+    a container in it is ``nested_value``."""
     if set(map(type, column)) <= SCALAR_TYPES:  # the usual case: one C pass, one C copy
         return list(column)
     return [v if type(v) in SCALAR_TYPES else _coerce(v) for v in column]
@@ -146,14 +166,33 @@ class BatchBuilder:
         self, obj: Mapping[str, Any], fmt: str, *, columns_only: bool
     ) -> FeatureBatch:
         """Pandas column orientation, or (unless ``columns_only``) one object as one row."""
+        if self.count_only:
+            return FeatureBatch(column_length(obj), {}, fmt, 0)
+        n, columns, unknown, layout = self._table(obj, columns_only=columns_only)
+        return FeatureBatch(n, columns, "columns" if fmt == "object" and layout else fmt, unknown)
+
+    def _table(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        columns_only: bool = False,
+        require_known: bool = True,
+        rows_before: int = 0,
+    ) -> tuple[int, dict[str, list[object]], int, bool]:
+        """One object read as a small table: its rows, columns, unknown values and whether it
+        was column-oriented. The layout follows the baseline's features in it (see the module
+        docstring); ``rows_before`` rows of the same request count towards ``max_rows``."""
         features = self.features
         get = obj.get
         values = [get(f, MISSING) for f in features]
         known = len(values) - values.count(MISSING)
         if not known:
-            if self.count_only:
-                return FeatureBatch(column_length(obj), {}, fmt, 0)
-            raise payload_error("no_known_features", "no baseline feature is named in the payload")
+            if require_known:
+                raise payload_error(
+                    "no_known_features", "no baseline feature is named in the payload"
+                )
+            self.check_rows(rows_before + 1)
+            return 1, {f: [None] for f in features}, len(obj), False
         kinds = set(map(type, values))
         kinds.discard(Missing)
         unknown_names = len(obj) - known
@@ -164,37 +203,39 @@ class BatchBuilder:
                     "shape_mismatch", f"columns of different lengths {sorted(lengths)[:5]}"
                 )
             n = lengths.pop()
-            self.check_rows(n)
+            self.check_rows(rows_before + n)
             none_column = [None] * n
             columns = {
                 f: none_column.copy() if v is MISSING else clean(v)
                 for f, v in zip(features, values, strict=True)
             }
-            return FeatureBatch(
-                n, columns, "columns" if fmt == "object" else fmt, unknown_names * n
-            )
-        if kinds == {dict}:  # {"f1": {"0": 1, "1": 2}, ...}: rows follow the first column's index
-            index = list(next(v for v in values if v is not MISSING))
+            return n, columns, unknown_names * n, True
+        if kinds == {dict}:  # {"f1": {"0": 1, "1": 2}, ...}: rows in the first column's order
+            indexes = [v for v in values if v is not MISSING]
+            index = list(indexes[0])
+            if any(v.keys() != indexes[0].keys() for v in indexes[1:]):
+                raise payload_error("shape_mismatch", "index columns with different row labels")
             n = len(index)
-            self.check_rows(n)
+            self.check_rows(rows_before + n)
             none_column = [None] * n
             columns = {
-                f: none_column.copy() if v is MISSING else clean(list(map(v.get, index)))
+                f: none_column.copy() if v is MISSING else clean(list(map(v.__getitem__, index)))
                 for f, v in zip(features, values, strict=True)
             }
-            return FeatureBatch(
-                n, columns, "columns" if fmt == "object" else fmt, unknown_names * n
+            return n, columns, unknown_names * n, True
+        if not kinds.isdisjoint(_CONTAINERS):
+            raise payload_error(
+                "nested_value", "an object mixes columns (lists or objects) and single values"
             )
         if columns_only:
-            raise payload_error(
-                "unsupported_format", f"{fmt}: an object must map features to columns"
-            )
+            raise payload_error("unsupported_format", "an object must map features to columns")
+        self.check_rows(rows_before + 1)
         scalars = SCALAR_TYPES
         columns = {
             f: [v if type(v) in scalars else _coerce(v)]
             for f, v in zip(features, values, strict=True)
         }
-        return FeatureBatch(1, columns, fmt, unknown_names)
+        return 1, columns, unknown_names, False
 
     def from_list(
         self,
@@ -228,12 +269,23 @@ class BatchBuilder:
             raise payload_error("shape_mismatch", f"{n} scalars for {width} features")
         raise payload_error("shape_mismatch", "rows mix objects, lists and scalars")
 
-    def from_records(self, rows: list[dict[str, Any]], fmt: str) -> FeatureBatch:
-        """A list of objects of named features."""
+    def from_records(
+        self, rows: list[dict[str, Any]], fmt: str, *, tables: bool = False
+    ) -> FeatureBatch:
+        """A list of objects of named features, one row each; with ``tables`` (KServe v1
+        instances) an object whose features are columns is read as that many rows."""
+        if tables and self.count_only:
+            return FeatureBatch(sum(map(column_length, rows)), {}, fmt, 0)
         columns: dict[str, list[object]] = {}
         missing = 0
         for f in self.features:
             column = [row.get(f, MISSING) for row in rows]
+            kinds = set(map(type, column))
+            if kinds <= SCALAR_TYPES:  # the usual case: the fresh list is the column
+                columns[f] = column
+                continue
+            if tables and not kinds.isdisjoint(_CONTAINERS):
+                return self._from_tables(rows, fmt)
             missing += column.count(MISSING)
             columns[f] = clean(column)
         n = len(rows)
@@ -241,6 +293,22 @@ class BatchBuilder:
         if not known and not self.count_only:
             raise payload_error("no_known_features", "no baseline feature is named in any row")
         return FeatureBatch(n, columns, fmt, sum(map(len, rows)) - known)
+
+    def _from_tables(self, objects: list[dict[str, Any]], fmt: str) -> FeatureBatch:
+        """Objects each read as a small table (:meth:`_table`), their rows one after another."""
+        columns: dict[str, list[object]] = {f: [] for f in self.features}
+        n = unknown = 0
+        known = False
+        for obj in objects:
+            rows, part, extra, _ = self._table(obj, require_known=False, rows_before=n)
+            n += rows
+            unknown += extra
+            for f, values in part.items():
+                columns[f] += values
+            known = known or any(f in obj for f in self.features)
+        if not known:
+            raise payload_error("no_known_features", "no baseline feature is named in any row")
+        return FeatureBatch(n, columns, fmt, unknown)
 
     def from_rows(self, rows: list[list[Any]], fmt: str) -> FeatureBatch:
         """A list of positional rows, in the order of the baseline's features."""
