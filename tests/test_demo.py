@@ -29,7 +29,7 @@ from mlwarden.sidecar.demo.model import (
     parse_shift,
     train,
 )
-from mlwarden.sidecar.demo.story import QUICK, Demo, _Answer
+from mlwarden.sidecar.demo.story import QUICK, Answer, Demo
 from mlwarden.sidecar.demo.view import (
     LiveView,
     PhaseResult,
@@ -63,7 +63,7 @@ def test_a_model_retrained_on_shifted_inputs_has_a_baseline_of_the_new_inputs():
 
 
 def test_the_demo_runs_the_default_tiers_with_only_their_clock_faster():
-    from mlwarden.sidecar.demo.story import TIME_SCALE, default_tiers_scaled
+    from mlwarden.sidecar.demo.config import TIME_SCALE, default_tiers_scaled
     from mlwarden.sidecar.healing.default_policies import default_policies
     from mlwarden.sidecar.settings import sidecar_config_from_mapping
 
@@ -213,27 +213,27 @@ def test_clients_count_as_recovered_only_after_the_last_failure(tmp_path):
     demo = _demo(tmp_path)
     demo.answers.extend(
         [
-            _Answer(9.0, "v1", False),
-            _Answer(10.1, "v2", False),
-            _Answer(10.2, "", True),
-            _Answer(10.3, "v1", False),
-            _Answer(10.4, "v2", False),
-            _Answer(10.5, "v2", False),
+            Answer(9.0, "v1", False),
+            Answer(10.1, "v2", False),
+            Answer(10.2, "", True),
+            Answer(10.3, "v1", False),
+            Answer(10.4, "v2", False),
+            Answer(10.5, "v2", False),
         ]
     )
-    assert demo._clients_recovered(10.0) == 10.3
-    assert demo._clients_recovered(10.0, "v2") == 10.4
-    assert demo._clients_recovered(11.0) is None
+    assert demo.judges.clients_recovered(10.0) == 10.3
+    assert demo.judges.clients_recovered(10.0, "v2") == 10.4
+    assert demo.judges.clients_recovered(11.0) is None
 
 
 def test_an_outage_nobody_detected_is_not_healed(tmp_path):
     demo = _demo(tmp_path)
-    demo.answers.extend([_Answer(10.1, "v2", False)])
+    demo.answers.extend([Answer(10.1, "v2", False)])
     result = PhaseResult("primary outage", "v1 SIGKILLed")
-    demo._judge_outage(result, 10.0)
+    demo.judges.outage(result, 10.0)
     assert not result.healed  # clients were served, but no breaker or check noticed
     demo.events["x"] = {"id": "x", "at": 10.05, "action": "breaker_opened", "target": "v1"}
-    demo._judge_outage(result, 10.0)
+    demo.judges.outage(result, 10.0)
     assert result.healed and result.detected_by == "breaker_opened v1"
     assert result.recovery_s == pytest.approx(0.1)
 
@@ -241,9 +241,9 @@ def test_an_outage_nobody_detected_is_not_healed(tmp_path):
 def test_a_rollback_before_the_fault_does_not_count(tmp_path):
     demo = _demo(tmp_path)
     demo.events["r"] = {"id": "r", "at": 9.0, "action": "rollback", "target": "v2"}
-    demo.answers.extend([_Answer(10.5, "v1", False)])
+    demo.answers.extend([Answer(10.5, "v1", False)])
     result = PhaseResult("candidate errors", "v2 answers 500")
-    demo._judge_errors(result, 10.0)
+    demo.judges.errors(result, 10.0)
     assert not result.healed
 
 

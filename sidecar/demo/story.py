@@ -60,6 +60,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mlwarden.sidecar.demo.config import (
+    FULL,
+    QUICK,
+    Timing,
+    sidecar_config,
+)
+from mlwarden.sidecar.demo.judges import Answer, PhaseJudges
 from mlwarden.sidecar.demo.model import FAULT_PATH, MODEL_PATH, customers
 from mlwarden.sidecar.demo.processes import (
     Child,
@@ -74,99 +81,8 @@ from mlwarden.sidecar.demo.view import LiveView, PhaseResult, Snapshot, summary_
 __all__ = ["FULL", "QUICK", "Timing", "run_demo"]
 
 DRIFT_SHIFT = {"monthly_charges": 1.5}
-DRIFT_POLICIES = ("drift-small", "drift-large")  # the default tiers' names
-DRIFT_ROUTING_POLICY = "drift-large"
-OUTAGE_POLICY = "primary-out-of-rotation"
-#: The default tiers' timings (for_s, cooldown_s, window_s, restore_after_s) are divided by
-#: this: a minute of drift before acting is right for a service, too long for a demo.
-TIME_SCALE = 20.0
 _MAX_RECORDS = 200_000  # client answers kept for the judge (about 20 minutes at 150/s)
 _MAX_EVENTS = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """How long each phase runs, and the pace of the story."""
-
-    normal_s: float
-    errors_s: float
-    drift_s: float
-    outage_s: float
-    recovery_s: float
-    grace_s: float  # more time for a phase that has not healed yet
-    rate_per_s: float  # client requests per second
-    canary_interval_s: float
-
-
-FULL = Timing(
-    normal_s=20,
-    errors_s=15,
-    drift_s=40,
-    outage_s=15,
-    recovery_s=15,
-    grace_s=20,
-    rate_per_s=40,
-    canary_interval_s=5,
-)
-QUICK = Timing(
-    normal_s=9,
-    errors_s=10,
-    drift_s=28,
-    outage_s=10,
-    recovery_s=10,
-    grace_s=15,
-    rate_per_s=40,
-    canary_interval_s=3,
-)
-
-
-def default_tiers_scaled(retrain_url: str, scale: float = TIME_SCALE) -> list[dict[str, Any]]:
-    """The sidecar's default policy tiers, as config entries, with timings divided by ``scale``.
-
-    Same names, conditions, severities and actions as :func:`default_policies` gives a sidecar
-    with ``healing.retrain_webhook_url`` set; only the clock runs faster.
-    """
-    from mlwarden.sidecar.healing.default_policies import default_policies
-    from mlwarden.sidecar.settings import sidecar_config_from_mapping
-
-    config = sidecar_config_from_mapping(
-        {
-            "upstreams": {"v1": "http://127.0.0.1:1", "v2": "http://127.0.0.1:2"},
-            "healing": {"retrain_webhook_url": retrain_url},
-        },
-        environ={},
-    )
-    out = []
-    for policy in default_policies(config):
-        actions: list[Any] = []
-        for action in policy.actions:
-            if action.kind == "webhook":
-                actions.append({"webhook": {"url": action.url, "body": dict(action.body or {})}})
-            else:
-                actions.append(action.kind)
-        out.append(
-            {
-                "name": policy.name,
-                "when": policy.when,
-                "severity": policy.severity,
-                "for_s": policy.for_s / scale,
-                "cooldown_s": policy.cooldown_s / scale,
-                "window_s": policy.window_s / scale,
-                "restore_after_s": (
-                    None if policy.restore_after_s is None else policy.restore_after_s / scale
-                ),
-                "actions": actions,
-            }
-        )
-    return out
-
-
-@dataclass(slots=True)
-class _Answer:
-    at: float  # wall time the answer (or the failure) came
-    upstream: str  # x-mlwarden-upstream, "" when none
-    failed: bool
-    detail: str = ""  # for a failure: the status and the start of the body, or the error
 
 
 @dataclass(slots=True)
@@ -212,7 +128,7 @@ class Demo:
         self.children: dict[str, Child] = {}  # by role; a redeploy replaces "v1"
         self.spawned: list[Child] = []  # every child ever started, stopped at the end
         self._pipeline: asyncio.Task[None] | None = None
-        self.answers: deque[_Answer] = deque(maxlen=_MAX_RECORDS)
+        self.answers: deque[Answer] = deque(maxlen=_MAX_RECORDS)
         self.events: dict[str, dict[str, Any]] = {}
         self.status: dict[str, Any] | None = None
         self.retrain_calls: list[float] = []
@@ -232,6 +148,7 @@ class Demo:
         self.phase: _Phase | None = None
         self.phase_index = 0
         self._v1_argv = self._model_argv("v1", seed)
+        self.judges = PhaseJudges(self)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -251,78 +168,9 @@ class Demo:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
 
     def sidecar_config(self) -> dict[str, Any]:
-        t = self.timing
-        hooks = self._url("hooks")
-        return {
-            "upstreams": {
-                "v1": {"url": self._url("v1"), "connect_timeout_s": 0.5},
-                "v2": {"url": self._url("v2"), "connect_timeout_s": 0.5},
-            },
-            "routing": {"primary": "v1", "fallbacks": ["v2"]},
-            "listen": {"host": "127.0.0.1", "port": self.ports["proxy"]},
-            "admin": {"host": "127.0.0.1", "port": self.ports["admin"], "token": self.token},
-            "timeouts": {"per_try_timeout_s": 2.0, "total_timeout_s": 5.0},
-            # Two retries with backoff up to 0.2 s outlast a process swap's few milliseconds
-            # without a listener, even when the fallback is out of rotation.
-            "retry": {
-                "num_retries": 2,
-                "retry_on": ["connect-failure", "reset", "gateway-error", "5xx"],
-                "base_interval_s": 0.02,
-                "max_interval_s": 0.2,
-            },
-            "breaker": {"consecutive_5xx": 3, "reset_timeout_s": 3.0},
-            "health_checks": {
-                "interval_s": 1.0,
-                "timeout_s": 0.5,
-                "healthy_threshold": 2,
-                "unhealthy_threshold": 2,
-            },
-            # Small steps: the normal phase passes a few, never all (no promotion before the
-            # candidate's fault), so the candidate is still on the split when it fails.
-            "canary": {
-                "candidate": "v2",
-                "steps_percent": [20, 30, 40, 50, 60, 70, 80],
-                "interval_s": t.canary_interval_s,
-                "min_requests": 10,
-                # About 25 candidate requests an interval: a pass needs the samples to show
-                # the candidate within the tolerances, so the demo's are wide enough for that
-                # (a real deployment has the traffic to keep the defaults).
-                "max_error_rate": 0.2,
-                "max_latency_ratio": 2.0,
-                "inconclusive_deadline_s": 60.0,
-                # A p99 over ~20 requests on a shared machine is mostly noise: 3x
-                # still catches a real slowdown without rolling back on a hiccup.
-                "max_latency_p99_ratio": 3.0,
-                "on_deadline": "hold",
-                "guard_s": 30.0,
-            },
-            "shadow": {
-                "target": "v2",
-                "sample_percent": 25.0,
-                "max_concurrent": 2,
-                "max_queue": 16,
-                "timeout_s": 2.0,
-            },
-            "ledger": {"path": str(self.workdir / "ledger.jsonl"), "fsync": False},
-            "healing": {
-                "interval_s": 0.5,
-                "default_policies": False,
-                "retrain_webhook_url": f"{hooks}/retrain",
-                "escalation": {"webhook_url": f"{hooks}/escalate", "threshold": 3},
-            },
-            "policies": [
-                *default_tiers_scaled(f"{hooks}/retrain"),
-                # Beside the tiers: a primary out of rotation is worth a person's attention.
-                {
-                    "name": OUTAGE_POLICY,
-                    "when": 'not healthy("v1")',
-                    "for_s": 1,
-                    "cooldown_s": 300,
-                    "severity": "critical",
-                    "actions": ["escalate"],
-                },
-            ],
-        }
+        return sidecar_config(
+            ports=self.ports, token=self.token, timing=self.timing, workdir=self.workdir
+        )
 
     def _hooks_app(self) -> Starlette:
         async def retrain(request: Request) -> JSONResponse:
@@ -454,7 +302,7 @@ class Demo:
             failed, upstream, detail = True, "", f"{type(exc).__name__}: {exc}"[:200]
         finally:
             self.in_flight -= 1
-        self.answers.append(_Answer(time.time(), upstream, failed, detail))
+        self.answers.append(Answer(time.time(), upstream, failed, detail))
         if failed:
             self.failed += 1
             if phase is not None:
@@ -495,7 +343,7 @@ class Demo:
             "reason": reason,
         }
 
-    def _ordered_events(self) -> list[dict[str, Any]]:
+    def ordered_events(self) -> list[dict[str, Any]]:
         return sorted(self.events.values(), key=lambda r: (float(r.get("at", 0)), r.get("id")))
 
     async def _draw(self, stop: asyncio.Event) -> None:
@@ -532,7 +380,7 @@ class Demo:
                 sent=self.sent,
                 failed=self.failed,
                 status=self.status,
-                events=self._ordered_events(),
+                events=self.ordered_events(),
                 prometheus_url=self.prometheus_url,
             )
         )
@@ -617,134 +465,6 @@ class Demo:
                         return
                 await asyncio.sleep(0.25)
 
-    # -- judging ----------------------------------------------------------------------------------
-
-    def _events_after(
-        self,
-        t0: float,
-        *,
-        actions: tuple[str, ...],
-        target: str | None = None,
-        policy: str | None = None,
-    ) -> list[dict[str, Any]]:
-        return [
-            r
-            for r in self._ordered_events()
-            if float(r.get("at", 0)) >= t0
-            and r.get("action") in actions
-            and (target is None or r.get("target") == target)
-            and (policy is None or r.get("policy") == policy)
-        ]
-
-    def _clients_recovered(self, t0: float, upstream: str | None = None) -> float | None:
-        """The first good answer after ``t0`` (from ``upstream``) with no failure after it."""
-        first: float | None = None
-        for answer in self.answers:
-            if answer.at < t0:
-                continue
-            if answer.failed:
-                first = None
-            elif first is None and (upstream is None or answer.upstream == upstream):
-                first = answer.at
-        return first
-
-    @staticmethod
-    def _describe(record: dict[str, Any]) -> str:
-        who = record.get("policy") or ""
-        return f"{record.get('action')} {record.get('target')}" + (f" ({who})" if who else "")
-
-    def _detected(self, result: PhaseResult, t0: float, records: list[dict[str, Any]]) -> None:
-        if records and result.detected_after_s is None:
-            result.detected_after_s = float(records[0]["at"]) - t0
-            result.detected_by = self._describe(records[0])
-
-    def _judge_normal(self, result: PhaseResult, t0: float) -> None:
-        result.healed = result.failed == 0
-        passed = self._events_after(t0, actions=("set_weight",), target="v2")
-        shadow = (self.status or {}).get("shadow") or {}
-        agreement = shadow.get("agreement_rate")
-        result.note = f"{len(passed)} canary step(s) passed" + (
-            f"; shadow agreement {agreement:.1%}" if agreement is not None else ""
-        )
-
-    def _judge_errors(self, result: PhaseResult, t0: float) -> None:
-        self._detected(
-            result,
-            t0,
-            self._events_after(
-                t0,
-                actions=("rollback", "breaker_opened", "upstream_unhealthy", "policy_fired"),
-                target="v2",
-            ),
-        )
-        rollbacks = self._events_after(t0, actions=("rollback",), target="v2")
-        recovered = self._clients_recovered(t0)
-        if rollbacks and recovered is not None:
-            healed_at = max(float(rollbacks[0]["at"]), recovered)
-            result.healed = True
-            result.healed_by = "canary rollback; retries + v1 served"
-            result.recovery_s = healed_at - t0
-            result.note = f"rollback: {rollbacks[0].get('reason', '')}"
-
-    def _judge_drift(self, result: PhaseResult, t0: float) -> None:
-        fired = [
-            r
-            for r in self._events_after(t0, actions=("policy_fired",))
-            if r.get("policy") in DRIFT_POLICIES
-        ]
-        self._detected(result, t0, fired)
-        if self.redeploy_error:
-            result.note = self.redeploy_error.splitlines()[0]
-            return
-        moved = self._events_after(t0, actions=("fallback",), policy=DRIFT_ROUTING_POLICY)
-        restored = self._events_after(t0, actions=("restore_primary",), policy=DRIFT_ROUTING_POLICY)
-        if self.redeployed_at is None or self.drift_cleared_at is None or not restored:
-            return
-        back_at = float(restored[0]["at"])
-        served = self._clients_recovered(back_at, "v1")
-        if served is None:
-            return
-        result.healed = True
-        result.healed_by = "to v2 + retrain; v1 redeployed; back"
-        result.recovery_s = served - t0
-        result.note = (
-            (f"traffic on v2 from {float(moved[0]['at']) - t0:.1f} s; " if moved else "")
-            + f"retrained v1 serving at {self.redeployed_at - t0:.1f} s, its window free of "
-            f"drift at {self.drift_cleared_at - t0:.1f} s; traffic back on v1 at "
-            f"{back_at - t0:.1f} s"
-        )
-
-    def _judge_outage(self, result: PhaseResult, t0: float) -> None:
-        self._detected(
-            result,
-            t0,
-            self._events_after(
-                t0, actions=("breaker_opened", "upstream_unhealthy", "policy_fired"), target="v1"
-            ),
-        )
-        recovered = self._clients_recovered(t0, "v2")
-        if recovered is not None and result.detected_after_s is not None:
-            result.healed = True
-            result.healed_by = "retries + breaker: v2 serves"
-            result.recovery_s = recovered - t0
-            result.note = (
-                f"escalations received: {sum(1 for e in self.escalations if e >= t0)}"
-                f"; first answer from v2 {recovered - t0:.3f} s after the kill"
-            )
-
-    def _judge_recovery(self, result: PhaseResult, t0: float) -> None:
-        self._detected(
-            result,
-            t0,
-            self._events_after(t0, actions=("upstream_healthy", "breaker_closed"), target="v1"),
-        )
-        recovered = self._clients_recovered(t0, "v1")
-        if recovered is not None:
-            result.healed = True
-            result.healed_by = "health checks: v1 back, closed"
-            result.recovery_s = recovered - t0
-            result.note = "time to recovery includes the model server's start-up"
-
     # -- the run ----------------------------------------------------------------------------------
 
     def phases(self, client: httpx.AsyncClient) -> list[_Phase]:
@@ -785,7 +505,7 @@ class Demo:
                 "traffic like the training data; v2 on the canary split and the shadow copy",
                 t.normal_s,
                 nothing,
-                self._judge_normal,
+                self.judges.normal,
             ),
             _Phase(
                 "candidate errors",
@@ -794,7 +514,7 @@ class Demo:
                 "fixed once it is rolled back",
                 t.errors_s,
                 errors_on,
-                self._judge_errors,
+                self.judges.errors,
                 on_healed=errors_off,
             ),
             _Phase(
@@ -804,7 +524,7 @@ class Demo:
                 "retrained v1 takes over and traffic comes back to it",
                 t.drift_s,
                 drift_on,
-                self._judge_drift,
+                self.judges.drift,
             ),
             _Phase(
                 "primary outage",
@@ -812,7 +532,7 @@ class Demo:
                 "retries and the breaker should move clients to v2; the policy escalates",
                 t.outage_s,
                 outage,
-                self._judge_outage,
+                self.judges.outage,
             ),
             _Phase(
                 "recovery",
@@ -820,7 +540,7 @@ class Demo:
                 "health checks should bring v1 back and close its breaker",
                 t.recovery_s,
                 restart,
-                self._judge_recovery,
+                self.judges.recovery,
             ),
         ]
 
