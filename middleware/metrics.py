@@ -26,7 +26,9 @@ __all__ = [
     "CONFIDENCE_BUCKETS",
     "LATENCY_BUCKETS",
     "PREDICTION_BUCKETS",
+    "STATUS_CLASSES",
     "MonitorMetrics",
+    "status_class",
 ]
 
 # Inference latencies: 1 ms to 10 s.
@@ -63,6 +65,14 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 PREDICTION_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 _MV = ("model", "version")
+
+#: The ``status_class`` label values; a code out of range falls in the nearest class.
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def status_class(status: int) -> str:
+    """``"2xx"`` for 204, ``"5xx"`` for 599 or 700: a bounded label for any status code."""
+    return STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
 
 
 class MonitorMetrics:

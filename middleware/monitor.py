@@ -33,6 +33,7 @@ from mlwarden.middleware.health import HealthWindow, health_report
 from mlwarden.middleware.health_report import HealthReport
 from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
+from mlwarden.middleware.metrics import status_class as class_of
 from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.reading import ExchangeReader
 from mlwarden.middleware.request_ids import RequestIds
@@ -51,7 +52,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Model exchanges are read in batches of this many, or sooner once their bodies add up to this
 # many bytes (the memory bound of the queue), and always before statistics are used.
 _READ_BATCH = 64
@@ -260,10 +260,8 @@ class InferenceMonitor:
         end: float,
     ) -> None:
         status = int(ex.status) if ex.status is not None else None
-        if status is None:
-            status_class = "5xx"  # the app raised before answering: the server sends a 500
-        else:
-            status_class = _STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
+        # No status: the app raised before answering, and the server sends a 500.
+        status_class = "5xx" if status is None else class_of(status)
         route = self._routes.label(scope, root_path, status)
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         duration_child, ttfb_child, exceptions_child = self._children_for(

@@ -25,7 +25,7 @@ from mlwarden.middleware.exchange import Exchange, decode_body
 from mlwarden.middleware.features import FeatureWindows
 from mlwarden.middleware.feedback import Feedback
 from mlwarden.middleware.health import HealthWindow
-from mlwarden.middleware.metrics import MonitorMetrics
+from mlwarden.middleware.metrics import STATUS_CLASSES, MonitorMetrics, status_class
 from mlwarden.middleware.options import MonitorOptions
 from mlwarden.middleware.payloads import PayloadParser
 from mlwarden.middleware.predictions import PredictionReader
@@ -33,15 +33,8 @@ from mlwarden.middleware.predictions import PredictionReader
 __all__ = ["ExchangeReader"]
 
 # Status classes whose rows are skipped: every class but 2xx, and "none" (no response started:
-# the app raised first, or the client left). Out-of-range codes fall in the nearest class.
-_SKIPPED_CLASSES = ("1xx", "3xx", "4xx", "5xx", "none")
-_BY_HUNDREDS = ("1xx", "2xx", "3xx", "4xx", "5xx")
-
-
-def _status_class(status: int | None) -> str:
-    if status is None:
-        return "none"
-    return _BY_HUNDREDS[min(max(status // 100, 1), 5) - 1]
+# the app raised first, or the client left).
+_SKIPPED_CLASSES = (*(c for c in STATUS_CLASSES if c != "2xx"), "none")
 
 
 class ExchangeReader:
@@ -131,7 +124,8 @@ class ExchangeReader:
                     attributes["mlwarden.payload.format"] = batch.format
                 if not answered:
                     if batch.rows:
-                        self._rows_skipped[_status_class(ex.status)].inc(batch.rows)
+                        kind = "none" if ex.status is None else status_class(ex.status)
+                        self._rows_skipped[kind].inc(batch.rows)
                     return
                 self._rows_scored.inc(batch.rows)
                 if self._windows is not None and batch.rows:

@@ -65,6 +65,13 @@ class NumericProfile:
     quantiles: tuple[float, ...]
     cdf: tuple[float, ...]
 
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct grid points and the reference ECDF at each: the cells that the
+        feature windows bin values into and the drift tests count (ties in the quantiles of
+        discrete data collapse to one point)."""
+        points, first = np.unique(np.asarray(self.quantiles, dtype=np.float64), return_index=True)
+        return points, np.asarray(self.cdf, dtype=np.float64)[first]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

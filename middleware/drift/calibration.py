@@ -118,10 +118,7 @@ class NumericNull:
 
     @classmethod
     def from_profiles(cls, profiles: Sequence[NumericProfile]) -> NumericNull:
-        grids = []
-        for p in profiles:
-            _, first = np.unique(np.asarray(p.quantiles, dtype=np.float64), return_index=True)
-            grids.append(np.asarray(p.cdf, dtype=np.float64)[first])
+        grids = [p.grid()[1] for p in profiles]
         cells = max((len(g) for g in grids), default=0) + 1
         shares = np.zeros((len(profiles), cells))
         cdf = np.ones((len(profiles), cells))

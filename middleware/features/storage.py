@@ -90,9 +90,9 @@ class NumericBlock:
         self.reference_cdf: list[np.ndarray] = []
         self.luts: list[np.ndarray] = []
         for p in profiles:
-            points, first = np.unique(np.asarray(p.quantiles, dtype=np.float64), return_index=True)
+            points, cdf = p.grid()
             self.points.append(points)
-            self.reference_cdf.append(np.asarray(p.cdf, dtype=np.float64)[first])
+            self.reference_cdf.append(cdf)
             edges = np.asarray(p.edges, dtype=np.float64)
             # Cell j (points[j-1] < x <= points[j]) lies in PSI bin #{edges < points[j]};
             # the cell above the last point in the last bin.
