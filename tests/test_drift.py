@@ -11,7 +11,6 @@ import pytest
 from mlwarden.middleware.baseline import BaselineProfile, NumericProfile, build_baseline
 from mlwarden.middleware.drift import (
     DriftThresholds,
-    adjust_pvalues,
     chi2_sf,
     chi2_test,
     evaluate_drift,
@@ -19,7 +18,6 @@ from mlwarden.middleware.drift import (
     ks_pvalue,
     ks_statistic_binned,
     psi,
-    total_variation,
 )
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.features import FeatureWindows, NumericCounts
@@ -185,48 +183,6 @@ def test_chi2_test_leaves_out_cells_empty_on_both_sides() -> None:
     assert result.statistic == pytest.approx(
         stats.chisquare([55, 45], f_exp=[60, 40]).statistic, rel=1e-3
     )
-
-
-def test_total_variation_is_half_the_l1_distance() -> None:
-    assert total_variation([0.5, 0.5, 0.0], [30, 60, 10]) == pytest.approx(0.5 * (0.2 + 0.1 + 0.1))
-
-
-# --------------------------------------------------------------------------- corrections
-
-
-def test_holm_adjusts_step_down() -> None:
-    p = [0.01, 0.04, 0.03, 0.005]
-    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then made non-decreasing.
-    np.testing.assert_allclose(adjust_pvalues(p, "holm"), [0.03, 0.06, 0.06, 0.02])
-
-
-def test_bonferroni_multiplies_by_the_family_size() -> None:
-    np.testing.assert_allclose(adjust_pvalues([0.01, 0.3, 0.02], "bonferroni"), [0.03, 0.9, 0.06])
-
-
-def test_bh_matches_its_definition_and_scipy() -> None:
-    p = np.random.default_rng(4).uniform(0, 0.2, 25)
-    k = p.size
-    rank = {i: r + 1 for r, i in enumerate(np.argsort(p))}
-    # adjusted p_i = min over p_j >= p_i of k p_j / rank_j, capped at 1
-    by_definition = [
-        min(min(1.0, k * p[j] / rank[j]) for j in range(k) if p[j] >= p[i]) for i in range(k)
-    ]
-    np.testing.assert_allclose(adjust_pvalues(p, "bh"), by_definition, rtol=1e-12)
-    if hasattr(stats, "false_discovery_control"):  # scipy >= 1.11
-        np.testing.assert_allclose(
-            adjust_pvalues(p, "bh"), stats.false_discovery_control(p, method="bh"), rtol=1e-12
-        )
-
-
-def test_nan_pvalues_stay_out_of_the_family() -> None:
-    adjusted = adjust_pvalues([0.01, math.nan, 0.02], "bonferroni")
-    assert math.isnan(adjusted[1])
-    np.testing.assert_allclose(adjusted[[0, 2]], [0.02, 0.04])
-
-
-def test_correction_none_returns_raw_pvalues() -> None:
-    np.testing.assert_array_equal(adjust_pvalues([0.2, 0.01], "none"), [0.2, 0.01])
 
 
 def _twenty_features(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:

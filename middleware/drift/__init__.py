@@ -14,16 +14,13 @@
 
 from mlwarden.middleware.drift.scale_tests import TestOutcome
 from mlwarden.middleware.drift.scores import (
-    CORRECTIONS,
     Chi2Result,
-    adjust_pvalues,
     chi2_sf,
     chi2_test,
     kolmogorov_sf,
     ks_pvalue,
     ks_statistic_binned,
     psi,
-    total_variation,
 )
 from mlwarden.middleware.drift.settings import CATEGORICAL_TESTS, NUMERIC_TESTS, DriftThresholds
 from mlwarden.middleware.drift.verdict import (
@@ -35,7 +32,6 @@ from mlwarden.middleware.drift.verdict import (
 
 __all__ = [
     "CATEGORICAL_TESTS",
-    "CORRECTIONS",
     "NUMERIC_TESTS",
     "Chi2Result",
     "DriftEvaluator",
@@ -43,7 +39,6 @@ __all__ = [
     "DriftThresholds",
     "FeatureDrift",
     "TestOutcome",
-    "adjust_pvalues",
     "chi2_sf",
     "chi2_test",
     "evaluate_drift",
@@ -51,5 +46,4 @@ __all__ = [
     "ks_pvalue",
     "ks_statistic_binned",
     "psi",
-    "total_variation",
 ]

@@ -1,9 +1,9 @@
-"""The drift statistics: PSI, KS and chi-square with their p-values, TVD, corrections.
+"""The textbook drift statistics: PSI, KS and chi-square with their p-values.
 
 Pure functions on counts (numpy and :mod:`math` only; the tests hold them against scipy). KS
 works on binned counts: the window's cells on the baseline's fine grid against the reference
-ECDF at the grid points. :func:`adjust_pvalues` corrects a family of p-values (Holm,
-Bonferroni, Benjamini-Hochberg).
+ECDF at the grid points. They describe the whole window
+(:mod:`~mlwarden.middleware.drift.descriptive`); the calibrated tests decide.
 """
 
 from __future__ import annotations
@@ -15,21 +15,16 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "CORRECTIONS",
     "EPS",
     "Chi2Result",
-    "adjust_pvalues",
     "chi2_sf",
     "chi2_test",
     "kolmogorov_sf",
     "ks_pvalue",
     "ks_statistic_binned",
     "psi",
-    "total_variation",
 ]
 
-#: The multiple-testing corrections :func:`adjust_pvalues` knows.
-CORRECTIONS = ("holm", "bonferroni", "bh", "none")
 #: The floor of a share in PSI and of an expected share in chi-square.
 EPS = 1e-4
 
@@ -190,46 +185,3 @@ def chi2_test(
     expected = n * shares / shares.sum()
     statistic = float(np.sum((c[keep] - expected) ** 2 / expected))
     return Chi2Result(statistic, dof, chi2_sf(statistic, dof))
-
-
-def total_variation(
-    reference_proportions: Sequence[float] | np.ndarray, counts: Sequence[float] | np.ndarray
-) -> float:
-    """Half the L1 distance between the window's and the reference's shares (NaN if empty)."""
-    p = np.asarray(reference_proportions, dtype=np.float64)
-    c = np.asarray(counts, dtype=np.float64)
-    n = c.sum()
-    if n <= 0:
-        return math.nan
-    return float(0.5 * np.abs(c / n - p).sum())
-
-
-def adjust_pvalues(pvalues: Sequence[float] | np.ndarray, method: str = "holm") -> np.ndarray:
-    """Multiple-testing adjusted p-values; NaN entries stay NaN and are not in the family.
-
-    ``holm`` and ``bonferroni`` bound the family-wise error rate (Holm is never less
-    powerful); ``bh`` (Benjamini-Hochberg) bounds the false discovery rate; ``none`` returns
-    the raw values.
-    """
-    if method not in CORRECTIONS:
-        raise ValueError(f"method must be one of {CORRECTIONS}, got {method!r}")
-    raw = np.asarray(pvalues, dtype=np.float64)
-    out = raw.copy()
-    valid = np.flatnonzero(~np.isnan(raw))
-    k = valid.size
-    if k == 0 or method == "none":
-        return out
-    p = raw[valid]
-    if method == "bonferroni":
-        out[valid] = np.minimum(1.0, p * k)
-        return out
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
-    if method == "holm":
-        adjusted = np.maximum.accumulate(ranked * (k - np.arange(k)))
-    else:  # bh
-        adjusted = np.minimum.accumulate((ranked * k / np.arange(1, k + 1))[::-1])[::-1]
-    result = np.empty(k)
-    result[order] = np.minimum(1.0, adjusted)
-    out[valid] = result
-    return out
