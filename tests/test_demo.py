@@ -232,7 +232,7 @@ def test_an_outage_nobody_detected_is_not_healed(tmp_path):
     result = PhaseResult("primary outage", "v1 SIGKILLed")
     demo.judges.outage(result, 10.0)
     assert not result.healed  # clients were served, but no breaker or check noticed
-    demo.events["x"] = {"id": "x", "at": 10.05, "action": "breaker_opened", "target": "v1"}
+    demo.watch.events["x"] = {"id": "x", "at": 10.05, "action": "breaker_opened", "target": "v1"}
     demo.judges.outage(result, 10.0)
     assert result.healed and result.detected_by == "breaker_opened v1"
     assert result.recovery_s == pytest.approx(0.1)
@@ -240,7 +240,7 @@ def test_an_outage_nobody_detected_is_not_healed(tmp_path):
 
 def test_a_rollback_before_the_fault_does_not_count(tmp_path):
     demo = _demo(tmp_path)
-    demo.events["r"] = {"id": "r", "at": 9.0, "action": "rollback", "target": "v2"}
+    demo.watch.events["r"] = {"id": "r", "at": 9.0, "action": "rollback", "target": "v2"}
     demo.answers.extend([Answer(10.5, "v1", False)])
     result = PhaseResult("candidate errors", "v2 answers 500")
     demo.judges.errors(result, 10.0)

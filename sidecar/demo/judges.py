@@ -175,3 +175,17 @@ class PhaseJudges:
             result.healed_by = "health checks: v1 back, closed"
             result.recovery_s = recovered - t0
             result.note = "time to recovery includes the model server's start-up"
+
+    def explain_failures(self, phases: list[tuple[float, PhaseResult]]) -> None:
+        """Name what the failed client requests got, per phase (started, result), in the note."""
+        bounds = [started for started, _ in phases[1:]] + [float("inf")]
+        for (started, result), until in zip(phases, bounds, strict=True):
+            seen: dict[str, int] = {}
+            for answer in self._story.answers:
+                if answer.failed and started <= answer.at < until:
+                    seen[answer.detail] = seen.get(answer.detail, 0) + 1
+            if seen:
+                what = "; ".join(f"{n}x {detail}" for detail, n in list(seen.items())[:3])
+                result.note = (result.note + "; " if result.note else "") + (
+                    f"failed requests got: {what}"
+                )

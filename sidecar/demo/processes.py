@@ -19,7 +19,13 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Child", "free_port", "prometheus_config", "wait_until_ready"]
+__all__ = [
+    "Child",
+    "free_port",
+    "prometheus_config",
+    "start_prometheus",
+    "wait_until_ready",
+]
 
 
 def free_port() -> int:
@@ -130,3 +136,33 @@ def prometheus_config(targets: dict[str, str], scrape_interval_s: float = 2.0) -
         f"global:\n  scrape_interval: {scrape_interval_s:g}s\n"
         f"  evaluation_interval: {scrape_interval_s:g}s\nscrape_configs:\n{jobs}"
     )
+
+
+async def start_prometheus(
+    targets: dict[str, str], workdir: Path, client: httpx.AsyncClient
+) -> tuple[Child, str] | None:
+    """A local Prometheus scraping ``targets`` (job -> host:port), ready; None without one."""
+    binary = prometheus_binary()
+    if binary is None:
+        return None
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(prometheus_config(targets))
+    child = Child(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        ],
+        log_dir=workdir,
+        ready_url=f"http://127.0.0.1:{port}/-/ready",
+    )
+    child.start()
+    try:
+        await wait_until_ready(child, client, timeout_s=30)
+    except BaseException:
+        child.stop()  # the caller never sees it: stop it here, by its PID
+        raise
+    return child, f"http://127.0.0.1:{port}"

@@ -7,12 +7,13 @@ Set-up (all on 127.0.0.1, ports chosen by the OS, a temporary work directory):
   middleware (:mod:`mlwarden.sidecar.demo.model`);
 - the sidecar (``mlwarden sidecar``, a child process) with ``v2`` on a canary split and a
   shadow copy, ``v2`` as ``v1``'s fallback, the default policy tiers written out with their
-  timings divided by :data:`TIME_SCALE` (same conditions and actions; large drift or errors
+  timings divided by ``TIME_SCALE`` (same conditions and actions; large drift or errors
   route to the stable version and call the retraining webhook), and one more policy: a
-  primary out of rotation escalates;
-- in this process: the load generator (a fixed request rate, bounded in flight), the
-  "retraining pipeline" and the escalation channel (one small HTTP receiver for both
-  webhooks), the live view, and the judge.
+  primary out of rotation escalates (:mod:`~mlwarden.sidecar.demo.config`);
+- in this process: the clients (:mod:`~mlwarden.sidecar.demo.load`), the "retraining
+  pipeline" and the escalation channel (one small HTTP receiver for both webhooks), the watch
+  on the sidecar's admin port (:mod:`~mlwarden.sidecar.demo.admin_watch`), the live view, and
+  the judges (:mod:`~mlwarden.sidecar.demo.judges`).
 
 Phases — each has a fault, what detects it, what heals it, and a check that it healed:
 
@@ -60,6 +61,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mlwarden.sidecar.demo.admin_watch import AdminWatch
 from mlwarden.sidecar.demo.config import (
     FULL,
     QUICK,
@@ -67,13 +69,13 @@ from mlwarden.sidecar.demo.config import (
     sidecar_config,
 )
 from mlwarden.sidecar.demo.judges import Answer, PhaseJudges
+from mlwarden.sidecar.demo.load import ClientLoad
 from mlwarden.sidecar.demo.model import FAULT_PATH, MODEL_PATH, customers
 from mlwarden.sidecar.demo.processes import (
     Child,
     free_port,
-    prometheus_binary,
-    prometheus_config,
     python_module,
+    start_prometheus,
     wait_until_ready,
 )
 from mlwarden.sidecar.demo.view import LiveView, PhaseResult, Snapshot, summary_table
@@ -81,8 +83,6 @@ from mlwarden.sidecar.demo.view import LiveView, PhaseResult, Snapshot, summary_
 __all__ = ["FULL", "QUICK", "Timing", "run_demo"]
 
 DRIFT_SHIFT = {"monthly_charges": 1.5}
-_MAX_RECORDS = 200_000  # client answers kept for the judge (about 20 minutes at 150/s)
-_MAX_EVENTS = 2_000
 
 
 @dataclass(slots=True)
@@ -119,7 +119,6 @@ class Demo:
         self.want_prometheus = prometheus
         self.out = out
         self.workdir = workdir
-        self.rng = random.Random(seed)
         self.ports = {name: free_port() for name in ("v1", "v2", "proxy", "admin", "hooks")}
         self.token = secrets.token_hex(16)
         self.started_at = time.time()
@@ -128,9 +127,6 @@ class Demo:
         self.children: dict[str, Child] = {}  # by role; a redeploy replaces "v1"
         self.spawned: list[Child] = []  # every child ever started, stopped at the end
         self._pipeline: asyncio.Task[None] | None = None
-        self.answers: deque[Answer] = deque(maxlen=_MAX_RECORDS)
-        self.events: dict[str, dict[str, Any]] = {}
-        self.status: dict[str, Any] | None = None
         self.retrain_calls: list[float] = []
         self.escalations: list[float] = []
         self.redeployed_at: float | None = None
@@ -141,13 +137,17 @@ class Demo:
             "normal": customers(2_000, seed + 100),
             "drifted": customers(2_000, seed + 101, shift=DRIFT_SHIFT),
         }
-        self.pool = self.pools["normal"]
-        self.sent = 0
-        self.failed = 0
-        self.in_flight = 0
+        self.load = ClientLoad(
+            self._url("proxy", MODEL_PATH),
+            rate_per_s=timing.rate_per_s,
+            rng=random.Random(seed),
+            pool=self.pools["normal"],
+            result=lambda: self.phase.result if self.phase is not None else None,
+        )
         self.phase: _Phase | None = None
         self.phase_index = 0
         self._v1_argv = self._model_argv("v1", seed)
+        self.watch = AdminWatch(self._url("admin"), since=self.started_at - 1)
         self.judges = PhaseJudges(self)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -222,129 +222,34 @@ class Demo:
             await self._start_prometheus(client)
 
     async def _start_prometheus(self, client: httpx.AsyncClient) -> None:
-        binary = prometheus_binary()
-        if binary is None:
+        targets = {
+            "mlwarden-sidecar": f"127.0.0.1:{self.ports['admin']}",
+            "model-v1": f"127.0.0.1:{self.ports['v1']}",
+            "model-v2": f"127.0.0.1:{self.ports['v2']}",
+        }
+        started = await start_prometheus(targets, self.workdir, client)
+        if started is None:
             self._say(
                 "--prometheus: no `prometheus` on PATH (Debian: apt install prometheus); "
                 "going on without it"
             )
             return
-        port = free_port()
-        config = self.workdir / "prometheus.yml"
-        config.write_text(
-            prometheus_config(
-                {
-                    "mlwarden-sidecar": f"127.0.0.1:{self.ports['admin']}",
-                    "model-v1": f"127.0.0.1:{self.ports['v1']}",
-                    "model-v2": f"127.0.0.1:{self.ports['v2']}",
-                }
-            )
-        )
-        child = Child(
-            "prometheus",
-            [
-                binary,
-                f"--config.file={config}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-            ],
-            log_dir=self.workdir,
-            ready_url=f"http://127.0.0.1:{port}/-/ready",
-        )
+        child, self.prometheus_url = started
         self.children["prometheus"] = child
         self.spawned.append(child)
-        child.start()
-        await wait_until_ready(child, client, timeout_s=30)
-        self.prometheus_url = f"http://127.0.0.1:{port}"
 
     # -- what happens while it runs ---------------------------------------------------------------
 
-    async def _load(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
-        """Requests at a fixed rate; at most 64 in flight (beyond: that tick is skipped)."""
-        interval = 1.0 / self.timing.rate_per_s
-        next_at = time.monotonic()
-        tasks: set[asyncio.Task[None]] = set()
-        while not stop.is_set():
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    break
-            elif delay < -1.0:
-                next_at = time.monotonic()  # fell behind (a busy machine): no burst to catch up
-            if self.in_flight >= 64:
-                continue
-            task = asyncio.get_running_loop().create_task(self._one(client))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-
-    async def _one(self, client: httpx.AsyncClient) -> None:
-        size = self.rng.randint(1, 3)
-        start = self.rng.randrange(len(self.pool) - size)
-        rows = self.pool[start : start + size]
-        phase = self.phase
-        self.in_flight += 1
-        self.sent += 1
-        if phase is not None:
-            phase.result.requests += 1
-        try:
-            response = await client.post(
-                self._url("proxy", MODEL_PATH), json={"instances": rows}, timeout=10.0
-            )
-            failed = not response.is_success
-            upstream = response.headers.get("x-mlwarden-upstream", "")
-            detail = f"HTTP {response.status_code} {response.text[:160]}" if failed else ""
-        except httpx.HTTPError as exc:
-            failed, upstream, detail = True, "", f"{type(exc).__name__}: {exc}"[:200]
-        finally:
-            self.in_flight -= 1
-        self.answers.append(Answer(time.time(), upstream, failed, detail))
-        if failed:
-            self.failed += 1
-            if phase is not None:
-                phase.result.failed += 1
-
-    async def _poll(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._poll_once(client)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-
-    async def _poll_once(self, client: httpx.AsyncClient) -> None:
-        try:
-            status = await client.get(self._url("admin", "/-/status"), timeout=2.0)
-            self.status = status.json() if status.is_success else None
-            events = await client.get(
-                self._url("admin", "/-/events"),
-                timeout=2.0,
-                params={"since": self.started_at - 1, "limit": 500},
-            )
-            for record in events.json().get("events", []) if events.is_success else []:
-                self.events.setdefault(str(record.get("id")), record)
-            while len(self.events) > _MAX_EVENTS:
-                self.events.pop(next(iter(self.events)))
-        except (httpx.HTTPError, ValueError):
-            self.status = None
-
-    def _note(self, action: str, target: str, reason: str) -> None:
-        """A step the demo itself took (a fault, the pipeline), shown among the ledger's."""
-        n = sum(1 for k in self.events if k.startswith("demo-"))
-        self.events[f"demo-{n:04d}"] = {
-            "id": f"demo-{n:04d}",
-            "at": time.time(),
-            "action": action,
-            "target": target,
-            "outcome": "",
-            "actor": "(demo)",
-            "reason": reason,
-        }
-
     def ordered_events(self) -> list[dict[str, Any]]:
-        return sorted(self.events.values(), key=lambda r: (float(r.get("at", 0)), r.get("id")))
+        return self.watch.ordered_events()
+
+    @property
+    def status(self) -> dict[str, Any] | None:
+        return self.watch.status
+
+    @property
+    def answers(self) -> deque[Answer]:
+        return self.load.answers
 
     async def _draw(self, stop: asyncio.Event) -> None:
         every = 0.25 if self.view.live else 0.5
@@ -360,7 +265,7 @@ class Demo:
         now = time.time()
         recent: dict[str, int] = {}
         recent_failed = 0
-        for answer in reversed(self.answers):
+        for answer in reversed(self.load.answers):
             if answer.at < now - 2.0:
                 break
             if answer.failed:
@@ -377,9 +282,9 @@ class Demo:
                 duration_s=phase.duration_s,
                 recent_by_upstream=recent,
                 recent_failed=recent_failed,
-                sent=self.sent,
-                failed=self.failed,
-                status=self.status,
+                sent=self.load.sent,
+                failed=self.load.failed,
+                status=self.watch.status,
                 events=self.ordered_events(),
                 prometheus_url=self.prometheus_url,
             )
@@ -416,7 +321,7 @@ class Demo:
                 return
             await asyncio.sleep(0.05)
         accuracy = marker.read_text().strip()
-        self._note(
+        self.watch.note(
             "retrained",
             "v1",
             f"pipeline: v1 trained on inputs like today's "
@@ -426,7 +331,7 @@ class Demo:
         # SIGTERM: uvicorn finishes what is in flight and frees the port (off the event loop:
         # the load and the view go on meanwhile).
         await asyncio.to_thread(old.stop, 5.0)
-        self._note(
+        self.watch.note(
             "swapped",
             "v1",
             f"old v1 process exited after {time.monotonic() - stopping:.2f} s; the new one binds",
@@ -440,7 +345,7 @@ class Demo:
                 self.redeploy_error = str(exc)
                 return
         self.redeployed_at = time.time()
-        self._note("redeployed", "v1", "pipeline: the retrained v1 is serving")
+        self.watch.note("redeployed", "v1", "pipeline: the retrained v1 is serving")
         await self._watch_drift()
 
     async def _watch_drift(self) -> None:
@@ -457,7 +362,7 @@ class Demo:
                         and not drift.get("detected")
                     ):
                         self.drift_cleared_at = time.time()
-                        self._note(
+                        self.watch.note(
                             "drift_cleared",
                             "v1",
                             f"v1's report: no drift over {drift.get('rows')} rows",
@@ -475,28 +380,28 @@ class Demo:
 
         async def errors_on() -> None:
             await self._set_fault(client, 0.5)
-            self._note("fault", "v2", "v2 now answers 500 to half its predictions")
+            self.watch.note("fault", "v2", "v2 now answers 500 to half its predictions")
 
         async def errors_off() -> None:
             await self._set_fault(client, 0.0)
-            self._note(
+            self.watch.note(
                 "fault_cleared",
                 "v2",
                 "v2's bug fixed after the rollback: the fault is off (v2 stays the fallback)",
             )
 
         async def drift_on() -> None:
-            self.pool = self.pools["drifted"]
-            self._note("fault", "clients", "monthly_charges now 1.5 std higher")
+            self.load.pool = self.pools["drifted"]
+            self.watch.note("fault", "clients", "monthly_charges now 1.5 std higher")
 
         async def outage() -> None:
             await asyncio.to_thread(self.children["v1"].kill)
-            self._note("fault", "v1", "SIGKILL")
+            self.watch.note("fault", "v1", "SIGKILL")
 
         async def restart() -> None:
             child = self.children["v1"]
             child.start(self._v1_argv)
-            self._note("restarted", "v1", "v1 started again")
+            self.watch.note("restarted", "v1", "v1 started again")
 
         return [
             _Phase(
@@ -583,7 +488,8 @@ class Demo:
                 self._say("\n" + summary_table(results))
                 healed = all(r.healed for r in results)
                 self._say(
-                    f"\n{self.sent} client requests through the sidecar, {self.failed} failed"
+                    f"\n{self.load.sent} client requests through the sidecar, "
+                    f"{self.load.failed} failed"
                 )
                 self._say(
                     "every phase healed"
@@ -620,8 +526,8 @@ class Demo:
         self.phase.started = time.time()
         loop = asyncio.get_running_loop()
         workers = [
-            loop.create_task(self._load(client, stop)),
-            loop.create_task(self._poll(client, stop)),
+            loop.create_task(self.load.run(client, stop)),
+            loop.create_task(self.watch.poll(client, stop)),
             loop.create_task(self._draw(stop)),
         ]
         try:
@@ -647,22 +553,8 @@ class Demo:
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
-        self._explain_failures(phases)
+        self.judges.explain_failures([(p.started, p.result) for p in phases])
         return [p.result for p in phases]
-
-    def _explain_failures(self, phases: list[_Phase]) -> None:
-        """Name what the failed client requests got, so that a failure can be looked into."""
-        bounds = [p.started for p in phases[1:]] + [float("inf")]
-        for phase, until in zip(phases, bounds, strict=True):
-            seen: dict[str, int] = {}
-            for answer in self.answers:
-                if answer.failed and phase.started <= answer.at < until:
-                    seen[answer.detail] = seen.get(answer.detail, 0) + 1
-            if seen:
-                what = "; ".join(f"{n}x {detail}" for detail, n in list(seen.items())[:3])
-                phase.result.note = (phase.result.note + "; " if phase.result.note else "") + (
-                    f"failed requests got: {what}"
-                )
 
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
