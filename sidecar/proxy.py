@@ -35,8 +35,10 @@ Per request:
    else cut where it crosses the limit. Trailers are relayed when the server offers ASGI's
    ``http.response.trailers`` extension and the upstream announced them (``trailer``
    header); uvicorn has no such extension, so behind it they are dropped.
-5. When nothing answered: ``degraded_response`` if configured, else 503 JSON
-   ``{"error": "no upstream available", "tried": [...], "reason": ...}``.
+5. When nothing answered: ``degraded_response`` if configured, else, when the last attempt
+   ran out of time (its per-try deadline or the total deadline), 504 JSON
+   ``{"error": "upstream request timeout", "tried": [...], "reason": ...}`` as Envoy and nginx
+   answer, or else 503 JSON ``{"error": "no upstream available", ...}``.
 
 Beyond ``limits.max_concurrent_requests`` in flight a request is shed at once with a 503 JSON
 and ``x-mlwarden-overloaded: true`` (queueing would turn overload into timeouts).
@@ -140,6 +142,9 @@ class _GiveUp:
     fall_back: bool
     reason: str
     label: str = "error"
+    #: The attempt ran out of time (its per-try deadline, or the request's total deadline):
+    #: when it is the last word, the client gets 504, as from Envoy and nginx, not 503.
+    timed_out: bool = False
 
 
 class ProxyApp:
@@ -368,6 +373,7 @@ class ProxyApp:
 
     async def _try_candidates(self, candidates: list[str], ex: Exchange) -> None:
         reason = "no candidates"
+        timed_out = False
         for index, name in enumerate(candidates):
             last_candidate = index == len(candidates) - 1
             attempts = (
@@ -378,14 +384,14 @@ class ProxyApp:
             result = await self._try_upstream(ex, name, attempts, last_candidate)
             if result is None:  # answered
                 return
-            reason = result.reason
+            reason, timed_out = result.reason, result.timed_out
             if not result.fall_back:
                 break
             if not last_candidate:
                 self.events.fell_back(name, candidates[index + 1], result.label)
         if ex.client_gone():
             raise ClientGone
-        await self._no_upstream(ex, reason)
+        await self._no_upstream(ex, reason, timed_out=timed_out)
 
     async def _try_upstream(
         self, ex: Exchange, name: str, attempts: RetryAttempts, last_candidate: bool
@@ -397,7 +403,7 @@ class ProxyApp:
         while True:
             remaining = ex.deadline - self._clock()
             if remaining <= 0:
-                return _GiveUp(False, "total deadline passed")
+                return _GiveUp(False, "total deadline passed", timed_out=True)
             if ex.client_gone():
                 raise ClientGone
             try:
@@ -465,7 +471,9 @@ class ProxyApp:
             decision = attempts.next(Outcome(error=kind))
             if decision.retry:
                 events.retried(name, decision.reason or kind)
-            return _decide(decision, f"{kind} from {name}", error=True)
+            return _decide(
+                decision, f"{kind} from {name}", error=True, timed_out=kind == "timeout"
+            )
         except ValueError as exc:
             # The pool refuses CR/LF in the request line or a header: the request, not the
             # upstream, is at fault, and no upstream will take it.
@@ -520,7 +528,10 @@ class ProxyApp:
         finally:
             await response.aclose()
 
-    async def _no_upstream(self, ex: Exchange, reason: str) -> None:
+    async def _no_upstream(self, ex: Exchange, reason: str, *, timed_out: bool) -> None:
+        """The answer when no upstream answered: the configured degraded response, else 504
+        JSON when the last attempt ran out of time (``upstream request timeout``), else 503
+        JSON (``no upstream available``); both name what was tried and why it failed."""
         degraded = self._degraded
         if degraded is not None:
             body = degraded.body.encode()
@@ -535,16 +546,19 @@ class ProxyApp:
                 body,
             )
             return
-        ex.status = 503
+        status, error = (
+            (504, "upstream request timeout") if timed_out else (503, "no upstream available")
+        )
+        ex.status = status
         await send_whole(
             ex.send,
-            *json_response(
-                503, {"error": "no upstream available", "tried": ex.tried, "reason": reason}
-            ),
+            *json_response(status, {"error": error, "tried": ex.tried, "reason": reason}),
         )
 
 
-def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _GiveUp:
+def _decide(
+    decision: RetryDecision, what: str, *, error: bool, timed_out: bool = False
+) -> float | _GiveUp:
     """A retry delay, or why this upstream is done and whether another one may be tried.
 
     After an error there is no answer to give the client, so a failure that is not retried on
@@ -556,4 +570,9 @@ def _decide(decision: RetryDecision, what: str, *, error: bool) -> float | _Give
         return decision.delay_s
     give_up = decision.give_up or "not_retriable"
     fall_back = give_up in _FALL_BACK_ON or (error and give_up == "not_retriable")
-    return _GiveUp(fall_back, f"{what} ({give_up})", _FALLBACK_REASON.get(give_up, "error"))
+    return _GiveUp(
+        fall_back,
+        f"{what} ({give_up})",
+        _FALLBACK_REASON.get(give_up, "error"),
+        timed_out=timed_out,
+    )

@@ -388,8 +388,25 @@ def test_both_hanging_ends_at_the_total_deadline() -> None:
             started = time.monotonic()
             response = c.get("/")
             elapsed = time.monotonic() - started
-    assert response.status_code == 503
+    # Out of time, as Envoy and nginx say it: 504, with what was tried.
+    assert response.status_code == 504
+    payload = response.json()
+    assert payload["error"] == "upstream request timeout"
+    assert payload["tried"] == ["primary", "stable"]
     assert elapsed < 0.5 + 0.3
+
+
+def test_a_timeout_then_a_refused_fallback_is_503_not_504() -> None:
+    """The last attempt's failure decides: the fallback refused the connection, so the
+    request did not run out of time and the answer is 503."""
+    timeouts = {"per_try_timeout_s": 0.3, "total_timeout_s": 1.0}
+    with two_upstreams("hang") as (_, _s, p_url, _s_url):
+        with proxied(make_config(p_url, dead_url(), timeouts=timeouts)) as (_, c):
+            response = c.get("/")
+    assert response.status_code == 503
+    payload = response.json()
+    assert payload["error"] == "no upstream available"
+    assert "connect_error" in payload["reason"]
 
 
 def test_both_down_answers_503_json_quickly() -> None:
