@@ -471,9 +471,7 @@ class ProxyApp:
             decision = attempts.next(Outcome(error=kind))
             if decision.retry:
                 events.retried(name, decision.reason or kind)
-            return _decide(
-                decision, f"{kind} from {name}", error=True, timed_out=kind == "timeout"
-            )
+            return _decide(decision, f"{kind} from {name}", error=True, timed_out=kind == "timeout")
         except ValueError as exc:
             # The pool refuses CR/LF in the request line or a header: the request, not the
             # upstream, is at fault, and no upstream will take it.

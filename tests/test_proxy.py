@@ -400,9 +400,11 @@ def test_a_timeout_then_a_refused_fallback_is_503_not_504() -> None:
     """The last attempt's failure decides: the fallback refused the connection, so the
     request did not run out of time and the answer is 503."""
     timeouts = {"per_try_timeout_s": 0.3, "total_timeout_s": 1.0}
-    with two_upstreams("hang") as (_, _s, p_url, _s_url):
-        with proxied(make_config(p_url, dead_url(), timeouts=timeouts)) as (_, c):
-            response = c.get("/")
+    with (
+        two_upstreams("hang") as (_, _s, p_url, _s_url),
+        proxied(make_config(p_url, dead_url(), timeouts=timeouts)) as (_, c),
+    ):
+        response = c.get("/")
     assert response.status_code == 503
     payload = response.json()
     assert payload["error"] == "no upstream available"
