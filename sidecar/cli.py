@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -209,9 +210,12 @@ def _sidecar(path: Path, *, check: bool) -> int:
 
     from mlwarden.sidecar.admin import create_admin_app
     from mlwarden.sidecar.app import Sidecar
+    from mlwarden.sidecar.forwarding import SERVER_HEADER
+    from mlwarden.sidecar.serving import DrainingServer, serve_until_signalled
     from mlwarden.sidecar.tracing import configure_tracing
 
     tracer_provider = configure_tracing(config.tracing, os.environ)
+    _log_to_stderr()
 
     async def serve() -> None:
         sidecar = Sidecar(config, registry=REGISTRY, tracer_provider=tracer_provider)
@@ -220,34 +224,43 @@ def _sidecar(path: Path, *, check: bool) -> int:
         await sidecar.start()
         try:
             admin = create_admin_app(sidecar)
-            common: dict[str, object] = {"access_log": False, "log_level": "info"}
-            # proxy_headers off: the proxy appends x-forwarded-for itself, and uvicorn would
-            # otherwise replace the client's address with the value a client sent.
+            # proxy_headers off on both: the proxy appends x-forwarded-for itself, and the
+            # admin port logs and records (in the ledger) the client's address as a mutation's
+            # actor; with it on, uvicorn would replace that address with whatever a client
+            # sent in X-Forwarded-For.
+            common: dict[str, object] = {
+                "access_log": False,
+                "log_level": "info",
+                "proxy_headers": False,
+            }
             servers = [
-                uvicorn.Server(
+                DrainingServer(
                     uvicorn.Config(
                         sidecar.proxy,
                         host=config.listen.host,
                         port=config.listen.port,
-                        proxy_headers=False,
                         lifespan="off",
+                        # One date and one server header per answer: uvicorn writes both
+                        # (server: mlwarden) and the upstream's are not passed on.
+                        server_header=False,
+                        headers=[(n.decode(), v.decode()) for n, v in (SERVER_HEADER,)],
+                        timeout_graceful_shutdown=config.timeouts.drain_timeout_s,
                         **common,
                     )
                 ),
-                uvicorn.Server(
-                    uvicorn.Config(admin, host=config.admin.host, port=config.admin.port, **common)
+                DrainingServer(
+                    uvicorn.Config(
+                        admin,
+                        host=config.admin.host,
+                        port=config.admin.port,
+                        timeout_graceful_shutdown=config.timeouts.drain_timeout_s,
+                        **common,
+                    )
                 ),
             ]
-            tasks = [asyncio.ensure_future(s.serve()) for s in servers]
-            # One server stopping (a signal, or a port already taken) stops the other.
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for s in servers:
-                s.should_exit = True
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for task in done:
-                task.result()
+            await serve_until_signalled(servers)
         finally:
-            await sidecar.aclose()
+            await sidecar.aclose()  # the ledger and the exporters, after the drain
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -256,6 +269,17 @@ def _sidecar(path: Path, *, check: bool) -> int:
         if tracer_provider is not None:
             tracer_provider.shutdown()  # flushes the spans still queued
     return 0
+
+
+def _log_to_stderr() -> None:
+    """The sidecar's own records (``mlwarden.*``, info and above) on stderr beside uvicorn's:
+    without a handler only warnings would reach it, through logging's last resort."""
+    logger = logging.getLogger("mlwarden")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

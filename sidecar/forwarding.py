@@ -3,8 +3,10 @@
 Hop-by-hop headers (RFC 9110 §7.6.1, ``proxy-*`` and whatever ``connection`` names) are
 never forwarded; ``host`` and ``content-length`` are the upstream pool's to write; the
 ``x-forwarded-*`` headers get the client's values appended; the answer names the upstream
-that gave it in ``x-mlwarden-upstream``. The proxy's own answers (413, 502, 503, 400) are
-small JSON bodies made here.
+that gave it in ``x-mlwarden-upstream``. The upstream's ``date`` and ``server`` are dropped,
+as nginx does by default: the serving layer writes one of each on every answer (``date``, and
+``server: mlwarden``), where passing them on gave the client two of each. The proxy's own
+answers (413, 502, 503, 504, 400) are small JSON bodies made here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 __all__ = [
     "HOP_BY_HOP",
     "OVERLOADED_HEADER",
+    "SERVER_HEADER",
     "UPSTREAM_HEADER",
     "header",
     "json_response",
@@ -41,6 +44,10 @@ OVERLOADED_HEADER = b"x-mlwarden-overloaded"
 # Dropped from requests besides the hop-by-hop ones: the pool writes its own host and framing.
 _REQUEST_OWNED = frozenset({b"host", b"content-length"})
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+# Dropped from responses besides the hop-by-hop ones: the serving layer writes its own.
+_RESPONSE_OWNED = frozenset({b"date", b"server", UPSTREAM_HEADER})
+#: The ``server`` header of every answer the sidecar gives.
+SERVER_HEADER = (b"server", b"mlwarden")
 
 
 def _connection_tokens(headers: Headers) -> set[bytes]:
@@ -95,7 +102,7 @@ def request_target(scope: dict[str, Any]) -> bytes:
 def response_headers(headers: Headers, upstream_value: bytes) -> Headers:
     """The upstream's response headers as the client gets them, naming the upstream."""
     named = _connection_tokens(headers)
-    out = [(n, v) for n, v in headers if not _is_hop(n, named) and n != UPSTREAM_HEADER]
+    out = [(n, v) for n, v in headers if not _is_hop(n, named) and n not in _RESPONSE_OWNED]
     out.append((UPSTREAM_HEADER, upstream_value))
     return out
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,12 +27,23 @@ from tests.servers import Process, free_port, serve_app, temp_workdir, wait_http
 def cli_sidecar(name: str, config: str) -> Iterator[tuple[int, int]]:
     """``mlwarden sidecar`` run with ``config`` (YAML without listen/admin, which are added on
     free ports) until the block ends; yields (proxy port, admin port)."""
+    with cli_sidecar_process(name, config) as (_, port, admin_port):
+        yield port, admin_port
+
+
+@contextlib.contextmanager
+def cli_sidecar_process(
+    name: str, config: str, *, admin: str = ""
+) -> Iterator[tuple[Process, int, int]]:
+    """:func:`cli_sidecar`, yielding the process too; ``admin`` adds keys to the admin block
+    (``"token: ..."``)."""
     workdir = temp_workdir(name)
     port, admin_port = free_port(), free_port()
     cfg = workdir / "sidecar.yaml"
+    extra = f", {admin}" if admin else ""
     cfg.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n" + config
+        f"admin: {{host: 127.0.0.1, port: {admin_port}{extra}}}\n" + config
     )
     proc = Process(
         [sys.executable, "-m", "mlwarden.sidecar.cli", "sidecar", "--config", str(cfg)],
@@ -38,7 +54,7 @@ def cli_sidecar(name: str, config: str) -> Iterator[tuple[int, int]]:
         wait_http(f"http://127.0.0.1:{admin_port}/-/healthy", timeout=20)
         # Up: the model's own paths are the sidecar's to refuse (404), not to forward.
         wait_http(f"http://127.0.0.1:{port}/-/health", timeout=20, expect=404)
-        yield port, admin_port
+        yield proc, port, admin_port
     finally:
         proc.stop()
     assert proc.proc.returncode is not None
@@ -99,12 +115,18 @@ def test_sidecar_serves_the_primary_and_falls_back_when_it_is_down():
     ):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             # The model's own paths are the sidecar's to refuse, not to forward.
-            assert client.get("/-/health").status_code == 404
+            refused = client.get("/-/health")
+            assert refused.status_code == 404
+            assert refused.headers.get_list("server") == ["mlwarden"]
+            assert len(refused.headers.get_list("date")) == 1
             for i in range(5):
                 r = client.post("/predict", json={"i": i})
                 assert r.status_code == 200, r.text
                 assert r.headers["x-mlwarden-upstream"] == "stable"
                 assert json.loads(r.content)["body"] == {"i": i}
+                # One date and one server header, though the upstream (uvicorn) sent both.
+                assert r.headers.get_list("server") == ["mlwarden"]
+                assert len(r.headers.get_list("date")) == 1
             labels = client.post("/-/feedback", json={"request_id": "x", "label": 1})
             assert labels.status_code == 404 and "x-mlwarden-upstream" not in labels.headers
         with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
@@ -244,3 +266,71 @@ def test_sidecar_check_reports_tracing_problems(tmp_path):
     )
     assert result.returncode == 2
     assert "tracing.otlp_endpoint" in result.stderr and "tracing.sample_ratio" in result.stderr
+
+
+def slow_app() -> Starlette:
+    """Answers ``/slow`` after 1.5 s (bounded), ``/-/health`` at once."""
+
+    async def slow(request: Request) -> JSONResponse:
+        await asyncio.sleep(1.5)
+        return JSONResponse({"slow": True})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/slow", slow), Route("/-/health", health)])
+
+
+def test_sigterm_drains_requests_in_flight_flushes_the_ledger_and_exits_0():
+    """Kubernetes stops a pod with SIGTERM: the request in flight is answered, nothing new is
+    accepted, the ledger's records are on disk, and the exit status is 0 (not 143)."""
+    token = "t" * 24
+    with (
+        serve_app(slow_app()) as upstream,
+        cli_sidecar_process(
+            "sidecar-drain",
+            f"upstreams:\n  primary: {upstream.url}\n  stable: {upstream.url}\n"
+            "ledger: {path: ledger.jsonl}\n",
+            admin=f"token: {token}",
+        ) as (proc, port, admin_port),
+    ):
+        with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10) as admin:
+            forced = admin.post(
+                "/-/route",
+                json={"force": "stable"},
+                # The admin port trusts no forwarded header: the actor is the connection's.
+                headers={"authorization": f"Bearer {token}", "x-forwarded-for": "6.6.6.6"},
+            )
+            assert forced.status_code == 200, forced.text
+        answers: list[httpx.Response] = []
+        client = threading.Thread(
+            target=lambda: answers.append(httpx.get(f"http://127.0.0.1:{port}/slow", timeout=10))
+        )
+        client.start()
+        time.sleep(0.5)  # the request is in flight at the upstream
+        os.kill(proc.pid, signal.SIGTERM)
+        client.join(timeout=10)
+        assert proc.proc.wait(timeout=15) == 0, proc.log()
+        assert [a.status_code for a in answers] == [200]
+        assert answers[0].json() == {"slow": True}
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/slow", timeout=2)
+        log = proc.log()
+        assert "SIGTERM: draining requests in flight" in log
+        records = [
+            json.loads(line)
+            for line in (proc.workdir / "ledger.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+    forced_records = [r for r in records if "forced by" in r.get("reason", "")]
+    assert len(forced_records) == 1, records
+    assert "forced by 127.0.0.1" in forced_records[0]["reason"]
+    assert "6.6.6.6" not in json.dumps(records)
+
+
+def test_the_admin_port_binds_to_loopback_unless_told(tmp_path):
+    from mlwarden.sidecar.config import load_config
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("upstreams:\n  primary: http://127.0.0.1:1\n  stable: http://127.0.0.1:2\n")
+    assert load_config(cfg).admin.host == "127.0.0.1"

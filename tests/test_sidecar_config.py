@@ -503,7 +503,7 @@ def test_secrets_stay_out_of_repr() -> None:
         assert TOKEN not in text
         assert "redispw" not in text
     assert "token=<set>" in repr(cfg.admin)
-    assert repr(AdminConfig()) == "AdminConfig(host='0.0.0.0', port=9901, token=<unset>)"
+    assert repr(AdminConfig()) == "AdminConfig(host='127.0.0.1', port=9901, token=<unset>)"
 
 
 def test_retry_on_takes_envoys_comma_separated_spelling() -> None:

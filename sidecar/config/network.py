@@ -61,11 +61,14 @@ class ListenConfig(Block):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AdminConfig(Block):
-    """The admin port: /metrics and status for Prometheus and people (hence 0.0.0.0 by default),
-    mutations only with a bearer ``token``; without one, mutations are off."""
+    """The admin port: /metrics and status for Prometheus and people, mutations only with a
+    bearer ``token``; without one, mutations are off. 127.0.0.1 by default: status and events
+    are readable without a token, so reaching them from outside the host (a pod's Prometheus
+    scrape) is a choice written in the file (``host: 0.0.0.0``), as the Kubernetes example
+    does."""
 
     _key: ClassVar[str] = "admin"
-    host: str = setting("0.0.0.0", host_name)
+    host: str = setting("127.0.0.1", host_name)
     port: int = setting(9901, port_number)
     token: str = setting("", secret_token, repr=False)
 
@@ -191,11 +194,14 @@ class RoutingConfig(Block):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TimeoutsConfig(Block):
-    """Deadlines: one attempt, and the whole request with its retries and fallbacks."""
+    """Deadlines: one attempt, and the whole request with its retries and fallbacks; and the
+    drain on SIGTERM (requests in flight may finish for ``drain_timeout_s``, below
+    Kubernetes' default grace period of 30 s so the process exits before it is killed)."""
 
     _key: ClassVar[str] = "timeouts"
     per_try_timeout_s: float = setting(10.0, seconds(gt=0, le=3600))
     total_timeout_s: float = setting(30.0, seconds(gt=0, le=3600))
+    drain_timeout_s: float = setting(25.0, seconds(gt=0, le=3600))
 
     @classmethod
     def _cross(cls, v: Mapping[str, Any]) -> list[tuple[str, str]]:
