@@ -319,7 +319,7 @@ class Sidecar(Listener):
 
     @property
     def in_flight(self) -> int:
-        """Client requests being served now."""
+        """Client requests being forwarded now (their bodies in)."""
         return self.proxy.in_flight
 
     def send_webhook(

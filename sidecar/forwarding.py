@@ -122,9 +122,10 @@ def header(headers: Headers, name: bytes) -> str | None:
 
 
 def json_response(
-    status: int, payload: dict[str, Any], *, overloaded: bool = False
+    status: int, payload: dict[str, Any], *, overloaded: bool = False, close: bool = False
 ) -> tuple[int, Headers, bytes]:
-    """One of the proxy's own answers: status, headers and a JSON body."""
+    """One of the proxy's own answers: status, headers and a JSON body; ``close`` ends the
+    connection after it (the rest of a slow body is not waited for)."""
     body = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -132,6 +133,8 @@ def json_response(
     ]
     if overloaded:
         headers.append((OVERLOADED_HEADER, b"true"))
+    if close:
+        headers.append((b"connection", b"close"))
     return status, headers, body
 
 

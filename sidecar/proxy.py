@@ -204,16 +204,25 @@ class ProxyApp:
         )
         self._per_try_s = timeouts.per_try_timeout_s
         self._total_s = timeouts.total_timeout_s
+        self._body_timeout_s = timeouts.request_body_timeout_s
         self._upstream_values = {n: n.encode("ascii") for n in pools}
         self._in_flight = 0
+        self._open = 0
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstreams={list(self.pools)!r}, router={self.router!r})"
 
     @property
     def in_flight(self) -> int:
-        """Client requests being served now."""
+        """Client requests being forwarded now (their bodies in): what
+        ``limits.max_concurrent_requests`` bounds."""
         return self._in_flight
+
+    @property
+    def open_requests(self) -> int:
+        """Client requests from their head to their report, bodies still arriving included:
+        0 means every request received so far has been reported."""
+        return self._open
 
     # -- ASGI ----------------------------------------------------------------------------------
 
@@ -254,29 +263,21 @@ class ProxyApp:
         ex = Exchange(
             send, self.tracer.start(scope), bool(extensions) and _TRAILERS_EXTENSION in extensions
         )
-        if self._in_flight >= self._max_concurrent:
-            # Shed at once rather than queue: a queue here would only turn overload into
-            # timeouts. Envoy answers its overflow the same way.
-            ex.status = 503
-            await send_whole(
-                send,
-                *json_response(
-                    503,
-                    {
-                        "error": "sidecar overloaded",
-                        "max_concurrent_requests": self._max_concurrent,
-                    },
-                    overloaded=True,
-                ),
-            )
-            if ex.span is not None:
-                end_server_span(ex.span, ex)
-            events.request_finished(None, 503, self._clock() - started)
-            return
-        self._in_flight += 1
+        counted = False
         error: Exception | None = None
+        self._open += 1
         try:
-            await self._serve(scope, receive, ex)
+            body = await self._admit(scope, receive, ex)
+            if body is None:
+                return  # answered (refused, too large, too slow) or the client left
+            # Counted in flight only once its body is in: a client sending its body slowly
+            # holds a connection, never a slot of max_concurrent_requests.
+            if self._in_flight >= self._max_concurrent:
+                await self._shed(ex)
+                return
+            self._in_flight += 1
+            counted = True
+            await self._serve(scope, receive, ex, body)
         except Exception as exc:
             ex.status = 500  # a fault of ours; the server answers 500 if it still can
             error = exc
@@ -287,19 +288,52 @@ class ProxyApp:
                     end_server_span(ex.span, ex, error)
                 events.request_finished(ex.upstream, ex.status, self._clock() - started)
             finally:
-                self._in_flight -= 1  # last: in_flight == 0 means every request was reported
+                self._open -= 1  # last: 0 means every request was reported
+                if counted:
+                    self._in_flight -= 1
 
-    async def _serve(self, scope: Scope, receive: Receive, ex: Exchange) -> None:
+    async def _shed(self, ex: Exchange) -> None:
+        """Beyond max_concurrent_requests: shed at once rather than queue, since a queue here
+        would only turn overload into timeouts. Envoy answers its overflow the same way."""
+        ex.status = 503
+        await send_whole(
+            ex.send,
+            *json_response(
+                503,
+                {"error": "sidecar overloaded", "max_concurrent_requests": self._max_concurrent},
+                overloaded=True,
+            ),
+        )
+
+    async def _admit(self, scope: Scope, receive: Receive, ex: Exchange) -> bytes | None:
+        """The request's body when it may be forwarded; None once it has been answered here
+        (an operational path, a body too large or too slow to arrive) or the client left."""
         refused = self._operational.refused(scope["path"])
         if refused is not None:
             ex.status = 404
             self.events.path_refused(refused)
             await send_whole(ex.send, *REFUSAL)
-            return
+            return None
         try:
-            body = await self._read_body(scope, receive)
+            async with asyncio.timeout(self._body_timeout_s):
+                body = await self._read_body(scope, receive)
         except ClientGone:
-            return
+            ex.status = CLIENT_CLOSED
+            return None
+        except TimeoutError:
+            ex.status = 408
+            await send_whole(
+                ex.send,
+                *json_response(
+                    408,
+                    {
+                        "error": "request body too slow",
+                        "request_body_timeout_s": self._body_timeout_s,
+                    },
+                    close=True,
+                ),
+            )
+            return None
         if body is None:
             ex.status = 413
             await send_whole(
@@ -309,7 +343,9 @@ class ProxyApp:
                     {"error": "request body too large", "max_request_bytes": self._max_request},
                 ),
             )
-            return
+        return body
+
+    async def _serve(self, scope: Scope, receive: Receive, ex: Exchange, body: bytes) -> None:
         # After the body, the only message left is http.disconnect: watch for it.
         ex.watcher = asyncio.ensure_future(receive())
         ex.body = body

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +35,7 @@ class Measured:
         """A sample, once the requests in flight are done (the client has its answer a moment
         before the proxy reports it)."""
         for _ in range(200):  # at most 2 s
-            if self.proxy.in_flight == 0:
+            if self.proxy.proxy.open_requests == 0:
                 break
             time.sleep(0.01)
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -232,6 +233,40 @@ def test_requests_beyond_max_concurrent_are_shed_with_503_at_once() -> None:
             for future in futures:
                 future.result()
         assert m.value("mlwarden_proxy_requests_in_flight") == 0
+
+
+def test_slow_bodies_hold_no_slot_and_are_closed_with_408() -> None:
+    """Four clients sending their bodies a byte at a time hold connections, never the two
+    slots of max_concurrent_requests: a legitimate request is answered meanwhile, and each
+    slow body is answered 408 (connection closed) once request_body_timeout_s has passed."""
+    with two_upstreams() as (_, _, p_url, s_url):
+        cfg = make_config(
+            p_url,
+            s_url,
+            limits={"max_concurrent_requests": 2},
+            timeouts={"request_body_timeout_s": 1.0},
+        )
+        with measured(cfg, health_checks=False) as m:
+            host, port = m.client.base_url.host, m.client.base_url.port
+            slow = []
+            for _ in range(4):
+                sock = socket.create_connection((host, port), timeout=5)
+                sock.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+                slow.append(sock)
+            time.sleep(0.2)
+            assert m.proxy.in_flight == 0
+            legit = m.client.post("/predict", json={"ok": 1})
+            assert legit.status_code == 200, legit.text
+            answers = []
+            for sock in slow:
+                with sock:
+                    data = b""
+                    while chunk := sock.recv(65536):  # the sidecar closes: recv returns b""
+                        data += chunk
+                    answers.append(data)
+            assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), answers
+            assert all(b"request body too slow" in a for a in answers)
+            assert m.value("mlwarden_proxy_requests_total", upstream="none", code="4xx") >= 4
 
 
 class Big:

@@ -194,13 +194,16 @@ class RoutingConfig(Block):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TimeoutsConfig(Block):
-    """Deadlines: one attempt, and the whole request with its retries and fallbacks; and the
-    drain on SIGTERM (requests in flight may finish for ``drain_timeout_s``, below
-    Kubernetes' default grace period of 30 s so the process exits before it is killed)."""
+    """Deadlines: one attempt, and the whole request with its retries and fallbacks; the
+    client's whole request body (``request_body_timeout_s``: past it, 408 and the connection
+    closed; the request was not counted in flight meanwhile); and the drain on SIGTERM
+    (requests in flight may finish for ``drain_timeout_s``, below Kubernetes' default grace
+    period of 30 s, so the process exits before it is killed)."""
 
     _key: ClassVar[str] = "timeouts"
     per_try_timeout_s: float = setting(10.0, seconds(gt=0, le=3600))
     total_timeout_s: float = setting(30.0, seconds(gt=0, le=3600))
+    request_body_timeout_s: float = setting(30.0, seconds(gt=0, le=3600))
     drain_timeout_s: float = setting(25.0, seconds(gt=0, le=3600))
 
     @classmethod
