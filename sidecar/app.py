@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from mlwarden.middleware.health_report import HealthReport
 from mlwarden.sidecar.config import SidecarConfig
+from mlwarden.sidecar.edge import EdgeCounts
 from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.policies import PolicyEngine
 from mlwarden.sidecar.healing.ports import PartsPort
@@ -203,6 +204,9 @@ class Sidecar(Listener):
                 *([events] if events is not None else []),
             ]
         )
+        #: Clients the public port refused before a request (head limits and timeouts), filled
+        #: by the serving layer's protocol (:mod:`mlwarden.sidecar.edge`).
+        self.edge = EdgeCounts()
         self.proxy = ProxyApp(
             pools=self.pools,
             breakers=self.breakers,

@@ -210,6 +210,7 @@ def _sidecar(path: Path, *, check: bool) -> int:
 
     from mlwarden.sidecar.admin import create_admin_app
     from mlwarden.sidecar.app import Sidecar
+    from mlwarden.sidecar.edge import edge_limits, edge_protocol
     from mlwarden.sidecar.forwarding import SERVER_HEADER
     from mlwarden.sidecar.serving import DrainingServer, serve_until_signalled
     from mlwarden.sidecar.tracing import configure_tracing
@@ -244,6 +245,9 @@ def _sidecar(path: Path, *, check: bool) -> int:
                         # (server: mlwarden) and the upstream's are not passed on.
                         server_header=False,
                         headers=[(n.decode(), v.decode()) for n, v in (SERVER_HEADER,)],
+                        http=edge_protocol(edge_limits(config), sidecar.edge),
+                        timeout_keep_alive=config.timeouts.keep_alive_idle_s,
+                        limit_concurrency=config.limits.max_connections,
                         timeout_graceful_shutdown=config.timeouts.drain_timeout_s,
                         **common,
                     )

@@ -17,6 +17,8 @@ Exported (label values are upstream names from the configuration and fixed words
 - ``mlwarden_proxy_request_duration_seconds{upstream}``: histogram, arrival to last byte sent,
   retries and fallbacks included.
 - ``mlwarden_proxy_requests_in_flight``: gauge of client requests being served.
+- ``mlwarden_proxy_edge_refused_total{reason}``: connections refused before a request
+  (``header_bytes``, ``header_count``, ``head_timeout``, ``idle_timeout``).
 - ``mlwarden_upstream_requests_total{upstream,outcome}``: every attempt sent to an upstream;
   ``outcome`` a status class or ``connect_error``, ``timeout``, ``reset``.
 - ``mlwarden_upstream_request_duration_seconds{upstream}``: histogram of those attempts.
@@ -69,6 +71,7 @@ from prometheus_client.registry import Collector
 
 from mlwarden.middleware.build_info import register_build_info
 from mlwarden.middleware.fastmetrics import FastCounter, FastFamilies, FastHistogram
+from mlwarden.sidecar.edge import EDGE_REFUSALS
 from mlwarden.sidecar.listeners import Listener
 from mlwarden.sidecar.proxy_metrics import ProxyMetrics
 
@@ -119,6 +122,7 @@ class _ScrapeCollector(Collector):
             CounterMetricFamily("mlwarden_breaker_fail_open", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_upstream_healthy", "", labels=["upstream"]),
             GaugeMetricFamily("mlwarden_proxy_requests_in_flight", ""),
+            CounterMetricFamily("mlwarden_proxy_edge_refused", "", labels=["reason"]),
             GaugeMetricFamily("mlwarden_canary_weight_ratio", "", labels=["candidate"]),
             GaugeMetricFamily("mlwarden_canary_state", "", labels=["candidate", "state"]),
             CounterMetricFamily("mlwarden_canary_analyses", "", labels=["candidate", "verdict"]),
@@ -175,6 +179,16 @@ class _ScrapeCollector(Collector):
             "Client requests the proxy is serving now.",
             value=float(sidecar.in_flight),
         )
+        refused = CounterMetricFamily(
+            "mlwarden_proxy_edge_refused",
+            "Client connections refused before a request: head too large or too many "
+            "headers (431), head or first byte too slow.",
+            labels=["reason"],
+        )
+        edge = getattr(sidecar, "edge", None)
+        for reason in EDGE_REFUSALS:
+            refused.add_metric([reason], float(edge.refused[reason]) if edge is not None else 0.0)
+        yield refused
         canary = sidecar.canary
         if canary is not None:
             weight = GaugeMetricFamily(

@@ -204,6 +204,8 @@ class TimeoutsConfig(Block):
     per_try_timeout_s: float = setting(10.0, seconds(gt=0, le=3600))
     total_timeout_s: float = setting(30.0, seconds(gt=0, le=3600))
     request_body_timeout_s: float = setting(30.0, seconds(gt=0, le=3600))
+    request_head_timeout_s: float = setting(10.0, seconds(gt=0, le=3600))
+    keep_alive_idle_s: float = setting(60.0, seconds(gt=0, le=3600))
     drain_timeout_s: float = setting(25.0, seconds(gt=0, le=3600))
 
     @classmethod
@@ -222,12 +224,18 @@ class TimeoutsConfig(Block):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LimitsConfig(Block):
-    """Bounds that keep one client or one upstream from exhausting the sidecar's memory."""
+    """Bounds that keep one client or one upstream from exhausting the sidecar's memory. A
+    request head is at most ``max_header_bytes`` (request line and headers) with at most
+    ``max_headers`` headers, Envoy's defaults (larger: 431); at most ``max_connections``
+    client connections are served at once (beyond: 503)."""
 
     _key: ClassVar[str] = "limits"
     max_request_bytes: int = setting(16 * 2**20, number(int, ge=1, le=2**40))
     max_response_bytes: int = setting(64 * 2**20, number(int, ge=1, le=2**40))
     max_concurrent_requests: int = setting(1024, number(int, ge=1, le=1_000_000))
+    max_header_bytes: int = setting(60 * 1024, number(int, ge=1024, le=2**24))
+    max_headers: int = setting(100, number(int, ge=8, le=10_000))
+    max_connections: int = setting(4096, number(int, ge=1, le=1_000_000))
 
 
 def _body(value: Any) -> str:
