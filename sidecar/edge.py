@@ -90,10 +90,12 @@ def edge_protocol(limits: EdgeLimits, counts: EdgeCounts) -> type[HttpToolsProto
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
+                # uvicorn's own handling (the proxy then refuses WebSocket scopes); the
+                # warning for an unsupported upgrade is newer than uvicorn 0.29.
                 if self._should_upgrade():
                     self.handle_websocket_upgrade()
-                else:
-                    self._unsupported_upgrade_warning()
+                elif (warn := getattr(self, "_unsupported_upgrade_warning", None)) is not None:
+                    warn()
                 return
             except (httptools.HttpParserError, _Refused):
                 # httptools may re-raise a callback's exception as it is or wrapped in
