@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mlwarden.middleware.tracing import RequestSpan
@@ -30,7 +31,9 @@ __all__ = [
     "CLIENT_CLOSED",
     "ClientGone",
     "Exchange",
+    "HeldBody",
     "end_server_span",
+    "hold_start",
     "relay",
     "report_to_shadow",
 ]
@@ -96,14 +99,48 @@ class Exchange:
         return watcher is not None and watcher.done()
 
 
+async def _held_then_rest(held: HeldBody) -> AsyncIterator[bytes]:
+    if held.first:
+        yield held.first
+    if not held.done:
+        async for chunk in held.rest:
+            yield chunk
+
+
 class _ClientGone(Exception):
     """The client disconnected; nothing is sent and nothing is counted against an upstream."""
+
+
+@dataclass(slots=True)
+class HeldBody:
+    """The start of an upstream's body, read before its head is sent on: the first chunk (or
+    nothing, when the body is empty), the iterator of the rest, and whether it has ended."""
+
+    first: bytes
+    rest: AsyncIterator[bytes]
+    done: bool
+
+
+async def hold_start(response: UpstreamResponse) -> HeldBody:
+    """Wait for the first body bytes (or the body's end) of ``response``. An upstream failing
+    before them raises :class:`UpstreamError` here, with the response closed, while the
+    attempt can still be retried or moved to the next candidate."""
+    rest = aiter(response.iter_body())
+    try:
+        first = await anext(rest)
+    except StopAsyncIteration:
+        return HeldBody(b"", rest, True)
+    except BaseException:
+        await response.aclose()
+        raise
+    return HeldBody(first, rest, False)
 
 
 async def relay(
     ex: Exchange,
     name: str,
     response: UpstreamResponse,
+    held: HeldBody,
     *,
     max_response_bytes: int,
     shadow_capture_bytes: int,
@@ -153,7 +190,7 @@ async def relay(
     captured = ex.captured
     watcher = ex.watcher
     try:
-        async for chunk in response.iter_body():
+        async for chunk in _held_then_rest(held):
             if watcher is not None and watcher.done():
                 raise ClientGone
             size += len(chunk)

@@ -27,7 +27,10 @@ Per request:
    failure (attempts or budget spent), move to the next candidate with a fresh attempt count,
    inside the same total deadline. A retriable status that is the last word (no candidate
    left) is passed to the client as the upstream sent it.
-4. The answer is relayed by :func:`~mlwarden.sidecar.exchange.relay` (headers rewritten by
+4. The answer's head is held until its first body bytes have arrived (or its end), so an
+   upstream that dies between its head and its body is a failed attempt like a reset, retried
+   or replaced by the next candidate, never a truncated answer. Then it is relayed by
+   :func:`~mlwarden.sidecar.exchange.relay` (headers rewritten by
    :mod:`~mlwarden.sidecar.forwarding`). Once its head has gone to the client nothing is
    retried; an upstream failure mid-body ends the client's response early (uvicorn closes the
    connection). A response
@@ -73,6 +76,7 @@ from mlwarden.sidecar.exchange import (
     ClientGone,
     Exchange,
     end_server_span,
+    hold_start,
     relay,
     report_to_shadow,
 )
@@ -488,6 +492,9 @@ class ProxyApp:
             response = await pool.request(
                 ex.method, ex.target, headers, ex.body, timeout_s=timeout_s
             )
+            # The head is held until the first body bytes are in: an upstream dying between
+            # its head and its body is then a failed attempt, retried or replaced.
+            held = await hold_start(response)
         except UpstreamError as exc:
             kind = (
                 "connect_error"
@@ -543,6 +550,7 @@ class ProxyApp:
                     ex,
                     name,
                     response,
+                    held,
                     max_response_bytes=self._max_response,
                     shadow_capture_bytes=self._shadow_capture,
                     upstream_value=self._upstream_values[name],

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -567,3 +568,53 @@ def test_trailers_are_dropped_without_the_servers_extension() -> None:
     assert all(n != b"trailer" for n, _ in sent[0]["headers"])
     assert [m["type"] for m in sent[1:]][-1] == "http.response.body"
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"hello"
+
+
+@contextlib.contextmanager
+def head_then_close() -> Iterator[str]:
+    """An upstream that answers every request's head (200, 100 bytes announced) and closes
+    before any body byte: it dies between its head and its body. Bounded: a daemon thread
+    serving until the block ends."""
+    server = socket.create_server((LOOPBACK, 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in data and len(data) < 65536:
+                        if not (chunk := conn.recv(65536)):
+                            break
+                        data += chunk
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{LOOPBACK}:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+def test_an_upstream_dying_between_head_and_body_is_replaced_not_truncated() -> None:
+    """The head is held until the first body bytes: the dead attempt is a failed one, the
+    fallback answers whole, and the client never sees a truncated 200."""
+    with head_then_close() as dying, serve_app(Upstream()) as stable:
+        app = Sidecar(make_config(dying, stable.url), health_checks=False)
+        with (
+            serve_app(app.proxy, proxy_headers=False) as served,
+            httpx.Client(base_url=served.url, trust_env=False, timeout=10) as client,
+        ):
+            responses = [client.post("/predict", json={"i": i}) for i in range(5)]
+    assert [r.status_code for r in responses] == [200] * 5
+    assert {r.headers["x-mlwarden-upstream"] for r in responses} == {"stable"}
+    assert [r.json() for r in responses] == [{"i": i} for i in range(5)]
