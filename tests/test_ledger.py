@@ -188,6 +188,7 @@ def test_from_config_shapes_the_file_as_the_ledger_block_says(tmp_path: Path) ->
     with Ledger.from_config(block, clock=FakeClock(T0)) as ledger:
         for _ in range(60):
             ledger.append("webhook", "ops", reason="x" * 100)
+        assert ledger.flush(timeout=10)
         assert ledger.stats()["rotations"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.jsonl", "l.jsonl.1"]
 
@@ -259,6 +260,7 @@ def test_failed_write_neither_raises_nor_leaves_a_torn_line(
     path = tmp_path / "ledger.jsonl"
     ledger = Ledger(path, fsync=False)
     ledger.append("fallback", "primary")
+    assert ledger.flush(timeout=10)
     real_write = os.write
 
     def disk_full(fd: int, data: bytes) -> int:
@@ -268,6 +270,7 @@ def test_failed_write_neither_raises_nor_leaves_a_torn_line(
     monkeypatch.setattr(os, "write", disk_full)
     with caplog.at_level(logging.ERROR, LOGGER):
         rec = ledger.append("rollback", "canary")
+        assert ledger.flush(timeout=10)  # the writer thread meets the full disk
     monkeypatch.undo()
     assert "No space left" in caplog.text
     assert ledger.stats()["write_errors"] == 1
@@ -324,6 +327,7 @@ def test_rotation_keeps_backups_files_and_bounds_their_size(tmp_path: Path) -> N
                 "set_weight", "canary", reason="x" * (i % 37), signals={"weight": i}
             )
             longest = max(longest, len(rec.to_json()) + 1)
+        assert ledger.flush(timeout=10)
         assert ledger.stats()["rotations"] > backups
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["ledger.jsonl", "ledger.jsonl.1", "ledger.jsonl.2", "ledger.jsonl.3"]
@@ -429,6 +433,8 @@ WRITER = textwrap.dedent("""
         for i in range(200_000):
             ledger.append("set_weight", "canary", reason="r" * (i % 300), signals={"i": i},
                           details={"pad": "p" * (i % 150)})
+            if i % 500 == 499:
+                ledger.flush()  # a writer this fast would fill the queue: none dropped here
             if time.monotonic() > deadline:
                 break
 """)
@@ -552,6 +558,7 @@ def test_coverage_start_is_the_oldest_retained_record_when_younger_than_the_hori
         for i in range(10):
             clock.now = T0 + i
             ledger.append("fallback", "primary")
+        assert ledger.flush(timeout=10)  # what the files retain, once written
         retained = [LedgerRecord.from_json(line).at for line in lines_of(tmp_path / "l.jsonl.1")]
         assert ledger.coverage_start() == retained[0] > T0
         assert ledger.count_since(T0) == 10  # the index still counts what rotated away
