@@ -20,8 +20,9 @@ Durability and crash safety:
   and count it (``invalid_lines``): reading never fails because of the file.
 - A failed write (disk full, I/O error) never raises: :meth:`LedgerFile.write_batch` answers
   how many records it wrote, the file is truncated back to its last whole line, the error is
-  logged and counted (``write_errors``, one per record lost, and one per failed rotation). A healing action must not fail because its audit trail could not be
-  written; the counter is what alerts on it.
+  logged and counted (``write_errors``, one per record lost, and one per failed rotation). A
+  healing action must not fail because its audit trail could not be written; the counter is
+  what alerts on it.
 - Rotation works like :class:`logging.handlers.RotatingFileHandler`: when a record would take
   the file past ``max_bytes``, ``ledger.jsonl`` becomes ``ledger.jsonl.1``, ``.1`` becomes
   ``.2`` and so on, keeping ``backups`` old files, and the directory is fsynced. A file never
