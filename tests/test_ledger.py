@@ -508,6 +508,109 @@ def test_concurrent_appends_from_threads_write_whole_lines_only(tmp_path: Path) 
         assert [i for _, i in mine] == list(range(150))  # id order is append order
 
 
+# -- group commit: the writer thread --------------------------------------------------------
+
+
+class HeldFsync:
+    """``os.fsync`` as it is, noting the thread of each call; :meth:`hold` makes the next call
+    wait until :meth:`release`, so that appends pile up behind a busy disk."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = os.fsync
+        self.threads: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        assert self.gate.wait(timeout=30), "the test never released the writer"
+        self.real(fd)
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+@pytest.fixture
+def held_fsync(monkeypatch: pytest.MonkeyPatch) -> Any:
+    held = HeldFsync(monkeypatch)
+    yield held
+    held.release()  # never leave a writer thread waiting
+
+
+def test_append_never_fsyncs_on_the_calling_thread(tmp_path: Path, held_fsync: HeldFsync) -> None:
+    with Ledger(tmp_path / "l.jsonl", fsync=True) as ledger:
+        held_fsync.threads.clear()  # the directory's, at creation
+        for _ in range(5):
+            ledger.append("fallback", "primary")
+        assert ledger.flush(timeout=10)
+        assert held_fsync.threads
+        assert threading.get_ident() not in held_fsync.threads
+
+
+def test_appends_made_while_the_disk_is_busy_share_one_write_and_one_fsync(
+    tmp_path: Path, held_fsync: HeldFsync
+) -> None:
+    path = tmp_path / "l.jsonl"
+    with Ledger(path, fsync=True) as ledger:
+        held_fsync.hold()
+        first = ledger.append("breaker_opened", "primary")
+        assert held_fsync.entered.wait(timeout=10)  # the writer is in the first batch's fsync
+        storm = [ledger.append("fallback", "primary", signals={"i": i}) for i in range(50)]
+        assert ledger.stats()["queued"] == 51  # not yet fsynced: the first one and the storm
+        held_fsync.release()
+        assert ledger.flush(timeout=10)
+        stats = ledger.stats()
+        assert stats["fsyncs"] == 2 and stats["queued"] == 0
+    assert lines_of(path) == [r.to_json() for r in [first, *storm]]
+
+
+def test_records_are_durable_after_flush_and_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path, fsync=True)
+    flushed = [ledger.append("fallback", "primary"), ledger.append("rollback", "canary")]
+    assert ledger.flush(timeout=10)
+    assert lines_of(path) == [r.to_json() for r in flushed]
+    closed = [ledger.append("promotion", "canary", signals={"i": i}) for i in range(100)]
+    ledger.close()  # drains the queue before closing the file
+    with Ledger(path) as reopened:
+        assert reopened.query(limit=MAX_QUERY_LIMIT) == [*flushed, *closed][::-1]
+
+
+def test_a_full_queue_drops_and_counts_lines_without_blocking_the_appender(
+    tmp_path: Path, held_fsync: HeldFsync, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path, fsync=True, max_queued=3)
+    held_fsync.hold()
+    first = ledger.append("breaker_opened", "primary")
+    assert held_fsync.entered.wait(timeout=10)
+    queued = [ledger.append("fallback", "primary", signals={"i": i}) for i in range(3)]
+    dropped: list[LedgerRecord] = []
+
+    def storm() -> None:
+        dropped.extend(ledger.append("fallback", "primary", signals={"i": i}) for i in (3, 4))
+
+    with caplog.at_level(logging.ERROR, LOGGER):
+        appender = threading.Thread(target=storm)
+        appender.start()
+        appender.join(timeout=10)
+    # Returned while the writer is still stuck in its fsync: the appender never waited.
+    assert not appender.is_alive() and not held_fsync.gate.is_set()
+    assert ledger.stats()["dropped"] == 2
+    assert caplog.text.count("dropping records") == 1  # once per run of drops
+    assert ledger.query() == [first, *queued, *dropped][::-1]  # /-/events still sees them
+    held_fsync.release()
+    ledger.close()
+    assert lines_of(path) == [r.to_json() for r in [first, *queued]]
+
+
 # -- restarts and windows --------------------------------------------------------------------
 
 
