@@ -611,6 +611,30 @@ def test_a_full_queue_drops_and_counts_lines_without_blocking_the_appender(
     assert lines_of(path) == [r.to_json() for r in [first, *queued]]
 
 
+def test_a_batch_that_crosses_max_bytes_rotates_between_its_lines(
+    tmp_path: Path, held_fsync: HeldFsync
+) -> None:
+    path = tmp_path / "l.jsonl"
+    with Ledger(path, max_bytes=1000, backups=20, fsync=True, recent=1000) as ledger:
+        held_fsync.hold()
+        ledger.append("fallback", "primary", signals={"i": 0})
+        assert held_fsync.entered.wait(timeout=10)
+        for i in range(1, 60):  # one batch of about 6 files' worth
+            ledger.append("fallback", "primary", signals={"i": i})
+        held_fsync.release()
+        assert ledger.flush(timeout=10)
+        assert ledger.stats()["rotations"] >= 5
+    files = sorted(
+        tmp_path.glob("l.jsonl*"),
+        key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+    )
+    seen = []
+    for f in files:  # oldest first
+        assert f.stat().st_size <= 1000 and f.read_bytes().endswith(b"\n")
+        seen += [LedgerRecord.from_json(line).signals["i"] for line in lines_of(f)]
+    assert seen == list(range(60))
+
+
 # -- restarts and windows --------------------------------------------------------------------
 
 
