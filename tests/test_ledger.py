@@ -6,6 +6,7 @@ and with a real writer process killed by SIGKILL while it appends in a loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -26,7 +27,8 @@ import numpy as np
 import pytest
 
 from mlwarden.middleware.influx import InfluxSettings
-from mlwarden.sidecar.config import LedgerConfig
+from mlwarden.sidecar.app import Sidecar
+from mlwarden.sidecar.config import LedgerConfig, SidecarConfig
 from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT, Ledger
 from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink, record_line
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
@@ -633,6 +635,21 @@ def test_a_batch_that_crosses_max_bytes_rotates_between_its_lines(
         assert f.stat().st_size <= 1000 and f.read_bytes().endswith(b"\n")
         seen += [LedgerRecord.from_json(line).signals["i"] for line in lines_of(f)]
     assert seen == list(range(60))
+
+
+def test_closing_the_sidecar_writes_every_record_appended_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    cfg = SidecarConfig.from_mapping(
+        {"upstreams": {"primary": "http://127.0.0.1:9"}, "ledger": {"path": str(path)}},
+        environ={},
+    )
+    sidecar = Sidecar(cfg, health_checks=False)
+    for i in range(200):
+        sidecar.record(action="fallback", target="primary", signals={"i": i})
+    asyncio.run(sidecar.aclose())
+    assert [LedgerRecord.from_json(line).signals["i"] for line in lines_of(path)] == list(
+        range(200)
+    )
 
 
 # -- restarts and windows --------------------------------------------------------------------
