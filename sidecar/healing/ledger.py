@@ -175,8 +175,8 @@ class Ledger:
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write and fsync what was appended, then close the file; later appends raise
-        ``RuntimeError``. Idempotent. Waits for the disk up to ``timeout`` seconds (then logs
-        how many records were not written)."""
+        ``RuntimeError``. Waits for the disk up to ``timeout`` seconds (then logs how many
+        records were not written). Idempotent: a second call returns at once."""
         with self._lock:
             if self._closed:
                 return
