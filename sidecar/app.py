@@ -425,4 +425,4 @@ class Sidecar(Listener):
         sink, self._ledger_sink = self._ledger_sink, None
         if sink is not None:
             await asyncio.to_thread(sink.close)
-        self.ledger.close()
+        await asyncio.to_thread(self.ledger.close)  # drains the writer: fsyncs what is queued

@@ -6,6 +6,7 @@ and with a real writer process killed by SIGKILL while it appends in a loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -26,7 +27,8 @@ import numpy as np
 import pytest
 
 from mlwarden.middleware.influx import InfluxSettings
-from mlwarden.sidecar.config import LedgerConfig
+from mlwarden.sidecar.app import Sidecar
+from mlwarden.sidecar.config import LedgerConfig, SidecarConfig
 from mlwarden.sidecar.healing.ledger import MAX_QUERY_LIMIT, Ledger
 from mlwarden.sidecar.healing.ledger_influx import InfluxLedgerSink, record_line
 from mlwarden.sidecar.healing.ledger_records import LedgerRecord
@@ -188,6 +190,7 @@ def test_from_config_shapes_the_file_as_the_ledger_block_says(tmp_path: Path) ->
     with Ledger.from_config(block, clock=FakeClock(T0)) as ledger:
         for _ in range(60):
             ledger.append("webhook", "ops", reason="x" * 100)
+        assert ledger.flush(timeout=10)
         assert ledger.stats()["rotations"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.jsonl", "l.jsonl.1"]
 
@@ -259,6 +262,7 @@ def test_failed_write_neither_raises_nor_leaves_a_torn_line(
     path = tmp_path / "ledger.jsonl"
     ledger = Ledger(path, fsync=False)
     ledger.append("fallback", "primary")
+    assert ledger.flush(timeout=10)
     real_write = os.write
 
     def disk_full(fd: int, data: bytes) -> int:
@@ -268,6 +272,7 @@ def test_failed_write_neither_raises_nor_leaves_a_torn_line(
     monkeypatch.setattr(os, "write", disk_full)
     with caplog.at_level(logging.ERROR, LOGGER):
         rec = ledger.append("rollback", "canary")
+        assert ledger.flush(timeout=10)  # the writer thread meets the full disk
     monkeypatch.undo()
     assert "No space left" in caplog.text
     assert ledger.stats()["write_errors"] == 1
@@ -324,6 +329,7 @@ def test_rotation_keeps_backups_files_and_bounds_their_size(tmp_path: Path) -> N
                 "set_weight", "canary", reason="x" * (i % 37), signals={"weight": i}
             )
             longest = max(longest, len(rec.to_json()) + 1)
+        assert ledger.flush(timeout=10)
         assert ledger.stats()["rotations"] > backups
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["ledger.jsonl", "ledger.jsonl.1", "ledger.jsonl.2", "ledger.jsonl.3"]
@@ -429,6 +435,8 @@ WRITER = textwrap.dedent("""
         for i in range(200_000):
             ledger.append("set_weight", "canary", reason="r" * (i % 300), signals={"i": i},
                           details={"pad": "p" * (i % 150)})
+            if i % 500 == 499:
+                ledger.flush()  # a writer this fast would fill the queue: none dropped here
             if time.monotonic() > deadline:
                 break
 """)
@@ -502,6 +510,148 @@ def test_concurrent_appends_from_threads_write_whole_lines_only(tmp_path: Path) 
         assert [i for _, i in mine] == list(range(150))  # id order is append order
 
 
+# -- group commit: the writer thread --------------------------------------------------------
+
+
+class HeldFsync:
+    """``os.fsync`` as it is, noting the thread of each call; :meth:`hold` makes the next call
+    wait until :meth:`release`, so that appends pile up behind a busy disk."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.real = os.fsync
+        self.threads: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        assert self.gate.wait(timeout=30), "the test never released the writer"
+        self.real(fd)
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+@pytest.fixture
+def held_fsync(monkeypatch: pytest.MonkeyPatch) -> Any:
+    held = HeldFsync(monkeypatch)
+    yield held
+    held.release()  # never leave a writer thread waiting
+
+
+def test_append_never_fsyncs_on_the_calling_thread(tmp_path: Path, held_fsync: HeldFsync) -> None:
+    with Ledger(tmp_path / "l.jsonl", fsync=True) as ledger:
+        held_fsync.threads.clear()  # the directory's, at creation
+        for _ in range(5):
+            ledger.append("fallback", "primary")
+        assert ledger.flush(timeout=10)
+        assert held_fsync.threads
+        assert threading.get_ident() not in held_fsync.threads
+
+
+def test_appends_made_while_the_disk_is_busy_share_one_write_and_one_fsync(
+    tmp_path: Path, held_fsync: HeldFsync
+) -> None:
+    path = tmp_path / "l.jsonl"
+    with Ledger(path, fsync=True) as ledger:
+        held_fsync.hold()
+        first = ledger.append("breaker_opened", "primary")
+        assert held_fsync.entered.wait(timeout=10)  # the writer is in the first batch's fsync
+        storm = [ledger.append("fallback", "primary", signals={"i": i}) for i in range(50)]
+        assert ledger.stats()["queued"] == 51  # not yet fsynced: the first one and the storm
+        held_fsync.release()
+        assert ledger.flush(timeout=10)
+        stats = ledger.stats()
+        assert stats["fsyncs"] == 2 and stats["queued"] == 0
+    assert lines_of(path) == [r.to_json() for r in [first, *storm]]
+
+
+def test_records_are_durable_after_flush_and_after_close(tmp_path: Path) -> None:
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path, fsync=True)
+    flushed = [ledger.append("fallback", "primary"), ledger.append("rollback", "canary")]
+    assert ledger.flush(timeout=10)
+    assert lines_of(path) == [r.to_json() for r in flushed]
+    closed = [ledger.append("promotion", "canary", signals={"i": i}) for i in range(100)]
+    ledger.close()  # drains the queue before closing the file
+    with Ledger(path) as reopened:
+        assert reopened.query(limit=MAX_QUERY_LIMIT) == [*flushed, *closed][::-1]
+
+
+def test_a_full_queue_drops_and_counts_lines_without_blocking_the_appender(
+    tmp_path: Path, held_fsync: HeldFsync, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "l.jsonl"
+    ledger = Ledger(path, fsync=True, max_queued=3)
+    held_fsync.hold()
+    first = ledger.append("breaker_opened", "primary")
+    assert held_fsync.entered.wait(timeout=10)
+    queued = [ledger.append("fallback", "primary", signals={"i": i}) for i in range(3)]
+    dropped: list[LedgerRecord] = []
+
+    def storm() -> None:
+        dropped.extend(ledger.append("fallback", "primary", signals={"i": i}) for i in (3, 4))
+
+    with caplog.at_level(logging.ERROR, LOGGER):
+        appender = threading.Thread(target=storm)
+        appender.start()
+        appender.join(timeout=10)
+    # Returned while the writer is still stuck in its fsync: the appender never waited.
+    assert not appender.is_alive() and not held_fsync.gate.is_set()
+    assert ledger.stats()["dropped"] == 2
+    assert caplog.text.count("dropping records") == 1  # once per run of drops
+    assert ledger.query() == [first, *queued, *dropped][::-1]  # /-/events still sees them
+    held_fsync.release()
+    ledger.close()
+    assert lines_of(path) == [r.to_json() for r in [first, *queued]]
+
+
+def test_a_batch_that_crosses_max_bytes_rotates_between_its_lines(
+    tmp_path: Path, held_fsync: HeldFsync
+) -> None:
+    path = tmp_path / "l.jsonl"
+    with Ledger(path, max_bytes=1000, backups=20, fsync=True, recent=1000) as ledger:
+        held_fsync.hold()
+        ledger.append("fallback", "primary", signals={"i": 0})
+        assert held_fsync.entered.wait(timeout=10)
+        for i in range(1, 60):  # one batch of about 6 files' worth
+            ledger.append("fallback", "primary", signals={"i": i})
+        held_fsync.release()
+        assert ledger.flush(timeout=10)
+        assert ledger.stats()["rotations"] >= 5
+    files = sorted(
+        tmp_path.glob("l.jsonl*"),
+        key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+    )
+    seen = []
+    for f in files:  # oldest first
+        assert f.stat().st_size <= 1000 and f.read_bytes().endswith(b"\n")
+        seen += [LedgerRecord.from_json(line).signals["i"] for line in lines_of(f)]
+    assert seen == list(range(60))
+
+
+def test_closing_the_sidecar_writes_every_record_appended_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    cfg = SidecarConfig.from_mapping(
+        {"upstreams": {"primary": "http://127.0.0.1:9"}, "ledger": {"path": str(path)}},
+        environ={},
+    )
+    sidecar = Sidecar(cfg, health_checks=False)
+    for i in range(200):
+        sidecar.record(action="fallback", target="primary", signals={"i": i})
+    asyncio.run(sidecar.aclose())
+    assert [LedgerRecord.from_json(line).signals["i"] for line in lines_of(path)] == list(
+        range(200)
+    )
+
+
 # -- restarts and windows --------------------------------------------------------------------
 
 
@@ -552,6 +702,7 @@ def test_coverage_start_is_the_oldest_retained_record_when_younger_than_the_hori
         for i in range(10):
             clock.now = T0 + i
             ledger.append("fallback", "primary")
+        assert ledger.flush(timeout=10)  # what the files retain, once written
         retained = [LedgerRecord.from_json(line).at for line in lines_of(tmp_path / "l.jsonl.1")]
         assert ledger.coverage_start() == retained[0] > T0
         assert ledger.count_since(T0) == 10  # the index still counts what rotated away

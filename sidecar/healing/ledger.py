@@ -2,11 +2,19 @@
 
 :class:`Ledger` appends each :class:`~mlwarden.sidecar.healing.ledger_records.LedgerRecord`
 (the record and its JSON line: :mod:`~mlwarden.sidecar.healing.ledger_records`) to its file
-(rotation, fsync and crash repair: :mod:`~mlwarden.sidecar.healing.ledger_files`), keeps the
+(rotation, fsync and crash repair: :mod:`~mlwarden.sidecar.healing.ledger_files`) through a
+writer thread (group commit: :mod:`~mlwarden.sidecar.healing.ledger_writer`), keeps the
 most recent records in memory for ``/-/events`` and an index for escalation windows, answers
 queries over both, and tells its listeners (Prometheus counting, the optional InfluxDB sink in
 :mod:`mlwarden.sidecar.healing.ledger_influx`). An append never fails because of the file: a
-record that could not be written is still kept, passed on and counted (``write_errors``).
+record that could not be written is still kept, passed on and counted (``write_errors``, or
+``dropped`` when the writer's queue was full).
+
+Durability: :meth:`Ledger.append` does not wait for the disk (an fsync is milliseconds, and
+appends come from listeners on the event loop). A record is durable once the fsync of the batch
+its line was written in returns; :meth:`Ledger.flush` waits for that, and :meth:`Ledger.close`
+writes and fsyncs everything appended before it. A crash loses at most the records appended
+in the last moments (still queued), never a whole record already in the file.
 
 Start-up: the last ``recent`` records (from the current file, then the backups as needed) are
 loaded into a bounded deque, so that ``/-/events`` survives restarts.
@@ -35,6 +43,7 @@ from mlwarden.sidecar.config import LedgerConfig
 from mlwarden.sidecar.healing.ledger_files import LedgerFile
 from mlwarden.sidecar.healing.ledger_index import WindowIndex
 from mlwarden.sidecar.healing.ledger_records import IndexKey, LedgerRecord, index_entry
+from mlwarden.sidecar.healing.ledger_writer import LedgerWriter
 from mlwarden.sidecar.listeners import FanOut, Listener
 
 if TYPE_CHECKING:
@@ -63,9 +72,9 @@ class Ledger:
     ``index_horizon_s`` of history, at most ``index_max_per_key`` times per key. ``clock`` is
     epoch seconds. Use as a context manager or call :meth:`close`.
 
-    :meth:`append` writes and fsyncs on the calling thread (a few milliseconds on a disk):
-    healing actions are rare, but code on an event loop that records many at once can use
-    ``await asyncio.to_thread(ledger.append, ...)``.
+    :meth:`append` only queues the record's line (at most ``max_queued``, then dropped and
+    counted) for the writer thread, so it can be called on an event loop; :meth:`flush` waits
+    until the lines are fsynced (``await asyncio.to_thread(ledger.flush)`` on a loop).
     """
 
     def __init__(
@@ -79,10 +88,12 @@ class Ledger:
         index_horizon_s: float = 8 * 86400.0,
         index_max_per_key: int = 10_000,
         clock: Callable[[], float] = time.time,
+        max_queued: int = 10_000,
     ) -> None:
         problems = []
         for name, value, floor in (
             ("max_bytes", max_bytes, 1),
+            ("max_queued", max_queued, 1),
             ("backups", backups, 0),
             ("recent", recent, 0),
             ("index_max_per_key", index_max_per_key, 1),
@@ -117,6 +128,7 @@ class Ledger:
         self._run = os.urandom(6).hex()
         self._seq = 0
         self._file: LedgerFile | None = None
+        self._writer: LedgerWriter | None = None
         self._opened_at = clock()
         self._closed = False
         if self.path is not None:
@@ -128,6 +140,7 @@ class Ledger:
             except BaseException:
                 self._file.close()
                 raise
+            self._writer = LedgerWriter(self._file, max_queued=max_queued, stats=self._stats)
 
     @classmethod
     def from_config(cls, block: LedgerConfig, *, clock: Callable[[], float] = time.time) -> Ledger:
@@ -154,12 +167,22 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Close the file; later appends raise ``RuntimeError``. Idempotent."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record appended before this call is in the file and fsynced (or
+        counted as a write error); False when ``timeout`` seconds passed first. Blocks: on an
+        event loop, run it in a thread."""
+        return True if self._writer is None else self._writer.flush(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Write and fsync what was appended, then close the file; later appends raise
+        ``RuntimeError``. Waits for the disk up to ``timeout`` seconds (then logs how many
+        records were not written). Idempotent: a second call returns at once."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
-            if self._file is not None:
-                self._file.close()
+        if self._writer is not None and self._writer.close(timeout) and self._file is not None:
+            self._file.close()
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -257,8 +280,8 @@ class Ledger:
                 changes["at"] = float(self._clock())
             if changes:
                 record = replace(record, **changes)
-            if self._file is not None:
-                self._file.write(record.to_json().encode() + b"\n")
+            if self._writer is not None:
+                self._writer.put(record.to_json().encode() + b"\n")
             self._recent.append(record)
             assert record.at is not None
             self._index.add((record.policy, record.action, record.target), record.at)
@@ -356,8 +379,11 @@ class Ledger:
                 "invalid_lines",
                 "rotations",
                 "index_keys_evicted",
+                "dropped",
+                "fsyncs",
             )
             out: dict[str, Any] = {k: self._stats[k] for k in keys}
+            out["queued"] = 0 if self._writer is None else self._writer.queued
             out["listener_errors"] = self._listeners.errors
             out.update(
                 path=None if self.path is None else str(self.path),

@@ -7,9 +7,10 @@ decides what to write and keeps the recent records is :mod:`mlwarden.sidecar.hea
 
 Durability and crash safety:
 
-- Each record is serialised first and then written with one ``os.write`` on a file descriptor
-  opened with ``O_APPEND``, followed by ``os.fsync`` (``fsync=False`` skips it, for tests and
-  throw-away ledgers). The ledger's lock serialises appenders in the process. One process
+- Records are serialised first and then written with one ``os.write`` per batch on a file
+  descriptor opened with ``O_APPEND``, followed by one ``os.fsync`` (``fsync=False`` skips it,
+  for tests and throw-away ledgers; ``fsyncs`` counts them): the group commit of
+  :mod:`~mlwarden.sidecar.healing.ledger_writer`, whose one thread makes every write. One process
   writes a ledger file; two processes appending to the same file is not supported (rotation
   would race).
 - A crash (``SIGKILL``, power loss) during a write can leave a torn last line. When the file
@@ -17,10 +18,11 @@ Durability and crash safety:
   the tail is a whole record that only lacks its newline, the newline is added), a warning is
   logged and ``torn_repairs`` counts it. Readers skip every line that is not a valid record
   and count it (``invalid_lines``): reading never fails because of the file.
-- A failed write (disk full, I/O error) never raises: :meth:`LedgerFile.write` answers False,
-  the file is truncated back to its last whole line, the error is logged and counted
-  (``write_errors``). A healing action must not fail because its audit trail could not be
-  written; the counter is what alerts on it.
+- A failed write (disk full, I/O error) never raises: :meth:`LedgerFile.write_batch` answers
+  how many records it wrote, the file is truncated back to its last whole line, the error is
+  logged and counted (``write_errors``, one per record lost, and one per failed rotation). A
+  healing action must not fail because its audit trail could not be written; the counter is
+  what alerts on it.
 - Rotation works like :class:`logging.handlers.RotatingFileHandler`: when a record would take
   the file past ``max_bytes``, ``ledger.jsonl`` becomes ``ledger.jsonl.1``, ``.1`` becomes
   ``.2`` and so on, keeping ``backups`` old files, and the directory is fsynced. A file never
@@ -34,8 +36,9 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +57,10 @@ class LedgerFile:
     """``path`` and up to ``backups`` rotated copies, each at most about ``max_bytes``.
 
     Opening it creates the directory and the file as needed and repairs a torn last line.
-    Not locked: the ledger serialises every call. ``stats`` is the ledger's counter, which
+    Not locked: one thread writes (the ledger's writer); :meth:`oldest_at` and :attr:`size`
+    may be read from others. ``stats`` is the ledger's counter, which
     this file adds to (``write_errors``, ``torn_repairs``, ``torn_bytes``, ``invalid_lines``,
-    ``rotations``).
+    ``rotations``, ``fsyncs``).
     """
 
     def __init__(
@@ -71,6 +75,8 @@ class LedgerFile:
         self._size = 0
         self._oldest_at: float | None = None  # of the retained files; read when asked
         self._oldest_stale = True
+        self._generation = 0  # rotations so far: an answer read across one is not kept
+        self._oldest_lock = threading.Lock()  # the writer thread rotates; callers ask
         path.parent.mkdir(parents=True, exist_ok=True)
         self._open()
         try:
@@ -192,9 +198,16 @@ class LedgerFile:
     def oldest_at(self) -> float | None:
         """``at`` of the oldest valid record the retained files hold; read again after each
         rotation, None when there is none."""
-        if self._oldest_stale:
-            self._oldest_at, self._oldest_stale = self._first_at(), False
-        return self._oldest_at
+        with self._oldest_lock:
+            if not self._oldest_stale:
+                return self._oldest_at
+            generation = self._generation
+        # Read on the caller's thread while the writer may rotate: kept only if it did not.
+        oldest = self._first_at()
+        with self._oldest_lock:
+            if generation == self._generation:
+                self._oldest_at, self._oldest_stale = oldest, False
+        return oldest
 
     def _first_at(self) -> float | None:
         """``at`` of the oldest valid record in the oldest retained file."""
@@ -224,10 +237,34 @@ class LedgerFile:
         _fsync_dir(self.path.parent)
         self._open()
         self._stats["rotations"] += 1
-        self._oldest_stale = True
+        with self._oldest_lock:
+            self._generation += 1
+            self._oldest_stale = True
 
     def write(self, data: bytes) -> bool:
         """Append one line (rotating first if needed); False when it could not be written."""
+        return self.write_batch([data]) == 1
+
+    def write_batch(self, lines: Sequence[bytes]) -> int:
+        """Append ``lines`` in order with one write and one fsync per file they go to (group
+        commit); how many were written. Rotation falls between lines, as for single writes."""
+        written = 0
+        chunk: list[bytes] = []
+        chunk_bytes = 0
+        for line in lines:
+            if chunk and self._size + chunk_bytes + len(line) > self.max_bytes:
+                written += self._write_chunk(chunk)
+                chunk, chunk_bytes = [], 0
+            if not chunk and not self._ready(len(line)):
+                continue  # counted and logged
+            chunk.append(line)
+            chunk_bytes += len(line)
+        if chunk:
+            written += self._write_chunk(chunk)
+        return written
+
+    def _ready(self, incoming: int) -> bool:
+        """Open the file if needed and rotate it if ``incoming`` bytes would not fit."""
         if self._fd is None:  # a rotation that failed half-way: try the file again
             try:
                 self._open()
@@ -235,7 +272,7 @@ class LedgerFile:
                 self._stats["write_errors"] += 1
                 log.error("mlwarden: could not open the healing ledger %s: %s", self.path, exc)
                 return False
-        if self._size > 0 and self._size + len(data) > self.max_bytes:
+        if self._size > 0 and self._size + incoming > self.max_bytes:
             try:
                 self._rotate()
             except OSError as exc:
@@ -243,7 +280,12 @@ class LedgerFile:
                 self._stats["write_errors"] += 1
                 log.error("mlwarden: could not rotate the healing ledger %s: %s", self.path, exc)
                 if self._fd is None:
-                    return self.write(data)  # reopens, or counts and gives up
+                    return self._ready(0)  # reopens, or counts and gives up
+        return True
+
+    def _write_chunk(self, chunk: list[bytes]) -> int:
+        """One write and one fsync of whole lines; on failure none of them stays."""
+        data = b"".join(chunk)
         fd, before = self._fd, self._size
         assert fd is not None
         try:
@@ -256,15 +298,21 @@ class LedgerFile:
             self._size = before + written
             if self.fsync:
                 os.fsync(fd)
+                self._stats["fsyncs"] += 1
         except OSError as exc:
-            self._stats["write_errors"] += 1
+            self._stats["write_errors"] += len(chunk)
             # Never leave a torn line for the next record to be glued to.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, before)
                 self._size = before
-            log.error("mlwarden: could not write to the healing ledger %s: %s", self.path, exc)
-            return False
-        return True
+            log.error(
+                "mlwarden: could not write %d records to the healing ledger %s: %s",
+                len(chunk),
+                self.path,
+                exc,
+            )
+            return 0
+        return len(chunk)
 
 
 def _reverse_lines(path: Path) -> Iterator[bytes]:
