@@ -524,6 +524,20 @@ def sidecar_panels() -> list[Panel | Row]:
                 )
             ],
         ),
+        Panel(
+            "Clients refused at the edge",
+            "cps",
+            "Client connections refused before a request, by reason: a head above "
+            "limits.max_header_bytes or with more than limits.max_headers headers (431), a "
+            "head slower than timeouts.request_head_timeout_s (408), a connection that sent "
+            "nothing. A steady rate is a misbehaving or hostile client.",
+            [
+                (
+                    f"sum by (reason) ({rate('mlwarden_proxy_edge_refused_total', JN)})",
+                    "{{reason}}",
+                )
+            ],
+        ),
         Row("Canary"),
         Panel(
             "Canary weight",
