@@ -66,7 +66,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mlwarden.middleware.tracing import error_type
@@ -88,10 +87,11 @@ from mlwarden.sidecar.forwarding import (
     request_target,
     send_whole,
 )
+from mlwarden.sidecar.give_up import FALL_BACK_ON, GiveUp, decide
 from mlwarden.sidecar.listeners import Listener
 from mlwarden.sidecar.operational_paths import REFUSAL, OperationalPaths
 from mlwarden.sidecar.resilience.breaker import AsyncBreaker, BreakerOpen, Trial
-from mlwarden.sidecar.resilience.retry import Outcome, RetryAttempts, RetryDecision, RetryPolicy
+from mlwarden.sidecar.resilience.retry import Outcome, RetryAttempts, RetryPolicy
 from mlwarden.sidecar.routing.availability import Availability
 from mlwarden.sidecar.routing.canary import CanaryController
 from mlwarden.sidecar.routing.router import Router
@@ -115,19 +115,6 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 _TRAILERS_EXTENSION = "http.response.trailers"
-# Give-ups after which another upstream may still answer. "deadline" is the policy's word
-# for "a retry here would not fit in the time left" (a long Retry-After, a long backoff):
-# another upstream may still answer now, and a request whose time is really up is stopped
-# before its next attempt anyway. "method"/"not_retriable" mean the request must not be sent
-# again anywhere.
-_FALL_BACK_ON = frozenset({"attempts", "budget", "deadline"})
-# The fallback reason label of each give-up that moves on to the next candidate.
-_FALLBACK_REASON = {
-    "attempts": "retries_exhausted",
-    "budget": "budget_exhausted",
-    "deadline": "retry_too_late",
-    "not_retriable": "error",
-}
 
 
 class Lifecycle(Protocol):
@@ -135,20 +122,6 @@ class Lifecycle(Protocol):
 
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _GiveUp:
-    """An upstream is done with: ``fall_back`` says whether the next candidate may be tried,
-    ``label`` is the fallback reason (one of
-    :data:`~mlwarden.sidecar.signals.outcomes.FALLBACK_REASONS`)."""
-
-    fall_back: bool
-    reason: str
-    label: str = "error"
-    #: The attempt ran out of time (its per-try deadline, or the request's total deadline):
-    #: when it is the last word, the client gets 504, as from Envoy and nginx, not 503.
-    timed_out: bool = False
 
 
 class ProxyApp:
@@ -435,7 +408,7 @@ class ProxyApp:
 
     async def _try_upstream(
         self, ex: Exchange, name: str, attempts: RetryAttempts, last_candidate: bool
-    ) -> _GiveUp | None:
+    ) -> GiveUp | None:
         """Attempts on one upstream: None once the client has its answer, else why not."""
         pool = self.pools[name]
         breaker = self.breakers[name]
@@ -443,7 +416,7 @@ class ProxyApp:
         while True:
             remaining = ex.deadline - self._clock()
             if remaining <= 0:
-                return _GiveUp(False, "total deadline passed", timed_out=True)
+                return GiveUp(False, "total deadline passed", timed_out=True)
             if ex.client_gone():
                 raise ClientGone
             try:
@@ -451,7 +424,7 @@ class ProxyApp:
             except BreakerOpen:
                 if name not in tried:
                     tried.append(name)
-                return _GiveUp(True, f"breaker of {name} open", "breaker_open")
+                return GiveUp(True, f"breaker of {name} open", "breaker_open")
             if name not in tried:
                 tried.append(name)
             try:
@@ -479,7 +452,7 @@ class ProxyApp:
         timeout_s: float,
         attempts: RetryAttempts,
         last_candidate: bool,
-    ) -> float | _GiveUp | None:
+    ) -> float | GiveUp | None:
         """One exchange: None when answered, a delay to retry after, or why to stop here."""
         events = self.events
         started = self._clock()
@@ -514,7 +487,7 @@ class ProxyApp:
             decision = attempts.next(Outcome(error=kind))
             if decision.retry:
                 events.retried(name, decision.reason or kind)
-            return _decide(decision, f"{kind} from {name}", error=True, timed_out=kind == "timeout")
+            return decide(decision, f"{kind} from {name}", error=True, timed_out=kind == "timeout")
         except ValueError as exc:
             # The pool refuses CR/LF in the request line or a header: the request, not the
             # upstream, is at fault, and no upstream will take it.
@@ -536,13 +509,13 @@ class ProxyApp:
             if self.policy.retry_on.classify(outcome) is not None:
                 decision = attempts.next(outcome)
                 give_up = decision.give_up
-                if decision.retry or (give_up in _FALL_BACK_ON and not last_candidate):
+                if decision.retry or (give_up in FALL_BACK_ON and not last_candidate):
                     if client_span is not None:
                         self.tracer.end_attempt(client_span, response.status, None)
                     events.attempt_finished(name, outcome_label, self._clock() - started)
                     if decision.retry:
                         events.retried(name, decision.reason or outcome_label)
-                    return _decide(decision, f"status {response.status} from {name}", error=False)
+                    return decide(decision, f"status {response.status} from {name}", error=False)
             ex.upstream = name
             failure: str | None = None
             try:
@@ -596,25 +569,3 @@ class ProxyApp:
             ex.send,
             *json_response(status, {"error": error, "tried": ex.tried, "reason": reason}),
         )
-
-
-def _decide(
-    decision: RetryDecision, what: str, *, error: bool, timed_out: bool = False
-) -> float | _GiveUp:
-    """A retry delay, or why this upstream is done and whether another one may be tried.
-
-    After an error there is no answer to give the client, so a failure that is not retried on
-    the same upstream (``timeout`` is not, by default) still moves on to the next candidate:
-    that is what a fallback is for. Only a method that must not be re-sent, or the total
-    deadline, ends the request.
-    """
-    if decision.retry:
-        return decision.delay_s
-    give_up = decision.give_up or "not_retriable"
-    fall_back = give_up in _FALL_BACK_ON or (error and give_up == "not_retriable")
-    return _GiveUp(
-        fall_back,
-        f"{what} ({give_up})",
-        _FALLBACK_REASON.get(give_up, "error"),
-        timed_out=timed_out,
-    )
