@@ -210,9 +210,10 @@ def _sidecar(path: Path, *, check: bool) -> int:
 
     from mlwarden.sidecar.admin import create_admin_app
     from mlwarden.sidecar.app import Sidecar
-    from mlwarden.sidecar.edge import edge_limits, edge_protocol
+    from mlwarden.sidecar.edge import edge_limits
     from mlwarden.sidecar.forwarding import SERVER_HEADER
-    from mlwarden.sidecar.serving import DrainingServer, serve_until_signalled
+    from mlwarden.sidecar.server import HttpServer
+    from mlwarden.sidecar.serving import DrainingServer, StoppableServer, serve_until_signalled
     from mlwarden.sidecar.tracing import configure_tracing
 
     tracer_provider = configure_tracing(config.tracing, os.environ)
@@ -225,32 +226,27 @@ def _sidecar(path: Path, *, check: bool) -> int:
         await sidecar.start()
         try:
             admin = create_admin_app(sidecar)
-            # proxy_headers off on both: the proxy appends x-forwarded-for itself, and the
-            # admin port logs and records (in the ledger) the client's address as a mutation's
-            # actor; with it on, uvicorn would replace that address with whatever a client
-            # sent in X-Forwarded-For.
+            # proxy_headers off on the admin port: it logs and records (in the ledger) the
+            # client's address as a mutation's actor; with it on, uvicorn would replace that
+            # address with whatever a client sent in X-Forwarded-For. (The public port's
+            # server reads no forwarding header: the proxy appends x-forwarded-for itself.)
             common: dict[str, object] = {
                 "access_log": False,
                 "log_level": "info",
                 "proxy_headers": False,
             }
-            servers = [
-                DrainingServer(
-                    uvicorn.Config(
-                        sidecar.proxy,
-                        host=config.listen.host,
-                        port=config.listen.port,
-                        lifespan="off",
-                        # One date and one server header per answer: uvicorn writes both
-                        # (server: mlwarden) and the upstream's are not passed on.
-                        server_header=False,
-                        headers=[(n.decode(), v.decode()) for n, v in (SERVER_HEADER,)],
-                        http=edge_protocol(edge_limits(config), sidecar.edge),
-                        timeout_keep_alive=config.timeouts.keep_alive_idle_s,
-                        limit_concurrency=config.limits.max_connections,
-                        timeout_graceful_shutdown=config.timeouts.drain_timeout_s,
-                        **common,
-                    )
+            servers: list[StoppableServer] = [
+                # The public port: the sidecar's own server, holding the edge's limits
+                # (mlwarden.sidecar.server); one date and one server header per answer (the
+                # upstream's are not passed on).
+                HttpServer(
+                    sidecar.proxy,
+                    host=config.listen.host,
+                    port=config.listen.port,
+                    limits=edge_limits(config),
+                    counts=sidecar.edge,
+                    drain_timeout_s=config.timeouts.drain_timeout_s,
+                    default_headers=[SERVER_HEADER],
                 ),
                 DrainingServer(
                     uvicorn.Config(

@@ -103,7 +103,7 @@ async def _held_then_rest(held: HeldBody) -> AsyncIterator[bytes]:
     if held.first:
         yield held.first
     if not held.done:
-        async for chunk in held.rest:
+        async for chunk in held.response.iter_body():
             yield chunk
 
 
@@ -113,11 +113,12 @@ class _ClientGone(Exception):
 
 @dataclass(slots=True)
 class HeldBody:
-    """The start of an upstream's body, read before its head is sent on: the first chunk (or
-    nothing, when the body is empty), the iterator of the rest, and whether it has ended."""
+    """The start of an upstream's body, read before its head is sent on: the bytes arrived
+    first (nothing, when the body is empty), the response the rest comes from, and whether
+    the body has ended (a small answer is usually whole here)."""
 
     first: bytes
-    rest: AsyncIterator[bytes]
+    response: UpstreamResponse
     done: bool
 
 
@@ -125,15 +126,12 @@ async def hold_start(response: UpstreamResponse) -> HeldBody:
     """Wait for the first body bytes (or the body's end) of ``response``. An upstream failing
     before them raises :class:`UpstreamError` here, with the response closed, while the
     attempt can still be retried or moved to the next candidate."""
-    rest = aiter(response.iter_body())
     try:
-        first = await anext(rest)
-    except StopAsyncIteration:
-        return HeldBody(b"", rest, True)
+        first = await response.read_some()
     except BaseException:
         await response.aclose()
         raise
-    return HeldBody(first, rest, False)
+    return HeldBody(first, response, not first or response.complete)
 
 
 async def relay(
@@ -186,9 +184,23 @@ async def relay(
         start["trailers"] = True
     await send(start)
     ex.status = response.status
-    size = 0
     captured = ex.captured
     watcher = ex.watcher
+    if held.done and trailer is None and len(held.first) <= limit:
+        # The whole body arrived with the head (the usual small answer): one message.
+        if watcher is not None and watcher.done():
+            raise ClientGone
+        if captured is not None and held.first:
+            if len(held.first) > shadow_capture_bytes:
+                ex.captured = None
+            else:
+                captured.append(held.first)
+        try:
+            await send({"type": "http.response.body", "body": held.first})
+        except OSError as exc:
+            raise ClientGone from exc
+        return True
+    size = 0
     try:
         async for chunk in _held_then_rest(held):
             if watcher is not None and watcher.done():

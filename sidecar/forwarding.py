@@ -46,21 +46,26 @@ _REQUEST_OWNED = frozenset({b"host", b"content-length"})
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 # Dropped from responses besides the hop-by-hop ones: the serving layer writes its own.
 _RESPONSE_OWNED = frozenset({b"date", b"server", UPSTREAM_HEADER})
+_RESPONSE_DROPPED = HOP_BY_HOP | _RESPONSE_OWNED
 #: The ``server`` header of every answer the sidecar gives.
 SERVER_HEADER = (b"server", b"mlwarden")
 
 
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    return {
-        t.strip().lower()
-        for n, v in headers
-        if n.lower() == b"connection"
-        for t in v.split(b",")
-        if t.strip()
-    }
+_NONE_NAMED: frozenset[bytes] = frozenset()
 
 
-def _is_hop(name: bytes, named: set[bytes]) -> bool:
+def _connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """The header names a ``connection`` header lists (names are lower case: the server's
+    and the upstream client's parsers lower them)."""
+    named: set[bytes] | None = None
+    for n, v in headers:
+        if n == b"connection":
+            named = named or set()
+            named.update(t.strip().lower() for t in v.split(b",") if t.strip())
+    return frozenset(named) if named else _NONE_NAMED
+
+
+def _is_hop(name: bytes, named: frozenset[bytes]) -> bool:
     return name in HOP_BY_HOP or name in named or name.startswith(b"proxy-")
 
 
@@ -72,7 +77,6 @@ def request_headers(scope: dict[str, Any]) -> Headers:
     forwarded: dict[bytes, list[bytes]] = {n: [] for n in _FORWARDED}
     host = b""
     for name, value in raw:
-        name = name.lower()
         if name == b"host":
             host = value
         if name in forwarded:
@@ -102,7 +106,11 @@ def request_target(scope: dict[str, Any]) -> bytes:
 def response_headers(headers: Headers, upstream_value: bytes) -> Headers:
     """The upstream's response headers as the client gets them, naming the upstream."""
     named = _connection_tokens(headers)
-    out = [(n, v) for n, v in headers if not _is_hop(n, named) and n not in _RESPONSE_OWNED]
+    if named:
+        out = [(n, v) for n, v in headers if not _is_hop(n, named) and n not in _RESPONSE_OWNED]
+    else:
+        dropped = _RESPONSE_DROPPED
+        out = [(n, v) for n, v in headers if n not in dropped and not n.startswith(b"proxy-")]
     out.append((UPSTREAM_HEADER, upstream_value))
     return out
 

@@ -17,14 +17,25 @@ import contextlib
 import logging
 import signal
 from collections.abc import Generator, Sequence
+from typing import Protocol
 
 import uvicorn
 
-__all__ = ["DrainingServer", "serve_until_signalled"]
+__all__ = ["DrainingServer", "StoppableServer", "serve_until_signalled"]
 
 log = logging.getLogger("mlwarden.sidecar.serving")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StoppableServer(Protocol):
+    """What :func:`serve_until_signalled` drives: uvicorn's server (the admin port) and the
+    public port's (:class:`~mlwarden.sidecar.server.HttpServer`)."""
+
+    should_exit: bool
+    force_exit: bool
+
+    async def serve(self) -> None: ...
 
 
 class DrainingServer(uvicorn.Server):
@@ -35,7 +46,7 @@ class DrainingServer(uvicorn.Server):
         yield
 
 
-async def serve_until_signalled(servers: Sequence[uvicorn.Server]) -> list[int]:
+async def serve_until_signalled(servers: Sequence[StoppableServer]) -> list[int]:
     """Serve until a signal, or until one server stops (a port already taken stops the other
     too); returns the signals received. A server's failure is raised after all have stopped."""
     loop = asyncio.get_running_loop()

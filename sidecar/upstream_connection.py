@@ -378,6 +378,39 @@ class UpstreamResponse:
                 return
             await conn.wait()
 
+    async def read_some(self) -> bytes:
+        """The body bytes that have arrived (waiting for some), b"" once it has ended; raises
+        :class:`UpstreamError` if the body breaks. With :attr:`complete` after it, a small
+        body is read whole without an iterator."""
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                conn = self._conn
+                if conn is not None:
+                    conn.consumed(len(data))
+                return data
+            conn = self._conn
+            if conn is None:
+                return b""
+            if conn.error is not None:
+                error = conn.error
+                self._finish()
+                raise error
+            if conn.message_done:
+                self._finish()
+                return b""
+            await conn.wait()
+
+    @property
+    def complete(self) -> bool:
+        """Every body byte has been read: the upstream's message ended without an error."""
+        if self._chunks:
+            return False
+        conn = self._conn
+        return conn is None or (conn.message_done and conn.error is None)
+
     async def read(self) -> bytes:
         """The whole body; for small responses such as health checks, never for proxying."""
         return b"".join([chunk async for chunk in self.iter_body()])

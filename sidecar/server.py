@@ -1,0 +1,708 @@
+"""The public port's HTTP/1.1 server: an asyncio protocol on httptools serving the proxy's ASGI app.
+
+Chosen by measurement over uvicorn (and granian), side by side in one run
+(``benchmarks/serving_layers.py``): it does what the proxy needs and nothing more, and it holds
+the edge's limits itself rather than patching another server's protocol.
+
+Per connection, one :class:`HttpProtocol`: ``httptools`` parses, the request's scope is built
+once its head is in, and the app runs in one task per request. What it saves over a general
+ASGI server: the response head is written together with the first body bytes (one ``write``,
+one syscall, for the whole answer of a small response), ``receive`` after the body returns a
+future (the proxy's disconnect watcher is then no task), and no per-request work is done for
+features the proxy does not use (WebSocket, lifespan, access logs, root paths).
+
+The edge's limits, as Envoy and nginx have them by default (:class:`~mlwarden.sidecar.edge.
+EdgeLimits`):
+
+- a head above ``max_header_bytes``, or with more than ``max_headers`` headers: ``431``,
+  connection closed; a malformed request: ``400``, closed;
+- a head not complete ``request_head_timeout_s`` after its first byte (or after the connection
+  opened): ``408`` when some of it arrived, else closed quietly;
+- a kept-alive connection idle for ``keep_alive_idle_s``: closed;
+- beyond ``max_connections`` open connections: ``503``, closed;
+- a request body arriving faster than the app reads it: reading pauses above 64 KiB buffered.
+
+Each refusal is counted by kind (:class:`~mlwarden.sidecar.edge.EdgeCounts`). Requests on one
+connection are answered in order (pipelined ones wait, reading paused). An ``Upgrade`` is not
+performed: the request is served as plain HTTP and the connection closed after it.
+
+:class:`HttpServer` listens and stops with a drain: ``should_exit`` stops accepting, closes
+idle connections, lets requests in flight finish for at most ``drain_timeout_s`` and then
+cancels what is left (the interface :func:`~mlwarden.sidecar.serving.serve_until_signalled`
+drives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+from mlwarden.sidecar.edge import EdgeCounts, EdgeLimits
+
+__all__ = ["HttpProtocol", "HttpServer"]
+
+log = logging.getLogger("mlwarden.sidecar.server")
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+#: Request body bytes buffered before reading pauses (the app reads them as they come).
+BODY_HIGH_WATER = 64 * 1024
+#: Pipelined requests parsed ahead of the one being answered before reading pauses.
+MAX_PIPELINED = 16
+
+_STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus
+}
+_NO_BODY_STATUSES = frozenset({204, 304})
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+class _Clock:
+    """The ``date`` header, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def date_line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+        return self._value
+
+
+class ServerState:
+    """What every connection of one server shares: the app, limits, counts, open connections."""
+
+    def __init__(
+        self,
+        app: App,
+        limits: EdgeLimits,
+        counts: EdgeCounts,
+        default_headers: Headers,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.counts = counts
+        self.loop = loop
+        self.connections: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self.clock = _Clock()
+        self.default_head = b"".join(n + b": " + v + b"\r\n" for n, v in default_headers)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a head over its limits."""
+
+
+class _Request:
+    """One request: its scope, its body as it arrives, its response as the app sends it."""
+
+    __slots__ = (
+        "body_done",
+        "body_parts",
+        "buffered",
+        "chunked",
+        "conn",
+        "delivered",
+        "disconnect",
+        "expect_continue",
+        "head_sent",
+        "is_head",
+        "keep_alive",
+        "response_done",
+        "response_headers",
+        "scope",
+        "status",
+        "waiter",
+    )
+
+    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.is_head = scope["method"] == "HEAD"
+        self.expect_continue = False
+        self.body_parts: list[bytes] = []
+        self.buffered = 0
+        self.body_done = False
+        self.delivered = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnect: asyncio.Future[dict[str, Any]] | None = None
+        self.status = 0
+        self.response_headers: Headers = []
+        self.head_sent = False
+        self.chunked = False
+        self.response_done = False
+
+    # -- the ASGI receive and send callables ---------------------------------------------------
+
+    def receive(self) -> Awaitable[dict[str, Any]]:
+        """The next body message; after the body, a future that resolves on disconnect (so a
+        watcher of it costs no task)."""
+        if self.delivered:
+            return self._disconnected()
+        if self.body_parts or self.body_done:
+            parts = self.body_parts
+            self.body_parts = []
+            body = b"".join(parts) if len(parts) != 1 else parts[0]
+            self.buffered = 0
+            more = not self.body_done
+            if more:
+                self.conn.resume_reading_for_body()
+            else:
+                self.delivered = True
+            done = self.conn.loop.create_future()
+            done.set_result({"type": "http.request", "body": body, "more_body": more})
+            return done
+        if self.conn.closed:
+            return self._disconnected()
+        return self._wait_body()
+
+    def _disconnected(self) -> asyncio.Future[dict[str, Any]]:
+        fut = self.disconnect
+        if fut is None or fut.cancelled():
+            fut = self.disconnect = self.conn.loop.create_future()
+            if self.conn.closed or self.response_done:
+                fut.set_result({"type": "http.disconnect"})
+        return fut
+
+    async def _wait_body(self) -> dict[str, Any]:
+        conn = self.conn
+        if self.expect_continue:
+            self.expect_continue = False
+            conn.write(_CONTINUE)
+        while not self.body_parts and not self.body_done and not conn.closed:
+            waiter = self.waiter = conn.loop.create_future()
+            conn.resume_reading_for_body()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        if conn.closed and not self.body_done:
+            return {"type": "http.disconnect"}
+        return await self.receive()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def lost(self) -> None:
+        self.wake()
+        fut = self.disconnect
+        if fut is not None and not fut.done():
+            fut.set_result({"type": "http.disconnect"})
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.status:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = message["status"]
+            self.response_headers = message.get("headers", [])
+            return
+        if kind != "http.response.body":
+            return  # trailers: not offered as an extension, so not sent
+        if not self.status:
+            raise RuntimeError("http.response.body before http.response.start")
+        if self.response_done:
+            return
+        conn = self.conn
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if conn.closed:
+            self.response_done = not more
+            return
+        if not self.head_sent:
+            data = self._head(len(body) if not more else None)
+            self.head_sent = True
+            if self.is_head or self.status in _NO_BODY_STATUSES:
+                body = b""
+            if self.chunked:
+                data += b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            else:
+                data += body
+        elif self.is_head:
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+        else:
+            data = body
+        if not more:
+            self.response_done = True
+            if self.chunked:
+                data += b"0\r\n\r\n"
+        if data:
+            conn.write(data)
+        if conn.write_paused:
+            await conn.drain()
+
+    def _head(self, whole_length: int | None) -> bytes:
+        """The status line and headers; ``whole_length`` when the first body message is the
+        whole body (a ``content-length`` is added if the app gave none)."""
+        conn = self.conn
+        parts = [_status_line(self.status)]
+        has_length = False
+        for name, value in self.response_headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == b"connection":
+                if value.lower() == b"close":
+                    self.keep_alive = False
+                continue  # this server's own, written below
+            elif name == b"transfer-encoding":
+                continue  # framing is this server's
+            parts += (name, b": ", value, b"\r\n")
+        if self.keep_alive and conn.state.draining:
+            self.keep_alive = False
+        if not has_length and self.status not in _NO_BODY_STATUSES:
+            if whole_length is not None:
+                parts.append(b"content-length: %d\r\n" % whole_length)
+            elif self.scope["http_version"] == "1.1":
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # an HTTP/1.0 body without a length ends at close
+        parts.append(conn.state.default_head)
+        parts.append(conn.state.clock.date_line())
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.loop = state.loop
+        self.limits = state.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int] | None = None
+        # The request being parsed, the one being answered, and those parsed ahead of it.
+        self._parsing: _Request | None = None
+        self._active: _Request | None = None
+        self._pipeline: collections.deque[_Request] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        # The head being read.
+        self._reading_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: Headers = []
+        self._header_count = 0
+        self._refusal: tuple[int, str, str] | None = None
+        self._pending_refusal: tuple[int, str] | None = None
+        self._upgrade = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        state = self.state
+        if len(state.connections) >= self.limits.max_connections:
+            self._refuse(503, "connection_limit", "too many connections", log_it=False)
+            return
+        state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self._client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        self._server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
+        self._head_timer = self.loop.call_later(
+            self.limits.request_head_timeout_s, self._head_timed_out
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        self._cancel_timers()
+        for request in (self._active, self._parsing, *self._pipeline):
+            if request is not None:
+                request.lost()
+        self._pipeline.clear()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    async def drain(self) -> None:
+        while self.write_paused and not self.closed:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        return self._active is None and self._reading_head and self._head_bytes == 0
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._reading_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Not performed: the request (complete) is served, and the connection ends after.
+            self._upgrade = True
+            self._pause_reading()
+            return
+        except (httptools.HttpParserError, _Refused):
+            # httptools may re-raise a callback's exception as it is or wrapped: the refusal
+            # recorded decides, not the exception's type.
+            self._refuse(*(self._refusal or (400, "malformed", "malformed request")))
+            return
+        if self._reading_head and self._head_bytes:
+            # A head is incomplete: over the limit already (a complete head is judged
+            # exactly), or on the clock.
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, "header_bytes", "request head too large")
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(
+                    self.limits.request_head_timeout_s, self._head_timed_out
+                )
+
+    def resume_reading_for_body(self) -> None:
+        if self._reading_paused and not self._pipeline:
+            self._reading_paused = False
+            if not self.closed:
+                self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    # -- parser callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_header_bytes:
+            self._refusal = (431, "header_bytes", "request head too large")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            self._refusal = (431, "header_count", "too many request headers")
+            raise _Refused
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        url = self._url
+        headers = self._headers
+        if self._head_bytes > self.limits.max_header_bytes:
+            size = len(url) + 16 + sum(len(n) + len(v) + 4 for n, v in headers)
+            if size > self.limits.max_header_bytes:
+                self._refusal = (431, "header_bytes", "request head too large")
+                raise _Refused
+        self._reading_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        parser = self.parser
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        else:  # absolute form (or '*')
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("ascii", "replace")
+        if "%" in path:
+            path = unquote(path)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": parser.get_http_version(),
+            "server": self._server,
+            "client": self._client,
+            "scheme": "http",
+            "method": parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+        }
+        request = _Request(self, scope, parser.should_keep_alive() and not self.state.draining)
+        for name, value in headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                request.expect_continue = True
+        self._parsing = request
+        if self._active is None:
+            self._start(request)
+        else:
+            self._pipeline.append(request)
+            if len(self._pipeline) >= MAX_PIPELINED:
+                self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        if request is None:
+            return
+        request.body_parts.append(body)
+        request.buffered += len(body)
+        if request.buffered > BODY_HIGH_WATER:
+            self._pause_reading()
+        request.wake()
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        self._parsing = None
+        self._reading_head = True
+        self._head_bytes = 0
+        if request is not None:
+            request.body_done = True
+            request.expect_continue = False
+            request.wake()
+
+    # -- answering -----------------------------------------------------------------------------
+
+    def _start(self, request: _Request) -> None:
+        self._active = request
+        task = self.loop.create_task(self._run(request))
+        self._task = task
+        tasks = self.state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run(self, request: _Request) -> None:
+        try:
+            await self.state.app(request.scope, request.receive, request.send)
+        except BaseException as exc:
+            if not request.head_sent and not self.closed:
+                log.exception("the proxy failed before answering; 500 sent")
+                request.keep_alive = False
+                self._answer_error(request, 500, "internal error")
+            elif not self.closed:
+                log.error("the proxy failed mid-answer; connection closed", exc_info=exc)
+                self.close()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not request.response_done and not self.closed:
+                log.error("the proxy returned without completing its answer; connection closed")
+                self.close()
+        finally:
+            self._finished(request)
+
+    def _finished(self, request: _Request) -> None:
+        self._active = None
+        self._task = None
+        if self.closed:
+            return
+        if (
+            not request.keep_alive
+            or not request.response_done
+            or not request.body_done
+            or self._upgrade
+            or self.state.draining
+        ):
+            self.close()
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+            if self._reading_paused and self._pending_refusal is None:
+                self._reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            return
+        if self._pending_refusal is not None:
+            self._answer_and_close(*self._pending_refusal)
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._head_bytes == 0 and self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(
+                self.limits.keep_alive_idle_s, self._idle_timed_out
+            )
+
+    def _answer_error(self, request: _Request, status: int, message: str) -> None:
+        request.head_sent = request.response_done = True
+        self._answer_and_close(status, message)
+
+    # -- the edge's refusals -------------------------------------------------------------------
+
+    def _refuse(self, status: int, kind: str, message: str, *, log_it: bool = True) -> None:
+        """Answer ``status`` and close; counted under ``kind``. With a request being answered,
+        its answer goes first and the refusal after it (reading stops meanwhile)."""
+        self.state.counts.refused[kind] += 1
+        self._cancel_timers()
+        if log_it:
+            log.warning("refused a client at the edge: %s", message)
+        if self._active is not None:
+            self._pending_refusal = (status, message)
+            self._pause_reading()
+            return
+        self._answer_and_close(status, message)
+
+    def _answer_and_close(self, status: int, message: str) -> None:
+        body = message.encode("ascii")
+        self.write(
+            _status_line(status)
+            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body)
+            + self.state.default_head
+            + self.state.clock.date_line()
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        self.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._reading_head or self.closed or self._active is not None:
+            return
+        if self._head_bytes:
+            self._refuse(408, "head_timeout", "request head not received in time")
+        else:
+            self.state.counts.refused["idle_timeout"] += 1
+            self.close()
+
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        if self.idle:
+            self.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._idle_timer = None
+
+
+class HttpServer:
+    """Listens on ``host:port`` and serves ``app`` with :class:`HttpProtocol` until
+    ``should_exit``; then drains for at most ``drain_timeout_s`` (``force_exit``: at once)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        host: str,
+        port: int,
+        limits: EdgeLimits,
+        counts: EdgeCounts,
+        drain_timeout_s: float,
+        default_headers: Headers | None = None,
+        backlog: int = 2048,
+    ) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self.counts = counts
+        self.drain_timeout_s = drain_timeout_s
+        self.default_headers = default_headers or []
+        self.backlog = backlog
+        self.started = False
+        self._exit: asyncio.Event | None = None
+        self._should_exit = False
+        self.force_exit = False
+        self.state: ServerState | None = None
+
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        if value and self._exit is not None:
+            self._exit.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._exit = asyncio.Event()
+        if self._should_exit:
+            self._exit.set()
+        state = self.state = ServerState(
+            self.app, self.limits, self.counts, self.default_headers, loop
+        )
+        server = await loop.create_server(
+            lambda: HttpProtocol(state), self.host, self.port, backlog=self.backlog
+        )
+        self.started = True
+        log.info("serving on http://%s:%d", self.host, self.port)
+        try:
+            await self._exit.wait()
+        finally:
+            server.close()
+            await self._drain(state)
+            await server.wait_closed()
+
+    async def _drain(self, state: ServerState) -> None:
+        state.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        while state.connections:
+            for conn in list(state.connections):
+                if conn.idle:
+                    conn.close()
+            if not state.tasks or self.force_exit or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if state.tasks:
+            log.warning("drain timeout: cancelling %d request(s) still in flight", len(state.tasks))
+            for task in list(state.tasks):
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+        for conn in list(state.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.sleep(0)
