@@ -47,6 +47,9 @@ _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 # Dropped from responses besides the hop-by-hop ones: the serving layer writes its own.
 _RESPONSE_OWNED = frozenset({b"date", b"server", UPSTREAM_HEADER})
 _RESPONSE_DROPPED = HOP_BY_HOP | _RESPONSE_OWNED
+# Request headers that are not passed on as they came (the rest are, unless proxy-* or named
+# by connection).
+_REQUEST_SPECIAL = HOP_BY_HOP | _REQUEST_OWNED | frozenset(_FORWARDED)
 #: The ``server`` header of every answer the sidecar gives.
 SERVER_HEADER = (b"server", b"mlwarden")
 
@@ -74,25 +77,33 @@ def request_headers(scope: dict[str, Any]) -> Headers:
     raw: Headers = scope["headers"]
     named = _connection_tokens(raw)
     out: Headers = []
-    forwarded: dict[bytes, list[bytes]] = {n: [] for n in _FORWARDED}
+    forwarded: dict[bytes, list[bytes]] | None = None
     host = b""
-    for name, value in raw:
+    special = _REQUEST_SPECIAL
+    for item in raw:
+        name = item[0]
+        if name not in special and not name.startswith(b"proxy-"):
+            if not named or name not in named:
+                out.append(item)
+            continue
         if name == b"host":
-            host = value
-        if name in forwarded:
-            forwarded[name].append(value)
-        elif name not in _REQUEST_OWNED and not _is_hop(name, named):
-            out.append((name, value))
+            host = item[1]
+        elif name in _FORWARDED:
+            if forwarded is None:
+                forwarded = {}
+            forwarded.setdefault(name, []).append(item[1])
     client = scope.get("client")
-    ours = {
-        b"x-forwarded-for": client[0].encode() if client else b"unknown",
-        b"x-forwarded-proto": scope.get("scheme", "http").encode(),
-        b"x-forwarded-host": host,
-    }
-    for name in _FORWARDED:
-        values = [*forwarded[name], ours[name]] if ours[name] else forwarded[name]
-        if values:
-            out.append((name, b", ".join(values)))
+    ours = (
+        client[0].encode() if client else b"unknown",
+        scope.get("scheme", "http").encode(),
+        host,
+    )
+    for name, value in zip(_FORWARDED, ours, strict=True):
+        given = forwarded.get(name) if forwarded is not None else None
+        if given:
+            out.append((name, b", ".join([*given, value] if value else given)))
+        elif value:
+            out.append((name, value))
     return out
 
 

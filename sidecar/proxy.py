@@ -292,8 +292,10 @@ class ProxyApp:
             await send_whole(ex.send, *REFUSAL)
             return None
         try:
-            async with asyncio.timeout(self._body_timeout_s):
-                body = await self._read_body(scope, receive)
+            body, first = self._arrived_body(scope, receive)
+            if first is not None:
+                async with asyncio.timeout(self._body_timeout_s):
+                    body = await self._read_body(receive, first)
         except ClientGone:
             ex.status = CLIENT_CLOSED
             return None
@@ -333,20 +335,39 @@ class ProxyApp:
         finally:
             ex.watcher.cancel()
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole request body, or None when it is above the limit."""
+    def _arrived_body(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[bytes | None, Awaitable[dict[str, Any]] | None]:
+        """``(body, None)`` when the whole body is in already (``receive`` returned a
+        resolved future, as the sidecar's server does: no deadline to keep); ``(None,
+        None)`` when it is above the limit; else ``(None, first)``, the pending first
+        message for :meth:`_read_body` to await under the body's deadline."""
         limit = self._max_request
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     if int(value) > limit:
-                        return None
+                        return None, None
                 except ValueError:
-                    pass  # uvicorn rejects a malformed length before we see it
+                    pass  # the server rejects a malformed length before we see it
+        first = receive()
+        if isinstance(first, asyncio.Future) and first.done() and not first.cancelled():
+            message = first.result()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body: bytes = message.get("body", b"")
+                return (None if len(body) > limit else body), None
+        return None, first
+
+    async def _read_body(self, receive: Receive, first: Awaitable[dict[str, Any]]) -> bytes | None:
+        """The whole request body, or None when it is above the limit; ``first`` is the
+        first message, awaited here."""
+        limit = self._max_request
         parts: list[bytes] = []
         size = 0
+        pending: Awaitable[dict[str, Any]] | None = first
         while True:
-            message = await receive()
+            message = await (pending if pending is not None else receive())
+            pending = None
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")

@@ -137,6 +137,7 @@ class _Listener(pybreaker.CircuitBreakerListener):
         old_state: pybreaker.CircuitBreakerState | None,
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
+        self._owner._state_seen = _FROM_PYBREAKER[new_state.name]
         if old_state is None or old_state.name == new_state.name:
             return
         self._owner._changed(_FROM_PYBREAKER[old_state.name], _FROM_PYBREAKER[new_state.name])
@@ -237,6 +238,8 @@ class AsyncBreaker:
             if storage is not None
             else None
         )
+        #: The state pybreaker last announced: with its own (in-memory) storage, the state.
+        self._state_seen: BreakerState = "closed"
         self._cb = _ClockedCircuitBreaker(
             clock=clock,
             fail_max=fail_max,
@@ -277,7 +280,13 @@ class AsyncBreaker:
 
     @property
     def state(self) -> BreakerState:
-        """``closed``, ``open`` or ``half_open`` (as stored; may change under shared storage)."""
+        """``closed``, ``open`` or ``half_open`` (as stored; may change under shared storage).
+
+        With pybreaker's in-memory storage every change goes through its state setter, which
+        tells the listener: the state it announced is read without pybreaker's lookups (it is
+        read several times per request)."""
+        if self._storage is None:
+            return self._state_seen
         return _FROM_PYBREAKER[self._cb.state.name]
 
     @property
