@@ -244,7 +244,7 @@ class _Request:
                 data += b"%x\r\n%b\r\n" % (len(body), body) if body else b""
             else:
                 data += body
-        elif self.is_head:
+        elif self.is_head or self.status in _NO_BODY_STATUSES:
             data = b""
         elif self.chunked:
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
@@ -281,7 +281,9 @@ class _Request:
             if whole_length is not None:
                 parts.append(b"content-length: %d\r\n" % whole_length)
             elif self.scope["http_version"] == "1.1":
-                self.chunked = True
+                # Announced for HEAD too (what GET would send), but a HEAD answer has no body
+                # on the wire: not even the last chunk.
+                self.chunked = not self.is_head
                 parts.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # an HTTP/1.0 body without a length ends at close
@@ -397,6 +399,9 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # Not performed: the request (complete) is served, and the connection ends after.
             self._upgrade = True
+            upgraded = self._pipeline[-1] if self._pipeline else self._active
+            if upgraded is not None:
+                upgraded.keep_alive = False  # its answer says so: ``connection: close``
             self._pause_reading()
             return
         except (httptools.HttpParserError, _Refused):
@@ -428,6 +433,10 @@ class HttpProtocol(asyncio.Protocol):
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if not self._head_bytes:
+            # A head begun in the packet that completed the request before it (its count was
+            # reset then): on the head's clock, and not idle.
+            self._head_bytes = 1
         self._url = b""
         self._headers = []
         self._header_count = 0
@@ -536,7 +545,11 @@ class HttpProtocol(asyncio.Protocol):
             if not isinstance(exc, Exception):
                 raise
         else:
-            if not request.response_done and not self.closed:
+            if not request.head_sent and not self.closed:
+                log.error("the proxy returned without answering; 500 sent")
+                request.keep_alive = False
+                self._answer_error(request, 500, "internal error")
+            elif not request.response_done and not self.closed:
                 log.error("the proxy returned without completing its answer; connection closed")
                 self.close()
         finally:
@@ -568,9 +581,16 @@ class HttpProtocol(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
-        if self._head_bytes == 0 and self._idle_timer is None:
-            self._idle_timer = self.loop.call_later(
-                self.limits.keep_alive_idle_s, self._idle_timed_out
+        if self._head_bytes == 0:
+            if self._idle_timer is None:
+                self._idle_timer = self.loop.call_later(
+                    self.limits.keep_alive_idle_s, self._idle_timed_out
+                )
+        elif self._head_timer is None:
+            # A partial head arrived during the answer and its timer fired then (ignored, as a
+            # request was active): it is timed again from now, not left without a clock.
+            self._head_timer = self.loop.call_later(
+                self.limits.request_head_timeout_s, self._head_timed_out
             )
 
     def _answer_error(self, request: _Request, status: int, message: str) -> None:
