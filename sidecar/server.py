@@ -469,7 +469,9 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
-        else:  # absolute form (or '*')
+        elif url == b"*":  # OPTIONS * (the server as a whole)
+            raw_path, query = url, b""
+        else:  # absolute form
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("ascii", "replace")
@@ -490,9 +492,10 @@ class HttpProtocol(asyncio.Protocol):
             "headers": headers,
         }
         request = _Request(self, scope, parser.should_keep_alive() and not self.state.draining)
-        for name, value in headers:
-            if name == b"expect" and value.lower() == b"100-continue":
-                request.expect_continue = True
+        if scope["http_version"] == "1.1":  # HTTP/1.0 clients know no interim answers
+            for name, value in headers:
+                if name == b"expect" and value.lower() == b"100-continue":
+                    request.expect_continue = True
         self._parsing = request
         if self._active is None:
             self._start(request)
@@ -534,6 +537,15 @@ class HttpProtocol(asyncio.Protocol):
     async def _run(self, request: _Request) -> None:
         try:
             await self.state.app(request.scope, request.receive, request.send)
+        except asyncio.CancelledError:
+            # The drain's deadline passed (or the loop is stopping): a 503 the client may
+            # retry elsewhere, not a fault of ours.
+            if not request.head_sent and not self.closed:
+                request.keep_alive = False
+                self._answer_error(request, 503, "the sidecar is shutting down")
+            elif not self.closed:
+                self.close()
+            raise
         except BaseException as exc:
             if not request.head_sent and not self.closed:
                 log.exception("the proxy failed before answering; 500 sent")
