@@ -326,6 +326,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -389,9 +390,6 @@ class HttpProtocol(asyncio.Protocol):
     # -- reading -------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         if self._reading_head:
             self._head_bytes += len(data)
         try:
@@ -594,6 +592,9 @@ class HttpProtocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
         if self._head_bytes == 0:
+            # Idle from now. One timer per connection, re-armed when it fires early, rather
+            # than a timer made and cancelled per request.
+            self._idle_since = self.loop.time()
             if self._idle_timer is None:
                 self._idle_timer = self.loop.call_later(
                     self.limits.keep_alive_idle_s, self._idle_timed_out
@@ -648,7 +649,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _idle_timed_out(self) -> None:
         self._idle_timer = None
-        if self.idle:
+        if not self.idle or self.closed:
+            return  # busy: the end of its answer starts the idle clock again
+        left = self._idle_since + self.limits.keep_alive_idle_s - self.loop.time()
+        if left > 0.001:
+            self._idle_timer = self.loop.call_later(left, self._idle_timed_out)
+        else:
             self.close()
 
     def _cancel_timers(self) -> None:

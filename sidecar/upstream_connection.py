@@ -67,6 +67,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._read_paused = False
+        # One deadline timer per connection, re-armed when it fires before the exchange's
+        # deadline, rather than one made and cancelled per exchange.
+        self.timer: asyncio.TimerHandle | None = None
         self._reset_exchange()
 
     # --- exchange state ---------------------------------------------------------------------
@@ -74,7 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset_exchange(self) -> None:
         self.parser: httptools.HttpResponseParser | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # of the exchange in progress
         self.error: UpstreamError | None = None
         self.status = 0
         self.headers: Headers = []
@@ -96,12 +99,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.is_head = is_head
         self.parser = httptools.HttpResponseParser(self)
         if deadline is not None:
-            self.timer = self._loop.call_at(deadline, self._on_deadline)
+            self.deadline = deadline
+            timer = self.timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self.timer = self._loop.call_at(deadline, self._on_deadline)
 
     def end_exchange(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self._reset_exchange()
+        self._reset_exchange()  # the timer stays: it finds no deadline when it fires
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -130,6 +136,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_deadline(self) -> None:
         self.timer = None
+        deadline = self.deadline
+        if deadline is None or self.closed:
+            return  # no exchange in progress, or it has completed
+        if self._loop.time() < deadline:
+            self.timer = self._loop.call_at(deadline, self._on_deadline)
+            return
         self.fail(
             UpstreamTimeout(
                 "the upstream did not complete the exchange within the deadline",
@@ -213,14 +225,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_done and not self.message_done and not self.framed and self.error is None:
             self.keep_alive = False
             self.message_done = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self.deadline = None
             self._wake()
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.parser is not None and not self.message_done:
             why = "the upstream closed the connection before the response was complete"
             if exc is not None:
@@ -302,9 +315,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _complete(self) -> None:
         self.message_done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None
 
     def consumed(self, n: int) -> None:
         self.buffered -= n
