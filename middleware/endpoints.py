@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -19,7 +20,13 @@ from prometheus_client.exposition import choose_encoder
 from mlwarden.middleware.feedback import Feedback
 from mlwarden.middleware.health_report import FAILING, HealthReport
 
-__all__ = ["FeedbackEndpoint", "HealthEndpoint", "MetricsEndpoint", "header"]
+__all__ = [
+    "FeedbackEndpoint",
+    "HealthEndpoint",
+    "MetricsEndpoint",
+    "ModelsHealthEndpoint",
+    "header",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,6 +66,43 @@ class HealthEndpoint:
         report = self._report()
         status = 503 if report.status == FAILING else 200
         await respond(send, status, report.to_json(), b"application/json", scope["method"])
+
+
+class ModelsHealthEndpoint:
+    """A multi-model server's health: ``GET {path}/{model}`` or ``{path}?model={model}`` one
+    model's report (404 JSON for a model not tracked), ``GET {path}`` the summary
+    (:mod:`~mlwarden.middleware.models_health`). 503 when the answer says ``failing``."""
+
+    __slots__ = ("_health", "_prefix")
+
+    def __init__(self, health: Any, *, path: str) -> None:
+        self._health = health
+        self._prefix = path.rstrip("/") + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        model = path[len(self._prefix) :] if path.startswith(self._prefix) else ""
+        if not model:
+            for key, _, value in (
+                part.partition("=") for part in scope.get("query_string", b"").decode(
+                    "latin-1"
+                ).split("&")
+            ):  # fmt: skip
+                if key == "model":
+                    model = unquote(value)
+        method = scope["method"]
+        if not model:
+            status, body = self._health.summary_json()
+            code = 503 if status == FAILING else 200
+            await respond(send, code, body, b"application/json", method)
+            return
+        report = self._health.report(model)
+        if report is None:
+            body = json.dumps({"error": f"model {model[:100]!r} is not tracked"}).encode()
+            await respond(send, 404, body, b"application/json", method)
+            return
+        code = 503 if report.status == FAILING else 200
+        await respond(send, code, report.to_json(), b"application/json", method)
 
 
 class FeedbackEndpoint:

@@ -53,4 +53,8 @@ def find_monitor(app: Any, *, model_name: str | None = None) -> InferenceMonitor
 def _is_wanted(monitor: InferenceMonitor, model_name: str | None) -> bool:
     if model_name is None:
         return True
-    return monitor.startup_error is None and monitor.options.model_name == model_name
+    if monitor.startup_error is not None:
+        return False
+    if monitor.models is not None:  # several models: one it tracks (or has a baseline of)
+        return monitor.models.get(model_name) is not None
+    return monitor.options.model_name == model_name

@@ -296,6 +296,17 @@ class PredictionMemory:
         if len(staged) >= self._stage_size:
             self._flush()
 
+    def knows(self, request_id: str | bytes) -> bool:
+        """Whether ``request_id`` is held, or was and has been evicted (a label for it is this
+        memory's to answer, even if only as expired or duplicate)."""
+        if self._staged:
+            self._flush()
+        return (
+            request_id in self._index
+            or self._expired_new.get(request_id) is not None
+            or self._expired_old.get(request_id) is not None
+        )
+
     def take(self, request_id: str | bytes) -> Remembered | LabelStatus:
         """The prediction for ``request_id``, marked labelled; or why there is none."""
         if self._staged:

@@ -23,23 +23,27 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from mlwarden.middleware.endpoints import FeedbackEndpoint, HealthEndpoint, MetricsEndpoint, header
+from mlwarden.middleware.baseline import BaselineProfile
+from mlwarden.middleware.endpoints import (
+    FeedbackEndpoint,
+    HealthEndpoint,
+    MetricsEndpoint,
+    ModelsHealthEndpoint,
+    header,
+)
 from mlwarden.middleware.errors import ConfigError
-from mlwarden.middleware.evaluation import DriftWorker
 from mlwarden.middleware.exchange import Exchange
-from mlwarden.middleware.features import FeatureWindows
-from mlwarden.middleware.feedback import Feedback
-from mlwarden.middleware.health import HealthWindow, health_report
 from mlwarden.middleware.health_report import HealthReport
-from mlwarden.middleware.influx import InfluxShipper
 from mlwarden.middleware.metrics import MonitorMetrics
 from mlwarden.middleware.metrics import status_class as class_of
+from mlwarden.middleware.models import ModelPaths, ModelRegistry
+from mlwarden.middleware.models_health import ModelsHealth
 from mlwarden.middleware.options import MonitorOptions
-from mlwarden.middleware.reading import ExchangeReader
 from mlwarden.middleware.request_ids import RequestIds
 from mlwarden.middleware.routes import RouteLabels
 from mlwarden.middleware.throttle import Throttle
 from mlwarden.middleware.tracing import RequestSpan, RequestTracer
+from mlwarden.middleware.tracker import FeedbackRouter, ModelTracker
 
 __all__ = ["InferenceMonitor"]
 
@@ -84,77 +88,119 @@ class InferenceMonitor:
         self.metrics = MonitorMetrics.for_registry(
             self.registry, prediction_buckets=o.prediction_buckets
         )
-        m, mv = self.metrics, (o.model_name, o.model_version)
-        self._in_flight = m.requests_in_flight.labels(*mv)
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
-
         self._is_suffix = tuple(o.endpoint_suffixes)
         self._endpoint_paths = frozenset(o.endpoint_paths)
         self._endpoint_methods = frozenset(x.upper() for x in o.endpoint_methods)
         self._routes = RouteLabels(app)
         self._tracer = RequestTracer(tracer_provider=o.tracer_provider) if o.tracing else None
-        self.health_window = HealthWindow(
-            max_requests=o.health.max_requests, max_age_s=o.health.window_s
-        )
-        self.windows: FeatureWindows | None = None
-        self.worker: DriftWorker | None = None
-        self.shipper: InfluxShipper | None = None
-        if o.baseline is not None:
-            self.windows = FeatureWindows(
-                o.baseline, max_rows=o.window_rows, max_age_s=o.window_seconds
+        self._started_at = time.monotonic()
+        self._running = False
+        # One tracker per model (models/tracker): with model_paths, each request's model is
+        # read from its path; else every request is the one model's.
+        self._paths: ModelPaths | None = None
+        self.models: ModelRegistry | None = None
+        self._single: ModelTracker | None = None
+        if o.model_paths is not None:
+            self._paths = ModelPaths(o.model_paths)
+            self.models = ModelRegistry(
+                make=self._make_tracker,
+                default_version=o.model_version,
+                baselines=o.baselines,
+                max_models=o.max_models,
             )
-            if o.influx is not None:
-                self.shipper = InfluxShipper(
-                    o.influx, model=o.model_name, version=o.model_version, metrics=m
-                )
-            self.worker = DriftWorker(
-                self.windows,
-                o.drift,
-                metrics=m,
-                model=o.model_name,
-                version=o.model_version,
-                interval_s=o.drift_interval_s,
-                every_rows=o.drift_every_rows,
-                min_interval_s=o.drift_min_interval_s,
-                shipper=self.shipper,
-                before=self.drain,
-            )
+            self.models.on_new = self._tracker_added
+        else:
+            self._single = self._make_tracker(o.model_name, o.model_version, o.baseline)
         # Our endpoints never shadow what the app answers at the same path (see _may_serve).
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
-        self._feedback_path: str | None = None
+        self._health_prefix: str | None = None
+        health_endpoint: Callable[[Scope, Receive, Send], Awaitable[None]]
+        if self.models is not None:
+            self.models_health = ModelsHealth(
+                self.models, before=self.drain, started_at=self._started_at
+            )
+            health_endpoint = ModelsHealthEndpoint(self.models_health, path=o.health_path or "")
+        else:
+            health_endpoint = HealthEndpoint(self.health_report)
         for path, option, endpoint in (
-            (o.health_path, "health_path", HealthEndpoint(self.health_report)),
+            (o.health_path, "health_path", health_endpoint),
             (o.metrics_path, "metrics_path", MetricsEndpoint(self.registry, before=self._refresh)),
         ):
             if path and self._may_serve(path, option):
                 self._own[path] = endpoint
+                if option == "health_path" and self.models is not None:
+                    self._health_prefix = path.rstrip("/") + "/"  # /-/health/{model}
         # Ground truth: ids on scored requests, their predictions remembered, labels joined.
         self._request_ids: RequestIds | None = None
-        self.feedback: Feedback | None = None
+        self.feedback: Any = None
+        self._feedback_path: str | None = None
         self._serve_feedback: FeedbackEndpoint | None = None
         if o.request_id_header is not None:
             self._request_ids = RequestIds(o.request_id_header)
-            self.feedback = Feedback.from_options(o, metrics=m)
+            if self._single is not None:
+                self.feedback = self._single.feedback
+            else:
+                models = self.models
+                assert models is not None and models.other.feedback is not None
+                self.feedback = FeedbackRouter(
+                    lambda: [*models, models.other], models.other.feedback
+                )
             if o.feedback_path and self._may_serve(o.feedback_path, "feedback_path"):
                 self._feedback_path = o.feedback_path
                 self._serve_feedback = FeedbackEndpoint(
                     self.feedback, path=o.feedback_path, before=self.drain
                 )
-        # Bound once: the request path and drain() call it without a lookup on the reader.
-        self._read_exchange = ExchangeReader(
-            o,
-            m,
-            health_window=self.health_window,
-            windows=self.windows,
-            worker=self.worker,
-            feedback=self.feedback,
-        ).read
-        self._internal_errors = m.internal_errors
-        self._pending: list[Exchange] = []
+        self._pending: list[tuple[ModelTracker, Exchange]] = []
         self._pending_bytes = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._started_at = time.monotonic()
         self._internal_log = Throttle(time.monotonic, 60.0)
+
+    def _make_tracker(
+        self, name: str, version: str, baseline: BaselineProfile | None
+    ) -> ModelTracker:
+        return ModelTracker(
+            self.options,
+            self.metrics,
+            name=name,
+            version=version,
+            baseline=baseline,
+            drain=self.drain,
+        )
+
+    def _tracker_added(self, tracker: ModelTracker) -> None:
+        """A model seen for the first time while serving: its drift worker starts now."""
+        if self._running:
+            with contextlib.suppress(RuntimeError):  # no running loop (made from a thread)
+                tracker.start()
+
+    def trackers(self) -> list[ModelTracker]:
+        """Every model's tracker (and ``other``'s, with several models)."""
+        if self._single is not None:
+            return [self._single]
+        assert self.models is not None
+        return [*self.models, self.models.other]
+
+    # The one model's parts (a single-model monitor): what they were before trackers.
+    @property
+    def tracker(self) -> ModelTracker:
+        if self._single is None:
+            raise AttributeError("a multi-model monitor has one tracker per model (.models)")
+        return self._single
+
+    @property
+    def health_window(self) -> Any:
+        return self.tracker.health_window
+
+    @property
+    def windows(self) -> Any:
+        return self.tracker.windows if self._single is not None else None
+
+    @property
+    def worker(self) -> Any:
+        return self.tracker.worker if self._single is not None else None
+
+    @property
+    def shipper(self) -> Any:
+        return self.tracker.shipper if self._single is not None else None
 
     def _may_serve(self, path: str, option: str) -> bool:
         """Whether our endpoint may answer ``path``: never over one the app has (or may have).
@@ -191,10 +237,16 @@ class InferenceMonitor:
         if kind == "http":
             if self.startup_error is not None:
                 raise self.startup_error
-            if not self._tasks and self.worker is not None:
+            if not self._running:
                 self._start_background()
             path = scope["path"]
             own = self._own.get(path)
+            if (
+                own is None
+                and self._health_prefix is not None
+                and path.startswith(self._health_prefix)
+            ):
+                own = self._own[self._health_prefix[:-1] or "/"]  # /-/health/{model}
             if own is not None and scope["method"] in ("GET", "HEAD"):
                 await own(scope, receive, send)
                 return
@@ -202,16 +254,42 @@ class InferenceMonitor:
                 assert self._serve_feedback is not None
                 await self._serve_feedback(scope, receive, send)
                 return
+            if self._paths is not None:
+                await self._observe_models(scope, receive, send, path)
+                return
             model = scope["method"] in self._endpoint_methods and (
                 path.endswith(self._is_suffix) or path in self._endpoint_paths
             )
-            await self._observe(scope, receive, send, model)
+            assert self._single is not None
+            await self._observe(scope, receive, send, model, self._single, None)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    async def _observe(self, scope: Scope, receive: Receive, send: Send, model: bool) -> None:
+    async def _observe_models(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A multi-model request: its model from its path (the app's root path left out)."""
+        assert self._paths is not None and self.models is not None
+        root_path = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        found = self._paths.match(path)
+        if found is None:
+            await self._observe(scope, receive, send, False, self.models.other, None)
+            return
+        tracker = self.models.existing(found[0])
+        model = scope["method"] in self._endpoint_methods
+        await self._observe(scope, receive, send, model, tracker, found)
+
+    async def _observe(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        model: bool,
+        tracker: ModelTracker,
+        found: tuple[str, str | None] | None,
+    ) -> None:
         o = self.options
         exchange = Exchange(
             receive,
@@ -227,10 +305,12 @@ class InferenceMonitor:
         span = None
         if self._tracer is not None:
             try:
-                span = self._tracer.start(scope, o.model_name, o.model_version)
+                name, version = found if found is not None else (tracker.name, None)
+                span = self._tracer.start(scope, name, version or tracker.version)
             except Exception:
-                self._internal_error("starting the span")
-        self._in_flight.inc()
+                self._internal_error("starting the span", tracker)
+        in_flight = tracker.in_flight
+        in_flight.inc()
         error: BaseException | None = None
         try:
             await self.app(scope, exchange.receive if model else receive, exchange.send)
@@ -238,14 +318,23 @@ class InferenceMonitor:
             error = exc
             raise
         finally:
-            self._in_flight.dec()
+            in_flight.dec()
             end = time.perf_counter()
             if span is not None:
                 span.detach()
             try:
-                self._record(scope, root_path, exchange, span, model, error, end)
+                if found is not None and tracker is self.models.other:  # type: ignore[union-attr]
+                    # A model without a tracker yet: made now if its baseline exists or it
+                    # answered 2xx (and there is room), so this request counts under it.
+                    status = exchange.status
+                    answered = status is not None and 200 <= int(status) < 300
+                    tracker = self.models.resolve(found[0], found[1], answered)  # type: ignore[union-attr]
+                elif found is not None and tracker.baseline is None:
+                    # Tracked without drift so far: its baseline may have appeared.
+                    self.models.resolve(found[0], found[1], True)  # type: ignore[union-attr]
+                self._record(scope, root_path, exchange, span, model, error, end, tracker)
             except Exception:
-                self._internal_error("recording the request")
+                self._internal_error("recording the request", tracker)
 
     # -- recording, after the response --------------------------------------------------------
 
@@ -258,15 +347,14 @@ class InferenceMonitor:
         model: bool,
         error: BaseException | None,
         end: float,
+        tracker: ModelTracker,
     ) -> None:
         status = int(ex.status) if ex.status is not None else None
         # No status: the app raised before answering, and the server sends a 500.
         status_class = "5xx" if status is None else class_of(status)
         route = self._routes.label(scope, root_path, status)
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        duration_child, ttfb_child, exceptions_child = self._children_for(
-            route, method, status_class
-        )
+        duration_child, ttfb_child, exceptions_child = tracker.children(route, method, status_class)
         if ex.last_byte is None:  # no last body message: the response ended when the app did
             ex.last_byte = end
         end = ex.last_byte
@@ -280,13 +368,13 @@ class InferenceMonitor:
         attributes: dict[str, Any] = {}
         if model:
             failed = error is not None or status is None or status >= 500
-            self.health_window.record(end - ex.start, failed)
+            tracker.health_window.record(end - ex.start, failed)
             ex.request_type = header(scope, b"content-type")
             ex.status = status
             if span is None:
-                self._defer(ex)
+                self._defer(tracker, ex)
             else:  # the span wants the payload's figures before it ends
-                self._read_exchange(ex, attributes)
+                tracker.read(ex, attributes)
         if span is not None:
             span.finish(
                 route=route,
@@ -296,21 +384,7 @@ class InferenceMonitor:
                 end_time_ns=time.time_ns() - int((time.perf_counter() - end) * 1e9),
             )
 
-    def _children_for(self, route: str, method: str, status_class: str) -> tuple[Any, Any, Any]:
-        key = (route, method, status_class)
-        children = self._children.get(key)
-        if children is None:
-            m, o = self.metrics, self.options
-            labels = (o.model_name, o.model_version, route, method)
-            children = (
-                m.request_duration.labels(*labels, status_class),
-                m.time_to_first_byte.labels(*labels, status_class),
-                m.request_exceptions.labels(*labels),
-            )
-            self._children[key] = children
-        return children
-
-    def _defer(self, ex: Exchange) -> None:
+    def _defer(self, tracker: ModelTracker, ex: Exchange) -> None:
         """Queue a model exchange; read queued ones together once enough have gathered.
 
         Reading a few dozen payloads in one go keeps the parser's code and data warm in the
@@ -318,7 +392,7 @@ class InferenceMonitor:
         about twice as much per request when interleaved). Bounded by count and by bytes.
         """
         ex.release()
-        self._pending.append(ex)
+        self._pending.append((tracker, ex))
         self._pending_bytes += ex.request_size + ex.response_size
         if len(self._pending) >= _READ_BATCH or self._pending_bytes >= _READ_BATCH_BYTES:
             self.drain()
@@ -326,15 +400,16 @@ class InferenceMonitor:
     def drain(self) -> None:
         """Read every queued exchange now (before statistics are evaluated or served)."""
         pending, self._pending, self._pending_bytes = self._pending, [], 0
-        for ex in pending:
+        for tracker, ex in pending:
             try:
-                self._read_exchange(ex, None)
+                tracker.read(ex, None)
             except Exception:
-                self._internal_error("reading a payload")
+                self._internal_error("reading a payload", tracker)
 
-    def _internal_error(self, what: str) -> None:
-        o = self.options
-        self._internal_errors.labels(o.model_name, o.model_version).inc()
+    def _internal_error(self, what: str, tracker: ModelTracker | None = None) -> None:
+        tracker = tracker or self._single or (self.models.other if self.models else None)
+        if tracker is not None:
+            tracker.internal_errors.inc()
         if self._internal_log.ready():
             log.exception("mlwarden: internal error while %s (the request was not affected)", what)
 
@@ -343,8 +418,8 @@ class InferenceMonitor:
     def _refresh(self) -> None:
         """Before metrics are served: queued exchanges read, quality gauges set."""
         self.drain()
-        if self.feedback is not None:
-            self.feedback.publish()
+        for tracker in self.trackers():
+            tracker.publish_quality()
 
     def record_labels(self, entries: Any) -> dict[str, int]:
         """Labels from Python (a batch job joining them): ``[{"request_id", "label"}, ...]``;
@@ -359,20 +434,20 @@ class InferenceMonitor:
         self.drain()
         return dict(self.feedback.record(entries))
 
-    def health_report(self) -> HealthReport:
-        """The health report as served at ``/-/health`` (:meth:`HealthReport.to_json`)."""
+    def health_report(self, model: str | None = None) -> HealthReport:
+        """The health report as served at ``/-/health`` (:meth:`HealthReport.to_json`); with
+        several models, ``model``'s (KeyError for one not tracked)."""
         self.drain()
-        o = self.options
-        return health_report(
-            model=o.model_name,
-            version=o.model_version,
-            window=self.health_window,
-            drift=self.worker.latest if self.worker is not None else None,
-            thresholds=o.health,
-            started_at=self._started_at,
-            influx=self.shipper.status() if self.shipper is not None else None,
-            quality=self.feedback.report() if self.feedback is not None else None,
-        )
+        if self._single is not None and model is None:
+            return self._single.health_report(self._started_at)
+        if self.models is None:
+            raise KeyError(f"model {model!r}: this monitor watches {self.options.model_name!r}")
+        if model is None:
+            raise KeyError("model: required with several models (or see models_health)")
+        tracker = self.models.get(model)
+        if tracker is None:
+            raise KeyError(f"model {model!r} is not tracked")
+        return tracker.health_report(self._started_at)
 
     # -- lifespan and background tasks ----------------------------------------------------------
 
@@ -403,23 +478,16 @@ class InferenceMonitor:
         await self.app(scope, receive, wrapped_send)
 
     def _start_background(self) -> None:
-        if self._tasks or self.worker is None:
+        if self._running:
             return
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.worker.run(), name="mlwarden-drift"))
-        if self.shipper is not None:
-            self._tasks.append(loop.create_task(self.shipper.run(), name="mlwarden-influx"))
+        asyncio.get_running_loop()  # raises outside a loop: nothing is marked running
+        self._running = True
+        for tracker in self.trackers():
+            tracker.start()
 
     async def aclose(self) -> None:
         """Stop the background tasks; a last bounded attempt to ship buffered statistics."""
         self.drain()
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.worker is not None and self.shipper is not None:
-            self.worker.evaluate_now()
-        if self.shipper is not None:
-            await self.shipper.aclose()
+        self._running = False
+        for tracker in self.trackers():
+            await tracker.aclose()

@@ -22,6 +22,7 @@ from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.health import HealthThresholds
 from mlwarden.middleware.influx import InfluxSettings, missing_client
 from mlwarden.middleware.metrics import PREDICTION_BUCKETS
+from mlwarden.middleware.models import BUILTIN_MODEL_PATHS, OTHER_MODEL, BaselineSource, ModelPaths
 
 __all__ = ["DEFAULT_ENDPOINT_SUFFIXES", "FEEDBACK_TOKEN_VARIABLE", "MonitorOptions"]
 
@@ -41,6 +42,13 @@ class MonitorOptions:
     model_name: str
     model_version: str = "unknown"
     baseline: BaselineProfile | None = None
+
+    # Several models behind one app (multi-model servers): each request's model is read from
+    # its path, each model has its own baseline, windows, drift, health and quality.
+    model_paths: tuple[str, ...] | None = None  # None: one model (model_name)
+    baselines: Any = None  # a BaselineSource: a directory, a mapping or a callable
+    max_models: int = 32
+    baseline_recheck_s: float = 30.0
 
     # Which requests are model endpoints (the rest are only timed and counted).
     endpoint_suffixes: tuple[str, ...] = DEFAULT_ENDPOINT_SUFFIXES
@@ -109,9 +117,25 @@ class MonitorOptions:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(f"{key}: unknown option{hint}")
-        if "model_name" not in options:
-            problems.append("model_name: required (the model's name, a short string)")
         values = {k: v for k, v in options.items() if k in names}
+        multi = options.get("model_paths") is not None or options.get("baselines") is not None
+        if multi:
+            if "model_name" in options:
+                problems.append(
+                    "model_name: not with model_paths or baselines (each request's model is "
+                    "named by its path)"
+                )
+            if options.get("baseline") is not None:
+                problems.append(
+                    "baseline: not with model_paths or baselines (give each model's baseline "
+                    "in baselines: a directory of <model>.json, a mapping or a callable)"
+                )
+            values["model_name"] = OTHER_MODEL
+            if values.get("model_paths") is None:
+                values["model_paths"] = BUILTIN_MODEL_PATHS
+            _multi_model(values, problems)
+        elif "model_name" not in options:
+            problems.append("model_name: required (the model's name, a short string)")
         for key, convert in (
             ("baseline", _baseline),
             ("drift", _thresholds(DriftThresholds, "drift")),
@@ -131,6 +155,7 @@ class MonitorOptions:
                 "output is scored as a regression otherwise)"
             )
         for key in (
+            "model_paths",
             "endpoint_suffixes",
             "endpoint_paths",
             "endpoint_methods",
@@ -210,9 +235,10 @@ class MonitorOptions:
             ("feedback_max_batch", 1),
             ("quality_max_samples", 10),
             ("remember_max_predictions", 1),
+            ("max_models", 1),
         ):
             _check_int(key, getattr(self, key), low, problems)
-        for key in ("quality_window_s", "remember_max_age_s"):
+        for key in ("quality_window_s", "remember_max_age_s", "baseline_recheck_s"):
             _check_positive(key, getattr(self, key), problems)
         if self.request_id_header is not None and not (
             isinstance(self.request_id_header, str)
@@ -313,6 +339,34 @@ class MonitorOptions:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self.baseline.names if self.baseline is not None else ()
+
+    @property
+    def multi_model(self) -> bool:
+        """Several models, each named by its request's path (``model_paths``)."""
+        return self.model_paths is not None
+
+
+def _multi_model(values: dict[str, Any], problems: list[str]) -> None:
+    """Check the model path templates and load the baselines' source, in ``values``."""
+    paths = values.get("model_paths")
+    if isinstance(paths, str) or not isinstance(paths, list | tuple):
+        problems.append(f"model_paths: expected a list of path templates, got {paths!r}")
+        values.pop("model_paths", None)
+    else:
+        try:
+            ModelPaths(tuple(paths))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    source = values.get("baselines")
+    if source is not None and not isinstance(source, BaselineSource):
+        recheck = values.get("baseline_recheck_s", 30.0)
+        try:
+            values["baselines"] = BaselineSource(
+                source, recheck_s=recheck if isinstance(recheck, int | float) else 30.0
+            )
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            values.pop("baselines")
 
 
 def _check_str(key: str, value: object, problems: list[str]) -> None:

@@ -273,7 +273,7 @@ def test_a_fault_inside_the_middleware_is_counted_logged_and_the_request_unaffec
             def record(self, *args):
                 raise RuntimeError("a bug of ours")
 
-        monitor.health_window = Broken()
+        monitor.tracker.health_window = Broken()
         r = client.post("/predict", json={"f0": 1.0})
     assert r.status_code == 200 and r.json()["predictions"]
     assert registry.get_sample_value("mlwarden_internal_errors_total", MV) == 1

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 MODELS = {"narrow": 3, "wide": 5}
-WATCHED = "narrow"
 PROBE_ROWS = 4
 HOST = "127.0.0.1"
 
@@ -68,15 +67,11 @@ def train(directory: Path) -> None:
 
 
 def wrap(app, directory: Path):
+    """One monitor for both models: each request's model from its path (OIP v2, KServe v1),
+    each model's baseline ``<model>.json`` from ``directory``."""
     from mlwarden.middleware import InferenceMonitor
-    from mlwarden.middleware.baseline import load_baseline
 
-    return InferenceMonitor(
-        app,
-        model_name=WATCHED,
-        model_version="1",
-        baseline=load_baseline(directory / f"{WATCHED}.json"),
-    )
+    return InferenceMonitor(app, baselines=str(directory), model_version="1")
 
 
 async def mlserver_apps(directory: Path, metrics_port: int) -> tuple[object, object]:
