@@ -312,6 +312,9 @@ def _ablation(r: InProcessResult) -> list[str]:
         "middleware is unchanged): `-payload` skips parsing the request body and updating the "
         "feature windows, `-predictions` skips reading the response. The step's cost is the "
         "paired difference `mlwarden` minus the variant, without a profiler's distortion. "
+        "`mlwarden multi-model` watches the same endpoint as one of several models (its model "
+        "read from the path, its baseline from a mapping): its negative step is what the "
+        "model lookup adds. "
         f"CPU µs, {r.rounds} alternating rounds of {r.requests_per_round} requests, medians.",
         "",
     ]

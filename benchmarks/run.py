@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             per_round=cfg["ablation_per_round"],
             rounds=cfg["ablation_rounds"],
             warmup=cfg["inprocess_warmup"],
-            names=("bare", "mlwarden", *workload.ABLATIONS),
+            names=("bare", "mlwarden", *workload.ABLATIONS, workload.MULTI_MODEL),
             progress=_progress,
         )
 

@@ -8,6 +8,8 @@ one upstream pair (the proxy benchmark's primary and stable) and, in front of th
 - ``uvicorn``: the same sidecar's proxy under uvicorn (httptools, uvloop), as served before;
 - ``granian``: the same proxy under granian (Rust, hyper; ASGI interface, uvloop, one
   worker, one runtime thread);
+- ``floor``: the sidecar's server and upstream client with no decisions at all
+  (:mod:`benchmarks.floor_proxy`): what any proxy of these parts costs before it decides;
 - ``nginx``: ``proxy_pass`` with upstream keep-alive (the reference of the targets).
 
 Servers on core 0 (the upstreams too), wrk on core 1; rounds alternate between the variants
@@ -41,7 +43,7 @@ from benchmarks.proxy import (
 
 __all__ = ["main"]
 
-VARIANTS = ("mlwarden", "uvicorn", "granian", "nginx")
+VARIANTS = ("mlwarden", "uvicorn", "granian", "floor", "nginx")
 
 
 def _start_other(
@@ -93,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             for server in ("uvicorn", "granian"):
                 targets[server] = _start_other(server, primary, stable, server_prefix, directory)
+            port = free_port()
+            targets["floor"] = _Process(
+                "floor",
+                [*server_prefix, sys.executable, "-m", "benchmarks.floor_proxy", str(port),
+                 primary.url],
+                directory,
+                port=port,
+            )  # fmt: skip
             targets["nginx"] = _start_nginx(primary, server_prefix, directory)
             started += list(targets.values())
             for proc in started:

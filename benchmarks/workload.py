@@ -33,6 +33,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 __all__ = [
     "ABLATIONS",
     "FEATURES",
+    "MULTI_MODEL",
     "NO_REQUEST_IDS",
     "VARIANTS",
     "DropSpanExporter",
@@ -50,6 +51,9 @@ FEATURES = tuple(f"f{i}" for i in range(20))
 VARIANTS = ("bare", "mlwarden", "mlwarden+tracing", "instrumentator", "otel-asgi")
 #: mlwarden without request ids (nothing remembered for labels): prices that feature.
 NO_REQUEST_IDS = "mlwarden -request ids"
+#: mlwarden (tracing off) watching several models: the model read from the path (``/{name}``,
+#: so ``/predict`` is model ``predict``), its baseline from a mapping; prices the lookup.
+MULTI_MODEL = "mlwarden multi-model"
 # mlwarden (tracing off) with one step of its recording switched off, to price each step
 # without a profiler's distortion: the method named is replaced by a no-op in a subclass.
 ABLATIONS: dict[str, tuple[str, ...]] = {
@@ -198,6 +202,20 @@ def build(name: str) -> Variant:
     app = make_app()
     if name == "bare":
         return Variant(name, app)
+    if name == MULTI_MODEL:
+        from mlwarden.middleware import InferenceMonitor
+
+        registry = CollectorRegistry()
+        app.add_middleware(
+            InferenceMonitor,
+            model_paths=["/{name}"],
+            baselines={"predict": baseline()},
+            model_version=MODEL_VERSION,
+            confidence_path="confidence",
+            registry=registry,
+            tracing=False,
+        )
+        return Variant(name, app, registry=registry)
     if name in ("mlwarden", "mlwarden+tracing", NO_REQUEST_IDS) or name in ABLATIONS:
         from mlwarden.middleware import InferenceMonitor
 
@@ -249,7 +267,8 @@ def mlwarden_counts(variant: Variant) -> dict[str, float]:
     """What the mlwarden variants recorded: proof that features and predictions were read."""
     if not variant.name.startswith("mlwarden") or variant.registry is None:
         return {}
-    labels = {"model": MODEL_NAME, "version": MODEL_VERSION}
+    model = "predict" if variant.name == MULTI_MODEL else MODEL_NAME
+    labels = {"model": model, "version": MODEL_VERSION}
     get = variant.registry.get_sample_value
     out = {
         "rows_scored": get("mlwarden_rows_scored_total", labels) or 0.0,
