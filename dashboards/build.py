@@ -530,7 +530,8 @@ def sidecar_panels() -> list[Panel | Row]:
             "Client connections refused before a request, by reason: a head above "
             "limits.max_header_bytes or with more than limits.max_headers headers (431), a "
             "head slower than timeouts.request_head_timeout_s (408), a connection that sent "
-            "nothing. A steady rate is a misbehaving or hostile client.",
+            "nothing, a malformed request (400), a connection beyond limits.max_connections "
+            "(503). A steady rate is a misbehaving or hostile client.",
             [
                 (
                     f"sum by (reason) ({rate('mlwarden_proxy_edge_refused_total', JN)})",
@@ -775,6 +776,23 @@ def sidecar_panels() -> list[Panel | Row]:
             ],
             kind="stat",
             thresholds=[(None, "green"), (1, "red")],
+        ),
+        Panel(
+            "Ledger writer",
+            "short",
+            "The healing ledger's writer thread: lines waiting (ledger.max_queued bounds them), "
+            "lines dropped with the queue full or not written (I/O errors) and group commits, "
+            "per interval. Drops and errors mean records are missing from the file (/-/events "
+            "still has them).",
+            [
+                (f"max(mlwarden_ledger_queued{{{JN}}})", "queued"),
+                (f"sum(increase(mlwarden_ledger_dropped_total{{{JN}}}[{RI}]))", "dropped"),
+                (
+                    f"sum(increase(mlwarden_ledger_write_errors_total{{{JN}}}[{RI}]))",
+                    "write errors",
+                ),
+                (f"sum(increase(mlwarden_ledger_fsyncs_total{{{JN}}}[{RI}]))", "fsyncs"),
+            ],
         ),
         Row("Sidecar processes"),
         build_panel("Sidecars", f"mlwarden_proxy_requests_in_flight{{{JN}}}"),

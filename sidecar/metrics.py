@@ -107,6 +107,25 @@ _BREAKER_STATES = tuple(BREAKER_STATE_VALUES)
 _HEALTH_STATES = ("healthy", "unhealthy")
 
 
+def _ledger_families(stats: dict[str, Any]) -> Iterator[Metric]:
+    """The healing ledger's writer: what failed, was dropped (queue full), fsynced, waits."""
+    for name, key, doc in (
+        ("mlwarden_ledger_write_errors", "write_errors", "Ledger lines not written (I/O errors)."),
+        (
+            "mlwarden_ledger_dropped",
+            "dropped",
+            "Ledger lines dropped with the writer's queue full (ledger.max_queued).",
+        ),
+        ("mlwarden_ledger_fsyncs", "fsyncs", "Group commits of the ledger file (one fsync each)."),
+    ):
+        yield CounterMetricFamily(name, doc, value=float(stats.get(key, 0)))
+    yield GaugeMetricFamily(
+        "mlwarden_ledger_queued",
+        "Ledger lines accepted and not yet written to the file.",
+        value=float(stats.get("queued", 0)),
+    )
+
+
 class _ScrapeCollector(Collector):
     """Reads breaker states, health and the retry budget of the attached sidecar at scrape."""
 
@@ -129,6 +148,10 @@ class _ScrapeCollector(Collector):
             CounterMetricFamily("mlwarden_retry_budget_requests", ""),
             CounterMetricFamily("mlwarden_retry_budget_retries", ""),
             CounterMetricFamily("mlwarden_retry_budget_exhausted", ""),
+            CounterMetricFamily("mlwarden_ledger_write_errors", ""),
+            CounterMetricFamily("mlwarden_ledger_dropped", ""),
+            CounterMetricFamily("mlwarden_ledger_fsyncs", ""),
+            GaugeMetricFamily("mlwarden_ledger_queued", ""),
         ]
 
     def collect(self) -> Iterator[Metric]:
@@ -182,13 +205,15 @@ class _ScrapeCollector(Collector):
         refused = CounterMetricFamily(
             "mlwarden_proxy_edge_refused",
             "Client connections refused before a request: head too large or too many "
-            "headers (431), head or first byte too slow.",
+            "headers (431), head or first byte too slow (408), malformed (400), beyond "
+            "max_connections (503).",
             labels=["reason"],
         )
         edge = getattr(sidecar, "edge", None)
         for reason in EDGE_REFUSALS:
             refused.add_metric([reason], float(edge.refused[reason]) if edge is not None else 0.0)
         yield refused
+        yield from _ledger_families(sidecar.ledger.stats())
         canary = sidecar.canary
         if canary is not None:
             weight = GaugeMetricFamily(

@@ -846,3 +846,36 @@ def test_influx_sink_never_blocks_or_raises_when_the_server_is_down() -> None:
 
 def ledger_line(action: str) -> str:
     return LedgerRecord(id="x-000001", at=T0, action=action, target="canary").to_json()
+
+
+def test_the_writer_s_drops_queue_and_fsyncs_are_exported(
+    tmp_path: Path, held_fsync: HeldFsync
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    path = tmp_path / "ledger.jsonl"
+    cfg = SidecarConfig.from_mapping(
+        {
+            "upstreams": {"primary": "http://127.0.0.1:9"},
+            "ledger": {"path": str(path), "max_queued": 2},
+        },
+        environ={},
+    )
+    registry = CollectorRegistry()
+    sidecar = Sidecar(cfg, health_checks=False, registry=registry)
+    value = registry.get_sample_value
+    fsyncs_before = value("mlwarden_ledger_fsyncs_total")
+    held_fsync.hold()
+    sidecar.record(action="fallback", target="primary")  # the writer takes it, then waits
+    assert held_fsync.entered.wait(timeout=10)
+    for i in range(5):  # two queued behind the held batch, three dropped
+        sidecar.record(action="fallback", target="primary", signals={"i": i})
+    assert value("mlwarden_ledger_queued") == 3  # two waiting, one in the held batch
+    assert value("mlwarden_ledger_dropped_total") == 3
+    assert value("mlwarden_ledger_write_errors_total") == 0
+    held_fsync.release()
+    assert sidecar.ledger.flush(timeout=10)
+    assert value("mlwarden_ledger_queued") == 0
+    assert value("mlwarden_ledger_fsyncs_total") >= fsyncs_before + 2
+    asyncio.run(sidecar.aclose())
+    assert len(lines_of(path)) == 3

@@ -42,8 +42,9 @@ MAX_POLICIES = 100
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LedgerConfig(Block):
     """The healing ledger: every automatic or manual action, one JSON line, fsynced, rotated
-    at ``max_bytes`` keeping ``backups`` files. Without ``path`` it is kept in memory only
-    (``/-/events`` still serves it). With ``influx_url`` each record is also written to
+    at ``max_bytes`` keeping ``backups`` files; written by a thread in group commits, at most
+    ``max_queued`` lines waiting (beyond: dropped and counted). Without ``path`` it is kept in
+    memory only (``/-/events`` still serves it). With ``influx_url`` each record is also written to
     InfluxDB (measurement ``mlwarden_healing``)."""
 
     _key: ClassVar[str] = "ledger"
@@ -52,6 +53,7 @@ class LedgerConfig(Block):
     backups: int = setting(5, number(int, ge=0, le=1000))
     fsync: bool = setting(True, boolean)
     recent: int = setting(1000, number(int, ge=1, le=100_000))
+    max_queued: int = setting(10_000, number(int, ge=1, le=1_000_000))
     influx_url: str | None = setting(None, optional(http_url))
     influx_bucket: str = setting("mlwarden", text)
     influx_org: str = setting("", string)

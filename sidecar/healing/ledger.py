@@ -151,6 +151,7 @@ class Ledger:
             backups=block.backups,
             fsync=block.fsync,
             recent=block.recent,
+            max_queued=block.max_queued,
             clock=clock,
         )
 
