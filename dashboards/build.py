@@ -794,6 +794,31 @@ def sidecar_panels() -> list[Panel | Row]:
                 (f"sum(increase(mlwarden_ledger_fsyncs_total{{{JN}}}[{RI}]))", "fsyncs"),
             ],
         ),
+        Row("Fleet"),
+        Panel(
+            "Fleet leader",
+            "short",
+            "Which sidecar holds the fleet's lease (fleet:) and takes the canary's decisions: "
+            "exactly one at a time; none while Redis is down (every replica then decides "
+            "alone).",
+            [(f"max by (instance) (mlwarden_fleet_leader{{{JN}}})", "{{instance}}")],
+            kind="state-timeline",
+            thresholds=[(None, "transparent"), (1, "green")],
+        ),
+        Panel(
+            "Fleet's Redis",
+            "short",
+            "Sidecars that reach the fleet's Redis (1) or decide alone (0); takeovers (new "
+            "terms) and ledger records lost for the fleet's stream, per interval.",
+            [
+                (f"min by (instance) (mlwarden_fleet_redis_available{{{JN}}})", "{{instance}}"),
+                (f"sum(increase(mlwarden_fleet_terms_won_total{{{JN}}}[{RI}]))", "new terms"),
+                (
+                    f"sum(increase(mlwarden_fleet_records_dropped_total{{{JN}}}[{RI}]))",
+                    "records dropped",
+                ),
+            ],
+        ),
         Row("Sidecar processes"),
         build_panel("Sidecars", f"mlwarden_proxy_requests_in_flight{{{JN}}}"),
     ]

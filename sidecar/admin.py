@@ -19,7 +19,9 @@ Routes:
 - ``POST /-/breakers/<name>/reset``: close that upstream's breaker now.
 - ``GET /-/events``: the healing ledger, newest first; filters ``action``, ``target``,
   ``policy``, ``severity``, ``since``/``until`` (epoch seconds) and ``limit`` (default 100,
-  at most 1000). Mutations are recorded there too, with ``actor`` ``admin``.
+  at most 1000). Mutations are recorded there too, with ``actor`` ``admin``. With a fleet,
+  ``scope=fleet`` answers from the fleet's stream: every replica's records, each naming its
+  ``replica``.
 
 Mutations need ``Authorization: Bearer <token>``, compared in constant time
 (:func:`hmac.compare_digest`). Without a configured token mutations are off: 403. A missing or
@@ -52,7 +54,9 @@ log = logging.getLogger("mlwarden.sidecar.admin")
 #: Transitions per breaker shown by /-/status (the breaker keeps more).
 STATUS_TRANSITIONS = 10
 _MAX_BODY = 4096
-_EVENT_FILTERS = frozenset({"action", "target", "policy", "severity", "since", "until", "limit"})
+_EVENT_FILTERS = frozenset(
+    {"action", "target", "policy", "severity", "since", "until", "limit", "scope"}
+)
 
 
 def _client(request: Request) -> str:
@@ -96,6 +100,11 @@ class _Admin:
             return _error(400, "since and until are epoch seconds, limit a whole number")
         if not 1 <= limit <= MAX_QUERY_LIMIT:
             return _error(400, f"limit must be 1-{MAX_QUERY_LIMIT}")
+        scope = q.get("scope", "replica")
+        if scope not in ("replica", "fleet"):
+            return _error(400, "scope is replica (this sidecar's ledger) or fleet")
+        if scope == "fleet":
+            return await self._fleet_events(q, since, until, limit)
         records = self.sidecar.ledger.query(
             action=q.get("action"),
             target=q.get("target"),
@@ -106,6 +115,35 @@ class _Admin:
             limit=limit,
         )
         return JSONResponse({"events": [r.to_dict() for r in records], "count": len(records)})
+
+    async def _fleet_events(
+        self, q: Any, since: float | None, until: float | None, limit: int
+    ) -> Response:
+        """The fleet's ledger stream (every replica's records, each with its ``replica``),
+        newest first, with the same filters; 409 without a fleet, 503 with Redis down."""
+        fleet = self.sidecar.fleet
+        if fleet is None:
+            return _error(409, "no fleet configured (the fleet block)")
+        try:
+            records = await fleet.state.records(limit=MAX_QUERY_LIMIT)
+        except Exception as exc:
+            return _error(503, f"the fleet's Redis is unavailable ({type(exc).__name__})")
+        wanted = []
+        for record in records:
+            if any(
+                q.get(key) is not None and record.get(key) != q.get(key)
+                for key in ("action", "target", "policy", "severity")
+            ):
+                continue
+            at = record.get("at")
+            if isinstance(at, int | float) and (
+                (since is not None and at < since) or (until is not None and at > until)
+            ):
+                continue
+            wanted.append(record)
+            if len(wanted) >= limit:
+                break
+        return JSONResponse({"events": wanted, "count": len(wanted), "scope": "fleet"})
 
     async def ready(self, request: Request) -> Response:
         available = {name: self.sidecar.is_available(name) for name in self.sidecar.pools}
@@ -151,6 +189,7 @@ class _Admin:
                 "retry_budget": sidecar.retry_policy.budget.snapshot(),
                 "in_flight": sidecar.in_flight,
                 "canary": sidecar.canary.snapshot() if sidecar.canary is not None else None,
+                "fleet": sidecar.fleet.snapshot() if sidecar.fleet is not None else None,
                 "shadow": sidecar.shadow.snapshot() if sidecar.shadow is not None else None,
                 "policies": sidecar.policies.snapshot(),
                 "limits": {

@@ -37,6 +37,8 @@ from prometheus_client import CollectorRegistry
 from mlwarden.middleware.health_report import HealthReport
 from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.edge import EdgeCounts
+from mlwarden.sidecar.fleet.canary import FleetCanary
+from mlwarden.sidecar.fleet.coordinator import Fleet
 from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.policies import PolicyEngine
 from mlwarden.sidecar.healing.ports import PartsPort
@@ -194,6 +196,16 @@ class Sidecar(Listener):
             sleep=sleep,
         )
         self.tracer = ProxyTracer(tracer_provider=tracer_provider)
+        #: Fleet mode (``fleet:``): the lease, the shared state and the fleet's ledger stream.
+        self.fleet: Fleet | None = None
+        self.fleet_canary: FleetCanary | None = None
+        if config.fleet is not None:
+            self.fleet = Fleet(config.fleet, record=self.record, clock=clock, sleep=sleep)
+            self.ledger.add_listener(self.fleet)
+            if self.canary is not None:
+                self.fleet_canary = FleetCanary(
+                    self.canary, self.fleet, record=self.record, clock=clock, sleep=sleep
+                )
 
         # 4. the request path
         #: Every listener of the request path (more with :meth:`add_events`).
@@ -386,7 +398,11 @@ class Sidecar(Listener):
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if self.policies.policies:
             loops.append(("policies", self.policies.run))
-        if self.canary is not None:
+        if self.fleet is not None:
+            loops.append(("fleet", self.fleet.run))
+        if self.fleet_canary is not None:
+            loops.append(("canary", self.fleet_canary.run))
+        elif self.canary is not None:
             loops.append(("canary", self.canary.run))
         if self._runs_health and self.health is not None:
             loops.append(("health-checks", self.health.run))
@@ -405,7 +421,7 @@ class Sidecar(Listener):
             await self.shadow.aclose()
             await self.shadow.pool.aclose()
         tasks, self._tasks = self._tasks, {}
-        for name in ("canary", "policies", "health-checks"):
+        for name in ("canary", "policies", "health-checks", "fleet"):
             task = tasks.get(name)
             if task is None:
                 continue
@@ -414,6 +430,8 @@ class Sidecar(Listener):
                 await asyncio.wait_for(task, timeout=5)
             if name == "health-checks" and self.health is not None:
                 await self.health.aclose()
+        if self.fleet is not None:
+            await self.fleet.aclose()  # gives the lease up: another replica leads at once
         webhooks, self.webhooks = self.webhooks, None
         if webhooks is not None:
             await webhooks.aclose()

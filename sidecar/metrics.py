@@ -126,6 +126,30 @@ def _ledger_families(stats: dict[str, Any]) -> Iterator[Metric]:
     )
 
 
+def _fleet_families(fleet: Any) -> Iterator[Metric]:
+    """This replica in its fleet: leading or not, Redis reachable, terms won, records lost."""
+    yield GaugeMetricFamily(
+        "mlwarden_fleet_leader",
+        "1 while this sidecar holds the fleet's lease and takes its decisions, else 0.",
+        value=1.0 if fleet.is_leader else 0.0,
+    )
+    yield GaugeMetricFamily(
+        "mlwarden_fleet_redis_available",
+        "0 while the fleet's Redis is unreachable and this sidecar decides alone, else 1.",
+        value=1.0 if fleet.available else 0.0,
+    )
+    yield CounterMetricFamily(
+        "mlwarden_fleet_terms_won",
+        "Times this sidecar took the fleet's lease (a new term each).",
+        value=float(fleet.lease.terms_won),
+    )
+    yield CounterMetricFamily(
+        "mlwarden_fleet_records_dropped",
+        "Ledger records not sent to the fleet's stream (its queue full while Redis was down).",
+        value=float(fleet.records_dropped),
+    )
+
+
 class _ScrapeCollector(Collector):
     """Reads breaker states, health and the retry budget of the attached sidecar at scrape."""
 
@@ -152,6 +176,10 @@ class _ScrapeCollector(Collector):
             CounterMetricFamily("mlwarden_ledger_dropped", ""),
             CounterMetricFamily("mlwarden_ledger_fsyncs", ""),
             GaugeMetricFamily("mlwarden_ledger_queued", ""),
+            GaugeMetricFamily("mlwarden_fleet_leader", ""),
+            GaugeMetricFamily("mlwarden_fleet_redis_available", ""),
+            CounterMetricFamily("mlwarden_fleet_terms_won", ""),
+            CounterMetricFamily("mlwarden_fleet_records_dropped", ""),
         ]
 
     def collect(self) -> Iterator[Metric]:
@@ -214,6 +242,9 @@ class _ScrapeCollector(Collector):
             refused.add_metric([reason], float(edge.refused[reason]) if edge is not None else 0.0)
         yield refused
         yield from _ledger_families(sidecar.ledger.stats())
+        fleet = getattr(sidecar, "fleet", None)
+        if fleet is not None:
+            yield from _fleet_families(fleet)
         canary = sidecar.canary
         if canary is not None:
             weight = GaugeMetricFamily(

@@ -31,6 +31,7 @@ from mlwarden.sidecar.healing.ledger_records import LedgerRecord
 from tests.apps import FakeVersion
 from tests.servers import serve_app, start_prometheus, temp_workdir
 from tests.support import make_baseline, reference_rows, segment
+from tests.test_breaker_redis import running_redis
 from tests.test_proxy import dead_url
 
 pytestmark = pytest.mark.servers
@@ -244,6 +245,7 @@ def sidecar() -> Any:
         serve_app(stable) as s,
         serve_app(candidate) as c,
         serve_app(shadow) as sh,
+        running_redis() as fleet_redis,  # a fleet of one: the fleet panels have data too
     ):
         cfg = SidecarConfig.from_mapping(
             {
@@ -274,6 +276,12 @@ def sidecar() -> Any:
                     "steps_percent": [20, 50],
                 },
                 "shadow": {"target": "shadow", "sample_percent": 100},
+                "fleet": {
+                    "redis_url": fleet_redis.url,
+                    "name": "dashboards",
+                    "lease_ttl_s": 3,
+                    "poll_interval_s": 0.5,
+                },
             },
             environ={},
         )

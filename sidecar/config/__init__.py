@@ -25,7 +25,7 @@ Where things are:
   routing, timeouts, limits, degraded response), :mod:`~mlwarden.sidecar.config.resilience`
   (retry, breaker, health checks), :mod:`~mlwarden.sidecar.config.release` (canary, shadow),
   :mod:`~mlwarden.sidecar.config.healing` (ledger, healing, the shape of ``policies``),
-  :mod:`~mlwarden.sidecar.config.tracing`;
+  :mod:`~mlwarden.sidecar.config.tracing`, :mod:`~mlwarden.sidecar.config.fleet`;
 - :mod:`~mlwarden.sidecar.config.sidecar_config`: the whole file and the rules between blocks.
 
 The ``policies`` are parsed by the healing layer (this package imports nothing from it):
@@ -33,6 +33,7 @@ The ``policies`` are parsed by the healing layer (this package imports nothing f
 same single pass, and is what the sidecar starts from.
 """
 
+from mlwarden.sidecar.config.fleet import FleetConfig
 from mlwarden.sidecar.config.healing import EscalationConfig, HealingConfig, LedgerConfig
 from mlwarden.sidecar.config.loader import ADMIN_TOKEN_ENV, ENV_PREFIX
 from mlwarden.sidecar.config.network import (
@@ -65,6 +66,7 @@ __all__ = [
     "CanaryConfig",
     "DegradedResponseConfig",
     "EscalationConfig",
+    "FleetConfig",
     "HealingConfig",
     "HealthChecksConfig",
     "LedgerConfig",

@@ -16,6 +16,7 @@ from typing import Any
 
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.sidecar.config.checks import show
+from mlwarden.sidecar.config.fleet import FleetConfig
 from mlwarden.sidecar.config.healing import (
     HealingConfig,
     LedgerConfig,
@@ -67,6 +68,7 @@ _OPTIONAL_BLOCKS: dict[str, type[Block]] = {
     "degraded_response": DegradedResponseConfig,
     "canary": CanaryConfig,
     "shadow": ShadowTrafficConfig,
+    "fleet": FleetConfig,
 }
 _TOP_KEYS = ["upstreams", "routing", *_BLOCKS, *_OPTIONAL_BLOCKS, "healing", "policies"]
 
@@ -96,6 +98,7 @@ class SidecarConfig:
     degraded_response: DegradedResponseConfig | None = None
     canary: CanaryConfig | None = None
     shadow: ShadowTrafficConfig | None = None
+    fleet: FleetConfig | None = None
     healing: HealingConfig = field(default_factory=HealingConfig)
     policies: tuple[Any, ...] = ()
 

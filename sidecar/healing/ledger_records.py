@@ -71,6 +71,10 @@ ACTIONS = (
     "policy_fired",
     "manual_route",
     "manual_breaker_reset",
+    "canary_followed",
+    "fleet_degraded",
+    "fleet_restored",
+    "fleet_decision_refused",
 )
 #: The usual outcomes; any other short ``[a-z_]`` word is accepted as well.
 OUTCOMES = ("ok", "failed", "skipped", "pending")

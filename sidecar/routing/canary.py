@@ -161,6 +161,9 @@ class CanaryController(Listener):
         self._listeners = FanOut()
         #: Failed analyses in a row (a pass starts again at 0; inconclusive ones do not count).
         self.failures = 0
+        #: Whether this sidecar takes the canary's decisions (a fleet's follower does not: it
+        #: adopts its leader's, :meth:`adopt`).
+        self.decides: Callable[[], bool] = lambda: True
         self._bootstrap = np.random.default_rng()
 
     # -- the split (request path) --------------------------------------------------------------
@@ -220,7 +223,12 @@ class CanaryController(Listener):
 
     def breaker_changed(self, name: str, old: str, new: str, reason: str) -> None:
         """As a breaker's listener: the candidate's breaker opening rolls back at once."""
-        if name == self.candidate and new == "open" and self.state in ("analysing", "promoted"):
+        if (
+            name == self.candidate
+            and new == "open"
+            and self.state in ("analysing", "promoted")
+            and self.decides()
+        ):
             self.rollback(f"breaker of {name} opened ({reason})", {"breaker_open": 1.0})
 
     # -- decisions -------------------------------------------------------------------------
@@ -515,6 +523,28 @@ class CanaryController(Listener):
             details=_details(evidence),
         )
         self._notify()
+
+    def adopt(self, state: str, weight: float, step: int) -> bool:
+        """Take a decision made elsewhere (the fleet's leader) as this canary's state, routing
+        included, without recording it (the leader did); whether anything changed."""
+        if (state, weight, step) == (self.state, self.weight, self.step):
+            return False
+        was = self.state
+        if step != self.step and self.samples is not None:
+            self.samples.reset()
+        self.step, self.weight = step, weight
+        if state in ("promoted", "done") and was not in ("promoted", "done"):
+            others = [n for n in self._configured_order if n not in (self.candidate, self.stable)]
+            self._router.set_order(self.candidate, [self.stable, *others])
+            self._guard_until = self._clock() + self.config.guard_s
+        elif state in ("analysing", "rolled_back") and was in ("promoted", "done"):
+            primary, *fallbacks = self._configured_order
+            self._router.set_order(primary, fallbacks)
+        self.state = state
+        self._conclusive_at = self._clock()
+        log.info("canary %s: %s at %g%% (the fleet's decision)", self.candidate, state, weight)
+        self._notify()
+        return True
 
     def _notify(self) -> None:
         self._listeners.canary_changed(self)

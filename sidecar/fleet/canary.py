@@ -1,0 +1,153 @@
+"""The canary decided once for a fleet: the lease's holder analyses, the others follow.
+
+:class:`FleetCanary` replaces the canary's own loop when a ``fleet:`` block is configured.
+Every :attr:`~mlwarden.sidecar.fleet.coordinator.Fleet.interval_s`:
+
+- the leader, on the canary's own ``interval_s``, analyses (:meth:`CanaryController.tick`);
+  after any change of the canary (a step, a promotion, a rollback, also one its breaker
+  caused) it publishes the new state under its fencing token. A refused write (this replica
+  was deposed meanwhile) is recorded (``fleet_decision_refused``) and the fleet's state
+  adopted instead. A replica that has just won the lease first adopts the fleet's last
+  decision, so a takeover continues the canary where the previous leader left it and
+  decides nothing twice.
+- a follower reads the fleet's state and adopts a version it has not applied yet
+  (:meth:`CanaryController.adopt`: weight, step, state and routing; recorded as
+  ``canary_followed``, not as a decision of its own);
+- Redis unavailable: the replica analyses alone, as a sidecar without a fleet does.
+
+The analysis reads what the canary's signal source gives: with ``canary.source: prometheus``
+the whole fleet's figures (every replica's series), else the leader's own share of the
+traffic (as valid, and slower to conclude).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mlwarden.sidecar.fleet.coordinator import Fleet
+from mlwarden.sidecar.routing.canary import CanaryController
+
+__all__ = ["FleetCanary"]
+
+log = logging.getLogger("mlwarden.sidecar.fleet")
+
+
+class FleetCanary:
+    """See the module docstring; ``record(**fields)`` writes this sidecar's ledger."""
+
+    def __init__(
+        self,
+        canary: CanaryController,
+        fleet: Fleet,
+        *,
+        record: Callable[..., None],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.canary = canary
+        self.fleet = fleet
+        self._record = record
+        self._clock = clock
+        self._sleep = sleep
+        self._applied = 0  # the fleet state's version this replica runs
+        self._published: tuple[str, float, int] | None = None
+        self._led_term: int | None = None
+        canary.decides = self.decides
+
+    def decides(self) -> bool:
+        """This replica takes the canary's decisions: it leads, or Redis is down."""
+        return self.fleet.is_leader or not self.fleet.available
+
+    async def run(self) -> None:
+        c = self.canary
+        last_analysis = self._clock()
+        try:
+            while c.state in ("analysing", "promoted"):
+                await self._sleep(self.fleet.interval_s)
+                try:
+                    if self.fleet.is_leader:
+                        if self._led_term != self.fleet.lease.token:
+                            await self._follow()  # a new term: from the fleet's last decision
+                            self._led_term = self.fleet.lease.token
+                            self._published = self._current()
+                        if self._clock() - last_analysis >= c.config.interval_s:
+                            last_analysis = self._clock()
+                            await self._analyse()
+                        await self._publish()
+                    elif self.fleet.available:
+                        self._led_term = None
+                        await self._follow()
+                    elif self._clock() - last_analysis >= c.config.interval_s:
+                        last_analysis = self._clock()
+                        await self._analyse()  # alone until Redis is back
+                except Exception as exc:  # Redis failing between the fleet's passes
+                    log.warning("fleet canary: %s (the fleet's loop will notice)", exc)
+        finally:
+            closing = getattr(c.fleet, "aclose", None)
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await closing()
+
+    def _current(self) -> tuple[str, float, int]:
+        c = self.canary
+        return (c.state, c.weight, c.step)
+
+    async def _analyse(self) -> None:
+        c = self.canary
+        if c.fleet is not None and c.state == "analysing":
+            await c.fleet.refresh((c.candidate, c.stable), c.config.interval_s)
+        c.tick()
+
+    async def _publish(self) -> None:
+        current = self._current()
+        if current == self._published:
+            return
+        token = self.fleet.lease.token
+        if token is None or not self.fleet.is_leader:
+            return
+        state, weight, step = current
+        version = await self.fleet.state.publish_canary(
+            self.canary.candidate,
+            token,
+            self.fleet.replica,
+            {"state": state, "weight": weight, "step": step},
+        )
+        if version:
+            self._published = current
+            self._applied = version
+            return
+        log.warning("fleet canary: %s's write refused (term %d deposed)", self.fleet.replica, token)
+        self._record(
+            action="fleet_decision_refused",
+            target=self.canary.candidate,
+            reason=f"this replica's term {token} was over: its canary {state} at {weight:g}% "
+            "was not the fleet's; the fleet's state is applied instead",
+            severity="warning",
+        )
+        self.fleet.lease.lapse()
+        await self._follow()
+
+    async def _follow(self) -> None:
+        shared: dict[str, Any] | None = await self.fleet.state.read_canary(self.canary.candidate)
+        if shared is None or shared.get("version", 0) <= self._applied:
+            return
+        self._applied = shared["version"]
+        changed = self.canary.adopt(
+            str(shared.get("state", "analysing")),
+            float(shared.get("weight", self.canary.weight)),
+            int(shared.get("step", self.canary.step)),
+        )
+        if changed:
+            self._record(
+                action="canary_followed",
+                target=self.canary.candidate,
+                reason=f"the fleet's decision by {shared.get('replica')} (term "
+                f"{shared.get('token')}): {shared.get('state')} at {shared.get('weight')}%",
+                severity="info",
+                signals={"version": float(shared["version"])},
+            )
