@@ -268,3 +268,14 @@ def test_the_configmap_config_matches_the_pod_it_runs_in(tmp_path):
     ledger = {v["name"]: v for v in _pod()["spec"]["volumes"]}["mlwarden-ledger"]
     on_disk = config.ledger.max_bytes * (config.ledger.backups + 1)
     assert _mebibytes(ledger["emptyDir"]["sizeLimit"]) * 2**20 > on_disk
+
+
+def test_three_replicas_form_one_fleet_named_by_their_pods(tmp_path):
+    assert _one("Deployment")["spec"]["replicas"] == 3
+    config = load_sidecar_config(_embedded_config(tmp_path), environ={})
+    assert config.fleet is not None
+    assert config.fleet.redis_url == "redis://redis:6379/0"
+    assert (config.fleet.name, config.fleet.lease_ttl_s) == ("churn-model", 10.0)
+    env = {e["name"]: e for e in _sidecar()["env"]}
+    replica = env["MLWARDEN__FLEET__REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert replica == "metadata.name"
