@@ -39,6 +39,8 @@ from mlwarden.sidecar.config import SidecarConfig
 from mlwarden.sidecar.edge import EdgeCounts
 from mlwarden.sidecar.fleet.canary import FleetCanary
 from mlwarden.sidecar.fleet.coordinator import Fleet
+from mlwarden.sidecar.fleet.counts import FleetRecords
+from mlwarden.sidecar.fleet.escalation import FleetEscalation
 from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.policies import PolicyEngine
 from mlwarden.sidecar.healing.ports import PartsPort
@@ -175,6 +177,11 @@ class Sidecar(Listener):
                 clock=clock,
                 sleep=sleep,
             )
+        #: Fleet mode (``fleet:``): the lease, the shared state, the fleet's ledger and counts.
+        self.fleet: Fleet | None = None
+        self.fleet_canary: FleetCanary | None = None
+        if config.fleet is not None:
+            self._build_fleet(clock, wall_clock, sleep)
         #: Outgoing webhooks (policies, escalations): the sender is built at start-up.
         self.webhooks: Any = None
         self._webhook_callbacks: dict[str, Callable[[Any], None]] = {}
@@ -187,7 +194,11 @@ class Sidecar(Listener):
                 canary=self.canary,
                 is_available=self.availability.is_available,
                 signals=self.signals,
-                ledger=self.ledger,
+                ledger=(
+                    FleetRecords(self.ledger, self.fleet.counts)
+                    if self.fleet is not None
+                    else self.ledger
+                ),
                 record=self.record,
                 send_webhook=self.send_webhook,
             ),
@@ -196,16 +207,8 @@ class Sidecar(Listener):
             sleep=sleep,
         )
         self.tracer = ProxyTracer(tracer_provider=tracer_provider)
-        #: Fleet mode (``fleet:``): the lease, the shared state and the fleet's ledger stream.
-        self.fleet: Fleet | None = None
-        self.fleet_canary: FleetCanary | None = None
-        if config.fleet is not None:
-            self.fleet = Fleet(config.fleet, record=self.record, clock=clock, sleep=sleep)
-            self.ledger.add_listener(self.fleet)
-            if self.canary is not None:
-                self.fleet_canary = FleetCanary(
-                    self.canary, self.fleet, record=self.record, clock=clock, sleep=sleep
-                )
+        if self.fleet is not None:
+            self._escalate_as_a_fleet(self.fleet, wall_clock)
 
         # 4. the request path
         #: Every listener of the request path (more with :meth:`add_events`).
@@ -254,6 +257,33 @@ class Sidecar(Listener):
         return ShadowMirror.from_config(
             c, pool, is_available=self.availability.is_available, metrics=self.shadow_metrics
         )
+
+    def _build_fleet(
+        self,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        assert self.config.fleet is not None
+        self.fleet = Fleet(
+            self.config.fleet,
+            record=self.record,
+            count_horizon_s=self.config.healing.escalation.window_s,
+            clock=clock,
+            wall_clock=wall_clock,
+            sleep=sleep,
+        )
+        self.ledger.add_listener(self.fleet)  # the fleet's stream and counts
+        if self.canary is not None:
+            self.fleet_canary = FleetCanary(
+                self.canary, self.fleet, record=self.record, clock=clock, sleep=sleep
+            )
+
+    def _escalate_as_a_fleet(self, fleet: Fleet, wall_clock: Callable[[], float]) -> None:
+        """Escalating is the leader's, on the fleet's counts (mlwarden.sidecar.fleet.escalation)."""
+        fleet.counts.set_policies(p.name for p in self.policies.policies)
+        self.policies.escalation.decides = lambda: fleet.is_leader or not fleet.available
+        fleet.on_lead = FleetEscalation(self.policies, fleet.counts, wall_clock=wall_clock).sweep
 
     def _wire(self) -> None:
         for breaker in self.breakers.values():

@@ -327,3 +327,53 @@ def test_with_redis_stopped_traffic_goes_on_and_each_replica_decides_alone(
         assert traffic.answers.count(200) == len(traffic.answers)
     finally:
         server.stop()
+
+
+def test_three_heals_on_three_replicas_are_one_escalation(fleet_redis: RedisServer) -> None:
+    fleet = f"t-{uuid.uuid4().hex[:8]}"
+    with (
+        serve_app(_app("primary", error_share=1.0)) as primary,
+        serve_app(_app("stable")) as stable,
+    ):
+        config = (
+            f"upstreams:\n  primary: {primary.url}\n  stable: {stable.url}\n"
+            "health_checks: {interval_s: 60}\n"
+            "healing: {interval_s: 0.5, escalation: {threshold: 2, window_s: 3600}}\n"
+            "policies:\n"
+            "  - name: primary-failing\n"
+            "    when: requests >= 5 and error_rate > 0.5\n"
+            "    window_s: 30\n"
+            "    cooldown_s: 3600\n"
+            f"fleet: {{redis_url: '{fleet_redis.url}', name: {fleet}, replica: REPLICA, "
+            f"lease_ttl_s: {TTL_S}, poll_interval_s: 0.2}}\n"
+        )
+        with fleet_of_three(config) as replicas, Traffic(replicas):
+            _wait(
+                lambda: (
+                    {
+                        r["replica"]
+                        for r in _stream(fleet_redis.url, fleet)
+                        if r["action"] == "policy_fired"
+                    }
+                    == {"replica-0", "replica-1", "replica-2"}
+                ),
+                30,
+                "the policy fired on every replica",
+            )
+            _wait(
+                lambda: any(r["action"] == "escalation" for r in _stream(fleet_redis.url, fleet)),
+                10,
+                "an escalation",
+            )
+            time.sleep(2)  # further sweeps on the leader: still one
+            local = [len(r.events(action="policy_fired")) for r in replicas]
+    # Stopping the replicas one after the other hands the lease on: the new leaders' sweeps
+    # find the escalation in the fleet's counts and do not repeat it.
+    stream = _stream(fleet_redis.url, fleet)
+    escalations = [r for r in stream if r["action"] == "escalation"]
+    assert len(escalations) == 1, [(e["replica"], e["reason"], e["at"]) for e in escalations] + [
+        (r["replica"], r["action"], r["at"]) for r in stream
+    ]
+    assert "3 times in the fleet" in escalations[0]["reason"]
+    # Each replica alone saw one firing: below the threshold, no escalation of its own.
+    assert local == [1, 1, 1]

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlwarden.sidecar.config.fleet import FleetConfig
+from mlwarden.sidecar.fleet.counts import FleetCounts
 from mlwarden.sidecar.fleet.lease import Lease
 from mlwarden.sidecar.fleet.state import FleetState
 from mlwarden.sidecar.listeners import Listener
@@ -57,8 +58,10 @@ class Fleet(Listener):
         config: FleetConfig,
         *,
         record: Callable[..., None],
+        count_horizon_s: float = 7 * 86_400.0,
         client: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
@@ -73,6 +76,16 @@ class Fleet(Listener):
             clock=clock,
         )
         self.state = FleetState(self._client, fleet=config.name)
+        #: The fleet's counts of healing records (escalation windows); policies set later.
+        self.counts = FleetCounts(
+            self._client,
+            fleet=config.name,
+            horizon_s=count_horizon_s,
+            wall_clock=wall_clock,
+            clock=clock,
+        )
+        #: Called at the end of every pass while this replica leads (the escalation sweep).
+        self.on_lead: Callable[[], Any] | None = None
         self._record = record
         self._clock = clock
         self._sleep = sleep
@@ -98,7 +111,9 @@ class Fleet(Listener):
     # -- the ledger's records, to the fleet's stream --------------------------------------------
 
     def recorded(self, record: Any) -> None:
-        """As a ledger listener: queue the record for the fleet's stream (never waits)."""
+        """As a ledger listener: queue the record for the fleet's stream and counts (never
+        waits)."""
+        self.counts.recorded(record)
         if len(self._queue) >= MAX_QUEUED:
             self._queue.popleft()
             self.records_dropped += 1
@@ -128,6 +143,9 @@ class Fleet(Listener):
             async with asyncio.timeout(self.config.redis_timeout_s * 4):
                 await self.lease.step()
                 await self._send_records()
+                await self.counts.sync(
+                    max_age_s=3 * self.interval_s + self.config.redis_timeout_s * 4
+                )
         except Exception as exc:  # redis.RedisError, OSError, TimeoutError: all say "down"
             self.redis_errors += 1
             self.lease.lapse()
@@ -155,6 +173,11 @@ class Fleet(Listener):
                 reason=f"Redis reachable again after {down_s:.1f}s: following the fleet",
                 severity="info",
             )
+        if self.on_lead is not None and self.is_leader:
+            try:
+                self.on_lead()
+            except Exception:
+                log.exception("fleet %s: the leader's sweep failed", self.config.name)
 
     async def aclose(self) -> None:
         """Give the lease up (another replica leads at once), send what is queued (bounded),

@@ -39,6 +39,9 @@ class Escalation:
         self.config = config
         self.port = port
         self._wall = wall_clock
+        #: Whether this sidecar escalates: a fleet's follower does not (its leader escalates
+        #: on the fleet's counts, :mod:`mlwarden.sidecar.fleet.escalation`).
+        self.decides: Callable[[], bool] = lambda: True
 
     def repeated(self, policy: PolicyConfig) -> str | None:
         """Why ``policy``, which just fired, escalates for repeating (None: it does not)."""
@@ -53,6 +56,8 @@ class Escalation:
     def escalate(
         self, policy: PolicyConfig, reason: str, signals: dict[str, Any], actions: list[str]
     ) -> None:
+        if not self.decides():
+            return
         esc = self.config
         wall = self._wall()
         if self.port.count_records(wall - esc.window_s, policy=policy.name, action="escalation"):
