@@ -305,13 +305,9 @@ def _mlwarden_command() -> list[str]:
     return [found]
 
 
-def _start_sidecar(
-    name: str, primary: _Process, stable: _Process, prefix: list[str], directory: Path
-) -> tuple[_Process, int]:
-    """The sidecar with its defaults, started as users start it; returns it and its admin port."""
-    port, admin = free_port(), free_port()
-    config = directory / f"{name}.yaml"
-    config.write_text(
+def sidecar_config_text(primary: _Process, stable: _Process, port: int, admin: int) -> str:
+    """The benchmarks' sidecar file: the two upstreams, the ports, every other key default."""
+    return (
         "# Every resilience feature at its default: retries and retry budget, breakers,\n"
         "# health checks. The first upstream is the primary, the second its fallback.\n"
         "upstreams:\n"
@@ -320,6 +316,15 @@ def _start_sidecar(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
         f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
     )
+
+
+def _start_sidecar(
+    name: str, primary: _Process, stable: _Process, prefix: list[str], directory: Path
+) -> tuple[_Process, int]:
+    """The sidecar with its defaults, started as users start it; returns it and its admin port."""
+    port, admin = free_port(), free_port()
+    config = directory / f"{name}.yaml"
+    config.write_text(sidecar_config_text(primary, stable, port, admin))
     # The file alone configures it: no MLWARDEN__ override leaks in from this environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLWARDEN")}
     env["PYTHONUNBUFFERED"] = "1"

@@ -39,6 +39,7 @@ from benchmarks.proxy import (
     _stopping,
     _wait_idle,
     _wrk_once,
+    sidecar_config_text,
 )
 
 __all__ = ["main"]
@@ -51,13 +52,7 @@ def _start_other(
 ) -> _Process:
     port, admin = free_port(), free_port()
     config = directory / f"{server}.yaml"
-    config.write_text(
-        "upstreams:\n"
-        f"  primary: {primary.url}\n"
-        f"  stable: {stable.url}\n"
-        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        f"admin: {{host: 127.0.0.1, port: {admin}}}\n"
-    )
+    config.write_text(sidecar_config_text(primary, stable, port, admin))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLWARDEN")}
     env.update(PYTHONUNBUFFERED="1", MLWARDEN_BENCH_SIDECAR_CONFIG=str(config))
     if server == "uvicorn":

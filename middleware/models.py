@@ -41,6 +41,7 @@ __all__ = [
     "OTHER_MODEL",
     "BaselineSource",
     "ModelPaths",
+    "baseline_profile",
 ]
 
 log = logging.getLogger("mlwarden.middleware.models")
@@ -133,7 +134,7 @@ class BaselineSource:
             problems: list[str] = []
             for name, value in source.items():
                 try:
-                    self._mapping[str(name)] = _profile(value)
+                    self._mapping[str(name)] = baseline_profile(value)
                 except ConfigError as exc:
                     problems.extend(f"baselines[{name!r}]: {p}" for p in exc.problems)
                 except (OSError, ValueError) as exc:
@@ -171,14 +172,16 @@ class BaselineSource:
         if self._loader is not None:
             try:
                 value = self._loader(name)
-                return None if value is None else _profile(value)
+                return None if value is None else baseline_profile(value)
             except Exception as exc:
                 log.warning("mlwarden: the baseline loader failed for model %s: %s", name, exc)
                 return None
         return self._mapping.get(name)
 
 
-def _profile(value: Any) -> BaselineProfile:
+def baseline_profile(value: Any) -> BaselineProfile:
+    """A baseline given as a profile, a path to its JSON file or its dict (ConfigError if
+    it is none of them)."""
     if isinstance(value, BaselineProfile):
         return value
     if isinstance(value, str | os.PathLike):

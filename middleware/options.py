@@ -16,13 +16,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlwarden.middleware.baseline import BaselineProfile, load_baseline
+from mlwarden.middleware.baseline import BaselineProfile
 from mlwarden.middleware.drift import DriftThresholds
 from mlwarden.middleware.errors import ConfigError
 from mlwarden.middleware.health import HealthThresholds
 from mlwarden.middleware.influx import InfluxSettings, missing_client
 from mlwarden.middleware.metrics import PREDICTION_BUCKETS
-from mlwarden.middleware.models import BUILTIN_MODEL_PATHS, OTHER_MODEL, BaselineSource, ModelPaths
+from mlwarden.middleware.models import (
+    BUILTIN_MODEL_PATHS,
+    OTHER_MODEL,
+    BaselineSource,
+    ModelPaths,
+    baseline_profile,
+)
 
 __all__ = ["DEFAULT_ENDPOINT_SUFFIXES", "FEEDBACK_TOKEN_VARIABLE", "MonitorOptions"]
 
@@ -412,16 +418,17 @@ def _feedback_credential(
 
 
 def _baseline(value: Any) -> BaselineProfile | None:
-    if value is None or isinstance(value, BaselineProfile):
-        return value
-    if isinstance(value, str | os.PathLike):
-        return load_baseline(value)
-    if isinstance(value, Mapping):
-        return BaselineProfile.from_dict(value)
-    raise ConfigError(
-        f"baseline: expected a path to a baseline JSON file, a BaselineProfile or None, "
-        f"got {type(value).__name__}"
-    )
+    if value is None:
+        return None
+    try:
+        return baseline_profile(value)
+    except ConfigError as exc:
+        if isinstance(value, BaselineProfile | str | os.PathLike | Mapping):
+            raise  # the file's or the dict's own problems
+        raise ConfigError(
+            f"baseline: expected a path to a baseline JSON file, a BaselineProfile or None, "
+            f"got {type(value).__name__}"
+        ) from exc
 
 
 def _thresholds(cls: type, key: str) -> Callable[[Any], Any]:

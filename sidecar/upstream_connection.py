@@ -368,26 +368,8 @@ class UpstreamResponse:
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         """Yield body chunks as they arrive; raises :class:`UpstreamError` if the body breaks."""
-        chunks = self._chunks
-        while True:
-            if chunks:
-                chunk = chunks.popleft()
-                conn = self._conn
-                if conn is not None:
-                    conn.consumed(len(chunk))
-                yield chunk
-                continue
-            conn = self._conn
-            if conn is None:
-                return
-            if conn.error is not None:
-                error = conn.error
-                self._finish()
-                raise error
-            if conn.message_done:
-                self._finish()
-                return
-            await conn.wait()
+        while chunk := await self.read_some():
+            yield chunk
 
     async def read_some(self) -> bytes:
         """The body bytes that have arrived (waiting for some), b"" once it has ended; raises
