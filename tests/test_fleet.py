@@ -377,3 +377,71 @@ def test_three_heals_on_three_replicas_are_one_escalation(fleet_redis: RedisServ
     assert "3 times in the fleet" in escalations[0]["reason"]
     # Each replica alone saw one firing: below the threshold, no escalation of its own.
     assert local == [1, 1, 1]
+
+
+def test_a_rollback_taken_alone_during_an_outage_wins_when_redis_is_back(
+    fleet_redis: RedisServer,
+) -> None:
+    fleet = f"t-{uuid.uuid4().hex[:8]}"
+    failing = {"share": 0.0}
+    rng = random.Random(3)
+
+    async def candidate_predict(request: Request) -> JSONResponse:
+        await request.body()
+        if rng.random() < failing["share"]:
+            return JSONResponse({"error": "boom"}, status_code=500)
+        return JSONResponse({"predictions": [1], "version": "candidate"})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    candidate_app = Starlette(
+        routes=[
+            Route("/predict", candidate_predict, methods=["POST"]),
+            Route("/-/health", health),
+        ]
+    )
+    redis_pid = fleet_redis.process.pid
+    with (
+        serve_app(_app("stable")) as stable,
+        serve_app(candidate_app) as candidate,
+        fleet_of_three(
+            _config(stable.url, candidate.url, fleet_redis.url, fleet, steps_percent=[20, 50])
+        ) as replicas,
+        Traffic(replicas),
+    ):
+        _wait(
+            lambda: any(r["action"] == "set_weight" for r in _stream(fleet_redis.url, fleet)),
+            30,
+            "the fleet's first step (published: the fleet's state is analysing at 50%)",
+        )
+        os.kill(redis_pid, signal.SIGSTOP)  # unreachable, its state kept
+        try:
+            _wait(
+                lambda: all(not r.status()["fleet"]["redis_available"] for r in replicas),
+                10,
+                "every replica deciding alone",
+            )
+            failing["share"] = 0.5
+            _wait(
+                lambda: all(r.status()["canary"]["state"] == "rolled_back" for r in replicas),
+                30,
+                "each replica rolled back alone",
+            )
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        _wait(lambda: len(_leaders(replicas)) == 1, TTL_S * 3, "one leader again")
+        time.sleep(2 * INTERVAL_S)
+        states = [r.status()["canary"]["state"] for r in replicas]
+        client = redis.Redis.from_url(fleet_redis.url)
+        shared = client.hgetall(f"mlwarden:{fleet}:canary:candidate")
+        client.close()
+    # Nobody un-did its rollback on seeing the fleet's older "analysing": the rollback won.
+    assert states == ["rolled_back"] * 3
+    assert json.loads(shared[b"state"]) == "rolled_back"
+    stream = _stream(fleet_redis.url, fleet)
+    assert {r["replica"] for r in stream if r["action"] == "fleet_degraded"} == {
+        "replica-0",
+        "replica-1",
+        "replica-2",
+    }

@@ -14,6 +14,10 @@ Every :attr:`~mlwarden.sidecar.fleet.coordinator.Fleet.interval_s`:
   (:meth:`CanaryController.adopt`: weight, step, state and routing; recorded as
   ``canary_followed``, not as a decision of its own);
 - Redis unavailable: the replica analyses alone, as a sidecar without a fleet does.
+  Afterwards a rollback wins: a replica that rolled back alone does not adopt the fleet's
+  state of a canary still running; as the leader it publishes its rollback, as a follower it
+  proposes it, and the leader rolls the fleet back at its next pass (``rollback`` recorded
+  once, naming the proposer).
 
 The analysis reads what the canary's signal source gives: with ``canary.source: prometheus``
 the whole fleet's figures (every replica's series), else the leader's own share of the
@@ -57,6 +61,7 @@ class FleetCanary:
         self._applied = 0  # the fleet state's version this replica runs
         self._published: tuple[str, float, int] | None = None
         self._led_term: int | None = None
+        self._fleet_over = False  # the fleet's state of the canary is over too
         canary.decides = self.decides
 
     def decides(self) -> bool:
@@ -67,14 +72,19 @@ class FleetCanary:
         c = self.canary
         last_analysis = self._clock()
         try:
-            while c.state in ("analysing", "promoted"):
+            # Until the canary is over here and for the fleet: a replica that ended it alone
+            # (Redis down) stays to publish or propose its rollback once Redis is back.
+            while c.state in ("analysing", "promoted") or not self._fleet_over:
                 await self._sleep(self.fleet.interval_s)
                 try:
                     if self.fleet.is_leader:
                         if self._led_term != self.fleet.lease.token:
-                            await self._follow()  # a new term: from the fleet's last decision
+                            # A new term: from the fleet's last decision (or this replica's
+                            # own rollback, which wins and is published below).
+                            keep_own = await self._follow()
                             self._led_term = self.fleet.lease.token
-                            self._published = self._current()
+                            self._published = None if keep_own else self._current()
+                        await self._take_proposals()
                         if self._clock() - last_analysis >= c.config.interval_s:
                             last_analysis = self._clock()
                             await self._analyse()
@@ -85,6 +95,12 @@ class FleetCanary:
                     elif self._clock() - last_analysis >= c.config.interval_s:
                         last_analysis = self._clock()
                         await self._analyse()  # alone until Redis is back
+                    if self.fleet.available and c.state not in ("analysing", "promoted"):
+                        shared = await self.fleet.state.read_canary(c.candidate)
+                        self._fleet_over = shared is not None and shared.get("state") not in (
+                            "analysing",
+                            "promoted",
+                        )
                 except Exception as exc:  # Redis failing between the fleet's passes
                     log.warning("fleet canary: %s (the fleet's loop will notice)", exc)
         finally:
@@ -132,10 +148,30 @@ class FleetCanary:
         self.fleet.lease.lapse()
         await self._follow()
 
-    async def _follow(self) -> None:
+    async def _take_proposals(self) -> None:
+        proposals = await self.fleet.state.take_proposals(self.canary.candidate)
+        c = self.canary
+        if proposals and c.state in ("analysing", "promoted"):
+            replica, reason = sorted(proposals.items())[0]
+            c.rollback(f"proposed by {replica}, which rolled back alone: {reason}")
+
+    async def _follow(self) -> bool:
+        """Adopt the fleet's newer decision; True when this replica's own rollback stands
+        instead (to be published by the leader, or proposed to it)."""
         shared: dict[str, Any] | None = await self.fleet.state.read_canary(self.canary.candidate)
+        c = self.canary
+        running = shared is None or shared.get("state") in ("analysing", "promoted")
+        if c.state == "rolled_back" and running:
+            # This replica rolled back on its own (deciding alone): the rollback wins.
+            if self.fleet.is_leader:
+                self._published = None  # published by the caller's next _publish()
+            else:
+                await self.fleet.state.propose_rollback(
+                    c.candidate, self.fleet.replica, c.history[-1].reason if c.history else ""
+                )
+            return True
         if shared is None or shared.get("version", 0) <= self._applied:
-            return
+            return False
         self._applied = shared["version"]
         changed = self.canary.adopt(
             str(shared.get("state", "analysing")),
@@ -151,3 +187,4 @@ class FleetCanary:
                 severity="info",
                 signals={"version": float(shared["version"])},
             )
+        return False

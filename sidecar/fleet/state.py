@@ -77,6 +77,26 @@ class FleetState:
                 out[name] = json.loads(text)
         return out
 
+    def proposals_key(self, candidate: str) -> str:
+        return f"{self.prefix}:canary:{candidate}:proposals"
+
+    async def propose_rollback(self, candidate: str, replica: str, reason: str) -> None:
+        """A follower's own rollback (taken while it decided alone) put to the leader."""
+        key = self.proposals_key(candidate)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(key, replica, reason[:500])
+        pipe.expire(key, 3600)
+        await pipe.execute()
+
+    async def take_proposals(self, candidate: str) -> dict[str, str]:
+        """The rollbacks proposed since the last call, by replica (removed as read)."""
+        key = self.proposals_key(candidate)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(key)
+        pipe.delete(key)
+        raw, _ = await pipe.execute()
+        return {_text(k): _text(v) for k, v in (raw or {}).items()}
+
     async def append_records(self, replica: str, lines: list[str]) -> None:
         """Append ledger records (JSON lines) to the fleet's stream, capped."""
         pipe = self._client.pipeline(transaction=False)
