@@ -40,7 +40,14 @@ MAX_QUEUED = 10_000
 
 
 def _redis_client(config: FleetConfig) -> Any:
-    import redis.asyncio
+    try:
+        import redis.asyncio
+    except ImportError:
+        from mlwarden.middleware.errors import ConfigError
+
+        raise ConfigError(
+            ["fleet.redis_url: needs the redis package (pip install 'mlwarden[sidecar]')"]
+        ) from None
 
     return redis.asyncio.Redis.from_url(
         config.redis_url,
