@@ -5,11 +5,13 @@ Chosen by measurement over uvicorn (and granian), side by side in one run
 the edge's limits itself rather than patching another server's protocol.
 
 Per connection, one :class:`HttpProtocol`: ``httptools`` parses, the request's scope is built
-once its head is in, and the app runs in one task per request. What it saves over a general
-ASGI server: the response head is written together with the first body bytes (one ``write``,
-one syscall, for the whole answer of a small response), ``receive`` after the body returns a
-future (the proxy's disconnect watcher is then no task), and no per-request work is done for
-features the proxy does not use (WebSocket, lifespan, access logs, root paths).
+once its head is in, and the app runs in one task per request, with a
+:class:`~mlwarden.sidecar.server_request.Request` as its ``receive`` and ``send``. What it
+saves over a general ASGI server: the response head is written together with the first body
+bytes (one ``write``, one syscall, for the whole answer of a small response), ``receive``
+after the body returns a future (the proxy's disconnect watcher is then no task), and no
+per-request work is done for features the proxy does not use (WebSocket, lifespan, access
+logs, root paths).
 
 The edge's limits, as Envoy and nginx have them by default (:class:`~mlwarden.sidecar.edge.
 EdgeLimits`):
@@ -36,17 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import http
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
 from mlwarden.sidecar.edge import EdgeCounts, EdgeLimits
+from mlwarden.sidecar.server_request import DateClock, Request, status_line
 
 __all__ = ["HttpProtocol", "HttpServer"]
 
@@ -60,34 +60,7 @@ BODY_HIGH_WATER = 64 * 1024
 #: Pipelined requests parsed ahead of the one being answered before reading pauses.
 MAX_PIPELINED = 16
 
-_STATUS_LINES = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in http.HTTPStatus
-}
-_NO_BODY_STATUSES = frozenset({204, 304})
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
-
-
-class _Clock:
-    """The ``date`` header, formatted once a second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def date_line(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
-        return self._value
 
 
 class ServerState:
@@ -108,191 +81,12 @@ class ServerState:
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.draining = False
-        self.clock = _Clock()
+        self.clock = DateClock()
         self.default_head = b"".join(n + b": " + v + b"\r\n" for n, v in default_headers)
 
 
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a head over its limits."""
-
-
-class _Request:
-    """One request: its scope, its body as it arrives, its response as the app sends it."""
-
-    __slots__ = (
-        "body_done",
-        "body_parts",
-        "buffered",
-        "chunked",
-        "conn",
-        "delivered",
-        "disconnect",
-        "expect_continue",
-        "head_sent",
-        "is_head",
-        "keep_alive",
-        "response_done",
-        "response_headers",
-        "scope",
-        "status",
-        "waiter",
-    )
-
-    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.keep_alive = keep_alive
-        self.is_head = scope["method"] == "HEAD"
-        self.expect_continue = False
-        self.body_parts: list[bytes] = []
-        self.buffered = 0
-        self.body_done = False
-        self.delivered = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.disconnect: asyncio.Future[dict[str, Any]] | None = None
-        self.status = 0
-        self.response_headers: Headers = []
-        self.head_sent = False
-        self.chunked = False
-        self.response_done = False
-
-    # -- the ASGI receive and send callables ---------------------------------------------------
-
-    def receive(self) -> Awaitable[dict[str, Any]]:
-        """The next body message; after the body, a future that resolves on disconnect (so a
-        watcher of it costs no task)."""
-        if self.delivered:
-            return self._disconnected()
-        if self.body_parts or self.body_done:
-            parts = self.body_parts
-            self.body_parts = []
-            body = b"".join(parts) if len(parts) != 1 else parts[0]
-            self.buffered = 0
-            more = not self.body_done
-            if more:
-                self.conn.resume_reading_for_body()
-            else:
-                self.delivered = True
-            done = self.conn.loop.create_future()
-            done.set_result({"type": "http.request", "body": body, "more_body": more})
-            return done
-        if self.conn.closed:
-            return self._disconnected()
-        return self._wait_body()
-
-    def _disconnected(self) -> asyncio.Future[dict[str, Any]]:
-        fut = self.disconnect
-        if fut is None or fut.cancelled():
-            fut = self.disconnect = self.conn.loop.create_future()
-            if self.conn.closed or self.response_done:
-                fut.set_result({"type": "http.disconnect"})
-        return fut
-
-    async def _wait_body(self) -> dict[str, Any]:
-        conn = self.conn
-        if self.expect_continue:
-            self.expect_continue = False
-            conn.write(_CONTINUE)
-        while not self.body_parts and not self.body_done and not conn.closed:
-            waiter = self.waiter = conn.loop.create_future()
-            conn.resume_reading_for_body()
-            try:
-                await waiter
-            finally:
-                self.waiter = None
-        if conn.closed and not self.body_done:
-            return {"type": "http.disconnect"}
-        return await self.receive()
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def lost(self) -> None:
-        self.wake()
-        fut = self.disconnect
-        if fut is not None and not fut.done():
-            fut.set_result({"type": "http.disconnect"})
-
-    async def send(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            if self.status:
-                raise RuntimeError("http.response.start sent twice")
-            self.status = message["status"]
-            self.response_headers = message.get("headers", [])
-            return
-        if kind != "http.response.body":
-            return  # trailers: not offered as an extension, so not sent
-        if not self.status:
-            raise RuntimeError("http.response.body before http.response.start")
-        if self.response_done:
-            return
-        conn = self.conn
-        body = message.get("body", b"")
-        more = message.get("more_body", False)
-        if conn.closed:
-            self.response_done = not more
-            return
-        if not self.head_sent:
-            data = self._head(len(body) if not more else None)
-            self.head_sent = True
-            if self.is_head or self.status in _NO_BODY_STATUSES:
-                body = b""
-            if self.chunked:
-                data += b"%x\r\n%b\r\n" % (len(body), body) if body else b""
-            else:
-                data += body
-        elif self.is_head or self.status in _NO_BODY_STATUSES:
-            data = b""
-        elif self.chunked:
-            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
-        else:
-            data = body
-        if not more:
-            self.response_done = True
-            if self.chunked:
-                data += b"0\r\n\r\n"
-        if data:
-            conn.write(data)
-        if conn.write_paused:
-            await conn.drain()
-
-    def _head(self, whole_length: int | None) -> bytes:
-        """The status line and headers; ``whole_length`` when the first body message is the
-        whole body (a ``content-length`` is added if the app gave none)."""
-        conn = self.conn
-        parts = [_status_line(self.status)]
-        has_length = False
-        for name, value in self.response_headers:
-            if name == b"content-length":
-                has_length = True
-            elif name == b"connection":
-                if value.lower() == b"close":
-                    self.keep_alive = False
-                continue  # this server's own, written below
-            elif name == b"transfer-encoding":
-                continue  # framing is this server's
-            parts += (name, b": ", value, b"\r\n")
-        if self.keep_alive and conn.state.draining:
-            self.keep_alive = False
-        if not has_length and self.status not in _NO_BODY_STATUSES:
-            if whole_length is not None:
-                parts.append(b"content-length: %d\r\n" % whole_length)
-            elif self.scope["http_version"] == "1.1":
-                # Announced for HEAD too (what GET would send), but a HEAD answer has no body
-                # on the wire: not even the last chunk.
-                self.chunked = not self.is_head
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # an HTTP/1.0 body without a length ends at close
-        parts.append(conn.state.default_head)
-        parts.append(conn.state.clock.date_line())
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -311,9 +105,9 @@ class HttpProtocol(asyncio.Protocol):
         self._client: tuple[str, int] | None = None
         self._server: tuple[str, int] | None = None
         # The request being parsed, the one being answered, and those parsed ahead of it.
-        self._parsing: _Request | None = None
-        self._active: _Request | None = None
-        self._pipeline: collections.deque[_Request] = collections.deque()
+        self._parsing: Request | None = None
+        self._active: Request | None = None
+        self._pipeline: collections.deque[Request] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         # The head being read.
         self._reading_head = True
@@ -489,7 +283,7 @@ class HttpProtocol(asyncio.Protocol):
             "query_string": query,
             "headers": headers,
         }
-        request = _Request(self, scope, parser.should_keep_alive() and not self.state.draining)
+        request = Request(self, scope, parser.should_keep_alive() and not self.state.draining)
         if scope["http_version"] == "1.1":  # HTTP/1.0 clients know no interim answers
             for name, value in headers:
                 if name == b"expect" and value.lower() == b"100-continue":
@@ -524,7 +318,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _start(self, request: _Request) -> None:
+    def _start(self, request: Request) -> None:
         self._active = request
         task = self.loop.create_task(self._run(request))
         self._task = task
@@ -532,7 +326,7 @@ class HttpProtocol(asyncio.Protocol):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _run(self, request: _Request) -> None:
+    async def _run(self, request: Request) -> None:
         try:
             await self.state.app(request.scope, request.receive, request.send)
         except asyncio.CancelledError:
@@ -565,7 +359,7 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._finished(request)
 
-    def _finished(self, request: _Request) -> None:
+    def _finished(self, request: Request) -> None:
         self._active = None
         self._task = None
         if self.closed:
@@ -606,7 +400,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.limits.request_head_timeout_s, self._head_timed_out
             )
 
-    def _answer_error(self, request: _Request, status: int, message: str) -> None:
+    def _answer_error(self, request: Request, status: int, message: str) -> None:
         request.head_sent = request.response_done = True
         self._answer_and_close(status, message)
 
@@ -628,7 +422,7 @@ class HttpProtocol(asyncio.Protocol):
     def _answer_and_close(self, status: int, message: str) -> None:
         body = message.encode("ascii")
         self.write(
-            _status_line(status)
+            status_line(status)
             + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body)
             + self.state.default_head
             + self.state.clock.date_line()
