@@ -16,12 +16,9 @@ import http
 import time
 from collections.abc import Awaitable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from mlwarden.sidecar.server import HttpProtocol
-
-__all__ = ["DateClock", "Request", "status_line"]
+__all__ = ["Connection", "DateClock", "Request", "status_line"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -55,6 +52,25 @@ class DateClock:
         return self._value
 
 
+class _Shared(Protocol):
+    draining: bool
+    default_head: bytes
+    clock: DateClock
+
+
+class Connection(Protocol):
+    """What a request needs of its connection (:class:`~mlwarden.sidecar.server.HttpProtocol`)."""
+
+    loop: asyncio.AbstractEventLoop
+    closed: bool
+    write_paused: bool
+    state: _Shared
+
+    def write(self, data: bytes) -> None: ...
+    def resume_reading_for_body(self) -> None: ...
+    async def drain(self) -> None: ...
+
+
 class Request:
     """One request: its scope, its body as it arrives, its response as the app sends it."""
 
@@ -77,7 +93,7 @@ class Request:
         "waiter",
     )
 
-    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool) -> None:
+    def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool) -> None:
         self.conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
