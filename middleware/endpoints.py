@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -83,13 +83,8 @@ class ModelsHealthEndpoint:
         path: str = scope["path"]
         model = path[len(self._prefix) :] if path.startswith(self._prefix) else ""
         if not model:
-            for key, _, value in (
-                part.partition("=") for part in scope.get("query_string", b"").decode(
-                    "latin-1"
-                ).split("&")
-            ):  # fmt: skip
-                if key == "model":
-                    model = unquote(value)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            model = query.get("model", [""])[-1]
         method = scope["method"]
         if not model:
             status, body = self._health.summary_json()

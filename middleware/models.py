@@ -223,9 +223,6 @@ class ModelRegistry:
     def __iter__(self) -> Iterator[Any]:
         yield from list(self._trackers.values())
 
-    def __len__(self) -> int:
-        return len(self._trackers)
-
     def get(self, name: str) -> Any | None:
         return self._trackers.get(name)
 
@@ -284,9 +281,9 @@ class ModelRegistry:
 
 
 def options_for(options: Any, name: str, version: str, baseline: BaselineProfile | None) -> Any:
-    """The monitor's options for one model: its name, version and baseline put in."""
+    """The monitor's options for one model: its name, version and baseline put in (no
+    InfluxDB shipping without a baseline: its statistics are the baseline's features')."""
+    influx = options.influx if baseline is not None else None
     return dataclasses.replace(
-        options, model_name=name, model_version=version, baseline=baseline, influx=(
-            options.influx if baseline is not None else None
-        )
-    )  # fmt: skip
+        options, model_name=name, model_version=version, baseline=baseline, influx=influx
+    )

@@ -113,8 +113,9 @@ class InferenceMonitor:
             self._single = self._make_tracker(o.model_name, o.model_version, o.baseline)
         # Our endpoints never shadow what the app answers at the same path (see _may_serve).
         self._own: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
-        self._health_prefix: str | None = None
-        health_endpoint: Callable[[Scope, Receive, Send], Awaitable[None]]
+        # With several models, /-/health/{model} too: the prefix and its endpoint.
+        self._model_health: tuple[str, ASGIApp] | None = None
+        health_endpoint: ASGIApp
         if self.models is not None:
             self.models_health = ModelsHealth(
                 self.models, before=self.drain, started_at=self._started_at
@@ -129,7 +130,7 @@ class InferenceMonitor:
             if path and self._may_serve(path, option):
                 self._own[path] = endpoint
                 if option == "health_path" and self.models is not None:
-                    self._health_prefix = path.rstrip("/") + "/"  # /-/health/{model}
+                    self._model_health = (path.rstrip("/") + "/", endpoint)
         # Ground truth: ids on scored requests, their predictions remembered, labels joined.
         self._request_ids: RequestIds | None = None
         self.feedback: Any = None
@@ -241,12 +242,10 @@ class InferenceMonitor:
                 self._start_background()
             path = scope["path"]
             own = self._own.get(path)
-            if (
-                own is None
-                and self._health_prefix is not None
-                and path.startswith(self._health_prefix)
-            ):
-                own = self._own[self._health_prefix[:-1] or "/"]  # /-/health/{model}
+            if own is None and self._model_health is not None:
+                prefix, endpoint = self._model_health
+                if path.startswith(prefix):
+                    own = endpoint
             if own is not None and scope["method"] in ("GET", "HEAD"):
                 await own(scope, receive, send)
                 return
@@ -323,15 +322,13 @@ class InferenceMonitor:
             if span is not None:
                 span.detach()
             try:
-                if found is not None and tracker is self.models.other:  # type: ignore[union-attr]
-                    # A model without a tracker yet: made now if its baseline exists or it
-                    # answered 2xx (and there is room), so this request counts under it.
+                if found is not None and self.models is not None:
+                    # The tracker this request counts under: made now for a model that has
+                    # none yet (its baseline exists, or it answered 2xx); one without a
+                    # baseline looks for it again.
                     status = exchange.status
                     answered = status is not None and 200 <= int(status) < 300
-                    tracker = self.models.resolve(found[0], found[1], answered)  # type: ignore[union-attr]
-                elif found is not None and tracker.baseline is None:
-                    # Tracked without drift so far: its baseline may have appeared.
-                    self.models.resolve(found[0], found[1], True)  # type: ignore[union-attr]
+                    tracker = self.models.resolve(found[0], found[1], answered)
                 self._record(scope, root_path, exchange, span, model, error, end, tracker)
             except Exception:
                 self._internal_error("recording the request", tracker)

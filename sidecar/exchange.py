@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,18 +99,6 @@ class Exchange:
         return watcher is not None and watcher.done()
 
 
-async def _held_then_rest(held: HeldBody) -> AsyncIterator[bytes]:
-    if held.first:
-        yield held.first
-    if not held.done:
-        async for chunk in held.response.iter_body():
-            yield chunk
-
-
-class _ClientGone(Exception):
-    """The client disconnected; nothing is sent and nothing is counted against an upstream."""
-
-
 @dataclass(slots=True)
 class HeldBody:
     """The start of an upstream's body, read before its head is sent on: the bytes arrived
@@ -186,37 +174,35 @@ async def relay(
     ex.status = response.status
     captured = ex.captured
     watcher = ex.watcher
-    if held.done and trailer is None and len(held.first) <= limit:
-        # The whole body arrived with the head (the usual small answer): one message.
-        if watcher is not None and watcher.done():
-            raise ClientGone
-        if captured is not None and held.first:
-            if len(held.first) > shadow_capture_bytes:
-                ex.captured = None
-            else:
-                captured.append(held.first)
-        try:
-            await send({"type": "http.response.body", "body": held.first})
-        except OSError as exc:
-            raise ClientGone from exc
-        return True
     size = 0
+    # Each chunk goes out once the next has been read, so the last goes with the end of the
+    # body: a small answer, whole with the head, is one message (and one write).
+    chunk, done = held.first, held.done
     try:
-        async for chunk in _held_then_rest(held):
-            if watcher is not None and watcher.done():
-                raise ClientGone
-            size += len(chunk)
-            if captured is not None:
-                captured.append(chunk)
-                if size > shadow_capture_bytes:
-                    ex.captured = captured = None  # too large to compare: not kept
-            if size > limit:
-                log.warning(
-                    "upstream %s: response body above max_response_bytes %d, cut", name, limit
-                )
-                ex.status = 502
-                return False
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        while True:
+            if chunk:
+                if watcher is not None and watcher.done():
+                    raise ClientGone
+                size += len(chunk)
+                if captured is not None:
+                    captured.append(chunk)
+                    if size > shadow_capture_bytes:
+                        ex.captured = captured = None  # too large to compare: not kept
+                if size > limit:
+                    log.warning(
+                        "upstream %s: response body above max_response_bytes %d, cut",
+                        name,
+                        limit,
+                    )
+                    ex.status = 502
+                    return False
+            if done:
+                break
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            chunk = await response.read_some()
+            done = not chunk or response.complete
+        await send({"type": "http.response.body", "body": chunk})
     except UpstreamError as exc:
         # The head is out: nothing to retry. Returning unfinished makes the server close
         # the client connection, so the truncation is visible.
@@ -225,7 +211,6 @@ async def relay(
         return False
     except OSError as exc:  # the server could not write to a client that went away
         raise ClientGone from exc
-    await send({"type": "http.response.body", "body": b""})
     if trailer is not None:
         await send(
             {

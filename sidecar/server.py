@@ -108,7 +108,6 @@ class HttpProtocol(asyncio.Protocol):
         self._parsing: Request | None = None
         self._active: Request | None = None
         self._pipeline: collections.deque[Request] = collections.deque()
-        self._task: asyncio.Task[None] | None = None
         # The head being read.
         self._reading_head = True
         self._head_bytes = 0
@@ -321,7 +320,6 @@ class HttpProtocol(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self._active = request
         task = self.loop.create_task(self._run(request))
-        self._task = task
         tasks = self.state.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -361,7 +359,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def _finished(self, request: Request) -> None:
         self._active = None
-        self._task = None
         if self.closed:
             return
         if (

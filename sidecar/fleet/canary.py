@@ -38,6 +38,8 @@ from mlwarden.sidecar.routing.canary import CanaryController
 
 __all__ = ["FleetCanary"]
 
+_RUNNING = ("analysing", "promoted")
+
 log = logging.getLogger("mlwarden.sidecar.fleet")
 
 
@@ -62,6 +64,7 @@ class FleetCanary:
         self._published: tuple[str, float, int] | None = None
         self._led_term: int | None = None
         self._fleet_over = False  # the fleet's state of the canary is over too
+        self._last_analysis = clock()
         canary.decides = self.decides
 
     def decides(self) -> bool:
@@ -70,37 +73,14 @@ class FleetCanary:
 
     async def run(self) -> None:
         c = self.canary
-        last_analysis = self._clock()
+        self._last_analysis = self._clock()
         try:
             # Until the canary is over here and for the fleet: a replica that ended it alone
             # (Redis down) stays to publish or propose its rollback once Redis is back.
-            while c.state in ("analysing", "promoted") or not self._fleet_over:
+            while c.state in _RUNNING or not self._fleet_over:
                 await self._sleep(self.fleet.interval_s)
                 try:
-                    if self.fleet.is_leader:
-                        if self._led_term != self.fleet.lease.token:
-                            # A new term: from the fleet's last decision (or this replica's
-                            # own rollback, which wins and is published below).
-                            keep_own = await self._follow()
-                            self._led_term = self.fleet.lease.token
-                            self._published = None if keep_own else self._current()
-                        await self._take_proposals()
-                        if self._clock() - last_analysis >= c.config.interval_s:
-                            last_analysis = self._clock()
-                            await self._analyse()
-                        await self._publish()
-                    elif self.fleet.available:
-                        self._led_term = None
-                        await self._follow()
-                    elif self._clock() - last_analysis >= c.config.interval_s:
-                        last_analysis = self._clock()
-                        await self._analyse()  # alone until Redis is back
-                    if self.fleet.available and c.state not in ("analysing", "promoted"):
-                        shared = await self.fleet.state.read_canary(c.candidate)
-                        self._fleet_over = shared is not None and shared.get("state") not in (
-                            "analysing",
-                            "promoted",
-                        )
+                    await self._pass()
                 except Exception as exc:  # Redis failing between the fleet's passes
                     log.warning("fleet canary: %s (the fleet's loop will notice)", exc)
         finally:
@@ -108,6 +88,33 @@ class FleetCanary:
             if closing is not None:
                 with contextlib.suppress(Exception):
                     await closing()
+
+    async def _pass(self) -> None:
+        """One pass: lead, follow, or decide alone (see the module docstring)."""
+        c, fleet = self.canary, self.fleet
+        if fleet.is_leader:
+            if self._led_term != fleet.lease.token:
+                # A new term: from the fleet's last decision (or this replica's own
+                # rollback, which wins and is published below).
+                keep_own = await self._follow()
+                self._led_term = fleet.lease.token
+                self._published = None if keep_own else self._current()
+            await self._take_proposals()
+            await self._analyse_when_due()
+            await self._publish()
+        elif fleet.available:
+            self._led_term = None
+            await self._follow()
+        else:
+            await self._analyse_when_due()  # alone until Redis is back
+        if fleet.available and c.state not in _RUNNING:
+            shared = await fleet.state.read_canary(c.candidate)
+            self._fleet_over = shared is not None and shared.get("state") not in _RUNNING
+
+    async def _analyse_when_due(self) -> None:
+        if self._clock() - self._last_analysis >= self.canary.config.interval_s:
+            self._last_analysis = self._clock()
+            await self._analyse()
 
     def _current(self) -> tuple[str, float, int]:
         c = self.canary
@@ -151,7 +158,7 @@ class FleetCanary:
     async def _take_proposals(self) -> None:
         proposals = await self.fleet.state.take_proposals(self.canary.candidate)
         c = self.canary
-        if proposals and c.state in ("analysing", "promoted"):
+        if proposals and c.state in _RUNNING:
             replica, reason = sorted(proposals.items())[0]
             c.rollback(f"proposed by {replica}, which rolled back alone: {reason}")
 
@@ -160,7 +167,7 @@ class FleetCanary:
         instead (to be published by the leader, or proposed to it)."""
         shared: dict[str, Any] | None = await self.fleet.state.read_canary(self.canary.candidate)
         c = self.canary
-        running = shared is None or shared.get("state") in ("analysing", "promoted")
+        running = shared is None or shared.get("state") in _RUNNING
         if c.state == "rolled_back" and running:
             # This replica rolled back on its own (deciding alone): the rollback wins.
             if self.fleet.is_leader:
