@@ -819,6 +819,35 @@ def sidecar_panels() -> list[Panel | Row]:
                 ),
             ],
         ),
+        Panel(
+            "Fleet drift",
+            "short",
+            "Drift judged on the sum of every replica's drift counts (fleet.drift): the "
+            "largest statistic over its threshold (1 or more: flagged), the replicas "
+            "summed and the rows judged. Each replica's own verdict is on the inference dashboard.",
+            [
+                (
+                    f"max by (upstream) (mlwarden_fleet_drift_ratio{{{JN}}})",
+                    "{{upstream}} ratio",
+                ),
+                (
+                    f"max by (upstream) (mlwarden_fleet_drift_detected{{{JN}}})",
+                    "{{upstream}} flagged",
+                ),
+                (
+                    f"max by (upstream) (mlwarden_fleet_drift_replicas{{{JN}}})",
+                    "{{upstream}} replicas",
+                ),
+                (
+                    f"max by (upstream) (mlwarden_fleet_drift_rows{{{JN}}}) / 1000",
+                    "{{upstream}} rows judged (thousands)",
+                ),
+                (
+                    f"sum(increase(mlwarden_fleet_drift_fetch_errors_total{{{JN}}}[{RI}]))",
+                    "counts not read",
+                ),
+            ],
+        ),
         Row("Sidecar processes"),
         build_panel("Sidecars", f"mlwarden_proxy_requests_in_flight{{{JN}}}"),
     ]

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from mlwarden.middleware.baseline import BaselineProfile
+from mlwarden.middleware.drift_export import DriftExportEndpoint
 from mlwarden.middleware.endpoints import (
     FeedbackEndpoint,
     HealthEndpoint,
@@ -131,6 +132,11 @@ class InferenceMonitor:
                 self._own[path] = endpoint
                 if option == "health_path" and self.models is not None:
                     self._model_health = (path.rstrip("/") + "/", endpoint)
+        if o.drift_path:
+            export = DriftExportEndpoint(self._drift_tracker, path=o.drift_path, before=self.drain)
+            for path in export.paths:
+                if self._may_serve(path, "drift_path"):
+                    self._own[path] = export
         # Ground truth: ids on scored requests, their predictions remembered, labels joined.
         self._request_ids: RequestIds | None = None
         self.feedback: Any = None
@@ -172,6 +178,13 @@ class InferenceMonitor:
         if self._running:
             with contextlib.suppress(RuntimeError):  # no running loop (made from a thread)
                 tracker.start()
+
+    def _drift_tracker(self, model: str | None) -> ModelTracker | None:
+        """The tracker whose drift counts ``{drift_path}/counts?model=`` asks for."""
+        if self._single is not None:
+            return self._single if model in (None, self._single.name) else None
+        assert self.models is not None
+        return self.models.get(model) if model else None
 
     def trackers(self) -> list[ModelTracker]:
         """Every model's tracker (and ``other``'s, with several models)."""

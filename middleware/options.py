@@ -75,6 +75,9 @@ class MonitorOptions:
     registry: Any = None  # a prometheus_client CollectorRegistry; None = the default registry
     metrics_path: str | None = "/metrics"
     health_path: str | None = "/-/health"
+    # The drift windows as mergeable counts ({drift_path}/counts, {drift_path}/baseline): what
+    # a fleet of sidecars sums to judge drift on every replica's rows at once.
+    drift_path: str | None = "/-/drift"
 
     # Tracing: the given provider, else the global one (a no-op until the app sets an SDK).
     tracing: bool = True
@@ -316,7 +319,7 @@ class MonitorOptions:
                 )
         if self.window_seconds is not None:
             _check_positive("window_seconds", self.window_seconds, problems)
-        for key in ("metrics_path", "health_path", "feedback_path"):
+        for key in ("metrics_path", "health_path", "feedback_path", "drift_path"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and value.startswith("/")):
                 problems.append(f"{key}: expected a path starting with '/' or None, got {value!r}")

@@ -189,7 +189,18 @@ class _Admin:
                 "retry_budget": sidecar.retry_policy.budget.snapshot(),
                 "in_flight": sidecar.in_flight,
                 "canary": sidecar.canary.snapshot() if sidecar.canary is not None else None,
-                "fleet": sidecar.fleet.snapshot() if sidecar.fleet is not None else None,
+                "fleet": (
+                    {
+                        **sidecar.fleet.snapshot(),
+                        "drift": (
+                            sidecar.fleet_drift.snapshot()
+                            if sidecar.fleet_drift is not None
+                            else None
+                        ),
+                    }
+                    if sidecar.fleet is not None
+                    else None
+                ),
                 "shadow": sidecar.shadow.snapshot() if sidecar.shadow is not None else None,
                 "policies": sidecar.policies.snapshot(),
                 "limits": {

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -40,6 +41,7 @@ from mlwarden.sidecar.edge import EdgeCounts
 from mlwarden.sidecar.fleet.canary import FleetCanary
 from mlwarden.sidecar.fleet.coordinator import Fleet
 from mlwarden.sidecar.fleet.counts import FleetRecords
+from mlwarden.sidecar.fleet.drift import FleetDrift
 from mlwarden.sidecar.fleet.escalation import FleetEscalation
 from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.policies import PolicyEngine
@@ -57,6 +59,7 @@ from mlwarden.sidecar.routing.health_checks import HealthChecker
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.routing.shadow import ShadowMirror
 from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
+from mlwarden.sidecar.signals.fleet_drift import FleetDriftSignals
 from mlwarden.sidecar.signals.health import HealthSignals
 from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
 from mlwarden.sidecar.signals.prometheus import PrometheusSignals
@@ -154,6 +157,7 @@ class Sidecar(Listener):
                 BreakerSignals(self.breakers),
                 ShadowSignals(self._shadow_agreement),
                 CanarySignals(lambda: self.canary.weight if self.canary is not None else None),
+                FleetDriftSignals(lambda: self.fleet_drift),
             ],
             vocabulary=VOCABULARY,
         )
@@ -180,6 +184,8 @@ class Sidecar(Listener):
         #: Fleet mode (``fleet:``): the lease, the shared state, the fleet's ledger and counts.
         self.fleet: Fleet | None = None
         self.fleet_canary: FleetCanary | None = None
+        #: Drift judged on every replica's counts (``fleet.drift``), with a fleet.
+        self.fleet_drift: FleetDrift | None = None
         if config.fleet is not None:
             self._build_fleet(clock, wall_clock, sleep)
         #: Outgoing webhooks (policies, escalations): the sender is built at start-up.
@@ -274,6 +280,24 @@ class Sidecar(Listener):
             sleep=sleep,
         )
         self.ledger.add_listener(self.fleet)  # the fleet's stream and counts
+        fc = self.config.fleet
+        if fc.drift:
+            target = fc.drift_upstream or self.config.routing.primary
+            u = self.config.upstream(target)
+            verify: ssl.SSLContext | bool = True
+            if u.ca_file is not None:
+                verify = ssl.create_default_context(cafile=u.ca_file)
+            self.fleet_drift = FleetDrift(
+                self.fleet,
+                url=u.url,
+                target=target,
+                model=fc.drift_model,
+                interval_s=fc.drift_interval_s,
+                record=self.record,
+                verify=verify,
+                clock=clock,
+                wall_clock=wall_clock,
+            )
         if self.canary is not None:
             self.fleet_canary = FleetCanary(
                 self.canary, self.fleet, record=self.record, clock=clock, sleep=sleep
@@ -430,6 +454,8 @@ class Sidecar(Listener):
             loops.append(("policies", self.policies.run))
         if self.fleet is not None:
             loops.append(("fleet", self.fleet.run))
+        if self.fleet_drift is not None:
+            loops.append(("fleet-drift", self.fleet_drift.run))
         if self.fleet_canary is not None:
             loops.append(("canary", self.fleet_canary.run))
         elif self.canary is not None:
@@ -451,7 +477,7 @@ class Sidecar(Listener):
             await self.shadow.aclose()
             await self.shadow.pool.aclose()
         tasks, self._tasks = self._tasks, {}
-        for name in ("canary", "policies", "health-checks", "fleet"):
+        for name in ("canary", "policies", "health-checks", "fleet-drift", "fleet"):
             task = tasks.get(name)
             if task is None:
                 continue
@@ -460,6 +486,8 @@ class Sidecar(Listener):
                 await asyncio.wait_for(task, timeout=5)
             if name == "health-checks" and self.health is not None:
                 await self.health.aclose()
+        if self.fleet_drift is not None:
+            await self.fleet_drift.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()  # gives the lease up: another replica leads at once
         webhooks, self.webhooks = self.webhooks, None

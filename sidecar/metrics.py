@@ -150,6 +150,45 @@ def _fleet_families(fleet: Any) -> Iterator[Metric]:
     )
 
 
+def _fleet_drift_families(drift: Any) -> Iterator[Metric]:
+    """Drift judged on the fleet's summed counts: the verdict's figures, and lost passes."""
+    verdict = drift.current()
+    if verdict is not None and verdict.get("enough_data"):
+        labels = ["upstream"]
+        for name, doc, value in (
+            (
+                "mlwarden_fleet_drift_detected",
+                "1 while drift is flagged on the sum of every replica's rows, else 0.",
+                1.0 if verdict.get("detected") else 0.0,
+            ),
+            (
+                "mlwarden_fleet_drift_ratio",
+                "Over the fleet's rows, the largest drift statistic over its threshold "
+                "(1 or more: a test fired).",
+                verdict.get("ratio"),
+            ),
+            (
+                "mlwarden_fleet_drift_rows",
+                "Rows in the fleet's drift windows, summed over the replicas judged.",
+                verdict.get("rows"),
+            ),
+            (
+                "mlwarden_fleet_drift_replicas",
+                "Replicas whose counts the fleet's drift verdict sums.",
+                len(verdict.get("replicas", ())),
+            ),
+        ):
+            if isinstance(value, int | float):
+                family = GaugeMetricFamily(name, doc, labels=labels)
+                family.add_metric([drift.target], float(value))
+                yield family
+    yield CounterMetricFamily(
+        "mlwarden_fleet_drift_fetch_errors",
+        "Drift counts or baselines this replica could not read from its model server.",
+        value=float(drift.fetch_errors),
+    )
+
+
 class _ScrapeCollector(Collector):
     """Reads breaker states, health and the retry budget of the attached sidecar at scrape."""
 
@@ -180,6 +219,11 @@ class _ScrapeCollector(Collector):
             GaugeMetricFamily("mlwarden_fleet_redis_available", ""),
             CounterMetricFamily("mlwarden_fleet_terms_won", ""),
             CounterMetricFamily("mlwarden_fleet_records_dropped", ""),
+            GaugeMetricFamily("mlwarden_fleet_drift_detected", "", labels=["upstream"]),
+            GaugeMetricFamily("mlwarden_fleet_drift_ratio", "", labels=["upstream"]),
+            GaugeMetricFamily("mlwarden_fleet_drift_rows", "", labels=["upstream"]),
+            GaugeMetricFamily("mlwarden_fleet_drift_replicas", "", labels=["upstream"]),
+            CounterMetricFamily("mlwarden_fleet_drift_fetch_errors", ""),
         ]
 
     def collect(self) -> Iterator[Metric]:
@@ -245,6 +289,9 @@ class _ScrapeCollector(Collector):
         fleet = getattr(sidecar, "fleet", None)
         if fleet is not None:
             yield from _fleet_families(fleet)
+        fleet_drift = getattr(sidecar, "fleet_drift", None)
+        if fleet_drift is not None:
+            yield from _fleet_drift_families(fleet_drift)
         canary = sidecar.canary
         if canary is not None:
             weight = GaugeMetricFamily(

@@ -235,7 +235,7 @@ def model_app(influx_url: str) -> Any:
 
 
 @contextlib.contextmanager
-def sidecar() -> Any:
+def sidecar(model_url: str) -> Any:
     primary = FakeVersion("primary", label="yes", fail_first=6)
     stable = FakeVersion("stable", label="yes")
     candidate = FakeVersion("candidate", label="yes")
@@ -255,6 +255,7 @@ def sidecar() -> Any:
                     "candidate": c.url,
                     "shadow": sh.url,
                     "dead": dead_url(),
+                    "model": model_url,  # the middleware's drift counts, for fleet drift
                 },
                 "retry": {
                     "num_retries": 1,
@@ -281,6 +282,8 @@ def sidecar() -> Any:
                     "name": "dashboards",
                     "lease_ttl_s": 3,
                     "poll_interval_s": 0.5,
+                    "drift_upstream": "model",
+                    "drift_interval_s": 0.5,
                 },
             },
             environ={},
@@ -373,7 +376,10 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(victoria_metrics)
     queries = {substitute(e) for name in DASHBOARDS for e in exprs(load(name))}
     workdir = temp_workdir("dashboards")
     stop = threading.Event()
-    with serve_app(model_app(victoria_metrics.url)) as model, sidecar() as (side_url, admin):
+    with (
+        serve_app(model_app(victoria_metrics.url)) as model,
+        sidecar(model.url) as (side_url, admin),
+    ):
         prom = start_prometheus(workdir, [f"127.0.0.1:{model.port}", f"127.0.0.1:{admin.port}"])
         loader = threading.Thread(target=traffic, args=(model.url, side_url, stop, 60), daemon=True)
         loader.start()

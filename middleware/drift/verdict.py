@@ -19,14 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlwarden.middleware.baseline import CategoricalProfile, NumericProfile
-from mlwarden.middleware.drift.calibration import (
-    EVALUATIONS_PER_SCALE,
-    Calibration,
-    alpha_per_test,
-)
+from mlwarden.middleware.baseline import BaselineProfile, CategoricalProfile, NumericProfile
+from mlwarden.middleware.drift.calibration import Calibration, alpha_per_test
 from mlwarden.middleware.drift.descriptive import Description, describe
-from mlwarden.middleware.drift.scale_tests import TestOutcome, run_scale
+from mlwarden.middleware.drift.scale_tests import TestOutcome
+from mlwarden.middleware.drift.scales import ScaleJudge
 from mlwarden.middleware.drift.settings import DriftThresholds
 from mlwarden.middleware.features import FeatureWindows
 from mlwarden.middleware.health_report import DriftTest, DriftVerdict, FeatureScores
@@ -130,30 +127,26 @@ _CALIBRATIONS: weakref.WeakKeyDictionary[FeatureWindows, dict[DriftThresholds, C
 )
 
 
+def calibrate(baseline: BaselineProfile, settings: DriftThresholds) -> Calibration:
+    """The calibration of ``baseline`` under ``settings``: the per-test level from the
+    false-alarm budget, thresholds computed on demand."""
+    numeric = sum(isinstance(f, NumericProfile) for f in baseline.features)
+    categorical = sum(isinstance(f, CategoricalProfile) for f in baseline.features)
+    alpha = alpha_per_test(
+        expected_run_rows=settings.expected_run_rows,
+        tests_per_evaluation=settings.tests_per_evaluation(numeric, categorical),
+        scales=settings.scales,
+    )
+    return Calibration(baseline, alpha=alpha, scales=settings.scales, min_rows=settings.min_rows)
+
+
 def calibration_for(windows: FeatureWindows, settings: DriftThresholds) -> Calibration:
     """The calibration of ``windows``' baseline under ``settings`` (made once, then shared)."""
     by_settings = _CALIBRATIONS.setdefault(windows, {})
     found = by_settings.get(settings)
     if found is None:
-        features = windows.baseline.features
-        numeric = sum(isinstance(f, NumericProfile) for f in features)
-        categorical = sum(isinstance(f, CategoricalProfile) for f in features)
-        alpha = alpha_per_test(
-            expected_run_rows=settings.expected_run_rows,
-            tests_per_evaluation=settings.tests_per_evaluation(numeric, categorical),
-            scales=settings.scales,
-        )
-        found = by_settings[settings] = Calibration(
-            windows.baseline, alpha=alpha, scales=settings.scales, min_rows=settings.min_rows
-        )
+        found = by_settings[settings] = calibrate(windows.baseline, settings)
     return found
-
-
-@dataclass(slots=True)
-class _ScaleState:
-    added: int  # the windows' row count when this scale was last tested
-    numeric: list[dict[str, TestOutcome]]
-    categorical: list[dict[str, TestOutcome]]
 
 
 class DriftEvaluator:
@@ -174,35 +167,34 @@ class DriftEvaluator:
         self.settings = settings
         self.calibration = calibration_for(windows, settings)
         self._clock = clock
-        self._state: dict[int, _ScaleState] = {}
         self._described: tuple[float, list[Description]] | None = None
-        self.last_tested: tuple[int, ...] = ()  # the scales the last evaluation tested
         baseline = windows.baseline
-        self._numeric_names = tuple(
-            f.name for f in baseline.features if isinstance(f, NumericProfile)
+        #: The scales' tests and their standing outcomes.
+        self.judge = ScaleJudge(
+            self.calibration,
+            settings,
+            numeric_names=[f.name for f in baseline.features if isinstance(f, NumericProfile)],
+            categorical_names=[
+                f.name for f in baseline.features if isinstance(f, CategoricalProfile)
+            ],
         )
-        self._categorical_names = tuple(
-            f.name for f in baseline.features if isinstance(f, CategoricalProfile)
-        )
+
+    @property
+    def last_tested(self) -> tuple[int, ...]:
+        """The scales the last evaluation tested."""
+        return self.judge.last_tested
 
     def fired_by_scale(self) -> dict[int, bool]:
         """Per active scale, whether any test fired in its latest evaluation."""
-        return {
-            scale: any(o.fired for by in (*st.numeric, *st.categorical) for o in by.values())
-            for scale, st in self._state.items()
-        }
+        return self.judge.fired_by_scale()
 
     def step(self, scale: int) -> int:
         """New rows after which ``scale`` is tested again."""
-        return max(1, math.ceil(scale / EVALUATIONS_PER_SCALE))
+        return self.judge.step(scale)
 
     def rows_until_due(self) -> int:
         """New rows needed before the smallest scale is tested again (0: due now)."""
-        smallest = self.settings.scales[0]
-        state = self._state.get(smallest)
-        if state is None:
-            return 0
-        return max(0, self.step(smallest) - (self.windows.added - state.added))
+        return self.judge.rows_until_due(self.windows.added)
 
     def evaluate(self, now: float | None = None, *, every_scale: bool = False) -> DriftReport:
         """Test the scales that are due (all with ``every_scale``) and report on all.
@@ -210,34 +202,10 @@ class DriftEvaluator:
         ``now`` is a reading of the windows' clock (for the age bound); the report's
         ``evaluated_at`` is always wall-clock time.
         """
-        s = self.settings
         added = self.windows.added
-        due = [
-            scale
-            for scale in s.scales
-            if every_scale
-            or (state := self._state.get(scale)) is None
-            or added - state.added >= self.step(scale)
-        ]
+        due = self.judge.due(added, every_scale=every_scale)
         rows, recent = self.windows.recent(due, self.calibration.numeric.cells, now)
-        active: list[int] = []
-        tested: list[int] = []
-        for scale in s.scales:
-            if not (rows >= scale or (scale == s.scales[0] and rows >= s.min_rows)):
-                self._state.pop(scale, None)
-                continue
-            active.append(scale)
-            if scale in recent:
-                numeric, categorical = run_scale(
-                    recent[scale],
-                    self.calibration,
-                    numeric_tests=s.numeric_tests,
-                    categorical_tests=s.categorical_tests,
-                    min_rows=s.min_rows,
-                )
-                self._state[scale] = _ScaleState(added, numeric, categorical)
-                tested.append(scale)
-        self.last_tested = tuple(tested)
+        active = self.judge.judge(rows, added, recent)
         return self._report(rows, active, now, fresh=every_scale)
 
     def _describe(self, now: float | None, fresh: bool) -> list[Description]:
@@ -250,19 +218,7 @@ class DriftEvaluator:
     def _report(
         self, rows: int, active: list[int], now: float | None, *, fresh: bool
     ) -> DriftReport:
-        best: dict[str, dict[str, TestOutcome]] = {}
-        for scale in active:
-            state = self._state[scale]
-            for names, outcomes in (
-                (self._numeric_names, state.numeric),
-                (self._categorical_names, state.categorical),
-            ):
-                for name, by_test in zip(names, outcomes, strict=True):
-                    mine = best.setdefault(name, {})
-                    for test, outcome in by_test.items():
-                        held = mine.get(test)
-                        if held is None or outcome.ratio > held.ratio or held.ratio != held.ratio:
-                            mine[test] = outcome
+        best = self.judge.best(active)
         features = []
         for d in self._describe(now, fresh):
             tests = best.get(d.name, {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mlwarden.sidecar.config.checks import redis_address, seconds, string, text
+from mlwarden.sidecar.config.checks import boolean, redis_address, seconds, string, text
 from mlwarden.sidecar.config.schema import Block, setting
 
 __all__ = ["FleetConfig"]
@@ -27,3 +27,7 @@ class FleetConfig(Block):
     lease_ttl_s: float = setting(10.0, seconds(ge=1, le=300))
     poll_interval_s: float = setting(1.0, seconds(gt=0, le=60))
     redis_timeout_s: float = setting(0.5, seconds(gt=0, le=10))
+    drift: bool = setting(True, boolean)
+    drift_upstream: str = setting("", string)
+    drift_model: str = setting("", string)
+    drift_interval_s: float = setting(5.0, seconds(ge=0.1, le=300))

@@ -177,6 +177,12 @@ class SidecarConfig:
                 optional["canary"] = check_canary(canary, names, routing, problems)
             if shadow:
                 check_shadow(shadow, names, routing, problems)
+            fleet = optional["fleet"]
+            if fleet and fleet.drift_upstream and fleet.drift_upstream not in names:
+                problems.add(
+                    "fleet.drift_upstream",
+                    f"unknown upstream {fleet.drift_upstream!r} (known: {', '.join(names)})",
+                )
         healing = load_healing(data.get("healing"), problems)
         policies = load_policy_entries(data.get("policies"), problems)
         if parse_policies is not None and names:

@@ -37,11 +37,17 @@ class FleetState:
 
     def __init__(self, client: Any, *, fleet: str, max_records: int = 10_000) -> None:
         self._client = client
+        #: The Redis client, for the fleet's other stores (drift counts).
+        self.client = client
         self.prefix = f"mlwarden:{fleet}"
         self.term_key = f"{self.prefix}:term"
         self.ledger_key = f"{self.prefix}:ledger"
         self.max_records = max_records
         self._publish = client.register_script(_PUBLISH)
+        #: The fenced write (``keys=[term, hash]``, ``args=[token, replica, field, value,
+        #: ...]``): the hash's fields set and its version returned only while ``token`` is the
+        #: current term, else 0. Shared by every store of leader-decided state.
+        self.fenced_write = self._publish
 
     def canary_key(self, candidate: str) -> str:
         return f"{self.prefix}:canary:{candidate}"
