@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -379,7 +380,9 @@ def test_three_heals_on_three_replicas_are_one_escalation(fleet_redis: RedisServ
     assert len(escalations) == 1, [(e["replica"], e["reason"], e["at"]) for e in escalations] + [
         (r["replica"], r["action"], r["at"]) for r in stream
     ]
-    assert "3 times in the fleet" in escalations[0]["reason"]
+    # On the fleet's three firings: by the leader's sweep ("fired 3 times in the fleet"), or by
+    # the leader's own engine when the third firing was its own (it counts the fleet's too).
+    assert re.match(r"fired 3 times (in the fleet )?within", escalations[0]["reason"]), escalations
     # Each replica alone saw one firing: below the threshold, no escalation of its own.
     assert local == [1, 1, 1]
 

@@ -4,7 +4,8 @@ Two sidecars are built in one process (no servers: their loops are not started),
 ``redis-server`` and one fleet; each step of the fleet's loop and of the fleet canary is
 called directly, so that a branch the process-level tests reach only by timing is taken for
 certain: a follower that rolled back alone proposes its rollback, and the leader rolls the
-fleet back on it.
+fleet back on it; a follower that promoted alone applies the fleet's state again once Redis
+is back.
 """
 
 from __future__ import annotations
@@ -100,3 +101,48 @@ def test_a_follower_s_lone_rollback_is_proposed_and_the_leader_rolls_the_fleet_b
         assert not client.exists(f"mlwarden:{fleet}:canary:candidate:proposals")
     finally:
         client.close()
+
+
+def test_a_promotion_taken_alone_gives_way_to_the_fleet_s_state_when_redis_is_back(
+    fleet_redis: RedisServer,
+) -> None:
+    fleet = f"t-{uuid.uuid4().hex[:8]}"
+    a = _sidecar(fleet_redis.url, fleet, "replica-a")
+    b = _sidecar(fleet_redis.url, fleet, "replica-b")
+    assert a.fleet is not None and b.fleet is not None
+    assert a.fleet_canary is not None and b.fleet_canary is not None
+
+    async def scenario() -> None:
+        try:
+            await a.fleet.step()
+            await b.fleet.step()
+            assert a.fleet.is_leader and not b.fleet.is_leader
+            a.canary._step_up({})  # the fleet's decision: 20% -> 50%
+            await a.fleet_canary._publish()
+            await b.fleet_canary._pass()
+            assert (b.canary.state, b.canary.weight) == ("analysing", 50.0)
+            # Redis unreachable for b: it decides alone, on its share, and promotes.
+            b.fleet.available = False
+            await b.fleet_canary._pass()
+            b.canary._step_up({})
+            b.canary._step_up({})
+            assert (b.canary.state, b.canary.weight) == ("promoted", 100.0)
+            assert b.router.primary == "candidate"
+            # Back: the fleet's state (still 50%, a version b had applied) is applied again.
+            b.fleet.available = True
+            await b.fleet_canary._pass()
+            assert (b.canary.state, b.canary.weight, b.canary.step) == ("analysing", 50.0, 1)
+            assert b.router.primary == "stable"
+            # Once only: the next pass has nothing to apply.
+            await b.fleet_canary._pass()
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    asyncio.run(scenario())
+    followed = b.ledger.query(action="canary_followed")
+    # newest first: the reconciliation, then the first following
+    assert [r.reason.startswith("back from deciding alone") for r in followed] == [True, False]
+    # The leader's decisions are the fleet's; b's lone promotion stays in b's own ledger.
+    assert [r.action for r in a.ledger.query(action="promotion")] == []
+    assert [r.action for r in b.ledger.query(action="promotion")] == ["promotion"]

@@ -17,7 +17,10 @@ Every :attr:`~mlwarden.sidecar.fleet.coordinator.Fleet.interval_s`:
   Afterwards a rollback wins: a replica that rolled back alone does not adopt the fleet's
   state of a canary still running; as the leader it publishes its rollback, as a follower it
   proposes it, and the leader rolls the fleet back at its next pass (``rollback`` recorded
-  once, naming the proposer).
+  once, naming the proposer). Anything else it decided alone (a step, a promotion, on its
+  share of the traffic) gives way: it applies the fleet's state again, even one it had
+  applied before (``canary_followed``, "back from deciding alone"), so no replica keeps a
+  weight the fleet did not decide.
 
 The analysis reads what the canary's signal source gives: with ``canary.source: prometheus``
 the whole fleet's figures (every replica's series), else the leader's own share of the
@@ -64,6 +67,8 @@ class FleetCanary:
         self._published: tuple[str, float, int] | None = None
         self._led_term: int | None = None
         self._fleet_over = False  # the fleet's state of the canary is over too
+        self._alone = False  # a pass ran with Redis down: this replica decided alone
+        self._reconciling = False  # the next adopted state undoes decisions taken alone
         self._last_analysis = clock()
         canary.decides = self.decides
 
@@ -92,6 +97,15 @@ class FleetCanary:
     async def _pass(self) -> None:
         """One pass: lead, follow, or decide alone (see the module docstring)."""
         c, fleet = self.canary, self.fleet
+        if not fleet.available:
+            self._alone = True
+        elif self._alone:
+            # Back from deciding alone: the fleet's state is applied again even when its
+            # version is one this replica had applied before (its own steps or promotion
+            # since are undone; its own rollback still wins, in _follow).
+            self._alone = False
+            self._applied = 0
+            self._reconciling = True
         if fleet.is_leader:
             if self._led_term != fleet.lease.token:
                 # A new term: from the fleet's last decision (or this replica's own
@@ -185,11 +199,13 @@ class FleetCanary:
             float(shared.get("weight", self.canary.weight)),
             int(shared.get("step", self.canary.step)),
         )
+        alone, self._reconciling = self._reconciling, False
         if changed:
             self._record(
                 action="canary_followed",
                 target=self.canary.candidate,
-                reason=f"the fleet's decision by {shared.get('replica')} (term "
+                reason=("back from deciding alone, " if alone else "")
+                + f"the fleet's decision by {shared.get('replica')} (term "
                 f"{shared.get('token')}): {shared.get('state')} at {shared.get('weight')}%",
                 severity="info",
                 signals={"version": float(shared["version"])},
