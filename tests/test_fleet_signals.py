@@ -245,6 +245,51 @@ def test_a_slow_prometheus_delays_a_tick_by_one_interval_and_its_signals_are_unk
     assert signals["fleet_error_rate"] is None and signals["fleet_requests"] is None
 
 
+def test_prometheus_is_asked_only_for_the_policies_that_read_fleet_signals(
+    fleet_redis: RedisServer,
+) -> None:
+    asked: list[str] = []
+
+    async def query(request: Request) -> JSONResponse:
+        asked.append(request.query_params["query"])
+        value = [0, "0.3"]
+        return JSONResponse(
+            {"status": "success", "data": {"result": [{"metric": {}, "value": value}]}}
+        )
+
+    async def ticks(policies: list[dict[str, Any]], url: str) -> tuple[list[str], Any]:
+        cfg = sidecar_config_from_mapping(
+            {
+                "upstreams": {"primary": "http://127.0.0.1:9", "stable": "http://127.0.0.1:9"},
+                "policies": policies,
+                "fleet": {
+                    "redis_url": fleet_redis.url,
+                    "name": f"t-{uuid.uuid4().hex[:8]}",
+                    "prometheus_url": url,
+                },
+            },
+            environ={},
+        )
+        sidecar = Sidecar(cfg, health_checks=False)
+        try:
+            assert sidecar.fleet is not None
+            await sidecar.fleet.step()
+            await sidecar.policies.refresh()
+            return sidecar.policies.tick(), sidecar.signals.read("primary", 60.0)
+        finally:
+            await sidecar.aclose()
+
+    local = {"name": "local", "when": "error_rate > 0.5"}
+    fleet_wide = {"name": "fleet-wide", "when": "fleet_error_rate > 0.2"}
+    with serve_app(Starlette(routes=[Route("/api/v1/query", query)])) as prometheus:
+        fired, _ = asyncio.run(ticks([local], prometheus.url))
+        assert (fired, asked) == ([], [])
+        fired, signals = asyncio.run(ticks([local, fleet_wide], prometheus.url))
+    assert fired == ["fleet-wide"]
+    assert signals["fleet_error_rate"] == 0.3
+    assert asked and all('upstream="primary"' in q for q in asked)
+
+
 # -- process level: model servers, three sidecars, redis-server, prometheus ---------------------
 
 

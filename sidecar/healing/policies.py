@@ -129,17 +129,18 @@ class PolicyEngine:
     async def refresh(self) -> None:
         """Fetch the remote signals of the targets this replica evaluates, bounded by one
         interval: a timeout leaves those signals unknown for the tick, never stale."""
-        wanted: dict[float, set[str]] = {}
+        wanted: dict[float, tuple[set[str], set[str]]] = {}
         for policy in self.policies:
             if self.scope.evaluates(policy):
-                target = policy.target or self.port.routes.primary
-                wanted.setdefault(policy.window_s, set()).add(target)
+                targets, names = wanted.setdefault(policy.window_s, (set(), set()))
+                targets.add(policy.target or self.port.routes.primary)
+                names.update(policy.condition.signals)
         if not wanted:
             return
         try:
             async with asyncio.timeout(self.healing.interval_s):
-                for window_s, targets in wanted.items():
-                    await self.port.refresh_signals(sorted(targets), window_s)
+                for window_s, (targets, names) in wanted.items():
+                    await self.port.refresh_signals(sorted(targets), window_s, names)
         except TimeoutError:
             log.warning(
                 "the policies' signals were not fetched within %gs: unknown this tick",
