@@ -36,7 +36,7 @@ from mlwarden.middleware import InferenceMonitor
 from mlwarden.sidecar.app import Sidecar
 from mlwarden.sidecar.healing.policy_scope import is_fleet_policy
 from mlwarden.sidecar.settings import sidecar_config_from_mapping
-from tests.servers import ServedApp, serve_app, start_prometheus, temp_workdir
+from tests.servers import ServedApp, free_port, serve_app, start_prometheus, temp_workdir
 from tests.test_breaker_redis import RedisServer, running_redis
 from tests.test_fleet import TTL_S, Replica, Traffic, _leaders, _stream, _wait
 
@@ -288,6 +288,39 @@ def test_prometheus_is_asked_only_for_the_policies_that_read_fleet_signals(
     assert fired == ["fleet-wide"]
     assert signals["fleet_error_rate"] == 0.3
     assert asked and all('upstream="primary"' in q for q in asked)
+
+
+def test_fleet_signals_are_unknown_without_a_prometheus_or_when_its_queries_fail(
+    fleet_redis: RedisServer,
+) -> None:
+    async def read(url: str | None) -> dict[str, Any]:
+        fleet_block = {"redis_url": fleet_redis.url, "name": f"t-{uuid.uuid4().hex[:8]}"}
+        cfg = sidecar_config_from_mapping(
+            {
+                "upstreams": {"primary": "http://127.0.0.1:9", "stable": "http://127.0.0.1:9"},
+                "policies": [{"name": "p", "when": "fleet_requests < 1"}],
+                "fleet": {**fleet_block, **({"prometheus_url": url} if url else {})},
+            },
+            environ={},
+        )
+        sidecar = Sidecar(cfg, health_checks=False)
+        try:
+            assert sidecar.fleet is not None
+            await sidecar.fleet.step()
+            await sidecar.policies.refresh()
+            assert sidecar.policies.tick() == []  # unknown is not true
+            return sidecar.signals.read("primary", 60.0)
+        finally:
+            await sidecar.aclose()
+
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    for url in (None, nothing_listens):
+        signals = asyncio.run(read(url))
+        fleet = {k: v for k, v in signals.items() if k.startswith("fleet_")}
+        # A failed requests query is not "no traffic": every fleet figure is unknown.
+        assert fleet == dict.fromkeys(
+            ["fleet_requests", "fleet_error_rate", "fleet_p99_latency_seconds"]
+        ), url
 
 
 # -- process level: model servers, three sidecars, redis-server, prometheus ---------------------
