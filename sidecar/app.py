@@ -43,6 +43,7 @@ from mlwarden.sidecar.fleet.coordinator import Fleet
 from mlwarden.sidecar.fleet.counts import FleetRecords
 from mlwarden.sidecar.fleet.drift import FleetDrift
 from mlwarden.sidecar.fleet.escalation import FleetEscalation
+from mlwarden.sidecar.fleet.routes import FleetPolicyScope, FleetRoutes
 from mlwarden.sidecar.healing.ledger import Ledger
 from mlwarden.sidecar.healing.policies import PolicyEngine
 from mlwarden.sidecar.healing.ports import PartsPort
@@ -59,6 +60,7 @@ from mlwarden.sidecar.routing.health_checks import HealthChecker
 from mlwarden.sidecar.routing.router import Router
 from mlwarden.sidecar.routing.shadow import ShadowMirror
 from mlwarden.sidecar.routing.shadow_metrics import ShadowMetrics
+from mlwarden.sidecar.signals.fleet import FleetSignals
 from mlwarden.sidecar.signals.fleet_drift import FleetDriftSignals
 from mlwarden.sidecar.signals.health import HealthSignals
 from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
@@ -150,6 +152,10 @@ class Sidecar(Listener):
         # 3. the healing loop's parts
         self.shadow = self._build_shadow() if config.shadow is not None else None
         self.canary: CanaryController | None = None
+        self._prometheus: dict[str, PrometheusSignals] = {}  # one client per URL
+        fleet_url = config.fleet.prometheus_url if config.fleet is not None else None
+        #: The fleet's figures for the policies (``fleet_*``; unknown without a Prometheus).
+        self.fleet_signals = FleetSignals(self._prometheus_at(fleet_url) if fleet_url else None)
         self.signals = SignalBoard(
             [
                 WindowSignals(self.windows),
@@ -158,6 +164,7 @@ class Sidecar(Listener):
                 ShadowSignals(self._shadow_agreement),
                 CanarySignals(lambda: self.canary.weight if self.canary is not None else None),
                 FleetDriftSignals(lambda: self.fleet_drift),
+                self.fleet_signals,
             ],
             vocabulary=VOCABULARY,
         )
@@ -171,7 +178,7 @@ class Sidecar(Listener):
                 local=self.signals,
                 samples=self.canary_samples,
                 fleet=(
-                    PrometheusSignals(c.prometheus_url)
+                    self._prometheus_at(c.prometheus_url)
                     if c.source == "prometheus" and c.prometheus_url
                     else None
                 ),
@@ -213,8 +220,11 @@ class Sidecar(Listener):
             sleep=sleep,
         )
         self.tracer = ProxyTracer(tracer_provider=tracer_provider)
+        #: The fleet policies' routes, published by the leader and forced by every replica.
+        self.fleet_routes: FleetRoutes | None = None
         if self.fleet is not None:
             self._escalate_as_a_fleet(self.fleet, wall_clock)
+            self._route_as_a_fleet(self.fleet)
 
         # 4. the request path
         #: Every listener of the request path (more with :meth:`add_events`).
@@ -302,6 +312,22 @@ class Sidecar(Listener):
             self.fleet_canary = FleetCanary(
                 self.canary, self.fleet, record=self.record, clock=clock, sleep=sleep
             )
+
+    def _prometheus_at(self, url: str) -> PrometheusSignals:
+        """The canary and the fleet signals share one client when they query one server."""
+        if url not in self._prometheus:
+            self._prometheus[url] = PrometheusSignals(url)
+        return self._prometheus[url]
+
+    def _route_as_a_fleet(self, fleet: Fleet) -> None:
+        """Fleet policies run on the leader; their routes reach every replica
+        (mlwarden.sidecar.fleet.routes)."""
+        routes = FleetRoutes(
+            fleet, self.router, record=self.record, followed=self.policies.followed
+        )
+        self.fleet_routes = routes
+        self.policies.scope = FleetPolicyScope(fleet, routes)
+        fleet.passes += [routes.publish, routes.follow]
 
     def _escalate_as_a_fleet(self, fleet: Fleet, wall_clock: Callable[[], float]) -> None:
         """Escalating is the leader's, on the fleet's counts (mlwarden.sidecar.fleet.escalation)."""
@@ -490,6 +516,8 @@ class Sidecar(Listener):
             await self.fleet_drift.aclose()
         if self.fleet is not None:
             await self.fleet.aclose()  # gives the lease up: another replica leads at once
+        for prometheus in self._prometheus.values():
+            await prometheus.aclose()  # the canary's loop may have closed it: that is fine
         webhooks, self.webhooks = self.webhooks, None
         if webhooks is not None:
             await webhooks.aclose()

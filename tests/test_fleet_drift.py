@@ -23,6 +23,10 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from benchmarks.fleet_drift import Stream
 from benchmarks.fleet_drift import _columns as bench_columns
@@ -148,14 +152,29 @@ def test_the_fleet_flags_drift_in_about_the_rows_of_one_server_seeing_all() -> N
     assert fleet <= 0.7 * alone, found
 
 
-def _sidecar_config(model_url: str, redis_url: str, fleet: str) -> str:
+def _sidecar_config(model_url: str, redis_url: str, fleet: str, hook_url: str) -> str:
     return (
         f"upstreams:\n  model: {model_url}\n"
         "routing: {primary: model}\n"
         "health_checks: {interval_s: 60}\n"
+        "healing: {interval_s: 0.2}\n"
         f"fleet: {{redis_url: '{redis_url}', name: {fleet}, replica: REPLICA, "
         "lease_ttl_s: 3, poll_interval_s: 0.2, drift_interval_s: 0.3}\n"
+        # A fleet policy (it reads a fleet_ signal): the leader's alone, so one webhook.
+        "policies:\n"
+        "  - name: fleet-drift\n"
+        "    when: fleet_drift_detected\n"
+        "    for_s: 0\n"
+        f"    actions: [{{webhook: {{url: '{hook_url}'}}}}]\n"
     )
+
+
+def _hook_app(received: list[dict]) -> Starlette:
+    async def hook(request: Request) -> JSONResponse:
+        received.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
 
 def _metric(admin_port: int, name: str) -> float | None:
@@ -174,10 +193,19 @@ def test_three_replicas_flag_drift_on_the_fleets_rows(tmp_path: Path) -> None:
     single = DriftEvaluator(reference, DriftThresholds())
     warm = reference_rows(1_500, seed=21)
     drifted = reference_rows(3_000, seed=22, shift={"f1": 0.3})
-    with running_redis() as redis_server, _three_models(baseline) as models:
+    received: list[dict] = []
+    with (
+        running_redis() as redis_server,
+        _three_models(baseline) as models,
+        serve_app(_hook_app(received)) as hook,
+    ):
         workdir = temp_workdir("fleet-drift")
         replicas = [
-            Replica(i, _sidecar_config(models[i].url, redis_server.url, fleet), workdir)
+            Replica(
+                i,
+                _sidecar_config(models[i].url, redis_server.url, fleet, hook.url + "/hook"),
+                workdir,
+            )
             for i in range(3)
         ]
         try:
@@ -229,6 +257,14 @@ def test_three_replicas_flag_drift_on_the_fleets_rows(tmp_path: Path) -> None:
             detected = [r for r in stream if r["action"] == "fleet_drift_detected"]
             assert len(detected) == 1, detected
             assert detected[0]["replica"] == f"replica-{leader.index}"
+            # The fleet policy on the fleet's verdict fired once, on the leader: one webhook.
+            fired = [r for r in stream if r["action"] == "policy_fired"]
+            assert [(r["policy"], r["replica"]) for r in fired] == [
+                ("fleet-drift", f"replica-{leader.index}")
+            ]
+            _wait(lambda: len(received) >= 1, 5, "the policy's webhook")
+            time.sleep(0.5)
+            assert len(received) == 1, received
         finally:
             for replica in replicas:
                 replica.proc.stop()

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mlwarden.sidecar.config.checks import boolean, redis_address, seconds, string, text
+from mlwarden.sidecar.config.checks import (
+    boolean,
+    http_url,
+    optional,
+    redis_address,
+    seconds,
+    string,
+    text,
+)
 from mlwarden.sidecar.config.schema import Block, setting
 
 __all__ = ["FleetConfig"]
@@ -18,7 +26,9 @@ class FleetConfig(Block):
     per term) runs the canary analysis and publishes its decisions; the others apply them
     within ``poll_interval_s``. ``name`` keys the fleet's state in Redis (one per service);
     ``replica`` names this sidecar (empty: host name and process id). Redis down: each
-    replica decides alone, recorded in its ledger, until it is back."""
+    replica decides alone, recorded in its ledger, until it is back. ``prometheus_url``: a
+    Prometheus scraping every replica, read by the policies' ``fleet_*`` signals (the
+    fleet's figures, not this replica's share; None: those signals are unknown)."""
 
     _key: ClassVar[str] = "fleet"
     redis_url: str = setting(check=redis_address, repr=False)
@@ -31,3 +41,4 @@ class FleetConfig(Block):
     drift_upstream: str = setting("", string)
     drift_model: str = setting("", string)
     drift_interval_s: float = setting(5.0, seconds(ge=0.1, le=300))
+    prometheus_url: str | None = setting(None, optional(http_url))

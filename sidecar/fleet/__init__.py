@@ -3,5 +3,6 @@
 - :mod:`~mlwarden.sidecar.fleet.lease`: one decider, a lease with fencing tokens;
 - :mod:`~mlwarden.sidecar.fleet.state`: the shared, fenced canary state and the fleet ledger;
 - :mod:`~mlwarden.sidecar.fleet.coordinator`: this replica's loop (lease, stream, Redis down);
-- :mod:`~mlwarden.sidecar.fleet.canary`: the canary decided by the leader, applied by all.
+- :mod:`~mlwarden.sidecar.fleet.canary`: the canary decided by the leader, applied by all;
+- :mod:`~mlwarden.sidecar.fleet.routes`: fleet policies on the leader, their routes on all.
 """

@@ -3,8 +3,9 @@
 :class:`Fleet` runs one background loop (every third of the lease's TTL, or the poll
 interval when shorter): renew or take the lease (:mod:`~mlwarden.sidecar.fleet.lease`), and
 append the ledger records this replica wrote since the last pass to the fleet's stream
-(:mod:`~mlwarden.sidecar.fleet.state`). It never runs on the request path: requests never
-wait on Redis.
+(:mod:`~mlwarden.sidecar.fleet.state`), then its other :attr:`Fleet.passes` (the fleet
+policies' routes, :mod:`~mlwarden.sidecar.fleet.routes`). It never runs on the request path:
+requests never wait on Redis.
 
 Redis unreachable (or slower than ``redis_timeout_s``): the lease lapses at once (this replica
 stops leading; the lease expires in Redis by itself), every replica decides alone, and the
@@ -93,6 +94,8 @@ class Fleet(Listener):
         )
         #: Called at the end of every pass while this replica leads (the escalation sweep).
         self.on_lead: Callable[[], Any] | None = None
+        #: More of each pass with Redis, in order (the fleet's routes); a failure: Redis down.
+        self.passes: list[Callable[[], Awaitable[None]]] = []
         self._record = record
         self._clock = clock
         self._sleep = sleep
@@ -153,6 +156,8 @@ class Fleet(Listener):
                 await self.counts.sync(
                     max_age_s=3 * self.interval_s + self.config.redis_timeout_s * 4
                 )
+                for more in self.passes:
+                    await more()
         except Exception as exc:  # redis.RedisError, OSError, TimeoutError: all say "down"
             self.redis_errors += 1
             self.lease.lapse()

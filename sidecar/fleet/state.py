@@ -5,6 +5,9 @@
   publish` writes it only while the writer's fencing token is the current term (one script,
   atomic): a deposed leader's write is refused and the caller told. ``version`` grows by one
   per accepted write; followers apply a version once.
+- ``mlwarden:{fleet}:route``: the route a fleet policy forced on the leader (``route``, null
+  when restored; ``policy``, ``away``), fenced and versioned the same way: every replica's
+  fleet loop forces it once per new version (:mod:`~mlwarden.sidecar.fleet.routes`).
 - ``mlwarden:{fleet}:ledger``: a stream every replica appends its ledger records to (beside
   its own file), capped at about ``max_records`` entries (``XADD MAXLEN ~``), so that
   ``GET /-/events?scope=fleet`` and an escalation can count the fleet's records.
@@ -52,24 +55,40 @@ class FleetState:
     def canary_key(self, candidate: str) -> str:
         return f"{self.prefix}:canary:{candidate}"
 
+    @property
+    def route_key(self) -> str:
+        return f"{self.prefix}:route"
+
     async def publish_canary(
         self, candidate: str, token: int, replica: str, fields: Mapping[str, Any]
     ) -> int:
         """Write the canary's decided state under ``token``; its new version, or 0 when the
         token is not the current term (refused)."""
-        flat: list[str] = []
-        for key, value in fields.items():
-            flat += [key, json.dumps(value)]
-        return int(
-            await self._publish(
-                keys=[self.term_key, self.canary_key(candidate)],
-                args=[str(token), replica, *flat],
-            )
-        )
+        return await self._fenced(self.canary_key(candidate), token, replica, fields)
 
     async def read_canary(self, candidate: str) -> dict[str, Any] | None:
         """The canary as the fleet's leader last published it (None: never)."""
-        raw = await self._client.hgetall(self.canary_key(candidate))
+        return await self._read(self.canary_key(candidate))
+
+    async def publish_route(self, token: int, replica: str, fields: Mapping[str, Any]) -> int:
+        """Write the route a fleet policy forced under ``token``; its new version, or 0 when
+        the token is not the current term (refused)."""
+        return await self._fenced(self.route_key, token, replica, fields)
+
+    async def read_route(self) -> dict[str, Any] | None:
+        """The route as the fleet's leader last published it (None: never)."""
+        return await self._read(self.route_key)
+
+    async def _fenced(self, key: str, token: int, replica: str, fields: Mapping[str, Any]) -> int:
+        flat: list[str] = []
+        for name, value in fields.items():
+            flat += [name, json.dumps(value)]
+        return int(
+            await self._publish(keys=[self.term_key, key], args=[str(token), replica, *flat])
+        )
+
+    async def _read(self, key: str) -> dict[str, Any] | None:
+        raw = await self._client.hgetall(key)
         if not raw:
             return None
         out: dict[str, Any] = {}

@@ -75,6 +75,7 @@ ACTIONS = (
     "fleet_degraded",
     "fleet_restored",
     "fleet_decision_refused",
+    "fleet_route_followed",
 )
 #: The usual outcomes; any other short ``[a-z_]`` word is accepted as well.
 OUTCOMES = ("ok", "failed", "skipped", "pending")

@@ -29,6 +29,11 @@ is watched instead, and a fallback that also fails is recorded (``remediation_fa
 escalated, not routed around again. A policy whose condition holds again after it rolled the
 canary back records ``remediation_ineffective`` and escalates.
 
+In a fleet (:mod:`~mlwarden.sidecar.healing.policy_scope`), a policy over ``fleet_*``
+signals runs on the leader alone and its route actions reach every replica; before each
+tick the loop refreshes the remote signals of the policies it evaluates, at most
+``healing.interval_s`` (a slow Prometheus delays a tick, never stalls the loop).
+
 Tiered defaults (:mod:`~mlwarden.sidecar.healing.default_policies`) apply without
 ``policies``, unless ``healing.default_policies`` is false. The engine acts through a
 :class:`~mlwarden.sidecar.healing.ports.HealingPort`, never on the sidecar itself.
@@ -47,7 +52,8 @@ from mlwarden.sidecar.config import HealingConfig, SidecarConfig
 from mlwarden.sidecar.healing.default_policies import default_policies
 from mlwarden.sidecar.healing.escalation import Escalation
 from mlwarden.sidecar.healing.policy_config import PolicyAction, PolicyConfig
-from mlwarden.sidecar.healing.ports import HealingPort
+from mlwarden.sidecar.healing.policy_scope import EveryReplica, PolicyScope
+from mlwarden.sidecar.healing.ports import HealingPort, RouteControl
 from mlwarden.sidecar.healing.vocabulary import FUNCTIONS
 
 __all__ = ["PolicyEngine"]
@@ -67,7 +73,8 @@ class _State:
 
 class PolicyEngine:
     """Evaluates ``policies`` every ``healing.interval_s``, acting through ``port``; see the
-    module docstring. Use :meth:`from_config` for the configured policies plus the defaults."""
+    module docstring. Use :meth:`from_config` for the configured policies plus the defaults.
+    ``scope`` says which policies run here and through which routes (default: all, here)."""
 
     def __init__(
         self,
@@ -78,8 +85,10 @@ class PolicyEngine:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        scope: PolicyScope | None = None,
     ) -> None:
         self.policies = policies
+        self.scope: PolicyScope = scope if scope is not None else EveryReplica()
         self.healing = healing
         self.port = port
         self._clock = clock
@@ -109,11 +118,34 @@ class PolicyEngine:
         while True:
             await self._sleep(self.healing.interval_s)
             try:
+                await self.refresh()
                 self.tick()
+                await self.scope.after_tick()
             except Exception:
                 log.exception("a healing tick failed; the next one runs as planned")
 
     # -- one tick -----------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Fetch the remote signals of the targets this replica evaluates, bounded by one
+        interval: a timeout leaves those signals unknown for the tick, never stale."""
+        wanted: dict[float, tuple[set[str], set[str]]] = {}
+        for policy in self.policies:
+            if self.scope.evaluates(policy):
+                targets, names = wanted.setdefault(policy.window_s, (set(), set()))
+                targets.add(policy.target or self.port.routes.primary)
+                names.update(policy.condition.signals)
+        if not wanted:
+            return
+        try:
+            async with asyncio.timeout(self.healing.interval_s):
+                for window_s, (targets, names) in wanted.items():
+                    await self.port.refresh_signals(sorted(targets), window_s, names)
+        except TimeoutError:
+            log.warning(
+                "the policies' signals were not fetched within %gs: unknown this tick",
+                self.healing.interval_s,
+            )
 
     def tick(self) -> list[str]:
         """Evaluate each policy once; the names of those that fired."""
@@ -122,6 +154,8 @@ class PolicyEngine:
         # Policies over the same target and window read the same figures: compute them once.
         signals: dict[tuple[str, float], Mapping[str, Any]] = {}
         for policy in self.policies:
+            if not self.scope.evaluates(policy):
+                continue  # the fleet's leader evaluates it (policy_scope)
             state = self._states[policy.name]
             target = policy.target or self.port.routes.primary
             key = (target, policy.window_s)
@@ -146,6 +180,21 @@ class PolicyEngine:
             self._fire(policy, state, target, explanation.values)
             fired.append(policy.name)
         return fired
+
+    def followed(self, name: str, routed: tuple[str, str] | None) -> None:
+        """The fleet's leader put policy ``name``'s remediation in place (``routed``: away
+        from, to) or ended it (None): this replica, should it lead next, watches that
+        remediation instead of firing the policy again for the same incident."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.routed, state.false_since, state.failure_reported = routed, None, False
+        state.true_since = None
+        if routed is not None:
+            state.last_fired = self._clock()  # the fleet's firing: its cooldown holds here
+
+    def _routes(self, policy: PolicyConfig) -> RouteControl:
+        return self.scope.routes(policy, self.port.routes)
 
     def _signals(self, target: str, window_s: float) -> Mapping[str, Any]:
         return self.port.read_signals(target, window_s)
@@ -202,13 +251,13 @@ class PolicyEngine:
                     policy, f"nowhere to route away from {target}", signals, [kind]
                 )
                 return
-            port.routes.force(to)
+            self._routes(policy).force(to)
             state.routed, state.false_since, state.failure_reported = (target, to), None, False
             self.escalation.record(
                 policy, "fallback", to, f"{reason}: traffic moved from {target} to {to}", signals
             )
         elif kind == "restore_primary":
-            port.routes.force(None)
+            self._routes(policy).force(None)
             self.escalation.record(policy, "restore_primary", port.routes.primary, reason, signals)
         elif kind == "rollback_canary":
             canary = port.canary
@@ -297,7 +346,7 @@ class PolicyEngine:
         if state.false_since is None:
             state.false_since = now
         if policy.restore_after_s is not None and now - state.false_since >= policy.restore_after_s:
-            self.port.routes.force(None)
+            self._routes(policy).force(None)
             state.routed = None
             self.escalation.record(
                 policy,

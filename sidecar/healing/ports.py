@@ -7,7 +7,7 @@ the canary, the signal board, the ledger and the webhook sender; tests may give 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +56,13 @@ class HealingPort(Protocol):
         """One signal of ``upstream`` (what a function such as ``error_rate_of`` reads)."""
         ...
 
+    async def refresh_signals(
+        self, targets: Sequence[str], window_s: float, names: Collection[str]
+    ) -> None:
+        """Fetch what remote sources (PromQL) answer for ``targets`` before the reads, of
+        the sources that read one of the signals ``names``."""
+        ...
+
     def record(self, **fields: Any) -> None:
         """One ledger record (never raises)."""
         ...
@@ -84,6 +91,9 @@ class HealingPort(Protocol):
 class _Board(Protocol):
     def read(self, target: str, window_s: float) -> Mapping[str, Any]: ...
     def read_one(self, name: str, target: str, window_s: float) -> Any: ...
+    async def refresh(
+        self, targets: Iterable[str], window_s: float, names: Collection[str] | None = None
+    ) -> None: ...
 
 
 class _Records(Protocol):
@@ -108,6 +118,11 @@ class PartsPort:
 
     def read_signal(self, name: str, upstream: str, window_s: float) -> Any:
         return self.signals.read_one(name, upstream, window_s)
+
+    async def refresh_signals(
+        self, targets: Sequence[str], window_s: float, names: Collection[str]
+    ) -> None:
+        await self.signals.refresh(targets, window_s, names)
 
     def count_records(self, since: float, **filters: str) -> int:
         return self.ledger.count_since(since, **filters)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from mlwarden.sidecar.healing.conditions import FunctionSpec, Kind
+from mlwarden.sidecar.signals.fleet import FleetSignals
 from mlwarden.sidecar.signals.fleet_drift import FleetDriftSignals
 from mlwarden.sidecar.signals.health import HealthSignals
 from mlwarden.sidecar.signals.loop import BreakerSignals, CanarySignals, ShadowSignals
@@ -22,7 +23,15 @@ __all__ = ["ACTION_KINDS", "FUNCTIONS", "SIGNALS", "VOCABULARY", "function_specs
 
 #: Every signal of every source the policies read, by name.
 VOCABULARY: dict[str, Signal] = declared(
-    (WindowSignals, HealthSignals, BreakerSignals, ShadowSignals, CanarySignals, FleetDriftSignals)
+    (
+        WindowSignals,
+        HealthSignals,
+        BreakerSignals,
+        ShadowSignals,
+        CanarySignals,
+        FleetSignals,
+        FleetDriftSignals,
+    )
 )
 
 #: Signals of the policy's target upstream, with their kinds.

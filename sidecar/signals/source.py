@@ -13,7 +13,7 @@ over an unknown value is unknown, never true.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -96,10 +96,15 @@ class SignalBoard:
         source = self._owner.get(name)
         return None if source is None else source.read(target, window_s).get(name)
 
-    async def refresh(self, targets: Iterable[str], window_s: float) -> None:
+    async def refresh(
+        self, targets: Iterable[str], window_s: float, names: Collection[str] | None = None
+    ) -> None:
+        """Refresh the sources; with ``names``, only those that read one of these signals
+        (a Prometheus is not asked for figures no condition reads)."""
         wanted = tuple(targets)
         for source in self.sources:
-            await source.refresh(wanted, window_s)
+            if names is None or any(s.name in names for s in source.SIGNALS):
+                await source.refresh(wanted, window_s)
 
     def __repr__(self) -> str:
         return f"SignalBoard({[type(s).__name__ for s in self.sources]!r})"
