@@ -9,7 +9,8 @@ statistics need only counts per baseline cell, and counts add
   ``ceil(S / N)`` rows for every drift scale ``S`` (``N``: the replicas publishing now) and
   publishes them in Redis (:class:`~mlwarden.sidecar.fleet.drift_store.DriftStore`);
 - the leader sums the live replicas' counts per scale (those sharing its baseline's
-  fingerprint), and runs the drift tests on the sums with the calibration of that baseline:
+  fingerprint; :class:`~mlwarden.sidecar.fleet.drift_judge.FleetDriftJudge`), and runs the
+  drift tests on the sums with the calibration of that baseline:
   the same tests, thresholds and cadence (a scale tested once a fifth of its rows are new,
   fleet-wide) as one server seeing every row, so detection needs about its rows and the false-
   alarm budget per row is unchanged. It publishes the verdict under its fencing token and
@@ -19,6 +20,7 @@ statistics need only counts per baseline cell, and counts add
 
 Each replica's own verdict stays in its middleware's health report. Redis down: nothing is
 published or judged (the fleet's signals read unknown) and each replica's own verdict goes on.
+The leader judges on its own baseline: while its model server does not answer, no verdict.
 Never on the request path.
 """
 
@@ -223,25 +225,18 @@ class FleetDrift:
         was = bool(previous and previous.get("detected"))
         if verdict["detected"] == was:
             return
-        replicas = len(verdict["replicas"])
-        if verdict["detected"]:
-            self._record(
-                action="fleet_drift_detected",
-                target=self.target,
-                reason=f"drift on the fleet's rows ({verdict['rows']} in the windows of "
-                f"{replicas} replicas): {', '.join(verdict['drifted_features'][:20])}",
-                severity="warning",
-                signals={"fleet_drift_ratio": verdict["ratio"], "rows": verdict["rows"]},
-            )
-        else:
-            self._record(
-                action="fleet_drift_cleared",
-                target=self.target,
-                reason=f"no drift on the fleet's rows ({verdict['rows']} in the windows of "
-                f"{replicas} replicas)",
-                severity="info",
-                signals={"fleet_drift_ratio": verdict["ratio"], "rows": verdict["rows"]},
-            )
+        where = f"the fleet's rows ({verdict['rows']} in the windows of "
+        where += f"{len(verdict['replicas'])} replicas)"
+        detected = verdict["detected"]
+        self._record(
+            action="fleet_drift_detected" if detected else "fleet_drift_cleared",
+            target=self.target,
+            reason=f"drift on {where}: {', '.join(verdict['drifted_features'][:20])}"
+            if detected
+            else f"no drift on {where}",
+            severity="warning" if detected else "info",
+            signals={"fleet_drift_ratio": verdict["ratio"], "rows": verdict["rows"]},
+        )
 
     # -- following ----------------------------------------------------------------------------
 
