@@ -61,6 +61,7 @@ def _post_rows(client: httpx.Client, url: str, rows: list[dict], per_request: in
         assert r.status_code == 200, r.text
 
 
+@pytest.mark.floor
 def test_the_middleware_serves_its_drift_counts_and_baseline() -> None:
     baseline = make_baseline()
     with serve_app(_monitored(baseline)) as served, httpx.Client(timeout=10) as client:
@@ -98,6 +99,7 @@ def test_the_middleware_serves_its_drift_counts_and_baseline() -> None:
         assert r.status_code == 404 and "no baseline" in r.json()["error"]
 
 
+@pytest.mark.floor
 def test_summed_counts_are_exactly_the_counts_of_the_fleets_last_rows() -> None:
     rng = np.random.default_rng(5)
     baseline = bench_baseline(rng)
