@@ -127,7 +127,7 @@ def expositions() -> Iterator[Expositions]:
     with (
         serve_app(model_app()) as model,
         httpx.Client(base_url=model.url, trust_env=False, timeout=10) as model_client,
-        full_sidecar() as (side_url, admin),
+        full_sidecar(model.url) as (side_url, admin),
         httpx.Client(base_url=side_url, trust_env=False, timeout=10) as side,
         httpx.Client(base_url=admin.url, trust_env=False, timeout=10) as admin_client,
     ):
@@ -135,6 +135,13 @@ def expositions() -> Iterator[Expositions]:
         for i in range(20):
             side.post("/predict", content=b'{"x": 1}', headers={"x-user": f"u{i}"})
         side.get("/metrics")  # refused on the public port, counted by path
+        # The fleet's drift verdict (on the model's counts) is judged within a pass or two.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            drift = admin_client.get("/-/status").json()["fleet"]["drift"]
+            if (drift["verdict"] or {}).get("enough_data"):
+                break
+            time.sleep(0.2)
         yield Expositions(scrape(model_client), scrape(admin_client))
 
 
