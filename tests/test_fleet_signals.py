@@ -436,6 +436,8 @@ def test_a_bad_canary_judged_on_prometheus_is_rolled_back_once_and_everywhere(
             f"upstreams:\n  stable: {m['stable'].url}\n  candidate: {m['candidate'].url}\n"
             "routing: {primary: stable}\n"
             "health_checks: {interval_s: 60}\n"
+            # The breaker stays shut: the rollback must be the analysis's, on PromQL.
+            "breaker: {consecutive_5xx: 1000}\n"
             f"canary: {json.dumps(canary)}\n" + _fleet_block(fleet_redis.url, fleet)
             for m in models
         ]
@@ -448,16 +450,23 @@ def test_a_bad_canary_judged_on_prometheus_is_rolled_back_once_and_everywhere(
             )
             time.sleep(1)
             statuses = [r.status() for r in replicas]
-            # The verdict was the fleet's: Prometheus saw every replica's candidate series.
-            series = _promql(
-                prom_url,
-                "count(count by (instance) "
-                '(mlwarden_upstream_requests_total{upstream="candidate"}))',
+            # The verdict was the fleet's: Prometheus holds every replica's candidate series.
+            _wait(
+                lambda: (
+                    _promql(
+                        prom_url,
+                        "count(count by (instance) "
+                        '(mlwarden_upstream_requests_total{upstream="candidate"}))',
+                    )
+                    == 3
+                ),
+                10,
+                "every replica's candidate series in Prometheus",
             )
-    assert series == 3
     stream = _stream(fleet_redis.url, fleet)
     rollbacks = [r for r in stream if r["action"] == "rollback"]
     assert len(rollbacks) == 1, rollbacks
+    assert not rollbacks[0]["reason"].startswith("breaker"), rollbacks  # the analysis's
     followed = [r for r in stream if r["action"] == "canary_followed"]
     assert {r["replica"] for r in followed} == {f"replica-{i}" for i in range(3)} - {
         rollbacks[0]["replica"]
