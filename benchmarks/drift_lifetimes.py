@@ -20,7 +20,7 @@ from collections import Counter
 
 import numpy as np
 
-from mlwarden.middleware.baseline import build_baseline
+from mlwarden.middleware.baseline import BaselineProfile, build_baseline
 from mlwarden.middleware.drift import DriftEvaluator, DriftThresholds
 from mlwarden.middleware.features import FeatureWindows
 from mlwarden.middleware.payloads import FeatureBatch
@@ -29,12 +29,21 @@ FEATURES = 20
 SHARES = [0.5, 0.3, 0.2]
 
 
-def _columns(rng: np.random.Generator, rows: int) -> dict[str, list[object]]:
-    columns: dict[str, list[object]] = {
-        f"f{i}": rng.normal(size=rows).tolist() for i in range(FEATURES)
+def columns(rng: np.random.Generator, rows: int, shift: float = 0.0) -> dict[str, list[object]]:
+    """``rows`` rows of the benchmark's features by column; ``f0`` moved by ``shift`` sd."""
+    out: dict[str, list[object]] = {
+        f"f{i}": rng.normal(loc=shift if i == 0 else 0.0, size=rows).tolist()
+        for i in range(FEATURES)
     }
-    columns["c"] = rng.choice(["a", "b", "c"], rows, p=SHARES).tolist()
-    return columns
+    out["c"] = rng.choice(["a", "b", "c"], rows, p=SHARES).tolist()
+    return out
+
+
+def make_baseline(rng: np.random.Generator) -> BaselineProfile:
+    """The baseline of 20,000 training rows of the same features."""
+    training = {f"f{i}": rng.normal(size=20_000) for i in range(FEATURES)}
+    training["c"] = rng.choice(["a", "b", "c"], 20_000, p=SHARES).astype(object)
+    return build_baseline(training)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    training = {f"f{i}": rng.normal(size=20_000) for i in range(FEATURES)}
-    training["c"] = rng.choice(["a", "b", "c"], 20_000, p=SHARES).astype(object)
-    baseline = build_baseline(training)
+    baseline = make_baseline(rng)
     settings = DriftThresholds()
     started = time.perf_counter()
     flagged_lifetimes = 0
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         ever = False
         for _ in range(args.rows // args.batch):
             windows.add(
-                FeatureBatch(rows=args.batch, columns=_columns(rng, args.batch), format="json")
+                FeatureBatch(rows=args.batch, columns=columns(rng, args.batch), format="json")
             )
             if evaluator.rows_until_due():
                 continue

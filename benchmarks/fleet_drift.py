@@ -29,33 +29,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlwarden.middleware.baseline import BaselineProfile, build_baseline
+from benchmarks.drift_lifetimes import columns, make_baseline
+from mlwarden.middleware.baseline import BaselineProfile
 from mlwarden.middleware.drift import DriftEvaluator, DriftThresholds
 from mlwarden.middleware.drift_export import baseline_fingerprint, counts_answer
 from mlwarden.middleware.features import FeatureWindows
 from mlwarden.middleware.payloads import FeatureBatch
 from mlwarden.sidecar.fleet.drift_judge import FleetDriftJudge
 
-FEATURES = 20
-SHARES = [0.5, 0.3, 0.2]
 REPLICAS = 3
 JUDGES = ("one server", "fleet of 3", "one replica alone")
-
-
-def _columns(rng: np.random.Generator, rows: int, shift: float) -> dict[str, list[object]]:
-    columns: dict[str, list[object]] = {
-        f"f{i}": rng.normal(size=rows).tolist() for i in range(FEATURES)
-    }
-    if shift:
-        columns["f0"] = (np.asarray(columns["f0"]) + shift).tolist()
-    columns["c"] = rng.choice(["a", "b", "c"], rows, p=SHARES).tolist()
-    return columns
-
-
-def make_baseline(rng: np.random.Generator) -> BaselineProfile:
-    training = {f"f{i}": rng.normal(size=20_000) for i in range(FEATURES)}
-    training["c"] = rng.choice(["a", "b", "c"], 20_000, p=SHARES).astype(object)
-    return build_baseline(training)
 
 
 @dataclass
@@ -141,13 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         stream = Stream(baseline, settings, args.pass_rows)
         alarmed: set[str] = set()
         for _ in range(args.warm // args.batch):
-            batch = FeatureBatch(args.batch, _columns(rng, args.batch, 0.0), "json")
+            batch = FeatureBatch(args.batch, columns(rng, args.batch), "json")
             alarmed |= {j for j, hit in stream.feed(batch).items() if hit}
         for judge in alarmed:
             warm_alarms[judge] += 1
         onset, found = stream.rows, {}
         while stream.rows - onset < args.max_rows and len(found) < len(JUDGES):
-            batch = FeatureBatch(args.batch, _columns(rng, args.batch, args.shift), "json")
+            batch = FeatureBatch(args.batch, columns(rng, args.batch, args.shift), "json")
             for judge, hit in stream.feed(batch).items():
                 if hit and judge not in found:
                     found[judge] = stream.rows - onset
@@ -159,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         stream = Stream(baseline, settings, args.pass_rows)
         alarmed = set()
         for _ in range(args.null_rows // args.batch):
-            batch = FeatureBatch(args.batch, _columns(rng, args.batch, 0.0), "json")
+            batch = FeatureBatch(args.batch, columns(rng, args.batch), "json")
             alarmed |= {j for j, hit in stream.feed(batch).items() if hit}
         for judge in alarmed:
             null_alarms[judge] += 1

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -294,9 +293,6 @@ class Sidecar(Listener):
         if fc.drift:
             target = fc.drift_upstream or self.config.routing.primary
             u = self.config.upstream(target)
-            verify: ssl.SSLContext | bool = True
-            if u.ca_file is not None:
-                verify = ssl.create_default_context(cafile=u.ca_file)
             self.fleet_drift = FleetDrift(
                 self.fleet,
                 url=u.url,
@@ -304,7 +300,7 @@ class Sidecar(Listener):
                 model=fc.drift_model,
                 interval_s=fc.drift_interval_s,
                 record=self.record,
-                verify=verify,
+                verify=u.ssl_context() or True,
                 clock=clock,
                 wall_clock=wall_clock,
             )

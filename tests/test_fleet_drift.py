@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from benchmarks.drift_lifetimes import columns as bench_columns
+from benchmarks.drift_lifetimes import make_baseline as bench_baseline
 from benchmarks.fleet_drift import Stream
-from benchmarks.fleet_drift import _columns as bench_columns
-from benchmarks.fleet_drift import make_baseline as bench_baseline
 from mlwarden.middleware import InferenceMonitor
 from mlwarden.middleware.baseline import BaselineProfile
 from mlwarden.middleware.drift import DriftEvaluator, DriftThresholds
@@ -106,7 +106,7 @@ def test_summed_counts_are_exactly_the_counts_of_the_fleets_last_rows() -> None:
     one = FeatureWindows(baseline, max_rows=10_000, max_age_s=None)
     replicas = [FeatureWindows(baseline, max_rows=10_000, max_age_s=None) for _ in range(3)]
     for i in range(2_500):  # one row a request, round robin: replica k has rows k, k+3, ...
-        batch = FeatureBatch(1, bench_columns(rng, 1, 0.0), "json")
+        batch = FeatureBatch(1, bench_columns(rng, 1), "json")
         one.add(batch)
         replicas[i % 3].add(batch)
     cells = DriftEvaluator(one, DriftThresholds()).calibration.numeric.cells
@@ -133,7 +133,7 @@ def test_the_fleet_flags_drift_in_about_the_rows_of_one_server_seeing_all() -> N
     for _ in range(12):
         stream = Stream(baseline, settings, pass_rows=60)
         for _ in range(200):
-            hits = stream.feed(FeatureBatch(10, bench_columns(rng, 10, 0.0), "json"))
+            hits = stream.feed(FeatureBatch(10, bench_columns(rng, 10), "json"))
             warm_alarms += bool(hits.get("fleet of 3"))
         onset, first = stream.rows, {}
         while stream.rows - onset < 9_000 and len(first) < 3:

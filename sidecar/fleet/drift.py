@@ -86,9 +86,7 @@ class FleetDrift:
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s), trust_env=False, verify=verify
         )
-        self.store = DriftStore(
-            fleet.state.client, fleet=fleet.config.name, publish=fleet.state.fenced_write
-        )
+        self.store = DriftStore(fleet.state)
         self._scales: tuple[int, ...] | None = None  # learnt from the first counts
         self._judge: FleetDriftJudge | None = None
         self._led_term: int | None = None
@@ -167,7 +165,6 @@ class FleetDrift:
             "settings": answer["settings"],
             "added": int(answer["added"]),
             "rows": int(answer["rows"]),
-            "replicas": n,
             "counts": {str(scale): counts[str(size)] for scale, size in sizes.items()},
         }
         await self.store.put(self.fleet.replica, blob, now, self.horizon_s)

@@ -8,7 +8,8 @@ Keys under ``mlwarden:{fleet}:drift:``
   ``/-/drift/counts`` answer, its sizes keyed by the fleet scale each serves), expiring after
   the horizon, so a replica that stops publishing stops counting by itself;
 - ``verdict``: a hash of the fleet's verdict as its leader last judged it, written only under
-  the current term (the fencing script of :mod:`~mlwarden.sidecar.fleet.state`).
+  the current term (:meth:`FleetState.publish_fenced
+  <mlwarden.sidecar.fleet.state.FleetState.publish_fenced>`).
 
 Bounded: one counts value per live replica (at most :data:`MAX_REPLICAS` read), each bounded
 by the baseline's size; the verdict by the baseline's features.
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from mlwarden.sidecar.fleet.state import FleetState
 
 __all__ = ["MAX_REPLICAS", "DriftStore"]
 
@@ -31,17 +34,14 @@ def _text(value: Any) -> str:
 
 
 class DriftStore:
-    """Reads and writes one fleet's drift counts (``client``: a ``redis.asyncio`` client;
-    ``publish``: the fenced-write script of the fleet's state)."""
+    """Reads and writes one fleet's drift counts, beside the fleet's ``state``."""
 
-    def __init__(self, client: Any, *, fleet: str, publish: Any) -> None:
-        self._client = client
-        prefix = f"mlwarden:{fleet}"
-        self.term_key = f"{prefix}:term"
-        self.replicas_key = f"{prefix}:drift:replicas"
-        self.verdict_key = f"{prefix}:drift:verdict"
-        self._counts_prefix = f"{prefix}:drift:counts:"
-        self._publish = publish
+    def __init__(self, state: FleetState) -> None:
+        self._state = state
+        self._client = state.client
+        self.replicas_key = f"{state.prefix}:drift:replicas"
+        self.verdict_key = f"{state.prefix}:drift:verdict"
+        self._counts_prefix = f"{state.prefix}:drift:counts:"
 
     def counts_key(self, replica: str) -> str:
         return self._counts_prefix + replica
@@ -84,25 +84,14 @@ class DriftStore:
     async def publish_verdict(self, token: int, replica: str, verdict: Mapping[str, Any]) -> int:
         """The fleet's verdict under ``token``; its version, or 0 when ``token`` is not the
         current term (a deposed leader's write, refused)."""
-        return int(
-            await self._publish(
-                keys=[self.term_key, self.verdict_key],
-                args=[str(token), replica, "verdict", json.dumps(verdict)],
-            )
+        return await self._state.publish_fenced(
+            self.verdict_key, token, replica, {"verdict": verdict}
         )
 
     async def read_verdict(self) -> dict[str, Any] | None:
         """The verdict the fleet's leader last published, with its ``version`` (None: none)."""
-        raw = await self._client.hgetall(self.verdict_key)
-        if not raw:
-            return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        try:
-            verdict = json.loads(fields.get("verdict", "null"))
-        except ValueError:
-            return None
+        raw = await self._state.read_fenced(self.verdict_key) or {}
+        verdict = raw.get("verdict")
         if not isinstance(verdict, dict):
             return None
-        verdict["version"] = int(fields.get("version", 0))
-        verdict["judged_by"] = fields.get("replica", "")
-        return verdict
+        return {**verdict, "version": raw.get("version", 0), "judged_by": raw.get("replica", "")}

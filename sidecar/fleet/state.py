@@ -39,18 +39,13 @@ class FleetState:
     """Reads and writes one fleet's shared state (``client``: a ``redis.asyncio`` client)."""
 
     def __init__(self, client: Any, *, fleet: str, max_records: int = 10_000) -> None:
-        self._client = client
-        #: The Redis client, for the fleet's other stores (drift counts).
+        #: The Redis client (also the fleet's other stores': drift counts).
         self.client = client
         self.prefix = f"mlwarden:{fleet}"
         self.term_key = f"{self.prefix}:term"
         self.ledger_key = f"{self.prefix}:ledger"
         self.max_records = max_records
         self._publish = client.register_script(_PUBLISH)
-        #: The fenced write (``keys=[term, hash]``, ``args=[token, replica, field, value,
-        #: ...]``): the hash's fields set and its version returned only while ``token`` is the
-        #: current term, else 0. Shared by every store of leader-decided state.
-        self.fenced_write = self._publish
 
     def canary_key(self, candidate: str) -> str:
         return f"{self.prefix}:canary:{candidate}"
@@ -64,22 +59,26 @@ class FleetState:
     ) -> int:
         """Write the canary's decided state under ``token``; its new version, or 0 when the
         token is not the current term (refused)."""
-        return await self._fenced(self.canary_key(candidate), token, replica, fields)
+        return await self.publish_fenced(self.canary_key(candidate), token, replica, fields)
 
     async def read_canary(self, candidate: str) -> dict[str, Any] | None:
         """The canary as the fleet's leader last published it (None: never)."""
-        return await self._read(self.canary_key(candidate))
+        return await self.read_fenced(self.canary_key(candidate))
 
     async def publish_route(self, token: int, replica: str, fields: Mapping[str, Any]) -> int:
         """Write the route a fleet policy forced under ``token``; its new version, or 0 when
         the token is not the current term (refused)."""
-        return await self._fenced(self.route_key, token, replica, fields)
+        return await self.publish_fenced(self.route_key, token, replica, fields)
 
     async def read_route(self) -> dict[str, Any] | None:
         """The route as the fleet's leader last published it (None: never)."""
-        return await self._read(self.route_key)
+        return await self.read_fenced(self.route_key)
 
-    async def _fenced(self, key: str, token: int, replica: str, fields: Mapping[str, Any]) -> int:
+    async def publish_fenced(
+        self, key: str, token: int, replica: str, fields: Mapping[str, Any]
+    ) -> int:
+        """Set the hash ``key``'s ``fields`` (JSON) under ``token``: its new version, or 0
+        when the token is not the current term (refused). Every leader-decided state."""
         flat: list[str] = []
         for name, value in fields.items():
             flat += [name, json.dumps(value)]
@@ -87,8 +86,10 @@ class FleetState:
             await self._publish(keys=[self.term_key, key], args=[str(token), replica, *flat])
         )
 
-    async def _read(self, key: str) -> dict[str, Any] | None:
-        raw = await self._client.hgetall(key)
+    async def read_fenced(self, key: str) -> dict[str, Any] | None:
+        """A hash :meth:`publish_fenced` wrote, decoded (``version``, ``token``, ``replica``
+        and the fields); None when never written."""
+        raw = await self.client.hgetall(key)
         if not raw:
             return None
         out: dict[str, Any] = {}
@@ -108,7 +109,7 @@ class FleetState:
     async def propose_rollback(self, candidate: str, replica: str, reason: str) -> None:
         """A follower's own rollback (taken while it decided alone) put to the leader."""
         key = self.proposals_key(candidate)
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, replica, reason[:500])
         pipe.expire(key, 3600)
         await pipe.execute()
@@ -116,7 +117,7 @@ class FleetState:
     async def take_proposals(self, candidate: str) -> dict[str, str]:
         """The rollbacks proposed since the last call, by replica (removed as read)."""
         key = self.proposals_key(candidate)
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=True)
         pipe.hgetall(key)
         pipe.delete(key)
         raw, _ = await pipe.execute()
@@ -124,7 +125,7 @@ class FleetState:
 
     async def append_records(self, replica: str, lines: list[str]) -> None:
         """Append ledger records (JSON lines) to the fleet's stream, capped."""
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False)
         for line in lines:
             pipe.xadd(
                 self.ledger_key,
@@ -136,7 +137,7 @@ class FleetState:
 
     async def records(self, limit: int = 100) -> list[dict[str, Any]]:
         """The fleet's most recent ledger records, newest first, each with its replica."""
-        entries = await self._client.xrevrange(self.ledger_key, count=limit)
+        entries = await self.client.xrevrange(self.ledger_key, count=limit)
         out = []
         for _id, fields in entries:
             decoded = {_text(k): _text(v) for k, v in fields.items()}
