@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -89,11 +91,14 @@ def test_drift_is_evaluated_in_the_background_every_n_rows():
     app = drift_app(registry, drift_every_rows=500)
     with serve_app(app) as served, httpx.Client(base_url=served.url) as client:
         send(client, reference_rows(600, seed=5))
-        # the worker wakes on the loop; give it a bounded moment
-        for _ in range(100):
+        # The worker wakes on the loop and evaluates in a thread: give it a bounded moment,
+        # in time rather than in requests (100 quick requests were too short on a busy CI).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             if registry.get_sample_value("mlwarden_drift_evaluations_total", MV):
                 break
             client.get("/-/health")
+            time.sleep(0.02)
     assert registry.get_sample_value("mlwarden_drift_evaluations_total", MV) >= 1
 
 
